@@ -1,0 +1,113 @@
+//! The admin listener: `/live`, `/ready`, `/metrics`, `/config` and
+//! `POST /shutdown` (loopback callers only).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+use crate::http::{full_body, Body};
+
+/// What the admin endpoints read and trigger.
+pub struct Admin {
+    /// True once startup is done; false again when draining.
+    pub ready: Arc<AtomicBool>,
+    pub registry: Arc<Registry>,
+    /// Produces the `/config` document.
+    pub config: Box<dyn Fn() -> serde_json::Value + Send + Sync>,
+    /// Notified by `POST /shutdown`.
+    pub shutdown: Arc<Notify>,
+}
+
+impl Admin {
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let this = self.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| {
+                    let rsp = this.handle(&req, peer);
+                    async move { Ok::<_, Infallible>(rsp) }
+                });
+                let conn = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(std::time::Duration::from_secs(10))
+                    .serve_connection(TokioIo::new(stream), svc);
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "admin connection error");
+                }
+            });
+        }
+    }
+
+    fn handle(&self, req: &Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        match (req.method(), req.uri().path()) {
+            (&Method::GET, "/live") => text(StatusCode::OK, "live\n"),
+            (&Method::GET, "/ready") => {
+                if self.ready.load(Ordering::Acquire) {
+                    text(StatusCode::OK, "ready\n")
+                } else {
+                    text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                }
+            }
+            (&Method::GET, "/metrics") => {
+                let mut rsp = text(StatusCode::OK, crate::metrics::render(&self.registry));
+                rsp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    header::HeaderValue::from_static(
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    ),
+                );
+                rsp
+            }
+            (&Method::GET, "/config") => {
+                let body = serde_json::to_string_pretty(&(self.config)()).unwrap_or_default();
+                let mut rsp = text(StatusCode::OK, body + "\n");
+                rsp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    header::HeaderValue::from_static("application/json"),
+                );
+                rsp
+            }
+            (&Method::POST, "/shutdown") => {
+                if peer.ip().is_loopback() {
+                    tracing::info!(%peer, "shutdown requested through the admin endpoint");
+                    self.shutdown.notify_one();
+                    text(StatusCode::OK, "shutting down\n")
+                } else {
+                    text(StatusCode::FORBIDDEN, "shutdown is only accepted from loopback\n")
+                }
+            }
+            (_, "/live" | "/ready" | "/metrics" | "/config" | "/shutdown") => {
+                text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+            }
+            _ => text(
+                StatusCode::NOT_FOUND,
+                "not found; try /live /ready /metrics /config\n",
+            ),
+        }
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut rsp = Response::new(full_body(body.into()));
+    *rsp.status_mut() = status;
+    rsp
+}

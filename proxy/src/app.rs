@@ -1,0 +1,255 @@
+//! Wiring: build the proxy from its config, run it until a shutdown signal,
+//! drain. `main.rs` and the tests both go through [`Proxy::bind`] and
+//! [`Proxy::run`].
+
+use std::ffi::OsString;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+use crate::admin::Admin;
+use crate::client::Clients;
+use crate::config::{Config, ConfigError, LogFormat, Overrides};
+use crate::discover::{Discover, StaticEndpoints};
+use crate::drain;
+use crate::inbound::Inbound;
+use crate::metrics::Metrics;
+use crate::outbound::Outbound;
+use crate::server::HttpSettings;
+
+/// Exit code for bad configuration (EX_USAGE).
+pub const EXIT_BAD_CONFIG: u8 = 64;
+
+/// `weft-proxy`: the Weft sidecar proxy.
+#[derive(Debug, Parser)]
+#[command(name = "weft-proxy", version, about)]
+pub struct Cli {
+    #[command(flatten)]
+    pub overrides: Overrides,
+}
+
+/// A proxy with its listeners bound, ready to run.
+pub struct Proxy {
+    config: Arc<Config>,
+    discover: Arc<dyn Discover>,
+    outbound: TcpListener,
+    inbound: TcpListener,
+    admin: TcpListener,
+}
+
+/// Where a bound proxy listens.
+#[derive(Debug, Clone, Copy)]
+pub struct Addrs {
+    pub outbound: SocketAddr,
+    pub inbound: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot listen on {addr} ({which}): {source}")]
+    Bind {
+        which: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+impl Proxy {
+    /// Loads the endpoints and binds every listener.
+    pub async fn bind(config: Config) -> Result<Self, BuildError> {
+        let discover: Arc<dyn Discover> = match &config.endpoints_file {
+            Some(path) => Arc::new(StaticEndpoints::from_file(path)?),
+            None => Arc::new(StaticEndpoints::default()),
+        };
+        let listen = |which, addr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| BuildError::Bind { which, addr, source })
+        };
+        Ok(Self {
+            outbound: listen("outbound", config.outbound_listen).await?,
+            inbound: listen("inbound", config.inbound_listen).await?,
+            admin: listen("admin", config.admin_listen).await?,
+            config: Arc::new(config),
+            discover,
+        })
+    }
+
+    pub fn addrs(&self) -> Addrs {
+        let addr = |l: &TcpListener| l.local_addr().expect("bound listener has an address");
+        Addrs {
+            outbound: addr(&self.outbound),
+            inbound: addr(&self.inbound),
+            admin: addr(&self.admin),
+        }
+    }
+
+    /// Serves until `shutdown` resolves or `POST /shutdown` arrives, then
+    /// drains. Returns how many connections were still open at the drain
+    /// deadline.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> usize {
+        let config = self.config.clone();
+        let mut registry = Registry::default();
+        let metrics = Metrics::default();
+        metrics.register(&mut registry);
+        let (signal, watch) = drain::channel();
+        let clients = Clients::new(config.connect_timeout);
+        let http = HttpSettings {
+            max_header_bytes: config.max_header_bytes,
+            header_read_timeout: Duration::from_secs(30),
+        };
+
+        let ready = Arc::new(AtomicBool::new(false));
+        let shutdown_requested = Arc::new(Notify::new());
+        let discover = self.discover.clone();
+        let dump_config = config.clone();
+        let admin = Arc::new(Admin {
+            ready: ready.clone(),
+            registry: Arc::new(registry),
+            config: Box::new(
+                move || serde_json::json!({ "config": &*dump_config, "endpoints": discover.dump() }),
+            ),
+            shutdown: shutdown_requested.clone(),
+        });
+        tokio::spawn(admin.serve(self.admin));
+
+        let outbound = Arc::new(Outbound::new(
+            self.discover.clone(),
+            clients.clone(),
+            metrics.clone(),
+            http.clone(),
+            config.detect_timeout,
+            watch.clone(),
+        ));
+        let inbound = Arc::new(Inbound {
+            app_ip: config.app_ip,
+            app_ports: config.app_ports.clone(),
+            clients,
+            metrics,
+            http,
+            detect_timeout: config.detect_timeout,
+            drain: watch,
+        });
+        tokio::spawn(outbound.serve(self.outbound));
+        tokio::spawn(inbound.serve(self.inbound));
+        ready.store(true, Ordering::Release);
+
+        tokio::select! {
+            () = shutdown => {}
+            () = shutdown_requested.notified() => {}
+        }
+        ready.store(false, Ordering::Release);
+        tracing::info!(grace = ?config.shutdown_grace, "draining: listeners closed, finishing in-flight work");
+        let left = signal.drain(config.shutdown_grace).await;
+        if left == 0 {
+            tracing::info!("drained");
+        } else {
+            tracing::warn!(left, "drain deadline reached; closing what is left");
+        }
+        left
+    }
+}
+
+/// The `weft-proxy` command: parse flags, load config (exit 64 when it is
+/// bad), run until SIGTERM/SIGINT, drain, exit 0.
+pub fn run_cli<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    let config = match Config::load(&cli.overrides) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("weft-proxy: invalid config: {e}");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    init_logging(config.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.worker_threads)
+        .thread_name("weft-proxy")
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("weft-proxy: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let proxy = match Proxy::bind(config).await {
+            Ok(p) => p,
+            Err(e @ BuildError::Config(_)) => {
+                eprintln!("weft-proxy: invalid config: {e}");
+                return ExitCode::from(EXIT_BAD_CONFIG);
+            }
+            Err(e) => {
+                eprintln!("weft-proxy: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let a = proxy.addrs();
+        tracing::info!(outbound = %a.outbound, inbound = %a.inbound, admin = %a.admin, "listening");
+        proxy.run(shutdown_signal()).await;
+        ExitCode::SUCCESS
+    })
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGTERM; Ctrl-C only");
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

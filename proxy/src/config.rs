@@ -1,0 +1,387 @@
+//! The proxy's one typed configuration: read from a YAML file, overridden by
+//! flags and environment variables, validated once at start.
+//!
+//! A bad value is a [`ConfigError`] naming the file, the field and what was
+//! expected; `main` exits with code 64 on it.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+use serde::{Deserialize, Serialize};
+
+/// Ports whose clients wait for the server to speak first (SMTP, MySQL,
+/// PostgreSQL, Redis, memcached, …). Traffic to them is never held for
+/// protocol detection.
+pub const SERVER_FIRST_PORTS: &[u16] = &[
+    25,    // SMTP
+    587,   // SMTP submission
+    3306,  // MySQL
+    4222,  // NATS
+    5432,  // PostgreSQL
+    6379,  // Redis
+    9300,  // Elasticsearch transport
+    11211, // memcached
+    27017, // MongoDB
+];
+
+/// Everything `weft-proxy` needs to run. Every field has a default, so an
+/// empty file (or none) is a valid config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct Config {
+    /// Where apps send their outbound calls (as an HTTP proxy, or naming the
+    /// service in `Host` / `:authority`). Default `127.0.0.1:4140`.
+    pub outbound_listen: SocketAddr,
+    /// Where peers (and, in permissive mode, unmeshed clients) reach this
+    /// workload. Default `0.0.0.0:4143`.
+    pub inbound_listen: SocketAddr,
+    /// `/live`, `/ready`, `/metrics`, `/config`, `POST /shutdown`.
+    /// Default `0.0.0.0:4191`.
+    pub admin_listen: SocketAddr,
+    /// The address the local app listens on. Default `127.0.0.1`.
+    pub app_ip: IpAddr,
+    /// The app's ports. Inbound traffic may only reach these; the first is
+    /// where traffic goes when the caller names no port. Empty: this workload
+    /// serves nothing and inbound connections are refused.
+    pub app_ports: Vec<u16>,
+    /// Static endpoints (service name → addresses), until the control plane
+    /// provides discovery. See [`crate::discover::StaticEndpoints`].
+    pub endpoints_file: Option<PathBuf>,
+    /// How long protocol detection waits for the first bytes of a connection
+    /// before treating it as opaque TCP. Default `1s`.
+    #[serde(with = "duration")]
+    pub detect_timeout: Duration,
+    /// Ports whose traffic is opaque TCP, in addition to
+    /// [`SERVER_FIRST_PORTS`].
+    pub opaque_ports: Vec<u16>,
+    /// Timeout for connecting to an endpoint. Default `3s`.
+    #[serde(with = "duration")]
+    pub connect_timeout: Duration,
+    /// How long in-flight requests and streams may take to finish after a
+    /// shutdown signal. Default `30s`.
+    #[serde(with = "duration")]
+    pub shutdown_grace: Duration,
+    /// Largest HTTP/1 request or response head accepted; a larger one is
+    /// answered 431. Default 65536.
+    pub max_header_bytes: usize,
+    /// Log format: `text` or `json`.
+    pub log_format: LogFormat,
+    /// Runtime worker threads. A sidecar shares its pod's CPU with the app,
+    /// so this stays small. Default 2.
+    pub worker_threads: usize,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            outbound_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 4140)),
+            inbound_listen: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 4143)),
+            admin_listen: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 4191)),
+            app_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            app_ports: Vec::new(),
+            endpoints_file: None,
+            detect_timeout: Duration::from_secs(1),
+            opaque_ports: Vec::new(),
+            connect_timeout: Duration::from_secs(3),
+            shutdown_grace: Duration::from_secs(30),
+            max_header_bytes: 64 * 1024,
+            log_format: LogFormat::Text,
+            worker_threads: 2,
+        }
+    }
+}
+
+/// Flags (and their environment variables) that override the file.
+#[derive(Debug, Clone, Default, Args)]
+pub struct Overrides {
+    /// YAML config file.
+    #[arg(long, short = 'c', env = "WEFT_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[arg(long, env = "WEFT_OUTBOUND_LISTEN", value_name = "ADDR")]
+    pub outbound_listen: Option<SocketAddr>,
+    #[arg(long, env = "WEFT_INBOUND_LISTEN", value_name = "ADDR")]
+    pub inbound_listen: Option<SocketAddr>,
+    #[arg(long, env = "WEFT_ADMIN_LISTEN", value_name = "ADDR")]
+    pub admin_listen: Option<SocketAddr>,
+    /// The app's ports (repeat, or comma-separate in the env var).
+    #[arg(long = "app-port", env = "WEFT_APP_PORTS", value_delimiter = ',')]
+    pub app_ports: Vec<u16>,
+    #[arg(long, env = "WEFT_ENDPOINTS_FILE", value_name = "FILE")]
+    pub endpoints_file: Option<PathBuf>,
+    /// e.g. `30s`, `500ms`.
+    #[arg(long, env = "WEFT_SHUTDOWN_GRACE", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Option<Duration>,
+    #[arg(long, env = "WEFT_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+    #[arg(long, env = "WEFT_WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
+}
+
+/// A config value that cannot be used, with where it came from.
+#[derive(Debug, thiserror::Error)]
+#[error("{source_name}: field `{field}`: {problem}")]
+pub struct ConfigError {
+    /// The file (or `flags`) the value came from.
+    pub source_name: String,
+    /// Dotted path to the field, e.g. `appPorts[1]`.
+    pub field: String,
+    /// What was wrong and what was expected.
+    pub problem: String,
+}
+
+impl ConfigError {
+    pub fn new(source: impl Into<String>, field: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self {
+            source_name: source.into(),
+            field: field.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads the file named by the overrides (if any), applies the overrides
+    /// and validates the result.
+    pub fn load(overrides: &Overrides) -> Result<Self, ConfigError> {
+        let mut config = match &overrides.config {
+            Some(path) => Self::from_file(path)?,
+            None => Self::default(),
+        };
+        config.apply(overrides);
+        let source = overrides
+            .config
+            .as_ref()
+            .map(|p| format!("{} (with flags)", p.display()))
+            .unwrap_or_else(|| "flags".to_string());
+        config.validate(&source)?;
+        Ok(config)
+    }
+
+    /// Parses a YAML file without validating it.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::new(&name, "(file)", format!("cannot read: {e}")))?;
+        parse_yaml(&text, &name)
+    }
+
+    fn apply(&mut self, o: &Overrides) {
+        if let Some(a) = o.outbound_listen {
+            self.outbound_listen = a;
+        }
+        if let Some(a) = o.inbound_listen {
+            self.inbound_listen = a;
+        }
+        if let Some(a) = o.admin_listen {
+            self.admin_listen = a;
+        }
+        if !o.app_ports.is_empty() {
+            self.app_ports = o.app_ports.clone();
+        }
+        if let Some(f) = &o.endpoints_file {
+            self.endpoints_file = Some(f.clone());
+        }
+        if let Some(d) = o.shutdown_grace {
+            self.shutdown_grace = d;
+        }
+        if let Some(f) = o.log_format {
+            self.log_format = f;
+        }
+        if let Some(n) = o.worker_threads {
+            self.worker_threads = n;
+        }
+    }
+
+    /// Checks every value once; `source` names where the config came from.
+    pub fn validate(&self, source: &str) -> Result<(), ConfigError> {
+        let err = |field: &str, problem: String| Err(ConfigError::new(source, field, problem));
+        let mut seen = BTreeSet::new();
+        for (i, port) in self.app_ports.iter().enumerate() {
+            if *port == 0 {
+                return err(
+                    &format!("appPorts[{i}]"),
+                    "expected a port in 1..=65535, got 0".into(),
+                );
+            }
+            if !seen.insert(port) {
+                return err(&format!("appPorts[{i}]"), format!("port {port} is listed twice"));
+            }
+        }
+        for (i, port) in self.opaque_ports.iter().enumerate() {
+            if *port == 0 {
+                return err(
+                    &format!("opaquePorts[{i}]"),
+                    "expected a port in 1..=65535, got 0".into(),
+                );
+            }
+        }
+        if self.detect_timeout.is_zero() || self.detect_timeout > Duration::from_secs(60) {
+            return err(
+                "detectTimeout",
+                format!(
+                    "expected a duration between 1ms and 60s, got {:?}",
+                    self.detect_timeout
+                ),
+            );
+        }
+        if self.connect_timeout.is_zero() {
+            return err("connectTimeout", "expected a duration above zero".into());
+        }
+        if self.shutdown_grace > Duration::from_secs(3600) {
+            return err("shutdownGrace", "expected at most 1h".into());
+        }
+        if !(1024..=1024 * 1024).contains(&self.max_header_bytes) {
+            return err(
+                "maxHeaderBytes",
+                format!("expected 1024..=1048576 bytes, got {}", self.max_header_bytes),
+            );
+        }
+        if !(1..=64).contains(&self.worker_threads) {
+            return err(
+                "workerThreads",
+                format!("expected 1..=64, got {}", self.worker_threads),
+            );
+        }
+        let listeners = [
+            ("outboundListen", self.outbound_listen),
+            ("inboundListen", self.inbound_listen),
+            ("adminListen", self.admin_listen),
+        ];
+        for (i, (name, a)) in listeners.iter().enumerate() {
+            for (other, b) in &listeners[..i] {
+                if a.port() != 0
+                    && a.port() == b.port()
+                    && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+                {
+                    return err(
+                        name,
+                        format!("expected an address distinct from {other} ({b}), got {a}"),
+                    );
+                }
+            }
+        }
+        if let Some(path) = &self.endpoints_file {
+            if !path.is_file() {
+                return err(
+                    "endpointsFile",
+                    format!("expected a readable file, {} is not one", path.display()),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether traffic to `port` skips protocol detection.
+    pub fn is_opaque_port(&self, port: u16) -> bool {
+        SERVER_FIRST_PORTS.contains(&port) || self.opaque_ports.contains(&port)
+    }
+}
+
+/// Parses YAML into `T`, reporting the path of the field that failed.
+///
+/// YAML is read into a generic value first, so that the typed pass can name
+/// the exact field (`appPorts[1]`) through `serde_path_to_error`.
+pub fn parse_yaml<T: serde::de::DeserializeOwned>(text: &str, source: &str) -> Result<T, ConfigError> {
+    let value: serde_json::Value = if text.trim().is_empty() {
+        serde_json::Value::Object(Default::default())
+    } else {
+        serde_saphyr::from_str(text)
+            .map_err(|e| ConfigError::new(source, "(document)", format!("not valid YAML: {e}")))?
+    };
+    let value = if value.is_null() {
+        serde_json::Value::Object(Default::default())
+    } else {
+        value
+    };
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." {
+            "(document)".to_string()
+        } else {
+            path
+        };
+        ConfigError::new(source, field, e.into_inner().to_string())
+    })
+}
+
+/// Durations written as `500ms`, `3s`, `1m`.
+pub mod duration {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "expected a duration such as `500ms` or `3s`, got `{text}` ({e})"
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_default() {
+        let c: Config = parse_yaml("", "x.yaml").unwrap();
+        assert_eq!(c, Config::default());
+        c.validate("x.yaml").unwrap();
+    }
+
+    #[test]
+    fn bad_field_names_file_path_and_expectation() {
+        let e = parse_yaml::<Config>("appPorts: [8080, nope]\n", "proxy.yaml").unwrap_err();
+        assert_eq!(e.source_name, "proxy.yaml");
+        assert_eq!(e.field, "appPorts[1]");
+        assert!(e.problem.contains("u16") || e.problem.contains("integer"), "{e}");
+
+        let e = parse_yaml::<Config>("detectTimeout: soon\n", "proxy.yaml").unwrap_err();
+        assert_eq!(e.field, "detectTimeout");
+        assert!(e.problem.contains("expected a duration"), "{e}");
+
+        let e = parse_yaml::<Config>("outboundListen: 127.0.0.1:4140\nbogus: 1\n", "p.yaml").unwrap_err();
+        assert!(e.problem.contains("unknown field `bogus`"), "{e}");
+    }
+
+    #[test]
+    fn validation_rejects_clashes() {
+        let c = Config {
+            inbound_listen: "127.0.0.1:4140".parse().unwrap(),
+            ..Config::default()
+        };
+        let e = c.validate("p.yaml").unwrap_err();
+        assert_eq!(e.field, "inboundListen");
+        let c = Config {
+            app_ports: vec![80, 80],
+            ..Config::default()
+        };
+        assert_eq!(c.validate("p.yaml").unwrap_err().field, "appPorts[1]");
+    }
+
+    #[test]
+    fn server_first_ports_are_opaque() {
+        let c = Config {
+            opaque_ports: vec![9000],
+            ..Config::default()
+        };
+        assert!(c.is_opaque_port(6379) && c.is_opaque_port(5432) && c.is_opaque_port(9000));
+        assert!(!c.is_opaque_port(8080));
+    }
+}

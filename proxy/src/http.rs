@@ -1,0 +1,202 @@
+//! HTTP plumbing shared by both directions: the body type, hop-by-hop
+//! headers, the mesh headers between two Weft proxies, and finding the
+//! destination a request names.
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Uri};
+use http::{Request, Version};
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Empty, Full};
+use hyper::body::Incoming;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The one body type at stage edges: what the app sent, or what the proxy
+/// made up.
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+/// Set by the client proxy on requests it sends over the mesh: the protocol
+/// the app spoke (`http/1.1` or `h2`), so the server proxy speaks it to its
+/// app. Stripped by the server proxy.
+pub const WEFT_PROTO: HeaderName = HeaderName::from_static("weft-proto");
+/// Set by the client proxy: the app port the request is for. Stripped by the
+/// server proxy.
+pub const WEFT_PORT: HeaderName = HeaderName::from_static("weft-port");
+
+pub fn full_body(bytes: Bytes) -> Body {
+    Full::new(bytes).map_err(|never| match never {}).boxed_unsync()
+}
+
+pub fn empty_body() -> Body {
+    Empty::new().map_err(|never| match never {}).boxed_unsync()
+}
+
+pub fn incoming(body: Incoming) -> Body {
+    body.map_err(BoxError::from).boxed_unsync()
+}
+
+/// The app protocol of a request, as carried in [`WEFT_PROTO`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppProtocol {
+    Http1,
+    Http2,
+}
+
+impl AppProtocol {
+    pub fn header_value(self) -> HeaderValue {
+        HeaderValue::from_static(match self {
+            AppProtocol::Http1 => "http/1.1",
+            AppProtocol::Http2 => "h2",
+        })
+    }
+
+    pub fn from_header(v: &HeaderValue) -> Option<Self> {
+        match v.as_bytes() {
+            b"http/1.1" => Some(AppProtocol::Http1),
+            b"h2" => Some(AppProtocol::Http2),
+            _ => None,
+        }
+    }
+}
+
+/// Removes the headers that concern one connection only (RFC 9110 §7.6.1),
+/// including those the `Connection` header names. `te: trailers` stays: gRPC
+/// needs it end to end.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        if name != header::TE {
+            headers.remove(&name);
+        }
+    }
+    for name in [
+        header::CONNECTION,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::PROXY_AUTHORIZATION,
+        header::PROXY_AUTHENTICATE,
+    ] {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+    let te_trailers = headers.get(header::TE).is_some_and(|v| {
+        v.to_str()
+            .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")))
+    });
+    headers.remove(header::TE);
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// An HTTP/1.1 request asking to switch protocols (WebSocket and friends).
+pub fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// The authority a request is for: the URI's (absolute-form, HTTP/2
+/// `:authority`, CONNECT), else the `Host` header.
+pub fn authority<B>(req: &Request<B>) -> Option<Authority> {
+    if let Some(a) = req.uri().authority() {
+        return Some(a.clone());
+    }
+    req.headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.parse::<Authority>().ok())
+}
+
+/// Host and port of an authority; the port defaults from the scheme.
+pub fn host_port(authority: &Authority, uri: &Uri) -> (String, u16) {
+    let default = if uri.scheme() == Some(&http::uri::Scheme::HTTPS) {
+        443
+    } else {
+        80
+    };
+    let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+    (host.to_ascii_lowercase(), authority.port_u16().unwrap_or(default))
+}
+
+/// `http://<authority><path>` for a request's URI.
+pub fn absolute_uri(authority: &Authority, uri: &Uri) -> Uri {
+    let path = uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    Uri::builder()
+        .scheme("http")
+        .authority(authority.clone())
+        .path_and_query(path)
+        .build()
+        .unwrap_or_else(|_| Uri::from_static("/"))
+}
+
+/// The origin-form (`/path?query`) of a URI.
+pub fn origin_form(uri: &Uri) -> Uri {
+    let path = uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    Uri::from(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_go_but_te_trailers_stays() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-private"),
+        );
+        h.insert("x-private", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("gzip, trailers"));
+        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert("x-kept", HeaderValue::from_static("yes"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 2, "{h:?}");
+        assert_eq!(h[header::TE], "trailers");
+        assert_eq!(h["x-kept"], "yes");
+    }
+
+    #[test]
+    fn authority_from_uri_or_host() {
+        let req = Request::get("http://web.ns:8080/x").body(()).unwrap();
+        let a = authority(&req).unwrap();
+        assert_eq!(host_port(&a, req.uri()), ("web.ns".into(), 8080));
+        let req = Request::get("/x").header("host", "Web").body(()).unwrap();
+        let a = authority(&req).unwrap();
+        assert_eq!(host_port(&a, req.uri()), ("web".into(), 80));
+        assert!(authority(&Request::get("/x").body(()).unwrap()).is_none());
+    }
+
+    #[test]
+    fn upgrade_needs_connection_upgrade() {
+        let req = Request::get("/")
+            .header("connection", "Upgrade")
+            .header("upgrade", "websocket")
+            .body(())
+            .unwrap();
+        assert!(is_upgrade(&req));
+        let req = Request::get("/").header("upgrade", "websocket").body(()).unwrap();
+        assert!(!is_upgrade(&req));
+    }
+}

@@ -1,0 +1,33 @@
+//! `weft-proxy`: the Weft data plane, the proxy beside every workload.
+//!
+//! Start reading at [`app`]: [`app::Proxy::bind`] builds the proxy from its
+//! [`config::Config`] and [`app::Proxy::run`] serves until shutdown, then
+//! drains. One request's path:
+//!
+//! ```text
+//! app ─► outbound listener ─► detect ─► route/pick ─► client (HTTP/2 pool) ═► peer inbound ─► detect ─► app
+//!        outbound.rs          detect.rs  outbound.rs   client.rs                inbound.rs
+//! ```
+//!
+//! Errors are mapped to responses in one place ([`errors`]); every response
+//! the proxy makes up itself carries `weft-error`.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod app;
+pub mod client;
+pub mod config;
+pub mod detect;
+pub mod discover;
+pub mod drain;
+pub mod errors;
+pub mod http;
+pub mod inbound;
+pub mod io;
+pub mod metrics;
+pub mod outbound;
+pub mod server;
+pub mod tcp;
+
+pub use app::{run_cli, Addrs, Proxy};
+pub use config::Config;

@@ -1,0 +1,209 @@
+//! The outbound side: what the local app sends out.
+//!
+//! Apps use the outbound listener explicitly, as an HTTP proxy
+//! (absolute-form URIs, `CONNECT host:port`) or by naming the service in
+//! `Host` / `:authority`. Per request: find the destination → pick an
+//! endpoint → send it over the mesh (HTTP/2 to the peer proxy) or directly.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use http::{Method, Request, Response, Version};
+use hyper::body::Incoming;
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::client::Clients;
+use crate::detect::{detect, Protocol};
+use crate::discover::{Discover, Endpoint};
+use crate::drain;
+use crate::errors::ProxyError;
+use crate::http::{
+    absolute_uri, authority, host_port, incoming, is_upgrade, strip_hop_by_hop, AppProtocol, Body,
+};
+use crate::http::{WEFT_PORT, WEFT_PROTO};
+use crate::metrics::{Direction, DirectionLabels, Metrics};
+use crate::server::{serve_http, HttpSettings};
+use crate::tcp;
+
+pub struct Outbound {
+    pub discover: Arc<dyn Discover>,
+    pub clients: Clients,
+    pub metrics: Metrics,
+    pub http: HttpSettings,
+    pub detect_timeout: std::time::Duration,
+    pub drain: drain::Watch,
+    next: AtomicUsize,
+}
+
+impl Outbound {
+    pub fn new(
+        discover: Arc<dyn Discover>,
+        clients: Clients,
+        metrics: Metrics,
+        http: HttpSettings,
+        detect_timeout: std::time::Duration,
+        drain: drain::Watch,
+    ) -> Self {
+        Self {
+            discover,
+            clients,
+            metrics,
+            http,
+            detect_timeout,
+            drain,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// Accepts until the drain starts, then drops the listener so new
+    /// connections are refused.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                () = self.drain.signaled() => return,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    let this = self.clone();
+                    self.drain
+                        .spawn(async move { this.connection(stream, peer).await });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "outbound accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    async fn connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+        let _ = stream.set_nodelay(true);
+        let mut guard = self.metrics.connection(Direction::Outbound);
+        let (protocol, io) = match detect(stream, self.detect_timeout).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "outbound detection failed");
+                return;
+            }
+        };
+        let app = match protocol {
+            Protocol::Http1 => AppProtocol::Http1,
+            Protocol::Http2 => AppProtocol::Http2,
+            Protocol::MeshTcp { .. } | Protocol::Opaque => {
+                // Without the original destination (transparent mode) an
+                // opaque connection names no target. Apps tunnel opaque
+                // bytes with CONNECT instead.
+                guard.detected("opaque");
+                tracing::debug!(%peer, "outbound opaque connection has no destination; closing");
+                return;
+            }
+        };
+        guard.detected(if app == AppProtocol::Http1 {
+            "http1"
+        } else {
+            "http2"
+        });
+        let this = self.clone();
+        serve_http(io, app, &self.http, &self.drain, move |req| {
+            this.clone().request(req, app)
+        })
+        .await;
+    }
+
+    async fn request(self: Arc<Self>, req: Request<Incoming>, app: AppProtocol) -> Response<Body> {
+        self.metrics
+            .requests
+            .get_or_create(&DirectionLabels {
+                direction: Direction::Outbound,
+            })
+            .inc();
+        let rsp = match self.route(req, app).await {
+            Ok(rsp) => {
+                self.metrics.response(Direction::Outbound, rsp.status(), None);
+                rsp
+            }
+            Err(e) => {
+                tracing::info!(error = %e, reason = e.reason(), "outbound request failed");
+                self.metrics
+                    .response(Direction::Outbound, e.status(), Some(e.reason()));
+                e.to_response()
+            }
+        };
+        rsp
+    }
+
+    async fn route(
+        &self,
+        mut req: Request<Incoming>,
+        app: AppProtocol,
+    ) -> Result<Response<Body>, ProxyError> {
+        let authority = authority(&req).ok_or(ProxyError::NoAuthority)?;
+        let (host, port) = host_port(&authority, req.uri());
+        let endpoint = self.pick(&host, port).await?;
+
+        if req.method() == Method::CONNECT {
+            let upstream = match endpoint.proxy {
+                Some(peer) => tcp::connect_mesh(&self.clients, peer, endpoint.addr.port()).await?,
+                None => self.clients.connect(endpoint.addr).await?,
+            };
+            return Ok(tcp::tunnel(req, upstream, &self.drain));
+        }
+        if is_upgrade(&req) {
+            return match endpoint.proxy {
+                Some(peer) => {
+                    let io = tcp::connect_mesh(&self.clients, peer, endpoint.addr.port()).await?;
+                    tcp::upgrade(req, io, peer, &self.drain).await
+                }
+                None => {
+                    let io = self.clients.connect(endpoint.addr).await?;
+                    tcp::upgrade(req, io, endpoint.addr, &self.drain).await
+                }
+            };
+        }
+
+        strip_hop_by_hop(req.headers_mut());
+        let rsp = match endpoint.proxy {
+            Some(peer) => {
+                // Over the mesh: always HTTP/2, with the app's protocol and
+                // port for the far proxy.
+                let headers = req.headers_mut();
+                headers.insert(WEFT_PROTO, app.header_value());
+                headers.insert(WEFT_PORT, endpoint.addr.port().into());
+                *req.uri_mut() = absolute_uri(&authority, req.uri());
+                *req.version_mut() = Version::HTTP_2;
+                self.clients.send_h2(peer, req.map(incoming)).await?
+            }
+            None => match app {
+                AppProtocol::Http2 => {
+                    *req.uri_mut() = absolute_uri(&authority, req.uri());
+                    self.clients.send_h2(endpoint.addr, req.map(incoming)).await?
+                }
+                AppProtocol::Http1 => {
+                    if !req.headers().contains_key(http::header::HOST) {
+                        req.headers_mut().insert(
+                            http::header::HOST,
+                            authority.as_str().parse().expect("authority is a valid header"),
+                        );
+                    }
+                    self.clients.send_h1(endpoint.addr, req.map(incoming)).await?
+                }
+            },
+        };
+        let mut rsp = rsp.map(incoming);
+        strip_hop_by_hop(rsp.headers_mut());
+        Ok(rsp)
+    }
+
+    /// Round robin over the service's endpoints (the resilience work brings
+    /// P2C over peak-EWMA).
+    async fn pick(&self, host: &str, port: u16) -> Result<Endpoint, ProxyError> {
+        let endpoints = self.discover.resolve(host, port).await;
+        let endpoints = endpoints
+            .filter(|e| !e.is_empty())
+            .ok_or_else(|| ProxyError::NoEndpoints(format!("{host}:{port}")))?;
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % endpoints.len();
+        Ok(endpoints[i].clone())
+    }
+}

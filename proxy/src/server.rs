@@ -1,0 +1,92 @@
+//! Serving one accepted HTTP connection (either direction), and winding it
+//! down gracefully on drain.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::Notify;
+
+use crate::drain;
+use crate::http::{AppProtocol, Body};
+
+/// Limits applied to every HTTP connection the proxy serves.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    pub max_header_bytes: usize,
+    pub header_read_timeout: Duration,
+}
+
+/// Serves HTTP on `io` with `handler` until the client closes or a drain
+/// completes. On drain, HTTP/1 finishes the request in progress and closes;
+/// HTTP/2 sends GOAWAY and finishes open streams. A connection that has not
+/// yet sent its first request gets a short grace to do so, so a request
+/// already on the wire when the drain starts is still answered.
+pub async fn serve_http<I, F, Fut>(
+    io: I,
+    protocol: AppProtocol,
+    settings: &HttpSettings,
+    drain: &drain::Watch,
+    handler: F,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    let first_request = Arc::new(Notify::new());
+    let notify = first_request.clone();
+    let svc = service_fn(move |req| {
+        notify.notify_one();
+        let rsp = handler(req);
+        async move { Ok::<_, Infallible>(rsp.await) }
+    });
+    let io = TokioIo::new(io);
+    let grace = settings.header_read_timeout.min(Duration::from_secs(2));
+    let result = match protocol {
+        AppProtocol::Http1 => {
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .max_header_size(settings.max_header_bytes)
+                .max_buf_size(settings.max_header_bytes.max(8192) + 8192)
+                .header_read_timeout(settings.header_read_timeout)
+                .serve_connection(io, svc)
+                .with_upgrades();
+            tokio::pin!(conn);
+            tokio::select! {
+                res = conn.as_mut() => res,
+                () = drain.signaled() => {
+                    let _ = tokio::time::timeout(grace, first_request.notified()).await;
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            }
+        }
+        AppProtocol::Http2 => {
+            let conn = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .adaptive_window(true)
+                .max_header_list_size(settings.max_header_bytes as u32)
+                .keep_alive_interval(Duration::from_secs(20))
+                .keep_alive_timeout(Duration::from_secs(10))
+                .serve_connection(io, svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                res = conn.as_mut() => res,
+                () = drain.signaled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            }
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "HTTP connection ended with an error");
+    }
+}
