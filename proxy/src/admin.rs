@@ -7,8 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{header, Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
+use http::{header, Method, Response, StatusCode};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -43,7 +42,7 @@ impl Admin {
             let this = self.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req| {
-                    let rsp = this.handle(&req, peer);
+                    let rsp = this.handle(req.method(), req.uri().path(), peer);
                     async move { Ok::<_, Infallible>(rsp) }
                 });
                 let conn = http1::Builder::new()
@@ -57,8 +56,8 @@ impl Admin {
         }
     }
 
-    fn handle(&self, req: &Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-        match (req.method(), req.uri().path()) {
+    fn handle(&self, method: &Method, path: &str, peer: SocketAddr) -> Response<Body> {
+        match (method, path) {
             (&Method::GET, "/live") => text(StatusCode::OK, "live\n"),
             (&Method::GET, "/ready") => {
                 if self.ready.load(Ordering::Acquire) {
@@ -110,4 +109,57 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     let mut rsp = Response::new(full_body(body.into()));
     *rsp.status_mut() = status;
     rsp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn admin() -> Admin {
+        Admin {
+            ready: Arc::new(AtomicBool::new(true)),
+            registry: Arc::new(Registry::default()),
+            config: Box::new(|| serde_json::json!({"ok": true})),
+            shutdown: Arc::new(Notify::new()),
+        }
+    }
+
+    #[tokio::test]
+    async fn shutdown_only_from_loopback() {
+        let a = admin();
+        let remote: SocketAddr = "10.1.2.3:5555".parse().unwrap();
+        let local: SocketAddr = "127.0.0.1:5555".parse().unwrap();
+        assert_eq!(
+            a.handle(&Method::POST, "/shutdown", remote).status(),
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            a.handle(&Method::GET, "/shutdown", local).status(),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        let notified = a.shutdown.clone();
+        let waiter = tokio::spawn(async move { notified.notified().await });
+        tokio::task::yield_now().await;
+        assert_eq!(
+            a.handle(&Method::POST, "/shutdown", local).status(),
+            StatusCode::OK
+        );
+        waiter.await.unwrap();
+    }
+
+    #[test]
+    fn ready_follows_the_flag() {
+        let a = admin();
+        let local: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        assert_eq!(a.handle(&Method::GET, "/ready", local).status(), StatusCode::OK);
+        a.ready.store(false, Ordering::Release);
+        assert_eq!(
+            a.handle(&Method::GET, "/ready", local).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            a.handle(&Method::GET, "/nope", local).status(),
+            StatusCode::NOT_FOUND
+        );
+    }
 }

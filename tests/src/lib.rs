@@ -1,1 +1,59 @@
+//! End-to-end test kit: real `weft-proxy` processes on ephemeral ports and
+//! in-test servers (HTTP/1+2 echo, gRPC framing, WebSocket, TCP) to send
+//! traffic through them.
+//!
+//! Start with [`Mesh`]: an app behind a server proxy, and a client proxy
+//! whose endpoints file points at it. Every process is owned by a handle
+//! that kills it on drop; every temp dir is removed on drop.
 
+pub mod apps;
+pub mod proc;
+
+pub use proc::{bin, ProxyProc, TempDir};
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// A two-proxy path on one machine: `client proxy outbound → server proxy
+/// inbound → app`.
+pub struct Mesh {
+    pub client: ProxyProc,
+    pub server: ProxyProc,
+}
+
+impl Mesh {
+    /// `service` is the name clients use; `app` is where the app listens.
+    /// `extra` is YAML appended to both proxies' configs.
+    pub fn start(service: &str, app: SocketAddr, extra: &str) -> Self {
+        let server = ProxyProc::start(&format!("appPorts: [{}]\n{extra}", app.port()));
+        let endpoints = format!(
+            "{service}:\n  - addr: {app}\n    proxy: {}\nunreachable:\n  - addr: 127.0.0.1:1\n",
+            server.addrs.inbound
+        );
+        let client = ProxyProc::start_with_endpoints(extra, &endpoints);
+        Self { client, server }
+    }
+}
+
+/// Polls `f` every 20 ms until it returns `Some`, or panics after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Whether the suite runs in CI, where prerequisites must be present.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}

@@ -1,0 +1,333 @@
+#!/usr/bin/env bash
+# Weft benchmark harness: direct vs. through two weft-proxies, on loopback.
+#
+# Usage: bench/run.sh            (see bench/README.md for the knobs)
+#
+# Runs on a developer's machine only; never from CI or the test suite.
+set -euo pipefail
+
+# ---------------------------------------------------------------- settings
+DURATION=${BENCH_DURATION:-10}            # seconds per load phase
+WARMUP=${BENCH_WARMUP:-2}                 # seconds of warm-up before each path
+RATE=${BENCH_RATE:-2000}                  # req/s for the fixed-rate latency runs
+WRK_THREADS=${BENCH_WRK_THREADS:-1}
+WRK_CONNS=${BENCH_WRK_CONNS:-32}
+OHA_CONNS=${BENCH_OHA_CONNS:-16}
+PROXY_THREADS=${BENCH_PROXY_THREADS:-1}
+PATHS=${BENCH_PATHS:-"direct weft"}       # which path_<name> functions to run
+SKIP_BUILD=${BENCH_SKIP_BUILD:-0}
+BUILD_TIMEOUT=${BENCH_BUILD_TIMEOUT:-3600}
+KEEP_WORKDIR=${BENCH_KEEP:-0}
+
+if [[ -n "${CI:-}" && "${CI}" != "false" && "${BENCH_FORCE:-0}" != 1 ]]; then
+    echo "bench/run.sh: CI is set; the benchmark does not run in CI (set BENCH_FORCE=1 to override)" >&2
+    exit 0
+fi
+
+BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$BENCH_DIR/.." && pwd)
+RESULTS_DIR="$BENCH_DIR/results"
+STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/weft-bench.XXXXXX")
+MANIFEST="$WORK/manifest.tsv"
+: >"$MANIFEST"
+CLK_TCK=$(getconf CLK_TCK)
+
+log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+# ---------------------------------------------------------------- cleanup
+# Every process the script starts is recorded here and stopped by PID.
+PIDS=()
+
+stop_pid() { # pid: TERM, wait up to 5 s, then KILL
+    local pid=$1 i
+    kill -0 "$pid" 2>/dev/null || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < 50; i++)); do
+        kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
+        sleep 0.1
+    done
+    log "pid $pid did not exit after SIGTERM; sending SIGKILL"
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+    local rc=$? pid
+    trap - EXIT INT TERM
+    for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
+    if [[ "$KEEP_WORKDIR" == 1 || $rc -ne 0 ]]; then
+        log "work dir kept: $WORK"
+    else
+        rm -rf "$WORK"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+start_bg() { # name cmd... : start in the background, log to $WORK/<name>.log, sets LAST_PID
+    local name=$1
+    shift
+    "$@" >"$WORK/$name.log" 2>&1 &
+    LAST_PID=$!
+    PIDS+=("$LAST_PID")
+    log "started $name (pid $LAST_PID): $*"
+}
+
+stop_started() { # pids...: stop some of the processes started so far
+    local pid
+    for pid in "$@"; do stop_pid "$pid"; done
+}
+
+# ---------------------------------------------------------------- tools
+ensure_tools() {
+    command -v python3 >/dev/null || die "python3 is needed"
+    command -v curl >/dev/null || die "curl is needed"
+    if ! command -v wrk >/dev/null; then
+        log "installing wrk (apt-get)"
+        command -v apt-get >/dev/null || die "wrk is missing and there is no apt-get; install wrk"
+        timeout 600 apt-get install -y wrk >"$WORK/apt.log" 2>&1 ||
+            { timeout 600 apt-get update >>"$WORK/apt.log" 2>&1 && timeout 600 apt-get install -y wrk >>"$WORK/apt.log" 2>&1; } ||
+            die "apt-get install wrk failed (see $WORK/apt.log)"
+    fi
+    if ! command -v oha >/dev/null; then
+        export PATH="$HOME/.cargo/bin:$PATH"
+    fi
+    if ! command -v oha >/dev/null; then
+        log "installing oha (cargo install, one job; this takes several minutes)"
+        CARGO_BUILD_JOBS=1 timeout 3600 cargo install oha --locked >"$WORK/oha-install.log" 2>&1 ||
+            die "cargo install oha failed (see $WORK/oha-install.log)"
+    fi
+}
+
+# ---------------------------------------------------------------- helpers
+free_ports() { # n: print n distinct free loopback ports
+    python3 - "$1" <<'EOF'
+import socket, sys
+socks = []
+for _ in range(int(sys.argv[1])):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    socks.append(s)
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+for s in socks:
+    s.close()
+EOF
+}
+
+wait_http_ok() { # url pid what [curl args...]: poll until 200, at most 20 s
+    local url=$1 pid=$2 what=$3 i
+    shift 3
+    for ((i = 0; i < 200; i++)); do
+        kill -0 "$pid" 2>/dev/null || die "$what (pid $pid) exited during start; log: $WORK/$what.log: $(tail -5 "$WORK/$what.log" 2>/dev/null)"
+        if [[ "$(curl -s -o /dev/null -m 1 -w '%{http_code}' "$@" "$url" || true)" == 200 ]]; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    die "$what not ready at $url after 20 s; log: $WORK/$what.log"
+}
+
+check_request() { # what curl-args...: one request must answer 200
+    local what=$1 code
+    shift
+    code=$(curl -s -o "$WORK/check.body" -m 5 -w '%{http_code}' "$@" || true)
+    [[ "$code" == 200 ]] || die "sanity request ($what) answered '$code': $(head -c 300 "$WORK/check.body" 2>/dev/null)"
+    log "sanity: $what -> 200"
+}
+
+cpu_ticks() { # pid: utime+stime in clock ticks (0 if gone)
+    local stat rest f
+    stat=$(cat "/proc/$1/stat" 2>/dev/null) || { echo 0; return; }
+    rest=${stat##*) } # fields from 3 on; comm may contain spaces
+    read -r -a f <<<"$rest"
+    echo $((f[11] + f[12]))
+}
+
+status_kb() { # pid field: e.g. VmRSS, VmHWM, in kB (0 if gone)
+    awk -v k="$2:" '$1 == k { print $2; found = 1 } END { if (!found) print 0 }' "/proc/$1/status" 2>/dev/null || echo 0
+}
+
+OHA_EXTRA=()
+# MON: "label:pid label:pid" of the processes whose CPU and memory a path reports.
+MON=""
+
+# run_load path protocol kind tool cmd...: run one bounded load phase while
+# sampling the monitored processes; record it in the manifest.
+run_load() {
+    local path=$1 proto=$2 kind=$3 tool=$4
+    shift 4
+    local id="${path}-${proto}-${kind}"
+    local out="$WORK/$id.out" procf="$WORK/$id.proc" entry label pid
+    local -A before=() rss_end=() rss_max=()
+    for entry in $MON; do
+        pid=${entry#*:}
+        before[$entry]=$(cpu_ticks "$pid")
+        rss_end[$entry]=0
+        rss_max[$entry]=0
+    done
+    log "$id: $tool ${DURATION}s"
+    timeout --kill-after=5 $((DURATION + 30)) "$@" >"$out" 2>"$WORK/$id.err" &
+    local lpid=$!
+    PIDS+=("$lpid")
+    # Sample RSS while the load runs; the last sample is "at the end of load".
+    while kill -0 "$lpid" 2>/dev/null; do
+        for entry in $MON; do
+            local kb
+            kb=$(status_kb "${entry#*:}" VmRSS)
+            if [[ "$kb" -gt 0 ]]; then
+                rss_end[$entry]=$kb
+                ((kb > rss_max[$entry])) && rss_max[$entry]=$kb
+            fi
+        done
+        sleep 0.25
+    done
+    local rc=0
+    wait "$lpid" || rc=$?
+    [[ $rc -eq 0 ]] || log "$id: $tool exited $rc: $(tail -3 "$WORK/$id.err")"
+    : >"$procf"
+    for entry in $MON; do
+        label=${entry%%:*}
+        pid=${entry#*:}
+        kill -0 "$pid" 2>/dev/null || log "WARNING: $label (pid $pid) is no longer running after $id"
+        printf '%s %s %s %s %s %s %s\n' "$label" "$pid" "${before[$entry]}" "$(cpu_ticks "$pid")" \
+            "${rss_end[$entry]}" "${rss_max[$entry]}" "$(status_kb "$pid" VmHWM)" >>"$procf"
+    done
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$path" "$proto" "$kind" "$tool" "$out" "$procf" "$rc" "$*" >>"$MANIFEST"
+}
+
+# measure_path path h1url h2url [curl-style header for wrk]:
+#   HTTP/1.1 max (wrk), HTTP/1.1 fixed rate (oha), HTTP/2 max (oha),
+#   HTTP/2 fixed rate (oha). OHA_EXTRA holds extra oha args (e.g. --connect-to).
+measure_path() {
+    local path=$1 wrk_url=$2 oha_url=$3 host_hdr=${4:-}
+    local wrk_hdr=()
+    local oha=(oha --no-tui --output-format json -z "${DURATION}s" -c "$OHA_CONNS" "${OHA_EXTRA[@]}")
+    local oha_warm=(oha --no-tui --output-format json -z "${WARMUP}s" -c "$OHA_CONNS" "${OHA_EXTRA[@]}")
+    [[ -n "$host_hdr" ]] && wrk_hdr=(-H "Host: $host_hdr")
+    log "$path: warm-up ${WARMUP}s"
+    timeout $((WARMUP + 20)) wrk -t"$WRK_THREADS" -c"$WRK_CONNS" -d"${WARMUP}s" "${wrk_hdr[@]}" "$wrk_url" >"$WORK/$path-warmup.out" 2>&1 || true
+    timeout $((WARMUP + 20)) "${oha_warm[@]}" --http2 "$oha_url" >/dev/null 2>&1 || true
+    run_load "$path" http1 max wrk \
+        wrk -t"$WRK_THREADS" -c"$WRK_CONNS" -d"${DURATION}s" --latency "${wrk_hdr[@]}" "$wrk_url"
+    run_load "$path" http1 rate oha "${oha[@]}" -q "$RATE" --latency-correction "$oha_url"
+    run_load "$path" http2 max oha "${oha[@]}" --http2 "$oha_url"
+    run_load "$path" http2 rate oha "${oha[@]}" --http2 -q "$RATE" --latency-correction "$oha_url"
+}
+
+# ---------------------------------------------------------------- the system under test
+WEFT="$ROOT/target/release/weft"
+WEFT_PROXY="$ROOT/target/release/weft-proxy"
+BACKEND_PORT=""
+BACKEND_PID=""
+
+start_backend() {
+    read -r BACKEND_PORT < <(free_ports 1)
+    start_bg backend "$WEFT" sample-app --listen "127.0.0.1:$BACKEND_PORT" --latency 0ms --error-rate 0
+    BACKEND_PID=$LAST_PID
+    wait_http_ok "http://127.0.0.1:$BACKEND_PORT/" "$BACKEND_PID" backend
+}
+
+start_proxy() { # name config-file: start a weft-proxy, wait for /ready; sets LAST_PID
+    local name=$1 cfg=$2 admin
+    admin=$(awk '$1 == "adminListen:" { print $2 }' "$cfg")
+    start_bg "$name" env RUST_LOG=warn "$WEFT_PROXY" --config "$cfg" --worker-threads "$PROXY_THREADS"
+    local pid=$LAST_PID
+    wait_http_ok "http://$admin/ready" "$pid" "$name"
+    LAST_PID=$pid
+}
+
+scrape_admin() { # name admin-addr: keep /metrics for the report
+    curl -s -m 5 "http://$1/metrics" >"$WORK/$2.metrics" 2>/dev/null || true
+}
+
+# ---------------------------------------------------------------- paths
+# Each path_<name> function starts what it needs, calls measure_path, and stops
+# what it started. Add rows (envoy, mTLS, ...) as new functions + BENCH_PATHS.
+
+path_direct() {
+    MON="backend:$BACKEND_PID"
+    OHA_EXTRA=()
+    check_request "direct h1" "http://127.0.0.1:$BACKEND_PORT/"
+    check_request "direct h2" --http2-prior-knowledge "http://127.0.0.1:$BACKEND_PORT/"
+    measure_path direct "http://127.0.0.1:$BACKEND_PORT/" "http://127.0.0.1:$BACKEND_PORT/"
+}
+
+path_weft() {
+    local a_out a_in a_admin b_out b_in b_admin d="$WORK/weft"
+    mkdir -p "$d"
+    read -r a_out a_in a_admin b_out b_in b_admin < <(free_ports 6)
+    cat >"$d/endpoints.yaml" <<EOF
+bench:
+  - addr: 127.0.0.1:$BACKEND_PORT
+    proxy: 127.0.0.1:$b_in
+EOF
+    cat >"$d/proxy-b.yaml" <<EOF
+inboundListen: 127.0.0.1:$b_in
+outboundListen: 127.0.0.1:$b_out
+adminListen: 127.0.0.1:$b_admin
+appPorts: [$BACKEND_PORT]
+shutdownGrace: 2s
+EOF
+    cat >"$d/proxy-a.yaml" <<EOF
+outboundListen: 127.0.0.1:$a_out
+inboundListen: 127.0.0.1:$a_in
+adminListen: 127.0.0.1:$a_admin
+endpointsFile: $d/endpoints.yaml
+shutdownGrace: 2s
+EOF
+    start_proxy weft-proxy-b "$d/proxy-b.yaml"
+    local pid_b=$LAST_PID
+    start_proxy weft-proxy-a "$d/proxy-a.yaml"
+    local pid_a=$LAST_PID
+    MON="A:$pid_a B:$pid_b backend:$BACKEND_PID"
+    OHA_EXTRA=(--connect-to "bench:80:127.0.0.1:$a_out")
+    check_request "weft h1 (Host: bench)" -H "Host: bench" "http://127.0.0.1:$a_out/"
+    check_request "weft h2 (:authority bench)" --http2-prior-knowledge --connect-to "bench:80:127.0.0.1:$a_out" "http://bench/"
+    measure_path weft "http://127.0.0.1:$a_out/" "http://bench/" bench
+    scrape_admin "127.0.0.1:$a_admin" weft-proxy-a
+    scrape_admin "127.0.0.1:$b_admin" weft-proxy-b
+    stop_started "$pid_a" "$pid_b"
+    OHA_EXTRA=()
+}
+
+# ---------------------------------------------------------------- main
+main() {
+    ensure_tools
+    if [[ "$SKIP_BUILD" != 1 ]]; then
+        log "cargo build --release --workspace"
+        (cd "$ROOT" && timeout "$BUILD_TIMEOUT" cargo build --release --workspace) || die "release build failed"
+    fi
+    [[ -x "$WEFT" && -x "$WEFT_PROXY" ]] || die "missing $WEFT or $WEFT_PROXY"
+
+    start_backend
+    local p
+    for p in $PATHS; do
+        declare -F "path_$p" >/dev/null || die "unknown path '$p' (have: $(declare -F | awk '$3 ~ /^path_/ { sub("path_", "", $3); printf "%s ", $3 }'))"
+        "path_$p"
+    done
+
+    mkdir -p "$RESULTS_DIR"
+    local json="$RESULTS_DIR/$STAMP.json" logs="$RESULTS_DIR/$STAMP-logs"
+    mkdir -p "$logs"
+    cp "$WORK"/*.log "$WORK"/*.out "$WORK"/*.err "$logs"/ 2>/dev/null || true
+    cp "$WORK"/*.metrics "$logs"/ 2>/dev/null || true
+    cp -r "$WORK/weft" "$logs/weft-config" 2>/dev/null || true
+    python3 "$BENCH_DIR/report.py" \
+        --manifest "$MANIFEST" --logs "$WORK" --out "$json" --clk-tck "$CLK_TCK" \
+        --meta "timestamp=$STAMP" \
+        --meta "git_rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$ROOT" diff --quiet 2>/dev/null || echo -dirty)" \
+        --meta "duration_s=$DURATION" --meta "warmup_s=$WARMUP" --meta "rate_rps=$RATE" \
+        --meta "wrk=-t$WRK_THREADS -c$WRK_CONNS" --meta "oha_connections=$OHA_CONNS" \
+        --meta "proxy_worker_threads=$PROXY_THREADS" \
+        --meta "cpus=$(nproc)" --meta "kernel=$(uname -r)" \
+        --meta "wrk_version=$(wrk -v 2>&1 | head -1 | awk '{print $2}')" \
+        --meta "oha_version=$(oha --version 2>/dev/null | awk '{print $2}')"
+    log "JSON: $json"
+    log "logs: $logs"
+}
+
+main "$@"
