@@ -168,7 +168,7 @@ def main():
         }
         table.append(row)
 
-    headers = ["path", "proto", "max req/s", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms",
+    headers = ["path", "proto", "max req/s", "at rate", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms",
                "errors", "RSS MiB A/B", "peak MiB A/B", "CPU µs/req A/B"]
     lines = []
     for row in table:
@@ -178,6 +178,7 @@ def main():
             row["path"],
             {"http1": "HTTP/1.1", "http2": "HTTP/2"}.get(row["protocol"], row["protocol"]),
             fmt(row["max_rps"], "{:.0f}") + ("" if row["max_rps_tool"] in (None, "wrk") else "*"),
+            fmt(row["rate_rps_achieved"], "{:.0f}"),
             fmt(row["p50_ms"], "{:.3f}"),
             fmt(row["p90_ms"], "{:.3f}"),
             fmt(row["p99_ms"], "{:.3f}"),
@@ -199,7 +200,8 @@ def main():
     out += [
         "",
         f"max req/s: HTTP/1.1 by wrk ({meta.get('wrk', '')}), HTTP/2 by oha (* ; -c {meta.get('oha_connections', '?')}).",
-        f"latency: oha at a fixed {meta.get('rate_rps', '?')} req/s with latency correction, -c {meta.get('oha_connections', '?')}.",
+        f"latency: oha at a fixed {meta.get('rate_rps', '?')} req/s with latency correction, -c {meta.get('oha_connections', '?')}"
+        " ('at rate': the rate achieved).",
         "errors: non-2xx responses + transport errors over both phases of the row.",
         "RSS: VmRSS at the end of the max-throughput phase; peak: VmHWM. CPU: utime+stime during the",
         "fixed-rate phase divided by the responses received. A = client-side proxy, B = server-side proxy.",

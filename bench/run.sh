@@ -205,8 +205,8 @@ run_load() {
 measure_path() {
     local path=$1 wrk_url=$2 oha_url=$3 host_hdr=${4:-}
     local wrk_hdr=()
-    local oha=(oha --no-tui --output-format json -z "${DURATION}s" -c "$OHA_CONNS" "${OHA_EXTRA[@]}")
-    local oha_warm=(oha --no-tui --output-format json -z "${WARMUP}s" -c "$OHA_CONNS" "${OHA_EXTRA[@]}")
+    local oha=(oha --no-tui --output-format json -w -z "${DURATION}s" -c "$OHA_CONNS" "${OHA_EXTRA[@]}")
+    local oha_warm=(oha --no-tui --output-format json -w -z "${WARMUP}s" -c "$OHA_CONNS" "${OHA_EXTRA[@]}")
     [[ -n "$host_hdr" ]] && wrk_hdr=(-H "Host: $host_hdr")
     log "$path: warm-up ${WARMUP}s"
     timeout $((WARMUP + 20)) wrk -t"$WRK_THREADS" -c"$WRK_CONNS" -d"${WARMUP}s" "${wrk_hdr[@]}" "$wrk_url" >"$WORK/$path-warmup.out" 2>&1 || true
@@ -295,6 +295,13 @@ EOF
 }
 
 # ---------------------------------------------------------------- main
+git_rev() {
+    local rev
+    rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null) || { echo unknown; return; }
+    git -C "$ROOT" diff --quiet HEAD 2>/dev/null || rev="$rev-dirty"
+    echo "$rev"
+}
+
 main() {
     ensure_tools
     if [[ "$SKIP_BUILD" != 1 ]]; then
@@ -319,7 +326,7 @@ main() {
     python3 "$BENCH_DIR/report.py" \
         --manifest "$MANIFEST" --logs "$WORK" --out "$json" --clk-tck "$CLK_TCK" \
         --meta "timestamp=$STAMP" \
-        --meta "git_rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$ROOT" diff --quiet 2>/dev/null || echo -dirty)" \
+        --meta "git_rev=$(git_rev)" \
         --meta "duration_s=$DURATION" --meta "warmup_s=$WARMUP" --meta "rate_rps=$RATE" \
         --meta "wrk=-t$WRK_THREADS -c$WRK_CONNS" --meta "oha_connections=$OHA_CONNS" \
         --meta "proxy_worker_threads=$PROXY_THREADS" \

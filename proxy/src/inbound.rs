@@ -117,21 +117,28 @@ impl Inbound {
     }
 
     async fn request(self: Arc<Self>, req: Request<Incoming>, conn: AppProtocol) -> Response<Body> {
+        let start = std::time::Instant::now();
+        let direction = Direction::Inbound;
         self.metrics
             .requests
-            .get_or_create(&DirectionLabels {
-                direction: Direction::Inbound,
-            })
+            .get_or_create(&DirectionLabels { direction })
             .inc();
+        // Only peers name the service (they resolved it); anything else is
+        // one bounded label value.
+        let service = match (req.headers().contains_key(WEFT_PROTO), authority(&req)) {
+            (true, Some(a)) => a.host().to_ascii_lowercase(),
+            _ => "unmeshed".to_string(),
+        };
         match self.route(req, conn).await {
             Ok(rsp) => {
-                self.metrics.response(Direction::Inbound, rsp.status(), None);
+                self.metrics
+                    .response(direction, &service, rsp.status(), None, start);
                 rsp
             }
             Err(e) => {
                 tracing::info!(error = %e, reason = e.reason(), "inbound request failed");
                 self.metrics
-                    .response(Direction::Inbound, e.status(), Some(e.reason()));
+                    .response(direction, &service, e.status(), Some(e.reason()), start);
                 e.to_response()
             }
         }

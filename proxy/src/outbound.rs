@@ -22,7 +22,7 @@ use crate::http::{
     absolute_uri, authority, host_port, incoming, is_upgrade, strip_hop_by_hop, AppProtocol, Body,
 };
 use crate::http::{WEFT_PORT, WEFT_PROTO};
-use crate::metrics::{Direction, DirectionLabels, Metrics};
+use crate::metrics::{Direction, DirectionLabels, Metrics, UNKNOWN_SERVICE};
 use crate::server::{serve_http, HttpSettings};
 use crate::tcp;
 
@@ -113,35 +113,40 @@ impl Outbound {
     }
 
     async fn request(self: Arc<Self>, req: Request<Incoming>, app: AppProtocol) -> Response<Body> {
+        let start = std::time::Instant::now();
+        let direction = Direction::Outbound;
         self.metrics
             .requests
-            .get_or_create(&DirectionLabels {
-                direction: Direction::Outbound,
-            })
+            .get_or_create(&DirectionLabels { direction })
             .inc();
-        let rsp = match self.route(req, app).await {
+        let mut service = String::from(UNKNOWN_SERVICE);
+        match self.route(req, app, &mut service).await {
             Ok(rsp) => {
-                self.metrics.response(Direction::Outbound, rsp.status(), None);
+                self.metrics
+                    .response(direction, &service, rsp.status(), None, start);
                 rsp
             }
             Err(e) => {
                 tracing::info!(error = %e, reason = e.reason(), "outbound request failed");
                 self.metrics
-                    .response(Direction::Outbound, e.status(), Some(e.reason()));
+                    .response(direction, &service, e.status(), Some(e.reason()), start);
                 e.to_response()
             }
-        };
-        rsp
+        }
     }
 
+    /// Sends the request on; names the destination in `service` (for
+    /// metrics) once discovery knows it.
     async fn route(
         &self,
         mut req: Request<Incoming>,
         app: AppProtocol,
+        service: &mut String,
     ) -> Result<Response<Body>, ProxyError> {
         let authority = authority(&req).ok_or(ProxyError::NoAuthority)?;
         let (host, port) = host_port(&authority, req.uri());
         let endpoint = self.pick(&host, port).await?;
+        *service = host;
 
         if req.method() == Method::CONNECT {
             let upstream = match endpoint.proxy {
