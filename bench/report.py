@@ -45,6 +45,9 @@ def parse_oha(text):
     s = d.get("summary", {})
     codes = {str(k): int(v) for k, v in (d.get("statusCodeDistribution") or {}).items()}
     errs = {str(k): int(v) for k, v in (d.get("errorDistribution") or {}).items()}
+    # Requests oha itself cancels when the duration ends are not the server's
+    # fault; keep them apart from real errors.
+    aborted = sum(v for k, v in errs.items() if k == "aborted due to deadline")
     responses = sum(codes.values())
     non_2xx = sum(v for k, v in codes.items() if not k.startswith("2"))
     pcts = d.get("latencyPercentiles") or {}
@@ -56,7 +59,8 @@ def parse_oha(text):
         "status_codes": codes,
         "error_distribution": errs,
         "non_2xx": non_2xx,
-        "errors": non_2xx + sum(errs.values()),
+        "aborted_at_deadline": aborted,
+        "errors": non_2xx + sum(errs.values()) - aborted,
         "latency_ms": lat,
         "average_ms": s["average"] * 1e3 if isinstance(s.get("average"), (int, float)) else None,
         "slowest_ms": s["slowest"] * 1e3 if isinstance(s.get("slowest"), (int, float)) else None,

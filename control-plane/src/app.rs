@@ -1,0 +1,236 @@
+//! Wiring: flags → file source + index + gRPC server + admin listener, run
+//! until SIGTERM/SIGINT.
+
+use std::convert::Infallible;
+use std::ffi::OsString;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use clap::Parser;
+use http::{Response, StatusCode};
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use weft_api::v1 as api;
+
+use crate::files::FileSource;
+use crate::grpc::{DestinationService, IdentityService, InboundService};
+use crate::index::{Index, IndexConfig};
+use crate::metrics::ControlMetrics;
+
+/// `weft-control`: Weft's control plane.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "weft-control", version, about)]
+pub struct Config {
+    /// YAML files or directories of documents (repeat).
+    #[arg(
+        long = "config",
+        short = 'c',
+        env = "WEFT_CONTROL_CONFIG",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub config: Vec<PathBuf>,
+    /// gRPC listener for proxies.
+    #[arg(long, env = "WEFT_CONTROL_GRPC_LISTEN", default_value = "0.0.0.0:8086")]
+    pub grpc_listen: SocketAddr,
+    /// `/metrics`, `/ready`, `/live`.
+    #[arg(long, env = "WEFT_CONTROL_ADMIN_LISTEN", default_value = "0.0.0.0:9990")]
+    pub admin_listen: SocketAddr,
+    /// SPIFFE trust domain.
+    #[arg(long, env = "WEFT_TRUST_DOMAIN", default_value = "cluster.local")]
+    pub trust_domain: String,
+    /// DNS suffix of services.
+    #[arg(long, env = "WEFT_CLUSTER_DOMAIN", default_value = "cluster.local")]
+    pub cluster_domain: String,
+    /// How often config files are checked for changes.
+    #[arg(long, default_value = "200ms", value_parser = humantime::parse_duration)]
+    pub poll_interval: Duration,
+    /// How long files must be quiet before a change is applied.
+    #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub debounce: Duration,
+}
+
+/// A control plane with its listeners bound.
+pub struct Control {
+    config: Config,
+    grpc: TcpListener,
+    admin: TcpListener,
+}
+
+impl Control {
+    pub async fn bind(config: Config) -> std::io::Result<Self> {
+        let grpc = TcpListener::bind(config.grpc_listen).await?;
+        let admin = TcpListener::bind(config.admin_listen).await?;
+        Ok(Self { config, grpc, admin })
+    }
+
+    pub fn addrs(&self) -> (SocketAddr, SocketAddr) {
+        (
+            self.grpc.local_addr().expect("bound"),
+            self.admin.local_addr().expect("bound"),
+        )
+    }
+
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), tonic::transport::Error> {
+        let index = Index::new(IndexConfig {
+            trust_domain: self.config.trust_domain.clone(),
+            cluster_domain: self.config.cluster_domain.clone(),
+        });
+        let metrics = Arc::new(ControlMetrics::default());
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        let registry = Arc::new(registry);
+
+        let source = FileSource::new(self.config.config.clone());
+        let files = tokio::spawn(source.run(
+            index.clone(),
+            metrics.clone(),
+            self.config.poll_interval,
+            self.config.debounce,
+        ));
+        tokio::spawn(serve_admin(self.admin, registry, metrics.clone(), index.clone()));
+
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(self.grpc);
+        let result = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .add_service(api::destination_server::DestinationServer::new(
+                DestinationService {
+                    index: index.clone(),
+                    metrics: metrics.clone(),
+                },
+            ))
+            .add_service(api::inbound_server::InboundServer::new(InboundService {
+                index,
+                metrics,
+            }))
+            .add_service(api::identity_server::IdentityServer::new(IdentityService))
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await;
+        files.abort();
+        result
+    }
+}
+
+async fn serve_admin(
+    listener: TcpListener,
+    registry: Arc<Registry>,
+    metrics: Arc<ControlMetrics>,
+    index: Arc<Index>,
+) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let (registry, metrics, index) = (registry.clone(), metrics.clone(), index.clone());
+        tokio::spawn(async move {
+            let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                let (status, body) = match req.uri().path() {
+                    "/live" => (StatusCode::OK, "live\n".to_string()),
+                    "/ready" if metrics.is_ready() => (StatusCode::OK, "ready\n".to_string()),
+                    "/ready" => (StatusCode::SERVICE_UNAVAILABLE, "loading config\n".to_string()),
+                    "/metrics" => {
+                        metrics.index_stats(index.stats());
+                        let mut out = String::new();
+                        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+                        (StatusCode::OK, out)
+                    }
+                    _ => (
+                        StatusCode::NOT_FOUND,
+                        "not found; try /live /ready /metrics\n".to_string(),
+                    ),
+                };
+                let mut rsp = Response::new(Full::new(Bytes::from(body)));
+                *rsp.status_mut() = status;
+                async move { Ok::<_, Infallible>(rsp) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+/// The `weft-control` command.
+pub fn run_cli<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let config = match Config::try_parse_from(args) {
+        Ok(c) => c,
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(64);
+        }
+    };
+    for path in &config.config {
+        if !path.exists() {
+            eprintln!(
+                "weft-control: invalid config: --config: {} does not exist",
+                path.display()
+            );
+            return ExitCode::from(64);
+        }
+    }
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .try_init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(async move {
+        let control = match Control::bind(config).await {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("weft-control: cannot listen: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let (grpc, admin) = control.addrs();
+        tracing::info!(grpc = %grpc, admin = %admin, "listening");
+        match control.run(shutdown_signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("weft-control: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+    tracing::info!("shutting down");
+}

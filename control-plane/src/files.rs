@@ -1,0 +1,322 @@
+//! The file source: files or directories of multi-document YAML, polled for
+//! changes (debounced) and fed to the index.
+//!
+//! Each file is accepted or rejected as a unit: a change that leaves any
+//! document of a file invalid is rejected, logged, counted, and the file's
+//! last good documents stay in force.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use crate::index::Index;
+use crate::metrics::ControlMetrics;
+use crate::model::{parse_file, DocError, DocRef, Document};
+
+/// The name the file source registers its documents under in the index.
+pub const SOURCE: &str = "files";
+
+type Fingerprint = Option<(SystemTime, u64)>;
+
+#[derive(Debug, Default)]
+struct FileState {
+    fingerprint: Fingerprint,
+    /// Last good documents.
+    docs: Vec<Document>,
+    /// Errors of the latest version (empty when it was accepted).
+    errors: Vec<DocError>,
+}
+
+/// What one reload found.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub changed_files: Vec<PathBuf>,
+    pub rejected_files: Vec<PathBuf>,
+    pub errors: Vec<DocError>,
+}
+
+pub struct FileSource {
+    roots: Vec<PathBuf>,
+    files: BTreeMap<PathBuf, FileState>,
+}
+
+/// Every YAML file under `roots` (directories are walked), sorted.
+pub fn list_files(roots: &[PathBuf]) -> std::io::Result<Vec<PathBuf>> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+        for entry in std::fs::read_dir(dir)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                walk(&path, out)?;
+            } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+                out.push(path);
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    for root in roots {
+        if root.is_dir() {
+            walk(root, &mut out)?;
+        } else {
+            std::fs::metadata(root)?;
+            out.push(root.clone());
+        }
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+fn fingerprint(path: &Path) -> Fingerprint {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+impl FileSource {
+    pub fn new(roots: Vec<PathBuf>) -> Self {
+        Self {
+            roots,
+            files: BTreeMap::new(),
+        }
+    }
+
+    fn fingerprints(&self) -> BTreeMap<PathBuf, Fingerprint> {
+        match list_files(&self.roots) {
+            Ok(files) => files.into_iter().map(|f| (f.clone(), fingerprint(&f))).collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list config files");
+                // Keep what we have rather than dropping every document.
+                self.files
+                    .iter()
+                    .map(|(p, s)| (p.clone(), s.fingerprint))
+                    .collect()
+            }
+        }
+    }
+
+    /// Whether any file appeared, disappeared or changed since the last
+    /// reload.
+    pub fn changed(&self) -> bool {
+        let now = self.fingerprints();
+        now.len() != self.files.len()
+            || now
+                .iter()
+                .any(|(p, f)| self.files.get(p).is_none_or(|s| s.fingerprint != *f))
+    }
+
+    /// Re-reads the files that changed.
+    pub fn reload(&mut self) -> Report {
+        let now = self.fingerprints();
+        let mut report = Report::default();
+        self.files.retain(|p, _| {
+            let keep = now.contains_key(p);
+            if !keep {
+                report.changed_files.push(p.clone());
+            }
+            keep
+        });
+        // Parse every changed file; accepted ones are checked for names
+        // another file already defines before they replace their old docs.
+        let mut parsed: Vec<(PathBuf, Vec<Document>)> = Vec::new();
+        for (path, fp) in &now {
+            let state = self.files.entry(path.clone()).or_default();
+            if state.fingerprint == *fp && state.fingerprint.is_some() {
+                continue;
+            }
+            state.fingerprint = *fp;
+            report.changed_files.push(path.clone());
+            let name = path.display().to_string();
+            let (docs, errors) = match std::fs::read_to_string(path) {
+                Ok(text) => parse_file(&name, &text),
+                Err(e) => (
+                    Vec::new(),
+                    vec![DocError {
+                        doc: DocRef {
+                            file: name.clone(),
+                            index: 0,
+                            name: None,
+                        },
+                        field: "(file)".into(),
+                        problem: format!("cannot read: {e}"),
+                    }],
+                ),
+            };
+            state.errors = errors;
+            if state.errors.is_empty() {
+                parsed.push((path.clone(), docs));
+            }
+        }
+        for (path, docs) in parsed {
+            let duplicates: Vec<DocError> = docs
+                .iter()
+                .enumerate()
+                .filter_map(|(i, doc)| {
+                    let other = self.files.iter().find(|(p, s)| {
+                        **p != path
+                            && s.docs.iter().any(|d| {
+                                d.spec.kind() == doc.spec.kind()
+                                    && d.meta.namespace == doc.meta.namespace
+                                    && d.meta.name == doc.meta.name
+                            })
+                    })?;
+                    Some(DocError {
+                        doc: DocRef {
+                            file: path.display().to_string(),
+                            index: i,
+                            name: Some(format!(
+                                "{} {}/{}",
+                                doc.spec.kind(),
+                                doc.meta.namespace,
+                                doc.meta.name
+                            )),
+                        },
+                        field: "metadata.name".into(),
+                        problem: format!("expected a unique name; {} already defines it", other.0.display()),
+                    })
+                })
+                .collect();
+            let state = self.files.get_mut(&path).expect("parsed files are tracked");
+            if duplicates.is_empty() {
+                state.docs = docs;
+            } else {
+                state.errors = duplicates;
+            }
+        }
+        for (path, state) in &self.files {
+            if !state.errors.is_empty() {
+                report.rejected_files.push(path.clone());
+                report.errors.extend(state.errors.iter().cloned());
+            }
+        }
+        report
+    }
+
+    /// The documents in force: every file's last good set.
+    pub fn documents(&self) -> Vec<Document> {
+        let mut out = Vec::new();
+        let mut seen = BTreeSet::new();
+        for state in self.files.values() {
+            for doc in &state.docs {
+                if seen.insert((doc.spec.kind(), doc.meta.namespace.clone(), doc.meta.name.clone())) {
+                    out.push(doc.clone());
+                }
+            }
+        }
+        out
+    }
+
+    /// Loads, then polls every `interval` until the task is dropped; a
+    /// change is applied once the files have been quiet for `debounce`.
+    pub async fn run(
+        mut self,
+        index: Arc<Index>,
+        metrics: Arc<ControlMetrics>,
+        interval: Duration,
+        debounce: Duration,
+    ) {
+        loop {
+            let report = self.reload();
+            for e in &report.errors {
+                tracing::error!(error = %e, "config rejected; the last good version stays in force");
+            }
+            metrics.config_reloaded(&report);
+            if !report.changed_files.is_empty() {
+                index.apply(SOURCE, self.documents());
+                metrics.index_stats(index.stats());
+                tracing::info!(
+                    files = report.changed_files.len(),
+                    rejected = report.rejected_files.len(),
+                    "config applied"
+                );
+            }
+            metrics.set_ready();
+            // Wait for a change, then for the writes to settle.
+            loop {
+                tokio::time::sleep(interval).await;
+                if self.changed() {
+                    break;
+                }
+            }
+            loop {
+                let before = self.fingerprints();
+                tokio::time::sleep(debounce).await;
+                if self.fingerprints() == before {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SVC: &str = "apiVersion: weft.dev/v1alpha1\nkind: MeshService\nmetadata: {name: NAME, namespace: demo}\nspec:\n  endpoints: [{address: 127.0.0.1:8080}]\n";
+
+    struct Dir(PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn dir(tag: &str) -> Dir {
+        let d = std::env::temp_dir().join(format!("weft-files-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        Dir(d)
+    }
+
+    fn names(src: &FileSource) -> Vec<String> {
+        src.documents().into_iter().map(|d| d.meta.name).collect()
+    }
+
+    #[test]
+    fn invalid_change_keeps_the_last_good_file() {
+        let d = dir("lastgood");
+        let f = d.0.join("a.yaml");
+        std::fs::write(&f, SVC.replace("NAME", "web")).unwrap();
+        let mut src = FileSource::new(vec![d.0.clone()]);
+        let r = src.reload();
+        assert!(r.errors.is_empty());
+        assert_eq!(names(&src), ["web"]);
+
+        std::thread::sleep(Duration::from_millis(20));
+        std::fs::write(
+            &f,
+            SVC.replace("NAME", "web2").replace("127.0.0.1:8080", "nowhere"),
+        )
+        .unwrap();
+        assert!(src.changed());
+        let r = src.reload();
+        assert_eq!(r.rejected_files, std::slice::from_ref(&f));
+        assert_eq!(r.errors[0].field, "spec.endpoints[0].address");
+        assert!(r.errors[0]
+            .to_string()
+            .contains("a.yaml: document 0 (MeshService demo/web2)"));
+        assert_eq!(names(&src), ["web"], "the last good version stays");
+
+        std::fs::write(&f, SVC.replace("NAME", "web3") + "   \n").unwrap();
+        let r = src.reload();
+        assert!(r.errors.is_empty());
+        assert_eq!(names(&src), ["web3"]);
+
+        std::fs::remove_file(&f).unwrap();
+        src.reload();
+        assert!(names(&src).is_empty(), "a deleted file's documents go");
+    }
+
+    #[test]
+    fn duplicate_across_files_rejects_the_later_file() {
+        let d = dir("dups");
+        std::fs::write(d.0.join("a.yaml"), SVC.replace("NAME", "web")).unwrap();
+        std::fs::write(d.0.join("b.yaml"), SVC.replace("NAME", "web")).unwrap();
+        let mut src = FileSource::new(vec![d.0.clone()]);
+        let r = src.reload();
+        assert_eq!(r.errors.len(), 1);
+        assert!(r.errors[0].doc.file.ends_with("b.yaml"));
+        assert!(r.errors[0].problem.contains("a.yaml already defines it"));
+        assert_eq!(names(&src), ["web"]);
+    }
+}

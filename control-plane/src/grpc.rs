@@ -1,0 +1,336 @@
+//! The gRPC services: Destination and Inbound watches published from the
+//! index, and Identity (certificates arrive with the identity work).
+//!
+//! Each watch stream has a task that reads the index's `watch` channel and
+//! writes into a small bounded queue. A stream that is not read fills its
+//! queue and the task waits; meanwhile the channel keeps only the latest
+//! state, so memory stays bounded, and when the reader catches up it gets
+//! one update covering everything it missed (a fresh snapshot when it
+//! skipped versions).
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+use weft_api::v1 as api;
+use weft_api::v1::destination_update::Kind;
+
+use crate::index::{DestinationState, DestinationView, Index};
+use crate::metrics::{ApiLabels, ControlMetrics, UpdateLabels};
+
+/// Updates queued per stream before the stream's task waits.
+pub const STREAM_QUEUE: usize = 4;
+
+pub struct DestinationService {
+    pub index: Arc<Index>,
+    pub metrics: Arc<ControlMetrics>,
+}
+
+/// Counts an open stream while alive.
+struct WatcherGuard {
+    metrics: Arc<ControlMetrics>,
+    api: &'static str,
+}
+
+impl WatcherGuard {
+    fn new(metrics: &Arc<ControlMetrics>, api: &'static str) -> Self {
+        metrics.watchers.get_or_create(&ApiLabels { api }).inc();
+        Self {
+            metrics: metrics.clone(),
+            api,
+        }
+    }
+}
+
+impl Drop for WatcherGuard {
+    fn drop(&mut self) {
+        self.metrics
+            .watchers
+            .get_or_create(&ApiLabels { api: self.api })
+            .dec();
+    }
+}
+
+fn update(kind: Kind) -> api::DestinationUpdate {
+    api::DestinationUpdate { kind: Some(kind) }
+}
+
+fn kind_name(k: &Kind) -> &'static str {
+    match k {
+        Kind::Snapshot(_) => "snapshot",
+        Kind::Added(_) => "added",
+        Kind::Removed(_) => "removed",
+        Kind::Policy(_) => "policy",
+        Kind::NotFound(_) => "not_found",
+    }
+}
+
+/// What to send a watcher that last saw `last` so that it sees `current`.
+pub fn updates_between(
+    last: Option<&DestinationState>,
+    current: &DestinationState,
+) -> Vec<api::DestinationUpdate> {
+    let DestinationView::Found {
+        service,
+        endpoints,
+        policy,
+    } = &current.view
+    else {
+        return match last {
+            Some(l) if l.view == DestinationView::NotFound => Vec::new(),
+            _ => vec![update(Kind::NotFound(api::NotFound {}))],
+        };
+    };
+    let snapshot = || {
+        vec![update(Kind::Snapshot(api::Snapshot {
+            service: Some(service.clone()),
+            endpoints: endpoints.values().cloned().collect(),
+            policy: Some(policy.clone()),
+        }))]
+    };
+    let Some(last) = last else { return snapshot() };
+    let DestinationView::Found {
+        service: last_service,
+        endpoints: last_eps,
+        policy: last_policy,
+    } = &last.view
+    else {
+        return snapshot();
+    };
+    if last.version + 1 != current.version || last_service != service {
+        // Skipped versions (a slow reader) or a different service: start over.
+        return snapshot();
+    }
+    let mut out = Vec::new();
+    let removed: Vec<String> = last_eps
+        .keys()
+        .filter(|a| !endpoints.contains_key(*a))
+        .cloned()
+        .collect();
+    if !removed.is_empty() {
+        out.push(update(Kind::Removed(api::EndpointsRemoved {
+            addresses: removed,
+        })));
+    }
+    let added: Vec<api::Endpoint> = endpoints
+        .iter()
+        .filter(|(a, e)| last_eps.get(*a) != Some(e))
+        .map(|(_, e)| e.clone())
+        .collect();
+    if !added.is_empty() {
+        out.push(update(Kind::Added(api::EndpointsAdded { endpoints: added })));
+    }
+    if last_policy != policy {
+        out.push(update(Kind::Policy(policy.clone())));
+    }
+    out
+}
+
+#[tonic::async_trait]
+impl api::destination_server::Destination for DestinationService {
+    type WatchStream = ReceiverStream<Result<api::DestinationUpdate, Status>>;
+
+    async fn watch(
+        &self,
+        request: Request<api::DestinationRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let req = request.into_inner();
+        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+        let guard = WatcherGuard::new(&self.metrics, "destination");
+        let metrics = self.metrics.clone();
+        let Some(target) = self.index.parse_target(&req.target, &req.namespace) else {
+            // Not a name the mesh can own: say so, and hold the stream open
+            // so the proxy does not reconnect in a loop.
+            tokio::spawn(async move {
+                let _guard = guard;
+                metrics
+                    .updates
+                    .get_or_create(&UpdateLabels {
+                        api: "destination",
+                        kind: "not_found",
+                    })
+                    .inc();
+                if tx
+                    .send(Ok(update(Kind::NotFound(api::NotFound {}))))
+                    .await
+                    .is_ok()
+                {
+                    tx.closed().await;
+                }
+            });
+            return Ok(Response::new(ReceiverStream::new(rx)));
+        };
+        tracing::debug!(target = %req.target, proxy = %req.proxy_id, "destination watch");
+        let mut states = self.index.watch_destination(target);
+        tokio::spawn(async move {
+            let _guard = guard;
+            let mut last: Option<Arc<DestinationState>> = None;
+            loop {
+                let current = states.borrow_and_update().clone();
+                for u in updates_between(last.as_deref(), &current) {
+                    let kind = kind_name(u.kind.as_ref().expect("updates have a kind"));
+                    if tx.send(Ok(u)).await.is_err() {
+                        return;
+                    }
+                    metrics
+                        .updates
+                        .get_or_create(&UpdateLabels {
+                            api: "destination",
+                            kind,
+                        })
+                        .inc();
+                }
+                last = Some(current);
+                tokio::select! {
+                    changed = states.changed() => if changed.is_err() { return },
+                    () = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+pub struct InboundService {
+    pub index: Arc<Index>,
+    pub metrics: Arc<ControlMetrics>,
+}
+
+#[tonic::async_trait]
+impl api::inbound_server::Inbound for InboundService {
+    type WatchStream = ReceiverStream<Result<api::ServerPolicy, Status>>;
+
+    async fn watch(
+        &self,
+        request: Request<api::InboundRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let req = request.into_inner();
+        let port = u16::try_from(req.port)
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| Status::invalid_argument(format!("port: expected 1..=65535, got {}", req.port)))?;
+        if req.workload.is_empty() {
+            return Err(Status::invalid_argument("workload: expected `namespace/name`"));
+        }
+        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+        let guard = WatcherGuard::new(&self.metrics, "inbound");
+        let metrics = self.metrics.clone();
+        let mut policies = self.index.watch_inbound(&req.workload, port);
+        tokio::spawn(async move {
+            let _guard = guard;
+            loop {
+                let current = policies.borrow_and_update().clone();
+                if tx.send(Ok((*current).clone())).await.is_err() {
+                    return;
+                }
+                metrics
+                    .updates
+                    .get_or_create(&UpdateLabels {
+                        api: "inbound",
+                        kind: "policy",
+                    })
+                    .inc();
+                tokio::select! {
+                    changed = policies.changed() => if changed.is_err() { return },
+                    () = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// Identity: certificates come with the identity work; until then every
+/// call is refused, never faked.
+pub struct IdentityService;
+
+#[tonic::async_trait]
+impl api::identity_server::Identity for IdentityService {
+    async fn certify(
+        &self,
+        _: Request<api::CertifyRequest>,
+    ) -> Result<Response<api::CertifyResponse>, Status> {
+        Err(Status::unimplemented(
+            "this control plane does not issue certificates yet",
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn found(version: u64, eps: &[&str], lb: i32) -> DestinationState {
+        DestinationState {
+            version,
+            view: DestinationView::Found {
+                service: api::ServiceRef {
+                    name: "web".into(),
+                    namespace: "demo".into(),
+                    port: 80,
+                    protocol: "http".into(),
+                },
+                endpoints: eps
+                    .iter()
+                    .map(|a| {
+                        (
+                            a.to_string(),
+                            api::Endpoint {
+                                address: a.to_string(),
+                                weight: 1,
+                                ..Default::default()
+                            },
+                        )
+                    })
+                    .collect::<BTreeMap<_, _>>(),
+                policy: api::ClientPolicy {
+                    load_balancer: lb,
+                    ..Default::default()
+                },
+            },
+        }
+    }
+
+    fn kinds(u: &[api::DestinationUpdate]) -> Vec<&'static str> {
+        u.iter().map(|u| kind_name(u.kind.as_ref().unwrap())).collect()
+    }
+
+    #[test]
+    fn first_message_is_a_snapshot_then_increments() {
+        let v1 = found(1, &["a:1", "b:1"], 0);
+        assert_eq!(kinds(&updates_between(None, &v1)), ["snapshot"]);
+        let v2 = found(2, &["b:1", "c:1"], 2);
+        let u = updates_between(Some(&v1), &v2);
+        assert_eq!(kinds(&u), ["removed", "added", "policy"]);
+        let Some(Kind::Removed(r)) = &u[0].kind else {
+            panic!()
+        };
+        assert_eq!(r.addresses, ["a:1"]);
+        let Some(Kind::Added(a)) = &u[1].kind else {
+            panic!()
+        };
+        assert_eq!(a.endpoints[0].address, "c:1");
+    }
+
+    #[test]
+    fn skipped_versions_get_a_fresh_snapshot() {
+        let v1 = found(1, &["a:1"], 0);
+        let v5 = found(5, &["b:1"], 0);
+        assert_eq!(kinds(&updates_between(Some(&v1), &v5)), ["snapshot"]);
+        let gone = DestinationState {
+            version: 6,
+            view: DestinationView::NotFound,
+        };
+        assert_eq!(kinds(&updates_between(Some(&v5), &gone)), ["not_found"]);
+        assert!(updates_between(
+            Some(&gone),
+            &DestinationState {
+                version: 7,
+                view: DestinationView::NotFound
+            }
+        )
+        .is_empty());
+    }
+}

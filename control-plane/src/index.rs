@@ -1,0 +1,689 @@
+//! The one in-memory index every source feeds and every gRPC service
+//! publishes from.
+//!
+//! Sources replace their whole document set with [`Index::apply`]; the index
+//! rebuilds what it derives (services, policies, routes) and republishes
+//! every watched destination whose view changed. Watches are
+//! `tokio::sync::watch` channels: each holds only the latest view, so a slow
+//! reader costs one value, never a queue.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use weft_api::v1 as api;
+
+use crate::model::{
+    AppProtocol, AuthorizationPolicySpec, Document, HttpRouteSpec, LoadBalancer, MeshServiceSpec, Metadata,
+    MtlsMode, ServicePort, Spec, TrafficPolicySpec,
+};
+
+/// What a proxy can watch.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Target {
+    Service {
+        namespace: String,
+        name: String,
+        port: u16,
+    },
+    /// An endpoint (pod) address.
+    Address(SocketAddr),
+}
+
+/// The current state of one destination, with a version that grows by one
+/// on every change (so a watcher can tell it skipped some).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DestinationState {
+    pub version: u64,
+    pub view: DestinationView,
+}
+
+// Views are built on config changes, not per request: size is no concern.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq)]
+pub enum DestinationView {
+    NotFound,
+    Found {
+        service: api::ServiceRef,
+        /// By address.
+        endpoints: BTreeMap<String, api::Endpoint>,
+        policy: api::ClientPolicy,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct ServiceEntry {
+    meta: Metadata,
+    spec: MeshServiceSpec,
+}
+
+/// Settings of the index.
+#[derive(Debug, Clone)]
+pub struct IndexConfig {
+    /// SPIFFE trust domain, e.g. `cluster.local`.
+    pub trust_domain: String,
+    /// DNS suffix of services, e.g. `cluster.local`.
+    pub cluster_domain: String,
+}
+
+impl Default for IndexConfig {
+    fn default() -> Self {
+        Self {
+            trust_domain: "cluster.local".into(),
+            cluster_domain: "cluster.local".into(),
+        }
+    }
+}
+
+pub struct Index {
+    config: IndexConfig,
+    inner: Mutex<Inner>,
+}
+
+/// An HTTPRoute attached to a parent: (`ns/name`, parent port, spec).
+type RouteEntry = (String, Option<u16>, HttpRouteSpec);
+
+#[derive(Default)]
+struct Inner {
+    sources: BTreeMap<String, Vec<Document>>,
+    services: BTreeMap<(String, String), ServiceEntry>,
+    traffic: BTreeMap<(String, String), TrafficPolicySpec>,
+    /// By parent service: (route `ns/name`, parent port, spec).
+    routes: BTreeMap<(String, String), Vec<RouteEntry>>,
+    authz: BTreeMap<(String, String), Vec<(String, AuthorizationPolicySpec)>>,
+    destinations: HashMap<Target, watch::Sender<Arc<DestinationState>>>,
+    inbound: HashMap<(String, u16), watch::Sender<Arc<api::ServerPolicy>>>,
+}
+
+/// Counts for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IndexStats {
+    pub services: usize,
+    pub endpoints: usize,
+    pub policies: usize,
+    pub routes: usize,
+    pub watched_destinations: usize,
+}
+
+impl Index {
+    pub fn new(config: IndexConfig) -> Arc<Self> {
+        Arc::new(Self {
+            config,
+            inner: Mutex::new(Inner::default()),
+        })
+    }
+
+    /// Replaces every document from `source` and republishes what changed.
+    pub fn apply(&self, source: &str, docs: Vec<Document>) {
+        let mut inner = self.inner.lock().expect("index lock poisoned");
+        inner.sources.insert(source.to_string(), docs);
+        inner.rebuild();
+        let keys: Vec<Target> = inner.destinations.keys().cloned().collect();
+        for key in keys {
+            let view = inner.destination_view(&key, &self.config);
+            let sender = &inner.destinations[&key];
+            sender.send_if_modified(|state| {
+                if state.view == view {
+                    return false;
+                }
+                *state = Arc::new(DestinationState {
+                    version: state.version + 1,
+                    view,
+                });
+                true
+            });
+        }
+        let keys: Vec<(String, u16)> = inner.inbound.keys().cloned().collect();
+        for key in keys {
+            let policy = inner.server_policy(&key.0, key.1);
+            inner.inbound[&key].send_if_modified(|current| {
+                if **current == policy {
+                    return false;
+                }
+                *current = Arc::new(policy);
+                true
+            });
+        }
+        inner.destinations.retain(|_, s| s.receiver_count() > 0);
+        inner.inbound.retain(|_, s| s.receiver_count() > 0);
+    }
+
+    /// Parses a target as a proxy sends it: `ip:port`, or a name as an app
+    /// wrote it (`name`, `name.ns`, `name.ns.svc[.<cluster domain>]`, with
+    /// an optional `:port`, default 80). Short names resolve in
+    /// `client_namespace`. `None`: not a name the mesh can own.
+    pub fn parse_target(&self, target: &str, client_namespace: &str) -> Option<Target> {
+        if let Ok(addr) = target.parse::<SocketAddr>() {
+            return Some(Target::Address(addr));
+        }
+        let (host, port) = match target.rsplit_once(':') {
+            Some((h, p)) => (h, p.parse::<u16>().ok()?),
+            None => (target, 80),
+        };
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        let labels: Vec<&str> = host.split('.').collect();
+        let ns = if client_namespace.is_empty() {
+            "default"
+        } else {
+            client_namespace
+        };
+        let (namespace, name) = match labels.as_slice() {
+            [name] => (ns.to_string(), name.to_string()),
+            [name, namespace] => (namespace.to_string(), name.to_string()),
+            [name, namespace, "svc"] => (namespace.to_string(), name.to_string()),
+            [name, namespace, "svc", rest @ ..] if rest.join(".") == self.config.cluster_domain => {
+                (namespace.to_string(), name.to_string())
+            }
+            _ => return None,
+        };
+        if name.is_empty() || namespace.is_empty() || port == 0 {
+            return None;
+        }
+        Some(Target::Service {
+            namespace,
+            name,
+            port,
+        })
+    }
+
+    /// Subscribes to a destination; the receiver holds its current state.
+    pub fn watch_destination(&self, target: Target) -> watch::Receiver<Arc<DestinationState>> {
+        let mut inner = self.inner.lock().expect("index lock poisoned");
+        if let Some(sender) = inner.destinations.get(&target) {
+            return sender.subscribe();
+        }
+        let view = inner.destination_view(&target, &self.config);
+        let (tx, rx) = watch::channel(Arc::new(DestinationState { version: 1, view }));
+        inner.destinations.insert(target, tx);
+        rx
+    }
+
+    /// Subscribes to the server policy of `workload` (`namespace/name`) on
+    /// `port`.
+    pub fn watch_inbound(&self, workload: &str, port: u16) -> watch::Receiver<Arc<api::ServerPolicy>> {
+        let mut inner = self.inner.lock().expect("index lock poisoned");
+        let key = (workload.to_string(), port);
+        if let Some(sender) = inner.inbound.get(&key) {
+            return sender.subscribe();
+        }
+        let (tx, rx) = watch::channel(Arc::new(inner.server_policy(workload, port)));
+        inner.inbound.insert(key, tx);
+        rx
+    }
+
+    pub fn stats(&self) -> IndexStats {
+        let inner = self.inner.lock().expect("index lock poisoned");
+        IndexStats {
+            services: inner.services.len(),
+            endpoints: inner.services.values().map(|s| s.spec.endpoints.len()).sum(),
+            policies: inner.traffic.len() + inner.authz.values().map(Vec::len).sum::<usize>(),
+            routes: inner.routes.values().map(Vec::len).sum(),
+            watched_destinations: inner.destinations.len(),
+        }
+    }
+
+    /// The SPIFFE ID of a service account.
+    pub fn identity(&self, namespace: &str, service_account: &str) -> String {
+        spiffe_id(&self.config.trust_domain, namespace, service_account)
+    }
+}
+
+pub fn spiffe_id(trust_domain: &str, namespace: &str, service_account: &str) -> String {
+    format!("spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}")
+}
+
+fn ms(d: Option<Duration>) -> u64 {
+    d.map_or(0, |d| d.as_millis().min(u64::MAX as u128) as u64)
+}
+
+fn default_ports(spec: &MeshServiceSpec) -> Vec<ServicePort> {
+    if spec.ports.is_empty() {
+        vec![ServicePort {
+            port: 80,
+            name: None,
+            protocol: AppProtocol::Http,
+        }]
+    } else {
+        spec.ports.clone()
+    }
+}
+
+impl Inner {
+    fn rebuild(&mut self) {
+        self.services.clear();
+        self.traffic.clear();
+        self.routes.clear();
+        self.authz.clear();
+        for doc in self.sources.values().flatten() {
+            let key = (doc.meta.namespace.clone(), doc.meta.name.clone());
+            let full_name = format!("{}/{}", doc.meta.namespace, doc.meta.name);
+            match &doc.spec {
+                Spec::MeshService(spec) => {
+                    self.services.entry(key).or_insert_with(|| ServiceEntry {
+                        meta: doc.meta.clone(),
+                        spec: spec.clone(),
+                    });
+                }
+                Spec::TrafficPolicy(spec) => {
+                    if let Some(t) = &spec.target_ref {
+                        self.traffic
+                            .entry((doc.meta.namespace.clone(), t.name.clone()))
+                            .or_insert_with(|| spec.clone());
+                    }
+                }
+                Spec::AuthorizationPolicy(spec) => {
+                    if let Some(t) = &spec.target_ref {
+                        self.authz
+                            .entry((doc.meta.namespace.clone(), t.name.clone()))
+                            .or_default()
+                            .push((full_name, spec.clone()));
+                    }
+                }
+                Spec::HttpRoute(spec) => {
+                    for parent in &spec.parent_refs {
+                        let ns = parent
+                            .namespace
+                            .clone()
+                            .unwrap_or_else(|| doc.meta.namespace.clone());
+                        self.routes.entry((ns, parent.name.clone())).or_default().push((
+                            full_name.clone(),
+                            parent.port,
+                            spec.clone(),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+
+    fn endpoint(
+        &self,
+        svc: &ServiceEntry,
+        e: &crate::model::MeshEndpoint,
+        config: &IndexConfig,
+    ) -> api::Endpoint {
+        let sa = svc.spec.service_account.as_deref().unwrap_or(&svc.meta.name);
+        api::Endpoint {
+            address: e.address.to_string(),
+            weight: e.weight,
+            identity: if e.proxy.is_some() {
+                spiffe_id(&config.trust_domain, &svc.meta.namespace, sa)
+            } else {
+                String::new()
+            },
+            proxy_address: e.proxy.map(|p| p.to_string()).unwrap_or_default(),
+            labels: e.labels.clone().into_iter().collect(),
+        }
+    }
+
+    fn destination_view(&self, target: &Target, config: &IndexConfig) -> DestinationView {
+        match target {
+            Target::Service {
+                namespace,
+                name,
+                port,
+            } => {
+                let Some(svc) = self.services.get(&(namespace.clone(), name.clone())) else {
+                    return DestinationView::NotFound;
+                };
+                let Some(sp) = default_ports(&svc.spec).into_iter().find(|p| p.port == *port) else {
+                    return DestinationView::NotFound;
+                };
+                let endpoints = svc
+                    .spec
+                    .endpoints
+                    .iter()
+                    .map(|e| (e.address.to_string(), self.endpoint(svc, e, config)))
+                    .collect();
+                DestinationView::Found {
+                    service: api::ServiceRef {
+                        name: name.clone(),
+                        namespace: namespace.clone(),
+                        port: u32::from(*port),
+                        protocol: sp.protocol.as_str().into(),
+                    },
+                    endpoints,
+                    policy: self.client_policy(namespace, name, *port, config),
+                }
+            }
+            Target::Address(addr) => {
+                for svc in self.services.values() {
+                    if let Some(e) = svc.spec.endpoints.iter().find(|e| e.address == *addr) {
+                        let sp = default_ports(&svc.spec)
+                            .into_iter()
+                            .next()
+                            .expect("at least one port");
+                        return DestinationView::Found {
+                            service: api::ServiceRef {
+                                name: svc.meta.name.clone(),
+                                namespace: svc.meta.namespace.clone(),
+                                port: u32::from(sp.port),
+                                protocol: sp.protocol.as_str().into(),
+                            },
+                            endpoints: BTreeMap::from([(addr.to_string(), self.endpoint(svc, e, config))]),
+                            policy: api::ClientPolicy::default(),
+                        };
+                    }
+                }
+                DestinationView::NotFound
+            }
+        }
+    }
+
+    fn client_policy(
+        &self,
+        namespace: &str,
+        name: &str,
+        port: u16,
+        config: &IndexConfig,
+    ) -> api::ClientPolicy {
+        let mut policy = api::ClientPolicy::default();
+        let key = (namespace.to_string(), name.to_string());
+        if let Some(routes) = self.routes.get(&key) {
+            for (route_name, parent_port, spec) in routes {
+                if parent_port.is_some_and(|p| p != port) {
+                    continue;
+                }
+                for (i, rule) in spec.rules.iter().enumerate() {
+                    policy.routes.push(api::Route {
+                        name: format!(
+                            "{route_name}/{}",
+                            rule.name.clone().unwrap_or_else(|| i.to_string())
+                        ),
+                        matches: rule
+                            .matches
+                            .iter()
+                            .map(|m| api::RouteMatch {
+                                path_type: m.path.as_ref().map_or(String::new(), |p| {
+                                    if p.kind == "Exact" { "exact" } else { "prefix" }.to_string()
+                                }),
+                                path: m.path.as_ref().map_or(String::new(), |p| p.value.clone()),
+                                method: m.method.clone().unwrap_or_default(),
+                                headers: m
+                                    .headers
+                                    .iter()
+                                    .map(|h| (h.name.to_ascii_lowercase(), h.value.clone()))
+                                    .collect(),
+                            })
+                            .collect(),
+                        backends: rule
+                            .backend_refs
+                            .iter()
+                            .map(|b| api::Backend {
+                                authority: format!(
+                                    "{}.{}.svc.{}:{}",
+                                    b.name,
+                                    b.namespace.as_deref().unwrap_or(namespace),
+                                    config.cluster_domain,
+                                    b.port.unwrap_or(port)
+                                ),
+                                weight: b.weight,
+                            })
+                            .collect(),
+                        timeout_ms: ms(rule.timeouts.as_ref().and_then(|t| t.request)),
+                    });
+                }
+            }
+        }
+        if let Some(tp) = self.traffic.get(&key) {
+            if tp
+                .target_ref
+                .as_ref()
+                .and_then(|t| t.port)
+                .is_none_or(|p| p == port)
+            {
+                apply_traffic_policy(&mut policy, tp);
+            }
+        }
+        policy
+    }
+
+    fn server_policy(&self, workload: &str, port: u16) -> api::ServerPolicy {
+        let (namespace, name) = workload.split_once('/').unwrap_or(("default", workload));
+        let key = (namespace.to_string(), name.to_string());
+        let protocol = self
+            .services
+            .get(&key)
+            .and_then(|s| default_ports(&s.spec).into_iter().find(|p| p.port == port))
+            .map_or("http", |p| p.protocol.as_str());
+        let mut policy = api::ServerPolicy {
+            protocol: protocol.into(),
+            default_allow: true,
+            ..Default::default()
+        };
+        policy.mtls = api::MtlsMode::Permissive as i32;
+        for (source, spec) in self.authz.get(&key).into_iter().flatten() {
+            if spec
+                .target_ref
+                .as_ref()
+                .and_then(|t| t.port)
+                .is_some_and(|p| p != port)
+            {
+                continue;
+            }
+            policy.default_allow = false;
+            policy.sources.push(source.clone());
+            if spec.mtls == MtlsMode::Strict {
+                policy.mtls = api::MtlsMode::Strict as i32;
+            }
+            for rule in &spec.rules {
+                let from = rule.from.clone().unwrap_or_default();
+                let to = rule.to.clone().unwrap_or_default();
+                policy.rules.push(api::AuthorizationRule {
+                    identities: from.identities,
+                    namespaces: from.namespaces,
+                    path_prefixes: to.paths,
+                    methods: to.methods,
+                });
+            }
+            if let Some(r) = &spec.rate_limit {
+                policy.rate_limit = Some(api::RateLimit {
+                    total_rps: r.requests_per_second,
+                    total_burst: r.burst,
+                    per_identity_rps: r.per_identity.as_ref().map_or(0.0, |p| p.requests_per_second),
+                    per_identity_burst: r.per_identity.as_ref().map_or(0, |p| p.burst),
+                });
+            }
+        }
+        policy
+    }
+}
+
+fn apply_traffic_policy(policy: &mut api::ClientPolicy, tp: &TrafficPolicySpec) {
+    policy.load_balancer = match tp.load_balancer {
+        None => api::LoadBalancer::Unspecified,
+        Some(LoadBalancer::PeakEwma) => api::LoadBalancer::PeakEwma,
+        Some(LoadBalancer::RoundRobin) => api::LoadBalancer::RoundRobin,
+        Some(LoadBalancer::LeastRequest) => api::LoadBalancer::LeastRequest,
+    } as i32;
+    policy.retry = tp.retries.as_ref().map(|r| api::Retry {
+        attempts: r.attempts,
+        on: r.on.clone(),
+        grpc_codes: r.grpc_codes.clone(),
+        budget_ratio: r.budget.as_ref().map_or(0.0, |b| b.ratio),
+        min_retries_per_second: r.budget.as_ref().map_or(0, |b| b.min_per_second),
+        backoff_base_ms: ms(r.backoff.as_ref().and_then(|b| b.base)),
+        backoff_max_ms: ms(r.backoff.as_ref().and_then(|b| b.max)),
+        non_idempotent: r.non_idempotent,
+    });
+    policy.timeouts = tp.timeouts.as_ref().map(|t| api::Timeouts {
+        request_ms: ms(t.request),
+        per_try_ms: ms(t.per_try),
+        connect_ms: ms(t.connect),
+        idle_ms: ms(t.idle),
+    });
+    policy.circuit_breaker = tp.circuit_breaker.as_ref().map(|c| api::CircuitBreaker {
+        consecutive_failures: c.consecutive_failures,
+        base_ejection_ms: ms(c.base_ejection),
+        max_ejection_ms: ms(c.max_ejection),
+        max_ejected_ratio: c.max_ejected_percent.unwrap_or(0.0) / 100.0,
+    });
+    policy.concurrency = tp.concurrency.as_ref().map(|c| api::Concurrency {
+        max_in_flight: c.max_in_flight,
+        max_pending: c.max_pending,
+        pending_timeout_ms: ms(c.pending_timeout),
+    });
+    policy.fault = tp.fault.as_ref().map(|f| api::Fault {
+        delay_ms: ms(f.delay.as_ref().map(|d| d.fixed)),
+        delay_percent: f.delay.as_ref().map_or(0.0, |d| d.percent),
+        abort_status: f.abort.as_ref().map_or(0, |a| u32::from(a.status)),
+        abort_percent: f.abort.as_ref().map_or(0.0, |a| a.percent),
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::parse_file;
+
+    fn docs(yaml: &str) -> Vec<Document> {
+        let (docs, errors) = parse_file("test.yaml", yaml);
+        assert!(errors.is_empty(), "{errors:?}");
+        docs
+    }
+
+    fn service(name: &str, addrs: &[&str]) -> String {
+        let eps: String = addrs
+            .iter()
+            .map(|a| format!("    - address: {a}\n      proxy: 127.0.0.1:4143\n"))
+            .collect();
+        format!(
+            "apiVersion: weft.dev/v1alpha1\nkind: MeshService\nmetadata: {{name: {name}, namespace: demo}}\nspec:\n  endpoints:\n{eps}---\n"
+        )
+    }
+
+    fn endpoints(state: &DestinationState) -> Vec<String> {
+        match &state.view {
+            DestinationView::Found { endpoints, .. } => endpoints.keys().cloned().collect(),
+            DestinationView::NotFound => panic!("not found"),
+        }
+    }
+
+    #[test]
+    fn target_names_resolve_like_kubernetes_dns() {
+        let index = Index::new(IndexConfig::default());
+        let svc = |ns: &str, name: &str, port| {
+            Some(Target::Service {
+                namespace: ns.into(),
+                name: name.into(),
+                port,
+            })
+        };
+        assert_eq!(index.parse_target("web", "demo"), svc("demo", "web", 80));
+        assert_eq!(index.parse_target("web:8080", "demo"), svc("demo", "web", 8080));
+        assert_eq!(index.parse_target("web.prod", "demo"), svc("prod", "web", 80));
+        assert_eq!(
+            index.parse_target("web.prod.svc.cluster.local:9", "demo"),
+            svc("prod", "web", 9)
+        );
+        assert_eq!(
+            index.parse_target("10.0.0.1:80", "demo"),
+            Some(Target::Address("10.0.0.1:80".parse().unwrap()))
+        );
+        assert_eq!(index.parse_target("www.example.com.au", "demo"), None);
+    }
+
+    #[tokio::test]
+    async fn watchers_see_endpoints_come_and_go() {
+        let index = Index::new(IndexConfig::default());
+        let target = index.parse_target("backend", "demo").unwrap();
+        let mut rx = index.watch_destination(target);
+        assert_eq!(rx.borrow_and_update().view, DestinationView::NotFound);
+
+        index.apply(
+            "files",
+            docs(&service("backend", &["127.0.0.1:1", "127.0.0.1:2"])),
+        );
+        assert!(rx.has_changed().unwrap());
+        let state = rx.borrow_and_update().clone();
+        assert_eq!(endpoints(&state), ["127.0.0.1:1", "127.0.0.1:2"]);
+        let DestinationView::Found {
+            endpoints: eps,
+            service: svc_ref,
+            ..
+        } = &state.view
+        else {
+            panic!()
+        };
+        assert_eq!(
+            eps["127.0.0.1:1"].identity,
+            "spiffe://cluster.local/ns/demo/sa/backend"
+        );
+        assert_eq!(svc_ref.protocol, "http");
+
+        // The same documents again: no update.
+        index.apply(
+            "files",
+            docs(&service("backend", &["127.0.0.1:1", "127.0.0.1:2"])),
+        );
+        assert!(!rx.has_changed().unwrap());
+
+        index.apply("files", docs(&service("backend", &["127.0.0.1:2"])));
+        let state = rx.borrow_and_update().clone();
+        assert_eq!(endpoints(&state), ["127.0.0.1:2"]);
+        assert_eq!(state.version, 3);
+
+        index.apply("files", vec![]);
+        assert_eq!(rx.borrow_and_update().view, DestinationView::NotFound);
+    }
+
+    #[tokio::test]
+    async fn routes_and_policies_ride_on_the_destination() {
+        let index = Index::new(IndexConfig::default());
+        let mut yaml = service("backend", &["127.0.0.1:1"]);
+        yaml.push_str(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: split, namespace: demo}\nspec:\n  parentRefs: [{name: backend}]\n  rules:\n    - matches: [{path: {type: PathPrefix, value: /api}}]\n      backendRefs: [{name: backend-v1, weight: 90}, {name: backend-v2, weight: 10}]\n      timeouts: {request: 2s}\n---\napiVersion: weft.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {name: tp, namespace: demo}\nspec:\n  targetRef: {name: backend}\n  loadBalancer: roundRobin\n  timeouts: {request: 5s}\n",
+        );
+        index.apply("files", docs(&yaml));
+        let rx = index.watch_destination(index.parse_target("backend.demo:80", "other").unwrap());
+        let state = rx.borrow().clone();
+        let DestinationView::Found { policy, .. } = &state.view else {
+            panic!()
+        };
+        assert_eq!(policy.routes.len(), 1);
+        let route = &policy.routes[0];
+        assert_eq!(route.timeout_ms, 2000);
+        assert_eq!(route.matches[0].path, "/api");
+        assert_eq!(
+            route.backends[0].authority,
+            "backend-v1.demo.svc.cluster.local:80"
+        );
+        assert_eq!(route.backends[1].weight, 10);
+        assert_eq!(policy.load_balancer, api::LoadBalancer::RoundRobin as i32);
+        assert_eq!(policy.timeouts.as_ref().unwrap().request_ms, 5000);
+    }
+
+    #[tokio::test]
+    async fn endpoint_address_lookup_and_inbound_policy() {
+        let index = Index::new(IndexConfig::default());
+        let mut yaml = service("backend", &["10.0.0.7:8080"]);
+        yaml.push_str("apiVersion: weft.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: ap, namespace: demo}\nspec:\n  targetRef: {name: backend}\n  mtls: strict\n  rules:\n    - from: {namespaces: [demo]}\n      to: {methods: [GET]}\n  rateLimit: {requestsPerSecond: 100, burst: 10}\n");
+        index.apply("files", docs(&yaml));
+        let rx = index.watch_destination(Target::Address("10.0.0.7:8080".parse().unwrap()));
+        assert_eq!(endpoints(&rx.borrow()), ["10.0.0.7:8080"]);
+
+        let mut inbound = index.watch_inbound("demo/backend", 80);
+        let policy = inbound.borrow_and_update().clone();
+        assert!(!policy.default_allow);
+        assert_eq!(policy.mtls, api::MtlsMode::Strict as i32);
+        assert_eq!(policy.rules[0].namespaces, ["demo"]);
+        assert_eq!(policy.rate_limit.as_ref().unwrap().total_rps, 100.0);
+        index.apply("files", docs(&service("backend", &["10.0.0.7:8080"])));
+        assert!(
+            inbound.borrow_and_update().default_allow,
+            "policy removed: default allow"
+        );
+    }
+
+    #[test]
+    fn unwatched_destinations_are_forgotten() {
+        let index = Index::new(IndexConfig::default());
+        let rx = index.watch_destination(index.parse_target("a", "demo").unwrap());
+        assert_eq!(index.stats().watched_destinations, 1);
+        drop(rx);
+        index.apply("files", vec![]);
+        assert_eq!(index.stats().watched_destinations, 0);
+    }
+}

@@ -1,0 +1,117 @@
+//! The control plane's metrics, served at `admin:/metrics`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+
+use crate::files::Report;
+use crate::index::IndexStats;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiLabels {
+    /// `destination` or `inbound`.
+    pub api: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpdateLabels {
+    pub api: &'static str,
+    /// `snapshot`, `added`, `removed`, `policy`, `not_found`.
+    pub kind: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    /// `accepted` or `rejected`.
+    pub result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IndexLabels {
+    /// `services`, `endpoints`, `policies`, `routes`, `watched_destinations`.
+    pub kind: &'static str,
+}
+
+#[derive(Debug, Default)]
+pub struct ControlMetrics {
+    pub watchers: Family<ApiLabels, Gauge>,
+    pub updates: Family<UpdateLabels, Counter>,
+    pub reloads: Family<ReloadLabels, Counter>,
+    pub config_errors: Counter,
+    pub index: Family<IndexLabels, Gauge>,
+    ready: AtomicBool,
+}
+
+impl ControlMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "weft_control_watchers",
+            "Open watch streams",
+            self.watchers.clone(),
+        );
+        registry.register(
+            "weft_control_updates_sent",
+            "Watch updates sent, by kind",
+            self.updates.clone(),
+        );
+        registry.register(
+            "weft_control_config_reloads",
+            "Config file reloads, by result",
+            self.reloads.clone(),
+        );
+        registry.register(
+            "weft_control_config_errors",
+            "Invalid documents found (each keeps the last good version in force)",
+            self.config_errors.clone(),
+        );
+        registry.register(
+            "weft_control_index_objects",
+            "Objects in the index, by kind",
+            self.index.clone(),
+        );
+        registry.register(
+            "weft_control_build",
+            "Build information",
+            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+        );
+    }
+
+    pub fn config_reloaded(&self, report: &Report) {
+        if report.changed_files.is_empty() {
+            return;
+        }
+        let result = if report.errors.is_empty() {
+            "accepted"
+        } else {
+            "rejected"
+        };
+        self.reloads.get_or_create(&ReloadLabels { result }).inc();
+        self.config_errors.inc_by(report.errors.len() as u64);
+    }
+
+    pub fn index_stats(&self, s: IndexStats) {
+        for (kind, n) in [
+            ("services", s.services),
+            ("endpoints", s.endpoints),
+            ("policies", s.policies),
+            ("routes", s.routes),
+            ("watched_destinations", s.watched_destinations),
+        ] {
+            self.index.get_or_create(&IndexLabels { kind }).set(n as i64);
+        }
+    }
+
+    /// Ready once the first config load is done.
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Release);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+}

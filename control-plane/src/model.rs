@@ -1,0 +1,974 @@
+//! The configuration model: Kubernetes-style documents (`apiVersion`,
+//! `kind`, `metadata`, `spec`) and their validation.
+//!
+//! Every source (files today, the Kubernetes API later) produces
+//! [`Document`]s; a document that fails validation is a [`DocError`] naming
+//! the file, the document (index and name), the field and what was expected.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub const WEFT_API_VERSION: &str = "weft.dev/v1alpha1";
+pub const GATEWAY_API_VERSION: &str = "gateway.networking.k8s.io/v1";
+
+/// A validated document.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Document {
+    pub meta: Metadata,
+    pub spec: Spec,
+}
+
+// Documents are parsed on config changes only: size is no concern.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq)]
+pub enum Spec {
+    MeshService(MeshServiceSpec),
+    TrafficPolicy(TrafficPolicySpec),
+    AuthorizationPolicy(AuthorizationPolicySpec),
+    HttpRoute(HttpRouteSpec),
+}
+
+impl Spec {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Spec::MeshService(_) => "MeshService",
+            Spec::TrafficPolicy(_) => "TrafficPolicy",
+            Spec::AuthorizationPolicy(_) => "AuthorizationPolicy",
+            Spec::HttpRoute(_) => "HTTPRoute",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metadata {
+    pub name: String,
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+}
+
+fn default_namespace() -> String {
+    "default".into()
+}
+
+/// Names the document inside its source, for errors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocRef {
+    pub file: String,
+    /// 0-based position in the file.
+    pub index: usize,
+    /// `Kind namespace/name` when known.
+    pub name: Option<String>,
+}
+
+impl fmt::Display for DocRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: document {}", self.file, self.index)?;
+        if let Some(n) = &self.name {
+            write!(f, " ({n})")?;
+        }
+        Ok(())
+    }
+}
+
+/// A document that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{doc}: field `{field}`: {problem}")]
+pub struct DocError {
+    pub doc: DocRef,
+    pub field: String,
+    pub problem: String,
+}
+
+// ---------------------------------------------------------------- specs
+
+/// `MeshService` (files only): a service and its endpoints, standing in for
+/// Service + EndpointSlice.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MeshServiceSpec {
+    /// The ports clients call. Default: one HTTP port, 80.
+    #[serde(default)]
+    pub ports: Vec<ServicePort>,
+    /// The service account its workloads run as (their identity). Default:
+    /// the service name.
+    #[serde(default)]
+    pub service_account: Option<String>,
+    #[serde(default)]
+    pub endpoints: Vec<MeshEndpoint>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ServicePort {
+    pub port: u16,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub protocol: AppProtocol,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AppProtocol {
+    #[default]
+    Http,
+    Grpc,
+    /// Opaque TCP: no protocol detection.
+    Tcp,
+}
+
+impl AppProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AppProtocol::Http => "http",
+            AppProtocol::Grpc => "grpc",
+            AppProtocol::Tcp => "tcp",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MeshEndpoint {
+    /// Where the replica serves (`ip:port`).
+    pub address: SocketAddr,
+    /// Its Weft proxy's inbound listener; omit for an unmeshed endpoint.
+    #[serde(default)]
+    pub proxy: Option<SocketAddr>,
+    #[serde(default = "one")]
+    pub weight: u32,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// Names the service a policy applies to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TargetRef {
+    /// `Service` or `MeshService` (same thing to the mesh).
+    #[serde(default = "service_kind")]
+    pub kind: String,
+    pub name: String,
+    #[serde(default)]
+    pub port: Option<u16>,
+}
+
+fn service_kind() -> String {
+    "Service".into()
+}
+
+/// `TrafficPolicy`: how clients call one service.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TrafficPolicySpec {
+    pub target_ref: Option<TargetRef>,
+    #[serde(default)]
+    pub load_balancer: Option<LoadBalancer>,
+    #[serde(default)]
+    pub retries: Option<Retries>,
+    #[serde(default)]
+    pub timeouts: Option<Timeouts>,
+    #[serde(default)]
+    pub circuit_breaker: Option<CircuitBreaker>,
+    #[serde(default)]
+    pub concurrency: Option<Concurrency>,
+    #[serde(default)]
+    pub fault: Option<Fault>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum LoadBalancer {
+    PeakEwma,
+    RoundRobin,
+    LeastRequest,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Retries {
+    #[serde(default)]
+    pub attempts: u32,
+    /// `5xx`, `gateway-error`, `connect-failure`, `reset`, or status codes.
+    #[serde(default)]
+    pub on: Vec<String>,
+    #[serde(default)]
+    pub grpc_codes: Vec<String>,
+    #[serde(default)]
+    pub budget: Option<RetryBudget>,
+    #[serde(default)]
+    pub backoff: Option<Backoff>,
+    /// Retry non-idempotent methods too.
+    #[serde(default)]
+    pub non_idempotent: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RetryBudget {
+    /// Retries allowed as a share of original requests, 0.0..=1.0.
+    pub ratio: f64,
+    #[serde(default)]
+    pub min_per_second: u32,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Backoff {
+    #[serde(with = "opt_duration", default)]
+    pub base: Option<Duration>,
+    #[serde(with = "opt_duration", default)]
+    pub max: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Timeouts {
+    #[serde(with = "opt_duration", default)]
+    pub request: Option<Duration>,
+    #[serde(with = "opt_duration", default)]
+    pub per_try: Option<Duration>,
+    #[serde(with = "opt_duration", default)]
+    pub connect: Option<Duration>,
+    #[serde(with = "opt_duration", default)]
+    pub idle: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CircuitBreaker {
+    #[serde(default)]
+    pub consecutive_failures: u32,
+    #[serde(with = "opt_duration", default)]
+    pub base_ejection: Option<Duration>,
+    #[serde(with = "opt_duration", default)]
+    pub max_ejection: Option<Duration>,
+    /// At most this share of endpoints ejected at once, 0..=100.
+    #[serde(default)]
+    pub max_ejected_percent: Option<f64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Concurrency {
+    #[serde(default)]
+    pub max_in_flight: u32,
+    #[serde(default)]
+    pub max_pending: u32,
+    #[serde(with = "opt_duration", default)]
+    pub pending_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Fault {
+    #[serde(default)]
+    pub delay: Option<FaultDelay>,
+    #[serde(default)]
+    pub abort: Option<FaultAbort>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FaultDelay {
+    #[serde(with = "humantime_serde_compat")]
+    pub fixed: Duration,
+    pub percent: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FaultAbort {
+    pub status: u16,
+    pub percent: f64,
+}
+
+/// `AuthorizationPolicy`: who may call one service (port), and how fast.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AuthorizationPolicySpec {
+    pub target_ref: Option<TargetRef>,
+    #[serde(default)]
+    pub mtls: MtlsMode,
+    #[serde(default)]
+    pub rules: Vec<AuthorizationRule>,
+    #[serde(default)]
+    pub rate_limit: Option<RateLimit>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MtlsMode {
+    #[default]
+    Permissive,
+    Strict,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AuthorizationRule {
+    #[serde(default)]
+    pub from: Option<RuleFrom>,
+    #[serde(default)]
+    pub to: Option<RuleTo>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RuleFrom {
+    #[serde(default)]
+    pub identities: Vec<String>,
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RuleTo {
+    #[serde(default)]
+    pub paths: Vec<String>,
+    #[serde(default)]
+    pub methods: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RateLimit {
+    #[serde(default)]
+    pub requests_per_second: f64,
+    #[serde(default)]
+    pub burst: u32,
+    #[serde(default)]
+    pub per_identity: Option<PerIdentityLimit>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PerIdentityLimit {
+    pub requests_per_second: f64,
+    #[serde(default)]
+    pub burst: u32,
+}
+
+/// `HTTPRoute` (gateway.networking.k8s.io/v1), the subset the mesh uses
+/// (GAMMA: the parent is a Service).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpRouteSpec {
+    #[serde(default)]
+    pub parent_refs: Vec<ParentRef>,
+    #[serde(default)]
+    pub hostnames: Vec<String>,
+    #[serde(default)]
+    pub rules: Vec<RouteRule>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ParentRef {
+    #[serde(default)]
+    pub group: Option<String>,
+    #[serde(default)]
+    pub kind: Option<String>,
+    pub name: String,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub port: Option<u16>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RouteRule {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub matches: Vec<RouteMatch>,
+    #[serde(default)]
+    pub backend_refs: Vec<BackendRef>,
+    #[serde(default)]
+    pub timeouts: Option<RouteTimeouts>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RouteMatch {
+    #[serde(default)]
+    pub path: Option<PathMatch>,
+    #[serde(default)]
+    pub method: Option<String>,
+    #[serde(default)]
+    pub headers: Vec<HeaderMatch>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PathMatch {
+    #[serde(rename = "type", default = "path_prefix")]
+    pub kind: String,
+    pub value: String,
+}
+
+fn path_prefix() -> String {
+    "PathPrefix".into()
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderMatch {
+    #[serde(rename = "type", default)]
+    pub kind: Option<String>,
+    pub name: String,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BackendRef {
+    #[serde(default)]
+    pub group: Option<String>,
+    #[serde(default)]
+    pub kind: Option<String>,
+    pub name: String,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub port: Option<u16>,
+    #[serde(default = "one")]
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RouteTimeouts {
+    #[serde(with = "opt_duration", default)]
+    pub request: Option<Duration>,
+    #[serde(with = "opt_duration", default, rename = "backendRequest")]
+    pub backend_request: Option<Duration>,
+}
+
+// ----------------------------------------------------------- parsing
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawDocument {
+    api_version: String,
+    kind: String,
+    metadata: Metadata,
+    #[serde(default)]
+    spec: serde_json::Value,
+    /// Written by controllers; ignored here.
+    #[serde(default)]
+    #[allow(dead_code)]
+    status: serde_json::Value,
+}
+
+/// Parses every document of one YAML file. Each document is validated on
+/// its own: the result holds the good ones and an error for each bad one.
+pub fn parse_file(file: &str, text: &str) -> (Vec<Document>, Vec<DocError>) {
+    let at = |index, name: Option<String>| DocRef {
+        file: file.to_string(),
+        index,
+        name,
+    };
+    let values: Vec<serde_json::Value> = match serde_saphyr::from_multiple(text) {
+        Ok(v) => v,
+        Err(e) => {
+            let err = DocError {
+                doc: at(0, None),
+                field: "(yaml)".into(),
+                problem: format!("not valid YAML: {e}"),
+            };
+            return (Vec::new(), vec![err]);
+        }
+    };
+    let mut docs = Vec::new();
+    let mut errors = Vec::new();
+    let mut seen = BTreeSet::new();
+    for (index, value) in values.into_iter().enumerate() {
+        if value.is_null() {
+            continue;
+        }
+        let name = document_name(&value);
+        match parse_document(value) {
+            Ok(doc) => {
+                let key = (doc.spec.kind(), doc.meta.namespace.clone(), doc.meta.name.clone());
+                if !seen.insert(key) {
+                    errors.push(DocError {
+                        doc: at(index, name),
+                        field: "metadata.name".into(),
+                        problem: "expected a unique name; an earlier document in this file has the same kind, namespace and name".into(),
+                    });
+                } else {
+                    docs.push(doc);
+                }
+            }
+            Err((field, problem)) => errors.push(DocError {
+                doc: at(index, name),
+                field,
+                problem,
+            }),
+        }
+    }
+    (docs, errors)
+}
+
+fn document_name(v: &serde_json::Value) -> Option<String> {
+    let kind = v.get("kind")?.as_str().unwrap_or("?");
+    let meta = v.get("metadata")?;
+    let name = meta.get("name")?.as_str()?;
+    let ns = meta
+        .get("namespace")
+        .and_then(|n| n.as_str())
+        .unwrap_or("default");
+    Some(format!("{kind} {ns}/{name}"))
+}
+
+type FieldError = (String, String);
+
+fn typed<T: serde::de::DeserializeOwned>(value: serde_json::Value, prefix: &str) -> Result<T, FieldError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." {
+            prefix.to_string()
+        } else {
+            format!("{prefix}.{path}")
+        };
+        (field, e.into_inner().to_string())
+    })
+}
+
+fn parse_document(value: serde_json::Value) -> Result<Document, FieldError> {
+    let raw: RawDocument = serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        (
+            if path == "." { "(document)".into() } else { path },
+            e.into_inner().to_string(),
+        )
+    })?;
+    let expected_api = match raw.kind.as_str() {
+        "MeshService" | "TrafficPolicy" | "AuthorizationPolicy" => WEFT_API_VERSION,
+        "HTTPRoute" => GATEWAY_API_VERSION,
+        other => {
+            return Err((
+                "kind".into(),
+                format!(
+                "expected one of MeshService, TrafficPolicy, AuthorizationPolicy, HTTPRoute, got `{other}`"
+            ),
+            ))
+        }
+    };
+    if raw.api_version != expected_api {
+        return Err((
+            "apiVersion".into(),
+            format!(
+                "expected `{expected_api}` for {}, got `{}`",
+                raw.kind, raw.api_version
+            ),
+        ));
+    }
+    let body = if raw.spec.is_null() {
+        serde_json::Value::Object(Default::default())
+    } else {
+        raw.spec
+    };
+    let spec = match raw.kind.as_str() {
+        "MeshService" => Spec::MeshService(typed(body, "spec")?),
+        "TrafficPolicy" => Spec::TrafficPolicy(typed(body, "spec")?),
+        "AuthorizationPolicy" => Spec::AuthorizationPolicy(typed(body, "spec")?),
+        _ => Spec::HttpRoute(typed(body, "spec")?),
+    };
+    let doc = Document {
+        meta: raw.metadata,
+        spec,
+    };
+    validate(&doc)?;
+    Ok(doc)
+}
+
+/// A DNS-1123 label: lowercase alphanumerics and `-`, 1..=63 characters.
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+fn check(ok: bool, field: impl Into<String>, problem: impl Into<String>) -> Result<(), FieldError> {
+    if ok {
+        Ok(())
+    } else {
+        Err((field.into(), problem.into()))
+    }
+}
+
+fn check_percent(v: f64, field: &str) -> Result<(), FieldError> {
+    check(
+        (0.0..=100.0).contains(&v),
+        field,
+        format!("expected a percentage within 0..=100, got {v}"),
+    )
+}
+
+fn check_target(target: &Option<TargetRef>) -> Result<(), FieldError> {
+    let Some(t) = target else {
+        return Err((
+            "spec.targetRef".into(),
+            "expected the service this policy applies to (`name`)".into(),
+        ));
+    };
+    check(
+        t.kind == "Service" || t.kind == "MeshService",
+        "spec.targetRef.kind",
+        format!("expected `Service` or `MeshService`, got `{}`", t.kind),
+    )?;
+    check(
+        is_dns_label(&t.name),
+        "spec.targetRef.name",
+        format!("expected a DNS label, got `{}`", t.name),
+    )?;
+    check(
+        t.port != Some(0),
+        "spec.targetRef.port",
+        "expected a port in 1..=65535",
+    )
+}
+
+fn validate(doc: &Document) -> Result<(), FieldError> {
+    check(
+        is_dns_label(&doc.meta.name),
+        "metadata.name",
+        format!(
+            "expected a DNS label (lowercase letters, digits, `-`), got `{}`",
+            doc.meta.name
+        ),
+    )?;
+    check(
+        is_dns_label(&doc.meta.namespace),
+        "metadata.namespace",
+        format!("expected a DNS label, got `{}`", doc.meta.namespace),
+    )?;
+    match &doc.spec {
+        Spec::MeshService(s) => {
+            let mut ports = BTreeSet::new();
+            for (i, p) in s.ports.iter().enumerate() {
+                check(
+                    p.port != 0,
+                    format!("spec.ports[{i}].port"),
+                    "expected a port in 1..=65535",
+                )?;
+                check(
+                    ports.insert(p.port),
+                    format!("spec.ports[{i}].port"),
+                    format!("port {} is listed twice", p.port),
+                )?;
+            }
+            if let Some(sa) = &s.service_account {
+                check(
+                    is_dns_label(sa),
+                    "spec.serviceAccount",
+                    format!("expected a DNS label, got `{sa}`"),
+                )?;
+            }
+            let mut addrs = BTreeSet::new();
+            for (i, e) in s.endpoints.iter().enumerate() {
+                check(
+                    e.address.port() != 0,
+                    format!("spec.endpoints[{i}].address"),
+                    "expected a port in 1..=65535",
+                )?;
+                check(
+                    addrs.insert(e.address),
+                    format!("spec.endpoints[{i}].address"),
+                    format!("{} is listed twice", e.address),
+                )?;
+                check(
+                    (1..=1_000_000).contains(&e.weight),
+                    format!("spec.endpoints[{i}].weight"),
+                    format!("expected 1..=1000000, got {}", e.weight),
+                )?;
+            }
+        }
+        Spec::TrafficPolicy(p) => {
+            check_target(&p.target_ref)?;
+            if let Some(r) = &p.retries {
+                check(
+                    r.attempts <= 10,
+                    "spec.retries.attempts",
+                    format!("expected 0..=10, got {}", r.attempts),
+                )?;
+                for (i, on) in r.on.iter().enumerate() {
+                    let known = matches!(on.as_str(), "5xx" | "gateway-error" | "connect-failure" | "reset")
+                        || on.parse::<u16>().is_ok_and(|c| (100..=599).contains(&c));
+                    check(
+                        known,
+                        format!("spec.retries.on[{i}]"),
+                        format!("expected `5xx`, `gateway-error`, `connect-failure`, `reset` or a status code, got `{on}`"),
+                    )?;
+                }
+                if let Some(b) = &r.budget {
+                    check(
+                        (0.0..=1.0).contains(&b.ratio),
+                        "spec.retries.budget.ratio",
+                        format!("expected 0.0..=1.0, got {}", b.ratio),
+                    )?;
+                }
+                if let Some(b) = &r.backoff {
+                    if let (Some(base), Some(max)) = (b.base, b.max) {
+                        check(base <= max, "spec.retries.backoff.max", "expected max >= base")?;
+                    }
+                }
+            }
+            if let Some(c) = &p.circuit_breaker {
+                if let Some(pct) = c.max_ejected_percent {
+                    check_percent(pct, "spec.circuitBreaker.maxEjectedPercent")?;
+                }
+            }
+            if let Some(f) = &p.fault {
+                if let Some(d) = &f.delay {
+                    check_percent(d.percent, "spec.fault.delay.percent")?;
+                }
+                if let Some(a) = &f.abort {
+                    check_percent(a.percent, "spec.fault.abort.percent")?;
+                    check(
+                        (200..=599).contains(&a.status),
+                        "spec.fault.abort.status",
+                        format!("expected an HTTP status 200..=599, got {}", a.status),
+                    )?;
+                }
+            }
+        }
+        Spec::AuthorizationPolicy(p) => {
+            check_target(&p.target_ref)?;
+            for (i, rule) in p.rules.iter().enumerate() {
+                if let Some(from) = &rule.from {
+                    for (j, id) in from.identities.iter().enumerate() {
+                        check(
+                            id.starts_with("spiffe://") || id == "*",
+                            format!("spec.rules[{i}].from.identities[{j}]"),
+                            format!("expected a SPIFFE ID (spiffe://...) or `*`, got `{id}`"),
+                        )?;
+                    }
+                }
+                if let Some(to) = &rule.to {
+                    for (j, p) in to.paths.iter().enumerate() {
+                        check(
+                            p.starts_with('/'),
+                            format!("spec.rules[{i}].to.paths[{j}]"),
+                            "expected a path starting with `/`",
+                        )?;
+                    }
+                }
+            }
+            if let Some(r) = &p.rate_limit {
+                check(
+                    r.requests_per_second >= 0.0,
+                    "spec.rateLimit.requestsPerSecond",
+                    "expected a non-negative rate",
+                )?;
+            }
+        }
+        Spec::HttpRoute(r) => {
+            check(
+                !r.parent_refs.is_empty(),
+                "spec.parentRefs",
+                "expected at least one parent Service",
+            )?;
+            for (i, p) in r.parent_refs.iter().enumerate() {
+                let kind = p.kind.as_deref().unwrap_or("Service");
+                check(
+                    kind == "Service" || kind == "MeshService",
+                    format!("spec.parentRefs[{i}].kind"),
+                    format!("expected `Service` (the GAMMA mesh profile), got `{kind}`"),
+                )?;
+                check(
+                    is_dns_label(&p.name),
+                    format!("spec.parentRefs[{i}].name"),
+                    "expected a DNS label",
+                )?;
+            }
+            for (i, rule) in r.rules.iter().enumerate() {
+                check(
+                    !rule.backend_refs.is_empty(),
+                    format!("spec.rules[{i}].backendRefs"),
+                    "expected at least one backend",
+                )?;
+                for (j, b) in rule.backend_refs.iter().enumerate() {
+                    check(
+                        is_dns_label(&b.name),
+                        format!("spec.rules[{i}].backendRefs[{j}].name"),
+                        "expected a DNS label",
+                    )?;
+                    check(
+                        b.weight <= 1_000_000,
+                        format!("spec.rules[{i}].backendRefs[{j}].weight"),
+                        format!("expected 0..=1000000, got {}", b.weight),
+                    )?;
+                }
+                for (j, m) in rule.matches.iter().enumerate() {
+                    if let Some(p) = &m.path {
+                        check(
+                            p.kind == "PathPrefix" || p.kind == "Exact",
+                            format!("spec.rules[{i}].matches[{j}].path.type"),
+                            format!("expected `PathPrefix` or `Exact`, got `{}`", p.kind),
+                        )?;
+                        check(
+                            p.value.starts_with('/'),
+                            format!("spec.rules[{i}].matches[{j}].path.value"),
+                            "expected a path starting with `/`",
+                        )?;
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Optional durations written as `500ms`, `3s`.
+pub mod opt_duration {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let text = Option::<String>::deserialize(d)?;
+        text.map(|t| {
+            humantime::parse_duration(&t).map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "expected a duration such as `500ms` or `3s`, got `{t}` ({e})"
+                ))
+            })
+        })
+        .transpose()
+    }
+}
+
+mod humantime_serde_compat {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let t = String::deserialize(d)?;
+        humantime::parse_duration(&t).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "expected a duration such as `500ms` or `3s`, got `{t}` ({e})"
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+apiVersion: weft.dev/v1alpha1
+kind: MeshService
+metadata: {name: backend, namespace: demo}
+spec:
+  ports: [{port: 80}]
+  endpoints:
+    - address: 127.0.0.1:8081
+      proxy: 127.0.0.1:4243
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: split, namespace: demo}
+spec:
+  parentRefs: [{name: backend, kind: Service, group: core}]
+  rules:
+    - backendRefs: [{name: backend-v1, weight: 90}, {name: backend-v2, weight: 10}]
+"#;
+
+    #[test]
+    fn parses_good_documents() {
+        let (docs, errors) = parse_file("mesh.yaml", GOOD);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(docs.len(), 2);
+        assert_eq!(docs[0].meta.namespace, "demo");
+        let Spec::HttpRoute(r) = &docs[1].spec else {
+            panic!()
+        };
+        assert_eq!(r.rules[0].backend_refs[1].weight, 10);
+    }
+
+    #[test]
+    fn errors_name_file_document_field_and_expectation() {
+        let bad = GOOD.replace("address: 127.0.0.1:8081", "address: localhost");
+        let (docs, errors) = parse_file("mesh.yaml", &bad);
+        assert_eq!(docs.len(), 1, "the good document still parses");
+        let e = &errors[0];
+        assert_eq!(e.doc.index, 0);
+        assert_eq!(e.doc.name.as_deref(), Some("MeshService demo/backend"));
+        assert_eq!(e.field, "spec.endpoints[0].address");
+        assert!(
+            e.to_string().starts_with(
+                "mesh.yaml: document 0 (MeshService demo/backend): field `spec.endpoints[0].address`"
+            ),
+            "{e}"
+        );
+
+        let bad = GOOD.replace("weight: 10}", "weight: ten}");
+        let (_, errors) = parse_file("mesh.yaml", &bad);
+        assert_eq!(errors[0].doc.index, 1);
+        assert_eq!(errors[0].field, "spec.rules[0].backendRefs[1].weight");
+
+        let (_, errors) = parse_file(
+            "x.yaml",
+            "apiVersion: weft.dev/v1alpha1\nkind: Gadget\nmetadata: {name: a}\n",
+        );
+        assert_eq!(errors[0].field, "kind");
+        let (_, errors) = parse_file(
+            "x.yaml",
+            "apiVersion: v1\nkind: MeshService\nmetadata: {name: a}\n",
+        );
+        assert_eq!(errors[0].field, "apiVersion");
+        let (_, errors) = parse_file(
+            "x.yaml",
+            "apiVersion: weft.dev/v1alpha1\nkind: MeshService\nmetadata: {name: Bad_Name}\n",
+        );
+        assert_eq!(errors[0].field, "metadata.name");
+        let (_, errors) = parse_file("x.yaml", "a: [\n");
+        assert_eq!(errors[0].field, "(yaml)");
+    }
+
+    #[test]
+    fn policy_validation() {
+        let doc = "apiVersion: weft.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {name: p}\nspec:\n  targetRef: {name: web}\n  retries: {attempts: 3, on: [5xx, teapot]}\n";
+        let (_, errors) = parse_file("p.yaml", doc);
+        assert_eq!(errors[0].field, "spec.retries.on[1]");
+        let doc = "apiVersion: weft.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {name: p}\nspec:\n  timeouts: {request: 2s}\n";
+        let (_, errors) = parse_file("p.yaml", doc);
+        assert_eq!(errors[0].field, "spec.targetRef");
+        let doc = "apiVersion: weft.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {name: p}\nspec:\n  targetRef: {name: web}\n  timeouts: {request: soon}\n";
+        let (_, errors) = parse_file("p.yaml", doc);
+        assert_eq!(errors[0].field, "spec.timeouts.request");
+        assert!(errors[0].problem.contains("expected a duration"));
+    }
+}
