@@ -196,7 +196,7 @@ def main():
     out = [
         f"Weft benchmark {meta.get('timestamp', '')} (rev {meta.get('git_rev', '?')}; "
         f"{meta.get('cpus', '?')} CPUs; proxy worker threads: {meta.get('proxy_worker_threads', '?')}; "
-        f"{meta.get('duration_s', '?')}s per phase)",
+        f"{meta.get('duration_s', '?')}s per phase; load average before: {meta.get('loadavg_at_start', '?')})",
         "  ".join(h.ljust(w) for h, w in zip(headers, widths)),
         "  ".join("-" * w for w in widths),
     ]

@@ -314,6 +314,10 @@ main() {
     fi
     [[ -x "$WEFT" && -x "$WEFT_PROXY" ]] || die "missing $WEFT or $WEFT_PROXY"
 
+    LOADAVG_START=$(cut -d' ' -f1-3 /proc/loadavg)
+    if awk -v l="${LOADAVG_START%% *}" 'BEGIN { exit !(l > 0.5) }'; then
+        log "WARNING: load average is $LOADAVG_START before the run; something else is using the CPUs and the numbers will be noisy"
+    fi
     start_backend
     local p
     for p in $PATHS; do
@@ -334,6 +338,7 @@ main() {
         --meta "duration_s=$DURATION" --meta "warmup_s=$WARMUP" --meta "rate_rps=$RATE" \
         --meta "wrk=-t$WRK_THREADS -c$WRK_CONNS" --meta "oha_connections=$OHA_CONNS" \
         --meta "proxy_worker_threads=$PROXY_THREADS" \
+        --meta "loadavg_at_start=$LOADAVG_START" --meta "loadavg_at_end=$(cut -d' ' -f1-3 /proc/loadavg)" \
         --meta "cpus=$(nproc)" --meta "kernel=$(uname -r)" \
         --meta "wrk_version=$(wrk -v 2>&1 | head -1 | awk '{print $2}')" \
         --meta "oha_version=$(oha --version 2>/dev/null | awk '{print $2}')"

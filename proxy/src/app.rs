@@ -18,6 +18,7 @@ use tokio::sync::Notify;
 use crate::admin::Admin;
 use crate::client::Clients;
 use crate::config::{Config, ConfigError, LogFormat, Overrides};
+use crate::control::{ControlDiscover, ControlMetrics, ControlSettings};
 use crate::discover::{Discover, StaticEndpoints};
 use crate::drain;
 use crate::inbound::Inbound;
@@ -40,6 +41,7 @@ pub struct Cli {
 pub struct Proxy {
     config: Arc<Config>,
     discover: Arc<dyn Discover>,
+    control_metrics: ControlMetrics,
     outbound: TcpListener,
     inbound: TcpListener,
     admin: TcpListener,
@@ -68,9 +70,25 @@ pub enum BuildError {
 impl Proxy {
     /// Loads the endpoints and binds every listener.
     pub async fn bind(config: Config) -> Result<Self, BuildError> {
-        let discover: Arc<dyn Discover> = match &config.endpoints_file {
-            Some(path) => Arc::new(StaticEndpoints::from_file(path)?),
-            None => Arc::new(StaticEndpoints::default()),
+        let control_metrics = ControlMetrics::default();
+        let discover: Arc<dyn Discover> = match (&config.control_plane, &config.endpoints_file) {
+            (Some(address), _) => {
+                let settings = ControlSettings {
+                    address: address.clone(),
+                    namespace: config.namespace.clone(),
+                    proxy_id: config.proxy_id.clone().unwrap_or_else(|| {
+                        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "weft-proxy".into());
+                        format!("{host}-{}", std::process::id())
+                    }),
+                    idle_timeout: config.destination_idle_timeout,
+                    first_update_timeout: Duration::from_secs(2),
+                };
+                ControlDiscover::new(settings, control_metrics.clone()).map_err(|e| {
+                    ConfigError::new("flags", "controlPlane", format!("not a usable address: {e}"))
+                })?
+            }
+            (None, Some(path)) => Arc::new(StaticEndpoints::from_file(path)?),
+            (None, None) => Arc::new(StaticEndpoints::default()),
         };
         let listen = |which, addr| async move {
             TcpListener::bind(addr)
@@ -83,6 +101,7 @@ impl Proxy {
             admin: listen("admin", config.admin_listen).await?,
             config: Arc::new(config),
             discover,
+            control_metrics,
         })
     }
 
@@ -103,6 +122,9 @@ impl Proxy {
         let mut registry = Registry::default();
         let metrics = Metrics::default();
         metrics.register(&mut registry);
+        if config.control_plane.is_some() {
+            self.control_metrics.register(&mut registry);
+        }
         let (signal, watch) = drain::channel();
         let clients = Clients::new(config.connect_timeout);
         let http = HttpSettings {

@@ -47,9 +47,21 @@ pub struct Config {
     /// where traffic goes when the caller names no port. Empty: this workload
     /// serves nothing and inbound connections are refused.
     pub app_ports: Vec<u16>,
-    /// Static endpoints (service name → addresses), until the control plane
-    /// provides discovery. See [`crate::discover::StaticEndpoints`].
+    /// Static endpoints (service name → addresses), for running without a
+    /// control plane. See [`crate::discover::StaticEndpoints`].
     pub endpoints_file: Option<PathBuf>,
+    /// The control plane's gRPC address, e.g. `http://weft-control:8086`.
+    /// Discovery and policy come from it. Exclusive with `endpointsFile`.
+    pub control_plane: Option<String>,
+    /// This workload's namespace: short names resolve in it. Default
+    /// `default`.
+    pub namespace: String,
+    /// How this proxy names itself to the control plane. Default: the
+    /// host name and process id.
+    pub proxy_id: Option<String>,
+    /// A destination unused this long stops being watched. Default `60s`.
+    #[serde(with = "duration")]
+    pub destination_idle_timeout: Duration,
     /// How long protocol detection waits for the first bytes of a connection
     /// before treating it as opaque TCP. Default `1s`.
     #[serde(with = "duration")]
@@ -91,6 +103,10 @@ impl Default for Config {
             app_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             app_ports: Vec::new(),
             endpoints_file: None,
+            control_plane: None,
+            namespace: "default".into(),
+            proxy_id: None,
+            destination_idle_timeout: Duration::from_secs(60),
             detect_timeout: Duration::from_secs(1),
             opaque_ports: Vec::new(),
             connect_timeout: Duration::from_secs(3),
@@ -119,6 +135,13 @@ pub struct Overrides {
     pub app_ports: Vec<u16>,
     #[arg(long, env = "WEFT_ENDPOINTS_FILE", value_name = "FILE")]
     pub endpoints_file: Option<PathBuf>,
+    /// The control plane's gRPC address, e.g. `http://127.0.0.1:8086`.
+    #[arg(long, env = "WEFT_CONTROL_PLANE", value_name = "URL")]
+    pub control_plane: Option<String>,
+    #[arg(long, env = "WEFT_NAMESPACE")]
+    pub namespace: Option<String>,
+    #[arg(long, env = "WEFT_PROXY_ID")]
+    pub proxy_id: Option<String>,
     /// e.g. `30s`, `500ms`.
     #[arg(long, env = "WEFT_SHUTDOWN_GRACE", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Option<Duration>,
@@ -191,6 +214,15 @@ impl Config {
         }
         if let Some(f) = &o.endpoints_file {
             self.endpoints_file = Some(f.clone());
+        }
+        if let Some(c) = &o.control_plane {
+            self.control_plane = Some(c.clone());
+        }
+        if let Some(n) = &o.namespace {
+            self.namespace = n.clone();
+        }
+        if let Some(id) = &o.proxy_id {
+            self.proxy_id = Some(id.clone());
         }
         if let Some(d) = o.shutdown_grace {
             self.shutdown_grace = d;
@@ -270,6 +302,27 @@ impl Config {
                     );
                 }
             }
+        }
+        if let Some(cp) = &self.control_plane {
+            if self.endpoints_file.is_some() {
+                return err(
+                    "controlPlane",
+                    "expected either controlPlane or endpointsFile, not both".into(),
+                );
+            }
+            if !(cp.starts_with("http://") || cp.starts_with("https://")) || cp.parse::<http::Uri>().is_err()
+            {
+                return err(
+                    "controlPlane",
+                    format!("expected a URL such as `http://weft-control:8086`, got `{cp}`"),
+                );
+            }
+        }
+        if self.namespace.is_empty() {
+            return err("namespace", "expected a namespace name".into());
+        }
+        if self.destination_idle_timeout < Duration::from_millis(100) {
+            return err("destinationIdleTimeout", "expected at least 100ms".into());
         }
         if let Some(path) = &self.endpoints_file {
             if !path.is_file() {

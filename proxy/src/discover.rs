@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -26,20 +27,142 @@ pub struct Endpoint {
     /// endpoint is not meshed and is called directly.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy: Option<SocketAddr>,
+    /// The SPIFFE ID its proxy must present (checked once mTLS arrives).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
+    /// Relative load-balancing weight.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub weight: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn is_one(w: &u32) -> bool {
+    *w == 1
+}
+
+impl Endpoint {
+    pub fn unmeshed(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            proxy: None,
+            identity: None,
+            weight: 1,
+        }
+    }
 }
 
 /// A service's endpoints, shared cheaply.
 pub type Endpoints = Arc<[Endpoint]>;
 
-/// Answers "where does this service live?".
+/// Everything the data path needs to call one destination.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Destination {
+    /// The name for metrics: the service discovery knows, or `external`.
+    pub service: String,
+    pub endpoints: Endpoints,
+    /// HTTPRoutes in precedence order; empty: straight to `endpoints`.
+    pub routes: Arc<[Route]>,
+    /// The TrafficPolicy's request timeout.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_timeout: Option<Duration>,
+    /// False for names found through DNS: forwarded without mesh features.
+    pub meshed: bool,
+}
+
+impl Destination {
+    pub fn from_endpoints(service: impl Into<String>, endpoints: Endpoints) -> Self {
+        Self {
+            service: service.into(),
+            endpoints,
+            routes: Arc::from([]),
+            request_timeout: None,
+            meshed: true,
+        }
+    }
+}
+
+/// One HTTPRoute rule.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Route {
+    pub name: String,
+    /// Any match selects the route; no matches: every request.
+    pub matches: Vec<RouteMatch>,
+    /// `(authority, weight)`.
+    pub backends: Vec<(String, u32)>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RouteMatch {
+    pub path: Option<PathMatch>,
+    pub method: Option<String>,
+    pub headers: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum PathMatch {
+    Exact(String),
+    Prefix(String),
+}
+
+impl Route {
+    pub fn matches<B>(&self, req: &http::Request<B>) -> bool {
+        self.matches.is_empty() || self.matches.iter().any(|m| m.matches(req))
+    }
+
+    /// A backend chosen by weight; `None` when every weight is 0.
+    pub fn pick_backend(&self) -> Option<&str> {
+        let total: u64 = self.backends.iter().map(|(_, w)| u64::from(*w)).sum();
+        if total == 0 {
+            return None;
+        }
+        let mut n = rand::random_range(0..total);
+        for (authority, w) in &self.backends {
+            if n < u64::from(*w) {
+                return Some(authority);
+            }
+            n -= u64::from(*w);
+        }
+        None
+    }
+}
+
+impl RouteMatch {
+    fn matches<B>(&self, req: &http::Request<B>) -> bool {
+        let path = req.uri().path();
+        let path_ok = match &self.path {
+            None => true,
+            Some(PathMatch::Exact(p)) => path == p,
+            Some(PathMatch::Prefix(p)) => {
+                let p = p.trim_end_matches('/');
+                path == p || p.is_empty() || path.strip_prefix(p).is_some_and(|rest| rest.starts_with('/'))
+            }
+        };
+        path_ok
+            && self
+                .method
+                .as_deref()
+                .is_none_or(|m| m.eq_ignore_ascii_case(req.method().as_str()))
+            && self
+                .headers
+                .iter()
+                .all(|(k, v)| req.headers().get(k).is_some_and(|h| h.as_bytes() == v.as_bytes()))
+    }
+}
+
+/// Answers "where does this service live, and how is it called?".
 pub trait Discover: Send + Sync + 'static {
-    /// The endpoints of `host:port`, or `None` when the mesh does not know
-    /// the name. A known service may have no endpoints.
+    /// The destination `host:port` names, or `None` when it cannot be
+    /// resolved at all.
     fn resolve<'a>(
         &'a self,
         host: &'a str,
         port: u16,
-    ) -> Pin<Box<dyn Future<Output = Option<Endpoints>> + Send + 'a>>;
+    ) -> Pin<Box<dyn Future<Output = Option<Arc<Destination>>> + Send + 'a>>;
 
     /// A JSON view of what is known, for `/config`.
     fn dump(&self) -> serde_json::Value;
@@ -91,8 +214,10 @@ impl Discover for StaticEndpoints {
         &'a self,
         host: &'a str,
         port: u16,
-    ) -> Pin<Box<dyn Future<Output = Option<Endpoints>> + Send + 'a>> {
-        let found = self.lookup(host, port);
+    ) -> Pin<Box<dyn Future<Output = Option<Arc<Destination>>> + Send + 'a>> {
+        let found = self
+            .lookup(host, port)
+            .map(|eps| Arc::new(Destination::from_endpoints(host, eps)));
         Box::pin(std::future::ready(found))
     }
 
@@ -109,20 +234,14 @@ mod tests {
 
     #[tokio::test]
     async fn port_specific_entry_wins() {
-        let a: Endpoint = Endpoint {
-            addr: "127.0.0.1:1".parse().unwrap(),
-            proxy: None,
-        };
-        let b: Endpoint = Endpoint {
-            addr: "127.0.0.1:2".parse().unwrap(),
-            proxy: None,
-        };
+        let a = Endpoint::unmeshed("127.0.0.1:1".parse().unwrap());
+        let b = Endpoint::unmeshed("127.0.0.1:2".parse().unwrap());
         let s = StaticEndpoints::from_map(HashMap::from([
             ("web".to_string(), vec![a.clone()]),
             ("web:8080".to_string(), vec![b.clone()]),
         ]));
-        assert_eq!(&*s.resolve("web", 80).await.unwrap(), &[a]);
-        assert_eq!(&*s.resolve("WEB", 8080).await.unwrap(), &[b]);
+        assert_eq!(&*s.resolve("web", 80).await.unwrap().endpoints, &[a]);
+        assert_eq!(&*s.resolve("WEB", 8080).await.unwrap().endpoints, &[b]);
         assert!(s.resolve("other", 80).await.is_none());
     }
 
@@ -136,5 +255,67 @@ mod tests {
         assert_eq!(e.field, "web[1].addr");
         assert!(e.source_name.ends_with("endpoints.yaml"));
         std::fs::remove_dir_all(dir).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod route_tests {
+    use super::*;
+
+    #[test]
+    fn route_matching() {
+        let route = Route {
+            name: "r".into(),
+            matches: vec![RouteMatch {
+                path: Some(PathMatch::Prefix("/api/".into())),
+                method: Some("GET".into()),
+                headers: vec![("x-canary".into(), "1".into())],
+            }],
+            backends: vec![("a:80".into(), 1)],
+            timeout: None,
+        };
+        let req = |path: &str, canary: bool| {
+            let mut b = http::Request::get(path);
+            if canary {
+                b = b.header("x-canary", "1");
+            }
+            b.body(()).unwrap()
+        };
+        assert!(route.matches(&req("/api", true)));
+        assert!(route.matches(&req("/api/users", true)));
+        assert!(
+            !route.matches(&req("/apix", true)),
+            "prefixes match whole segments"
+        );
+        assert!(!route.matches(&req("/api/users", false)));
+        let any = Route {
+            matches: vec![],
+            ..route.clone()
+        };
+        assert!(any.matches(&req("/whatever", false)));
+    }
+
+    #[test]
+    fn backends_follow_weights() {
+        let route = Route {
+            name: "split".into(),
+            matches: vec![],
+            backends: vec![("v1:80".into(), 90), ("v2:80".into(), 10), ("v3:80".into(), 0)],
+            timeout: None,
+        };
+        let mut v2 = 0;
+        for _ in 0..10_000 {
+            match route.pick_backend().unwrap() {
+                "v2:80" => v2 += 1,
+                "v1:80" => {}
+                other => panic!("weight 0 picked: {other}"),
+            }
+        }
+        assert!((700..1300).contains(&v2), "about 10% to v2, got {v2}");
+        let none = Route {
+            backends: vec![("v1:80".into(), 0)],
+            ..route
+        };
+        assert!(none.pick_backend().is_none());
     }
 }

@@ -37,6 +37,10 @@ pub enum ProxyError {
     UnknownAppPort(u16),
     #[error("the proxy is shutting down")]
     ShuttingDown,
+    #[error("no route of {0} matches the request")]
+    NoRoute(String),
+    #[error("no response within {0:?}")]
+    Timeout(std::time::Duration),
 }
 
 impl ProxyError {
@@ -50,6 +54,8 @@ impl ProxyError {
             ProxyError::Upstream { .. } => "upstream-failed",
             ProxyError::UnknownAppPort(_) => "unknown-app-port",
             ProxyError::ShuttingDown => "shutting-down",
+            ProxyError::NoRoute(_) => "no-route",
+            ProxyError::Timeout(_) => "timeout",
         }
     }
 
@@ -60,7 +66,8 @@ impl ProxyError {
             ProxyError::ConnectFailed { .. }
             | ProxyError::Upstream { .. }
             | ProxyError::UnknownAppPort(_) => StatusCode::BAD_GATEWAY,
-            ProxyError::ConnectTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::ConnectTimeout(_) | ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::NoRoute(_) => StatusCode::NOT_FOUND,
         }
     }
 

@@ -15,7 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::client::Clients;
 use crate::detect::{detect, Protocol};
-use crate::discover::{Discover, Endpoint};
+use crate::discover::{Destination, Discover, Endpoint};
 use crate::drain;
 use crate::errors::ProxyError;
 use crate::http::{
@@ -145,8 +145,28 @@ impl Outbound {
     ) -> Result<Response<Body>, ProxyError> {
         let authority = authority(&req).ok_or(ProxyError::NoAuthority)?;
         let (host, port) = host_port(&authority, req.uri());
-        let endpoint = self.pick(&host, port).await?;
-        *service = host;
+        let mut dest = self.resolve(&host, port).await?;
+        let mut timeout = dest.request_timeout;
+        if !dest.routes.is_empty() {
+            // HTTPRoutes: the first matching rule picks a backend service by
+            // weight.
+            let route = dest
+                .routes
+                .iter()
+                .find(|r| r.matches(&req))
+                .ok_or_else(|| ProxyError::NoRoute(format!("{host}:{port}")))?;
+            let backend = route
+                .pick_backend()
+                .ok_or_else(|| ProxyError::NoEndpoints(route.name.clone()))?;
+            timeout = route.timeout.or(timeout);
+            let (bhost, bport) = backend
+                .rsplit_once(':')
+                .and_then(|(h, p)| Some((h, p.parse().ok()?)))
+                .unwrap_or((backend, port));
+            dest = self.resolve(bhost, bport).await?;
+        }
+        *service = dest.service.clone();
+        let endpoint = self.pick(&dest)?;
 
         if req.method() == Method::CONNECT {
             let upstream = match endpoint.proxy {
@@ -169,6 +189,25 @@ impl Outbound {
         }
 
         strip_hop_by_hop(req.headers_mut());
+        let send = self.send(req, app, &authority, &endpoint);
+        let rsp = match timeout {
+            Some(t) => tokio::time::timeout(t, send)
+                .await
+                .map_err(|_| ProxyError::Timeout(t))??,
+            None => send.await?,
+        };
+        let mut rsp = rsp.map(incoming);
+        strip_hop_by_hop(rsp.headers_mut());
+        Ok(rsp)
+    }
+
+    async fn send(
+        &self,
+        mut req: Request<Incoming>,
+        app: AppProtocol,
+        authority: &http::uri::Authority,
+        endpoint: &Endpoint,
+    ) -> Result<Response<Incoming>, ProxyError> {
         let rsp = match endpoint.proxy {
             Some(peer) => {
                 // Over the mesh: always HTTP/2, with the app's protocol and
@@ -176,13 +215,13 @@ impl Outbound {
                 let headers = req.headers_mut();
                 headers.insert(WEFT_PROTO, app.header_value());
                 headers.insert(WEFT_PORT, endpoint.addr.port().into());
-                *req.uri_mut() = absolute_uri(&authority, req.uri());
+                *req.uri_mut() = absolute_uri(authority, req.uri());
                 *req.version_mut() = Version::HTTP_2;
                 self.clients.send_h2(peer, req.map(incoming)).await?
             }
             None => match app {
                 AppProtocol::Http2 => {
-                    *req.uri_mut() = absolute_uri(&authority, req.uri());
+                    *req.uri_mut() = absolute_uri(authority, req.uri());
                     self.clients.send_h2(endpoint.addr, req.map(incoming)).await?
                 }
                 AppProtocol::Http1 => {
@@ -196,18 +235,23 @@ impl Outbound {
                 }
             },
         };
-        let mut rsp = rsp.map(incoming);
-        strip_hop_by_hop(rsp.headers_mut());
         Ok(rsp)
+    }
+
+    async fn resolve(&self, host: &str, port: u16) -> Result<Arc<Destination>, ProxyError> {
+        self.discover
+            .resolve(host, port)
+            .await
+            .ok_or_else(|| ProxyError::NoEndpoints(format!("{host}:{port}")))
     }
 
     /// Round robin over the service's endpoints (the resilience work brings
     /// P2C over peak-EWMA).
-    async fn pick(&self, host: &str, port: u16) -> Result<Endpoint, ProxyError> {
-        let endpoints = self.discover.resolve(host, port).await;
-        let endpoints = endpoints
-            .filter(|e| !e.is_empty())
-            .ok_or_else(|| ProxyError::NoEndpoints(format!("{host}:{port}")))?;
+    fn pick(&self, dest: &Destination) -> Result<Endpoint, ProxyError> {
+        let endpoints = &dest.endpoints;
+        if endpoints.is_empty() {
+            return Err(ProxyError::NoEndpoints(dest.service.clone()));
+        }
         let i = self.next.fetch_add(1, Ordering::Relaxed) % endpoints.len();
         Ok(endpoints[i].clone())
     }

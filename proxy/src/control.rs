@@ -1,0 +1,534 @@
+//! Discovery from the control plane: one `Destination.Watch` stream per
+//! destination in use, shared by every connection, over one gRPC channel.
+//!
+//! - The first lookup of a name opens its watch and waits (briefly) for the
+//!   first answer; later lookups read the latest state without waiting.
+//! - A watch unused for the idle timeout is closed.
+//! - A broken stream reconnects with exponential backoff and full jitter;
+//!   meanwhile the last known state keeps serving; after reconnecting, the
+//!   first snapshot replaces it.
+//! - A name the mesh does not know is resolved through DNS and forwarded
+//!   without mesh features.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hickory_resolver::TokioResolver;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+use tonic::transport::Channel;
+use weft_api::v1 as api;
+use weft_api::v1::destination_client::DestinationClient;
+use weft_api::v1::destination_update::Kind;
+
+use crate::discover::{Destination, Discover, Endpoint, PathMatch, Route, RouteMatch};
+
+/// The `service` label of destinations found through DNS.
+pub const EXTERNAL_SERVICE: &str = "external";
+
+/// Settings of the control-plane client.
+#[derive(Debug, Clone)]
+pub struct ControlSettings {
+    /// e.g. `http://weft-control.weft:8086`.
+    pub address: String,
+    /// This workload's namespace; short names resolve in it.
+    pub namespace: String,
+    pub proxy_id: String,
+    /// A watch unused this long is closed.
+    pub idle_timeout: Duration,
+    /// How long a first lookup waits for the control plane's answer.
+    pub first_update_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+/// Control-plane client metrics.
+#[derive(Debug, Clone, Default)]
+pub struct ControlMetrics {
+    watches: Gauge,
+    connected: Gauge,
+    reconnects: Counter,
+    updates: Counter,
+    dns: Family<ResultLabels, Counter>,
+}
+
+impl ControlMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "weft_destination_watches",
+            "Destination watches open",
+            self.watches.clone(),
+        );
+        registry.register(
+            "weft_control_plane_streams_connected",
+            "Destination watch streams currently connected to the control plane",
+            self.connected.clone(),
+        );
+        registry.register(
+            "weft_control_plane_reconnects",
+            "Destination watch streams re-opened after a failure",
+            self.reconnects.clone(),
+        );
+        registry.register(
+            "weft_control_plane_updates",
+            "Destination updates received",
+            self.updates.clone(),
+        );
+        registry.register(
+            "weft_dns_fallback",
+            "Names the mesh does not know, resolved through DNS and forwarded without mesh features",
+            self.dns.clone(),
+        );
+    }
+}
+
+#[derive(Debug, Clone)]
+enum State {
+    /// No answer yet.
+    Pending,
+    NotFound,
+    Found(Arc<Destination>),
+}
+
+struct WatchEntry {
+    rx: watch::Receiver<State>,
+    /// Milliseconds since the client started.
+    last_used: AtomicU64,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for WatchEntry {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub struct ControlDiscover {
+    client: DestinationClient<Channel>,
+    settings: ControlSettings,
+    watches: Mutex<HashMap<String, Arc<WatchEntry>>>,
+    dns: Option<TokioResolver>,
+    metrics: ControlMetrics,
+    started: Instant,
+}
+
+impl ControlDiscover {
+    /// Connects lazily: nothing is dialed until the first lookup. Spawns the
+    /// idle reaper, so it needs a runtime.
+    pub fn new(
+        settings: ControlSettings,
+        metrics: ControlMetrics,
+    ) -> Result<Arc<Self>, tonic::transport::Error> {
+        let channel = tonic::transport::Endpoint::from_shared(settings.address.clone())?
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(20))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .keep_alive_while_idle(true)
+            .connect_lazy();
+        let dns = match TokioResolver::builder_tokio().and_then(|b| b.build()) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::warn!(error = %e, "no DNS resolver; names the mesh does not know will fail");
+                None
+            }
+        };
+        let this = Arc::new(Self {
+            client: DestinationClient::new(channel),
+            settings,
+            watches: Mutex::new(HashMap::new()),
+            dns,
+            metrics,
+            started: Instant::now(),
+        });
+        let weak = Arc::downgrade(&this);
+        let every = (this.settings.idle_timeout / 2).max(Duration::from_millis(100));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(this) = weak.upgrade() else { return };
+                this.reap_idle();
+            }
+        });
+        Ok(this)
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn reap_idle(&self) {
+        let idle = self.settings.idle_timeout.as_millis() as u64;
+        let now = self.now_ms();
+        let mut watches = self.watches.lock().expect("watch lock poisoned");
+        watches.retain(|target, w| {
+            let keep = now.saturating_sub(w.last_used.load(Ordering::Relaxed)) < idle;
+            if !keep {
+                tracing::debug!(%target, "closing idle destination watch");
+            }
+            keep
+        });
+        self.metrics.watches.set(watches.len() as i64);
+    }
+
+    fn entry(&self, target: &str) -> Arc<WatchEntry> {
+        let mut watches = self.watches.lock().expect("watch lock poisoned");
+        if let Some(w) = watches.get(target) {
+            w.last_used.store(self.now_ms(), Ordering::Relaxed);
+            return w.clone();
+        }
+        let (tx, rx) = watch::channel(State::Pending);
+        let request = api::DestinationRequest {
+            target: target.to_string(),
+            namespace: self.settings.namespace.clone(),
+            proxy_id: self.settings.proxy_id.clone(),
+        };
+        let task = tokio::spawn(run_watch(self.client.clone(), request, tx, self.metrics.clone()));
+        let entry = Arc::new(WatchEntry {
+            rx,
+            last_used: AtomicU64::new(self.now_ms()),
+            task,
+        });
+        watches.insert(target.to_string(), entry.clone());
+        self.metrics.watches.set(watches.len() as i64);
+        entry
+    }
+
+    async fn lookup(&self, host: &str, port: u16) -> Option<Arc<Destination>> {
+        let entry = self.entry(&format!("{host}:{port}"));
+        let mut rx = entry.rx.clone();
+        let state = match tokio::time::timeout(
+            self.settings.first_update_timeout,
+            rx.wait_for(|s| !matches!(s, State::Pending)),
+        )
+        .await
+        {
+            Ok(Ok(s)) => s.clone(),
+            _ => State::Pending,
+        };
+        match state {
+            State::Found(d) => Some(d),
+            State::NotFound => self.dns(host, port).await,
+            State::Pending => {
+                tracing::warn!(%host, "no answer from the control plane yet; trying DNS");
+                self.dns(host, port).await
+            }
+        }
+    }
+
+    async fn dns(&self, host: &str, port: u16) -> Option<Arc<Destination>> {
+        let resolver = self.dns.as_ref()?;
+        let result = match host.parse::<std::net::IpAddr>() {
+            Ok(ip) => Ok(vec![ip]),
+            Err(_) => resolver
+                .lookup_ip(host)
+                .await
+                .map(|l| l.iter().collect::<Vec<_>>()),
+        };
+        match result {
+            Ok(ips) if !ips.is_empty() => {
+                self.metrics
+                    .dns
+                    .get_or_create(&ResultLabels { result: "resolved" })
+                    .inc();
+                let endpoints: Vec<Endpoint> = ips
+                    .into_iter()
+                    .map(|ip| Endpoint::unmeshed(SocketAddr::new(ip, port)))
+                    .collect();
+                let mut d = Destination::from_endpoints(EXTERNAL_SERVICE, endpoints.into());
+                d.meshed = false;
+                Some(Arc::new(d))
+            }
+            Ok(_) | Err(_) => {
+                self.metrics
+                    .dns
+                    .get_or_create(&ResultLabels { result: "failed" })
+                    .inc();
+                tracing::debug!(%host, "DNS found nothing");
+                None
+            }
+        }
+    }
+}
+
+impl Discover for ControlDiscover {
+    fn resolve<'a>(
+        &'a self,
+        host: &'a str,
+        port: u16,
+    ) -> Pin<Box<dyn Future<Output = Option<Arc<Destination>>> + Send + 'a>> {
+        Box::pin(self.lookup(host, port))
+    }
+
+    fn dump(&self) -> serde_json::Value {
+        let watches = self.watches.lock().expect("watch lock poisoned");
+        let out: BTreeMap<&String, serde_json::Value> = watches
+            .iter()
+            .map(|(target, w)| {
+                let v = match &*w.rx.borrow() {
+                    State::Pending => serde_json::json!("pending"),
+                    State::NotFound => serde_json::json!("not found (DNS)"),
+                    State::Found(d) => serde_json::to_value(&**d).unwrap_or_default(),
+                };
+                (target, v)
+            })
+            .collect();
+        serde_json::json!({ "controlPlane": self.settings.address, "destinations": out })
+    }
+}
+
+/// Exponential backoff with full jitter.
+struct Backoff {
+    base: Duration,
+    max: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    fn next(&mut self) -> Duration {
+        let ceiling = self
+            .base
+            .saturating_mul(1u32 << self.attempt.min(16))
+            .min(self.max);
+        self.attempt += 1;
+        ceiling
+            .mul_f64(rand::random_range(0.0..=1.0))
+            .max(Duration::from_millis(10))
+    }
+}
+
+/// The state of one stream, rebuilt from its updates.
+#[derive(Default)]
+struct StreamState {
+    service: Option<api::ServiceRef>,
+    endpoints: BTreeMap<String, api::Endpoint>,
+    policy: api::ClientPolicy,
+}
+
+async fn run_watch(
+    mut client: DestinationClient<Channel>,
+    request: api::DestinationRequest,
+    tx: watch::Sender<State>,
+    metrics: ControlMetrics,
+) {
+    let mut backoff = Backoff {
+        base: Duration::from_millis(100),
+        max: Duration::from_secs(5),
+        attempt: 0,
+    };
+    loop {
+        match client.watch(request.clone()).await {
+            Ok(rsp) => {
+                metrics.connected.inc();
+                let mut stream = rsp.into_inner();
+                let mut state = StreamState::default();
+                loop {
+                    match stream.message().await {
+                        Ok(Some(update)) => {
+                            backoff.attempt = 0;
+                            metrics.updates.inc();
+                            if let Some(kind) = update.kind {
+                                tx.send_replace(apply(&mut state, kind));
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(status) => {
+                            tracing::debug!(target = %request.target, %status, "destination stream failed");
+                            break;
+                        }
+                    }
+                }
+                metrics.connected.dec();
+            }
+            Err(status) => {
+                tracing::debug!(target = %request.target, %status, "control plane unreachable");
+            }
+        }
+        metrics.reconnects.inc();
+        tokio::time::sleep(backoff.next()).await;
+    }
+}
+
+fn apply(state: &mut StreamState, kind: Kind) -> State {
+    match kind {
+        Kind::NotFound(_) => {
+            *state = StreamState::default();
+            return State::NotFound;
+        }
+        Kind::Snapshot(s) => {
+            state.service = s.service;
+            state.endpoints = s.endpoints.into_iter().map(|e| (e.address.clone(), e)).collect();
+            state.policy = s.policy.unwrap_or_default();
+        }
+        Kind::Added(a) => {
+            for e in a.endpoints {
+                state.endpoints.insert(e.address.clone(), e);
+            }
+        }
+        Kind::Removed(r) => {
+            for a in r.addresses {
+                state.endpoints.remove(&a);
+            }
+        }
+        Kind::Policy(p) => state.policy = p,
+    }
+    State::Found(Arc::new(to_destination(state)))
+}
+
+fn ms(v: u64) -> Option<Duration> {
+    (v > 0).then(|| Duration::from_millis(v))
+}
+
+fn to_destination(state: &StreamState) -> Destination {
+    let endpoints: Vec<Endpoint> = state
+        .endpoints
+        .values()
+        .filter_map(|e| {
+            let addr = e.address.parse().ok()?;
+            Some(Endpoint {
+                addr,
+                proxy: e.proxy_address.parse().ok(),
+                identity: (!e.identity.is_empty()).then(|| e.identity.clone()),
+                weight: e.weight.max(1),
+            })
+        })
+        .collect();
+    let routes: Vec<Route> = state
+        .policy
+        .routes
+        .iter()
+        .map(|r| Route {
+            name: r.name.clone(),
+            matches: r
+                .matches
+                .iter()
+                .map(|m| RouteMatch {
+                    path: match m.path_type.as_str() {
+                        "exact" => Some(PathMatch::Exact(m.path.clone())),
+                        "prefix" => Some(PathMatch::Prefix(m.path.clone())),
+                        _ => None,
+                    },
+                    method: (!m.method.is_empty()).then(|| m.method.clone()),
+                    headers: m.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                })
+                .collect(),
+            backends: r
+                .backends
+                .iter()
+                .map(|b| (b.authority.clone(), b.weight))
+                .collect(),
+            timeout: ms(r.timeout_ms),
+        })
+        .collect();
+    Destination {
+        service: state
+            .service
+            .as_ref()
+            .map_or_else(|| "unknown".into(), |s| s.name.clone()),
+        endpoints: endpoints.into(),
+        routes: routes.into(),
+        request_timeout: state.policy.timeouts.as_ref().and_then(|t| ms(t.request_ms)),
+        meshed: true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ep(addr: &str) -> api::Endpoint {
+        api::Endpoint {
+            address: addr.into(),
+            weight: 1,
+            proxy_address: "127.0.0.1:4143".into(),
+            ..Default::default()
+        }
+    }
+
+    fn addrs(s: &State) -> Vec<String> {
+        match s {
+            State::Found(d) => d.endpoints.iter().map(|e| e.addr.to_string()).collect(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn updates_rebuild_the_destination() {
+        let mut st = StreamState::default();
+        let s = apply(
+            &mut st,
+            Kind::Snapshot(api::Snapshot {
+                service: Some(api::ServiceRef {
+                    name: "web".into(),
+                    ..Default::default()
+                }),
+                endpoints: vec![ep("10.0.0.1:80"), ep("10.0.0.2:80")],
+                policy: None,
+            }),
+        );
+        assert_eq!(addrs(&s), ["10.0.0.1:80", "10.0.0.2:80"]);
+        let s = apply(
+            &mut st,
+            Kind::Removed(api::EndpointsRemoved {
+                addresses: vec!["10.0.0.1:80".into()],
+            }),
+        );
+        assert_eq!(addrs(&s), ["10.0.0.2:80"]);
+        let s = apply(
+            &mut st,
+            Kind::Added(api::EndpointsAdded {
+                endpoints: vec![ep("10.0.0.3:80")],
+            }),
+        );
+        assert_eq!(addrs(&s), ["10.0.0.2:80", "10.0.0.3:80"]);
+        let s = apply(
+            &mut st,
+            Kind::Policy(api::ClientPolicy {
+                routes: vec![api::Route {
+                    name: "r".into(),
+                    backends: vec![api::Backend {
+                        authority: "v2:80".into(),
+                        weight: 5,
+                    }],
+                    timeout_ms: 1500,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+        );
+        let State::Found(d) = s else { panic!() };
+        assert_eq!(d.service, "web");
+        assert_eq!(d.routes[0].backends, [("v2:80".to_string(), 5)]);
+        assert_eq!(d.routes[0].timeout, Some(Duration::from_millis(1500)));
+        assert_eq!(d.endpoints[0].proxy, Some("127.0.0.1:4143".parse().unwrap()));
+        assert!(matches!(
+            apply(&mut st, Kind::NotFound(api::NotFound {})),
+            State::NotFound
+        ));
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let mut b = Backoff {
+            base: Duration::from_millis(100),
+            max: Duration::from_secs(5),
+            attempt: 0,
+        };
+        for _ in 0..50 {
+            assert!(b.next() <= Duration::from_secs(5));
+        }
+        assert_eq!(b.attempt, 50);
+    }
+}
