@@ -238,7 +238,16 @@ impl ControlDiscover {
                 .map(|l| l.iter().collect::<Vec<_>>()),
         };
         match result {
-            Ok(ips) if !ips.is_empty() => {
+            Ok(mut ips) if !ips.is_empty() => {
+                // One family: IPv4 when there is any. Until connect failures
+                // are retried on another endpoint (resilience work), mixing
+                // families would fail every other request to a server that
+                // binds only one of them (e.g. `localhost`).
+                if ips.iter().any(|ip| ip.is_ipv4()) {
+                    ips.retain(|ip| ip.is_ipv4());
+                }
+                ips.sort();
+                ips.dedup();
                 self.metrics
                     .dns
                     .get_or_create(&ResultLabels { result: "resolved" })

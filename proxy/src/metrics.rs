@@ -109,11 +109,6 @@ impl Metrics {
             self.responses.clone(),
         );
         registry.register(
-            "weft_response_latency_seconds",
-            "Time from request to response headers, by destination service",
-            self.latency.clone(),
-        );
-        registry.register(
             "weft_tcp_connections_opened",
             "TCP connections accepted, by detected protocol",
             self.tcp_opened.clone(),

@@ -60,7 +60,10 @@ pub async fn echo_app() -> EchoApp {
             count.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection_with_upgrades(TokioIo::new(stream), service_fn(echo))
+                    .serve_connection_with_upgrades(
+                        TokioIo::new(stream),
+                        service_fn(move |req| echo(req, addr)),
+                    )
                     .await;
             });
         }
@@ -68,7 +71,7 @@ pub async fn echo_app() -> EchoApp {
     EchoApp { addr, connections }
 }
 
-async fn echo(req: Request<Incoming>) -> Result<Response<TestBody>, Infallible> {
+async fn echo(req: Request<Incoming>, me: SocketAddr) -> Result<Response<TestBody>, Infallible> {
     if let Some(ms) = req
         .uri()
         .query()
@@ -85,6 +88,7 @@ async fn echo(req: Request<Incoming>) -> Result<Response<TestBody>, Infallible> 
         return Ok(grpc_echo(req));
     }
     let mut rsp = Response::builder()
+        .header("x-echo-server", me.to_string())
         .header("x-echo-method", req.method().as_str())
         .header(
             "x-echo-path",

@@ -9,7 +9,7 @@
 pub mod apps;
 pub mod proc;
 
-pub use proc::{bin, ProxyProc, TempDir};
+pub use proc::{bin, ControlProc, Proc, ProxyProc, TempDir};
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -74,6 +74,113 @@ impl Drop for TempDir {
     }
 }
 
+/// A child process, killed on drop, whose stderr lines are kept.
+pub struct Proc {
+    child: Child,
+    logs: Arc<Mutex<Vec<String>>>,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Proc {
+    pub fn spawn(mut cmd: Command) -> Self {
+        let mut child = cmd
+            .env("RUST_LOG", "info,weft_proxy=debug,weft_control=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start process");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (tx, lines) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line.clone());
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Self { child, logs, lines }
+    }
+
+    /// Waits for a log line containing every one of `parts`.
+    pub fn wait_line(&mut self, parts: &[&str], timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if parts.iter().all(|p| line.contains(p)) => return line,
+                Ok(_) => {}
+                Err(_) => {
+                    let _ = self.child.kill();
+                    panic!(
+                        "no log line with {parts:?} within {timeout:?}; logs:\n{}",
+                        self.logs()
+                    );
+                }
+            }
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().join("\n")
+    }
+
+    /// Sends a signal by name (`TERM`, `KILL`, …) through `kill`, to stay
+    /// free of unsafe code.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("process did not exit within {timeout:?}; logs:\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Reads `key=<socket address>` out of a log line.
+pub fn addr_field(line: &str, key: &str) -> SocketAddr {
+    let start = line
+        .find(&format!("{key}="))
+        .unwrap_or_else(|| panic!("no {key}= in {line}"))
+        + key.len()
+        + 1;
+    line[start..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .expect("socket address")
+}
+
 /// The three listeners of a running proxy.
 #[derive(Debug, Clone, Copy)]
 pub struct Addrs {
@@ -84,9 +191,8 @@ pub struct Addrs {
 
 /// A running `weft-proxy`, killed on drop.
 pub struct ProxyProc {
-    child: Child,
+    pub proc: Proc,
     pub addrs: Addrs,
-    logs: Arc<Mutex<Vec<String>>>,
     pub dir: TempDir,
 }
 
@@ -108,101 +214,68 @@ impl ProxyProc {
             "outboundListen: 127.0.0.1:0\ninboundListen: 127.0.0.1:0\nadminListen: 127.0.0.1:0\n{yaml}"
         );
         let path = dir.write("proxy.yaml", &config);
-        let mut child = Command::new(bin("weft-proxy"))
-            .arg("--config")
-            .arg(&path)
-            .env("RUST_LOG", "info,weft_proxy=debug")
-            .env_remove("WEFT_CONFIG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start weft-proxy");
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let sink = logs.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("listening") && line.contains("outbound=") {
-                    let _ = tx.send(line.clone());
-                }
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let line = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(l) => l,
-            Err(_) => {
-                let _ = child.kill();
-                panic!(
-                    "weft-proxy did not start; logs:\n{}",
-                    logs.lock().unwrap().join("\n")
-                );
-            }
-        };
-        let field = |name: &str| -> SocketAddr {
-            let start = line.find(&format!("{name}=")).expect("address field") + name.len() + 1;
-            line[start..]
-                .split_whitespace()
-                .next()
-                .unwrap()
-                .parse()
-                .expect("socket address")
-        };
+        let mut cmd = Command::new(bin("weft-proxy"));
+        cmd.arg("--config").arg(&path).env_remove("WEFT_CONFIG");
+        let mut proc = Proc::spawn(cmd);
+        let line = proc.wait_line(&["listening", "outbound="], Duration::from_secs(30));
         let addrs = Addrs {
-            outbound: field("outbound"),
-            inbound: field("inbound"),
-            admin: field("admin"),
+            outbound: addr_field(&line, "outbound"),
+            inbound: addr_field(&line, "inbound"),
+            admin: addr_field(&line, "admin"),
         };
-        Self {
-            child,
-            addrs,
-            logs,
-            dir,
-        }
+        Self { proc, addrs, dir }
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.proc.pid()
     }
 
     pub fn logs(&self) -> String {
-        self.logs.lock().unwrap().join("\n")
+        self.proc.logs()
     }
 
-    /// Sends SIGTERM (through `kill`, to stay free of unsafe code).
     pub fn sigterm(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success());
+        self.proc.signal("TERM");
     }
 
-    /// Waits for the process to exit.
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!(
-                    "weft-proxy did not exit within {timeout:?}; logs:\n{}",
-                    self.logs()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.proc.wait_exit(timeout)
     }
 }
 
-impl Drop for ProxyProc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+/// A running `weft-control` over a config directory, killed on drop.
+pub struct ControlProc {
+    pub proc: Proc,
+    pub grpc: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+impl ControlProc {
+    /// Starts on `grpc` (use `127.0.0.1:0` for any port).
+    pub fn start(config: &Path, grpc: SocketAddr) -> Self {
+        let mut cmd = Command::new(bin("weft-control"));
+        cmd.arg("--config")
+            .arg(config)
+            .arg("--grpc-listen")
+            .arg(grpc.to_string())
+            .args([
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--poll-interval",
+                "50ms",
+                "--debounce",
+                "50ms",
+            ]);
+        let mut proc = Proc::spawn(cmd);
+        let line = proc.wait_line(&["listening", "grpc="], Duration::from_secs(30));
+        Self {
+            grpc: addr_field(&line, "grpc"),
+            admin: addr_field(&line, "admin"),
+            proc,
         }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.grpc)
     }
 }

@@ -1,0 +1,230 @@
+//! Discovery from a real `weft-control` over YAML files: endpoints follow
+//! the files, the proxy rides out control-plane outages, bad config is
+//! rejected with the last good state kept, unknown names go to DNS.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use weft_tests::apps::*;
+use weft_tests::{eventually, ControlProc, ProxyProc, TempDir};
+
+/// A meshed app: echo server plus its server-side proxy.
+struct Workload {
+    app: EchoApp,
+    proxy: ProxyProc,
+}
+
+async fn workload() -> Workload {
+    let app = echo_app().await;
+    let proxy = ProxyProc::start(&format!("appPorts: [{}]\n", app.addr.port()));
+    Workload { app, proxy }
+}
+
+fn mesh_service(name: &str, replicas: &[&Workload]) -> String {
+    let eps: String = replicas
+        .iter()
+        .map(|w| {
+            format!(
+                "    - address: {}\n      proxy: {}\n",
+                w.app.addr, w.proxy.addrs.inbound
+            )
+        })
+        .collect();
+    let eps = if eps.is_empty() {
+        "    []\n".to_string()
+    } else {
+        eps
+    };
+    format!(
+        "apiVersion: weft.dev/v1alpha1\nkind: MeshService\nmetadata:\n  name: {name}\n  namespace: demo\nspec:\n  ports: [{{port: 80}}]\n  endpoints:\n{eps}"
+    )
+}
+
+fn client_proxy(control: &ControlProc) -> ProxyProc {
+    ProxyProc::start(&format!("controlPlane: {}\nnamespace: demo\n", control.url()))
+}
+
+/// GET http://echo/ through `outbound`; returns status and the serving app.
+async fn call(outbound: SocketAddr, host: &str) -> (StatusCode, Option<String>) {
+    let mut c = h1_client(outbound).await;
+    let req = Request::get("/")
+        .header("host", host)
+        .body(full(Bytes::new()))
+        .unwrap();
+    let (status, headers, _, _) = collect(c.send_request(req).await.unwrap()).await;
+    (
+        status,
+        headers
+            .get("x-echo-server")
+            .map(|v| v.to_str().unwrap().to_string()),
+    )
+}
+
+/// Which apps served 20 calls.
+async fn servers(outbound: SocketAddr) -> std::collections::BTreeSet<String> {
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..20 {
+        let (status, server) = call(outbound, "echo").await;
+        assert_eq!(status, StatusCode::OK);
+        seen.insert(server.unwrap());
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_follow_the_yaml_file_without_losing_requests() {
+    let (a, b) = (workload().await, workload().await);
+    let dir = TempDir::new();
+    let file = dir.write("mesh.yaml", &mesh_service("echo", &[&a]));
+    let control = ControlProc::start(dir.path(), "127.0.0.1:0".parse().unwrap());
+    let client = client_proxy(&control);
+    let out = client.addrs.outbound;
+    let (a_addr, b_addr) = (a.app.addr.to_string(), b.app.addr.to_string());
+
+    assert_eq!(servers(out).await, [a_addr.clone()].into());
+
+    std::fs::write(&file, mesh_service("echo", &[&a, &b])).unwrap();
+    let started = std::time::Instant::now();
+    eventually(
+        Duration::from_secs(2),
+        "the new endpoint gets traffic",
+        || async { (servers(out).await.len() == 2).then_some(()) },
+    )
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+
+    // Remove an endpoint under a steady request rate: no request fails.
+    let load = tokio::spawn(async move {
+        let mut statuses = Vec::new();
+        for _ in 0..150 {
+            statuses.push(call(out, "echo").await.0);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        statuses
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    std::fs::write(&file, mesh_service("echo", &[&b])).unwrap();
+    let statuses = load.await.unwrap();
+    assert!(statuses.iter().all(|s| *s == StatusCode::OK), "{statuses:?}");
+    eventually(Duration::from_secs(1), "only the remaining endpoint", || async {
+        (servers(out).await == [b_addr.clone()].into()).then_some(())
+    })
+    .await;
+
+    let (_, config) = admin_get(client.addrs.admin, "/config").await;
+    assert!(
+        config.contains("echo:80") && config.contains(&b_addr),
+        "/config shows the watch: {config}"
+    );
+    assert!(!config.contains(&a_addr), "{config}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_rides_out_a_control_plane_restart() {
+    let (a, b) = (workload().await, workload().await);
+    let dir = TempDir::new();
+    let file = dir.write("mesh.yaml", &mesh_service("echo", &[&a]));
+    let control = ControlProc::start(dir.path(), "127.0.0.1:0".parse().unwrap());
+    let grpc = control.grpc;
+    let client = client_proxy(&control);
+    let out = client.addrs.outbound;
+    assert_eq!(call(out, "echo").await.0, StatusCode::OK);
+
+    control.proc.signal("KILL");
+    drop(control);
+    for _ in 0..20 {
+        let (status, server) = call(out, "echo").await;
+        assert_eq!(status, StatusCode::OK, "served from the last known state");
+        assert_eq!(server.unwrap(), a.app.addr.to_string());
+    }
+
+    // A change made while the control plane is down applies once it is back.
+    std::fs::write(&file, mesh_service("echo", &[&b])).unwrap();
+    let _control = ControlProc::start(dir.path(), grpc);
+    let b_addr = b.app.addr.to_string();
+    eventually(Duration::from_secs(10), "resync after restart", || async {
+        (servers(out).await == [b_addr.clone()].into()).then_some(())
+    })
+    .await;
+    let (_, metrics) = admin_get(client.addrs.admin, "/metrics").await;
+    assert!(
+        metrics.contains("weft_control_plane_reconnects_total"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_change_is_rejected_and_the_last_good_state_served() {
+    let (a, b) = (workload().await, workload().await);
+    let dir = TempDir::new();
+    let file = dir.write("mesh.yaml", &mesh_service("echo", &[&a]));
+    let mut control = ControlProc::start(dir.path(), "127.0.0.1:0".parse().unwrap());
+    let client = client_proxy(&control);
+    let out = client.addrs.outbound;
+    assert_eq!(call(out, "echo").await.0, StatusCode::OK);
+
+    let bad = mesh_service("echo", &[&b]).replace(&b.app.addr.to_string(), "not-an-address");
+    std::fs::write(&file, bad).unwrap();
+    let line = control
+        .proc
+        .wait_line(&["config rejected"], Duration::from_secs(5));
+    assert!(line.contains("mesh.yaml"), "names the file: {line}");
+    assert!(
+        line.contains("document 0 (MeshService demo/echo)"),
+        "names the document: {line}"
+    );
+    assert!(
+        line.contains("spec.endpoints[0].address"),
+        "names the field: {line}"
+    );
+
+    for _ in 0..10 {
+        let (status, server) = call(out, "echo").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            server.unwrap(),
+            a.app.addr.to_string(),
+            "the old state is still served"
+        );
+    }
+    let (_, metrics) = admin_get(control.admin, "/metrics").await;
+    assert!(
+        metrics.contains("weft_control_config_errors_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"weft_control_config_reloads_total{result="rejected"} 1"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_names_fall_back_to_dns() {
+    let app = echo_app().await;
+    let dir = TempDir::new();
+    dir.write("mesh.yaml", "");
+    let control = ControlProc::start(dir.path(), "127.0.0.1:0".parse().unwrap());
+    let client = client_proxy(&control);
+    let (status, server) = call(client.addrs.outbound, &format!("localhost:{}", app.addr.port())).await;
+    assert_eq!(status, StatusCode::OK, "{}", client.logs());
+    assert_eq!(server.unwrap(), app.addr.to_string());
+    let (status, _) = call(client.addrs.outbound, "no-such-host.invalid").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let (_, metrics) = admin_get(client.addrs.admin, "/metrics").await;
+    assert!(
+        metrics.contains(r#"weft_dns_fallback_total{result="resolved"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            r#"weft_responses_total{direction="outbound",service="external",status_code="200",error=""} 1"#
+        ),
+        "{metrics}"
+    );
+}
