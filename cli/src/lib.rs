@@ -1,10 +1,14 @@
-//! The `weft` command line: run a whole mesh locally (`weft demo`), the
-//! built-in sample app the demo and the benchmarks use (`weft sample-app`),
-//! and the proxy itself (`weft proxy`, the same code as `weft-proxy`, so one
-//! binary can start every process of the demo).
+//! The `weft` command line: run a whole mesh locally (`weft demo`), validate
+//! config (`weft check`), the built-in sample app the demo and the
+//! benchmarks use (`weft sample-app`), and the proxy and control plane
+//! themselves (`weft proxy`, `weft control`: the same code as `weft-proxy`
+//! and `weft-control`, so one binary can start every process of the demo).
 //!
 //! Start at [`main`]; each command is a module.
 
+pub mod check;
+pub mod demo;
+pub mod procs;
 pub mod sample_app;
 
 use std::process::ExitCode;
@@ -20,8 +24,19 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a whole mesh on this machine: control plane, sample services
+    /// behind their proxies, traffic, and a live per-service table.
+    Demo(demo::Args),
+    /// Validate config documents; exits non-zero on any error.
+    Check(check::Args),
     /// A small HTTP/1.1 + HTTP/2 app with configurable latency and errors.
     SampleApp(sample_app::Args),
+    /// Run the control plane (same flags as `weft-control`).
+    #[command(disable_help_flag = true)]
+    Control {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Run the proxy (same flags as `weft-proxy`).
     #[command(disable_help_flag = true)]
     Proxy {
@@ -33,7 +48,12 @@ enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Demo(args) => demo::run(args),
+        Command::Check(args) => check::run(args),
         Command::SampleApp(args) => sample_app::run(args),
+        Command::Control { args } => {
+            weft_control::app::run_cli(std::iter::once("weft-control".to_string()).chain(args))
+        }
         Command::Proxy { args } => weft_proxy::run_cli(std::iter::once("weft-proxy".to_string()).chain(args)),
     }
 }

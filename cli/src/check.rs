@@ -1,0 +1,73 @@
+//! `weft check PATH…`: validates config documents the way the control plane
+//! does, prints ✔/✘ per document, exits non-zero on any error.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use weft_control::files::list_files;
+use weft_control::model::parse_file;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// Files or directories of YAML documents.
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+}
+
+pub fn run(args: Args) -> ExitCode {
+    let files = match list_files(&args.paths) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!(
+                "✘ cannot read {}: {e}",
+                args.paths
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut ok = 0usize;
+    let mut bad = 0usize;
+    let mut defined: BTreeMap<(&'static str, String, String), String> = BTreeMap::new();
+    for file in &files {
+        let name = file.display().to_string();
+        let text = match std::fs::read_to_string(file) {
+            Ok(t) => t,
+            Err(e) => {
+                println!("✘ {name}: cannot read: {e}");
+                bad += 1;
+                continue;
+            }
+        };
+        let (docs, errors) = parse_file(&name, &text);
+        for doc in &docs {
+            let key = (doc.spec.kind(), doc.meta.namespace.clone(), doc.meta.name.clone());
+            let what = format!("{} {}/{}", key.0, key.1, key.2);
+            match defined.get(&key) {
+                Some(first) if *first != name => {
+                    println!("✘ {name}: {what}: field `metadata.name`: expected a unique name; {first} already defines it");
+                    bad += 1;
+                }
+                _ => {
+                    println!("✔ {name}: {what}");
+                    defined.insert(key, name.clone());
+                    ok += 1;
+                }
+            }
+        }
+        for e in &errors {
+            println!("✘ {e}");
+            bad += 1;
+        }
+    }
+    println!("{ok} valid, {bad} invalid ({} files)", files.len());
+    if bad == 0 && !files.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}

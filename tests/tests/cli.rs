@@ -1,0 +1,147 @@
+//! The `weft` command line: `weft demo` runs a whole mesh and reacts to
+//! edits of its YAML; `weft check` validates documents.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use weft_tests::{bin, TempDir};
+
+fn copy_demo_config(to: &TempDir) {
+    let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/demo");
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, to.path().join(path.file_name().unwrap())).unwrap();
+    }
+}
+
+/// `SERVICE RPS SUCCESS P50 P99 [REQUESTS]` rows of one table.
+fn row<'a>(table: &'a [String], service: &str) -> Option<Vec<&'a str>> {
+    table
+        .iter()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|cols| cols.first() == Some(&service))
+}
+
+fn percent(cell: &str) -> f64 {
+    cell.trim_end_matches('%').parse().unwrap()
+}
+
+#[test]
+fn demo_runs_the_mesh_and_follows_yaml_edits() {
+    let dir = TempDir::new();
+    copy_demo_config(&dir);
+    let mut child = Command::new(bin("weft"))
+        .args(["demo", "--duration", "10s", "--rate", "40", "--config"])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let started = Instant::now();
+    let mut edited_at = None;
+    let mut tables: Vec<(Duration, Vec<String>)> = Vec::new();
+    let mut summary = Vec::new();
+    let mut in_summary = false;
+    for line in stdout.lines().map_while(Result::ok) {
+        if line.starts_with("summary over") {
+            in_summary = true;
+            continue;
+        }
+        if in_summary {
+            summary.push(line);
+            continue;
+        }
+        if line.starts_with("weft demo ·") {
+            tables.push((started.elapsed(), Vec::new()));
+            // Shift the whole split to v2 once traffic flows.
+            if edited_at.is_none() && tables.len() == 4 {
+                let routes = dir.path().join("routes.yaml");
+                let text = std::fs::read_to_string(&routes).unwrap();
+                std::fs::write(
+                    &routes,
+                    text.replace("weight: 80", "weight: 0")
+                        .replace("weight: 20", "weight: 100"),
+                )
+                .unwrap();
+                edited_at = Some(started.elapsed());
+            }
+        } else if let Some((_, t)) = tables.last_mut() {
+            t.push(line);
+        }
+    }
+    let status = child.wait().unwrap();
+    assert!(status.success(), "weft demo failed: {status}");
+
+    for service in ["frontend", "backend-v1", "backend-v2", "store"] {
+        let cols =
+            row(&summary, service).unwrap_or_else(|| panic!("{service} missing from summary: {summary:?}"));
+        assert!(
+            percent(cols[2]) > 0.0,
+            "{service} has successful traffic: {cols:?}"
+        );
+        assert!(
+            cols[5].parse::<u64>().unwrap() > 0,
+            "{service} has requests: {cols:?}"
+        );
+    }
+    let frontend = row(&summary, "frontend").unwrap();
+    assert!(percent(frontend[2]) > 80.0, "mostly successful: {frontend:?}");
+
+    // Within ~1 s of the edit (plus one table window), v1 gets nothing.
+    let edited_at = edited_at.expect("the demo printed enough tables to edit");
+    let after: Vec<_> = tables
+        .iter()
+        .filter(|(t, _)| *t > edited_at + Duration::from_secs(2))
+        .collect();
+    assert!(!after.is_empty(), "tables after the edit");
+    for (t, table) in after {
+        if let Some(cols) = row(table, "backend-v1") {
+            assert_eq!(
+                cols[1], "0.0",
+                "backend-v1 still gets traffic {t:?} after the edit at {edited_at:?}: {table:?}"
+            );
+        }
+        let v2 = row(table, "backend-v2").expect("backend-v2 row");
+        assert!(
+            v2[1].parse::<f64>().unwrap() > 10.0,
+            "backend-v2 takes the traffic: {table:?}"
+        );
+    }
+}
+
+#[test]
+fn check_reports_each_document_and_fails_on_errors() {
+    let good = Command::new(bin("weft"))
+        .arg("check")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../config"))
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&good.stdout);
+    assert!(good.status.success(), "{out}");
+    assert!(
+        out.contains("✔") && out.contains("MeshService demo/frontend") && out.contains("0 invalid"),
+        "{out}"
+    );
+
+    let dir = TempDir::new();
+    dir.write(
+        "bad.yaml",
+        "apiVersion: weft.dev/v1alpha1\nkind: MeshService\nmetadata: {name: ok, namespace: demo}\n---\napiVersion: weft.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {name: tp, namespace: demo}\nspec:\n  targetRef: {name: ok}\n  retries: {attempts: 3, on: [5xx, sometimes]}\n",
+    );
+    let bad = Command::new(bin("weft"))
+        .arg("check")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&bad.stdout);
+    assert!(!bad.status.success(), "{out}");
+    assert!(out.contains("✔") && out.contains("MeshService demo/ok"), "{out}");
+    assert!(
+        out.contains("✘")
+            && out.contains("bad.yaml: document 1 (TrafficPolicy demo/tp): field `spec.retries.on[1]`"),
+        "{out}"
+    );
+}
