@@ -44,6 +44,12 @@ pub fn run(args: Args) -> ExitCode {
             }
         };
         let (docs, errors) = parse_file(&name, &text);
+        // The control plane accepts or rejects a file as a unit.
+        let not_applied = if errors.is_empty() {
+            ""
+        } else {
+            " (valid, but not applied: this file has errors)"
+        };
         for doc in &docs {
             let key = (doc.spec.kind(), doc.meta.namespace.clone(), doc.meta.name.clone());
             let what = format!("{} {}/{}", key.0, key.1, key.2);
@@ -53,7 +59,7 @@ pub fn run(args: Args) -> ExitCode {
                     bad += 1;
                 }
                 _ => {
-                    println!("✔ {name}: {what}");
+                    println!("✔ {name}: {what}{not_applied}");
                     defined.insert(key, name.clone());
                     ok += 1;
                 }

@@ -25,9 +25,10 @@ use crate::grpc::{DestinationService, IdentityService, InboundService};
 use crate::index::{Index, IndexConfig};
 use crate::metrics::ControlMetrics;
 
-/// `weft-control`: Weft's control plane.
+/// `weft-control`: Weft's control plane. Serves discovery and policy from
+/// YAML documents to the proxies over gRPC.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "weft-control", version, about)]
+#[command(name = "weft-control", version)]
 pub struct Config {
     /// YAML files or directories of documents (repeat).
     #[arg(

@@ -82,8 +82,9 @@ pub struct Index {
     inner: Mutex<Inner>,
 }
 
-/// An HTTPRoute attached to a parent: (`ns/name`, parent port, spec).
-type RouteEntry = (String, Option<u16>, HttpRouteSpec);
+/// An HTTPRoute attached to a parent: (route namespace, `ns/name`, parent
+/// port, spec).
+type RouteEntry = (String, String, Option<u16>, HttpRouteSpec);
 
 #[derive(Default)]
 struct Inner {
@@ -288,6 +289,7 @@ impl Inner {
                             .clone()
                             .unwrap_or_else(|| doc.meta.namespace.clone());
                         self.routes.entry((ns, parent.name.clone())).or_default().push((
+                            doc.meta.namespace.clone(),
                             full_name.clone(),
                             parent.port,
                             spec.clone(),
@@ -382,7 +384,7 @@ impl Inner {
         let mut policy = api::ClientPolicy::default();
         let key = (namespace.to_string(), name.to_string());
         if let Some(routes) = self.routes.get(&key) {
-            for (route_name, parent_port, spec) in routes {
+            for (route_ns, route_name, parent_port, spec) in routes {
                 if parent_port.is_some_and(|p| p != port) {
                     continue;
                 }
@@ -415,7 +417,9 @@ impl Inner {
                                 authority: format!(
                                     "{}.{}.svc.{}:{}",
                                     b.name,
-                                    b.namespace.as_deref().unwrap_or(namespace),
+                                    // Gateway API: a backendRef without a
+                                    // namespace is in the route's.
+                                    b.namespace.as_deref().unwrap_or(route_ns),
                                     config.cluster_domain,
                                     b.port.unwrap_or(port)
                                 ),

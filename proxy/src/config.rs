@@ -76,8 +76,8 @@ pub struct Config {
     /// shutdown signal. Default `30s`.
     #[serde(with = "duration")]
     pub shutdown_grace: Duration,
-    /// Largest HTTP/1 request or response head accepted; a larger one is
-    /// answered 431. Default 65536.
+    /// Largest request head accepted (HTTP/1 head, HTTP/2 header list); a
+    /// larger HTTP/1 head is answered 431. Default 65536.
     pub max_header_bytes: usize,
     /// Log format: `text` or `json`.
     pub log_format: LogFormat,
@@ -185,7 +185,7 @@ impl Config {
         let source = overrides
             .config
             .as_ref()
-            .map(|p| format!("{} (with flags)", p.display()))
+            .map(|p| format!("{} (or the flag/env var overriding it)", p.display()))
             .unwrap_or_else(|| "flags".to_string());
         config.validate(&source)?;
         Ok(config)

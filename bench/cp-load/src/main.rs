@@ -114,21 +114,37 @@ async fn main() {
     let connections = args.watchers.div_ceil(args.per_connection);
     let mut channels = Vec::with_capacity(connections);
     for _ in 0..connections {
-        let ch = tonic::transport::Endpoint::from_shared(format!("http://{grpc}")).unwrap().connect().await.unwrap();
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
         channels.push(ch);
     }
     let ready = Arc::new(Barrier::new(args.watchers + 1));
     let (seen_tx, mut seen_rx) = mpsc::unbounded_channel::<Instant>();
     for i in 0..args.watchers {
-        let mut client = api::destination_client::DestinationClient::new(channels[i / args.per_connection].clone());
+        let mut client =
+            api::destination_client::DestinationClient::new(channels[i / args.per_connection].clone());
         let ready = ready.clone();
         let seen = seen_tx.clone();
         let target = format!("svc-{}.load:80", i % args.services);
         tokio::spawn(async move {
-            let req = api::DestinationRequest { target, namespace: "load".into(), proxy_id: format!("load-{i}") };
+            let req = api::DestinationRequest {
+                target,
+                namespace: "load".into(),
+                proxy_id: format!("load-{i}"),
+            };
             let mut stream = client.watch(req).await.expect("watch").into_inner();
-            let first = stream.message().await.expect("first message").expect("stream open");
-            assert!(matches!(first.kind, Some(Kind::Snapshot(_))), "first message is a snapshot");
+            let first = stream
+                .message()
+                .await
+                .expect("first message")
+                .expect("stream open");
+            assert!(
+                matches!(first.kind, Some(Kind::Snapshot(_))),
+                "first message is a snapshot"
+            );
             ready.wait().await;
             // Wait for endpoint 0's move to generation 1.
             while let Ok(Some(msg)) = stream.message().await {
