@@ -228,3 +228,41 @@ async fn unknown_names_fall_back_to_dns() {
         "{metrics}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_shared_watch_per_destination_closed_when_idle() {
+    let a = workload().await;
+    let dir = TempDir::new();
+    dir.write("mesh.yaml", &mesh_service("echo", &[&a]));
+    let control = ControlProc::start(dir.path(), "127.0.0.1:0".parse().unwrap());
+    let client = ProxyProc::start(&format!(
+        "controlPlane: {}\nnamespace: demo\ndestinationIdleTimeout: 500ms\n",
+        control.url()
+    ));
+    // Many requests on several connections: one watch.
+    for _ in 0..5 {
+        assert_eq!(call(client.addrs.outbound, "echo").await.0, StatusCode::OK);
+    }
+    let (_, metrics) = admin_get(client.addrs.admin, "/metrics").await;
+    assert!(metrics.contains("weft_destination_watches 1\n"), "{metrics}");
+    let (_, cp) = admin_get(control.admin, "/metrics").await;
+    assert!(
+        cp.contains(r#"weft_control_watchers{api="destination"} 1"#),
+        "{cp}"
+    );
+
+    eventually(
+        Duration::from_secs(5),
+        "the idle watch is closed on both sides",
+        || async {
+            let (_, metrics) = admin_get(client.addrs.admin, "/metrics").await;
+            let (_, cp) = admin_get(control.admin, "/metrics").await;
+            (metrics.contains("weft_destination_watches 0\n")
+                && cp.contains(r#"weft_control_watchers{api="destination"} 0"#))
+            .then_some(())
+        },
+    )
+    .await;
+    // And reopened on demand.
+    assert_eq!(call(client.addrs.outbound, "echo").await.0, StatusCode::OK);
+}
