@@ -8,6 +8,8 @@
 //! - `Inbound.Watch`: server policy of one workload port;
 //! - `Identity.Certify`: workload certificates.
 
+pub mod exposition;
+
 /// Package `weft.v1`.
 pub mod v1 {
     #![allow(clippy::all, missing_docs)]

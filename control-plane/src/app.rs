@@ -18,6 +18,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
+use weft_api::exposition;
 use weft_api::v1 as api;
 
 use crate::files::FileSource;
@@ -141,7 +142,15 @@ async fn serve_admin(
                         metrics.index_stats(index.stats());
                         let mut out = String::new();
                         let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
-                        (StatusCode::OK, out)
+                        let accept = req
+                            .headers()
+                            .get(http::header::ACCEPT)
+                            .and_then(|v| v.to_str().ok());
+                        if exposition::wants_openmetrics(accept) {
+                            (StatusCode::OK, out)
+                        } else {
+                            (StatusCode::OK, exposition::openmetrics_to_text(&out))
+                        }
                     }
                     _ => (
                         StatusCode::NOT_FOUND,

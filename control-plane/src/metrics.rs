@@ -6,7 +6,6 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 use crate::files::Report;
@@ -74,11 +73,13 @@ impl ControlMetrics {
             "Objects in the index, by kind",
             self.index.clone(),
         );
-        registry.register(
-            "weft_control_build",
-            "Build information",
-            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
-        );
+        // A gauge fixed at 1 rather than an OpenMetrics `info`, which
+        // the Prometheus text format (and promtool) does not know.
+        let build: Family<Vec<(&'static str, &'static str)>, Gauge> = Family::default();
+        build
+            .get_or_create(&vec![("version", env!("CARGO_PKG_VERSION"))])
+            .set(1);
+        registry.register("weft_control_build_info", "Build information", build);
     }
 
     pub fn config_reloaded(&self, report: &Report) {

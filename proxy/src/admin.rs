@@ -42,7 +42,12 @@ impl Admin {
             let this = self.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req| {
-                    let rsp = this.handle(req.method(), req.uri().path(), peer);
+                    let rsp = this.handle(
+                        req.method(),
+                        req.uri().path(),
+                        req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()),
+                        peer,
+                    );
                     async move { Ok::<_, Infallible>(rsp) }
                 });
                 let conn = http1::Builder::new()
@@ -56,7 +61,7 @@ impl Admin {
         }
     }
 
-    fn handle(&self, method: &Method, path: &str, peer: SocketAddr) -> Response<Body> {
+    fn handle(&self, method: &Method, path: &str, accept: Option<&str>, peer: SocketAddr) -> Response<Body> {
         match (method, path) {
             (&Method::GET, "/live") => text(StatusCode::OK, "live\n"),
             (&Method::GET, "/ready") => {
@@ -67,12 +72,20 @@ impl Admin {
                 }
             }
             (&Method::GET, "/metrics") => {
-                let mut rsp = text(StatusCode::OK, crate::metrics::render(&self.registry));
+                use weft_api::exposition;
+                let om = crate::metrics::render(&self.registry);
+                let (body, content_type) = if exposition::wants_openmetrics(accept) {
+                    (om, exposition::OPENMETRICS_CONTENT_TYPE)
+                } else {
+                    (
+                        exposition::openmetrics_to_text(&om),
+                        exposition::TEXT_CONTENT_TYPE,
+                    )
+                };
+                let mut rsp = text(StatusCode::OK, body);
                 rsp.headers_mut().insert(
                     header::CONTENT_TYPE,
-                    header::HeaderValue::from_static(
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    ),
+                    header::HeaderValue::from_static(content_type),
                 );
                 rsp
             }
@@ -130,18 +143,18 @@ mod tests {
         let remote: SocketAddr = "10.1.2.3:5555".parse().unwrap();
         let local: SocketAddr = "127.0.0.1:5555".parse().unwrap();
         assert_eq!(
-            a.handle(&Method::POST, "/shutdown", remote).status(),
+            a.handle(&Method::POST, "/shutdown", None, remote).status(),
             StatusCode::FORBIDDEN
         );
         assert_eq!(
-            a.handle(&Method::GET, "/shutdown", local).status(),
+            a.handle(&Method::GET, "/shutdown", None, local).status(),
             StatusCode::METHOD_NOT_ALLOWED
         );
         let notified = a.shutdown.clone();
         let waiter = tokio::spawn(async move { notified.notified().await });
         tokio::task::yield_now().await;
         assert_eq!(
-            a.handle(&Method::POST, "/shutdown", local).status(),
+            a.handle(&Method::POST, "/shutdown", None, local).status(),
             StatusCode::OK
         );
         waiter.await.unwrap();
@@ -151,14 +164,17 @@ mod tests {
     fn ready_follows_the_flag() {
         let a = admin();
         let local: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        assert_eq!(a.handle(&Method::GET, "/ready", local).status(), StatusCode::OK);
+        assert_eq!(
+            a.handle(&Method::GET, "/ready", None, local).status(),
+            StatusCode::OK
+        );
         a.ready.store(false, Ordering::Release);
         assert_eq!(
-            a.handle(&Method::GET, "/ready", local).status(),
+            a.handle(&Method::GET, "/ready", None, local).status(),
             StatusCode::SERVICE_UNAVAILABLE
         );
         assert_eq!(
-            a.handle(&Method::GET, "/nope", local).status(),
+            a.handle(&Method::GET, "/nope", None, local).status(),
             StatusCode::NOT_FOUND
         );
     }

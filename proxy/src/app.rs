@@ -25,6 +25,7 @@ use crate::inbound::Inbound;
 use crate::metrics::Metrics;
 use crate::outbound::Outbound;
 use crate::server::HttpSettings;
+use crate::telemetry::{AccessLog, Telemetry};
 
 /// Exit code for bad configuration (EX_USAGE).
 pub const EXIT_BAD_CONFIG: u8 = 64;
@@ -122,6 +123,25 @@ impl Proxy {
         let mut registry = Registry::default();
         let metrics = Metrics::default();
         metrics.register(&mut registry);
+        let telemetry = Arc::new(Telemetry {
+            access_log: config
+                .access_log
+                .then(|| AccessLog::spawn(metrics.access_log_dropped.clone())),
+            metrics: metrics.clone(),
+            create_trace_context: config.create_trace_context,
+        });
+        let sweeper = {
+            let (metrics, idle) = (metrics.clone(), config.metrics_idle_timeout);
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep((idle / 4).max(Duration::from_secs(1))).await;
+                    let removed = metrics.expire_idle(idle);
+                    if removed > 0 {
+                        tracing::debug!(removed, "expired idle metric series");
+                    }
+                }
+            })
+        };
         if config.control_plane.is_some() {
             self.control_metrics.register(&mut registry);
         }
@@ -149,7 +169,7 @@ impl Proxy {
         let outbound = Arc::new(Outbound::new(
             self.discover.clone(),
             clients.clone(),
-            metrics.clone(),
+            telemetry.clone(),
             http.clone(),
             config.detect_timeout,
             watch.clone(),
@@ -158,7 +178,7 @@ impl Proxy {
             app_ip: config.app_ip,
             app_ports: config.app_ports.clone(),
             clients,
-            metrics,
+            telemetry: telemetry.clone(),
             http,
             detect_timeout: config.detect_timeout,
             drain: watch,
@@ -178,6 +198,10 @@ impl Proxy {
             tracing::info!("drained");
         } else {
             tracing::warn!(left, "drain deadline reached; closing what is left");
+        }
+        sweeper.abort();
+        if let Some(log) = &telemetry.access_log {
+            log.flush().await;
         }
         left
     }

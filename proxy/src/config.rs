@@ -81,6 +81,16 @@ pub struct Config {
     pub max_header_bytes: usize,
     /// Log format: `text` or `json`.
     pub log_format: LogFormat,
+    /// Write one JSON line per request and per TCP connection to stdout.
+    /// Default false.
+    pub access_log: bool,
+    /// Give requests without a W3C `traceparent` a new one (`true`), or
+    /// only propagate existing ones. Default true.
+    pub create_trace_context: bool,
+    /// Request metric series with no traffic for this long are removed.
+    /// Default `10m`.
+    #[serde(with = "duration")]
+    pub metrics_idle_timeout: Duration,
     /// Runtime worker threads. A sidecar shares its pod's CPU with the app,
     /// so this stays small. Default 2.
     pub worker_threads: usize,
@@ -113,6 +123,9 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(30),
             max_header_bytes: 64 * 1024,
             log_format: LogFormat::Text,
+            access_log: false,
+            create_trace_context: true,
+            metrics_idle_timeout: Duration::from_secs(600),
             worker_threads: 2,
         }
     }
@@ -149,6 +162,9 @@ pub struct Overrides {
     pub log_format: Option<LogFormat>,
     #[arg(long, env = "WEFT_WORKER_THREADS")]
     pub worker_threads: Option<usize>,
+    /// Write JSON access-log lines to stdout.
+    #[arg(long, env = "WEFT_ACCESS_LOG")]
+    pub access_log: Option<bool>,
 }
 
 /// A config value that cannot be used, with where it came from.
@@ -232,6 +248,9 @@ impl Config {
         }
         if let Some(n) = o.worker_threads {
             self.worker_threads = n;
+        }
+        if let Some(a) = o.access_log {
+            self.access_log = a;
         }
     }
 
@@ -317,6 +336,9 @@ impl Config {
                     format!("expected a URL such as `http://weft-control:8086`, got `{cp}`"),
                 );
             }
+        }
+        if self.metrics_idle_timeout < Duration::from_secs(1) {
+            return err("metricsIdleTimeout", "expected at least 1s".into());
         }
         if self.namespace.is_empty() {
             return err("namespace", "expected a namespace name".into());

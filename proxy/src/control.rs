@@ -446,6 +446,11 @@ fn to_destination(state: &StreamState) -> Destination {
             .service
             .as_ref()
             .map_or_else(|| "unknown".into(), |s| s.name.clone()),
+        namespace: state
+            .service
+            .as_ref()
+            .map(|s| s.namespace.clone())
+            .unwrap_or_default(),
         endpoints: endpoints.into(),
         routes: routes.into(),
         request_timeout: state.policy.timeouts.as_ref().and_then(|t| ms(t.request_ms)),

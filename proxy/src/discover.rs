@@ -62,6 +62,8 @@ pub type Endpoints = Arc<[Endpoint]>;
 pub struct Destination {
     /// The name for metrics: the service discovery knows, or `external`.
     pub service: String,
+    /// Its namespace, when discovery knows it.
+    pub namespace: String,
     pub endpoints: Endpoints,
     /// HTTPRoutes in precedence order; empty: straight to `endpoints`.
     pub routes: Arc<[Route]>,
@@ -76,6 +78,7 @@ impl Destination {
     pub fn from_endpoints(service: impl Into<String>, endpoints: Endpoints) -> Self {
         Self {
             service: service.into(),
+            namespace: String::new(),
             endpoints,
             routes: Arc::from([]),
             request_timeout: None,

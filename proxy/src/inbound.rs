@@ -18,16 +18,17 @@ use crate::drain;
 use crate::errors::ProxyError;
 use crate::http::{absolute_uri, authority, incoming, is_upgrade, strip_hop_by_hop, AppProtocol, Body};
 use crate::http::{WEFT_PORT, WEFT_PROTO};
-use crate::metrics::{Direction, DirectionLabels, Metrics};
+use crate::metrics::Direction;
 use crate::server::{serve_http, HttpSettings};
 use crate::tcp;
+use crate::telemetry::{Observation, Target, Telemetry};
 
 pub struct Inbound {
     pub app_ip: IpAddr,
     /// The app's ports; the first is the default.
     pub app_ports: Vec<u16>,
     pub clients: Clients,
-    pub metrics: Metrics,
+    pub telemetry: Arc<Telemetry>,
     pub http: HttpSettings,
     pub detect_timeout: std::time::Duration,
     pub drain: drain::Watch,
@@ -66,8 +67,8 @@ impl Inbound {
 
     async fn connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
         let _ = stream.set_nodelay(true);
-        let mut guard = self.metrics.connection(Direction::Inbound);
-        let (protocol, mut io) = match detect(stream, self.detect_timeout).await {
+        let mut guard = self.telemetry.connection(Direction::Inbound, peer);
+        let (protocol, mut io) = match detect(guard.meter(stream), self.detect_timeout).await {
             Ok(d) => d,
             Err(e) => {
                 tracing::debug!(%peer, error = %e, "inbound detection failed");
@@ -117,37 +118,40 @@ impl Inbound {
     }
 
     async fn request(self: Arc<Self>, req: Request<Incoming>, conn: AppProtocol) -> Response<Body> {
-        let start = std::time::Instant::now();
-        let direction = Direction::Inbound;
-        self.metrics
-            .requests
-            .get_or_create(&DirectionLabels { direction })
-            .inc();
+        let mut req = req.map(incoming);
+        let obs = Observation::start(&self.telemetry, Direction::Inbound, &mut req);
         // Only peers name the service (they resolved it); anything else is
         // one bounded label value.
-        let service = match (req.headers().contains_key(WEFT_PROTO), authority(&req)) {
-            (true, Some(a)) => a.host().to_ascii_lowercase(),
-            _ => "unmeshed".to_string(),
-        };
-        match self.route(req, conn).await {
-            Ok(rsp) => {
-                self.metrics
-                    .response(direction, &service, rsp.status(), None, start);
-                rsp
+        let mut target = match (req.headers().contains_key(WEFT_PROTO), authority(&req)) {
+            (true, Some(a)) => {
+                let host = a.host().to_ascii_lowercase();
+                let mut labels = host.split('.');
+                let service = labels.next().unwrap_or_default().to_string();
+                Target {
+                    service,
+                    namespace: labels.next().unwrap_or_default().to_string(),
+                    ..Target::default()
+                }
             }
+            _ => Target {
+                service: "unmeshed".into(),
+                ..Target::default()
+            },
+        };
+        match self.route(req, conn, &mut target).await {
+            Ok(rsp) => obs.respond(target, rsp, None),
             Err(e) => {
                 tracing::info!(error = %e, reason = e.reason(), "inbound request failed");
-                self.metrics
-                    .response(direction, &service, e.status(), Some(e.reason()), start);
-                e.to_response()
+                obs.respond(target, e.to_response(), Some(e.reason()))
             }
         }
     }
 
     async fn route(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<Body>,
         conn: AppProtocol,
+        target: &mut Target,
     ) -> Result<Response<Body>, ProxyError> {
         let headers = req.headers_mut();
         let app = headers
@@ -158,6 +162,7 @@ impl Inbound {
             .remove(WEFT_PORT)
             .and_then(|v| v.to_str().ok()?.parse::<u16>().ok());
         let addr = self.app_addr(port)?;
+        target.upstream = Some(addr);
 
         if conn == AppProtocol::Http1 && is_upgrade(&req) {
             let io = self.clients.connect(addr).await?;
@@ -175,14 +180,14 @@ impl Inbound {
                         );
                     }
                 }
-                self.clients.send_h1(addr, req.map(incoming)).await?
+                self.clients.send_h1(addr, req).await?
             }
             AppProtocol::Http2 => {
                 let a = authority
                     .unwrap_or_else(|| addr.to_string().parse().expect("socket address is an authority"));
                 *req.uri_mut() = absolute_uri(&a, req.uri());
                 *req.version_mut() = Version::HTTP_2;
-                self.clients.send_h2(addr, req.map(incoming)).await?
+                self.clients.send_h2(addr, req).await?
             }
         };
         let mut rsp = rsp.map(incoming);

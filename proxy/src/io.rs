@@ -93,3 +93,79 @@ mod tests {
         assert_eq!(out, "hello world");
     }
 }
+
+/// Counts the bytes read from and written to one connection.
+#[derive(Debug, Default)]
+pub struct ByteCounts {
+    pub read: std::sync::atomic::AtomicU64,
+    pub written: std::sync::atomic::AtomicU64,
+}
+
+/// An I/O that counts its bytes into a shared [`ByteCounts`].
+#[derive(Debug)]
+pub struct Metered<I> {
+    inner: I,
+    counts: std::sync::Arc<ByteCounts>,
+}
+
+impl<I> Metered<I> {
+    pub fn new(inner: I, counts: std::sync::Arc<ByteCounts>) -> Self {
+        Self { inner, counts }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Metered<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            self.counts
+                .read
+                .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+        res
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Metered<I> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let res = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &res {
+            self.counts
+                .written
+                .fetch_add(*n as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+        res
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = &res {
+            self.counts
+                .written
+                .fetch_add(*n as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+        res
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

@@ -29,6 +29,7 @@ pub mod metrics;
 pub mod outbound;
 pub mod server;
 pub mod tcp;
+pub mod telemetry;
 
 pub use app::{run_cli, Addrs, Proxy};
 pub use config::Config;

@@ -1,14 +1,25 @@
 //! The proxy's Prometheus metrics: one struct, registered into one registry
-//! at construction, served at `admin:/metrics`.
+//! at construction, served at `admin:/metrics`. See docs/metrics.md.
+//!
+//! Cardinality is bounded by construction: the `service` label is a name
+//! discovery knows, or one of `unknown` / `external` / `unmeshed`; series
+//! that see no traffic for `idle` are removed by [`Metrics::expire_idle`].
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::hash::Hash;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder,
+};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::metrics::info::Info;
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 /// Which listener the traffic came through.
@@ -33,27 +44,80 @@ impl EncodeLabelValue for Direction {
     }
 }
 
+/// Whether a response counts as a success for SLOs: not a 5xx, not made up
+/// by the proxy, and (gRPC) `grpc-status` 0.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum Classification {
+    Success,
+    Failure,
+}
+
+impl EncodeLabelValue for Classification {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        encoder.write_str(match self {
+            Classification::Success => "success",
+            Classification::Failure => "failure",
+        })
+    }
+}
+
+/// `true` / `false`.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub struct Flag(pub bool);
+
+impl EncodeLabelValue for Flag {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        encoder.write_str(if self.0 { "true" } else { "false" })
+    }
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DirectionLabels {
     pub direction: Direction,
 }
 
+/// Who a request went to and how it went.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ResponseLabels {
+pub struct RequestLabels {
     pub direction: Direction,
-    /// The destination service (outbound: the name discovery knows, else
-    /// `unknown`; inbound: the service the peer called, or `unmeshed`).
+    /// Outbound: the destination service (the backend a route chose);
+    /// `unknown` when discovery has no such name, `external` for DNS names.
+    /// Inbound: the service the peer called, or `unmeshed`.
     pub service: String,
-    /// HTTP status code.
+    pub namespace: String,
+    /// `namespace/name/rule` of the HTTPRoute rule, or empty.
+    pub route: String,
     pub status_code: u16,
+    pub classification: Classification,
+    /// Whether the hop between proxies was mTLS.
+    pub tls: Flag,
+    /// The SPIFFE ID of the other proxy, when known.
+    pub peer_identity: String,
     /// The `weft-error` reason when the proxy answered itself, else empty.
     pub error: &'static str,
 }
 
+impl RequestLabels {
+    fn latency(&self) -> LatencyLabels {
+        LatencyLabels {
+            direction: self.direction,
+            service: self.service.clone(),
+            namespace: self.namespace.clone(),
+            route: self.route.clone(),
+            classification: self.classification,
+            tls: self.tls,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ServiceLabels {
+pub struct LatencyLabels {
     pub direction: Direction,
     pub service: String,
+    pub namespace: String,
+    pub route: String,
+    pub classification: Classification,
+    pub tls: Flag,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -71,26 +135,80 @@ pub const LATENCY_BUCKETS: [f64; 15] = [
 /// The label value for destinations discovery does not know.
 pub const UNKNOWN_SERVICE: &str = "unknown";
 
+/// When each series last changed, for expiry.
+#[derive(Debug)]
+struct Tracked<L> {
+    series: Mutex<HashMap<L, (u64, Instant)>>,
+}
+
+impl<L> Default for Tracked<L> {
+    fn default() -> Self {
+        Self {
+            series: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl<L: Clone + Hash + Eq> Tracked<L> {
+    fn add(&self, labels: &L) {
+        self.series
+            .lock()
+            .expect("metrics lock")
+            .entry(labels.clone())
+            .or_insert((0, Instant::now()));
+    }
+
+    /// Removes series whose value has not moved for `idle`.
+    fn expire(&self, idle: Duration, value: impl Fn(&L) -> Option<u64>, remove: impl Fn(&L)) -> usize {
+        let now = Instant::now();
+        let mut series = self.series.lock().expect("metrics lock");
+        let before = series.len();
+        series.retain(|labels, (last, since)| {
+            let v = value(labels).unwrap_or(0);
+            if v != *last {
+                *last = v;
+                *since = now;
+                true
+            } else if now.duration_since(*since) >= idle {
+                remove(labels);
+                false
+            } else {
+                true
+            }
+        });
+        before - series.len()
+    }
+}
+
 /// Every metric the proxy exports.
 #[derive(Debug, Clone)]
 pub struct Metrics {
-    pub requests: Family<DirectionLabels, Counter>,
-    pub responses: Family<ResponseLabels, Counter>,
-    pub latency: Family<ServiceLabels, Histogram, fn() -> Histogram>,
+    pub requests: Family<RequestLabels, Counter>,
+    pub latency: Family<LatencyLabels, Histogram, fn() -> Histogram>,
     pub tcp_opened: Family<ProtocolLabels, Counter>,
     pub tcp_closed: Family<ProtocolLabels, Counter>,
     pub tcp_open: Family<DirectionLabels, Gauge>,
+    pub tcp_read_bytes: Family<DirectionLabels, Counter>,
+    pub tcp_written_bytes: Family<DirectionLabels, Counter>,
+    pub access_log_dropped: Counter,
+    tracked_requests: Arc<Tracked<RequestLabels>>,
+    /// Latency series created; each lives while a request series maps to it.
+    latency_series: Arc<Mutex<std::collections::HashSet<LatencyLabels>>>,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         Self {
             requests: Family::default(),
-            responses: Family::default(),
             latency: Family::new_with_constructor(|| Histogram::new(LATENCY_BUCKETS)),
             tcp_opened: Family::default(),
             tcp_closed: Family::default(),
             tcp_open: Family::default(),
+            tcp_read_bytes: Family::default(),
+            tcp_written_bytes: Family::default(),
+            access_log_dropped: Counter::default(),
+            tracked_requests: Arc::default(),
+            latency_series: Arc::default(),
         }
     }
 }
@@ -98,15 +216,14 @@ impl Default for Metrics {
 impl Metrics {
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
-            "weft_response_latency_seconds",
-            "Time from request to response headers, by destination service",
-            self.latency.clone(),
+            "weft_requests",
+            "HTTP requests completed, by destination, route, status, classification, TLS and peer",
+            self.requests.clone(),
         );
-        registry.register("weft_requests", "HTTP requests received", self.requests.clone());
         registry.register(
-            "weft_responses",
-            "HTTP responses sent, by status code and weft-error reason",
-            self.responses.clone(),
+            "weft_response_latency_seconds",
+            "Time from request to response headers",
+            self.latency.clone(),
         );
         registry.register(
             "weft_tcp_connections_opened",
@@ -124,46 +241,88 @@ impl Metrics {
             self.tcp_open.clone(),
         );
         registry.register(
-            "weft_build",
-            "Build information",
-            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+            "weft_tcp_read_bytes",
+            "Bytes read from accepted connections",
+            self.tcp_read_bytes.clone(),
         );
+        registry.register(
+            "weft_tcp_written_bytes",
+            "Bytes written to accepted connections",
+            self.tcp_written_bytes.clone(),
+        );
+        registry.register(
+            "weft_access_log_dropped",
+            "Access-log lines dropped because the writer fell behind",
+            self.access_log_dropped.clone(),
+        );
+        // A gauge fixed at 1 rather than an OpenMetrics `info`, which
+        // the Prometheus text format (and promtool) does not know.
+        let build: Family<Vec<(&'static str, &'static str)>, Gauge> = Family::default();
+        build
+            .get_or_create(&vec![("version", env!("CARGO_PKG_VERSION"))])
+            .set(1);
+        registry.register("weft_build_info", "Build information", build);
+        registry.register_collector(Box::new(ProcessCollector::new()));
     }
 
-    /// Counts one accepted connection; the guard counts its close.
+    /// Records one finished request.
+    pub fn request(&self, labels: RequestLabels, latency: Duration) {
+        let latency_labels = labels.latency();
+        if self.latency.get(&latency_labels).is_none() {
+            self.latency_series
+                .lock()
+                .expect("metrics lock")
+                .insert(latency_labels.clone());
+        }
+        self.latency
+            .get_or_create(&latency_labels)
+            .observe(latency.as_secs_f64());
+        if self.requests.get(&labels).is_none() {
+            self.tracked_requests.add(&labels);
+        }
+        self.requests.get_or_create(&labels).inc();
+    }
+
+    /// Removes request series idle for `idle`, and latency series no
+    /// request series maps to any more; returns how many went.
+    pub fn expire_idle(&self, idle: Duration) -> usize {
+        let requests = &self.requests;
+        let mut removed = self.tracked_requests.expire(
+            idle,
+            |l| requests.get(l).map(|c| c.get()),
+            |l| {
+                requests.remove(l);
+            },
+        );
+        let live: std::collections::HashSet<LatencyLabels> = self
+            .tracked_requests
+            .series
+            .lock()
+            .expect("metrics lock")
+            .keys()
+            .map(RequestLabels::latency)
+            .collect();
+        self.latency_series.lock().expect("metrics lock").retain(|l| {
+            let keep = live.contains(l);
+            if !keep {
+                self.latency.remove(l);
+                removed += 1;
+            }
+            keep
+        });
+        removed
+    }
+
+    /// Counts one accepted connection; the guard counts its close and bytes.
     pub fn connection(&self, direction: Direction) -> ConnectionGuard {
         self.tcp_open.get_or_create(&DirectionLabels { direction }).inc();
         ConnectionGuard {
             metrics: self.clone(),
             direction,
             protocol: "undetected",
+            bytes: Arc::default(),
+            opened: Instant::now(),
         }
-    }
-
-    /// Records one response and its latency since `start`.
-    pub fn response(
-        &self,
-        direction: Direction,
-        service: &str,
-        status: http::StatusCode,
-        error: Option<&'static str>,
-        start: std::time::Instant,
-    ) {
-        let service = service.to_string();
-        self.latency
-            .get_or_create(&ServiceLabels {
-                direction,
-                service: service.clone(),
-            })
-            .observe(start.elapsed().as_secs_f64());
-        self.responses
-            .get_or_create(&ResponseLabels {
-                direction,
-                service,
-                status_code: status.as_u16(),
-                error: error.unwrap_or(""),
-            })
-            .inc();
     }
 }
 
@@ -173,6 +332,9 @@ pub struct ConnectionGuard {
     metrics: Metrics,
     direction: Direction,
     protocol: &'static str,
+    /// Bytes of the connection, counted by [`crate::io::Metered`].
+    pub bytes: Arc<crate::io::ByteCounts>,
+    pub opened: Instant,
 }
 
 impl ConnectionGuard {
@@ -186,15 +348,26 @@ impl ConnectionGuard {
             })
             .inc();
     }
+
+    pub fn protocol(&self) -> &'static str {
+        self.protocol
+    }
 }
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
+        use std::sync::atomic::Ordering::Relaxed;
         let direction = self.direction;
+        let labels = DirectionLabels { direction };
+        self.metrics.tcp_open.get_or_create(&labels).dec();
         self.metrics
-            .tcp_open
-            .get_or_create(&DirectionLabels { direction })
-            .dec();
+            .tcp_read_bytes
+            .get_or_create(&labels)
+            .inc_by(self.bytes.read.load(Relaxed));
+        self.metrics
+            .tcp_written_bytes
+            .get_or_create(&labels)
+            .inc_by(self.bytes.written.load(Relaxed));
         self.metrics
             .tcp_closed
             .get_or_create(&ProtocolLabels {
@@ -205,11 +378,124 @@ impl Drop for ConnectionGuard {
     }
 }
 
-/// Renders the registry in the Prometheus text format.
+/// `process_*` metrics from `/proc/self` (the names every Prometheus
+/// dashboard knows, hence no `weft_` prefix).
+#[derive(Debug)]
+struct ProcessCollector {
+    start_time: f64,
+}
+
+impl ProcessCollector {
+    fn new() -> Self {
+        let start_time = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        Self { start_time }
+    }
+}
+
+/// utime+stime in seconds and RSS in bytes, from `/proc/self/stat`.
+fn proc_stat() -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which is in parentheses.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = 100.0; // USER_HZ on Linux
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    let rss_pages: f64 = fields.get(21)?.parse().ok()?;
+    Some(((utime + stime) / ticks, rss_pages * 4096.0))
+}
+
+impl Collector for ProcessCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        if let Some((cpu, rss)) = proc_stat() {
+            let m = encoder.encode_descriptor(
+                "process_cpu_seconds",
+                "User and system CPU time spent",
+                None,
+                MetricType::Counter,
+            )?;
+            ConstCounter::new(cpu).encode(m)?;
+            let m = encoder.encode_descriptor(
+                "process_resident_memory_bytes",
+                "Resident memory size",
+                None,
+                MetricType::Gauge,
+            )?;
+            ConstGauge::new(rss).encode(m)?;
+        }
+        if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+            let m = encoder.encode_descriptor(
+                "process_open_fds",
+                "Open file descriptors",
+                None,
+                MetricType::Gauge,
+            )?;
+            ConstGauge::new(fds.count() as i64).encode(m)?;
+        }
+        let m = encoder.encode_descriptor(
+            "process_start_time_seconds",
+            "Start time of the process since the Unix epoch",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(self.start_time).encode(m)?;
+        Ok(())
+    }
+}
+
+/// Renders the registry in the text format.
 pub fn render(registry: &Registry) -> String {
     let mut out = String::with_capacity(4096);
     if prometheus_client::encoding::text::encode(&mut out, registry).is_err() {
         let _ = writeln!(out, "# encoding failed");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(service: &str) -> RequestLabels {
+        RequestLabels {
+            direction: Direction::Outbound,
+            service: service.into(),
+            namespace: "demo".into(),
+            route: String::new(),
+            status_code: 200,
+            classification: Classification::Success,
+            tls: Flag(false),
+            peer_identity: String::new(),
+            error: "",
+        }
+    }
+
+    #[test]
+    fn idle_series_expire_and_busy_ones_stay() {
+        let m = Metrics::default();
+        m.request(labels("busy"), Duration::from_millis(1));
+        m.request(labels("idle"), Duration::from_millis(1));
+        // First sweep records the values; nothing is idle for 0s... yet.
+        assert_eq!(m.expire_idle(Duration::from_secs(3600)), 0);
+        m.request(labels("busy"), Duration::from_millis(1));
+        // "idle" has not moved since the last sweep; with a zero idle time it goes.
+        let removed = m.expire_idle(Duration::ZERO);
+        assert!(removed >= 2, "the idle request and latency series: {removed}");
+        assert!(m.requests.get(&labels("idle")).is_none());
+        assert!(
+            m.requests.get(&labels("busy")).is_some(),
+            "moved since the last sweep"
+        );
+    }
+
+    #[test]
+    fn renders_process_metrics() {
+        let mut r = Registry::default();
+        Metrics::default().register(&mut r);
+        let text = render(&r);
+        assert!(text.contains("process_resident_memory_bytes"), "{text}");
+        assert!(text.contains("process_cpu_seconds_total"), "{text}");
+        assert!(text.contains("weft_build_info{version="), "{text}");
+    }
 }

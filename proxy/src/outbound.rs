@@ -22,14 +22,15 @@ use crate::http::{
     absolute_uri, authority, host_port, incoming, is_upgrade, strip_hop_by_hop, AppProtocol, Body,
 };
 use crate::http::{WEFT_PORT, WEFT_PROTO};
-use crate::metrics::{Direction, DirectionLabels, Metrics, UNKNOWN_SERVICE};
+use crate::metrics::{Direction, UNKNOWN_SERVICE};
 use crate::server::{serve_http, HttpSettings};
 use crate::tcp;
+use crate::telemetry::{Observation, Target, Telemetry};
 
 pub struct Outbound {
     pub discover: Arc<dyn Discover>,
     pub clients: Clients,
-    pub metrics: Metrics,
+    pub telemetry: Arc<Telemetry>,
     pub http: HttpSettings,
     pub detect_timeout: std::time::Duration,
     pub drain: drain::Watch,
@@ -40,7 +41,7 @@ impl Outbound {
     pub fn new(
         discover: Arc<dyn Discover>,
         clients: Clients,
-        metrics: Metrics,
+        telemetry: Arc<Telemetry>,
         http: HttpSettings,
         detect_timeout: std::time::Duration,
         drain: drain::Watch,
@@ -48,7 +49,7 @@ impl Outbound {
         Self {
             discover,
             clients,
-            metrics,
+            telemetry,
             http,
             detect_timeout,
             drain,
@@ -80,8 +81,8 @@ impl Outbound {
 
     async fn connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
         let _ = stream.set_nodelay(true);
-        let mut guard = self.metrics.connection(Direction::Outbound);
-        let (protocol, io) = match detect(stream, self.detect_timeout).await {
+        let mut guard = self.telemetry.connection(Direction::Outbound, peer);
+        let (protocol, io) = match detect(guard.meter(stream), self.detect_timeout).await {
             Ok(d) => d,
             Err(e) => {
                 tracing::debug!(%peer, error = %e, "outbound detection failed");
@@ -113,35 +114,28 @@ impl Outbound {
     }
 
     async fn request(self: Arc<Self>, req: Request<Incoming>, app: AppProtocol) -> Response<Body> {
-        let start = std::time::Instant::now();
-        let direction = Direction::Outbound;
-        self.metrics
-            .requests
-            .get_or_create(&DirectionLabels { direction })
-            .inc();
-        let mut service = String::from(UNKNOWN_SERVICE);
-        match self.route(req, app, &mut service).await {
-            Ok(rsp) => {
-                self.metrics
-                    .response(direction, &service, rsp.status(), None, start);
-                rsp
-            }
+        let mut req = req.map(incoming);
+        let obs = Observation::start(&self.telemetry, Direction::Outbound, &mut req);
+        let mut target = Target {
+            service: UNKNOWN_SERVICE.into(),
+            ..Target::default()
+        };
+        match self.route(req, app, &mut target).await {
+            Ok(rsp) => obs.respond(target, rsp, None),
             Err(e) => {
                 tracing::info!(error = %e, reason = e.reason(), "outbound request failed");
-                self.metrics
-                    .response(direction, &service, e.status(), Some(e.reason()), start);
-                e.to_response()
+                obs.respond(target, e.to_response(), Some(e.reason()))
             }
         }
     }
 
-    /// Sends the request on; names the destination in `service` (for
-    /// metrics) once discovery knows it.
+    /// Sends the request on; fills in `target` (for telemetry) as routing
+    /// learns where the request goes.
     async fn route(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<Body>,
         app: AppProtocol,
-        service: &mut String,
+        target: &mut Target,
     ) -> Result<Response<Body>, ProxyError> {
         let authority = authority(&req).ok_or(ProxyError::NoAuthority)?;
         let (host, port) = host_port(&authority, req.uri());
@@ -159,14 +153,17 @@ impl Outbound {
                 .pick_backend()
                 .ok_or_else(|| ProxyError::NoEndpoints(route.name.clone()))?;
             timeout = route.timeout.or(timeout);
+            target.route = route.name.clone();
             let (bhost, bport) = backend
                 .rsplit_once(':')
                 .and_then(|(h, p)| Some((h, p.parse().ok()?)))
                 .unwrap_or((backend, port));
             dest = self.resolve(bhost, bport).await?;
         }
-        *service = dest.service.clone();
+        target.service = dest.service.clone();
+        target.namespace = dest.namespace.clone();
         let endpoint = self.pick(&dest)?;
+        target.upstream = Some(endpoint.proxy.unwrap_or(endpoint.addr));
 
         if req.method() == Method::CONNECT {
             let upstream = match endpoint.proxy {
@@ -203,7 +200,7 @@ impl Outbound {
 
     async fn send(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<Body>,
         app: AppProtocol,
         authority: &http::uri::Authority,
         endpoint: &Endpoint,
@@ -217,12 +214,12 @@ impl Outbound {
                 headers.insert(WEFT_PORT, endpoint.addr.port().into());
                 *req.uri_mut() = absolute_uri(authority, req.uri());
                 *req.version_mut() = Version::HTTP_2;
-                self.clients.send_h2(peer, req.map(incoming)).await?
+                self.clients.send_h2(peer, req).await?
             }
             None => match app {
                 AppProtocol::Http2 => {
                     *req.uri_mut() = absolute_uri(authority, req.uri());
-                    self.clients.send_h2(endpoint.addr, req.map(incoming)).await?
+                    self.clients.send_h2(endpoint.addr, req).await?
                 }
                 AppProtocol::Http1 => {
                     if !req.headers().contains_key(http::header::HOST) {
@@ -231,7 +228,7 @@ impl Outbound {
                             authority.as_str().parse().expect("authority is a valid header"),
                         );
                     }
-                    self.clients.send_h1(endpoint.addr, req.map(incoming)).await?
+                    self.clients.send_h1(endpoint.addr, req).await?
                 }
             },
         };

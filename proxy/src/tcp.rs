@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 
 use http::header::{CONNECTION, UPGRADE};
 use http::{HeaderValue, Request, Response, StatusCode};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -49,7 +48,7 @@ pub async fn connect_mesh(clients: &Clients, peer: SocketAddr, port: u16) -> Res
 
 /// Answers a CONNECT: the upstream is already connected, so reply 200 and
 /// splice the tunnel once the client's side is upgraded.
-pub fn tunnel(mut req: Request<Incoming>, upstream: TcpStream, drain: &drain::Watch) -> Response<Body> {
+pub fn tunnel(mut req: Request<Body>, upstream: TcpStream, drain: &drain::Watch) -> Response<Body> {
     let on_upgrade = hyper::upgrade::on(&mut req);
     drain.spawn(async move {
         match on_upgrade.await {
@@ -65,7 +64,7 @@ pub fn tunnel(mut req: Request<Incoming>, upstream: TcpStream, drain: &drain::Wa
 /// Sends an HTTP/1.1 upgrade request over its own connection `io` and, if
 /// the upstream switches protocols, splices the two upgraded streams.
 pub async fn upgrade<I>(
-    mut req: Request<Incoming>,
+    mut req: Request<Body>,
     io: I,
     addr: SocketAddr,
     drain: &drain::Watch,

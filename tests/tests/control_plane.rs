@@ -223,7 +223,7 @@ async fn unknown_names_fall_back_to_dns() {
     );
     assert!(
         metrics.contains(
-            r#"weft_responses_total{direction="outbound",service="external",status_code="200",error=""} 1"#
+            r#"weft_requests_total{direction="outbound",service="external",namespace="",route="",status_code="200",classification="success",tls="false",peer_identity="",error=""} 1"#
         ),
         "{metrics}"
     );

@@ -79,13 +79,13 @@ async fn unknown_service_and_unreachable_endpoints() {
     let (_, metrics) = admin_get(mesh.client.addrs.admin, "/metrics").await;
     assert!(
         metrics.contains(
-            r#"weft_responses_total{direction="outbound",service="unknown",status_code="503",error="no-endpoints"} 2"#
+            r#"weft_requests_total{direction="outbound",service="unknown",namespace="",route="",status_code="503",classification="failure",tls="false",peer_identity="",error="no-endpoints"} 2"#
         ),
         "{metrics}"
     );
     assert!(
         metrics.contains(
-            r#"weft_responses_total{direction="outbound",service="unreachable",status_code="502",error="connect-failed"} 1"#
+            r#"weft_requests_total{direction="outbound",service="unreachable",namespace="",route="",status_code="502",classification="failure",tls="false",peer_identity="",error="connect-failed"} 1"#
         ),
         "{metrics}"
     );

@@ -34,7 +34,7 @@ async fn admin_endpoints() {
     assert_eq!(c.send_request(req).await.unwrap().status(), StatusCode::OK);
     let (_, client_metrics) = admin_get(admin, "/metrics").await;
     assert!(
-        client_metrics.contains(r#"weft_requests_total{direction="outbound"} 1"#),
+        client_metrics.contains(r#"weft_requests_total{direction="outbound",service="echo",namespace="",route="",status_code="200",classification="success",tls="false",peer_identity="",error=""} 1"#),
         "{client_metrics}"
     );
     assert!(
@@ -44,7 +44,7 @@ async fn admin_endpoints() {
     );
     let (_, server_metrics) = admin_get(mesh.server.addrs.admin, "/metrics").await;
     assert!(
-        server_metrics.contains(r#"weft_requests_total{direction="inbound"} 1"#),
+        server_metrics.contains(r#"weft_requests_total{direction="inbound",service="echo",namespace="",route="",status_code="200",classification="success""#),
         "{server_metrics}"
     );
     assert!(

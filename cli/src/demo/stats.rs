@@ -88,17 +88,11 @@ pub fn parse(text: &str, into: &mut BTreeMap<String, Counts>) {
         let entry = into.entry(service.to_string()).or_default();
         match (sample.metric.as_str(), &sample.value) {
             (
-                "weft_responses_total",
+                "weft_requests_total",
                 prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v),
             ) => {
                 entry.requests += v;
-                let status: u16 = sample
-                    .labels
-                    .get("status_code")
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or(0);
-                let error = sample.labels.get("error").unwrap_or("");
-                if status >= 500 || !error.is_empty() {
+                if sample.labels.get("classification") == Some("failure") {
                     entry.failures += v;
                 }
             }
@@ -177,11 +171,11 @@ pub fn render(rows: &[Row], total_column: bool) -> String {
 mod tests {
     use super::*;
 
-    const SCRAPE: &str = r#"# HELP weft_responses HTTP responses sent.
-# TYPE weft_responses counter
-weft_responses_total{direction="outbound",service="web",status_code="200",error=""} 90
-weft_responses_total{direction="outbound",service="web",status_code="503",error="no-endpoints"} 10
-weft_responses_total{direction="inbound",service="web",status_code="200",error=""} 1000
+    const SCRAPE: &str = r#"# HELP weft_requests HTTP requests completed.
+# TYPE weft_requests counter
+weft_requests_total{direction="outbound",service="web",status_code="200",classification="success",error=""} 90
+weft_requests_total{direction="outbound",service="web",status_code="503",classification="failure",error="no-endpoints"} 10
+weft_requests_total{direction="inbound",service="web",status_code="200",classification="success",error=""} 1000
 # HELP weft_response_latency_seconds Time to response headers.
 # TYPE weft_response_latency_seconds histogram
 weft_response_latency_seconds_sum{direction="outbound",service="web"} 1.0

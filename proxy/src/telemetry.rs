@@ -1,0 +1,460 @@
+//! Per-request telemetry: an [`Observation`] follows each request from its
+//! arrival to the end of its response body, then records the metrics and
+//! (opt-in) one JSON access-log line. Also W3C trace context.
+//!
+//! Recording at the end of the body (not at the response headers) lets
+//! gRPC calls be classified by the `grpc-status` in their trailers, and
+//! counts the response bytes.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http::HeaderMap;
+use http_body::{Frame, SizeHint};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::http::{Body, BoxError};
+use crate::metrics::{Classification, Direction, Flag, Metrics, RequestLabels};
+
+/// The W3C trace-context header.
+pub const TRACEPARENT: &str = "traceparent";
+
+/// Shared by every request of a proxy.
+pub struct Telemetry {
+    pub metrics: Metrics,
+    pub access_log: Option<AccessLog>,
+    /// Create a `traceparent` when a request has none.
+    pub create_trace_context: bool,
+}
+
+/// Where a request went, filled in as routing learns it.
+#[derive(Debug, Clone, Default)]
+pub struct Target {
+    pub service: String,
+    pub namespace: String,
+    pub route: String,
+    pub upstream: Option<SocketAddr>,
+    pub tls: bool,
+    pub peer_identity: String,
+}
+
+/// One request in flight.
+pub struct Observation {
+    telemetry: Arc<Telemetry>,
+    direction: Direction,
+    start: Instant,
+    method: String,
+    authority: String,
+    path: String,
+    trace_id: Option<String>,
+    request_bytes: Arc<AtomicU64>,
+    target: Target,
+    status: u16,
+    headers_after: Duration,
+    error: Option<&'static str>,
+    grpc_status: Option<u32>,
+    response_bytes: u64,
+}
+
+impl Observation {
+    /// Starts observing `req`: makes sure it carries trace context, and
+    /// wraps its body to count the bytes sent upstream.
+    pub fn start(telemetry: &Arc<Telemetry>, direction: Direction, req: &mut http::Request<Body>) -> Self {
+        let trace_id = trace_context(req.headers_mut(), telemetry.create_trace_context);
+        let request_bytes = Arc::new(AtomicU64::new(0));
+        let body = std::mem::replace(req.body_mut(), crate::http::empty_body());
+        *req.body_mut() = http_body_util::BodyExt::boxed_unsync(CountingBody {
+            inner: body,
+            count: request_bytes.clone(),
+        });
+        Self {
+            telemetry: telemetry.clone(),
+            direction,
+            start: Instant::now(),
+            method: req.method().to_string(),
+            authority: crate::http::authority(req)
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+            path: req
+                .uri()
+                .path_and_query()
+                .map_or_else(|| "/".into(), |p| p.to_string()),
+            trace_id,
+            request_bytes,
+            target: Target::default(),
+            status: 0,
+            headers_after: Duration::ZERO,
+            error: None,
+            grpc_status: None,
+            response_bytes: 0,
+        }
+    }
+
+    /// Attaches the observation to the response; it is recorded when the
+    /// body ends (or is dropped).
+    pub fn respond(
+        mut self,
+        target: Target,
+        rsp: http::Response<Body>,
+        error: Option<&'static str>,
+    ) -> http::Response<Body> {
+        self.target = target;
+        self.status = rsp.status().as_u16();
+        self.headers_after = self.start.elapsed();
+        self.error = error;
+        self.grpc_status = grpc_status(rsp.headers());
+        rsp.map(|inner| {
+            http_body_util::BodyExt::boxed_unsync(ObservedBody {
+                inner,
+                obs: Some(self),
+            })
+        })
+    }
+
+    fn finish(self) {
+        let failed = self.error.is_some() || self.status >= 500 || self.grpc_status.is_some_and(|s| s != 0);
+        let classification = if failed {
+            Classification::Failure
+        } else {
+            Classification::Success
+        };
+        let t = &self.telemetry;
+        t.metrics.request(
+            RequestLabels {
+                direction: self.direction,
+                service: self.target.service.clone(),
+                namespace: self.target.namespace.clone(),
+                route: self.target.route.clone(),
+                status_code: self.status,
+                classification,
+                tls: Flag(self.target.tls),
+                peer_identity: self.target.peer_identity.clone(),
+                error: self.error.unwrap_or(""),
+            },
+            self.headers_after,
+        );
+        if let Some(log) = &t.access_log {
+            log.write(serde_json::json!({
+                "time": humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+                "kind": "http",
+                "direction": self.direction.as_str(),
+                "method": self.method,
+                "authority": self.authority,
+                "path": self.path,
+                "status": self.status,
+                "grpc_status": self.grpc_status,
+                "classification": if failed { "failure" } else { "success" },
+                "duration_ms": self.start.elapsed().as_secs_f64() * 1e3,
+                "response_headers_ms": self.headers_after.as_secs_f64() * 1e3,
+                "request_bytes": self.request_bytes.load(Ordering::Relaxed),
+                "response_bytes": self.response_bytes,
+                "service": self.target.service,
+                "namespace": self.target.namespace,
+                "route": self.target.route,
+                "upstream": self.target.upstream.map(|a| a.to_string()),
+                "tls": self.target.tls,
+                "peer_identity": self.target.peer_identity,
+                "error": self.error,
+                "trace_id": self.trace_id,
+            }));
+        }
+    }
+}
+
+fn grpc_status(headers: &HeaderMap) -> Option<u32> {
+    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
+}
+
+/// Counts the bytes of a request body.
+struct CountingBody {
+    inner: Body,
+    count: Arc<AtomicU64>,
+}
+
+impl http_body::Body for CountingBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let res = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &res {
+            if let Some(data) = frame.data_ref() {
+                self.count.fetch_add(data.len() as u64, Ordering::Relaxed);
+            }
+        }
+        res
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A response body that records its [`Observation`] when it ends.
+struct ObservedBody {
+    inner: Body,
+    obs: Option<Observation>,
+}
+
+impl http_body::Body for ObservedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let res = Pin::new(&mut self.inner).poll_frame(cx);
+        match &res {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(obs) = self.obs.as_mut() {
+                    if let Some(data) = frame.data_ref() {
+                        obs.response_bytes += data.len() as u64;
+                    } else if let Some(trailers) = frame.trailers_ref() {
+                        obs.grpc_status = grpc_status(trailers).or(obs.grpc_status);
+                    }
+                }
+                if self.inner.is_end_stream() {
+                    if let Some(obs) = self.obs.take() {
+                        obs.finish();
+                    }
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(mut obs) = self.obs.take() {
+                    obs.error = obs.error.or(Some("response-stream-failed"));
+                    obs.finish();
+                }
+            }
+            Poll::Ready(None) => {
+                if let Some(obs) = self.obs.take() {
+                    obs.finish();
+                }
+            }
+            Poll::Pending => {}
+        }
+        res
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for ObservedBody {
+    fn drop(&mut self) {
+        // Ended without being read to the end (empty body, or the client
+        // went away): record what we know.
+        if let Some(obs) = self.obs.take() {
+            obs.finish();
+        }
+    }
+}
+
+/// Returns the request's trace id, creating a `traceparent` when the
+/// request has no valid one and `create` is set.
+pub fn trace_context(headers: &mut HeaderMap, create: bool) -> Option<String> {
+    if let Some(id) = headers
+        .get(TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_traceparent)
+    {
+        return Some(id);
+    }
+    if !create {
+        return None;
+    }
+    let trace: u128 = rand::random::<u128>().max(1);
+    let span: u64 = rand::random::<u64>().max(1);
+    let value = format!("00-{trace:032x}-{span:016x}-00");
+    headers.insert(TRACEPARENT, value.parse().expect("hex is a valid header value"));
+    Some(format!("{trace:032x}"))
+}
+
+/// The trace id of a valid version-00 `traceparent`.
+fn parse_traceparent(v: &str) -> Option<String> {
+    let parts: Vec<&str> = v.trim().split('-').collect();
+    let [version, trace, span, flags] = parts.as_slice() else {
+        return None;
+    };
+    let hex = |s: &str, n: usize| {
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    let valid = *version == "00"
+        && hex(trace, 32)
+        && hex(span, 16)
+        && hex(flags, 2)
+        && trace.bytes().any(|b| b != b'0')
+        && span.bytes().any(|b| b != b'0');
+    valid.then(|| trace.to_string())
+}
+
+enum LogMsg {
+    Line(String),
+    Flush(oneshot::Sender<()>),
+}
+
+/// JSON access-log lines on stdout, written by one task so the data path
+/// never waits on I/O; when the writer falls behind, lines are dropped and
+/// counted (`weft_access_log_dropped_total`).
+pub struct AccessLog {
+    tx: mpsc::Sender<LogMsg>,
+    dropped: prometheus_client::metrics::counter::Counter,
+}
+
+impl AccessLog {
+    pub fn spawn(dropped: prometheus_client::metrics::counter::Counter) -> Self {
+        let (tx, mut rx) = mpsc::channel::<LogMsg>(8192);
+        tokio::spawn(async move {
+            let mut out = tokio::io::stdout();
+            let mut buf = Vec::with_capacity(64 * 1024);
+            while let Some(msg) = rx.recv().await {
+                let mut flushes = Vec::new();
+                let mut next = Some(msg);
+                while let Some(m) = next.take().or_else(|| rx.try_recv().ok()) {
+                    match m {
+                        LogMsg::Line(l) => {
+                            buf.extend_from_slice(l.as_bytes());
+                            buf.push(b'\n');
+                        }
+                        LogMsg::Flush(done) => flushes.push(done),
+                    }
+                    if buf.len() > 60 * 1024 {
+                        break;
+                    }
+                }
+                let _ = out.write_all(&buf).await;
+                let _ = out.flush().await;
+                buf.clear();
+                for f in flushes {
+                    let _ = f.send(());
+                }
+            }
+        });
+        Self { tx, dropped }
+    }
+
+    pub fn write(&self, line: serde_json::Value) {
+        if self.tx.try_send(LogMsg::Line(line.to_string())).is_err() {
+            self.dropped.inc();
+        }
+    }
+
+    /// Waits until every line written so far is on stdout.
+    pub async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(LogMsg::Flush(tx)).await.is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), rx).await;
+        }
+    }
+}
+
+/// One accepted connection: its metrics, and one access-log line when it
+/// closes.
+pub struct ConnectionObservation {
+    guard: crate::metrics::ConnectionGuard,
+    telemetry: Arc<Telemetry>,
+    direction: Direction,
+    client: SocketAddr,
+}
+
+impl Telemetry {
+    pub fn connection(self: &Arc<Self>, direction: Direction, client: SocketAddr) -> ConnectionObservation {
+        ConnectionObservation {
+            guard: self.metrics.connection(direction),
+            telemetry: self.clone(),
+            direction,
+            client,
+        }
+    }
+}
+
+impl ConnectionObservation {
+    pub fn detected(&mut self, protocol: &'static str) {
+        self.guard.detected(protocol);
+    }
+
+    /// Counts the connection's bytes.
+    pub fn meter<I>(&self, io: I) -> crate::io::Metered<I> {
+        crate::io::Metered::new(io, self.guard.bytes.clone())
+    }
+}
+
+impl Drop for ConnectionObservation {
+    fn drop(&mut self) {
+        if let Some(log) = &self.telemetry.access_log {
+            log.write(serde_json::json!({
+                "time": humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+                "kind": "tcp",
+                "direction": self.direction.as_str(),
+                "protocol": self.guard.protocol(),
+                "client": self.client.to_string(),
+                "duration_ms": self.guard.opened.elapsed().as_secs_f64() * 1e3,
+                "bytes_read": self.guard.bytes.read.load(Ordering::Relaxed),
+                "bytes_written": self.guard.bytes.written.load(Ordering::Relaxed),
+            }));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparent_is_kept_or_created() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            TRACEPARENT,
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(
+            trace_context(&mut h, true).as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        assert_eq!(
+            h[TRACEPARENT], "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "propagated as is"
+        );
+
+        let mut h = HeaderMap::new();
+        assert_eq!(trace_context(&mut h, false), None);
+        assert!(h.get(TRACEPARENT).is_none());
+        let id = trace_context(&mut h, true).unwrap();
+        let v = h[TRACEPARENT].to_str().unwrap().to_string();
+        assert!(v.starts_with(&format!("00-{id}-")) && v.len() == 55, "{v}");
+        assert_eq!(parse_traceparent(&v), Some(id));
+
+        // Invalid values are replaced.
+        let mut h = HeaderMap::new();
+        h.insert(
+            TRACEPARENT,
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01"
+                .parse()
+                .unwrap(),
+        );
+        let id = trace_context(&mut h, true).unwrap();
+        assert_ne!(id, "00000000000000000000000000000000");
+    }
+}
