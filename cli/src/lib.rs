@@ -1,5 +1,5 @@
 //! The `weft` command line: run a whole mesh locally (`weft demo`), validate
-//! config (`weft check`), the built-in sample app the demo and the
+//! config (`weft check`), read golden signals (`weft stat`), the built-in sample app the demo and the
 //! benchmarks use (`weft sample-app`), and the proxy and control plane
 //! themselves (`weft proxy`, `weft control`: the same code as `weft-proxy`
 //! and `weft-control`, so one binary can start every process of the demo).
@@ -10,6 +10,8 @@ pub mod check;
 pub mod demo;
 pub mod procs;
 pub mod sample_app;
+pub mod stat;
+pub mod stats;
 
 use std::process::ExitCode;
 
@@ -29,6 +31,8 @@ enum Command {
     Demo(demo::Args),
     /// Validate config documents; exits non-zero on any error.
     Check(check::Args),
+    /// Golden signals per service and route from the proxies' metrics.
+    Stat(stat::Args),
     /// A small HTTP/1.1 + HTTP/2 app with configurable latency and errors.
     SampleApp(sample_app::Args),
     /// Run the control plane (same flags as `weft-control`).
@@ -50,6 +54,7 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Demo(args) => demo::run(args),
         Command::Check(args) => check::run(args),
+        Command::Stat(args) => stat::run(args),
         Command::SampleApp(args) => sample_app::run(args),
         Command::Control { args } => {
             weft_control::app::run_cli(std::iter::once("weft-control".to_string()).chain(args))

@@ -22,7 +22,7 @@ use weft_api::exposition;
 use weft_api::v1 as api;
 
 use crate::files::FileSource;
-use crate::grpc::{DestinationService, IdentityService, InboundService};
+use crate::grpc::{DestinationService, IdentityService, InboundService, Proxies};
 use crate::index::{Index, IndexConfig};
 use crate::metrics::ControlMetrics;
 
@@ -90,6 +90,7 @@ impl Control {
         let mut registry = Registry::default();
         metrics.register(&mut registry);
         let registry = Arc::new(registry);
+        let proxies = Arc::new(Proxies::default());
 
         let source = FileSource::new(self.config.config.clone());
         let files = tokio::spawn(source.run(
@@ -98,7 +99,13 @@ impl Control {
             self.config.poll_interval,
             self.config.debounce,
         ));
-        tokio::spawn(serve_admin(self.admin, registry, metrics.clone(), index.clone()));
+        tokio::spawn(serve_admin(
+            self.admin,
+            registry,
+            metrics.clone(),
+            index.clone(),
+            proxies.clone(),
+        ));
 
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(self.grpc);
         let result = tonic::transport::Server::builder()
@@ -107,6 +114,7 @@ impl Control {
                 DestinationService {
                     index: index.clone(),
                     metrics: metrics.clone(),
+                    proxies: proxies.clone(),
                 },
             ))
             .add_service(api::inbound_server::InboundServer::new(InboundService {
@@ -126,16 +134,22 @@ async fn serve_admin(
     registry: Arc<Registry>,
     metrics: Arc<ControlMetrics>,
     index: Arc<Index>,
+    proxies: Arc<Proxies>,
 ) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        let (registry, metrics, index) = (registry.clone(), metrics.clone(), index.clone());
+        let (registry, metrics, index, proxies) =
+            (registry.clone(), metrics.clone(), index.clone(), proxies.clone());
         tokio::spawn(async move {
             let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                 let (status, body) = match req.uri().path() {
                     "/live" => (StatusCode::OK, "live\n".to_string()),
+                    "/proxies" => (
+                        StatusCode::OK,
+                        serde_json::to_string_pretty(&proxies.list()).unwrap_or_default() + "\n",
+                    ),
                     "/ready" if metrics.is_ready() => (StatusCode::OK, "ready\n".to_string()),
                     "/ready" => (StatusCode::SERVICE_UNAVAILABLE, "loading config\n".to_string()),
                     "/metrics" => {
@@ -154,7 +168,7 @@ async fn serve_admin(
                     }
                     _ => (
                         StatusCode::NOT_FOUND,
-                        "not found; try /live /ready /metrics\n".to_string(),
+                        "not found; try /live /ready /metrics /proxies\n".to_string(),
                     ),
                 };
                 let mut rsp = Response::new(Full::new(Bytes::from(body)));

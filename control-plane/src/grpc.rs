@@ -25,6 +25,75 @@ pub const STREAM_QUEUE: usize = 4;
 pub struct DestinationService {
     pub index: Arc<Index>,
     pub metrics: Arc<ControlMetrics>,
+    pub proxies: Arc<Proxies>,
+}
+
+/// The proxies with an open Destination stream, and where their metrics
+/// are, for `weft stat`.
+#[derive(Debug, Default)]
+pub struct Proxies {
+    by_id: std::sync::Mutex<std::collections::BTreeMap<String, (String, usize)>>,
+}
+
+/// One connected proxy, as `/proxies` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ConnectedProxy {
+    pub id: String,
+    pub admin: String,
+    pub streams: usize,
+}
+
+impl Proxies {
+    fn register(self: &Arc<Self>, id: String, admin: String) -> ProxyGuard {
+        let mut by_id = self.by_id.lock().expect("proxies lock");
+        let entry = by_id.entry(id.clone()).or_insert((admin.clone(), 0));
+        entry.0 = admin;
+        entry.1 += 1;
+        ProxyGuard {
+            proxies: self.clone(),
+            id,
+        }
+    }
+
+    pub fn list(&self) -> Vec<ConnectedProxy> {
+        self.by_id
+            .lock()
+            .expect("proxies lock")
+            .iter()
+            .map(|(id, (admin, streams))| ConnectedProxy {
+                id: id.clone(),
+                admin: admin.clone(),
+                streams: *streams,
+            })
+            .collect()
+    }
+}
+
+struct ProxyGuard {
+    proxies: Arc<Proxies>,
+    id: String,
+}
+
+impl Drop for ProxyGuard {
+    fn drop(&mut self) {
+        let mut by_id = self.proxies.by_id.lock().expect("proxies lock");
+        if let Some(entry) = by_id.get_mut(&self.id) {
+            entry.1 -= 1;
+            if entry.1 == 0 {
+                by_id.remove(&self.id);
+            }
+        }
+    }
+}
+
+/// The admin address a proxy reported, with an unspecified IP replaced by
+/// the address its stream comes from.
+fn admin_address(reported: &str, remote: Option<std::net::SocketAddr>) -> Option<String> {
+    let addr: std::net::SocketAddr = reported.parse().ok()?;
+    if addr.ip().is_unspecified() {
+        return Some(std::net::SocketAddr::new(remote?.ip(), addr.port()).to_string());
+    }
+    Some(addr.to_string())
 }
 
 /// Counts an open stream while alive.
@@ -135,9 +204,16 @@ impl api::destination_server::Destination for DestinationService {
         &self,
         request: Request<api::DestinationRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        let remote = request.remote_addr();
         let req = request.into_inner();
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
-        let guard = WatcherGuard::new(&self.metrics, "destination");
+        let proxy = match admin_address(&req.admin_address, remote) {
+            Some(admin) if !req.proxy_id.is_empty() => {
+                Some(self.proxies.register(req.proxy_id.clone(), admin))
+            }
+            _ => None,
+        };
+        let guard = (WatcherGuard::new(&self.metrics, "destination"), proxy);
         let metrics = self.metrics.clone();
         let Some(target) = self.index.parse_target(&req.target, &req.namespace) else {
             // Not a name the mesh can own: say so, and hold the stream open

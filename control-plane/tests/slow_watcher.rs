@@ -58,6 +58,7 @@ async fn a_watcher_that_never_reads_stays_bounded_and_is_caught_up() {
     let svc = DestinationService {
         index: index.clone(),
         metrics: metrics.clone(),
+        proxies: Default::default(),
     };
     tokio::spawn(
         tonic::transport::Server::builder()
@@ -78,6 +79,7 @@ async fn a_watcher_that_never_reads_stays_bounded_and_is_caught_up() {
             target: "big.demo:80".into(),
             namespace: "demo".into(),
             proxy_id: format!("p{i}"),
+            admin_address: String::new(),
         };
         streams.push(client.watch(req).await.unwrap().into_inner());
     }

@@ -71,6 +71,14 @@ pub enum BuildError {
 impl Proxy {
     /// Loads the endpoints and binds every listener.
     pub async fn bind(config: Config) -> Result<Self, BuildError> {
+        let listen = |which, addr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| BuildError::Bind { which, addr, source })
+        };
+        let outbound = listen("outbound", config.outbound_listen).await?;
+        let inbound = listen("inbound", config.inbound_listen).await?;
+        let admin = listen("admin", config.admin_listen).await?;
         let control_metrics = ControlMetrics::default();
         let discover: Arc<dyn Discover> = match (&config.control_plane, &config.endpoints_file) {
             (Some(address), _) => {
@@ -83,6 +91,7 @@ impl Proxy {
                     }),
                     idle_timeout: config.destination_idle_timeout,
                     first_update_timeout: Duration::from_secs(2),
+                    admin_address: admin.local_addr().map(|a| a.to_string()).unwrap_or_default(),
                 };
                 ControlDiscover::new(settings, control_metrics.clone()).map_err(|e| {
                     ConfigError::new("flags", "controlPlane", format!("not a usable address: {e}"))
@@ -91,15 +100,10 @@ impl Proxy {
             (None, Some(path)) => Arc::new(StaticEndpoints::from_file(path)?),
             (None, None) => Arc::new(StaticEndpoints::default()),
         };
-        let listen = |which, addr| async move {
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| BuildError::Bind { which, addr, source })
-        };
         Ok(Self {
-            outbound: listen("outbound", config.outbound_listen).await?,
-            inbound: listen("inbound", config.inbound_listen).await?,
-            admin: listen("admin", config.admin_listen).await?,
+            outbound,
+            inbound,
+            admin,
             config: Arc::new(config),
             discover,
             control_metrics,

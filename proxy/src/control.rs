@@ -43,6 +43,8 @@ pub struct ControlSettings {
     /// This workload's namespace; short names resolve in it.
     pub namespace: String,
     pub proxy_id: String,
+    /// This proxy's admin listener, reported to the control plane.
+    pub admin_address: String,
     /// A watch unused this long is closed.
     pub idle_timeout: Duration,
     /// How long a first lookup waits for the control plane's answer.
@@ -194,6 +196,7 @@ impl ControlDiscover {
             target: target.to_string(),
             namespace: self.settings.namespace.clone(),
             proxy_id: self.settings.proxy_id.clone(),
+            admin_address: self.settings.admin_address.clone(),
         };
         let task = tokio::spawn(run_watch(self.client.clone(), request, tx, self.metrics.clone()));
         let entry = Arc::new(WatchEntry {

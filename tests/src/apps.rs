@@ -43,7 +43,7 @@ pub struct EchoApp {
 /// HTTP/1.1 + HTTP/2 app:
 /// - any path: 200, streams the request body back (trailers included) and
 ///   reports what it saw in `x-echo-*` headers;
-/// - `/slow?ms=N`: waits N ms first;
+/// - `?ms=N`: waits N ms first; `?status=N`: answers status N;
 /// - gRPC (`content-type: application/grpc`): echoes each frame as it
 ///   arrives, then trailers `grpc-status: 0`; path `/test.Echo/Fail` answers
 ///   trailers-only `grpc-status: 13`.
@@ -72,14 +72,18 @@ pub async fn echo_app() -> EchoApp {
 }
 
 async fn echo(req: Request<Incoming>, me: SocketAddr) -> Result<Response<TestBody>, Infallible> {
-    if let Some(ms) = req
-        .uri()
-        .query()
-        .and_then(|q| q.strip_prefix("ms="))
-        .and_then(|v| v.parse().ok())
-    {
+    let query = |key: &str| -> Option<u64> {
+        req.uri()
+            .query()?
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+    };
+    if let Some(ms) = query("ms") {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
+    let status = query("status")
+        .and_then(|s| StatusCode::from_u16(s as u16).ok())
+        .unwrap_or(StatusCode::OK);
     let grpc = req
         .headers()
         .get("content-type")
@@ -88,6 +92,7 @@ async fn echo(req: Request<Incoming>, me: SocketAddr) -> Result<Response<TestBod
         return Ok(grpc_echo(req));
     }
     let mut rsp = Response::builder()
+        .status(status)
         .header("x-echo-server", me.to_string())
         .header("x-echo-method", req.method().as_str())
         .header(
@@ -111,6 +116,9 @@ async fn echo(req: Request<Incoming>, me: SocketAddr) -> Result<Response<TestBod
                 .count()
                 .to_string(),
         );
+    if let Some(t) = req.headers().get("traceparent") {
+        rsp = rsp.header("x-echo-traceparent", t);
+    }
     if let Some(t) = req.headers().get("trailer") {
         rsp = rsp.header("trailer", t);
     }

@@ -57,3 +57,20 @@ where
 pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
+
+/// Whether a command the test needs is installed. On a developer machine a
+/// missing command skips the test with a printed reason; under `CI=true` it
+/// fails it, so CI never skips silently.
+pub fn require(command: &str, why: &str) -> bool {
+    let found = std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {command}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        if in_ci() {
+            panic!("CI=true but `{command}` is not installed ({why}); .ci/run must install it");
+        }
+        eprintln!("SKIPPED: `{command}` is not installed ({why}); CI installs it");
+    }
+    found
+}

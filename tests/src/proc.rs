@@ -78,6 +78,7 @@ impl Drop for TempDir {
 pub struct Proc {
     child: Child,
     logs: Arc<Mutex<Vec<String>>>,
+    stdout: Arc<Mutex<Vec<String>>>,
     lines: std::sync::mpsc::Receiver<String>,
 }
 
@@ -86,10 +87,18 @@ impl Proc {
         let mut child = cmd
             .env("RUST_LOG", "info,weft_proxy=debug,weft_control=debug")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("start process");
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let out = child.stdout.take().expect("stdout is piped");
+        let sink = stdout.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
         let logs = Arc::new(Mutex::new(Vec::new()));
         let (tx, lines) = std::sync::mpsc::channel();
         let stderr = child.stderr.take().expect("stderr is piped");
@@ -100,7 +109,12 @@ impl Proc {
                 sink.lock().unwrap().push(line);
             }
         });
-        Self { child, logs, lines }
+        Self {
+            child,
+            logs,
+            stdout,
+            lines,
+        }
     }
 
     /// Waits for a log line containing every one of `parts`.
@@ -128,6 +142,11 @@ impl Proc {
 
     pub fn logs(&self) -> String {
         self.logs.lock().unwrap().join("\n")
+    }
+
+    /// Lines written to stdout so far.
+    pub fn stdout_lines(&self) -> Vec<String> {
+        self.stdout.lock().unwrap().clone()
     }
 
     /// Sends a signal by name (`TERM`, `KILL`, …) through `kill`, to stay

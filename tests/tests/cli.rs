@@ -83,7 +83,7 @@ fn demo_runs_the_mesh_and_follows_yaml_edits() {
             "{service} has successful traffic: {cols:?}"
         );
         assert!(
-            cols[5].parse::<u64>().unwrap() > 0,
+            cols[7].parse::<u64>().unwrap() > 0,
             "{service} has requests: {cols:?}"
         );
     }

@@ -134,6 +134,7 @@ async fn main() {
                 target,
                 namespace: "load".into(),
                 proxy_id: format!("load-{i}"),
+                admin_address: String::new(),
             };
             let mut stream = client.watch(req).await.expect("watch").into_inner();
             let first = stream

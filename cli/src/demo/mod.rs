@@ -8,9 +8,6 @@
 //! a summary. Edit the YAML while it runs: the control plane reloads it and
 //! the table shows the change. Every process it starts is stopped on exit.
 
-pub mod stats;
-
-use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -27,7 +24,7 @@ use weft_control::files::list_files;
 use weft_control::model::{parse_file, Spec};
 
 use crate::procs::{addr_field, Proc};
-use stats::Counts;
+use crate::stats;
 
 /// Annotations on a `MeshService` that shape its demo app.
 const LATENCY: &str = "demo.weft.dev/latency";
@@ -236,25 +233,6 @@ fn start_mesh(exe: &Path, config: &Path, plan: &Plan) -> Result<(Mesh, SocketAdd
     Ok((mesh, outbound))
 }
 
-async fn scrape_all(
-    client: &Client<HttpConnector, Empty<Bytes>>,
-    admins: &[SocketAddr],
-) -> BTreeMap<String, Counts> {
-    let mut all = BTreeMap::new();
-    for admin in admins {
-        let Ok(uri) = format!("http://{admin}/metrics").parse::<http::Uri>() else {
-            continue;
-        };
-        let Ok(Ok(rsp)) = tokio::time::timeout(Duration::from_millis(500), client.get(uri)).await else {
-            continue;
-        };
-        if let Ok(body) = rsp.into_body().collect().await {
-            stats::parse(&String::from_utf8_lossy(&body.to_bytes()), &mut all);
-        }
-    }
-    all
-}
-
 async fn demo(args: Args) -> Result<(), String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find my own executable: {e}"))?;
     let plan = plan(&args.config)?;
@@ -315,7 +293,7 @@ async fn demo(args: Args) -> Result<(), String> {
 
     let tty = std::io::stdout().is_terminal();
     let started = Instant::now();
-    let baseline = scrape_all(&client, &admins).await;
+    let baseline = stats::scrape(&client, &admins).await;
     let mut previous = (Instant::now(), baseline.clone());
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
@@ -330,16 +308,8 @@ async fn demo(args: Args) -> Result<(), String> {
         if let Some(status) = mesh.control.exited() {
             return Err(format!("the control plane exited ({status})"));
         }
-        let now = scrape_all(&client, &admins).await;
-        let window: BTreeMap<String, Counts> = now
-            .iter()
-            .map(|(s, c)| {
-                (
-                    s.clone(),
-                    c.since(previous.1.get(s).unwrap_or(&Counts::default())),
-                )
-            })
-            .collect();
+        let now = stats::scrape(&client, &admins).await;
+        let window = stats::by_service(&stats::window(&now, &previous.1));
         let seconds = previous.0.elapsed().as_secs_f64();
         previous = (Instant::now(), now);
         let table = stats::render(&stats::rows(&window, seconds), false);
@@ -357,15 +327,12 @@ async fn demo(args: Args) -> Result<(), String> {
     }
     traffic.abort();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let end = scrape_all(&client, &admins).await;
-    let total: BTreeMap<String, Counts> = end
-        .iter()
-        .map(|(s, c)| (s.clone(), c.since(baseline.get(s).unwrap_or(&Counts::default()))))
-        .collect();
+    let end = stats::scrape(&client, &admins).await;
+    let total = stats::by_service(&stats::window(&end, &baseline));
     println!(
         "summary over {:.0}s (all proxies' outbound traffic, by destination service):\n{}",
         started.elapsed().as_secs_f64(),
-        stats::render(&stats::rows(&total, started.elapsed().as_secs_f64()), true)
+        stats::render(&stats::rows(&total, started.elapsed().as_secs_f64()), false)
     );
     drop(mesh);
     println!("stopped every process the demo started");

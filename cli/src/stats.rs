@@ -5,11 +5,21 @@
 
 use std::collections::BTreeMap;
 
-/// Cumulative counts for one service at one scrape.
+/// What a row is about: the outbound destination service and route.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Key {
+    pub service: String,
+    pub namespace: String,
+    pub route: String,
+}
+
+/// Cumulative counts for one key at one scrape.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Counts {
     pub requests: f64,
     pub failures: f64,
+    /// Requests whose hop between proxies was mTLS.
+    pub tls: f64,
     /// `(le, cumulative count)`, sorted by `le`.
     pub buckets: Vec<(f64, f64)>,
 }
@@ -42,6 +52,7 @@ impl Counts {
         Counts {
             requests: (self.requests - before.requests).max(0.0),
             failures: (self.failures - before.failures).max(0.0),
+            tls: (self.tls - before.tls).max(0.0),
             buckets,
         }
     }
@@ -71,10 +82,37 @@ impl Counts {
         }
         None
     }
+
+    fn merge(&mut self, other: &Counts) {
+        self.requests += other.requests;
+        self.failures += other.failures;
+        self.tls += other.tls;
+        self.add_buckets(&other.buckets);
+    }
 }
 
-/// Sums every proxy's outbound series per destination service.
-pub fn parse(text: &str, into: &mut BTreeMap<String, Counts>) {
+/// Merges keys that differ only in route (per-service view).
+pub fn by_service(counts: &BTreeMap<Key, Counts>) -> BTreeMap<Key, Counts> {
+    let mut out: BTreeMap<Key, Counts> = BTreeMap::new();
+    for (k, c) in counts {
+        let key = Key {
+            route: String::new(),
+            ..k.clone()
+        };
+        out.entry(key).or_default().merge(c);
+    }
+    out
+}
+
+/// What happened between two scrapes, per key.
+pub fn window(now: &BTreeMap<Key, Counts>, before: &BTreeMap<Key, Counts>) -> BTreeMap<Key, Counts> {
+    now.iter()
+        .map(|(k, c)| (k.clone(), c.since(before.get(k).unwrap_or(&Counts::default()))))
+        .collect()
+}
+
+/// Sums every proxy's outbound series per destination service and route.
+pub fn parse(text: &str, into: &mut BTreeMap<Key, Counts>) {
     let Ok(scrape) = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))) else {
         return;
     };
@@ -85,7 +123,12 @@ pub fn parse(text: &str, into: &mut BTreeMap<String, Counts>) {
         let Some(service) = sample.labels.get("service") else {
             continue;
         };
-        let entry = into.entry(service.to_string()).or_default();
+        let key = Key {
+            service: service.to_string(),
+            namespace: sample.labels.get("namespace").unwrap_or_default().to_string(),
+            route: sample.labels.get("route").unwrap_or_default().to_string(),
+        };
+        let entry = into.entry(key).or_default();
         match (sample.metric.as_str(), &sample.value) {
             (
                 "weft_requests_total",
@@ -94,6 +137,9 @@ pub fn parse(text: &str, into: &mut BTreeMap<String, Counts>) {
                 entry.requests += v;
                 if sample.labels.get("classification") == Some("failure") {
                     entry.failures += v;
+                }
+                if sample.labels.get("tls") == Some("true") {
+                    entry.tls += v;
                 }
             }
             ("weft_response_latency_seconds", prometheus_parse::Value::Histogram(h)) => {
@@ -105,27 +151,62 @@ pub fn parse(text: &str, into: &mut BTreeMap<String, Counts>) {
     }
 }
 
-/// One table row.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Row {
-    pub service: String,
-    pub rps: f64,
-    pub success: Option<f64>,
-    pub p50: Option<f64>,
-    pub p99: Option<f64>,
-    pub requests: f64,
+/// Scrapes every proxy's `/metrics` (500 ms timeout each) and sums them.
+pub async fn scrape(
+    client: &hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        http_body_util::Empty<bytes::Bytes>,
+    >,
+    admins: &[std::net::SocketAddr],
+) -> BTreeMap<Key, Counts> {
+    use http_body_util::BodyExt;
+    let mut all = BTreeMap::new();
+    for admin in admins {
+        let Ok(uri) = format!("http://{admin}/metrics").parse::<http::Uri>() else {
+            continue;
+        };
+        let Ok(Ok(rsp)) = tokio::time::timeout(std::time::Duration::from_millis(500), client.get(uri)).await
+        else {
+            continue;
+        };
+        if let Ok(body) = rsp.into_body().collect().await {
+            parse(&String::from_utf8_lossy(&body.to_bytes()), &mut all);
+        }
+    }
+    all
 }
 
-pub fn rows(window: &BTreeMap<String, Counts>, seconds: f64) -> Vec<Row> {
+/// One table row.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Row {
+    pub service: String,
+    pub namespace: String,
+    pub route: String,
+    /// Requests in the window (or since the proxies started).
+    pub requests: f64,
+    pub rps: f64,
+    pub success_rate: Option<f64>,
+    pub p50_seconds: Option<f64>,
+    pub p95_seconds: Option<f64>,
+    pub p99_seconds: Option<f64>,
+    /// Share of requests that crossed the mesh over mTLS.
+    pub mtls_share: Option<f64>,
+}
+
+pub fn rows(window: &BTreeMap<Key, Counts>, seconds: f64) -> Vec<Row> {
     window
         .iter()
-        .map(|(service, c)| Row {
-            service: service.clone(),
-            rps: if seconds > 0.0 { c.requests / seconds } else { 0.0 },
-            success: (c.requests > 0.0).then(|| 1.0 - c.failures / c.requests),
-            p50: c.quantile(0.5),
-            p99: c.quantile(0.99),
+        .map(|(k, c)| Row {
+            service: k.service.clone(),
+            namespace: k.namespace.clone(),
+            route: k.route.clone(),
             requests: c.requests,
+            rps: if seconds > 0.0 { c.requests / seconds } else { 0.0 },
+            success_rate: (c.requests > 0.0).then(|| 1.0 - c.failures / c.requests),
+            p50_seconds: c.quantile(0.5),
+            p95_seconds: c.quantile(0.95),
+            p99_seconds: c.quantile(0.99),
+            mtls_share: (c.requests > 0.0).then(|| c.tls / c.requests),
         })
         .collect()
 }
@@ -134,31 +215,37 @@ fn ms(v: Option<f64>) -> String {
     v.map_or_else(|| "-".into(), |s| format!("{:.1}ms", s * 1000.0))
 }
 
-pub fn render(rows: &[Row], total_column: bool) -> String {
+fn pct(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".into(), |s| format!("{:.2}%", s * 100.0))
+}
+
+/// A table: `SERVICE RPS SUCCESS P50 P95 P99 MTLS REQUESTS [ROUTE]`.
+pub fn render(rows: &[Row], with_route: bool) -> String {
     let mut out = format!(
-        "{:<14} {:>9} {:>9} {:>9} {:>9}{}\n",
+        "{:<14} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>9}{}\n",
         "SERVICE",
         "RPS",
         "SUCCESS",
         "P50",
+        "P95",
         "P99",
-        if total_column {
-            format!(" {:>9}", "REQUESTS")
-        } else {
-            String::new()
-        }
+        "MTLS",
+        "REQUESTS",
+        if with_route { "  ROUTE" } else { "" }
     );
     for r in rows {
         out.push_str(&format!(
-            "{:<14} {:>9.1} {:>9} {:>9} {:>9}{}\n",
+            "{:<14} {:>9.1} {:>9} {:>9} {:>9} {:>9} {:>8} {:>9}{}\n",
             r.service,
             r.rps,
-            r.success
-                .map_or_else(|| "-".into(), |s| format!("{:.2}%", s * 100.0)),
-            ms(r.p50),
-            ms(r.p99),
-            if total_column {
-                format!(" {:>9}", r.requests as u64)
+            pct(r.success_rate),
+            ms(r.p50_seconds),
+            ms(r.p95_seconds),
+            ms(r.p99_seconds),
+            pct(r.mtls_share),
+            r.requests as u64,
+            if with_route {
+                format!("  {}", if r.route.is_empty() { "-" } else { &r.route })
             } else {
                 String::new()
             }
@@ -191,7 +278,10 @@ weft_response_latency_seconds_bucket{le="+Inf",direction="outbound",service="web
     fn parses_outbound_series_and_computes_like_promql() {
         let mut m = BTreeMap::new();
         parse(SCRAPE, &mut m);
-        let web = &m["web"];
+        let web = &m[&Key {
+            service: "web".into(),
+            ..Key::default()
+        }];
         assert_eq!(web.requests, 100.0);
         assert_eq!(web.failures, 10.0);
         // histogram_quantile(0.5) = 0.005 (rank 50 at the top of bucket 1);
@@ -200,7 +290,8 @@ weft_response_latency_seconds_bucket{le="+Inf",direction="outbound",service="web
         assert!((web.quantile(0.99).unwrap() - 0.091).abs() < 1e-9);
         let rows = rows(&m, 10.0);
         assert_eq!(rows[0].rps, 10.0);
-        assert_eq!(rows[0].success, Some(0.9));
+        assert_eq!(rows[0].success_rate, Some(0.9));
+        assert_eq!(rows[0].mtls_share, Some(0.0));
     }
 
     #[test]
@@ -208,11 +299,13 @@ weft_response_latency_seconds_bucket{le="+Inf",direction="outbound",service="web
         let before = Counts {
             requests: 10.0,
             failures: 1.0,
+            tls: 0.0,
             buckets: vec![(0.01, 10.0), (f64::INFINITY, 10.0)],
         };
         let now = Counts {
             requests: 30.0,
             failures: 1.0,
+            tls: 0.0,
             buckets: vec![(0.01, 20.0), (f64::INFINITY, 30.0)],
         };
         let d = now.since(&before);

@@ -1,0 +1,407 @@
+//! Telemetry as an on-call engineer meets it: metrics that promtool and a
+//! real Prometheus server accept, PromQL answers that match the traffic
+//! sent, `weft stat` agreeing with PromQL, access logs one line per
+//! request, trace context, and bounded cardinality.
+
+use std::process::Command;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use weft_tests::apps::*;
+use weft_tests::{bin, eventually, require, ControlProc, Mesh, Proc, ProxyProc, TempDir};
+
+async fn get(outbound: std::net::SocketAddr, path: &str) -> StatusCode {
+    let mut c = h1_client(outbound).await;
+    let req = Request::get(path)
+        .header("host", "echo")
+        .body(full(Bytes::new()))
+        .unwrap();
+    let (status, _, _, _) = collect(c.send_request(req).await.unwrap()).await;
+    status
+}
+
+fn promtool_check(text: &str) -> (bool, String) {
+    let dir = TempDir::new();
+    let file = dir.write("metrics.txt", text);
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("promtool check metrics < {}", file.display()))
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promtool_accepts_proxy_and_control_plane_metrics() {
+    if !require("promtool", "Debian package prometheus") {
+        return;
+    }
+    let app = echo_app().await;
+    let dir = TempDir::new();
+    dir.write(
+        "mesh.yaml",
+        &format!("apiVersion: weft.dev/v1alpha1\nkind: MeshService\nmetadata: {{name: echo, namespace: demo}}\nspec:\n  endpoints: [{{address: \"{}\"}}]\n", app.addr),
+    );
+    let control = ControlProc::start(dir.path(), "127.0.0.1:0".parse().unwrap());
+    let proxy = ProxyProc::start(&format!("controlPlane: {}\nnamespace: demo\n", control.url()));
+    for path in ["/a", "/b?status=503", "/c"] {
+        get(proxy.addrs.outbound, path).await;
+    }
+    let (_, text) = admin_get(proxy.addrs.admin, "/metrics").await;
+    assert!(text.contains("weft_requests_total{"), "{text}");
+    let (ok, out) = promtool_check(&text);
+    assert!(ok, "promtool on the proxy's metrics: {out}\n{text}");
+    let (_, text) = admin_get(control.admin, "/metrics").await;
+    let (ok, out) = promtool_check(&text);
+    assert!(ok, "promtool on the control plane's metrics: {out}\n{text}");
+}
+
+/// A Prometheus server on 127.0.0.1 scraping `targets` every second, with
+/// its own temporary storage; killed on drop.
+struct Prometheus {
+    _proc: Proc,
+    url: String,
+    _dir: TempDir,
+}
+
+impl Prometheus {
+    fn start(targets: &[std::net::SocketAddr]) -> Self {
+        let dir = TempDir::new();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let list: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
+        let config = dir.write(
+            "prometheus.yml",
+            &format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: weft\n    static_configs:\n      - targets: [{}]\n",
+                list.join(", ")
+            ),
+        );
+        let mut cmd = Command::new("prometheus");
+        cmd.arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"));
+        let mut proc = Proc::spawn(cmd);
+        proc.wait_line(
+            &["Server is ready to receive web requests"],
+            Duration::from_secs(60),
+        );
+        Self {
+            _proc: proc,
+            url: format!("127.0.0.1:{port}"),
+            _dir: dir,
+        }
+    }
+
+    /// One instant-query result as a number (`None` for an empty result).
+    async fn query(&self, promql: &str) -> Option<f64> {
+        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http::<http_body_util::Empty<Bytes>>();
+        let q: String = promql
+            .bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        let uri: http::Uri = format!("http://{}/api/v1/query?query={q}", self.url)
+            .parse()
+            .unwrap();
+        let rsp = client.get(uri).await.unwrap();
+        let body = http_body_util::BodyExt::collect(rsp.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["status"], "success", "{promql}: {v}");
+        let result = v["data"]["result"].as_array()?.first()?.clone();
+        result["value"][1].as_str()?.parse().ok()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_scrapes_known_traffic_and_weft_stat_agrees() {
+    if !require("prometheus", "Debian package prometheus") {
+        return;
+    }
+    let app = echo_app().await;
+    let mesh = Mesh::start("echo", app.addr, "");
+    let prometheus = Prometheus::start(&[mesh.client.addrs.admin, mesh.server.addrs.admin]);
+
+    // 80 successes and 20 failures (the app answers 503), each ~30 ms.
+    for i in 0..100 {
+        let path = if i % 5 == 0 {
+            "/slow?ms=30&status=503"
+        } else {
+            "/slow?ms=30"
+        };
+        get(mesh.client.addrs.outbound, path).await;
+    }
+
+    let total = r#"sum(weft_requests_total{direction="outbound",service="echo"})"#;
+    eventually(
+        Duration::from_secs(20),
+        "Prometheus scraped all 100 requests",
+        || async { (prometheus.query(total).await == Some(100.0)).then_some(()) },
+    )
+    .await;
+    let success = prometheus
+        .query(r#"sum(weft_requests_total{direction="outbound",service="echo",classification="success"}) / sum(weft_requests_total{direction="outbound",service="echo"})"#)
+        .await
+        .unwrap();
+    assert!((success - 0.8).abs() < 1e-9, "success rate {success}");
+    let inbound = prometheus
+        .query(r#"sum(weft_requests_total{direction="inbound",service="echo"})"#)
+        .await;
+    assert_eq!(inbound, Some(100.0), "the server proxy saw the same requests");
+    let p50 = prometheus
+        .query(r#"histogram_quantile(0.5, sum by (le) (weft_response_latency_seconds_bucket{direction="outbound",service="echo"}))"#)
+        .await
+        .unwrap();
+    assert!((0.025..=0.05).contains(&p50), "p50 {p50}s for ~30 ms responses");
+    let p99 = prometheus
+        .query(r#"histogram_quantile(0.99, sum by (le) (weft_response_latency_seconds_bucket{direction="outbound",service="echo"}))"#)
+        .await
+        .unwrap();
+
+    // weft stat over the same series.
+    let out = Command::new(bin("weft"))
+        .args(["stat", "--since-start", "-o", "json", "--proxy"])
+        .arg(mesh.client.addrs.admin.to_string())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let row = doc["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["service"] == "echo")
+        .expect("an echo row")
+        .clone();
+    assert_eq!(row["requests"].as_f64(), Some(100.0), "{row}");
+    assert!(
+        (row["success_rate"].as_f64().unwrap() - success).abs() < 1e-9,
+        "{row}"
+    );
+    assert!(
+        (row["p50_seconds"].as_f64().unwrap() - p50).abs() < 1e-9,
+        "weft stat p50 vs PromQL {p50}: {row}"
+    );
+    assert!(
+        (row["p99_seconds"].as_f64().unwrap() - p99).abs() < 1e-9,
+        "weft stat p99 vs PromQL {p99}: {row}"
+    );
+    assert_eq!(
+        row["mtls_share"].as_f64(),
+        Some(0.0),
+        "plaintext until the identity work"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weft_stat_finds_proxies_through_the_control_plane() {
+    let app = echo_app().await;
+    let dir = TempDir::new();
+    dir.write(
+        "mesh.yaml",
+        &format!("apiVersion: weft.dev/v1alpha1\nkind: MeshService\nmetadata: {{name: echo, namespace: demo}}\nspec:\n  endpoints: [{{address: \"{}\"}}]\n", app.addr),
+    );
+    let control = ControlProc::start(dir.path(), "127.0.0.1:0".parse().unwrap());
+    let proxy = ProxyProc::start(&format!("controlPlane: {}\nnamespace: demo\n", control.url()));
+    assert_eq!(get(proxy.addrs.outbound, "/x").await, StatusCode::OK);
+    let (_, list) = admin_get(control.admin, "/proxies").await;
+    assert!(list.contains(&proxy.addrs.admin.to_string()), "{list}");
+
+    // A live window while traffic flows.
+    let out = proxy.addrs.outbound;
+    let traffic = tokio::spawn(async move {
+        for _ in 0..60 {
+            get(out, "/y").await;
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    });
+    let stat = tokio::task::spawn_blocking({
+        let cp = control.admin.to_string();
+        move || {
+            Command::new(bin("weft"))
+                .args(["stat", "--interval", "1s", "--control-plane", &cp])
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    traffic.await.unwrap();
+    let text = String::from_utf8_lossy(&stat.stdout);
+    assert!(
+        stat.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&stat.stderr)
+    );
+    let row: Vec<&str> = text
+        .lines()
+        .find(|l| l.starts_with("echo "))
+        .expect("an echo row")
+        .split_whitespace()
+        .collect();
+    let rps: f64 = row[1].parse().unwrap();
+    assert!(rps > 5.0, "requests/s over the window: {text}");
+    assert_eq!(row[2], "100.00%", "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_has_one_json_line_per_request_with_trace_ids() {
+    let app = echo_app().await;
+    let mesh = Mesh::start("echo", app.addr, "accessLog: true\n");
+    let mut sent_traces = Vec::new();
+    for i in 0..10 {
+        let mut c = h1_client(mesh.client.addrs.outbound).await;
+        let mut req = Request::get(format!("/log/{i}")).header("host", "echo");
+        if i == 0 {
+            req = req.header(
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            );
+        }
+        let (status, headers, _, _) = collect(
+            c.send_request(req.body(full(Bytes::new())).unwrap())
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        let tp = headers["x-echo-traceparent"].to_str().unwrap().to_string();
+        sent_traces.push((format!("/log/{i}"), tp.split('-').nth(1).unwrap().to_string()));
+    }
+    assert_eq!(
+        sent_traces[0].1, "4bf92f3577b34da6a3ce929d0e0e4736",
+        "an existing trace context is propagated"
+    );
+
+    let lines = eventually(Duration::from_secs(5), "10 outbound access-log lines", || async {
+        let http: Vec<serde_json::Value> = mesh
+            .client
+            .proc
+            .stdout_lines()
+            .iter()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("every access-log line is JSON"))
+            .filter(|v| v["kind"] == "http")
+            .collect();
+        (http.len() == 10).then_some(http)
+    })
+    .await;
+    for (path, trace) in &sent_traces {
+        let line = lines
+            .iter()
+            .find(|l| l["path"] == path.as_str())
+            .unwrap_or_else(|| panic!("no line for {path}"));
+        assert_eq!(line["direction"], "outbound");
+        assert_eq!(line["method"], "GET");
+        assert_eq!(line["authority"], "echo");
+        assert_eq!(line["status"], 200);
+        assert_eq!(line["service"], "echo");
+        assert_eq!(line["upstream"], mesh.server.addrs.inbound.to_string());
+        assert_eq!(
+            line["trace_id"],
+            trace.as_str(),
+            "the app saw the logged trace id"
+        );
+        assert!(line["duration_ms"].as_f64().unwrap() > 0.0);
+        assert_eq!(line["error"], serde_json::Value::Null);
+    }
+    // The server side logs the same requests, with the same trace ids.
+    let server: Vec<serde_json::Value> = eventually(Duration::from_secs(5), "10 inbound lines", || async {
+        let v: Vec<serde_json::Value> = mesh
+            .server
+            .proc
+            .stdout_lines()
+            .iter()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| v["kind"] == "http")
+            .collect();
+        (v.len() == 10).then_some(v)
+    })
+    .await;
+    for (path, trace) in &sent_traces {
+        assert!(server
+            .iter()
+            .any(|l| l["path"] == path.as_str() && l["trace_id"] == trace.as_str()));
+    }
+    // One line per TCP connection too, once it closes: stop the client
+    // proxy and its mesh connection to the server proxy ends.
+    drop(mesh.client);
+    let line = eventually(Duration::from_secs(5), "a TCP access-log line", || async {
+        mesh.server
+            .proc
+            .stdout_lines()
+            .iter()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|v| v["kind"] == "tcp" && v["protocol"] == "http2")
+    })
+    .await;
+    assert_eq!(line["direction"], "inbound");
+    assert!(
+        line["bytes_read"].as_u64().unwrap() > 0 && line["bytes_written"].as_u64().unwrap() > 0,
+        "{line}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_authorities_do_not_grow_the_series() {
+    let proxy = ProxyProc::start("");
+    let out = proxy.addrs.outbound;
+    let series = || async {
+        let (_, text) = admin_get(proxy.addrs.admin, "/metrics").await;
+        text.lines()
+            .filter(|l| !l.starts_with('#') && !l.starts_with("process_"))
+            .count()
+    };
+    let flood = |from: usize, to: usize| async move {
+        let mut handles = Vec::new();
+        for worker in 0..4 {
+            handles.push(tokio::spawn(async move {
+                let mut c = h1_client(out).await;
+                for i in (from + worker..to).step_by(4) {
+                    c.ready().await.unwrap();
+                    let req = Request::get("/")
+                        .header("host", format!("host-{i}.example"))
+                        .body(full(Bytes::new()))
+                        .unwrap();
+                    let (status, _, _, _) = collect(c.send_request(req).await.unwrap()).await;
+                    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+                }
+            }));
+        }
+        for h in handles {
+            h.await.unwrap();
+        }
+    };
+    flood(0, 100).await;
+    let before = series().await;
+    flood(100, 10_000).await;
+    let after = series().await;
+    assert_eq!(
+        before, after,
+        "10,000 distinct unknown authorities share one label value"
+    );
+    let (_, text) = admin_get(proxy.addrs.admin, "/metrics").await;
+    assert!(
+        text.contains(r#"service="unknown""#) && text.contains("error=\"no-endpoints\"} 10000"),
+        "{text}"
+    );
+}
