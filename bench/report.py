@@ -4,7 +4,7 @@
 Input: the manifest written by run.sh, one tab-separated line per load phase:
     path  protocol  kind(max|rate)  tool(wrk|oha)  output-file  proc-file  exit-code  command
 and for each phase a proc file, one line per monitored process:
-    label  pid  cpu-ticks-before  cpu-ticks-after  rss-end-kB  rss-max-sampled-kB  VmHWM-kB
+    label  pid  cpu-ticks-before  cpu-ticks-after  rss-end-kB  rss-max-sampled-kB  VmHWM-kB  [rss-anon-end-kB]
 """
 
 import argparse
@@ -13,7 +13,11 @@ import os
 import re
 import sys
 
-PROXY_LABELS = ("A", "B")  # weft-proxy A (client side) and B (server side)
+PROXY_LABELS = ("A", "B")  # proxy A (client side) and B (server side): weft-proxy or Envoy
+# Log files of the proxies (weft-proxy at RUST_LOG=warn, Envoy at -l warn) and
+# lines in them that are expected, not problems.
+PROXY_LOG = re.compile(r"^(weft-proxy|envoy)-[ab]\.log$")
+EXPECTED_LOG_LINES = (re.compile(r"\]\[warning\]\[main\] .*caught ENVOY_SIGTERM$"),)
 
 
 def parse_wrk(text):
@@ -73,15 +77,17 @@ def parse_proc(path, clk_tck, requests):
         return procs
     for line in open(path):
         f = line.split()
-        if len(f) != 7:
+        if len(f) not in (7, 8):
             continue
-        label, pid, before, after, rss_end, rss_max, hwm = f[0], *map(int, f[1:])
+        label, pid, before, after, rss_end, rss_max, hwm = f[0], *map(int, f[1:7])
+        anon_end = int(f[7]) if len(f) == 8 else None
         cpu_us = (after - before) * 1e6 / clk_tck
         procs[label] = {
             "pid": pid,
             "cpu_s": cpu_us / 1e6,
             "cpu_us_per_req": (cpu_us / requests) if requests else None,
             "rss_end_mib": rss_end / 1024,
+            "rss_anon_end_mib": anon_end / 1024 if anon_end is not None else None,
             "rss_max_sampled_mib": rss_max / 1024,
             "vm_hwm_mib": hwm / 1024,
         }
@@ -161,6 +167,7 @@ def main():
             "proxies": {
                 l: {
                     "rss_end_of_max_load_mib": mprocs.get(l, {}).get("rss_end_mib"),
+                    "rss_anon_end_of_max_load_mib": mprocs.get(l, {}).get("rss_anon_end_mib"),
                     "rss_end_of_rate_load_mib": rprocs.get(l, {}).get("rss_end_mib"),
                     "vm_hwm_mib": hwm.get(l, {}).get("vm_hwm_mib"),
                     "cpu_us_per_req_at_rate": rprocs.get(l, {}).get("cpu_us_per_req"),
@@ -173,7 +180,7 @@ def main():
         table.append(row)
 
     headers = ["path", "proto", "max req/s", "at rate", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms",
-               "errors", "RSS MiB A/B", "peak MiB A/B", "CPU µs/req A/B"]
+               "errors", "RSS MiB A/B", "anon MiB A/B", "peak MiB A/B", "CPU µs/req A/B"]
     lines = []
     for row in table:
         px = row["proxies"]
@@ -189,6 +196,7 @@ def main():
             fmt(row["p99_9_ms"], "{:.3f}"),
             str(sum(errs)) if errs else "-",
             per_proxy(px, "rss_end_of_max_load_mib", "{:.1f}"),
+            per_proxy(px, "rss_anon_end_of_max_load_mib", "{:.1f}"),
             per_proxy(px, "vm_hwm_mib", "{:.1f}"),
             per_proxy(px, "cpu_us_per_req_at_rate", "{:.1f}"),
         ])
@@ -207,8 +215,9 @@ def main():
         f"latency: oha at a fixed {meta.get('rate_rps', '?')} req/s with latency correction, -c {meta.get('oha_connections', '?')}"
         " ('at rate': the rate achieved).",
         "errors: non-2xx responses + transport errors over both phases of the row.",
-        "RSS: VmRSS at the end of the max-throughput phase; peak: VmHWM. CPU: utime+stime during the",
-        "fixed-rate phase divided by the responses received. A = client-side proxy, B = server-side proxy.",
+        "RSS: VmRSS at the end of the max-throughput phase (anon: its RssAnon part, without mapped files",
+        "such as the binary); peak: VmHWM. CPU: utime+stime during the fixed-rate phase divided by the",
+        "responses received. A = client-side proxy, B = server-side proxy.",
     ]
     print("\n".join(out))
 
@@ -223,11 +232,12 @@ def main():
             detail = ph.get("status_codes") or {}
             problems.append(f"{tag}: {ph['errors']} errors (status codes {detail}, "
                             f"errors {ph.get('error_distribution') or ph.get('socket_errors')})")
-    # Warnings and errors the proxies logged (they run with RUST_LOG=warn).
+    # Warnings and errors the proxies logged (weft-proxy: RUST_LOG=warn, Envoy: -l warn).
     proxy_log_lines = {}
     for name in sorted(os.listdir(a.logs)):
-        if name.startswith("weft-proxy") and name.endswith(".log"):
+        if PROXY_LOG.match(name):
             text = open(os.path.join(a.logs, name), errors="replace").read().splitlines()
+            text = [t for t in text if not any(e.search(t) for e in EXPECTED_LOG_LINES)]
             proxy_log_lines[name] = {"lines": len(text), "first": text[:20]}
             if text:
                 problems.append(f"{name}: {len(text)} log lines, first: {text[0][:300]}")

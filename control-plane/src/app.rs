@@ -91,6 +91,13 @@ impl Control {
         metrics.register(&mut registry);
         let registry = Arc::new(registry);
         let proxies = Arc::new(Proxies::default());
+        let (closing, closing_rx) = tokio::sync::watch::channel(false);
+        let shutdown = async move {
+            shutdown.await;
+            // End every watch stream; proxies reconnect (to another
+            // replica) and keep their last state meanwhile.
+            let _ = closing.send(true);
+        };
 
         let source = FileSource::new(self.config.config.clone());
         let files = tokio::spawn(source.run(
@@ -115,11 +122,13 @@ impl Control {
                     index: index.clone(),
                     metrics: metrics.clone(),
                     proxies: proxies.clone(),
+                    closing: closing_rx.clone(),
                 },
             ))
             .add_service(api::inbound_server::InboundServer::new(InboundService {
                 index,
                 metrics,
+                closing: closing_rx,
             }))
             .add_service(api::identity_server::IdentityServer::new(IdentityService))
             .serve_with_incoming_shutdown(incoming, shutdown)
@@ -144,7 +153,13 @@ async fn serve_admin(
             (registry.clone(), metrics.clone(), index.clone(), proxies.clone());
         tokio::spawn(async move {
             let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                let (status, body) = match req.uri().path() {
+                let path = req.uri().path().to_string();
+                let openmetrics = exposition::wants_openmetrics(
+                    req.headers()
+                        .get(http::header::ACCEPT)
+                        .and_then(|v| v.to_str().ok()),
+                );
+                let (status, body) = match path.as_str() {
                     "/live" => (StatusCode::OK, "live\n".to_string()),
                     "/proxies" => (
                         StatusCode::OK,
@@ -173,6 +188,19 @@ async fn serve_admin(
                 };
                 let mut rsp = Response::new(Full::new(Bytes::from(body)));
                 *rsp.status_mut() = status;
+                let content_type = if path == "/metrics" && !openmetrics {
+                    exposition::TEXT_CONTENT_TYPE
+                } else if path == "/metrics" {
+                    exposition::OPENMETRICS_CONTENT_TYPE
+                } else if path == "/proxies" {
+                    "application/json"
+                } else {
+                    "text/plain; charset=utf-8"
+                };
+                rsp.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static(content_type),
+                );
                 async move { Ok::<_, Infallible>(rsp) }
             });
             let _ = hyper::server::conn::http1::Builder::new()

@@ -26,6 +26,14 @@ pub struct DestinationService {
     pub index: Arc<Index>,
     pub metrics: Arc<ControlMetrics>,
     pub proxies: Arc<Proxies>,
+    /// Turns true at shutdown: every stream ends, so proxies reconnect to
+    /// another replica and the server can finish.
+    pub closing: tokio::sync::watch::Receiver<bool>,
+}
+
+/// Resolves once `closing` turns true (or its sender is gone).
+async fn closed(mut closing: tokio::sync::watch::Receiver<bool>) {
+    let _ = closing.wait_for(|c| *c).await;
 }
 
 /// The proxies with an open Destination stream, and where their metrics
@@ -239,6 +247,7 @@ impl api::destination_server::Destination for DestinationService {
         };
         tracing::debug!(target = %req.target, proxy = %req.proxy_id, "destination watch");
         let mut states = self.index.watch_destination(target);
+        let closing = self.closing.clone();
         tokio::spawn(async move {
             let _guard = guard;
             let mut last: Option<Arc<DestinationState>> = None;
@@ -261,6 +270,7 @@ impl api::destination_server::Destination for DestinationService {
                 tokio::select! {
                     changed = states.changed() => if changed.is_err() { return },
                     () = tx.closed() => return,
+                    () = closed(closing.clone()) => return,
                 }
             }
         });
@@ -271,6 +281,7 @@ impl api::destination_server::Destination for DestinationService {
 pub struct InboundService {
     pub index: Arc<Index>,
     pub metrics: Arc<ControlMetrics>,
+    pub closing: tokio::sync::watch::Receiver<bool>,
 }
 
 #[tonic::async_trait]
@@ -293,6 +304,7 @@ impl api::inbound_server::Inbound for InboundService {
         let guard = WatcherGuard::new(&self.metrics, "inbound");
         let metrics = self.metrics.clone();
         let mut policies = self.index.watch_inbound(&req.workload, port);
+        let closing = self.closing.clone();
         tokio::spawn(async move {
             let _guard = guard;
             loop {
@@ -310,6 +322,7 @@ impl api::inbound_server::Inbound for InboundService {
                 tokio::select! {
                     changed = policies.changed() => if changed.is_err() { return },
                     () = tx.closed() => return,
+                    () = closed(closing.clone()) => return,
                 }
             }
         });

@@ -10,6 +10,7 @@
 pub mod app;
 pub mod files;
 pub mod grpc;
+pub mod identity;
 pub mod index;
 pub mod metrics;
 pub mod model;

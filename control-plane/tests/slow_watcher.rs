@@ -55,10 +55,13 @@ async fn a_watcher_that_never_reads_stays_bounded_and_is_caught_up() {
     let metrics = Arc::new(ControlMetrics::default());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    // Kept alive: dropping the sender would end every stream.
+    let (_closing, closing_rx) = tokio::sync::watch::channel(false);
     let svc = DestinationService {
         index: index.clone(),
         metrics: metrics.clone(),
         proxies: Default::default(),
+        closing: closing_rx,
     };
     tokio::spawn(
         tonic::transport::Server::builder()

@@ -179,6 +179,10 @@ impl Proxy {
             watch.clone(),
         ));
         let inbound = Arc::new(Inbound {
+            workload: (
+                config.workload.clone().unwrap_or_default(),
+                config.namespace.clone(),
+            ),
             app_ip: config.app_ip,
             app_ports: config.app_ports.clone(),
             clients,

@@ -56,6 +56,9 @@ pub struct Config {
     /// This workload's namespace: short names resolve in it. Default
     /// `default`.
     pub namespace: String,
+    /// The service this proxy fronts (its `MeshService` name): the
+    /// `service` label of inbound metrics, and whose server policy applies.
+    pub workload: Option<String>,
     /// How this proxy names itself to the control plane. Default: the
     /// host name and process id.
     pub proxy_id: Option<String>,
@@ -115,6 +118,7 @@ impl Default for Config {
             endpoints_file: None,
             control_plane: None,
             namespace: "default".into(),
+            workload: None,
             proxy_id: None,
             destination_idle_timeout: Duration::from_secs(60),
             detect_timeout: Duration::from_secs(1),
@@ -153,6 +157,9 @@ pub struct Overrides {
     pub control_plane: Option<String>,
     #[arg(long, env = "WEFT_NAMESPACE")]
     pub namespace: Option<String>,
+    /// The service this proxy fronts (its MeshService name).
+    #[arg(long, env = "WEFT_WORKLOAD")]
+    pub workload: Option<String>,
     #[arg(long, env = "WEFT_PROXY_ID")]
     pub proxy_id: Option<String>,
     /// e.g. `30s`, `500ms`.
@@ -236,6 +243,9 @@ impl Config {
         }
         if let Some(n) = &o.namespace {
             self.namespace = n.clone();
+        }
+        if let Some(w) = &o.workload {
+            self.workload = Some(w.clone());
         }
         if let Some(id) = &o.proxy_id {
             self.proxy_id = Some(id.clone());

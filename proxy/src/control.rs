@@ -80,7 +80,7 @@ impl ControlMetrics {
         );
         registry.register(
             "weft_control_plane_reconnects",
-            "Destination watch streams re-opened after a failure",
+            "Attempts to re-open a destination watch stream after it failed or ended",
             self.reconnects.clone(),
         );
         registry.register(
@@ -90,7 +90,7 @@ impl ControlMetrics {
         );
         registry.register(
             "weft_dns_fallback",
-            "Names the mesh does not know, resolved through DNS and forwarded without mesh features",
+            "Requests for names the mesh does not know, resolved through DNS and forwarded without mesh features",
             self.dns.clone(),
         );
     }
@@ -321,6 +321,22 @@ impl Backoff {
     }
 }
 
+/// Counts a connected stream while alive.
+struct ConnectedGuard(Gauge);
+
+impl ConnectedGuard {
+    fn new(gauge: &Gauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for ConnectedGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// The state of one stream, rebuilt from its updates.
 #[derive(Default)]
 struct StreamState {
@@ -343,7 +359,8 @@ async fn run_watch(
     loop {
         match client.watch(request.clone()).await {
             Ok(rsp) => {
-                metrics.connected.inc();
+                // Decremented on drop, also when the task is aborted.
+                let _connected = ConnectedGuard::new(&metrics.connected);
                 let mut stream = rsp.into_inner();
                 let mut state = StreamState::default();
                 loop {
@@ -362,7 +379,6 @@ async fn run_watch(
                         }
                     }
                 }
-                metrics.connected.dec();
             }
             Err(status) => {
                 tracing::debug!(target = %request.target, %status, "control plane unreachable");

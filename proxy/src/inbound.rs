@@ -24,6 +24,8 @@ use crate::tcp;
 use crate::telemetry::{Observation, Target, Telemetry};
 
 pub struct Inbound {
+    /// (service, namespace) this proxy fronts, for metrics.
+    pub workload: (String, String),
     pub app_ip: IpAddr,
     /// The app's ports; the first is the default.
     pub app_ports: Vec<u16>,
@@ -120,23 +122,12 @@ impl Inbound {
     async fn request(self: Arc<Self>, req: Request<Incoming>, conn: AppProtocol) -> Response<Body> {
         let mut req = req.map(incoming);
         let obs = Observation::start(&self.telemetry, Direction::Inbound, &mut req);
-        // Only peers name the service (they resolved it); anything else is
-        // one bounded label value.
-        let mut target = match (req.headers().contains_key(WEFT_PROTO), authority(&req)) {
-            (true, Some(a)) => {
-                let host = a.host().to_ascii_lowercase();
-                let mut labels = host.split('.');
-                let service = labels.next().unwrap_or_default().to_string();
-                Target {
-                    service,
-                    namespace: labels.next().unwrap_or_default().to_string(),
-                    ..Target::default()
-                }
-            }
-            _ => Target {
-                service: "unmeshed".into(),
-                ..Target::default()
-            },
+        // The service this proxy fronts, from its own config: callers
+        // cannot mint label values.
+        let mut target = Target {
+            service: self.workload.0.clone(),
+            namespace: self.workload.1.clone(),
+            ..Target::default()
         };
         match self.route(req, conn, &mut target).await {
             Ok(rsp) => obs.respond(target, rsp, None),

@@ -25,7 +25,10 @@ impl Mesh {
     /// `service` is the name clients use; `app` is where the app listens.
     /// `extra` is YAML appended to both proxies' configs.
     pub fn start(service: &str, app: SocketAddr, extra: &str) -> Self {
-        let server = ProxyProc::start(&format!("appPorts: [{}]\n{extra}", app.port()));
+        let server = ProxyProc::start(&format!(
+            "appPorts: [{}]\nworkload: {service}\n{extra}",
+            app.port()
+        ));
         let endpoints = format!(
             "{service}:\n  - addr: {app}\n    proxy: {}\nunreachable:\n  - addr: 127.0.0.1:1\n",
             server.addrs.inbound

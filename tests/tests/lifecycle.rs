@@ -44,7 +44,7 @@ async fn admin_endpoints() {
     );
     let (_, server_metrics) = admin_get(mesh.server.addrs.admin, "/metrics").await;
     assert!(
-        server_metrics.contains(r#"weft_requests_total{direction="inbound",service="echo",namespace="",route="",status_code="200",classification="success""#),
+        server_metrics.contains(r#"weft_requests_total{direction="inbound",service="echo",namespace="default",route="",status_code="200",classification="success""#),
         "{server_metrics}"
     );
     assert!(

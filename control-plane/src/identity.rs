@@ -1,0 +1,302 @@
+//! The issuer: signs short-lived workload certificates for
+//! `Identity.Certify`, after checking the workload's token and that the CSR
+//! asks for exactly that workload's SPIFFE ID.
+//!
+//! The CA comes from files (PEM certificate and key), or is generated at
+//! start in local/dev mode (logged loudly). The trust bundle handed to
+//! proxies may hold several roots, which is how trust anchors rotate
+//! without an outage (docs/operations.md).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, CertificateSigningRequestDer};
+use serde::Deserialize;
+use weft_api::v1 as api;
+
+use crate::index::spiffe_id;
+
+/// Why a certificate request was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Refusal {
+    #[error("the token is not valid")]
+    BadToken,
+    #[error("the token is for {allowed}, not {asked}")]
+    WrongIdentity { asked: String, allowed: String },
+    #[error("the CSR cannot be used: {0}")]
+    BadCsr(String),
+    #[error("the CSR must name exactly {expected} (one URI SAN, nothing else)")]
+    CsrIdentity { expected: String },
+    #[error("signing failed: {0}")]
+    Signing(String),
+}
+
+impl Refusal {
+    pub fn to_status(&self) -> tonic::Status {
+        match self {
+            Refusal::BadToken => tonic::Status::unauthenticated(self.to_string()),
+            Refusal::WrongIdentity { .. } | Refusal::CsrIdentity { .. } => {
+                tonic::Status::permission_denied(self.to_string())
+            }
+            Refusal::BadCsr(_) => tonic::Status::invalid_argument(self.to_string()),
+            Refusal::Signing(_) => tonic::Status::internal(self.to_string()),
+        }
+    }
+
+    /// Label value for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Refusal::BadToken => "bad_token",
+            Refusal::WrongIdentity { .. } => "wrong_identity",
+            Refusal::BadCsr(_) => "bad_csr",
+            Refusal::CsrIdentity { .. } => "csr_identity",
+            Refusal::Signing(_) => "signing",
+        }
+    }
+}
+
+/// One workload token (file mode), from the `--tokens` YAML list.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TokenEntry {
+    pub namespace: String,
+    pub service_account: String,
+    pub token: String,
+}
+
+/// Reads a tokens file: a YAML list of `{namespace, serviceAccount, token}`.
+pub fn read_tokens(path: &Path) -> Result<Vec<TokenEntry>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    let entries: Vec<TokenEntry> = serde_saphyr::from_str(&text).map_err(|e| {
+        format!(
+            "{}: expected a list of {{namespace, serviceAccount, token}}: {e}",
+            path.display()
+        )
+    })?;
+    for (i, e) in entries.iter().enumerate() {
+        if e.token.len() < 16 {
+            return Err(format!(
+                "{}: [{i}].token: expected at least 16 characters",
+                path.display()
+            ));
+        }
+    }
+    Ok(entries)
+}
+
+pub struct Ca {
+    issuer: Issuer<'static, KeyPair>,
+    ca_der: CertificateDer<'static>,
+    /// DER of every trust anchor handed out.
+    trust_anchors: Vec<Vec<u8>>,
+    trust_domain: String,
+    lifetime: Duration,
+    /// token → (namespace, service account)
+    tokens: HashMap<String, (String, String)>,
+}
+
+impl Ca {
+    /// A fresh self-signed CA, for local use only.
+    pub fn generate(trust_domain: &str) -> Result<Self, String> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| e.to_string())?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, format!("weft dev CA ({trust_domain})"));
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        params.not_before = time::OffsetDateTime::now_utc() - time::Duration::minutes(5);
+        params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(365);
+        let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
+        let ca_der = cert.der().clone();
+        Ok(Self {
+            issuer: Issuer::new(params, key),
+            trust_anchors: vec![ca_der.to_vec()],
+            ca_der,
+            trust_domain: trust_domain.to_string(),
+            lifetime: Duration::from_secs(24 * 3600),
+            tokens: HashMap::new(),
+        })
+    }
+
+    /// The CA from PEM files; `anchors` (a PEM bundle) defaults to the CA
+    /// certificate itself.
+    pub fn from_files(
+        cert: &Path,
+        key: &Path,
+        anchors: Option<&Path>,
+        trust_domain: &str,
+    ) -> Result<Self, String> {
+        let read =
+            |p: &Path| std::fs::read_to_string(p).map_err(|e| format!("{}: cannot read: {e}", p.display()));
+        let cert_pem = read(cert)?;
+        let key = KeyPair::from_pem(&read(key)?)
+            .map_err(|e| format!("{}: not a usable private key: {e}", key.display()))?;
+        let ca_der = CertificateDer::from_pem_slice(cert_pem.as_bytes())
+            .map_err(|e| format!("{}: expected a PEM certificate: {e}", cert.display()))?;
+        let issuer = Issuer::from_ca_cert_der(&ca_der, key)
+            .map_err(|e| format!("{}: not a CA certificate: {e}", cert.display()))?;
+        let trust_anchors = match anchors {
+            Some(path) => {
+                let pem = read(path)?;
+                let all: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(pem.as_bytes()).collect();
+                let all = all.map_err(|e| format!("{}: expected PEM certificates: {e}", path.display()))?;
+                if all.is_empty() {
+                    return Err(format!("{}: expected at least one certificate", path.display()));
+                }
+                all.into_iter().map(|c| c.to_vec()).collect()
+            }
+            None => vec![ca_der.to_vec()],
+        };
+        Ok(Self {
+            issuer,
+            ca_der: ca_der.into_owned(),
+            trust_anchors,
+            trust_domain: trust_domain.to_string(),
+            lifetime: Duration::from_secs(24 * 3600),
+            tokens: HashMap::new(),
+        })
+    }
+
+    pub fn with_lifetime(mut self, lifetime: Duration) -> Self {
+        self.lifetime = lifetime;
+        self
+    }
+
+    pub fn with_tokens(mut self, tokens: Vec<TokenEntry>) -> Self {
+        self.tokens = tokens
+            .into_iter()
+            .map(|t| (t.token, (t.namespace, t.service_account)))
+            .collect();
+        self
+    }
+
+    /// Checks the token and the CSR, and signs.
+    pub fn certify(&self, identity: &str, csr: &[u8], token: &str) -> Result<api::CertifyResponse, Refusal> {
+        let (ns, sa) = self.tokens.get(token).ok_or(Refusal::BadToken)?;
+        let allowed = spiffe_id(&self.trust_domain, ns, sa);
+        if identity != allowed {
+            return Err(Refusal::WrongIdentity {
+                asked: identity.to_string(),
+                allowed,
+            });
+        }
+        let der = CertificateSigningRequestDer::from(csr.to_vec());
+        let mut req =
+            CertificateSigningRequestParams::from_der(&der).map_err(|e| Refusal::BadCsr(e.to_string()))?;
+        let wanted = SanType::URI(allowed.as_str().try_into().map_err(|_| Refusal::CsrIdentity {
+            expected: allowed.clone(),
+        })?);
+        if req.params.subject_alt_names != [wanted.clone()] {
+            return Err(Refusal::CsrIdentity { expected: allowed });
+        }
+        let now = time::OffsetDateTime::now_utc();
+        let p = &mut req.params;
+        p.subject_alt_names = vec![wanted];
+        p.is_ca = IsCa::ExplicitNoCa;
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        p.not_before = now - time::Duration::minutes(1);
+        p.not_after =
+            now + time::Duration::try_from(self.lifetime).map_err(|e| Refusal::Signing(e.to_string()))?;
+        p.use_authority_key_identifier_extension = true;
+        let cert = req
+            .signed_by(&self.issuer)
+            .map_err(|e| Refusal::Signing(e.to_string()))?;
+        let valid_until = SystemTime::now() + self.lifetime;
+        Ok(api::CertifyResponse {
+            certificate: cert.der().to_vec(),
+            intermediates: if self.trust_anchors.iter().any(|a| *a == *self.ca_der) {
+                Vec::new()
+            } else {
+                vec![self.ca_der.to_vec()]
+            },
+            trust_anchors: self.trust_anchors.clone(),
+            valid_until: valid_until
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ca() -> Ca {
+        Ca::generate("cluster.local")
+            .unwrap()
+            .with_tokens(vec![TokenEntry {
+                namespace: "demo".into(),
+                service_account: "web".into(),
+                token: "web-token-0123456789".into(),
+            }])
+    }
+
+    fn csr(sans: &[&str]) -> Vec<u8> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = sans
+            .iter()
+            .map(|s| SanType::URI((*s).try_into().unwrap()))
+            .collect();
+        params.serialize_request(&key).unwrap().der().to_vec()
+    }
+
+    const WEB: &str = "spiffe://cluster.local/ns/demo/sa/web";
+
+    #[test]
+    fn signs_exactly_the_tokens_identity() {
+        let ca = ca().with_lifetime(Duration::from_secs(60));
+        let rsp = ca.certify(WEB, &csr(&[WEB]), "web-token-0123456789").unwrap();
+        let (_, cert) = x509_parser::parse_x509_certificate(&rsp.certificate).unwrap();
+        let san = cert.subject_alternative_name().unwrap().unwrap();
+        assert_eq!(
+            format!("{:?}", san.value.general_names),
+            format!("{:?}", vec![x509_parser::extensions::GeneralName::URI(WEB)])
+        );
+        let lifetime = cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp();
+        assert!((60..=130).contains(&lifetime), "{lifetime}");
+        assert_eq!(rsp.trust_anchors.len(), 1);
+        assert!(!cert.is_ca());
+    }
+
+    #[test]
+    fn refusals() {
+        let ca = ca();
+        assert_eq!(
+            ca.certify(WEB, &csr(&[WEB]), "nope").unwrap_err(),
+            Refusal::BadToken
+        );
+        let other = "spiffe://cluster.local/ns/demo/sa/db";
+        assert!(matches!(
+            ca.certify(other, &csr(&[other]), "web-token-0123456789"),
+            Err(Refusal::WrongIdentity { .. })
+        ));
+        assert!(matches!(
+            ca.certify(WEB, &csr(&[other]), "web-token-0123456789"),
+            Err(Refusal::CsrIdentity { .. })
+        ));
+        assert!(matches!(
+            ca.certify(WEB, &csr(&[WEB, other]), "web-token-0123456789"),
+            Err(Refusal::CsrIdentity { .. })
+        ));
+        assert!(matches!(
+            ca.certify(WEB, b"garbage", "web-token-0123456789"),
+            Err(Refusal::BadCsr(_))
+        ));
+    }
+}
