@@ -23,6 +23,7 @@ use weft_api::v1 as api;
 
 use crate::files::FileSource;
 use crate::grpc::{DestinationService, IdentityService, InboundService, Proxies};
+use crate::identity::{read_tokens, Ca};
 use crate::index::{Index, IndexConfig};
 use crate::metrics::ControlMetrics;
 
@@ -55,6 +56,24 @@ pub struct Config {
     /// How often config files are checked for changes.
     #[arg(long, default_value = "200ms", value_parser = humantime::parse_duration)]
     pub poll_interval: Duration,
+    /// CA certificate (PEM) that signs workload certificates. Without one,
+    /// a dev CA is generated at start (local use only).
+    #[arg(long, env = "WEFT_CA_CERT", requires = "ca_key")]
+    pub ca_cert: Option<PathBuf>,
+    /// The CA's private key (PEM).
+    #[arg(long, env = "WEFT_CA_KEY", requires = "ca_cert")]
+    pub ca_key: Option<PathBuf>,
+    /// Trust anchors handed to proxies (PEM bundle; several roots during a
+    /// rotation). Default: the CA certificate.
+    #[arg(long, env = "WEFT_TRUST_ANCHORS")]
+    pub trust_anchors: Option<PathBuf>,
+    /// Workload tokens (YAML list of {namespace, serviceAccount, token}).
+    /// Without it every certificate request is refused.
+    #[arg(long, env = "WEFT_TOKENS")]
+    pub tokens: Option<PathBuf>,
+    /// Lifetime of issued certificates.
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    pub cert_lifetime: Duration,
     /// How long files must be quiet before a change is applied.
     #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
     pub debounce: Duration,
@@ -63,15 +82,26 @@ pub struct Config {
 /// A control plane with its listeners bound.
 pub struct Control {
     config: Config,
+    ca: Arc<Ca>,
     grpc: TcpListener,
     admin: TcpListener,
 }
 
 impl Control {
-    pub async fn bind(config: Config) -> std::io::Result<Self> {
-        let grpc = TcpListener::bind(config.grpc_listen).await?;
-        let admin = TcpListener::bind(config.admin_listen).await?;
-        Ok(Self { config, grpc, admin })
+    pub async fn bind(config: Config) -> Result<Self, String> {
+        let ca = load_ca(&config)?;
+        let grpc = TcpListener::bind(config.grpc_listen)
+            .await
+            .map_err(|e| format!("{}: {e}", config.grpc_listen))?;
+        let admin = TcpListener::bind(config.admin_listen)
+            .await
+            .map_err(|e| format!("{}: {e}", config.admin_listen))?;
+        Ok(Self {
+            config,
+            ca: Arc::new(ca),
+            grpc,
+            admin,
+        })
     }
 
     pub fn addrs(&self) -> (SocketAddr, SocketAddr) {
@@ -127,10 +157,13 @@ impl Control {
             ))
             .add_service(api::inbound_server::InboundServer::new(InboundService {
                 index,
-                metrics,
+                metrics: metrics.clone(),
                 closing: closing_rx,
             }))
-            .add_service(api::identity_server::IdentityServer::new(IdentityService))
+            .add_service(api::identity_server::IdentityServer::new(IdentityService {
+                ca: self.ca,
+                metrics: metrics.clone(),
+            }))
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await;
         files.abort();
@@ -212,6 +245,28 @@ async fn serve_admin(
     }
 }
 
+fn load_ca(config: &Config) -> Result<Ca, String> {
+    let ca = match (&config.ca_cert, &config.ca_key) {
+        (Some(cert), Some(key)) => {
+            Ca::from_files(cert, key, config.trust_anchors.as_deref(), &config.trust_domain)?
+        }
+        _ => {
+            tracing::warn!(
+                "NO CA CONFIGURED: generated a throw-away DEV CA for this run; its certificates are trusted by no one else. Use --ca-cert/--ca-key in production"
+            );
+            Ca::generate(&config.trust_domain)?
+        }
+    };
+    let tokens = match &config.tokens {
+        Some(path) => read_tokens(path)?,
+        None => {
+            tracing::warn!("no --tokens file: every certificate request will be refused");
+            Vec::new()
+        }
+    };
+    Ok(ca.with_lifetime(config.cert_lifetime).with_tokens(tokens))
+}
+
 /// The `weft-control` command.
 pub fn run_cli<I, T>(args: I) -> ExitCode
 where
@@ -255,8 +310,8 @@ where
         let control = match Control::bind(config).await {
             Ok(c) => c,
             Err(e) => {
-                eprintln!("weft-control: cannot listen: {e}");
-                return ExitCode::FAILURE;
+                eprintln!("weft-control: {e}");
+                return ExitCode::from(64);
             }
         };
         let (grpc, admin) = control.addrs();

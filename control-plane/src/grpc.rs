@@ -330,19 +330,39 @@ impl api::inbound_server::Inbound for InboundService {
     }
 }
 
-/// Identity: certificates come with the identity work; until then every
-/// call is refused, never faked.
-pub struct IdentityService;
+/// Identity: signs workload certificates with the control plane's CA.
+pub struct IdentityService {
+    pub ca: Arc<crate::identity::Ca>,
+    pub metrics: Arc<ControlMetrics>,
+}
 
 #[tonic::async_trait]
 impl api::identity_server::Identity for IdentityService {
     async fn certify(
         &self,
-        _: Request<api::CertifyRequest>,
+        request: Request<api::CertifyRequest>,
     ) -> Result<Response<api::CertifyResponse>, Status> {
-        Err(Status::unimplemented(
-            "this control plane does not issue certificates yet",
-        ))
+        let req = request.into_inner();
+        match self.ca.certify(&req.identity, &req.csr, &req.token) {
+            Ok(rsp) => {
+                self.metrics
+                    .certificates
+                    .get_or_create(&crate::metrics::CertLabels { result: "issued" })
+                    .inc();
+                tracing::debug!(identity = %req.identity, "certificate issued");
+                Ok(Response::new(rsp))
+            }
+            Err(refusal) => {
+                self.metrics
+                    .certificates
+                    .get_or_create(&crate::metrics::CertLabels {
+                        result: refusal.reason(),
+                    })
+                    .inc();
+                tracing::warn!(identity = %req.identity, reason = %refusal, "certificate refused");
+                Err(refusal.to_status())
+            }
+        }
     }
 }
 

@@ -36,8 +36,16 @@ pub struct IndexLabels {
     pub kind: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CertLabels {
+    /// `issued`, or why it was refused (`bad_token`, `wrong_identity`,
+    /// `csr_identity`, `bad_csr`, `signing`).
+    pub result: &'static str,
+}
+
 #[derive(Debug, Default)]
 pub struct ControlMetrics {
+    pub certificates: Family<CertLabels, Counter>,
     pub watchers: Family<ApiLabels, Gauge>,
     pub updates: Family<UpdateLabels, Counter>,
     pub reloads: Family<ReloadLabels, Counter>,
@@ -48,6 +56,11 @@ pub struct ControlMetrics {
 
 impl ControlMetrics {
     pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "weft_control_certificates",
+            "Certificate requests, by result",
+            self.certificates.clone(),
+        );
         registry.register(
             "weft_control_watchers",
             "Open watch streams",

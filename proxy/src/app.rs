@@ -21,11 +21,13 @@ use crate::config::{Config, ConfigError, LogFormat, Overrides};
 use crate::control::{ControlDiscover, ControlMetrics, ControlSettings};
 use crate::discover::{Discover, StaticEndpoints};
 use crate::drain;
+use crate::identity::Identity;
 use crate::inbound::Inbound;
 use crate::metrics::Metrics;
 use crate::outbound::Outbound;
 use crate::server::HttpSettings;
 use crate::telemetry::{AccessLog, Telemetry};
+use weft_api::v1::identity_client::IdentityClient;
 
 /// Exit code for bad configuration (EX_USAGE).
 pub const EXIT_BAD_CONFIG: u8 = 64;
@@ -43,6 +45,8 @@ pub struct Proxy {
     config: Arc<Config>,
     discover: Arc<dyn Discover>,
     control_metrics: ControlMetrics,
+    /// With its client to the control plane's Identity service.
+    identity: Option<(Arc<Identity>, IdentityClient<tonic::transport::Channel>)>,
     outbound: TcpListener,
     inbound: TcpListener,
     admin: TcpListener,
@@ -100,6 +104,31 @@ impl Proxy {
             (None, Some(path)) => Arc::new(StaticEndpoints::from_file(path)?),
             (None, None) => Arc::new(StaticEndpoints::default()),
         };
+        let identity = match (&config.identity_token_file, &config.control_plane) {
+            (Some(file), Some(address)) => {
+                let token = std::fs::read_to_string(file)
+                    .map_err(|e| {
+                        ConfigError::new(
+                            "flags",
+                            "identityTokenFile",
+                            format!("cannot read {}: {e}", file.display()),
+                        )
+                    })?
+                    .trim()
+                    .to_string();
+                let channel = tonic::transport::Endpoint::from_shared(address.clone())
+                    .map_err(|e| {
+                        ConfigError::new("flags", "controlPlane", format!("not a usable address: {e}"))
+                    })?
+                    .connect_timeout(Duration::from_secs(2))
+                    .connect_lazy();
+                Some((
+                    Identity::new(config.spiffe_id(), token),
+                    IdentityClient::new(channel),
+                ))
+            }
+            _ => None,
+        };
         Ok(Self {
             outbound,
             inbound,
@@ -107,6 +136,7 @@ impl Proxy {
             config: Arc::new(config),
             discover,
             control_metrics,
+            identity,
         })
     }
 
@@ -150,7 +180,16 @@ impl Proxy {
             self.control_metrics.register(&mut registry);
         }
         let (signal, watch) = drain::channel();
-        let clients = Clients::new(config.connect_timeout);
+        let identity = self.identity.as_ref().map(|(id, _)| id.clone());
+        if let Some((id, client)) = self.identity {
+            registry.register(
+                "weft_identity_cert_expiration_timestamp_seconds",
+                "When this proxy's certificate expires (Unix time)",
+                id.expiry.clone(),
+            );
+            tokio::spawn(id.run(client));
+        }
+        let clients = Clients::new(config.connect_timeout, identity.clone());
         let http = HttpSettings {
             max_header_bytes: config.max_header_bytes,
             header_read_timeout: Duration::from_secs(30),
@@ -179,6 +218,7 @@ impl Proxy {
             watch.clone(),
         ));
         let inbound = Arc::new(Inbound {
+            identity: identity.clone(),
             workload: (
                 config.workload.clone().unwrap_or_default(),
                 config.namespace.clone(),
@@ -193,7 +233,18 @@ impl Proxy {
         });
         tokio::spawn(outbound.serve(self.outbound));
         tokio::spawn(inbound.serve(self.inbound));
-        ready.store(true, Ordering::Release);
+        // Ready once listening and, with an identity, once the first
+        // certificate is in.
+        match identity {
+            Some(id) => {
+                let ready = ready.clone();
+                tokio::spawn(async move {
+                    id.ready().await;
+                    ready.store(true, Ordering::Release);
+                });
+            }
+            None => ready.store(true, Ordering::Release),
+        }
 
         tokio::select! {
             () = shutdown => {}

@@ -18,15 +18,28 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
 use crate::errors::ProxyError;
+use crate::identity::{is_identity_mismatch, server_name_for, Identity, ALPN_H2, ALPN_TCP};
+
+/// Any byte stream to a peer: plaintext TCP or mTLS.
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> Io for T {}
+pub type BoxIo = Box<dyn Io>;
 use crate::http::{Body, BoxError};
 
 /// Everything the proxy uses to reach upstreams.
 #[derive(Clone)]
 pub struct Clients {
     connect_timeout: Duration,
-    h2: Arc<Mutex<HashMap<SocketAddr, H2Slot>>>,
+    /// This proxy's identity, when it has one: connections to endpoints
+    /// that have an identity are then mTLS.
+    identity: Option<Arc<Identity>>,
+    /// By peer address and the identity it must present.
+    h2: Arc<Mutex<HashMap<PoolKey, H2Slot>>>,
     h1: LegacyClient<HttpConnector, Body>,
 }
+
+/// A peer address and the identity it must present (if mTLS).
+type PoolKey = (SocketAddr, Option<String>);
 
 #[derive(Default, Clone)]
 struct H2Slot {
@@ -36,7 +49,7 @@ struct H2Slot {
 }
 
 impl Clients {
-    pub fn new(connect_timeout: Duration) -> Self {
+    pub fn new(connect_timeout: Duration, identity: Option<Arc<Identity>>) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(connect_timeout));
@@ -47,6 +60,7 @@ impl Clients {
             .build(connector);
         Self {
             connect_timeout,
+            identity,
             h2: Default::default(),
             h1,
         }
@@ -64,18 +78,63 @@ impl Clients {
         }
     }
 
-    /// Sends a request over the pooled HTTP/2 connection to `addr`. The
-    /// request URI carries the `:authority` and `:path` to send.
+    /// Connects to a peer proxy: mTLS when the endpoint has an identity
+    /// and so does this proxy (checking that the peer presents exactly that
+    /// identity), plaintext otherwise. Never falls back to plaintext once
+    /// mTLS is called for.
+    pub async fn connect_peer(
+        &self,
+        addr: SocketAddr,
+        identity: Option<&str>,
+        alpn: &[u8],
+    ) -> Result<BoxIo, ProxyError> {
+        let tcp = self.connect(addr).await?;
+        let (Some(expected), Some(me)) = (identity, &self.identity) else {
+            return Ok(Box::new(tcp));
+        };
+        let creds = me.current().ok_or(ProxyError::NoIdentity(addr))?;
+        let config = if alpn == ALPN_TCP {
+            creds.client_tcp.clone()
+        } else {
+            creds.client_h2.clone()
+        };
+        let name = server_name_for(expected).ok_or_else(|| ProxyError::IdentityMismatch {
+            addr,
+            expected: expected.to_string(),
+            source: std::io::Error::other("not a SPIFFE ID"),
+        })?;
+        let connecting = tokio_rustls::TlsConnector::from(config).connect(name, tcp);
+        match tokio::time::timeout(self.connect_timeout, connecting).await {
+            Err(_) => Err(ProxyError::ConnectTimeout(addr)),
+            Ok(Ok(tls)) => Ok(Box::new(tls)),
+            Ok(Err(source)) if is_identity_mismatch(&source) => Err(ProxyError::IdentityMismatch {
+                addr,
+                expected: expected.to_string(),
+                source,
+            }),
+            Ok(Err(source)) => Err(ProxyError::Tls { addr, source }),
+        }
+    }
+
+    /// Whether requests to an endpoint with this identity travel over mTLS.
+    pub fn uses_tls(&self, identity: Option<&str>) -> bool {
+        identity.is_some() && self.identity.is_some()
+    }
+
+    /// Sends a request over the pooled HTTP/2 connection to `addr` (mTLS
+    /// with `identity` when [`uses_tls`](Self::uses_tls)). The request URI
+    /// carries the `:authority` and `:path` to send.
     pub async fn send_h2(
         &self,
         addr: SocketAddr,
+        identity: Option<&str>,
         req: Request<Body>,
     ) -> Result<Response<Incoming>, ProxyError> {
         let mut req = req;
         // One retry, only when the connection went away before the request
         // was written (e.g. the peer sent GOAWAY): nothing reached the peer.
         for attempt in 0..2 {
-            let mut conn = self.h2_conn(addr, attempt > 0).await?;
+            let mut conn = self.h2_conn(addr, identity, attempt > 0).await?;
             match conn.try_send_request(req).await {
                 Ok(rsp) => return Ok(rsp),
                 Err(mut e) => match e.take_message() {
@@ -87,10 +146,17 @@ impl Clients {
         unreachable!("the loop returns on its second attempt")
     }
 
-    async fn h2_conn(&self, addr: SocketAddr, fresh: bool) -> Result<http2::SendRequest<Body>, ProxyError> {
+    async fn h2_conn(
+        &self,
+        addr: SocketAddr,
+        identity: Option<&str>,
+        fresh: bool,
+    ) -> Result<http2::SendRequest<Body>, ProxyError> {
+        let identity = identity.filter(|_| self.identity.is_some());
+        let key = (addr, identity.map(str::to_string));
         let connecting = {
             let mut pool = self.h2.lock().expect("pool lock poisoned");
-            let slot = pool.entry(addr).or_default();
+            let slot = pool.entry(key.clone()).or_default();
             if let Some(conn) = &slot.conn {
                 if !fresh && !conn.is_closed() && conn.is_ready() {
                     return Ok(conn.clone());
@@ -102,13 +168,13 @@ impl Clients {
         // Another task may have connected while this one waited.
         if !fresh {
             let pool = self.h2.lock().expect("pool lock poisoned");
-            if let Some(conn) = pool.get(&addr).and_then(|s| s.conn.as_ref()) {
+            if let Some(conn) = pool.get(&key).and_then(|s| s.conn.as_ref()) {
                 if !conn.is_closed() && conn.is_ready() {
                     return Ok(conn.clone());
                 }
             }
         }
-        let io = self.connect(addr).await?;
+        let io = self.connect_peer(addr, identity, ALPN_H2).await?;
         let (send, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .adaptive_window(true)
@@ -125,7 +191,7 @@ impl Clients {
         self.h2
             .lock()
             .expect("pool lock poisoned")
-            .entry(addr)
+            .entry(key)
             .or_default()
             .conn = Some(send.clone());
         Ok(send)

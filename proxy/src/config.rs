@@ -59,6 +59,16 @@ pub struct Config {
     /// The service this proxy fronts (its `MeshService` name): the
     /// `service` label of inbound metrics, and whose server policy applies.
     pub workload: Option<String>,
+    /// The service account this workload runs as: with `namespace` and
+    /// `trustDomain`, its SPIFFE ID. Default: `workload`, else `default`.
+    pub service_account: Option<String>,
+    /// SPIFFE trust domain. Default `cluster.local`.
+    pub trust_domain: String,
+    /// File holding the token that proves this workload's identity to the
+    /// control plane (`Identity.Certify`). With it (and `controlPlane`),
+    /// connections to meshed endpoints are mTLS, and `/ready` waits for
+    /// the first certificate.
+    pub identity_token_file: Option<PathBuf>,
     /// How this proxy names itself to the control plane. Default: the
     /// host name and process id.
     pub proxy_id: Option<String>,
@@ -119,6 +129,9 @@ impl Default for Config {
             control_plane: None,
             namespace: "default".into(),
             workload: None,
+            service_account: None,
+            trust_domain: "cluster.local".into(),
+            identity_token_file: None,
             proxy_id: None,
             destination_idle_timeout: Duration::from_secs(60),
             detect_timeout: Duration::from_secs(1),
@@ -160,6 +173,11 @@ pub struct Overrides {
     /// The service this proxy fronts (its MeshService name).
     #[arg(long, env = "WEFT_WORKLOAD")]
     pub workload: Option<String>,
+    #[arg(long, env = "WEFT_SERVICE_ACCOUNT")]
+    pub service_account: Option<String>,
+    /// File holding this workload's identity token.
+    #[arg(long, env = "WEFT_IDENTITY_TOKEN_FILE", value_name = "FILE")]
+    pub identity_token_file: Option<PathBuf>,
     #[arg(long, env = "WEFT_PROXY_ID")]
     pub proxy_id: Option<String>,
     /// e.g. `30s`, `500ms`.
@@ -246,6 +264,12 @@ impl Config {
         }
         if let Some(w) = &o.workload {
             self.workload = Some(w.clone());
+        }
+        if let Some(sa) = &o.service_account {
+            self.service_account = Some(sa.clone());
+        }
+        if let Some(f) = &o.identity_token_file {
+            self.identity_token_file = Some(f.clone());
         }
         if let Some(id) = &o.proxy_id {
             self.proxy_id = Some(id.clone());
@@ -350,6 +374,20 @@ impl Config {
         if self.metrics_idle_timeout < Duration::from_secs(1) {
             return err("metricsIdleTimeout", "expected at least 1s".into());
         }
+        if let Some(f) = &self.identity_token_file {
+            if self.control_plane.is_none() {
+                return err(
+                    "identityTokenFile",
+                    "expected controlPlane too: certificates come from it".into(),
+                );
+            }
+            if !f.is_file() {
+                return err(
+                    "identityTokenFile",
+                    format!("expected a readable file, {} is not one", f.display()),
+                );
+            }
+        }
         if self.namespace.is_empty() {
             return err("namespace", "expected a namespace name".into());
         }
@@ -365,6 +403,16 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// This workload's SPIFFE ID.
+    pub fn spiffe_id(&self) -> String {
+        let sa = self
+            .service_account
+            .clone()
+            .or_else(|| self.workload.clone())
+            .unwrap_or_else(|| "default".into());
+        format!("spiffe://{}/ns/{}/sa/{sa}", self.trust_domain, self.namespace)
     }
 
     /// Whether traffic to `port` skips protocol detection.

@@ -31,6 +31,8 @@ pub enum Protocol {
     MeshTcp {
         port: u16,
     },
+    /// A TLS ClientHello: from a peer proxy, mTLS.
+    Tls,
     Opaque,
 }
 
@@ -72,6 +74,14 @@ fn classify(buf: &[u8]) -> Decision {
     }
     if buf.len() > MAX_DETECT_BYTES {
         return Done(Protocol::Opaque);
+    }
+    // TLS record header: handshake (0x16), version 3.x.
+    if buf[0] == 0x16 {
+        return match buf.get(1) {
+            None => NeedMore,
+            Some(3) => Done(Protocol::Tls),
+            Some(_) => Done(Protocol::Opaque),
+        };
     }
     if buf.starts_with(H2_PREFACE) {
         return Done(Protocol::Http2);
@@ -189,11 +199,16 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn garbage_is_opaque() {
+    async fn tls_client_hello() {
         assert_eq!(
             detect_bytes(&[b"\x16\x03\x01\x02\x00"], false).await.0,
-            Protocol::Opaque
+            Protocol::Tls
         );
+    }
+
+    #[tokio::test]
+    async fn garbage_is_opaque() {
+        assert_eq!(detect_bytes(&[b"\x16\x09\x01"], false).await.0, Protocol::Opaque);
         assert_eq!(detect_bytes(&[b"hello there\n"], false).await.0, Protocol::Opaque);
     }
 

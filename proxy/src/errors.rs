@@ -41,6 +41,26 @@ pub enum ProxyError {
     NoRoute(String),
     #[error("no response within {0:?}")]
     Timeout(std::time::Duration),
+    /// The peer's certificate does not name the identity discovery
+    /// promised (or does not chain to our trust anchors).
+    #[error("{addr} is not {expected}: {source}")]
+    IdentityMismatch {
+        addr: SocketAddr,
+        expected: String,
+        source: std::io::Error,
+    },
+    /// The endpoint needs mTLS and this proxy has no certificate yet.
+    #[error("no certificate yet for mTLS to {0}")]
+    NoIdentity(SocketAddr),
+    /// The TLS handshake failed for another reason.
+    #[error("TLS with {addr} failed: {source}")]
+    Tls {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    /// The server's policy does not allow this caller.
+    #[error("not authorized: {0}")]
+    Unauthorized(String),
 }
 
 impl ProxyError {
@@ -56,6 +76,10 @@ impl ProxyError {
             ProxyError::ShuttingDown => "shutting-down",
             ProxyError::NoRoute(_) => "no-route",
             ProxyError::Timeout(_) => "timeout",
+            ProxyError::IdentityMismatch { .. } => "identity-mismatch",
+            ProxyError::NoIdentity(_) => "no-identity",
+            ProxyError::Tls { .. } => "tls-failed",
+            ProxyError::Unauthorized(_) => "unauthorized",
         }
     }
 
@@ -68,6 +92,9 @@ impl ProxyError {
             | ProxyError::UnknownAppPort(_) => StatusCode::BAD_GATEWAY,
             ProxyError::ConnectTimeout(_) | ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::NoRoute(_) => StatusCode::NOT_FOUND,
+            ProxyError::IdentityMismatch { .. } | ProxyError::Tls { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::NoIdentity(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Unauthorized(_) => StatusCode::FORBIDDEN,
         }
     }
 

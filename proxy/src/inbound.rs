@@ -18,12 +18,24 @@ use crate::drain;
 use crate::errors::ProxyError;
 use crate::http::{absolute_uri, authority, incoming, is_upgrade, strip_hop_by_hop, AppProtocol, Body};
 use crate::http::{WEFT_PORT, WEFT_PROTO};
+use crate::identity::{spiffe_id_of, Identity, ALPN_H2, ALPN_TCP};
 use crate::metrics::Direction;
 use crate::server::{serve_http, HttpSettings};
 use crate::tcp;
 use crate::telemetry::{Observation, Target, Telemetry};
+use std::time::Duration;
+
+/// What the connection a request came on says about its caller.
+#[derive(Debug, Clone, Default)]
+pub struct ConnInfo {
+    pub tls: bool,
+    /// The caller's SPIFFE ID, from its client certificate.
+    pub caller: Option<Arc<str>>,
+}
 
 pub struct Inbound {
+    /// This proxy's identity: mTLS from peers needs its certificate.
+    pub identity: Option<Arc<Identity>>,
     /// (service, namespace) this proxy fronts, for metrics.
     pub workload: (String, String),
     pub app_ip: IpAddr,
@@ -77,7 +89,12 @@ impl Inbound {
                 return;
             }
         };
-        let (port, name) = match protocol {
+        let plaintext = ConnInfo::default();
+        match protocol {
+            Protocol::Tls => {
+                guard.detected("tls");
+                self.tls(io, peer).await;
+            }
             Protocol::Http1 | Protocol::Http2 => {
                 let app = if protocol == Protocol::Http1 {
                     AppProtocol::Http1
@@ -89,21 +106,82 @@ impl Inbound {
                 } else {
                     "http2"
                 });
-                let this = self.clone();
-                serve_http(io, app, &self.http, &self.drain, move |req| {
-                    this.clone().request(req, app)
-                })
-                .await;
-                return;
+                self.serve_conn(io, app, plaintext).await;
             }
             Protocol::MeshTcp { port } => {
+                guard.detected("mesh_tcp");
                 let line = io.prefix().iter().position(|&b| b == b'\n').map_or(0, |i| i + 1);
                 io.consume_prefix(line);
-                (Some(port), "mesh_tcp")
+                self.tcp(io, Some(port), &plaintext, peer).await;
             }
-            Protocol::Opaque => (None, "opaque"),
+            Protocol::Opaque => {
+                guard.detected("opaque");
+                self.tcp(io, None, &plaintext, peer).await;
+            }
+        }
+    }
+
+    async fn serve_conn<I>(self: &Arc<Self>, io: I, app: AppProtocol, conn: ConnInfo)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let this = self.clone();
+        serve_http(io, app, &self.http, &self.drain, move |req| {
+            this.clone().request(req, app, conn.clone())
+        })
+        .await;
+    }
+
+    /// mTLS from a peer proxy: HTTP/2 mesh channel or a TCP tunnel, by ALPN.
+    async fn tls<I>(self: &Arc<Self>, io: I, peer: SocketAddr)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let Some(creds) = self.identity.as_ref().and_then(|i| i.current()) else {
+            tracing::info!(%peer, "TLS from a peer, but this proxy has no certificate; closing");
+            return;
         };
-        guard.detected(name);
+        let accept = tokio_rustls::TlsAcceptor::from(creds.server.clone()).accept(io);
+        let tls = match tokio::time::timeout(Duration::from_secs(10), accept).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                tracing::info!(%peer, error = %e, "mTLS handshake refused");
+                return;
+            }
+            Err(_) => {
+                tracing::info!(%peer, "mTLS handshake timed out");
+                return;
+            }
+        };
+        let (_, session) = tls.get_ref();
+        let caller = session
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(|c| spiffe_id_of(c));
+        let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
+        let conn = ConnInfo {
+            tls: true,
+            caller: caller.map(Arc::from),
+        };
+        match alpn.as_deref() {
+            Some(ALPN_H2) => self.serve_conn(tls, AppProtocol::Http2, conn).await,
+            Some(ALPN_TCP) => match detect(tls, self.detect_timeout).await {
+                Ok((Protocol::MeshTcp { port }, mut io)) => {
+                    let line = io.prefix().iter().position(|&b| b == b'\n').map_or(0, |i| i + 1);
+                    io.consume_prefix(line);
+                    self.tcp(io, Some(port), &conn, peer).await;
+                }
+                _ => tracing::info!(%peer, "TCP tunnel without its preamble; closing"),
+            },
+            other => tracing::info!(%peer, alpn = ?other, "unknown ALPN; closing"),
+        }
+    }
+
+    /// Opaque bytes to the app port (`None`: the default port).
+    async fn tcp<I>(&self, io: I, port: Option<u16>, conn: &ConnInfo, peer: SocketAddr)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let addr = match self.app_addr(port) {
             Ok(a) => a,
             Err(e) => {
@@ -111,6 +189,7 @@ impl Inbound {
                 return;
             }
         };
+        let _ = conn;
         match self.clients.connect(addr).await {
             Ok(app) => {
                 tcp::splice(io, app).await;
@@ -119,7 +198,12 @@ impl Inbound {
         }
     }
 
-    async fn request(self: Arc<Self>, req: Request<Incoming>, conn: AppProtocol) -> Response<Body> {
+    async fn request(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        proto: AppProtocol,
+        conn: ConnInfo,
+    ) -> Response<Body> {
         let mut req = req.map(incoming);
         let obs = Observation::start(&self.telemetry, Direction::Inbound, &mut req);
         // The service this proxy fronts, from its own config: callers
@@ -127,9 +211,11 @@ impl Inbound {
         let mut target = Target {
             service: self.workload.0.clone(),
             namespace: self.workload.1.clone(),
+            tls: conn.tls,
+            peer_identity: conn.caller.as_deref().unwrap_or_default().to_string(),
             ..Target::default()
         };
-        match self.route(req, conn, &mut target).await {
+        match self.route(req, proto, &mut target).await {
             Ok(rsp) => obs.respond(target, rsp, None),
             Err(e) => {
                 tracing::info!(error = %e, reason = e.reason(), "inbound request failed");
@@ -178,7 +264,7 @@ impl Inbound {
                     .unwrap_or_else(|| addr.to_string().parse().expect("socket address is an authority"));
                 *req.uri_mut() = absolute_uri(&a, req.uri());
                 *req.version_mut() = Version::HTTP_2;
-                self.clients.send_h2(addr, req).await?
+                self.clients.send_h2(addr, None, req).await?
             }
         };
         let mut rsp = rsp.map(incoming);

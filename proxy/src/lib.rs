@@ -23,6 +23,7 @@ pub mod discover;
 pub mod drain;
 pub mod errors;
 pub mod http;
+pub mod identity;
 pub mod inbound;
 pub mod io;
 pub mod metrics;

@@ -92,7 +92,7 @@ impl Outbound {
         let app = match protocol {
             Protocol::Http1 => AppProtocol::Http1,
             Protocol::Http2 => AppProtocol::Http2,
-            Protocol::MeshTcp { .. } | Protocol::Opaque => {
+            Protocol::MeshTcp { .. } | Protocol::Opaque | Protocol::Tls => {
                 // Without the original destination (transparent mode) an
                 // opaque connection names no target. Apps tunnel opaque
                 // bytes with CONNECT instead.
@@ -164,18 +164,36 @@ impl Outbound {
         target.namespace = dest.namespace.clone();
         let endpoint = self.pick(&dest)?;
         target.upstream = Some(endpoint.proxy.unwrap_or(endpoint.addr));
+        if endpoint.proxy.is_some() && self.clients.uses_tls(endpoint.identity.as_deref()) {
+            target.tls = true;
+            target.peer_identity = endpoint.identity.clone().unwrap_or_default();
+        }
 
         if req.method() == Method::CONNECT {
             let upstream = match endpoint.proxy {
-                Some(peer) => tcp::connect_mesh(&self.clients, peer, endpoint.addr.port()).await?,
-                None => self.clients.connect(endpoint.addr).await?,
+                Some(peer) => {
+                    tcp::connect_mesh(
+                        &self.clients,
+                        peer,
+                        endpoint.identity.as_deref(),
+                        endpoint.addr.port(),
+                    )
+                    .await?
+                }
+                None => Box::new(self.clients.connect(endpoint.addr).await?) as crate::client::BoxIo,
             };
             return Ok(tcp::tunnel(req, upstream, &self.drain));
         }
         if is_upgrade(&req) {
             return match endpoint.proxy {
                 Some(peer) => {
-                    let io = tcp::connect_mesh(&self.clients, peer, endpoint.addr.port()).await?;
+                    let io = tcp::connect_mesh(
+                        &self.clients,
+                        peer,
+                        endpoint.identity.as_deref(),
+                        endpoint.addr.port(),
+                    )
+                    .await?;
                     tcp::upgrade(req, io, peer, &self.drain).await
                 }
                 None => {
@@ -214,12 +232,14 @@ impl Outbound {
                 headers.insert(WEFT_PORT, endpoint.addr.port().into());
                 *req.uri_mut() = absolute_uri(authority, req.uri());
                 *req.version_mut() = Version::HTTP_2;
-                self.clients.send_h2(peer, req).await?
+                self.clients
+                    .send_h2(peer, endpoint.identity.as_deref(), req)
+                    .await?
             }
             None => match app {
                 AppProtocol::Http2 => {
                     *req.uri_mut() = absolute_uri(authority, req.uri());
-                    self.clients.send_h2(endpoint.addr, req).await?
+                    self.clients.send_h2(endpoint.addr, None, req).await?
                 }
                 AppProtocol::Http1 => {
                     if !req.headers().contains_key(http::header::HOST) {

@@ -8,9 +8,8 @@ use http::header::{CONNECTION, UPGRADE};
 use http::{HeaderValue, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 
-use crate::client::Clients;
+use crate::client::{BoxIo, Clients};
 use crate::detect::MESH_TCP_PREFIX;
 use crate::drain;
 use crate::errors::ProxyError;
@@ -35,8 +34,15 @@ where
 
 /// Opens an opaque TCP stream to `port` on a peer through its proxy's
 /// inbound listener at `peer`.
-pub async fn connect_mesh(clients: &Clients, peer: SocketAddr, port: u16) -> Result<TcpStream, ProxyError> {
-    let mut io = clients.connect(peer).await?;
+pub async fn connect_mesh(
+    clients: &Clients,
+    peer: SocketAddr,
+    identity: Option<&str>,
+    port: u16,
+) -> Result<BoxIo, ProxyError> {
+    let mut io = clients
+        .connect_peer(peer, identity, crate::identity::ALPN_TCP)
+        .await?;
     let mut preamble = Vec::with_capacity(24);
     preamble.extend_from_slice(MESH_TCP_PREFIX);
     preamble.extend_from_slice(format!("{port}\r\n").as_bytes());
@@ -48,7 +54,10 @@ pub async fn connect_mesh(clients: &Clients, peer: SocketAddr, port: u16) -> Res
 
 /// Answers a CONNECT: the upstream is already connected, so reply 200 and
 /// splice the tunnel once the client's side is upgraded.
-pub fn tunnel(mut req: Request<Body>, upstream: TcpStream, drain: &drain::Watch) -> Response<Body> {
+pub fn tunnel<U>(mut req: Request<Body>, upstream: U, drain: &drain::Watch) -> Response<Body>
+where
+    U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let on_upgrade = hyper::upgrade::on(&mut req);
     drain.spawn(async move {
         match on_upgrade.await {

@@ -272,7 +272,13 @@ pub struct ControlProc {
 impl ControlProc {
     /// Starts on `grpc` (use `127.0.0.1:0` for any port).
     pub fn start(config: &Path, grpc: SocketAddr) -> Self {
+        Self::start_with(config, grpc, &[])
+    }
+
+    /// As [`start`](Self::start), with extra flags.
+    pub fn start_with(config: &Path, grpc: SocketAddr, extra: &[&str]) -> Self {
         let mut cmd = Command::new(bin("weft-control"));
+        cmd.args(extra);
         cmd.arg("--config")
             .arg(config)
             .arg("--grpc-listen")

@@ -1,0 +1,235 @@
+//! Identity: every connection between two proxies is mTLS with workload
+//! certificates from the control plane; each side knows who the other is;
+//! a peer that is not who discovery promised is refused, never downgraded.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use weft_tests::apps::*;
+use weft_tests::{eventually, ControlProc, ProxyProc, TempDir};
+
+const TOKENS: &str = "- {namespace: demo, serviceAccount: web, token: web-token-0123456789}\n- {namespace: demo, serviceAccount: echo, token: echo-token-0123456789}\n";
+const WEB: &str = "spiffe://cluster.local/ns/demo/sa/web";
+const ECHO: &str = "spiffe://cluster.local/ns/demo/sa/echo";
+
+struct Setup {
+    dir: TempDir,
+    control: ControlProc,
+}
+
+impl Setup {
+    fn start(extra: &[&str]) -> Self {
+        let dir = TempDir::new();
+        let tokens = dir.write("tokens.yaml", TOKENS);
+        dir.write("web.token", "web-token-0123456789\n");
+        dir.write("echo.token", "echo-token-0123456789\n");
+        dir.write("bad.token", "not-the-token-0123456789\n");
+        std::fs::create_dir_all(dir.path().join("mesh")).unwrap();
+        let mut flags = vec!["--tokens", tokens.to_str().unwrap()];
+        flags.extend_from_slice(extra);
+        let control =
+            ControlProc::start_with(&dir.path().join("mesh"), "127.0.0.1:0".parse().unwrap(), &flags);
+        Self { dir, control }
+    }
+
+    fn proxy(&self, workload: &str, token: &str, extra: &str) -> ProxyProc {
+        ProxyProc::start(&format!(
+            "controlPlane: {}\nnamespace: demo\nworkload: {workload}\nidentityTokenFile: {}\n{extra}",
+            self.control.url(),
+            self.dir.path().join(token).display()
+        ))
+    }
+
+    fn mesh_service(&self, app: std::net::SocketAddr, server: &ProxyProc, service_account: &str) {
+        self.dir.write(
+            "mesh/echo.yaml",
+            &format!(
+                "apiVersion: weft.dev/v1alpha1\nkind: MeshService\nmetadata: {{name: echo, namespace: demo}}\nspec:\n  serviceAccount: {service_account}\n  endpoints:\n    - address: {app}\n      proxy: {}\n",
+                server.addrs.inbound
+            ),
+        );
+    }
+}
+
+async fn ready(proxy: &ProxyProc) {
+    eventually(
+        Duration::from_secs(15),
+        "the proxy has its certificate",
+        || async { (admin_get(proxy.addrs.admin, "/ready").await.0 == StatusCode::OK).then_some(()) },
+    )
+    .await;
+}
+
+async fn call(outbound: std::net::SocketAddr) -> (StatusCode, http::HeaderMap) {
+    let mut c = h1_client(outbound).await;
+    let req = Request::get("/who")
+        .header("host", "echo")
+        .body(full(Bytes::new()))
+        .unwrap();
+    let (status, headers, _, _) = collect(c.send_request(req).await.unwrap()).await;
+    (status, headers)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_between_proxies_are_mtls_with_verified_identities() {
+    let app = echo_app().await;
+    let setup = Setup::start(&[]);
+    let server = setup.proxy(
+        "echo",
+        "echo.token",
+        &format!("appPorts: [{}]\n", app.addr.port()),
+    );
+    setup.mesh_service(app.addr, &server, "echo");
+    let client = setup.proxy("web", "web.token", "");
+    ready(&server).await;
+    ready(&client).await;
+
+    let (status, _) = eventually(Duration::from_secs(5), "the service is known", || async {
+        let r = call(client.addrs.outbound).await;
+        (r.0 == StatusCode::OK).then_some(r)
+    })
+    .await;
+    assert_eq!(status, StatusCode::OK);
+
+    let (_, server_metrics) = admin_get(server.addrs.admin, "/metrics").await;
+    assert!(
+        server_metrics.contains(&format!(r#"direction="inbound",service="echo",namespace="demo",route="",status_code="200",classification="success",tls="true",peer_identity="{WEB}""#)),
+        "the server proxy saw the client's SPIFFE ID over mTLS: {server_metrics}"
+    );
+    let (_, client_metrics) = admin_get(client.addrs.admin, "/metrics").await;
+    assert!(
+        client_metrics.contains(&format!(r#"direction="outbound",service="echo",namespace="demo",route="",status_code="200",classification="success",tls="true",peer_identity="{ECHO}""#)),
+        "the client proxy verified the server's SPIFFE ID: {client_metrics}"
+    );
+    assert!(
+        client_metrics.contains("weft_identity_cert_expiration_timestamp_seconds "),
+        "{client_metrics}"
+    );
+    let tls =
+        server_metrics.contains(r#"weft_tcp_connections_opened_total{direction="inbound",protocol="tls"} 1"#);
+    assert!(tls, "{server_metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_with_another_identity_is_refused() {
+    let app = echo_app().await;
+    let setup = Setup::start(&[]);
+    let server = setup.proxy(
+        "echo",
+        "echo.token",
+        &format!("appPorts: [{}]\n", app.addr.port()),
+    );
+    // Discovery promises `web`; the server is `echo`.
+    setup.mesh_service(app.addr, &server, "web");
+    let client = setup.proxy("web", "web.token", "");
+    ready(&server).await;
+    ready(&client).await;
+    let (status, headers) = eventually(Duration::from_secs(5), "the service is known", || async {
+        let r = call(client.addrs.outbound).await;
+        (r.0 != StatusCode::SERVICE_UNAVAILABLE).then_some(r)
+    })
+    .await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert_eq!(headers["weft-error"], "identity-mismatch");
+    assert_eq!(
+        app.connections.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "nothing reached the app"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_from_a_foreign_ca_is_refused() {
+    let app = echo_app().await;
+    let ours = Setup::start(&[]);
+    let foreign = Setup::start(&[]);
+    // Same names and tokens, but the foreign control plane has its own CA.
+    let server = foreign.proxy(
+        "echo",
+        "echo.token",
+        &format!("appPorts: [{}]\n", app.addr.port()),
+    );
+    ours.mesh_service(app.addr, &server, "echo");
+    let client = ours.proxy("web", "web.token", "");
+    ready(&server).await;
+    ready(&client).await;
+    let (status, headers) = eventually(Duration::from_secs(5), "the service is known", || async {
+        let r = call(client.addrs.outbound).await;
+        (r.0 != StatusCode::SERVICE_UNAVAILABLE).then_some(r)
+    })
+    .await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert_eq!(headers["weft-error"], "identity-mismatch");
+    assert_eq!(app.connections.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_token_gets_no_certificate_and_the_proxy_stays_unready() {
+    let setup = Setup::start(&[]);
+    let mut proxy = setup.proxy("web", "bad.token", "");
+    proxy.proc.wait_line(
+        &["certificate request failed", "token is not valid"],
+        Duration::from_secs(10),
+    );
+    assert_eq!(
+        admin_get(proxy.addrs.admin, "/ready").await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let (_, cp) = admin_get(setup.control.admin, "/metrics").await;
+    assert!(
+        cp.contains(r#"weft_control_certificates_total{result="bad_token"}"#),
+        "{cp}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_rotate_under_load_without_a_failed_request() {
+    let app = echo_app().await;
+    let setup = Setup::start(&["--cert-lifetime", "4s"]);
+    let server = setup.proxy(
+        "echo",
+        "echo.token",
+        &format!("appPorts: [{}]\n", app.addr.port()),
+    );
+    setup.mesh_service(app.addr, &server, "echo");
+    let client = setup.proxy("web", "web.token", "");
+    ready(&server).await;
+    ready(&client).await;
+    eventually(Duration::from_secs(5), "the service is known", || async {
+        (call(client.addrs.outbound).await.0 == StatusCode::OK).then_some(())
+    })
+    .await;
+
+    // Steady traffic on fresh connections (so new TLS handshakes happen
+    // with each new certificate) for 15 s: ~5 rotations per proxy.
+    let out = client.addrs.outbound;
+    let started = std::time::Instant::now();
+    let mut failures = Vec::new();
+    let mut sent = 0;
+    while started.elapsed() < Duration::from_secs(15) {
+        let (status, headers) = call(out).await;
+        sent += 1;
+        if status != StatusCode::OK {
+            failures.push((status, headers.get("weft-error").cloned()));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(sent > 200, "{sent}");
+    assert!(
+        failures.is_empty(),
+        "{} of {sent} failed: {failures:?}",
+        failures.len()
+    );
+    let (_, cp) = admin_get(setup.control.admin, "/metrics").await;
+    let issued: f64 = cp
+        .lines()
+        .find(|l| l.starts_with(r#"weft_control_certificates_total{result="issued"}"#))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert!(
+        issued >= 8.0,
+        "two proxies renewing every ~3 s for 15 s: {issued} certificates"
+    );
+}
