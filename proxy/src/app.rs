@@ -25,9 +25,11 @@ use crate::identity::Identity;
 use crate::inbound::Inbound;
 use crate::metrics::Metrics;
 use crate::outbound::Outbound;
+use crate::policy::Policies;
 use crate::server::HttpSettings;
 use crate::telemetry::{AccessLog, Telemetry};
 use weft_api::v1::identity_client::IdentityClient;
+use weft_api::v1::inbound_client::InboundClient;
 
 /// Exit code for bad configuration (EX_USAGE).
 pub const EXIT_BAD_CONFIG: u8 = 64;
@@ -47,6 +49,8 @@ pub struct Proxy {
     control_metrics: ControlMetrics,
     /// With its client to the control plane's Identity service.
     identity: Option<(Arc<Identity>, IdentityClient<tonic::transport::Channel>)>,
+    /// One lazy channel to the control plane for identity and policy.
+    control_channel: Option<tonic::transport::Channel>,
     outbound: TcpListener,
     inbound: TcpListener,
     admin: TcpListener,
@@ -104,8 +108,19 @@ impl Proxy {
             (None, Some(path)) => Arc::new(StaticEndpoints::from_file(path)?),
             (None, None) => Arc::new(StaticEndpoints::default()),
         };
-        let identity = match (&config.identity_token_file, &config.control_plane) {
-            (Some(file), Some(address)) => {
+        let control_channel = match &config.control_plane {
+            Some(address) => Some(
+                tonic::transport::Endpoint::from_shared(address.clone())
+                    .map_err(|e| {
+                        ConfigError::new("flags", "controlPlane", format!("not a usable address: {e}"))
+                    })?
+                    .connect_timeout(Duration::from_secs(2))
+                    .connect_lazy(),
+            ),
+            None => None,
+        };
+        let identity = match (&config.identity_token_file, &control_channel) {
+            (Some(file), Some(channel)) => {
                 let token = std::fs::read_to_string(file)
                     .map_err(|e| {
                         ConfigError::new(
@@ -116,15 +131,9 @@ impl Proxy {
                     })?
                     .trim()
                     .to_string();
-                let channel = tonic::transport::Endpoint::from_shared(address.clone())
-                    .map_err(|e| {
-                        ConfigError::new("flags", "controlPlane", format!("not a usable address: {e}"))
-                    })?
-                    .connect_timeout(Duration::from_secs(2))
-                    .connect_lazy();
                 Some((
                     Identity::new(config.spiffe_id(), token),
-                    IdentityClient::new(channel),
+                    IdentityClient::new(channel.clone()),
                 ))
             }
             _ => None,
@@ -137,6 +146,7 @@ impl Proxy {
             discover,
             control_metrics,
             identity,
+            control_channel,
         })
     }
 
@@ -180,6 +190,15 @@ impl Proxy {
             self.control_metrics.register(&mut registry);
         }
         let (signal, watch) = drain::channel();
+        let policies = Arc::new(match (&self.control_channel, &config.workload) {
+            (Some(channel), Some(workload)) => Policies::watch(
+                InboundClient::new(channel.clone()),
+                format!("{}/{workload}", config.namespace),
+                &config.app_ports,
+            ),
+            _ => Policies::allow_all(),
+        });
+        policies.register(&mut registry);
         let identity = self.identity.as_ref().map(|(id, _)| id.clone());
         if let Some((id, client)) = self.identity {
             registry.register(
@@ -199,12 +218,17 @@ impl Proxy {
         let shutdown_requested = Arc::new(Notify::new());
         let discover = self.discover.clone();
         let dump_config = config.clone();
+        let dump_policies = policies.clone();
         let admin = Arc::new(Admin {
             ready: ready.clone(),
             registry: Arc::new(registry),
-            config: Box::new(
-                move || serde_json::json!({ "config": &*dump_config, "endpoints": discover.dump() }),
-            ),
+            config: Box::new(move || {
+                serde_json::json!({
+                    "config": &*dump_config,
+                    "endpoints": discover.dump(),
+                    "inboundPolicy": dump_policies.dump(),
+                })
+            }),
             shutdown: shutdown_requested.clone(),
         });
         tokio::spawn(admin.serve(self.admin));
@@ -218,6 +242,7 @@ impl Proxy {
             watch.clone(),
         ));
         let inbound = Arc::new(Inbound {
+            policies,
             identity: identity.clone(),
             workload: (
                 config.workload.clone().unwrap_or_default(),

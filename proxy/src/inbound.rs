@@ -20,6 +20,7 @@ use crate::http::{absolute_uri, authority, incoming, is_upgrade, strip_hop_by_ho
 use crate::http::{WEFT_PORT, WEFT_PROTO};
 use crate::identity::{spiffe_id_of, Identity, ALPN_H2, ALPN_TCP};
 use crate::metrics::Direction;
+use crate::policy::Policies;
 use crate::server::{serve_http, HttpSettings};
 use crate::tcp;
 use crate::telemetry::{Observation, Target, Telemetry};
@@ -34,6 +35,8 @@ pub struct ConnInfo {
 }
 
 pub struct Inbound {
+    /// Authorization and mTLS mode per app port.
+    pub policies: Arc<Policies>,
     /// This proxy's identity: mTLS from peers needs its certificate.
     pub identity: Option<Arc<Identity>>,
     /// (service, namespace) this proxy fronts, for metrics.
@@ -189,7 +192,10 @@ impl Inbound {
                 return;
             }
         };
-        let _ = conn;
+        if let Err(why) = self.policies.authorize(addr.port(), conn, None) {
+            tracing::info!(%peer, caller = conn.caller.as_deref().unwrap_or("-"), %why, "inbound TCP denied; closing");
+            return;
+        }
         match self.clients.connect(addr).await {
             Ok(app) => {
                 tcp::splice(io, app).await;
@@ -215,7 +221,7 @@ impl Inbound {
             peer_identity: conn.caller.as_deref().unwrap_or_default().to_string(),
             ..Target::default()
         };
-        match self.route(req, proto, &mut target).await {
+        match self.route(req, proto, &conn, &mut target).await {
             Ok(rsp) => obs.respond(target, rsp, None),
             Err(e) => {
                 tracing::info!(error = %e, reason = e.reason(), "inbound request failed");
@@ -228,6 +234,7 @@ impl Inbound {
         &self,
         mut req: Request<Body>,
         conn: AppProtocol,
+        caller: &ConnInfo,
         target: &mut Target,
     ) -> Result<Response<Body>, ProxyError> {
         let headers = req.headers_mut();
@@ -240,6 +247,13 @@ impl Inbound {
             .and_then(|v| v.to_str().ok()?.parse::<u16>().ok());
         let addr = self.app_addr(port)?;
         target.upstream = Some(addr);
+        self.policies
+            .authorize(
+                addr.port(),
+                caller,
+                Some((req.method().as_str(), req.uri().path())),
+            )
+            .map_err(ProxyError::Unauthorized)?;
 
         if conn == AppProtocol::Http1 && is_upgrade(&req) {
             let io = self.clients.connect(addr).await?;

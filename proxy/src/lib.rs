@@ -28,6 +28,7 @@ pub mod inbound;
 pub mod io;
 pub mod metrics;
 pub mod outbound;
+pub mod policy;
 pub mod server;
 pub mod tcp;
 pub mod telemetry;

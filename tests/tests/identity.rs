@@ -233,3 +233,115 @@ async fn certificates_rotate_under_load_without_a_failed_request() {
         "two proxies renewing every ~3 s for 15 s: {issued} certificates"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorization_by_identity_path_and_method_with_strict_mtls() {
+    let app = echo_app().await;
+    let setup = Setup::start(&[]);
+    let server = setup.proxy(
+        "echo",
+        "echo.token",
+        &format!("appPorts: [{}]\n", app.addr.port()),
+    );
+    setup.mesh_service(app.addr, &server, "echo");
+    setup.dir.write(
+        "mesh/authz.yaml",
+        &format!(
+            "apiVersion: weft.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {{name: echo-authz, namespace: demo}}\nspec:\n  targetRef: {{name: echo}}\n  mtls: strict\n  rules:\n    - from: {{identities: [\"{WEB}\"]}}\n      to: {{paths: [/allowed], methods: [GET]}}\n"
+        ),
+    );
+    let web = setup.proxy("web", "web.token", "");
+    // Another workload, with its own valid identity, also calling echo.
+    let other = setup.proxy("echo", "echo.token", "");
+    for p in [&server, &web, &other] {
+        ready(p).await;
+    }
+    let send = |out: std::net::SocketAddr, method: &'static str, path: &'static str| async move {
+        let mut c = h1_client(out).await;
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "echo")
+            .body(full(Bytes::new()))
+            .unwrap();
+        let (status, headers, _, _) = collect(c.send_request(req).await.unwrap()).await;
+        (
+            status,
+            headers.get("weft-error").map(|v| v.to_str().unwrap().to_string()),
+        )
+    };
+    eventually(Duration::from_secs(10), "the policy is in force", || async {
+        (send(web.addrs.outbound, "GET", "/other").await.0 == StatusCode::FORBIDDEN).then_some(())
+    })
+    .await;
+    assert_eq!(
+        send(web.addrs.outbound, "GET", "/allowed").await.0,
+        StatusCode::OK,
+        "allowed identity, path, method"
+    );
+    assert_eq!(
+        send(web.addrs.outbound, "GET", "/other").await,
+        (StatusCode::FORBIDDEN, Some("unauthorized".into()))
+    );
+    assert_eq!(
+        send(web.addrs.outbound, "POST", "/allowed").await,
+        (StatusCode::FORBIDDEN, Some("unauthorized".into()))
+    );
+    assert_eq!(
+        send(other.addrs.outbound, "GET", "/allowed").await,
+        (StatusCode::FORBIDDEN, Some("unauthorized".into()))
+    );
+
+    // Strict: a client without a certificate (plaintext, straight to the
+    // inbound listener) is refused.
+    let mut c = h1_client(server.addrs.inbound).await;
+    let req = Request::get("/allowed")
+        .header("host", "echo")
+        .body(full(Bytes::new()))
+        .unwrap();
+    let (status, headers, _, _) = collect(c.send_request(req).await.unwrap()).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(headers["weft-error"], "unauthorized");
+
+    // TCP: no rule allows a stream (the rule is HTTP-only): the tunnel closes.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(web.addrs.outbound).await.unwrap();
+    s.write_all(b"CONNECT echo:80 HTTP/1.1\r\nHost: echo:80\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let mut got = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let n = s.read(&mut buf).await.unwrap_or(0);
+            if n == 0 {
+                return;
+            }
+            got.extend_from_slice(&buf[..n]);
+            if got.ends_with(b"\r\n\r\n") {
+                let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: echo\r\n\r\n").await;
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the denied tunnel is closed");
+    assert!(
+        String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    assert!(
+        !String::from_utf8_lossy(&got).contains("x-echo-server"),
+        "nothing reached the app through it"
+    );
+
+    let (_, metrics) = admin_get(server.addrs.admin, "/metrics").await;
+    assert!(
+        metrics.contains(r#"weft_authorization_total{result="allow",kind="http"}"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"weft_authorization_total{result="deny",kind="tcp"} 1"#),
+        "{metrics}"
+    );
+}
