@@ -166,6 +166,11 @@ impl Identity {
                 .with_client_auth_cert(chain.clone(), key_der.clone_key())
                 .map_err(|e| unusable(&e))?;
             c.alpn_protocols = vec![alpn.to_vec()];
+            // Every connection checks the peer's certificate afresh: a
+            // resumed session would skip that (and outlive an expired or
+            // rotated-out certificate). Connections are pooled, so full
+            // handshakes are rare.
+            c.resumption = rustls::client::Resumption::disabled();
             Ok(Arc::new(c))
         };
         let client_verifier =
@@ -179,6 +184,8 @@ impl Identity {
             .with_single_cert(chain.clone(), key_der.clone_key())
             .map_err(|e| unusable(&e))?;
         server.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_TCP.to_vec()];
+        server.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        server.send_tls13_tickets = 0;
         Ok(Creds {
             client_h2: client(ALPN_H2)?,
             client_tcp: client(ALPN_TCP)?,

@@ -345,3 +345,211 @@ async fn authorization_by_identity_path_and_method_with_strict_mtls() {
         "{metrics}"
     );
 }
+
+/// A CA written to `dir` as `<name>.pem` / `<name>.key`.
+fn write_ca(dir: &TempDir, name: &str) -> String {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, format!("test root {name}"));
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    let cert = params.self_signed(&key).unwrap();
+    dir.write(&format!("{name}.key"), &key.serialize_pem());
+    dir.write(&format!("{name}.pem"), &cert.pem());
+    cert.pem()
+}
+
+/// One request through a fresh CONNECT tunnel: a new mTLS handshake
+/// between the proxies every time.
+async fn tunnel_request(outbound: std::net::SocketAddr) -> Result<(), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(outbound)
+        .await
+        .map_err(|e| e.to_string())?;
+    s.write_all(b"CONNECT echo:80 HTTP/1.1\r\nHost: echo:80\r\n\r\n")
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut sent = false;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let n = tokio::time::timeout_at(deadline, s.read(&mut buf))
+            .await
+            .map_err(|_| "timed out".to_string())?
+            .map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err(format!("closed: {}", String::from_utf8_lossy(&got)));
+        }
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got).to_string();
+        if !sent && text.contains("\r\n\r\n") {
+            if !text.starts_with("HTTP/1.1 200") {
+                return Err(text);
+            }
+            got.clear();
+            s.write_all(b"GET /via-tunnel HTTP/1.1\r\nHost: echo\r\nConnection: close\r\n\r\n")
+                .await
+                .map_err(|e| e.to_string())?;
+            sent = true;
+        } else if sent && text.contains("x-echo-path: /via-tunnel") {
+            return Ok(());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trust_anchor_rotation_with_traffic_flowing() {
+    let app = echo_app().await;
+    let dir = TempDir::new();
+    let tokens = dir.write("tokens.yaml", TOKENS);
+    dir.write("web.token", "web-token-0123456789\n");
+    dir.write("echo.token", "echo-token-0123456789\n");
+    std::fs::create_dir_all(dir.path().join("mesh")).unwrap();
+    let old = write_ca(&dir, "old");
+    let new = write_ca(&dir, "new");
+    let both = dir.write("both.pem", &format!("{old}{new}"));
+    let p = |f: &str| dir.path().join(f).display().to_string();
+    let control_at = |grpc: std::net::SocketAddr, cert: &str, anchors: &str| {
+        let (cert, key, anchors) = (
+            p(&format!("{cert}.pem")),
+            p(&format!("{cert}.key")),
+            anchors.to_string(),
+        );
+        ControlProc::start_with(
+            &dir.path().join("mesh"),
+            grpc,
+            &[
+                "--tokens",
+                tokens.to_str().unwrap(),
+                "--cert-lifetime",
+                "5s",
+                "--ca-cert",
+                &cert,
+                "--ca-key",
+                &key,
+                "--trust-anchors",
+                &anchors,
+            ],
+        )
+    };
+    // Phase 0: the old root signs, and is the only anchor.
+    let mut control = control_at("127.0.0.1:0".parse().unwrap(), "old", &p("old.pem"));
+    let grpc = control.grpc;
+    let proxy = |workload: &str, token: &str, extra: &str| {
+        ProxyProc::start(&format!(
+            "controlPlane: http://{grpc}\nnamespace: demo\nworkload: {workload}\nidentityTokenFile: {}\n{extra}",
+            dir.path().join(token).display()
+        ))
+    };
+    let server = proxy(
+        "echo",
+        "echo.token",
+        &format!("appPorts: [{}]\n", app.addr.port()),
+    );
+    dir.write(
+        "mesh/echo.yaml",
+        &format!(
+            "apiVersion: weft.dev/v1alpha1\nkind: MeshService\nmetadata: {{name: echo, namespace: demo}}\nspec:\n  endpoints:\n    - address: {}\n      proxy: {}\n",
+            app.addr, server.addrs.inbound
+        ),
+    );
+    let client = proxy("web", "web.token", "");
+    ready(&server).await;
+    ready(&client).await;
+    eventually(Duration::from_secs(5), "traffic flows", || async {
+        tunnel_request(client.addrs.outbound).await.ok()
+    })
+    .await;
+
+    // Traffic throughout: every request is a new mTLS handshake.
+    let out = client.addrs.outbound;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let (mut ok, mut failed) = (0, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match tunnel_request(out).await {
+                    Ok(()) => ok += 1,
+                    Err(e) => failed.push(e),
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (ok, failed)
+        }
+    });
+    let settle = || tokio::time::sleep(Duration::from_secs(6)); // > one certificate lifetime
+                                                                // Phase 1: add the new root to the bundle; proxies pick it up on renewal.
+    drop(control);
+    control = control_at(grpc, "old", &both.display().to_string());
+    settle().await;
+    // Phase 2: the new root signs; every bundle already trusts it.
+    drop(control);
+    control = control_at(grpc, "new", &both.display().to_string());
+    settle().await;
+    // Phase 3: remove the old root.
+    drop(control);
+    control = control_at(grpc, "new", &p("new.pem"));
+    settle().await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = traffic.await.unwrap();
+    assert!(ok > 100, "{ok} requests");
+    assert!(
+        failed.is_empty(),
+        "{} failed of {}: {:?}",
+        failed.len(),
+        ok + failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+    let (_, cp) = admin_get(control.admin, "/metrics").await;
+    assert!(
+        cp.contains(r#"weft_control_certificates_total{result="issued"}"#),
+        "the last control plane issued certificates: {cp}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_certificate_is_refused() {
+    let app = echo_app().await;
+    let setup = Setup::start(&["--cert-lifetime", "2s"]);
+    let server = setup.proxy(
+        "echo",
+        "echo.token",
+        &format!("appPorts: [{}]\n", app.addr.port()),
+    );
+    setup.mesh_service(app.addr, &server, "echo");
+    let client = setup.proxy("web", "web.token", "");
+    ready(&server).await;
+    ready(&client).await;
+    let mut last = Err(String::new());
+    for _ in 0..50 {
+        last = tunnel_request(client.addrs.outbound).await;
+        if last.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        last.is_ok(),
+        "traffic flows before expiry: {last:?}\n{}",
+        client.logs()
+    );
+    // No control plane, no renewal: both certificates expire.
+    setup.control.proc.signal("KILL");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let err = match tunnel_request(client.addrs.outbound).await {
+        Ok(()) => panic!("an expired certificate was accepted"),
+        Err(e) => e,
+    };
+    assert!(err.contains("502") || err.starts_with("closed"), "{err}");
+    assert!(
+        err.contains("weft-error: identity-mismatch") || err.contains("weft-error: tls-failed"),
+        "{err}"
+    );
+}
