@@ -68,6 +68,7 @@ pub fn run(args: Args) -> ExitCode {
 struct Replica {
     service: String,
     namespace: String,
+    service_account: String,
     app: SocketAddr,
     proxy: SocketAddr,
     latency: String,
@@ -108,6 +109,7 @@ fn plan(config: &Path) -> Result<Plan, String> {
                 replicas.push(Replica {
                     service: doc.meta.name.clone(),
                     namespace: doc.meta.namespace.clone(),
+                    service_account: spec.service_account.clone().unwrap_or_else(|| doc.meta.name.clone()),
                     app: ep.address,
                     proxy,
                     latency: ann.get(LATENCY).cloned().unwrap_or_else(|| "0ms".into()),
@@ -134,13 +136,31 @@ struct Mesh {
     apps: Vec<Proc>,
     proxies: Vec<(Proc, SocketAddr)>,
     control: Proc,
+    /// Tokens for the demo's workloads (removed on drop).
+    secrets: PathBuf,
 }
 
 impl Drop for Mesh {
     fn drop(&mut self) {
         self.apps.clear();
         self.proxies.clear();
+        let _ = std::fs::remove_dir_all(&self.secrets);
     }
+}
+
+/// A token per workload identity, as a local control plane checks them:
+/// returns the tokens file, and writes `<namespace>.<sa>.token` beside it.
+fn write_tokens(dir: &Path, identities: &std::collections::BTreeSet<(String, String)>) -> Result<PathBuf, String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut list = String::new();
+    for (ns, sa) in identities {
+        let token = format!("{:032x}", rand::random::<u128>());
+        list.push_str(&format!("- {{namespace: {ns}, serviceAccount: {sa}, token: \"{token}\"}}\n"));
+        std::fs::write(dir.join(format!("{ns}.{sa}.token")), &token).map_err(|e| e.to_string())?;
+    }
+    let file = dir.join("tokens.yaml");
+    std::fs::write(&file, list).map_err(|e| e.to_string())?;
+    Ok(file)
 }
 
 fn proxy_cmd(exe: &Path, control: &str, namespace: &str, id: &str) -> Command {
@@ -169,35 +189,34 @@ fn proxy_cmd(exe: &Path, control: &str, namespace: &str, id: &str) -> Command {
 }
 
 fn start_mesh(exe: &Path, config: &Path, plan: &Plan) -> Result<(Mesh, SocketAddr), String> {
+    let secrets = std::env::temp_dir().join(format!("weft-demo-{}", std::process::id()));
+    let mut identities: std::collections::BTreeSet<(String, String)> =
+        plan.replicas.iter().map(|r| (r.namespace.clone(), r.service_account.clone())).collect();
+    identities.insert((plan.entry.1.clone(), "loadgen".into()));
+    let tokens = write_tokens(&secrets, &identities)?;
+    let token_file = |ns: &str, sa: &str| secrets.join(format!("{ns}.{sa}.token"));
     let mut cmd = Command::new(exe);
     cmd.arg("control")
         .arg("--config")
         .arg(config)
+        .arg("--tokens")
+        .arg(&tokens)
         .args(["--grpc-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-        .env(
-            "RUST_LOG",
-            "warn,weft_control::app=info,weft_control::files=error",
-        );
+        .env("RUST_LOG", "warn,weft_control::app=info,weft_control::files=error");
     let mut control =
         Proc::spawn("weft-control", cmd).map_err(|e| format!("cannot start the control plane: {e}"))?;
     let line = control.wait_line(&["listening", "grpc="], Duration::from_secs(20))?;
     let grpc = addr_field(&line, "grpc").ok_or("the control plane did not say where it listens")?;
     let url = format!("http://{grpc}");
-    let mut mesh = Mesh {
-        apps: Vec::new(),
-        proxies: Vec::new(),
-        control,
-    };
+    let mut mesh = Mesh { apps: Vec::new(), proxies: Vec::new(), control, secrets: secrets.clone() };
 
     for r in &plan.replicas {
         let id = format!("{}-{}", r.service, r.app.port());
         let mut cmd = proxy_cmd(exe, &url, &r.namespace, &id);
-        cmd.args([
-            "--inbound-listen",
-            &r.proxy.to_string(),
-            "--app-port",
-            &r.app.port().to_string(),
-        ]);
+        cmd.args(["--inbound-listen", &r.proxy.to_string(), "--app-port", &r.app.port().to_string()])
+            .args(["--workload", &r.service, "--service-account", &r.service_account])
+            .arg("--identity-token-file")
+            .arg(token_file(&r.namespace, &r.service_account));
         let mut proxy = Proc::spawn(format!("proxy {id}"), cmd).map_err(|e| e.to_string())?;
         let line = proxy.wait_line(&["listening", "outbound="], Duration::from_secs(20))?;
         let outbound = addr_field(&line, "outbound").ok_or("no outbound address")?;
@@ -224,7 +243,9 @@ fn start_mesh(exe: &Path, config: &Path, plan: &Plan) -> Result<(Mesh, SocketAdd
 
     // The traffic generator's own sidecar.
     let mut cmd = proxy_cmd(exe, &url, &plan.entry.1, "loadgen");
-    cmd.args(["--inbound-listen", "127.0.0.1:0"]);
+    cmd.args(["--inbound-listen", "127.0.0.1:0", "--service-account", "loadgen"])
+        .arg("--identity-token-file")
+        .arg(token_file(&plan.entry.1, "loadgen"));
     let mut proxy = Proc::spawn("proxy loadgen", cmd).map_err(|e| e.to_string())?;
     let line = proxy.wait_line(&["listening", "outbound="], Duration::from_secs(20))?;
     let outbound = addr_field(&line, "outbound").ok_or("no outbound address")?;
@@ -257,6 +278,24 @@ async fn demo(args: Args) -> Result<(), String> {
         mesh.apps.len(),
         args.config.display()
     );
+
+    // Every proxy ready (listening, and holding its certificate) first.
+    let probe: Client<HttpConnector, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    for admin in &admins {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let uri: http::Uri = format!("http://{admin}/ready").parse().expect("valid uri");
+            if let Ok(Ok(rsp)) = tokio::time::timeout(Duration::from_millis(500), probe.get(uri)).await {
+                if rsp.status().is_success() {
+                    break;
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(format!("the proxy with admin {admin} did not become ready"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 
     // Traffic: a steady rate, with a bound on requests in flight.
     let client: Client<HttpConnector, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
