@@ -15,7 +15,7 @@ WRK_THREADS=${BENCH_WRK_THREADS:-1}
 WRK_CONNS=${BENCH_WRK_CONNS:-32}
 OHA_CONNS=${BENCH_OHA_CONNS:-16}
 PROXY_THREADS=${BENCH_PROXY_THREADS:-1}
-PATHS=${BENCH_PATHS:-"direct weft envoy"} # which path_<name> functions to run
+PATHS=${BENCH_PATHS:-"direct weft weft_mtls envoy"} # which path_<name> functions to run
 SKIP_BUILD=${BENCH_SKIP_BUILD:-0}
 BUILD_TIMEOUT=${BENCH_BUILD_TIMEOUT:-3600}
 KEEP_WORKDIR=${BENCH_KEEP:-0}
@@ -261,6 +261,7 @@ measure_path() {
 # ---------------------------------------------------------------- the system under test
 WEFT="$ROOT/target/release/weft"
 WEFT_PROXY="$ROOT/target/release/weft-proxy"
+WEFT_CONTROL="$ROOT/target/release/weft-control"
 BACKEND_PORT=""
 BACKEND_PID=""
 
@@ -331,6 +332,72 @@ EOF
     scrape_admin "127.0.0.1:$a_admin" weft-proxy-a
     scrape_admin "127.0.0.1:$b_admin" weft-proxy-b
     stop_started "$pid_a" "$pid_b"
+    OHA_EXTRA=()
+}
+
+# weft_mtls: the weft path with identities, as in a real mesh. A weft-control
+# (dev CA, a token per workload, one MeshService) issues both proxies their
+# certificates; A -> B is mTLS (TLS 1.3, ALPN h2, client certificate), A checks
+# that B presents the SPIFFE ID discovery promised, B learns A's.
+path_weft_mtls() {
+    local a_out a_in a_admin b_out b_in b_admin cp_grpc cp_admin d="$WORK/weft-mtls"
+    mkdir -p "$d/mesh"
+    read -r a_out a_in a_admin b_out b_in b_admin cp_grpc cp_admin < <(free_ports 8)
+    cat >"$d/mesh/bench.yaml" <<EOF
+apiVersion: weft.dev/v1alpha1
+kind: MeshService
+metadata: {name: bench, namespace: bench}
+spec:
+  endpoints:
+    - address: 127.0.0.1:$BACKEND_PORT
+      proxy: 127.0.0.1:$b_in
+EOF
+    cat >"$d/tokens.yaml" <<EOF
+- {namespace: bench, serviceAccount: bench, token: bench-token-0123456789}
+- {namespace: bench, serviceAccount: client, token: client-token-0123456789}
+EOF
+    printf 'bench-token-0123456789\n' >"$d/b.token"
+    printf 'client-token-0123456789\n' >"$d/a.token"
+    start_bg weft-control env RUST_LOG=warn "$WEFT_CONTROL" --config "$d/mesh" --tokens "$d/tokens.yaml" \
+        --grpc-listen "127.0.0.1:$cp_grpc" --admin-listen "127.0.0.1:$cp_admin"
+    local pid_cp=$LAST_PID
+    wait_http_ok "http://127.0.0.1:$cp_admin/ready" "$pid_cp" weft-control
+    cat >"$d/proxy-b.yaml" <<EOF
+inboundListen: 127.0.0.1:$b_in
+outboundListen: 127.0.0.1:$b_out
+adminListen: 127.0.0.1:$b_admin
+appPorts: [$BACKEND_PORT]
+controlPlane: http://127.0.0.1:$cp_grpc
+namespace: bench
+workload: bench
+identityTokenFile: $d/b.token
+shutdownGrace: 2s
+EOF
+    cat >"$d/proxy-a.yaml" <<EOF
+outboundListen: 127.0.0.1:$a_out
+inboundListen: 127.0.0.1:$a_in
+adminListen: 127.0.0.1:$a_admin
+controlPlane: http://127.0.0.1:$cp_grpc
+namespace: bench
+serviceAccount: client
+identityTokenFile: $d/a.token
+shutdownGrace: 2s
+EOF
+    start_proxy weft-mtls-proxy-b "$d/proxy-b.yaml"
+    local pid_b=$LAST_PID
+    start_proxy weft-mtls-proxy-a "$d/proxy-a.yaml"
+    local pid_a=$LAST_PID
+    MON="A:$pid_a B:$pid_b backend:$BACKEND_PID"
+    OHA_EXTRA=(--connect-to "bench:80:127.0.0.1:$a_out")
+    check_request "weft mTLS h1 (Host: bench)" -H "Host: bench" "http://127.0.0.1:$a_out/"
+    check_request "weft mTLS h2 (:authority bench)" --http2-prior-knowledge --connect-to "bench:80:127.0.0.1:$a_out" "http://bench/"
+    curl -s -m 5 "http://127.0.0.1:$b_admin/metrics" \
+        | grep -q 'direction="inbound".*tls="true",peer_identity="spiffe://cluster.local/ns/bench/sa/client"' \
+        || die "weft_mtls: B did not see an mTLS request from A's identity"
+    measure_path weft_mtls "http://127.0.0.1:$a_out/" "http://bench/" bench
+    scrape_admin "127.0.0.1:$a_admin" weft-mtls-proxy-a
+    scrape_admin "127.0.0.1:$b_admin" weft-mtls-proxy-b
+    stop_started "$pid_a" "$pid_b" "$pid_cp"
     OHA_EXTRA=()
 }
 
