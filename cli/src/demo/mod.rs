@@ -109,7 +109,10 @@ fn plan(config: &Path) -> Result<Plan, String> {
                 replicas.push(Replica {
                     service: doc.meta.name.clone(),
                     namespace: doc.meta.namespace.clone(),
-                    service_account: spec.service_account.clone().unwrap_or_else(|| doc.meta.name.clone()),
+                    service_account: spec
+                        .service_account
+                        .clone()
+                        .unwrap_or_else(|| doc.meta.name.clone()),
                     app: ep.address,
                     proxy,
                     latency: ann.get(LATENCY).cloned().unwrap_or_else(|| "0ms".into()),
@@ -150,12 +153,17 @@ impl Drop for Mesh {
 
 /// A token per workload identity, as a local control plane checks them:
 /// returns the tokens file, and writes `<namespace>.<sa>.token` beside it.
-fn write_tokens(dir: &Path, identities: &std::collections::BTreeSet<(String, String)>) -> Result<PathBuf, String> {
+fn write_tokens(
+    dir: &Path,
+    identities: &std::collections::BTreeSet<(String, String)>,
+) -> Result<PathBuf, String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let mut list = String::new();
     for (ns, sa) in identities {
         let token = format!("{:032x}", rand::random::<u128>());
-        list.push_str(&format!("- {{namespace: {ns}, serviceAccount: {sa}, token: \"{token}\"}}\n"));
+        list.push_str(&format!(
+            "- {{namespace: {ns}, serviceAccount: {sa}, token: \"{token}\"}}\n"
+        ));
         std::fs::write(dir.join(format!("{ns}.{sa}.token")), &token).map_err(|e| e.to_string())?;
     }
     let file = dir.join("tokens.yaml");
@@ -190,8 +198,11 @@ fn proxy_cmd(exe: &Path, control: &str, namespace: &str, id: &str) -> Command {
 
 fn start_mesh(exe: &Path, config: &Path, plan: &Plan) -> Result<(Mesh, SocketAddr), String> {
     let secrets = std::env::temp_dir().join(format!("weft-demo-{}", std::process::id()));
-    let mut identities: std::collections::BTreeSet<(String, String)> =
-        plan.replicas.iter().map(|r| (r.namespace.clone(), r.service_account.clone())).collect();
+    let mut identities: std::collections::BTreeSet<(String, String)> = plan
+        .replicas
+        .iter()
+        .map(|r| (r.namespace.clone(), r.service_account.clone()))
+        .collect();
     identities.insert((plan.entry.1.clone(), "loadgen".into()));
     let tokens = write_tokens(&secrets, &identities)?;
     let token_file = |ns: &str, sa: &str| secrets.join(format!("{ns}.{sa}.token"));
@@ -202,21 +213,34 @@ fn start_mesh(exe: &Path, config: &Path, plan: &Plan) -> Result<(Mesh, SocketAdd
         .arg("--tokens")
         .arg(&tokens)
         .args(["--grpc-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-        .env("RUST_LOG", "warn,weft_control::app=info,weft_control::files=error");
+        .env(
+            "RUST_LOG",
+            "warn,weft_control::app=info,weft_control::files=error",
+        );
     let mut control =
         Proc::spawn("weft-control", cmd).map_err(|e| format!("cannot start the control plane: {e}"))?;
     let line = control.wait_line(&["listening", "grpc="], Duration::from_secs(20))?;
     let grpc = addr_field(&line, "grpc").ok_or("the control plane did not say where it listens")?;
     let url = format!("http://{grpc}");
-    let mut mesh = Mesh { apps: Vec::new(), proxies: Vec::new(), control, secrets: secrets.clone() };
+    let mut mesh = Mesh {
+        apps: Vec::new(),
+        proxies: Vec::new(),
+        control,
+        secrets: secrets.clone(),
+    };
 
     for r in &plan.replicas {
         let id = format!("{}-{}", r.service, r.app.port());
         let mut cmd = proxy_cmd(exe, &url, &r.namespace, &id);
-        cmd.args(["--inbound-listen", &r.proxy.to_string(), "--app-port", &r.app.port().to_string()])
-            .args(["--workload", &r.service, "--service-account", &r.service_account])
-            .arg("--identity-token-file")
-            .arg(token_file(&r.namespace, &r.service_account));
+        cmd.args([
+            "--inbound-listen",
+            &r.proxy.to_string(),
+            "--app-port",
+            &r.app.port().to_string(),
+        ])
+        .args(["--workload", &r.service, "--service-account", &r.service_account])
+        .arg("--identity-token-file")
+        .arg(token_file(&r.namespace, &r.service_account));
         let mut proxy = Proc::spawn(format!("proxy {id}"), cmd).map_err(|e| e.to_string())?;
         let line = proxy.wait_line(&["listening", "outbound="], Duration::from_secs(20))?;
         let outbound = addr_field(&line, "outbound").ok_or("no outbound address")?;
