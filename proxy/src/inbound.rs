@@ -21,7 +21,7 @@ use crate::http::{WEFT_PORT, WEFT_PROTO};
 use crate::identity::{spiffe_id_of, Identity, ALPN_H2, ALPN_TCP};
 use crate::metrics::Direction;
 use crate::policy::Policies;
-use crate::server::{serve_http, HttpSettings};
+use crate::server::{accept_loop, serve_http, HttpSettings};
 use crate::tcp;
 use crate::telemetry::{Observation, Target, Telemetry};
 use std::time::Duration;
@@ -53,23 +53,11 @@ pub struct Inbound {
 
 impl Inbound {
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
-        loop {
-            let accepted = tokio::select! {
-                a = listener.accept() => a,
-                () = self.drain.signaled() => return,
-            };
-            match accepted {
-                Ok((stream, peer)) => {
-                    let this = self.clone();
-                    self.drain
-                        .spawn(async move { this.connection(stream, peer).await });
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "inbound accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-            }
-        }
+        let drain = self.drain.clone();
+        accept_loop(listener, &drain, "inbound", move |stream, peer| {
+            self.clone().connection(stream, peer)
+        })
+        .await;
     }
 
     /// The app address for `port` (the default port when `None`).

@@ -23,7 +23,7 @@ use crate::http::{
 };
 use crate::http::{WEFT_PORT, WEFT_PROTO};
 use crate::metrics::{Direction, UNKNOWN_SERVICE};
-use crate::server::{serve_http, HttpSettings};
+use crate::server::{accept_loop, serve_http, HttpSettings};
 use crate::tcp;
 use crate::telemetry::{Observation, Target, Telemetry};
 
@@ -60,23 +60,11 @@ impl Outbound {
     /// Accepts until the drain starts, then drops the listener so new
     /// connections are refused.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
-        loop {
-            let accepted = tokio::select! {
-                a = listener.accept() => a,
-                () = self.drain.signaled() => return,
-            };
-            match accepted {
-                Ok((stream, peer)) => {
-                    let this = self.clone();
-                    self.drain
-                        .spawn(async move { this.connection(stream, peer).await });
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "outbound accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-            }
-        }
+        let drain = self.drain.clone();
+        accept_loop(listener, &drain, "outbound", move |stream, peer| {
+            self.clone().connection(stream, peer)
+        })
+        .await;
     }
 
     async fn connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {

@@ -90,3 +90,32 @@ pub async fn serve_http<I, F, Fut>(
         tracing::debug!(error = %e, "HTTP connection ended with an error");
     }
 }
+
+/// Accepts until the drain starts, then drops the listener so new
+/// connections are refused. Each connection is a task the drain waits for.
+pub async fn accept_loop<F, Fut>(
+    listener: tokio::net::TcpListener,
+    drain: &drain::Watch,
+    name: &str,
+    handle: F,
+) where
+    F: Fn(tokio::net::TcpStream, std::net::SocketAddr) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = drain.signaled() => return,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                drain.spawn(handle(stream, peer));
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off, don't spin.
+                tracing::warn!(listener = name, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
