@@ -164,10 +164,14 @@ async fn prometheus_scrapes_known_traffic_and_weft_stat_agrees() {
         .await
         .unwrap();
     assert!((success - 0.8).abs() < 1e-9, "success rate {success}");
-    let inbound = prometheus
-        .query(r#"sum(weft_requests_total{direction="inbound",service="echo"})"#)
-        .await;
-    assert_eq!(inbound, Some(100.0), "the server proxy saw the same requests");
+    // The two proxies are scraped independently: wait for the server's too.
+    let inbound = r#"sum(weft_requests_total{direction="inbound",service="echo"})"#;
+    eventually(
+        Duration::from_secs(20),
+        "the server proxy's 100 requests scraped",
+        || async { (prometheus.query(inbound).await == Some(100.0)).then_some(()) },
+    )
+    .await;
     let p50 = prometheus
         .query(r#"histogram_quantile(0.5, sum by (le) (weft_response_latency_seconds_bucket{direction="outbound",service="echo"}))"#)
         .await
