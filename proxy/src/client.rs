@@ -146,6 +146,13 @@ impl Clients {
         unreachable!("the loop returns on its second attempt")
     }
 
+    /// Makes sure a pooled HTTP/2 connection to `addr` exists (connecting
+    /// if needed), so a connection failure surfaces before a request is
+    /// committed to this peer.
+    pub async fn ready_h2(&self, addr: SocketAddr, identity: Option<&str>) -> Result<(), ProxyError> {
+        self.h2_conn(addr, identity, false).await.map(|_| ())
+    }
+
     async fn h2_conn(
         &self,
         addr: SocketAddr,

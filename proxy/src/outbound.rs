@@ -191,6 +191,26 @@ impl Outbound {
             };
         }
 
+        // A peer we cannot connect to got nothing: try one other endpoint
+        // before giving up (the resilience work adds budgets and backoff).
+        let mut endpoint = endpoint;
+        if let Some(peer) = endpoint.proxy {
+            if let Err(e) = self.clients.ready_h2(peer, endpoint.identity.as_deref()).await {
+                match self.pick_other(&dest, &endpoint) {
+                    Some(other) if e.is_retryable() => {
+                        tracing::debug!(error = %e, next = %other.addr, "connect failed; trying another endpoint");
+                        target.upstream = Some(other.proxy.unwrap_or(other.addr));
+                        target.peer_identity = if target.tls {
+                            other.identity.clone().unwrap_or_default()
+                        } else {
+                            String::new()
+                        };
+                        endpoint = other;
+                    }
+                    _ => return Err(e),
+                }
+            }
+        }
         strip_hop_by_hop(req.headers_mut());
         let send = self.send(req, app, &authority, &endpoint);
         let rsp = match timeout {
@@ -252,6 +272,16 @@ impl Outbound {
 
     /// Round robin over the service's endpoints (the resilience work brings
     /// P2C over peak-EWMA).
+    /// Another endpoint than `not` (the next one in round-robin order).
+    fn pick_other(&self, dest: &Destination, not: &Endpoint) -> Option<Endpoint> {
+        let n = dest.endpoints.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..n)
+            .map(|i| &dest.endpoints[(start + i) % n])
+            .find(|e| *e != not)
+            .cloned()
+    }
+
     fn pick(&self, dest: &Destination) -> Result<Endpoint, ProxyError> {
         let endpoints = &dest.endpoints;
         if endpoints.is_empty() {

@@ -196,3 +196,32 @@ fn bad_flag_exits_64() {
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--admin-listen"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_peer_among_live_ones_costs_no_request() {
+    let app = echo_app().await;
+    let server = weft_tests::ProxyProc::start(&format!("appPorts: [{}]\n", app.addr.port()));
+    let dir = TempDir::new();
+    // Two replicas: one whose proxy is gone (nothing listens on port 1).
+    let eps = dir.write(
+        "eps.yaml",
+        &format!(
+            "echo:\n  - addr: {0}\n    proxy: 127.0.0.1:1\n  - addr: {0}\n    proxy: {1}\n",
+            app.addr, server.addrs.inbound
+        ),
+    );
+    let client = weft_tests::ProxyProc::start(&format!("endpointsFile: {}\n", eps.display()));
+    for i in 0..20 {
+        let mut c = h1_client(client.addrs.outbound).await;
+        let req = Request::post("http://echo/x")
+            .body(full(format!("body {i}")))
+            .unwrap();
+        let (status, _, body, _) = collect(c.send_request(req).await.unwrap()).await;
+        assert_eq!(status, StatusCode::OK, "request {i}");
+        assert_eq!(
+            body,
+            format!("body {i}"),
+            "the body went to the live replica intact"
+        );
+    }
+}
