@@ -458,12 +458,22 @@ impl Inner {
             ..Default::default()
         };
         policy.mtls = api::MtlsMode::Permissive as i32;
+        // `port` is what the proxy serves (an app port); a policy may name
+        // it, or the service port clients call (which its endpoints serve).
+        let service = self.services.get(&key);
+        let selects = |p: u16| {
+            p == port
+                || service.is_some_and(|s| {
+                    default_ports(&s.spec).iter().any(|sp| sp.port == p)
+                        && s.spec.endpoints.iter().any(|e| e.address.port() == port)
+                })
+        };
         for (source, spec) in self.authz.get(&key).into_iter().flatten() {
             if spec
                 .target_ref
                 .as_ref()
                 .and_then(|t| t.port)
-                .is_some_and(|p| p != port)
+                .is_some_and(|p| !selects(p))
             {
                 continue;
             }
@@ -663,11 +673,13 @@ mod tests {
     async fn endpoint_address_lookup_and_inbound_policy() {
         let index = Index::new(IndexConfig::default());
         let mut yaml = service("backend", &["10.0.0.7:8080"]);
-        yaml.push_str("apiVersion: weft.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: ap, namespace: demo}\nspec:\n  targetRef: {name: backend}\n  mtls: strict\n  rules:\n    - from: {namespaces: [demo]}\n      to: {methods: [GET]}\n  rateLimit: {requestsPerSecond: 100, burst: 10}\n");
+        yaml.push_str("apiVersion: weft.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: ap, namespace: demo}\nspec:\n  targetRef: {name: backend, port: 80}\n  mtls: strict\n  rules:\n    - from: {namespaces: [demo]}\n      to: {methods: [GET]}\n  rateLimit: {requestsPerSecond: 100, burst: 10}\n");
         index.apply("files", docs(&yaml));
         let rx = index.watch_destination(Target::Address("10.0.0.7:8080".parse().unwrap()));
         assert_eq!(endpoints(&rx.borrow()), ["10.0.0.7:8080"]);
 
+        // By the service port, and by the port its endpoint serves.
+        assert!(!index.watch_inbound("demo/backend", 8080).borrow().default_allow);
         let mut inbound = index.watch_inbound("demo/backend", 80);
         let policy = inbound.borrow_and_update().clone();
         assert!(!policy.default_allow);
