@@ -242,7 +242,7 @@ impl Proxy {
             watch.clone(),
         ));
         let inbound = Arc::new(Inbound {
-            policies,
+            policies: policies.clone(),
             identity: identity.clone(),
             workload: (
                 config.workload.clone().unwrap_or_default(),
@@ -260,15 +260,18 @@ impl Proxy {
         tokio::spawn(inbound.serve(self.inbound));
         // Ready once listening and, with an identity, once the first
         // certificate is in.
-        match identity {
-            Some(id) => {
-                let ready = ready.clone();
-                tokio::spawn(async move {
+        // Ready once listening, holding a certificate (with an identity),
+        // and knowing every app port's policy (with a workload).
+        {
+            let ready = ready.clone();
+            let policies = policies.clone();
+            tokio::spawn(async move {
+                if let Some(id) = identity {
                     id.ready().await;
-                    ready.store(true, Ordering::Release);
-                });
-            }
-            None => ready.store(true, Ordering::Release),
+                }
+                policies.ready().await;
+                ready.store(true, Ordering::Release);
+            });
         }
 
         tokio::select! {

@@ -244,6 +244,15 @@ impl Inbound {
             .map_err(ProxyError::Unauthorized)?;
 
         if conn == AppProtocol::Http1 && is_upgrade(&req) {
+            // An h2c upgrade would let the caller speak HTTP/2 straight to
+            // the app, past the per-request policy.
+            let h2c = req.headers().get_all(http::header::UPGRADE).iter().any(|v| {
+                v.to_str()
+                    .is_ok_and(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case("h2c")))
+            });
+            if h2c {
+                return Err(ProxyError::Unauthorized("h2c upgrades are not proxied".into()));
+            }
             let io = self.clients.connect(addr).await?;
             return tcp::upgrade(req, io, addr, &self.drain).await;
         }

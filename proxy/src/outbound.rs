@@ -200,6 +200,8 @@ impl Outbound {
                     Some(other) if e.is_retryable() => {
                         tracing::debug!(error = %e, next = %other.addr, "connect failed; trying another endpoint");
                         target.upstream = Some(other.proxy.unwrap_or(other.addr));
+                        target.tls =
+                            other.proxy.is_some() && self.clients.uses_tls(other.identity.as_deref());
                         target.peer_identity = if target.tls {
                             other.identity.clone().unwrap_or_default()
                         } else {

@@ -36,6 +36,22 @@ pub struct Policies {
     decisions: Family<DecisionLabels, Counter>,
 }
 
+/// Before the control plane's first answer for a watched port: deny
+/// (fail closed), so a restarted proxy never serves a `strict` port openly.
+fn pending_policy() -> Arc<api::ServerPolicy> {
+    Arc::new(api::ServerPolicy {
+        protocol: "http".into(),
+        mtls: api::MtlsMode::Strict as i32,
+        default_allow: false,
+        sources: vec!["(waiting for the control plane's first policy)".into()],
+        ..Default::default()
+    })
+}
+
+fn is_pending(p: &api::ServerPolicy) -> bool {
+    p.sources.first().is_some_and(|s| s.starts_with("(waiting"))
+}
+
 fn default_policy() -> Arc<api::ServerPolicy> {
     Arc::new(api::ServerPolicy {
         protocol: "http".into(),
@@ -58,7 +74,7 @@ impl Policies {
     pub fn watch(client: InboundClient<Channel>, workload: String, ports: &[u16]) -> Self {
         let mut map = HashMap::new();
         for &port in ports {
-            let (tx, rx) = watch::channel(default_policy());
+            let (tx, rx) = watch::channel(pending_policy());
             tokio::spawn(run_watch(client.clone(), workload.clone(), port, tx));
             map.insert(port, rx);
         }
@@ -74,6 +90,14 @@ impl Policies {
             "Inbound authorization decisions",
             self.decisions.clone(),
         );
+    }
+
+    /// Resolves once every watched port has its first policy.
+    pub async fn ready(&self) {
+        for rx in self.ports.values() {
+            let mut rx = rx.clone();
+            let _ = rx.wait_for(|p| !is_pending(p)).await;
+        }
     }
 
     pub fn policy(&self, port: u16) -> Arc<api::ServerPolicy> {
@@ -136,10 +160,7 @@ pub fn check(policy: &api::ServerPolicy, conn: &ConnInfo, http: Option<(&str, &s
         let (path_ok, method_ok) = match http {
             Some((method, path)) => (
                 rule.path_prefixes.is_empty()
-                    || rule
-                        .path_prefixes
-                        .iter()
-                        .any(|p| path == p.trim_end_matches('/') || path.starts_with(p.as_str())),
+                    || (!ambiguous_path(path) && rule.path_prefixes.iter().any(|p| has_prefix(path, p))),
                 rule.methods.is_empty() || rule.methods.iter().any(|m| m.eq_ignore_ascii_case(method)),
             ),
             // A TCP stream has no path or method: only rules without
@@ -157,6 +178,29 @@ pub fn check(policy: &api::ServerPolicy, conn: &ConnInfo, http: Option<(&str, &s
             caller.unwrap_or("an unauthenticated caller")
         ))
     }
+}
+
+/// Whole-segment prefix: `/api` matches `/api` and `/api/x`, not `/apix`.
+fn has_prefix(path: &str, prefix: &str) -> bool {
+    let prefix = prefix.trim_end_matches('/');
+    prefix.is_empty()
+        || path == prefix
+        || path
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// A path the app might read differently than a prefix check does (dot
+/// segments, empty segments, encoded dots or slashes, backslashes, `;`
+/// parameters): it matches no path rule.
+fn ambiguous_path(path: &str) -> bool {
+    let lower = path.to_ascii_lowercase();
+    path.split('/')
+        .skip(1)
+        .any(|seg| seg == "." || seg == ".." || seg.is_empty() && path.len() > 1 && path.contains("//"))
+        || ["%2e", "%2f", "%5c", "\\", ";"]
+            .iter()
+            .any(|bad| lower.contains(bad))
 }
 
 async fn run_watch(
@@ -229,6 +273,31 @@ mod tests {
         assert!(check(&policy, &conn(true, Some(WEB)), Some(("POST", "/api/users"))).is_err());
         assert!(check(&policy, &conn(true, Some(WEB)), Some(("GET", "/admin"))).is_err());
         assert!(
+            check(&policy, &conn(true, Some(WEB)), Some(("GET", "/api"))).is_ok(),
+            "the prefix itself"
+        );
+        assert!(
+            check(&policy, &conn(true, Some(WEB)), Some(("GET", "/apix"))).is_err(),
+            "whole segments only"
+        );
+        assert!(
+            check(&policy, &conn(true, Some(WEB)), Some(("GET", "/api/../admin"))).is_err(),
+            "dot segments"
+        );
+        assert!(
+            check(
+                &policy,
+                &conn(true, Some(WEB)),
+                Some(("GET", "/api/%2e%2e/admin"))
+            )
+            .is_err(),
+            "encoded"
+        );
+        assert!(
+            check(&policy, &conn(true, Some(WEB)), Some(("GET", "/api//x"))).is_err(),
+            "empty segment"
+        );
+        assert!(
             check(&policy, &conn(true, Some(WEB)), None).is_err(),
             "TCP does not match an HTTP-only rule"
         );
@@ -239,6 +308,12 @@ mod tests {
         assert!(check(&policy, &conn(true, Some(DB)), None).is_ok());
         let e = check(&policy, &conn(false, None), Some(("GET", "/api/users"))).unwrap_err();
         assert!(e.contains("requires mTLS"), "{e}");
+    }
+
+    #[test]
+    fn pending_policy_denies() {
+        assert!(check(&pending_policy(), &conn(true, Some(WEB)), Some(("GET", "/"))).is_err());
+        assert!(is_pending(&pending_policy()) && !is_pending(&default_policy()));
     }
 
     #[test]

@@ -62,9 +62,17 @@ pub async fn serve_http<I, F, Fut>(
             tokio::select! {
                 res = conn.as_mut() => res,
                 () = drain.signaled() => {
-                    let _ = tokio::time::timeout(grace, first_request.notified()).await;
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
+                    // Keep serving while waiting, so a request already on
+                    // the wire is read (and then answered) before closing.
+                    let first = tokio::time::timeout(grace, first_request.notified());
+                    tokio::pin!(first);
+                    tokio::select! {
+                        res = conn.as_mut() => res,
+                        _ = &mut first => {
+                            conn.as_mut().graceful_shutdown();
+                            conn.await
+                        }
+                    }
                 }
             }
         }
