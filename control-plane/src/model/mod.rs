@@ -55,6 +55,43 @@ pub struct Metadata {
     pub annotations: BTreeMap<String, String>,
 }
 
+/// `metadata` as read: [`Metadata`] plus the fields a Kubernetes API server
+/// writes (so `kubectl get -o yaml` output loads), accepted and ignored.
+/// Anything else is an error, so a misspelt `namespace` cannot silently
+/// land in `default`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawMetadata {
+    name: String,
+    #[serde(default = "default_namespace")]
+    namespace: String,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    annotations: BTreeMap<String, String>,
+    #[serde(default, rename = "uid")]
+    _uid: Option<serde::de::IgnoredAny>,
+    #[serde(default, rename = "resourceVersion")]
+    _resource_version: Option<serde::de::IgnoredAny>,
+    #[serde(default, rename = "generation")]
+    _generation: Option<serde::de::IgnoredAny>,
+    #[serde(default, rename = "creationTimestamp")]
+    _creation_timestamp: Option<serde::de::IgnoredAny>,
+    #[serde(default, rename = "managedFields")]
+    _managed_fields: Option<serde::de::IgnoredAny>,
+}
+
+impl From<RawMetadata> for Metadata {
+    fn from(m: RawMetadata) -> Self {
+        Self {
+            name: m.name,
+            namespace: m.namespace,
+            labels: m.labels,
+            annotations: m.annotations,
+        }
+    }
+}
+
 fn default_namespace() -> String {
     "default".into()
 }
@@ -470,7 +507,7 @@ use validate::validate;
 struct RawDocument {
     api_version: String,
     kind: String,
-    metadata: Metadata,
+    metadata: RawMetadata,
     #[serde(default)]
     spec: serde_json::Value,
     /// Written by controllers; ignored here.
@@ -595,7 +632,7 @@ fn parse_document(value: serde_json::Value) -> Result<Document, FieldError> {
         _ => Spec::HttpRoute(typed(body, "spec")?),
     };
     let doc = Document {
-        meta: raw.metadata,
+        meta: raw.metadata.into(),
         spec,
     };
     validate(&doc)?;
@@ -716,6 +753,24 @@ spec:
             "apiVersion: weft.dev/v1alpha1\nkind: MeshService\nmetadata: {name: Bad_Name}\n",
         );
         assert_eq!(errors[0].field, "metadata.name");
+        let (docs, errors) = parse_file(
+            "x.yaml",
+            "apiVersion: weft.dev/v1alpha1\nkind: MeshService\nmetadata: {name: a, uid: 1b2c, resourceVersion: \"42\", creationTimestamp: \"2026-01-01T00:00:00Z\"}\n",
+        );
+        assert!(
+            errors.is_empty() && docs.len() == 1,
+            "kubectl output loads: {errors:?}"
+        );
+        let (_, errors) = parse_file(
+            "x.yaml",
+            "apiVersion: weft.dev/v1alpha1\nkind: MeshService\nmetadata: {name: a, namepsace: x}\n",
+        );
+        assert_eq!(errors[0].field, "metadata.namepsace");
+        assert!(
+            errors[0].problem.contains("unknown field"),
+            "{}",
+            errors[0].problem
+        );
         let (_, errors) = parse_file("x.yaml", "a: [\n");
         assert_eq!(errors[0].field, "(yaml)");
     }
