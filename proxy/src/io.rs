@@ -99,6 +99,10 @@ mod tests {
 pub struct ByteCounts {
     pub read: std::sync::atomic::AtomicU64,
     pub written: std::sync::atomic::AtomicU64,
+    /// The exported totals, kept live (not only at close), so long-lived
+    /// connections show their traffic as it flows.
+    pub read_total: prometheus_client::metrics::counter::Counter,
+    pub written_total: prometheus_client::metrics::counter::Counter,
 }
 
 /// An I/O that counts its bytes into a shared [`ByteCounts`].
@@ -127,6 +131,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for Metered<I> {
             self.counts
                 .read
                 .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+            self.counts.read_total.inc_by(n as u64);
         }
         res
     }
@@ -139,6 +144,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Metered<I> {
             self.counts
                 .written
                 .fetch_add(*n as u64, std::sync::atomic::Ordering::Relaxed);
+            self.counts.written_total.inc_by(*n as u64);
         }
         res
     }
@@ -153,6 +159,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Metered<I> {
             self.counts
                 .written
                 .fetch_add(*n as u64, std::sync::atomic::Ordering::Relaxed);
+            self.counts.written_total.inc_by(*n as u64);
         }
         res
     }

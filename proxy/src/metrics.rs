@@ -315,12 +315,18 @@ impl Metrics {
 
     /// Counts one accepted connection; the guard counts its close and bytes.
     pub fn connection(&self, direction: Direction) -> ConnectionGuard {
-        self.tcp_open.get_or_create(&DirectionLabels { direction }).inc();
+        let labels = DirectionLabels { direction };
+        self.tcp_open.get_or_create(&labels).inc();
+        let bytes = Arc::new(crate::io::ByteCounts {
+            read_total: self.tcp_read_bytes.get_or_create(&labels).clone(),
+            written_total: self.tcp_written_bytes.get_or_create(&labels).clone(),
+            ..Default::default()
+        });
         ConnectionGuard {
             metrics: self.clone(),
             direction,
             protocol: "undetected",
-            bytes: Arc::default(),
+            bytes,
             opened: Instant::now(),
         }
     }
@@ -356,18 +362,9 @@ impl ConnectionGuard {
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
-        use std::sync::atomic::Ordering::Relaxed;
         let direction = self.direction;
         let labels = DirectionLabels { direction };
         self.metrics.tcp_open.get_or_create(&labels).dec();
-        self.metrics
-            .tcp_read_bytes
-            .get_or_create(&labels)
-            .inc_by(self.bytes.read.load(Relaxed));
-        self.metrics
-            .tcp_written_bytes
-            .get_or_create(&labels)
-            .inc_by(self.bytes.written.load(Relaxed));
         self.metrics
             .tcp_closed
             .get_or_create(&ProtocolLabels {

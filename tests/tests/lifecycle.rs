@@ -43,6 +43,13 @@ async fn admin_endpoints() {
         "{client_metrics}"
     );
     let (_, server_metrics) = admin_get(mesh.server.addrs.admin, "/metrics").await;
+    // Bytes count while the pooled mesh connection is still open.
+    let read: f64 = server_metrics
+        .lines()
+        .find(|l| l.starts_with(r#"weft_tcp_read_bytes_total{direction="inbound"}"#))
+        .and_then(|l| l.split_whitespace().last()?.parse().ok())
+        .unwrap_or(0.0);
+    assert!(read > 0.0, "live byte counts: {server_metrics}");
     assert!(
         server_metrics.contains(r#"weft_requests_total{direction="inbound",service="echo",namespace="default",route="",status_code="200",classification="success""#),
         "{server_metrics}"
