@@ -56,6 +56,7 @@ pub struct ControlMetrics {
 
 impl ControlMetrics {
     pub fn register(&self, registry: &mut Registry) {
+        registry.register_collector(Box::new(weft_api::exposition::ProcessCollector::new()));
         registry.register(
             "weft_control_certificates",
             "Certificate requests, by result",
