@@ -21,16 +21,28 @@ struct Setup {
 impl Setup {
     fn start(extra: &[&str]) -> Self {
         let dir = TempDir::new();
-        let tokens = dir.write("tokens.yaml", TOKENS);
+        dir.write("tokens.yaml", TOKENS);
         dir.write("web.token", "web-token-0123456789\n");
         dir.write("echo.token", "echo-token-0123456789\n");
         dir.write("bad.token", "not-the-token-0123456789\n");
         std::fs::create_dir_all(dir.path().join("mesh")).unwrap();
+        let control = Self::control(&dir, "127.0.0.1:0".parse().unwrap(), extra);
+        Self { dir, control }
+    }
+
+    fn control(dir: &TempDir, grpc: std::net::SocketAddr, extra: &[&str]) -> ControlProc {
+        let tokens = dir.path().join("tokens.yaml");
         let mut flags = vec!["--tokens", tokens.to_str().unwrap()];
         flags.extend_from_slice(extra);
-        let control =
-            ControlProc::start_with(&dir.path().join("mesh"), "127.0.0.1:0".parse().unwrap(), &flags);
-        Self { dir, control }
+        ControlProc::start_with(&dir.path().join("mesh"), grpc, &flags)
+    }
+
+    /// Stops the control plane and starts another on the same address.
+    fn restart_control(&mut self, extra: &[&str]) {
+        let grpc = self.control.grpc;
+        self.control.proc.signal("KILL");
+        self.control.proc.wait_exit(Duration::from_secs(5));
+        self.control = Self::control(&self.dir, grpc, extra);
     }
 
     fn proxy(&self, workload: &str, token: &str, extra: &str) -> ProxyProc {
@@ -406,60 +418,42 @@ async fn tunnel_request(outbound: std::net::SocketAddr) -> Result<(), String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trust_anchor_rotation_with_traffic_flowing() {
     let app = echo_app().await;
-    let dir = TempDir::new();
-    let tokens = dir.write("tokens.yaml", TOKENS);
-    dir.write("web.token", "web-token-0123456789\n");
-    dir.write("echo.token", "echo-token-0123456789\n");
-    std::fs::create_dir_all(dir.path().join("mesh")).unwrap();
-    let old = write_ca(&dir, "old");
-    let new = write_ca(&dir, "new");
-    let both = dir.write("both.pem", &format!("{old}{new}"));
-    let p = |f: &str| dir.path().join(f).display().to_string();
-    let control_at = |grpc: std::net::SocketAddr, cert: &str, anchors: &str| {
-        let (cert, key, anchors) = (
-            p(&format!("{cert}.pem")),
-            p(&format!("{cert}.key")),
-            anchors.to_string(),
-        );
-        ControlProc::start_with(
-            &dir.path().join("mesh"),
-            grpc,
-            &[
-                "--tokens",
-                tokens.to_str().unwrap(),
-                "--cert-lifetime",
-                "5s",
-                "--ca-cert",
-                &cert,
-                "--ca-key",
-                &key,
-                "--trust-anchors",
-                &anchors,
-            ],
-        )
+    let ca_dir = TempDir::new();
+    let old = write_ca(&ca_dir, "old");
+    let new = write_ca(&ca_dir, "new");
+    let both = ca_dir.write("both.pem", &format!("{old}{new}"));
+    let p = |f: &str| ca_dir.path().join(f).display().to_string();
+    let (old_pem, old_key, new_pem, new_key, both) = (
+        p("old.pem"),
+        p("old.key"),
+        p("new.pem"),
+        p("new.key"),
+        both.display().to_string(),
+    );
+    let flags = |cert: &str, key: &str, anchors: &str| -> Vec<String> {
+        [
+            "--cert-lifetime",
+            "5s",
+            "--ca-cert",
+            cert,
+            "--ca-key",
+            key,
+            "--trust-anchors",
+            anchors,
+        ]
+        .map(String::from)
+        .to_vec()
     };
     // Phase 0: the old root signs, and is the only anchor.
-    let mut control = control_at("127.0.0.1:0".parse().unwrap(), "old", &p("old.pem"));
-    let grpc = control.grpc;
-    let proxy = |workload: &str, token: &str, extra: &str| {
-        ProxyProc::start(&format!(
-            "controlPlane: http://{grpc}\nnamespace: demo\nworkload: {workload}\nidentityTokenFile: {}\n{extra}",
-            dir.path().join(token).display()
-        ))
-    };
-    let server = proxy(
+    let phase0 = flags(&old_pem, &old_key, &old_pem);
+    let mut setup = Setup::start(&phase0.iter().map(String::as_str).collect::<Vec<_>>());
+    let server = setup.proxy(
         "echo",
         "echo.token",
         &format!("appPorts: [{}]\n", app.addr.port()),
     );
-    dir.write(
-        "mesh/echo.yaml",
-        &format!(
-            "apiVersion: weft.dev/v1alpha1\nkind: MeshService\nmetadata: {{name: echo, namespace: demo}}\nspec:\n  endpoints:\n    - address: {}\n      proxy: {}\n",
-            app.addr, server.addrs.inbound
-        ),
-    );
-    let client = proxy("web", "web.token", "");
+    setup.mesh_service(app.addr, &server, "echo");
+    let client = setup.proxy("web", "web.token", "");
     ready(&server).await;
     ready(&client).await;
     eventually(Duration::from_secs(5), "traffic flows", || async {
@@ -484,19 +478,20 @@ async fn trust_anchor_rotation_with_traffic_flowing() {
             (ok, failed)
         }
     });
-    let settle = || tokio::time::sleep(Duration::from_secs(6)); // > one certificate lifetime
-                                                                // Phase 1: add the new root to the bundle; proxies pick it up on renewal.
-    drop(control);
-    control = control_at(grpc, "old", &both.display().to_string());
-    settle().await;
-    // Phase 2: the new root signs; every bundle already trusts it.
-    drop(control);
-    control = control_at(grpc, "new", &both.display().to_string());
-    settle().await;
-    // Phase 3: remove the old root.
-    drop(control);
-    control = control_at(grpc, "new", &p("new.pem"));
-    settle().await;
+    // Each step waits more than one certificate lifetime, so every proxy renews.
+    let settle = || tokio::time::sleep(Duration::from_secs(6));
+    let steps = [
+        // 1: add the new root to the bundle; proxies pick it up on renewal.
+        flags(&old_pem, &old_key, &both),
+        // 2: the new root signs; every bundle already trusts it.
+        flags(&new_pem, &new_key, &both),
+        // 3: remove the old root.
+        flags(&new_pem, &new_key, &new_pem),
+    ];
+    for step in &steps {
+        setup.restart_control(&step.iter().map(String::as_str).collect::<Vec<_>>());
+        settle().await;
+    }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (ok, failed) = traffic.await.unwrap();
     assert!(ok > 100, "{ok} requests");
@@ -507,7 +502,7 @@ async fn trust_anchor_rotation_with_traffic_flowing() {
         ok + failed.len(),
         &failed[..failed.len().min(3)]
     );
-    let (_, cp) = admin_get(control.admin, "/metrics").await;
+    let (_, cp) = admin_get(setup.control.admin, "/metrics").await;
     assert!(
         cp.contains(r#"weft_control_certificates_total{result="issued"}"#),
         "the last control plane issued certificates: {cp}"

@@ -21,6 +21,18 @@ async fn get(outbound: std::net::SocketAddr, path: &str) -> StatusCode {
     status
 }
 
+/// A control plane knowing `echo` (unmeshed, at `app`) and a client proxy.
+fn control_plane_and_proxy(app: std::net::SocketAddr) -> (TempDir, ControlProc, ProxyProc) {
+    let dir = TempDir::new();
+    dir.write(
+        "mesh.yaml",
+        &format!("apiVersion: weft.dev/v1alpha1\nkind: MeshService\nmetadata: {{name: echo, namespace: demo}}\nspec:\n  endpoints: [{{address: \"{app}\"}}]\n"),
+    );
+    let control = ControlProc::start(dir.path(), "127.0.0.1:0".parse().unwrap());
+    let proxy = ProxyProc::start(&format!("controlPlane: {}\nnamespace: demo\n", control.url()));
+    (dir, control, proxy)
+}
+
 fn promtool_check(text: &str) -> (bool, String) {
     let dir = TempDir::new();
     let file = dir.write("metrics.txt", text);
@@ -45,13 +57,7 @@ async fn promtool_accepts_proxy_and_control_plane_metrics() {
         return;
     }
     let app = echo_app().await;
-    let dir = TempDir::new();
-    dir.write(
-        "mesh.yaml",
-        &format!("apiVersion: weft.dev/v1alpha1\nkind: MeshService\nmetadata: {{name: echo, namespace: demo}}\nspec:\n  endpoints: [{{address: \"{}\"}}]\n", app.addr),
-    );
-    let control = ControlProc::start(dir.path(), "127.0.0.1:0".parse().unwrap());
-    let proxy = ProxyProc::start(&format!("controlPlane: {}\nnamespace: demo\n", control.url()));
+    let (_dir, control, proxy) = control_plane_and_proxy(app.addr);
     for path in ["/a", "/b?status=503", "/c"] {
         get(proxy.addrs.outbound, path).await;
     }
@@ -220,13 +226,7 @@ async fn prometheus_scrapes_known_traffic_and_weft_stat_agrees() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weft_stat_finds_proxies_through_the_control_plane() {
     let app = echo_app().await;
-    let dir = TempDir::new();
-    dir.write(
-        "mesh.yaml",
-        &format!("apiVersion: weft.dev/v1alpha1\nkind: MeshService\nmetadata: {{name: echo, namespace: demo}}\nspec:\n  endpoints: [{{address: \"{}\"}}]\n", app.addr),
-    );
-    let control = ControlProc::start(dir.path(), "127.0.0.1:0".parse().unwrap());
-    let proxy = ProxyProc::start(&format!("controlPlane: {}\nnamespace: demo\n", control.url()));
+    let (_dir, control, proxy) = control_plane_and_proxy(app.addr);
     assert_eq!(get(proxy.addrs.outbound, "/x").await, StatusCode::OK);
     let (_, list) = admin_get(control.admin, "/proxies").await;
     assert!(list.contains(&proxy.addrs.admin.to_string()), "{list}");
