@@ -15,3 +15,33 @@ pub mod v1 {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("weft.v1");
 }
+
+/// gRPC status codes by the names policies use (`unavailable`,
+/// `resource-exhausted`; also `UNAVAILABLE`, `RESOURCE_EXHAUSTED`) or by
+/// number.
+pub fn grpc_code(name: &str) -> Option<u32> {
+    const NAMES: [&str; 17] = [
+        "ok",
+        "cancelled",
+        "unknown",
+        "invalid-argument",
+        "deadline-exceeded",
+        "not-found",
+        "already-exists",
+        "permission-denied",
+        "resource-exhausted",
+        "failed-precondition",
+        "aborted",
+        "out-of-range",
+        "unimplemented",
+        "internal",
+        "unavailable",
+        "data-loss",
+        "unauthenticated",
+    ];
+    if let Ok(n) = name.parse::<u32>() {
+        return (n < 17).then_some(n);
+    }
+    let norm = name.trim().to_ascii_lowercase().replace('_', "-");
+    NAMES.iter().position(|n| *n == norm).map(|i| i as u32)
+}

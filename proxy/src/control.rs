@@ -31,6 +31,7 @@ use weft_api::v1::destination_client::DestinationClient;
 use weft_api::v1::destination_update::Kind;
 
 use crate::discover::{Destination, Discover, Endpoint, PathMatch, Route, RouteMatch};
+use crate::resilience::{Policy, Shared};
 
 /// The `service` label of destinations found through DNS.
 pub const EXTERNAL_SERVICE: &str = "external";
@@ -369,7 +370,11 @@ async fn run_watch(
                             backoff.attempt = 0;
                             metrics.updates.inc();
                             if let Some(kind) = update.kind {
-                                tx.send_replace(apply(&mut state, kind));
+                                let prev = match &*tx.borrow() {
+                                    State::Found(d) => Some(d.clone()),
+                                    _ => None,
+                                };
+                                tx.send_replace(apply(&mut state, kind, prev.as_deref()));
                             }
                         }
                         Ok(None) => break,
@@ -389,7 +394,9 @@ async fn run_watch(
     }
 }
 
-fn apply(state: &mut StreamState, kind: Kind) -> State {
+/// Applies one update; `prev` is the destination it replaces, whose
+/// endpoint statistics and bulkhead carry over.
+fn apply(state: &mut StreamState, kind: Kind, prev: Option<&Destination>) -> State {
     match kind {
         Kind::NotFound(_) => {
             *state = StreamState::default();
@@ -412,7 +419,11 @@ fn apply(state: &mut StreamState, kind: Kind) -> State {
         }
         Kind::Policy(p) => state.policy = p,
     }
-    State::Found(Arc::new(to_destination(state)))
+    let mut dest = to_destination(state);
+    if let Some(prev) = prev {
+        dest.carry_over(prev);
+    }
+    State::Found(Arc::new(dest))
 }
 
 fn ms(v: u64) -> Option<Duration> {
@@ -420,6 +431,7 @@ fn ms(v: u64) -> Option<Duration> {
 }
 
 fn to_destination(state: &StreamState) -> Destination {
+    let policy = Policy::from_api(&state.policy);
     let endpoints: Vec<Endpoint> = state
         .endpoints
         .values()
@@ -430,6 +442,7 @@ fn to_destination(state: &StreamState) -> Destination {
                 proxy: e.proxy_address.parse().ok(),
                 identity: (!e.identity.is_empty()).then(|| e.identity.clone()),
                 weight: e.weight.max(1),
+                stats: Arc::default(),
             })
         })
         .collect();
@@ -472,7 +485,8 @@ fn to_destination(state: &StreamState) -> Destination {
             .unwrap_or_default(),
         endpoints: endpoints.into(),
         routes: routes.into(),
-        request_timeout: state.policy.timeouts.as_ref().and_then(|t| ms(t.request_ms)),
+        shared: Arc::new(Shared::new(&policy)),
+        policy: Arc::new(policy),
         meshed: true,
     }
 }
@@ -500,7 +514,15 @@ mod tests {
     #[test]
     fn updates_rebuild_the_destination() {
         let mut st = StreamState::default();
-        let s = apply(
+        let mut prev: Option<Arc<Destination>> = None;
+        let mut step = |st: &mut StreamState, kind: Kind| {
+            let s = apply(st, kind, prev.as_deref());
+            if let State::Found(d) = &s {
+                prev = Some(d.clone());
+            }
+            s
+        };
+        let s = step(
             &mut st,
             Kind::Snapshot(api::Snapshot {
                 service: Some(api::ServiceRef {
@@ -512,21 +534,30 @@ mod tests {
             }),
         );
         assert_eq!(addrs(&s), ["10.0.0.1:80", "10.0.0.2:80"]);
-        let s = apply(
+        let State::Found(first) = &s else { panic!() };
+        let stats = first.endpoints[1].stats.clone();
+        let shared = first.shared.clone();
+        let s = step(
             &mut st,
             Kind::Removed(api::EndpointsRemoved {
                 addresses: vec!["10.0.0.1:80".into()],
             }),
         );
         assert_eq!(addrs(&s), ["10.0.0.2:80"]);
-        let s = apply(
+        let s = step(
             &mut st,
             Kind::Added(api::EndpointsAdded {
                 endpoints: vec![ep("10.0.0.3:80")],
             }),
         );
         assert_eq!(addrs(&s), ["10.0.0.2:80", "10.0.0.3:80"]);
-        let s = apply(
+        let State::Found(d) = &s else { panic!() };
+        assert!(
+            Arc::ptr_eq(&d.endpoints[0].stats, &stats),
+            "endpoint state survives updates"
+        );
+        assert!(Arc::ptr_eq(&d.shared, &shared), "so does the bulkhead");
+        let s = step(
             &mut st,
             Kind::Policy(api::ClientPolicy {
                 routes: vec![api::Route {
@@ -538,6 +569,10 @@ mod tests {
                     timeout_ms: 1500,
                     ..Default::default()
                 }],
+                concurrency: Some(api::Concurrency {
+                    max_in_flight: 5,
+                    ..Default::default()
+                }),
                 ..Default::default()
             }),
         );
@@ -546,8 +581,10 @@ mod tests {
         assert_eq!(d.routes[0].backends, [("v2:80".to_string(), 5)]);
         assert_eq!(d.routes[0].timeout, Some(Duration::from_millis(1500)));
         assert_eq!(d.endpoints[0].proxy, Some("127.0.0.1:4143".parse().unwrap()));
+        assert!(!Arc::ptr_eq(&d.shared, &shared), "new limits, new bulkhead");
+        assert_eq!(d.policy.concurrency.max_in_flight, 5);
         assert!(matches!(
-            apply(&mut st, Kind::NotFound(api::NotFound {})),
+            step(&mut st, Kind::NotFound(api::NotFound {})),
             State::NotFound
         ));
     }

@@ -15,9 +15,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{parse_yaml, ConfigError};
+use crate::resilience::{EndpointStats, Policy, Shared};
 
 /// One place a service can be reached.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Endpoint {
     /// Where the workload itself listens (pod IP and port).
@@ -33,6 +34,19 @@ pub struct Endpoint {
     /// Relative load-balancing weight.
     #[serde(default = "one", skip_serializing_if = "is_one")]
     pub weight: u32,
+    /// Latency, load and circuit-breaker state; shared by every version
+    /// of the endpoint list that contains this endpoint.
+    #[serde(skip)]
+    pub stats: Arc<EndpointStats>,
+}
+
+impl PartialEq for Endpoint {
+    fn eq(&self, other: &Self) -> bool {
+        self.addr == other.addr
+            && self.proxy == other.proxy
+            && self.identity == other.identity
+            && self.weight == other.weight
+    }
 }
 
 fn one() -> u32 {
@@ -50,6 +64,7 @@ impl Endpoint {
             proxy: None,
             identity: None,
             weight: 1,
+            stats: Arc::default(),
         }
     }
 }
@@ -58,7 +73,7 @@ impl Endpoint {
 pub type Endpoints = Arc<[Endpoint]>;
 
 /// Everything the data path needs to call one destination.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Destination {
     /// The name for metrics: the service discovery knows, or `external`.
     pub service: String,
@@ -67,23 +82,50 @@ pub struct Destination {
     pub endpoints: Endpoints,
     /// HTTPRoutes in precedence order; empty: straight to `endpoints`.
     pub routes: Arc<[Route]>,
-    /// The TrafficPolicy's request timeout.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub request_timeout: Option<Duration>,
+    /// How it is called: the TrafficPolicy, defaults filled in.
+    pub policy: Arc<Policy>,
+    /// Bulkhead, retry budget, round-robin position.
+    #[serde(skip)]
+    pub shared: Arc<Shared>,
     /// False for names found through DNS: forwarded without mesh features.
     pub meshed: bool,
 }
 
 impl Destination {
     pub fn from_endpoints(service: impl Into<String>, endpoints: Endpoints) -> Self {
+        let policy = Arc::new(Policy::default());
         Self {
             service: service.into(),
             namespace: String::new(),
             endpoints,
             routes: Arc::from([]),
-            request_timeout: None,
+            shared: Arc::new(Shared::new(&policy)),
+            policy,
             meshed: true,
         }
+    }
+
+    /// Keeps what `prev` (the version this one replaces) learned: each
+    /// endpoint's latency and breaker state, and the bulkhead and retry
+    /// budget while their settings are unchanged.
+    pub fn carry_over(&mut self, prev: &Destination) {
+        if prev.shared.fits(&self.policy) {
+            self.shared = prev.shared.clone();
+        }
+        let old: HashMap<SocketAddr, &Arc<EndpointStats>> =
+            prev.endpoints.iter().map(|e| (e.addr, &e.stats)).collect();
+        if old.is_empty() {
+            return;
+        }
+        let endpoints: Vec<Endpoint> = self
+            .endpoints
+            .iter()
+            .map(|e| Endpoint {
+                stats: old.get(&e.addr).map_or_else(|| e.stats.clone(), |s| (*s).clone()),
+                ..e.clone()
+            })
+            .collect();
+        self.endpoints = endpoints.into();
     }
 }
 
@@ -181,7 +223,7 @@ pub trait Discover: Send + Sync + 'static {
 /// ```
 #[derive(Debug, Default, Clone)]
 pub struct StaticEndpoints {
-    services: HashMap<String, Endpoints>,
+    services: HashMap<String, Arc<Destination>>,
 }
 
 impl StaticEndpoints {
@@ -190,20 +232,27 @@ impl StaticEndpoints {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError::new(&name, "(file)", format!("cannot read: {e}")))?;
         let parsed: HashMap<String, Vec<Endpoint>> = parse_yaml(&text, &name)?;
-        let services = parsed
-            .into_iter()
-            .map(|(k, v)| (k.to_ascii_lowercase(), v.into()))
-            .collect();
-        Ok(Self { services })
+        Ok(Self::from_map(
+            parsed
+                .into_iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v))
+                .collect(),
+        ))
     }
 
     pub fn from_map(services: HashMap<String, Vec<Endpoint>>) -> Self {
         Self {
-            services: services.into_iter().map(|(k, v)| (k, v.into())).collect(),
+            services: services
+                .into_iter()
+                .map(|(k, v)| {
+                    let name = k.split(':').next().unwrap_or(&k).to_string();
+                    (k, Arc::new(Destination::from_endpoints(name, v.into())))
+                })
+                .collect(),
         }
     }
 
-    fn lookup(&self, host: &str, port: u16) -> Option<Endpoints> {
+    fn lookup(&self, host: &str, port: u16) -> Option<Arc<Destination>> {
         let host = host.to_ascii_lowercase();
         self.services
             .get(&format!("{host}:{port}"))
@@ -218,15 +267,12 @@ impl Discover for StaticEndpoints {
         host: &'a str,
         port: u16,
     ) -> Pin<Box<dyn Future<Output = Option<Arc<Destination>>> + Send + 'a>> {
-        let found = self
-            .lookup(host, port)
-            .map(|eps| Arc::new(Destination::from_endpoints(host, eps)));
-        Box::pin(std::future::ready(found))
+        Box::pin(std::future::ready(self.lookup(host, port)))
     }
 
     fn dump(&self) -> serde_json::Value {
         let sorted: std::collections::BTreeMap<_, _> =
-            self.services.iter().map(|(k, v)| (k, &v[..])).collect();
+            self.services.iter().map(|(k, v)| (k, &v.endpoints[..])).collect();
         serde_json::to_value(sorted).unwrap_or_default()
     }
 }

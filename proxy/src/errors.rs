@@ -41,6 +41,9 @@ pub enum ProxyError {
     NoRoute(String),
     #[error("no response within {0:?}")]
     Timeout(std::time::Duration),
+    /// One try took longer than the per-try timeout (and no retry helped).
+    #[error("no response within the per-try timeout of {0:?}")]
+    PerTryTimeout(std::time::Duration),
     /// The peer's certificate does not name the identity discovery
     /// promised (or does not chain to our trust anchors).
     #[error("{addr} is not {expected}: {source}")]
@@ -61,6 +64,21 @@ pub enum ProxyError {
     /// The server's policy does not allow this caller.
     #[error("not authorized: {0}")]
     Unauthorized(String),
+    /// Every endpoint is ejected by the circuit breaker.
+    #[error("every endpoint of {0} is ejected by the circuit breaker")]
+    CircuitOpen(String),
+    /// The destination's bulkhead is full.
+    #[error("{0} is at its concurrency limit")]
+    LoadShed(String),
+    /// The server's rate limit refused the request.
+    #[error("rate limit exceeded ({scope}); retry after {retry_after:?}")]
+    RateLimited {
+        scope: &'static str,
+        retry_after: std::time::Duration,
+    },
+    /// A TrafficPolicy fault drill aborted the request.
+    #[error("aborted by fault injection")]
+    FaultInjected(StatusCode),
 }
 
 impl ProxyError {
@@ -75,11 +93,15 @@ impl ProxyError {
             ProxyError::UnknownAppPort(_) => "unknown-app-port",
             ProxyError::ShuttingDown => "shutting-down",
             ProxyError::NoRoute(_) => "no-route",
-            ProxyError::Timeout(_) => "timeout",
+            ProxyError::Timeout(_) | ProxyError::PerTryTimeout(_) => "timeout",
             ProxyError::IdentityMismatch { .. } => "identity-mismatch",
             ProxyError::NoIdentity(_) => "no-identity",
             ProxyError::Tls { .. } => "tls-failed",
             ProxyError::Unauthorized(_) => "unauthorized",
+            ProxyError::CircuitOpen(_) => "circuit-open",
+            ProxyError::LoadShed(_) => "load-shed",
+            ProxyError::RateLimited { .. } => "rate-limited",
+            ProxyError::FaultInjected(_) => "fault-injected",
         }
     }
 
@@ -90,11 +112,45 @@ impl ProxyError {
             ProxyError::ConnectFailed { .. }
             | ProxyError::Upstream { .. }
             | ProxyError::UnknownAppPort(_) => StatusCode::BAD_GATEWAY,
-            ProxyError::ConnectTimeout(_) | ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::ConnectTimeout(_) | ProxyError::Timeout(_) | ProxyError::PerTryTimeout(_) => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
             ProxyError::NoRoute(_) => StatusCode::NOT_FOUND,
             ProxyError::IdentityMismatch { .. } | ProxyError::Tls { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::NoIdentity(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Unauthorized(_) => StatusCode::FORBIDDEN,
+            ProxyError::CircuitOpen(_) | ProxyError::LoadShed(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::FaultInjected(s) => *s,
+        }
+    }
+
+    /// The gRPC status for a gRPC caller (which reads `grpc-status`, not
+    /// the HTTP status).
+    pub fn grpc_status(&self) -> u32 {
+        const DEADLINE_EXCEEDED: u32 = 4;
+        const PERMISSION_DENIED: u32 = 7;
+        const RESOURCE_EXHAUSTED: u32 = 8;
+        const UNIMPLEMENTED: u32 = 12;
+        const INTERNAL: u32 = 13;
+        const UNAVAILABLE: u32 = 14;
+        const UNAUTHENTICATED: u32 = 16;
+        match self {
+            ProxyError::Timeout(_) | ProxyError::PerTryTimeout(_) => DEADLINE_EXCEEDED,
+            ProxyError::Unauthorized(_) => PERMISSION_DENIED,
+            ProxyError::RateLimited { .. } => RESOURCE_EXHAUSTED,
+            ProxyError::NoRoute(_) => UNIMPLEMENTED,
+            ProxyError::NoAuthority => INTERNAL,
+            // The HTTP-to-gRPC mapping of the gRPC spec.
+            ProxyError::FaultInjected(s) => match s.as_u16() {
+                400 => INTERNAL,
+                401 => UNAUTHENTICATED,
+                403 => PERMISSION_DENIED,
+                404 => UNIMPLEMENTED,
+                429 | 502..=504 => UNAVAILABLE,
+                _ => 2,
+            },
+            _ => UNAVAILABLE,
         }
     }
 
@@ -107,18 +163,57 @@ impl ProxyError {
         )
     }
 
-    /// The response the proxy sends in place of the app's.
-    pub fn to_response(&self) -> Response<Body> {
-        let mut rsp = Response::new(full_body(Bytes::from(format!("{self}\n"))));
-        *rsp.status_mut() = self.status();
+    /// The response the proxy sends in place of the app's. A gRPC caller
+    /// gets a trailers-only gRPC response with the matching `grpc-status`.
+    pub fn to_response(&self, grpc: bool) -> Response<Body> {
+        let mut rsp = if grpc {
+            let mut rsp = Response::new(crate::http::empty_body());
+            let headers = rsp.headers_mut();
+            headers.insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/grpc"),
+            );
+            headers.insert("grpc-status", HeaderValue::from(self.grpc_status()));
+            // grpc-message is percent-encoded; keep to the safe subset.
+            let message: String = self
+                .to_string()
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_graphic() && c != '%' || c == ' ' {
+                        c
+                    } else {
+                        '?'
+                    }
+                })
+                .collect();
+            if let Ok(v) = HeaderValue::from_str(&message) {
+                headers.insert("grpc-message", v);
+            }
+            rsp
+        } else {
+            let mut rsp = Response::new(full_body(Bytes::from(format!("{self}\n"))));
+            *rsp.status_mut() = self.status();
+            rsp.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+            rsp
+        };
         let headers = rsp.headers_mut();
         headers.insert(WEFT_ERROR, HeaderValue::from_static(self.reason()));
-        headers.insert(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
+        if let ProxyError::RateLimited { retry_after, .. } = self {
+            let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            headers.insert(http::header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
         rsp
     }
+}
+
+/// Whether a request is gRPC (by its content type).
+pub fn is_grpc<B>(req: &http::Request<B>) -> bool {
+    req.headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
 #[cfg(test)]
@@ -127,7 +222,7 @@ mod tests {
 
     #[test]
     fn responses_carry_the_reason() {
-        let rsp = ProxyError::NoEndpoints("web".into()).to_response();
+        let rsp = ProxyError::NoEndpoints("web".into()).to_response(false);
         assert_eq!(rsp.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(rsp.headers()[WEFT_ERROR], "no-endpoints");
         let e = ProxyError::ConnectFailed {
@@ -136,5 +231,18 @@ mod tests {
         };
         assert_eq!(e.status(), StatusCode::BAD_GATEWAY);
         assert!(e.is_retryable());
+        let limited = ProxyError::RateLimited {
+            scope: "total",
+            retry_after: std::time::Duration::from_millis(1200),
+        };
+        let rsp = limited.to_response(false);
+        assert_eq!(rsp.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(rsp.headers()["retry-after"], "2");
+        let rsp = limited.to_response(true);
+        assert_eq!(rsp.status(), StatusCode::OK);
+        assert_eq!(rsp.headers()["grpc-status"], "8");
+        assert_eq!(rsp.headers()[WEFT_ERROR], "rate-limited");
+        let rsp = ProxyError::Timeout(std::time::Duration::from_secs(1)).to_response(true);
+        assert_eq!(rsp.headers()["grpc-status"], "4");
     }
 }

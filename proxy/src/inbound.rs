@@ -21,6 +21,7 @@ use crate::http::{WEFT_PORT, WEFT_PROTO};
 use crate::identity::{spiffe_id_of, Identity, ALPN_H2, ALPN_TCP};
 use crate::metrics::Direction;
 use crate::policy::Policies;
+use crate::resilience::metrics::ResilienceMetrics;
 use crate::server::{accept_loop, serve_http, HttpSettings};
 use crate::tcp;
 use crate::telemetry::{Observation, Target, Telemetry};
@@ -199,6 +200,7 @@ impl Inbound {
         conn: ConnInfo,
     ) -> Response<Body> {
         let mut req = req.map(incoming);
+        let grpc = crate::errors::is_grpc(&req);
         let obs = Observation::start(&self.telemetry, Direction::Inbound, &mut req);
         // The service this proxy fronts, from its own config: callers
         // cannot mint label values.
@@ -213,7 +215,7 @@ impl Inbound {
             Ok(rsp) => obs.respond(target, rsp, None),
             Err(e) => {
                 tracing::info!(error = %e, reason = e.reason(), "inbound request failed");
-                obs.respond(target, e.to_response(), Some(e.reason()))
+                obs.respond(target, e.to_response(grpc), Some(e.reason()))
             }
         }
     }
@@ -242,6 +244,24 @@ impl Inbound {
                 Some((req.method().as_str(), req.uri().path())),
             )
             .map_err(ProxyError::Unauthorized)?;
+        self.policies
+            .rate_limit(addr.port(), caller.caller.as_deref())
+            .map_err(|limited| {
+                self.telemetry
+                    .metrics
+                    .resilience
+                    .rate_limited
+                    .get_or_create(&ResilienceMetrics::reason(
+                        &self.workload.0,
+                        &self.workload.1,
+                        limited.scope.as_str(),
+                    ))
+                    .inc();
+                ProxyError::RateLimited {
+                    scope: limited.scope.as_str(),
+                    retry_after: limited.retry_after,
+                }
+            })?;
 
         if conn == AppProtocol::Http1 && is_upgrade(&req) {
             // An h2c upgrade would let the caller speak HTTP/2 straight to

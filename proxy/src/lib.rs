@@ -29,6 +29,7 @@ pub mod io;
 pub mod metrics;
 pub mod outbound;
 pub mod policy;
+pub mod resilience;
 pub mod server;
 pub mod tcp;
 pub mod telemetry;

@@ -187,6 +187,7 @@ pub struct Metrics {
     pub tcp_read_bytes: Family<DirectionLabels, Counter>,
     pub tcp_written_bytes: Family<DirectionLabels, Counter>,
     pub access_log_dropped: Counter,
+    pub resilience: crate::resilience::metrics::ResilienceMetrics,
     tracked_requests: Arc<Tracked<RequestLabels>>,
     /// Latency series created; each lives while a request series maps to it.
     latency_series: Arc<Mutex<std::collections::HashSet<LatencyLabels>>>,
@@ -203,6 +204,7 @@ impl Default for Metrics {
             tcp_read_bytes: Family::default(),
             tcp_written_bytes: Family::default(),
             access_log_dropped: Counter::default(),
+            resilience: Default::default(),
             tracked_requests: Arc::default(),
             latency_series: Arc::default(),
         }
@@ -258,6 +260,7 @@ impl Metrics {
             .get_or_create(&vec![("version", env!("CARGO_PKG_VERSION"))])
             .set(1);
         registry.register("weft_build_info", "Build information", build);
+        self.resilience.register(registry);
         registry.register_collector(Box::new(weft_api::exposition::ProcessCollector::new()));
     }
 

@@ -8,7 +8,7 @@
 //! while the control plane is unreachable.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -21,6 +21,7 @@ use weft_api::v1 as api;
 use weft_api::v1::inbound_client::InboundClient;
 
 use crate::inbound::ConnInfo;
+use crate::resilience::ratelimit::{Limited, RateLimiter};
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DecisionLabels {
@@ -34,6 +35,9 @@ struct DecisionLabels {
 pub struct Policies {
     ports: HashMap<u16, watch::Receiver<Arc<api::ServerPolicy>>>,
     decisions: Family<DecisionLabels, Counter>,
+    /// Per port, made from the policy's `rate_limit` and kept while it
+    /// is unchanged.
+    limiters: Mutex<HashMap<u16, Arc<RateLimiter>>>,
 }
 
 /// Before the control plane's first answer for a watched port: deny
@@ -67,6 +71,7 @@ impl Policies {
         Self {
             ports: HashMap::new(),
             decisions: Family::default(),
+            limiters: Mutex::default(),
         }
     }
 
@@ -81,6 +86,7 @@ impl Policies {
         Self {
             ports: map,
             decisions: Family::default(),
+            limiters: Mutex::default(),
         }
     }
 
@@ -118,6 +124,32 @@ impl Policies {
         result
     }
 
+    /// Admits one request from `caller` under the port's rate limit.
+    pub fn rate_limit(&self, port: u16, caller: Option<&str>) -> Result<(), Limited> {
+        let policy = self.policy(port);
+        let Some(params) = policy
+            .rate_limit
+            .filter(|r| r.total_rps > 0.0 || r.per_identity_rps > 0.0)
+        else {
+            return Ok(());
+        };
+        let limiter = {
+            let mut limiters = self.limiters.lock().expect("limiter lock");
+            match limiters.get(&port) {
+                Some(l) if *l.params() == params => l.clone(),
+                _ => {
+                    let Some(l) = RateLimiter::new(&params) else {
+                        return Ok(());
+                    };
+                    let l = Arc::new(l);
+                    limiters.insert(port, l.clone());
+                    l
+                }
+            }
+        };
+        limiter.check(caller, tokio::time::Instant::now())
+    }
+
     /// For `/config`.
     pub fn dump(&self) -> serde_json::Value {
         let ports: std::collections::BTreeMap<String, serde_json::Value> = self
@@ -132,6 +164,12 @@ impl Policies {
                         "defaultAllow": p.default_allow,
                         "rules": p.rules.len(),
                         "sources": p.sources,
+                        "rateLimit": p.rate_limit.map(|r| serde_json::json!({
+                            "totalRps": r.total_rps,
+                            "totalBurst": r.total_burst,
+                            "perIdentityRps": r.per_identity_rps,
+                            "perIdentityBurst": r.per_identity_burst,
+                        })),
                     }),
                 )
             })

@@ -234,10 +234,11 @@ pub enum LoadBalancer {
     LeastRequest,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Retries {
-    #[serde(default)]
+    /// Retries after the first try.
+    #[serde(default = "one")]
     pub attempts: u32,
     /// `5xx`, `gateway-error`, `connect-failure`, `reset`, or status codes.
     #[serde(default)]

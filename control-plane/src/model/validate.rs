@@ -125,6 +125,13 @@ pub(super) fn validate(doc: &Document) -> Result<(), FieldError> {
                         format!("expected `5xx`, `gateway-error`, `connect-failure`, `reset` or a status code, got `{on}`"),
                     )?;
                 }
+                for (i, code) in r.grpc_codes.iter().enumerate() {
+                    check(
+                        weft_api::grpc_code(code).is_some(),
+                        format!("spec.retries.grpcCodes[{i}]"),
+                        format!("expected a gRPC status name such as `unavailable` or `resource-exhausted`, or a number 0..=16, got `{code}`"),
+                    )?;
+                }
                 if let Some(b) = &r.budget {
                     check(
                         (0.0..=1.0).contains(&b.ratio),

@@ -1,0 +1,363 @@
+//! Choosing an endpoint: power of two choices over peak-EWMA latency (the
+//! default), weighted round robin, or least request; ejected endpoints are
+//! skipped (or probed, see [`breaker`](super::breaker)).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::time::Instant;
+
+use super::breaker::{Admit, Breaker};
+use crate::discover::Endpoint;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum LoadBalancer {
+    #[default]
+    PeakEwma,
+    RoundRobin,
+    LeastRequest,
+}
+
+/// How fast the latency estimate forgets: the weight of a sample halves
+/// about every 7 s (e^(-t/10s)).
+const DECAY: Duration = Duration::from_secs(10);
+/// The latency assumed for an endpoint never called (Linkerd's default):
+/// new endpoints get traffic, but not a flood before they are measured.
+const DEFAULT_RTT: Duration = Duration::from_millis(30);
+
+/// What the balancer and the breaker know about one endpoint. Shared by
+/// every version of the endpoint list that contains it.
+#[derive(Debug)]
+pub struct EndpointStats {
+    in_flight: AtomicUsize,
+    ewma: Mutex<PeakEwma>,
+    pub breaker: Breaker,
+}
+
+impl Default for EndpointStats {
+    fn default() -> Self {
+        Self {
+            in_flight: AtomicUsize::new(0),
+            ewma: Mutex::new(PeakEwma {
+                cost_ns: DEFAULT_RTT.as_nanos() as f64,
+                stamp: Instant::now(),
+            }),
+            breaker: Breaker::default(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct PeakEwma {
+    cost_ns: f64,
+    stamp: Instant,
+}
+
+impl PeakEwma {
+    /// Decays the estimate for the time since it was last touched.
+    fn decay(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.stamp).as_secs_f64();
+        self.cost_ns *= (-elapsed / DECAY.as_secs_f64()).exp();
+        self.stamp = now;
+    }
+}
+
+impl EndpointStats {
+    /// Counts a request in flight until the guard drops.
+    pub fn start(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Records a response's latency (to headers): a slower one than the
+    /// estimate replaces it at once (peak), a faster one moves it gradually.
+    pub fn observe(&self, rtt: Duration, now: Instant) {
+        let rtt = rtt.as_nanos() as f64;
+        let mut e = self.ewma.lock().expect("ewma lock");
+        let elapsed = now.saturating_duration_since(e.stamp).as_secs_f64();
+        if rtt > e.cost_ns {
+            e.cost_ns = rtt;
+        } else {
+            let w = (-elapsed / DECAY.as_secs_f64()).exp();
+            e.cost_ns = e.cost_ns * w + rtt * (1.0 - w);
+        }
+        e.stamp = now;
+    }
+
+    /// Expected cost of one more request: latency × (requests in flight + 1).
+    fn ewma_load(&self, now: Instant) -> f64 {
+        let mut e = self.ewma.lock().expect("ewma lock");
+        e.decay(now);
+        // A floor keeps endpoints answering in microseconds comparable by
+        // their in-flight counts.
+        e.cost_ns.max(1_000.0) * (self.in_flight() + 1) as f64
+    }
+}
+
+pub struct InFlight(Arc<EndpointStats>);
+
+impl InFlight {
+    pub fn stats(&self) -> &Arc<EndpointStats> {
+        &self.0
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Why no endpoint could be picked.
+#[derive(Debug, PartialEq, Eq)]
+pub enum NoEndpoint {
+    /// The destination has none.
+    Empty,
+    /// All are ejected.
+    AllEjected,
+}
+
+/// The endpoint for the next request, and whether it is a breaker probe.
+/// `avoid` (the endpoint a retry comes from) is skipped when another is
+/// available. `rr` is the destination's round-robin counter.
+pub fn pick<'a>(
+    lb: LoadBalancer,
+    endpoints: &'a [Endpoint],
+    rr: &AtomicUsize,
+    avoid: Option<SocketAddr>,
+    now: Instant,
+) -> Result<(&'a Endpoint, bool), NoEndpoint> {
+    if endpoints.is_empty() {
+        return Err(NoEndpoint::Empty);
+    }
+    let any_open = endpoints.iter().any(|e| e.stats.breaker.is_open());
+    if !any_open && avoid.is_none() {
+        return Ok((choose(lb, endpoints, |_| true, rr, now), false));
+    }
+    // Slow path: some endpoint is ejected, or a retry avoids one.
+    let mut usable = Vec::with_capacity(endpoints.len());
+    for (i, e) in endpoints.iter().enumerate() {
+        match e.stats.breaker.admit(now) {
+            // An ejected endpoint whose backoff has passed gets this
+            // request as its probe.
+            Admit::Probe => return Ok((e, true)),
+            Admit::Yes => usable.push(i),
+            Admit::No => {}
+        }
+    }
+    if usable.is_empty() {
+        return Err(NoEndpoint::AllEjected);
+    }
+    if let Some(avoid) = avoid {
+        if usable.iter().any(|&i| endpoints[i].addr != avoid) {
+            usable.retain(|&i| endpoints[i].addr != avoid);
+        }
+    }
+    let mut ok = vec![false; endpoints.len()];
+    for i in usable {
+        ok[i] = true;
+    }
+    Ok((choose(lb, endpoints, |i| ok[i], rr, now), false))
+}
+
+/// Picks among the endpoints `usable` allows (at least one does).
+fn choose<'a>(
+    lb: LoadBalancer,
+    endpoints: &'a [Endpoint],
+    usable: impl Fn(usize) -> bool,
+    rr: &AtomicUsize,
+    now: Instant,
+) -> &'a Endpoint {
+    let weight = |i: usize| u64::from(endpoints[i].weight.max(1));
+    match lb {
+        LoadBalancer::RoundRobin => {
+            // Weighted: each endpoint gets `weight` consecutive turns of
+            // the cycle.
+            let total: u64 = (0..endpoints.len()).filter(|&i| usable(i)).map(weight).sum();
+            let mut n = rr.fetch_add(1, Ordering::Relaxed) as u64 % total;
+            for i in (0..endpoints.len()).filter(|&i| usable(i)) {
+                if n < weight(i) {
+                    return &endpoints[i];
+                }
+                n -= weight(i);
+            }
+            unreachable!("n < total weight")
+        }
+        LoadBalancer::PeakEwma | LoadBalancer::LeastRequest => {
+            // Power of two choices, each candidate drawn by weight.
+            let total: u64 = (0..endpoints.len()).filter(|&i| usable(i)).map(weight).sum();
+            let draw = || {
+                let mut n = rand::random_range(0..total);
+                for i in (0..endpoints.len()).filter(|&i| usable(i)) {
+                    if n < weight(i) {
+                        return i;
+                    }
+                    n -= weight(i);
+                }
+                unreachable!("n < total weight")
+            };
+            let a = draw();
+            let mut b = draw();
+            // With equal weights, two different candidates (classic P2C).
+            // With unequal ones, independent draws: an endpoint is a
+            // candidate in proportion to its weight, and latency decides
+            // between two candidates, so equal-latency endpoints get
+            // traffic in the ratio of their weights.
+            if endpoints.iter().all(|e| e.weight == endpoints[0].weight) {
+                for _ in 0..8 {
+                    if b != a {
+                        break;
+                    }
+                    b = draw();
+                }
+            }
+            if a == b {
+                return &endpoints[a];
+            }
+            let load = |i: usize| match lb {
+                LoadBalancer::PeakEwma => endpoints[i].stats.ewma_load(now),
+                _ => (endpoints[i].stats.in_flight() + 1) as f64,
+            };
+            if load(a) <= load(b) {
+                &endpoints[a]
+            } else {
+                &endpoints[b]
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoints(weights: &[u32]) -> Vec<Endpoint> {
+        weights
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| Endpoint {
+                weight: w,
+                ..Endpoint::unmeshed(SocketAddr::from(([127, 0, 0, 1], 1000 + i as u16)))
+            })
+            .collect()
+    }
+
+    fn share(eps: &[Endpoint], lb: LoadBalancer, n: usize, now: Instant) -> Vec<usize> {
+        let rr = AtomicUsize::new(0);
+        let mut counts = vec![0; eps.len()];
+        for _ in 0..n {
+            let (e, _) = pick(lb, eps, &rr, None, now).unwrap();
+            counts[eps.iter().position(|x| x.addr == e.addr).unwrap()] += 1;
+        }
+        counts
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn p2c_ewma_avoids_the_slow_endpoint() {
+        let eps = endpoints(&[1, 1, 1]);
+        let now = Instant::now();
+        for (i, ms) in [(0, 1), (1, 1), (2, 51)] {
+            eps[i].stats.observe(Duration::from_millis(ms), now);
+        }
+        tokio::time::advance(Duration::from_millis(10)).await;
+        let counts = share(&eps, LoadBalancer::PeakEwma, 3000, Instant::now());
+        // The slow one wins only when drawn twice... which P2C avoids.
+        assert!(counts[2] < 300, "slow endpoint got {counts:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn peak_ewma_forgets_a_spike_over_time() {
+        let s = EndpointStats::default();
+        let now = Instant::now();
+        s.observe(Duration::from_millis(100), now);
+        let high = s.ewma_load(now);
+        tokio::time::advance(Duration::from_secs(20)).await;
+        let later = s.ewma_load(Instant::now());
+        assert!(later < high / 5.0, "{later} vs {high}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn least_request_prefers_idle_endpoints() {
+        let eps = endpoints(&[1, 1]);
+        let _busy: Vec<_> = (0..5).map(|_| eps[0].stats.start()).collect();
+        let counts = share(&eps, LoadBalancer::LeastRequest, 1000, Instant::now());
+        assert_eq!(counts[0], 0, "{counts:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn round_robin_is_even_and_weights_are_honoured() {
+        let eps = endpoints(&[1, 1, 1]);
+        assert_eq!(
+            share(&eps, LoadBalancer::RoundRobin, 300, Instant::now()),
+            [100, 100, 100]
+        );
+        let eps = endpoints(&[1, 3]);
+        assert_eq!(
+            share(&eps, LoadBalancer::RoundRobin, 400, Instant::now()),
+            [100, 300]
+        );
+        let counts = share(&eps, LoadBalancer::PeakEwma, 4000, Instant::now());
+        // Equal latency: P2C by weight lands near 1:3.
+        assert!((700..1300).contains(&counts[0]), "{counts:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ejected_endpoints_are_skipped_then_probed() {
+        let eps = endpoints(&[1, 1]);
+        let policy = super::super::breaker::BreakerPolicy {
+            consecutive_failures: 1,
+            base_ejection: Duration::from_secs(2),
+            ..Default::default()
+        };
+        assert!(eps[0].stats.breaker.failure(&policy, Instant::now(), || true));
+        let counts = share(&eps, LoadBalancer::RoundRobin, 10, Instant::now());
+        assert_eq!(counts, [0, 10]);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let rr = AtomicUsize::new(0);
+        let (e, probe) = pick(LoadBalancer::PeakEwma, &eps, &rr, None, Instant::now()).unwrap();
+        assert!(probe && e.addr == eps[0].addr);
+        let (e, probe) = pick(LoadBalancer::PeakEwma, &eps, &rr, None, Instant::now()).unwrap();
+        assert!(!probe && e.addr == eps[1].addr, "only one probe at a time");
+        // Everything ejected: no endpoint.
+        assert!(eps[1].stats.breaker.failure(&policy, Instant::now(), || true));
+        assert_eq!(
+            pick(LoadBalancer::PeakEwma, &eps, &rr, None, Instant::now()).unwrap_err(),
+            NoEndpoint::AllEjected
+        );
+    }
+
+    #[test]
+    fn a_retry_avoids_the_endpoint_it_comes_from() {
+        let eps = endpoints(&[1, 1]);
+        let rr = AtomicUsize::new(0);
+        for _ in 0..20 {
+            let (e, _) = pick(
+                LoadBalancer::PeakEwma,
+                &eps,
+                &rr,
+                Some(eps[0].addr),
+                Instant::now(),
+            )
+            .unwrap();
+            assert_eq!(e.addr, eps[1].addr);
+        }
+        let one = endpoints(&[1]);
+        let (e, _) = pick(
+            LoadBalancer::RoundRobin,
+            &one,
+            &rr,
+            Some(one[0].addr),
+            Instant::now(),
+        )
+        .unwrap();
+        assert_eq!(e.addr, one[0].addr, "the only endpoint is still used");
+    }
+}

@@ -1,0 +1,550 @@
+//! Retries: which outcomes are retried, a budget so retries cannot
+//! multiply an outage, backoff with full jitter, and the request body
+//! buffered for replay (up to [`MAX_REPLAY`]).
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, StatusCode};
+use http_body::{Frame, SizeHint};
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::http::{Body, BoxError};
+
+/// Request bodies up to this size are kept for a retry; a request with a
+/// larger body is never retried once its body started flowing.
+pub const MAX_REPLAY: usize = 64 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RetryPolicy {
+    /// Retries after the first try.
+    pub attempts: u32,
+    pub on: RetryOn,
+    /// gRPC status codes to retry.
+    pub grpc_codes: Vec<u32>,
+    pub budget_ratio: f64,
+    pub min_per_second: u32,
+    #[serde(serialize_with = "super::ser_duration")]
+    pub backoff_base: Duration,
+    #[serde(serialize_with = "super::ser_duration")]
+    pub backoff_max: Duration,
+    pub non_idempotent: bool,
+}
+
+impl Default for RetryPolicy {
+    /// With no policy: one retry of a connection failure (nothing reached
+    /// the server), within the default budget.
+    fn default() -> Self {
+        Self {
+            attempts: 1,
+            on: RetryOn {
+                connect_failure: true,
+                ..RetryOn::default()
+            },
+            grpc_codes: Vec::new(),
+            budget_ratio: 0.2,
+            min_per_second: 10,
+            backoff_base: Duration::from_millis(25),
+            backoff_max: Duration::from_millis(250),
+            non_idempotent: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RetryOn {
+    /// Any 5xx response, plus connection failures and resets.
+    pub five_xx: bool,
+    /// 502, 503, 504, plus connection failures and resets.
+    pub gateway_error: bool,
+    pub connect_failure: bool,
+    /// The stream or connection failed after the request was sent.
+    pub reset: bool,
+    pub statuses: Vec<u16>,
+}
+
+impl RetryOn {
+    /// Parses the policy's `on` list (validated by the control plane;
+    /// unknown entries are ignored here).
+    pub fn parse(items: &[String]) -> Self {
+        let mut on = RetryOn::default();
+        for item in items {
+            match item.as_str() {
+                "5xx" => on.five_xx = true,
+                "gateway-error" => on.gateway_error = true,
+                "connect-failure" => on.connect_failure = true,
+                "reset" => on.reset = true,
+                code => on.statuses.extend(code.parse::<u16>().ok()),
+            }
+        }
+        on
+    }
+
+    /// Whether only connection failures are retried: then a request never
+    /// needs to be replayed (nothing of it was sent).
+    pub fn connect_only(&self) -> bool {
+        !self.five_xx && !self.gateway_error && !self.reset && self.statuses.is_empty()
+    }
+}
+
+/// How one try ended, as far as retrying cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Response {
+        status: StatusCode,
+        /// `grpc-status` in the response headers (a trailers-only reply).
+        grpc: Option<u32>,
+    },
+    /// Nothing reached the server (connect, TLS, identity).
+    ConnectFailure,
+    /// Failed after the request was sent.
+    Reset,
+    PerTryTimeout,
+}
+
+impl RetryPolicy {
+    pub fn retries(&self, outcome: Outcome) -> bool {
+        let on = &self.on;
+        match outcome {
+            Outcome::ConnectFailure => on.connect_failure || on.five_xx || on.gateway_error,
+            Outcome::Reset => on.reset || on.five_xx || on.gateway_error,
+            // A per-try timeout exists to be retried.
+            Outcome::PerTryTimeout => true,
+            Outcome::Response { status, grpc } => {
+                (on.five_xx && status.is_server_error())
+                    || (on.gateway_error && matches!(status.as_u16(), 502..=504))
+                    || on.statuses.contains(&status.as_u16())
+                    || grpc.is_some_and(|c| self.grpc_codes.contains(&c))
+            }
+        }
+    }
+
+    /// Whether a request with this method may be retried after it was sent.
+    pub fn method_allowed(&self, method: &Method) -> bool {
+        self.non_idempotent || is_idempotent(method)
+    }
+
+    /// The wait before retry number `n` (1-based): full jitter over an
+    /// exponentially growing window, `[0, min(max, base · 2ⁿ⁻¹))`.
+    pub fn backoff(&self, n: u32) -> Duration {
+        let window = self
+            .backoff_base
+            .saturating_mul(1u32 << n.saturating_sub(1).min(20))
+            .min(self.backoff_max);
+        window.mul_f64(rand::random::<f64>())
+    }
+}
+
+/// RFC 9110 §9.2.2.
+pub fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+pub use weft_api::grpc_code;
+
+/// A retry budget: over a sliding window, retries may be at most `ratio`
+/// of the original requests plus `min_per_second` per second. Retries
+/// therefore add at most that much load to a failing destination, however
+/// many attempts the policy allows.
+#[derive(Debug)]
+pub struct Budget {
+    ratio: f64,
+    min_per_second: u32,
+    window: Mutex<Window>,
+}
+
+const SLOTS: usize = 10;
+const SLOT: Duration = Duration::from_secs(1);
+
+#[derive(Debug)]
+struct Window {
+    /// (requests, retries) per one-second slot, newest last.
+    slots: VecDeque<(u64, u64)>,
+    slot_start: Instant,
+}
+
+impl Budget {
+    pub fn new(ratio: f64, min_per_second: u32) -> Self {
+        Self {
+            ratio,
+            min_per_second,
+            window: Mutex::new(Window {
+                slots: VecDeque::from([(0, 0)]),
+                slot_start: Instant::now(),
+            }),
+        }
+    }
+
+    pub fn params(&self) -> (f64, u32) {
+        (self.ratio, self.min_per_second)
+    }
+
+    fn with_window<T>(&self, f: impl FnOnce(&mut Window) -> T) -> T {
+        let mut w = self.window.lock().expect("budget lock");
+        let now = Instant::now();
+        while now.saturating_duration_since(w.slot_start) >= SLOT {
+            w.slot_start += SLOT;
+            w.slots.push_back((0, 0));
+            if w.slots.len() > SLOTS {
+                w.slots.pop_front();
+            }
+            if now.saturating_duration_since(w.slot_start) > SLOT * SLOTS as u32 {
+                // Idle for longer than the window: start afresh.
+                w.slots.clear();
+                w.slots.push_back((0, 0));
+                w.slot_start = now;
+            }
+        }
+        f(&mut w)
+    }
+
+    /// Counts an original request.
+    pub fn deposit(&self) {
+        self.with_window(|w| w.slots.back_mut().expect("one slot").0 += 1);
+    }
+
+    /// Takes one retry from the budget; false when it is spent.
+    pub fn withdraw(&self) -> bool {
+        let ratio = self.ratio;
+        let min = self.min_per_second;
+        self.with_window(|w| {
+            let (requests, retries) = w.slots.iter().fold((0, 0), |(a, b), (r, t)| (a + r, b + t));
+            let secs = w.slots.len() as f64;
+            let allowed = requests as f64 * ratio + f64::from(min) * secs;
+            if (retries as f64) < allowed {
+                w.slots.back_mut().expect("one slot").1 += 1;
+                true
+            } else {
+                false
+            }
+        })
+    }
+}
+
+// ------------------------------------------------------------ replay
+
+/// A request body that keeps what it sent (up to [`MAX_REPLAY`]) so the
+/// request can be sent again. Every [`ReplayBody::replay`] clone yields
+/// the frames from the start; the first to reach the end of what was
+/// buffered reads on from the original body.
+pub struct ReplayBody {
+    shared: Arc<Mutex<Shared>>,
+    /// Index of the next buffered frame this clone yields.
+    pos: usize,
+    trailers_sent: bool,
+    /// This copy went past [`MAX_REPLAY`]: it streams the rest of the
+    /// original body without keeping it.
+    passthrough: bool,
+}
+
+struct Shared {
+    inner: Option<Body>,
+    frames: Vec<Bytes>,
+    buffered: usize,
+    /// More than [`MAX_REPLAY`] went through: no replay possible.
+    overflow: bool,
+    trailers: Option<HeaderMap>,
+    ended: bool,
+    size_hint: SizeHint,
+}
+
+impl ReplayBody {
+    pub fn new(body: Body) -> Self {
+        let size_hint = http_body::Body::size_hint(&body);
+        let ended = http_body::Body::is_end_stream(&body);
+        let overflow = size_hint.lower() > MAX_REPLAY as u64;
+        Self {
+            shared: Arc::new(Mutex::new(Shared {
+                inner: Some(body),
+                frames: Vec::new(),
+                buffered: 0,
+                overflow,
+                trailers: None,
+                ended,
+                size_hint,
+            })),
+            pos: 0,
+            trailers_sent: false,
+            passthrough: overflow,
+        }
+    }
+
+    /// Whether another copy can still be made.
+    pub fn can_replay(&self) -> bool {
+        !self.shared.lock().expect("replay lock").overflow
+    }
+
+    /// A body that yields everything from the start again.
+    pub fn replay(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+            pos: 0,
+            trailers_sent: false,
+            passthrough: false,
+        }
+    }
+}
+
+impl http_body::Body for ReplayBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let mut s = this.shared.lock().expect("replay lock");
+        if !this.passthrough {
+            if this.pos < s.frames.len() {
+                let data = s.frames[this.pos].clone();
+                this.pos += 1;
+                return Poll::Ready(Some(Ok(Frame::data(data))));
+            }
+            if s.ended {
+                if !this.trailers_sent {
+                    this.trailers_sent = true;
+                    if let Some(t) = s.trailers.clone() {
+                        return Poll::Ready(Some(Ok(Frame::trailers(t))));
+                    }
+                }
+                return Poll::Ready(None);
+            }
+            if s.overflow {
+                return Poll::Ready(Some(Err("request body too large to replay".into())));
+            }
+        }
+        let Some(inner) = s.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let frame = match Pin::new(inner).poll_frame(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Some(Ok(frame))) => frame,
+            Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+            Poll::Ready(None) => {
+                s.ended = true;
+                s.inner = None;
+                this.trailers_sent = true;
+                return Poll::Ready(None);
+            }
+        };
+        match frame.into_data() {
+            Ok(data) => {
+                if !this.passthrough {
+                    s.buffered += data.len();
+                    if s.buffered > MAX_REPLAY {
+                        s.overflow = true;
+                        s.frames = Vec::new();
+                        this.passthrough = true;
+                    } else {
+                        s.frames.push(data.clone());
+                        this.pos += 1;
+                    }
+                }
+                Poll::Ready(Some(Ok(Frame::data(data))))
+            }
+            Err(frame) => {
+                if let Some(t) = frame.trailers_ref() {
+                    s.trailers = Some(t.clone());
+                }
+                s.ended = true;
+                s.inner = None;
+                this.trailers_sent = true;
+                Poll::Ready(Some(Ok(frame)))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        let s = self.shared.lock().expect("replay lock");
+        if self.passthrough {
+            return s.inner.as_ref().is_none_or(http_body::Body::is_end_stream);
+        }
+        s.ended && self.pos >= s.frames.len() && (self.trailers_sent || s.trailers.is_none())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.shared.lock().expect("replay lock").size_hint
+    }
+}
+
+// ------------------------------------------------------------ deadlines
+
+/// Parses a `grpc-timeout` header value (`100m`, `5S`, ...).
+pub fn parse_grpc_timeout(v: &[u8]) -> Option<Duration> {
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit {
+        b"H" => Duration::from_secs(n * 3600),
+        b"M" => Duration::from_secs(n * 60),
+        b"S" => Duration::from_secs(n),
+        b"m" => Duration::from_millis(n),
+        b"u" => Duration::from_micros(n),
+        b"n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// Formats a `grpc-timeout` value (at most 8 digits, as the spec says),
+/// rounding down so the server never waits longer than the caller.
+pub fn format_grpc_timeout(d: Duration) -> String {
+    const MAX: u128 = 99_999_999;
+    let units: [(u128, &str); 4] = [
+        (d.as_micros(), "u"),
+        (d.as_millis(), "m"),
+        (u128::from(d.as_secs()), "S"),
+        (u128::from(d.as_secs() / 60), "M"),
+    ];
+    for (n, unit) in units {
+        if n <= MAX {
+            return format!("{n}{unit}");
+        }
+    }
+    format!("{}H", (d.as_secs() / 3600).min(MAX as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[test]
+    fn conditions() {
+        let p = RetryPolicy {
+            attempts: 2,
+            on: RetryOn::parse(&["gateway-error".into(), "429".into()]),
+            grpc_codes: vec![grpc_code("unavailable").unwrap()],
+            ..RetryPolicy::default()
+        };
+        let rsp = |s: u16, grpc| Outcome::Response {
+            status: StatusCode::from_u16(s).unwrap(),
+            grpc,
+        };
+        assert!(p.retries(rsp(503, None)));
+        assert!(p.retries(rsp(429, None)));
+        assert!(!p.retries(rsp(500, None)));
+        assert!(!p.retries(rsp(200, None)));
+        assert!(p.retries(rsp(200, Some(14))));
+        assert!(!p.retries(rsp(200, Some(13))));
+        assert!(p.retries(Outcome::ConnectFailure));
+        assert!(p.retries(Outcome::Reset));
+        let default = RetryPolicy::default();
+        assert!(default.retries(Outcome::ConnectFailure));
+        assert!(!default.retries(Outcome::Reset));
+        assert!(!default.retries(rsp(503, None)));
+        assert!(default.on.connect_only());
+        assert!(default.method_allowed(&Method::GET));
+        assert!(!default.method_allowed(&Method::POST));
+        assert_eq!(grpc_code("RESOURCE_EXHAUSTED"), Some(8));
+        assert_eq!(grpc_code("14"), Some(14));
+        assert_eq!(grpc_code("nope"), None);
+    }
+
+    #[test]
+    fn backoff_is_full_jitter_within_an_exponential_window() {
+        let p = RetryPolicy {
+            backoff_base: Duration::from_millis(10),
+            backoff_max: Duration::from_millis(50),
+            ..RetryPolicy::default()
+        };
+        let mut max3 = Duration::ZERO;
+        for _ in 0..1000 {
+            assert!(p.backoff(1) < Duration::from_millis(10));
+            let b = p.backoff(3);
+            assert!(b < Duration::from_millis(40));
+            max3 = max3.max(b);
+            assert!(p.backoff(10) < Duration::from_millis(50));
+        }
+        assert!(max3 > Duration::from_millis(30), "jitter spans the window");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn budget_allows_a_ratio_plus_a_minimum() {
+        let b = Budget::new(0.2, 0);
+        for _ in 0..100 {
+            b.deposit();
+        }
+        let granted = (0..100).filter(|_| b.withdraw()).count();
+        assert_eq!(granted, 20);
+        // The window slides: after it has passed, old requests no longer
+        // pay for retries.
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert!(!b.withdraw());
+        let b = Budget::new(0.0, 5);
+        assert_eq!(
+            (0..100).filter(|_| b.withdraw()).count(),
+            5,
+            "5/s over a 1 s window so far"
+        );
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!((0..100).filter(|_| b.withdraw()).count(), 5);
+    }
+
+    #[tokio::test]
+    async fn replay_yields_the_same_body_twice() {
+        let (mut tx, body) = http_body_util::channel::Channel::<Bytes, BoxError>::new(4);
+        let first = ReplayBody::new(body.boxed_unsync());
+        let second = first.replay();
+        tokio::spawn(async move {
+            tx.send_data(Bytes::from_static(b"hello ")).await.unwrap();
+            tx.send_data(Bytes::from_static(b"world")).await.unwrap();
+            let mut t = HeaderMap::new();
+            t.insert("x-t", "1".parse().unwrap());
+            tx.send_trailers(t).await.unwrap();
+        });
+        let a = first.collect().await.unwrap();
+        assert_eq!(a.trailers().unwrap()["x-t"], "1");
+        assert_eq!(a.to_bytes(), "hello world");
+        let b = second.collect().await.unwrap();
+        assert_eq!(b.trailers().unwrap()["x-t"], "1");
+        assert_eq!(b.to_bytes(), "hello world");
+    }
+
+    #[tokio::test]
+    async fn large_bodies_are_not_replayable() {
+        let big = crate::http::full_body(Bytes::from(vec![b'x'; MAX_REPLAY + 1]));
+        let first = ReplayBody::new(big);
+        assert!(!first.can_replay(), "known length over the limit");
+        let (mut tx, body) = http_body_util::channel::Channel::<Bytes, BoxError>::new(4);
+        let streamed = ReplayBody::new(body.boxed_unsync());
+        tokio::spawn(async move {
+            for _ in 0..3 {
+                tx.send_data(Bytes::from(vec![b'y'; MAX_REPLAY / 2]))
+                    .await
+                    .unwrap();
+            }
+        });
+        let got = streamed.replay().collect().await.unwrap().to_bytes();
+        assert_eq!(got.len(), MAX_REPLAY / 2 * 3, "the first copy streams it all");
+        assert!(!streamed.can_replay());
+    }
+
+    #[test]
+    fn grpc_timeouts_round_trip() {
+        assert_eq!(parse_grpc_timeout(b"100m"), Some(Duration::from_millis(100)));
+        assert_eq!(parse_grpc_timeout(b"5S"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_grpc_timeout(b"2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(parse_grpc_timeout(b"m"), None);
+        assert_eq!(parse_grpc_timeout(b"123456789m"), None);
+        assert_eq!(format_grpc_timeout(Duration::from_millis(1500)), "1500000u");
+        assert_eq!(format_grpc_timeout(Duration::from_secs(200)), "200000m");
+        assert_eq!(format_grpc_timeout(Duration::from_secs(200_000)), "200000S");
+        for d in [1u64, 999, 123_456, 86_400_000] {
+            let d = Duration::from_millis(d);
+            assert_eq!(parse_grpc_timeout(format_grpc_timeout(d).as_bytes()), Some(d));
+        }
+    }
+}
