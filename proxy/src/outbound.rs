@@ -290,12 +290,18 @@ impl Outbound {
             };
             let failed = match outcome {
                 Some(Outcome::Response { status, grpc }) => {
-                    endpoint.stats.observe(sent.elapsed(), Instant::now());
                     status.is_server_error() || grpc.is_some_and(grpc_is_failure)
                 }
                 Some(_) => true,
                 None => false,
             };
+            if outcome.is_some() {
+                if failed {
+                    endpoint.stats.observe_failure(sent.elapsed(), Instant::now());
+                } else {
+                    endpoint.stats.observe(sent.elapsed(), Instant::now());
+                }
+            }
             // A gRPC response's verdict comes with its trailers.
             let defer = matches!(&result, Ok(rsp) if !failed && is_grpc_response(rsp));
             if !defer && outcome.is_some() {

@@ -294,3 +294,100 @@ pub async fn admin_get(admin: SocketAddr, path: &str) -> (StatusCode, String) {
     let (status, _, body, _) = collect(c.send_request(req).await.unwrap()).await;
     (status, String::from_utf8_lossy(&body).into_owned())
 }
+
+/// How a [`FlakyApp`] answers, changeable while it runs.
+#[derive(Debug, Clone)]
+pub struct Behaviour {
+    /// Wait this long before answering.
+    pub delay: Duration,
+    /// Share of requests (0.0–1.0) answered with `fail_status`.
+    pub fail_ratio: f64,
+    pub fail_status: StatusCode,
+}
+
+impl Default for Behaviour {
+    fn default() -> Self {
+        Self {
+            delay: Duration::ZERO,
+            fail_ratio: 0.0,
+            fail_status: StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+/// A misbehaving HTTP/1+2 app for resilience tests. Counts every request
+/// it receives; answers per its [`Behaviour`] with `x-echo-server` (its
+/// address) and `x-seen-grpc-timeout` (the `grpc-timeout` it received).
+/// gRPC requests get a trailers-only reply: `grpc-status: 0`, or 14
+/// (UNAVAILABLE) when failing.
+pub struct FlakyApp {
+    pub addr: SocketAddr,
+    pub requests: Arc<AtomicUsize>,
+    behaviour: Arc<std::sync::Mutex<Behaviour>>,
+}
+
+impl FlakyApp {
+    pub async fn start(behaviour: Behaviour) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let behaviour = Arc::new(std::sync::Mutex::new(behaviour));
+        let (count, b) = (requests.clone(), behaviour.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let (count, b) = (count.clone(), b.clone());
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: Request<Incoming>| {
+                        let (count, b) = (count.clone(), b.clone());
+                        async move {
+                            count.fetch_add(1, Ordering::SeqCst);
+                            let now = b.lock().unwrap().clone();
+                            if !now.delay.is_zero() {
+                                tokio::time::sleep(now.delay).await;
+                            }
+                            let fail = now.fail_ratio > 0.0 && rand::random::<f64>() < now.fail_ratio;
+                            let grpc = req
+                                .headers()
+                                .get("content-type")
+                                .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+                            let mut rsp = Response::builder().header("x-echo-server", addr.to_string());
+                            if let Some(t) = req.headers().get("grpc-timeout") {
+                                rsp = rsp.header("x-seen-grpc-timeout", t);
+                            }
+                            // Read the request body so clients see it consumed.
+                            let _ = req.into_body().collect().await;
+                            let rsp = if grpc {
+                                rsp.header("content-type", "application/grpc")
+                                    .header("grpc-status", if fail { "14" } else { "0" })
+                                    .body(full(Bytes::new()))
+                            } else {
+                                rsp.status(if fail { now.fail_status } else { StatusCode::OK })
+                                    .body(full(Bytes::from_static(b"ok")))
+                            };
+                            Ok::<_, Infallible>(rsp.unwrap())
+                        }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self {
+            addr,
+            requests,
+            behaviour,
+        }
+    }
+
+    pub fn set(&self, behaviour: Behaviour) {
+        *self.behaviour.lock().unwrap() = behaviour;
+    }
+
+    pub fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+}

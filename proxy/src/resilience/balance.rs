@@ -28,6 +28,8 @@ const DECAY: Duration = Duration::from_secs(10);
 /// The latency assumed for an endpoint never called (Linkerd's default):
 /// new endpoints get traffic, but not a flood before they are measured.
 const DEFAULT_RTT: Duration = Duration::from_millis(30);
+/// See [`EndpointStats::observe_failure`].
+const FAILURE_PENALTY: u32 = 5;
 
 /// What the balancer and the breaker know about one endpoint. Shared by
 /// every version of the endpoint list that contains it.
@@ -45,6 +47,7 @@ impl Default for EndpointStats {
             ewma: Mutex::new(PeakEwma {
                 cost_ns: DEFAULT_RTT.as_nanos() as f64,
                 stamp: Instant::now(),
+                measured: false,
             }),
             breaker: Breaker::default(),
         }
@@ -55,6 +58,8 @@ impl Default for EndpointStats {
 struct PeakEwma {
     cost_ns: f64,
     stamp: Instant,
+    /// No response seen yet: the first one replaces the default.
+    measured: bool,
 }
 
 impl PeakEwma {
@@ -79,17 +84,31 @@ impl EndpointStats {
 
     /// Records a response's latency (to headers): a slower one than the
     /// estimate replaces it at once (peak), a faster one moves it gradually.
+    /// The first response replaces the default estimate, so an endpoint
+    /// that joins late is not stuck behind ones measured earlier.
     pub fn observe(&self, rtt: Duration, now: Instant) {
         let rtt = rtt.as_nanos() as f64;
         let mut e = self.ewma.lock().expect("ewma lock");
         let elapsed = now.saturating_duration_since(e.stamp).as_secs_f64();
-        if rtt > e.cost_ns {
+        if rtt > e.cost_ns || !e.measured {
             e.cost_ns = rtt;
+            e.measured = true;
         } else {
             let w = (-elapsed / DECAY.as_secs_f64()).exp();
             e.cost_ns = e.cost_ns * w + rtt * (1.0 - w);
         }
         e.stamp = now;
+    }
+
+    /// Records a failed response: it counts as taking [`FAILURE_PENALTY`]
+    /// times the current estimate (at least the default), so an endpoint
+    /// that fails fast does not attract traffic for being fast.
+    pub fn observe_failure(&self, rtt: Duration, now: Instant) {
+        let cost = {
+            let e = self.ewma.lock().expect("ewma lock");
+            Duration::from_nanos(e.cost_ns as u64)
+        };
+        self.observe(rtt.max(cost.max(DEFAULT_RTT) * FAILURE_PENALTY), now);
     }
 
     /// Expected cost of one more request: latency × (requests in flight + 1).
@@ -140,7 +159,7 @@ pub fn pick<'a>(
     }
     let any_open = endpoints.iter().any(|e| e.stats.breaker.is_open());
     if !any_open && avoid.is_none() {
-        return Ok((choose(lb, endpoints, |_| true, rr, now), false));
+        return Ok((choose(lb, endpoints, None, rr, now), false));
     }
     // Slow path: some endpoint is ejected, or a retry avoids one.
     let mut usable = Vec::with_capacity(endpoints.len());
@@ -161,75 +180,74 @@ pub fn pick<'a>(
             usable.retain(|&i| endpoints[i].addr != avoid);
         }
     }
-    let mut ok = vec![false; endpoints.len()];
-    for i in usable {
-        ok[i] = true;
-    }
-    Ok((choose(lb, endpoints, |i| ok[i], rr, now), false))
+    Ok((choose(lb, endpoints, Some(&usable), rr, now), false))
 }
 
-/// Picks among the endpoints `usable` allows (at least one does).
+/// Picks among `usable` (indices into `endpoints`; `None`: all of them,
+/// of which there is at least one).
 fn choose<'a>(
     lb: LoadBalancer,
     endpoints: &'a [Endpoint],
-    usable: impl Fn(usize) -> bool,
+    usable: Option<&[usize]>,
     rr: &AtomicUsize,
     now: Instant,
 ) -> &'a Endpoint {
-    let weight = |i: usize| u64::from(endpoints[i].weight.max(1));
+    let n = usable.map_or(endpoints.len(), <[usize]>::len);
+    let at = |k: usize| usable.map_or(k, |u| u[k]);
+    let weight = |k: usize| u64::from(endpoints[at(k)].weight.max(1));
+    if n == 1 {
+        return &endpoints[at(0)];
+    }
     match lb {
         LoadBalancer::RoundRobin => {
             // Weighted: each endpoint gets `weight` consecutive turns of
             // the cycle.
-            let total: u64 = (0..endpoints.len()).filter(|&i| usable(i)).map(weight).sum();
-            let mut n = rr.fetch_add(1, Ordering::Relaxed) as u64 % total;
-            for i in (0..endpoints.len()).filter(|&i| usable(i)) {
-                if n < weight(i) {
-                    return &endpoints[i];
+            let total: u64 = (0..n).map(weight).sum();
+            let mut x = rr.fetch_add(1, Ordering::Relaxed) as u64 % total;
+            for k in 0..n {
+                if x < weight(k) {
+                    return &endpoints[at(k)];
                 }
-                n -= weight(i);
+                x -= weight(k);
             }
-            unreachable!("n < total weight")
+            unreachable!("x < total weight")
         }
         LoadBalancer::PeakEwma | LoadBalancer::LeastRequest => {
-            // Power of two choices, each candidate drawn by weight.
-            let total: u64 = (0..endpoints.len()).filter(|&i| usable(i)).map(weight).sum();
-            let draw = || {
-                let mut n = rand::random_range(0..total);
-                for i in (0..endpoints.len()).filter(|&i| usable(i)) {
-                    if n < weight(i) {
-                        return i;
-                    }
-                    n -= weight(i);
+            let load = |k: usize| {
+                let stats = &endpoints[at(k)].stats;
+                match lb {
+                    LoadBalancer::PeakEwma => stats.ewma_load(now),
+                    _ => (stats.in_flight() + 1) as f64,
                 }
-                unreachable!("n < total weight")
             };
-            let a = draw();
-            let mut b = draw();
-            // With equal weights, two different candidates (classic P2C).
-            // With unequal ones, independent draws: an endpoint is a
-            // candidate in proportion to its weight, and latency decides
-            // between two candidates, so equal-latency endpoints get
-            // traffic in the ratio of their weights.
-            if endpoints.iter().all(|e| e.weight == endpoints[0].weight) {
-                for _ in 0..8 {
-                    if b != a {
-                        break;
+            if endpoints.iter().any(|e| e.weight != endpoints[0].weight) {
+                // Unequal weights: a draw in proportion to weight /
+                // (requests in flight + 1), as Envoy does for weighted
+                // least-request. Idle endpoints get traffic in the ratio
+                // of their weights; a slow one piles up requests in flight
+                // and so gets proportionally less. (Latency peaks are too
+                // noisy to divide weights by: the busier endpoint sees more
+                // of them, which skews shares by 10 % and more.)
+                let shares: Vec<f64> = (0..n)
+                    .map(|k| weight(k) as f64 / (endpoints[at(k)].stats.in_flight() + 1) as f64)
+                    .collect();
+                let mut x = rand::random::<f64>() * shares.iter().sum::<f64>();
+                for (k, s) in shares.iter().enumerate() {
+                    if x < *s {
+                        return &endpoints[at(k)];
                     }
-                    b = draw();
+                    x -= s;
                 }
+                return &endpoints[at(n - 1)];
             }
-            if a == b {
-                return &endpoints[a];
-            }
-            let load = |i: usize| match lb {
-                LoadBalancer::PeakEwma => endpoints[i].stats.ewma_load(now),
-                _ => (endpoints[i].stats.in_flight() + 1) as f64,
-            };
+            // Equal weights: power of two choices between two different
+            // endpoints; the less loaded wins.
+            let a = rand::random_range(0..n);
+            let b = (a + rand::random_range(1..n)) % n;
             if load(a) <= load(b) {
-                &endpoints[a]
+                &endpoints[at(a)]
             } else {
-                &endpoints[b]
+                &endpoints[at(b)]
             }
         }
     }
@@ -271,6 +289,26 @@ mod tests {
         let counts = share(&eps, LoadBalancer::PeakEwma, 3000, Instant::now());
         // The slow one wins only when drawn twice... which P2C avoids.
         assert!(counts[2] < 300, "slow endpoint got {counts:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_late_endpoint_competes_and_fast_failures_repel() {
+        let eps = endpoints(&[1, 1]);
+        for _ in 0..100 {
+            eps[0].stats.observe(Duration::from_millis(1), Instant::now());
+            tokio::time::advance(Duration::from_millis(10)).await;
+        }
+        // The newcomer's first answer is faster: it is cheaper at once
+        // (not stuck behind the 30 ms default).
+        eps[1].stats.observe(Duration::from_micros(900), Instant::now());
+        let counts = share(&eps, LoadBalancer::PeakEwma, 1000, Instant::now());
+        assert!(counts[1] > 900, "{counts:?}");
+        // Fast failures make it expensive.
+        eps[1]
+            .stats
+            .observe_failure(Duration::from_micros(100), Instant::now());
+        let counts = share(&eps, LoadBalancer::PeakEwma, 1000, Instant::now());
+        assert!(counts[1] < 50, "{counts:?}");
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,0 +1,738 @@
+//! Resilience end to end: misbehaving apps (slow, failing, hanging) behind
+//! real proxies, policies from a real control plane's YAML files, and the
+//! client proxy's load balancing, circuit breaking, retries, timeouts,
+//! bulkhead, fault injection and the server side's rate limits measured
+//! from outside: by the status codes clients see and the requests each
+//! app counted.
+//!
+//! The tests run one at a time (they measure latency and shares, which a
+//! neighbour test's load would skew).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use weft_tests::apps::*;
+use weft_tests::{eventually, ControlProc, ProxyProc, TempDir};
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A control plane over a temp dir, `n` apps each behind a server proxy,
+/// published as MeshService `echo` in namespace `demo`, and a client proxy.
+struct Bed {
+    dir: TempDir,
+    _control: ControlProc,
+    apps: Vec<FlakyApp>,
+    servers: Vec<ProxyProc>,
+    client: ProxyProc,
+}
+
+impl Bed {
+    async fn start(n: usize) -> Self {
+        let dir = TempDir::new();
+        std::fs::create_dir_all(dir.path().join("mesh")).unwrap();
+        let control = ControlProc::start(&dir.path().join("mesh"), "127.0.0.1:0".parse().unwrap());
+        let mut apps = Vec::new();
+        let mut servers = Vec::new();
+        for _ in 0..n {
+            let app = FlakyApp::start(Behaviour::default()).await;
+            servers.push(ProxyProc::start(&format!(
+                "appPorts: [{}]\ncontrolPlane: {}\nnamespace: demo\nworkload: echo\n",
+                app.addr.port(),
+                control.url()
+            )));
+            apps.push(app);
+        }
+        let client = ProxyProc::start(&format!("controlPlane: {}\nnamespace: demo\n", control.url()));
+        let bed = Self {
+            dir,
+            _control: control,
+            apps,
+            servers,
+            client,
+        };
+        bed.publish(&vec![1; n]);
+        bed
+    }
+
+    /// Publishes the endpoints with these weights.
+    fn publish(&self, weights: &[u32]) {
+        let eps: String = self
+            .apps
+            .iter()
+            .zip(&self.servers)
+            .zip(weights)
+            .map(|((a, s), w)| {
+                format!(
+                    "    - address: {}\n      proxy: {}\n      weight: {w}\n",
+                    a.addr, s.addrs.inbound
+                )
+            })
+            .collect();
+        self.dir.write(
+            "mesh/echo.yaml",
+            &format!(
+                "apiVersion: weft.dev/v1alpha1\nkind: MeshService\nmetadata: {{name: echo, namespace: demo}}\nspec:\n  endpoints:\n{eps}"
+            ),
+        );
+    }
+
+    /// Writes a TrafficPolicy for `echo` with this spec (indented YAML
+    /// under `spec:`, after `targetRef`), and waits until the client proxy
+    /// shows `marker` in its `/config`.
+    async fn traffic_policy(&self, spec: &str, marker: &str) {
+        self.dir.write(
+            "mesh/policy.yaml",
+            &format!(
+                "apiVersion: weft.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {{name: echo, namespace: demo}}\nspec:\n  targetRef: {{name: echo}}\n{spec}"
+            ),
+        );
+        self.wait_config(marker).await;
+    }
+
+    async fn wait_config(&self, marker: &str) {
+        // The watch exists once a request went through.
+        let _ = call(self.client.addrs.outbound, "/", &[]).await;
+        eventually(Duration::from_secs(5), marker, || async {
+            let (_, config) = admin_get(self.client.addrs.admin, "/config").await;
+            let compact: String = config.split_whitespace().collect();
+            compact.contains(marker).then_some(())
+        })
+        .await;
+    }
+
+    fn share(&self, i: usize, before: &[usize]) -> usize {
+        self.apps[i].requests() - before[i]
+    }
+
+    fn counts(&self) -> Vec<usize> {
+        self.apps.iter().map(FlakyApp::requests).collect()
+    }
+
+    async fn metric(&self, prefix: &str) -> f64 {
+        metric_sum(self.client.addrs.admin, prefix).await
+    }
+}
+
+impl Drop for Bed {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- client proxy log:\n{}", self.client.logs());
+            for (i, s) in self.servers.iter().enumerate() {
+                eprintln!("--- server proxy {i} log:\n{}", s.logs());
+            }
+        }
+    }
+}
+
+/// Sum of the samples whose line starts with `prefix`.
+async fn metric_sum(admin: SocketAddr, prefix: &str) -> f64 {
+    let (_, text) = admin_get(admin, "/metrics").await;
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[derive(Debug, Clone)]
+struct Reply {
+    status: StatusCode,
+    server: Option<String>,
+    error: Option<String>,
+    headers: http::HeaderMap,
+    took: Duration,
+}
+
+async fn call(out: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Reply {
+    Conn::open(out).await.send(path, headers).await
+}
+
+/// A keep-alive HTTP/1 connection to the client proxy, reopened when the
+/// proxy closed it.
+struct Conn {
+    addr: SocketAddr,
+    tx: hyper::client::conn::http1::SendRequest<TestBody>,
+}
+
+impl Conn {
+    async fn open(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            tx: h1_client(addr).await,
+        }
+    }
+
+    async fn send(&mut self, path: &str, headers: &[(&str, &str)]) -> Reply {
+        if self.tx.ready().await.is_err() {
+            self.tx = h1_client(self.addr).await;
+        }
+        let mut req = Request::get(path).header("host", "echo");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let start = Instant::now();
+        let rsp = self
+            .tx
+            .send_request(req.body(full(Bytes::new())).unwrap())
+            .await
+            .unwrap();
+        let took = start.elapsed();
+        let (status, headers, _, _) = collect(rsp).await;
+        Reply {
+            status,
+            server: headers
+                .get("x-echo-server")
+                .map(|v| v.to_str().unwrap().to_string()),
+            error: headers.get("weft-error").map(|v| v.to_str().unwrap().to_string()),
+            headers,
+            took,
+        }
+    }
+}
+
+/// `n` GETs over `conns` keep-alive connections in parallel.
+async fn load(out: SocketAddr, n: usize, conns: usize) -> Vec<Reply> {
+    let mut tasks = Vec::new();
+    for c in 0..conns {
+        let share = n / conns + usize::from(c < n % conns);
+        tasks.push(tokio::spawn(async move {
+            let mut client = Conn::open(out).await;
+            let mut replies = Vec::with_capacity(share);
+            for _ in 0..share {
+                replies.push(client.send("/", &[]).await);
+            }
+            replies
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all
+}
+
+fn ok_share(replies: &[Reply]) -> f64 {
+    replies.iter().filter(|r| r.status == StatusCode::OK).count() as f64 / replies.len() as f64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p2c_ewma_avoids_a_slow_endpoint_round_robin_is_even_weights_hold() {
+    let _serial = SERIAL.lock().await;
+    let bed = Bed::start(3).await;
+    bed.apps[2].set(Behaviour {
+        delay: Duration::from_millis(50),
+        ..Behaviour::default()
+    });
+    bed.wait_config("peakEwma").await;
+    let before = bed.counts();
+    let replies = load(bed.client.addrs.outbound, 600, 4).await;
+    assert_eq!(ok_share(&replies), 1.0);
+    let slow = bed.share(2, &before) as f64 / 600.0;
+    println!(
+        "P2C over peak EWMA: the 50 ms slower endpoint got {:.1}%",
+        slow * 100.0
+    );
+    assert!(slow < 0.10, "slow endpoint share {slow}");
+
+    // Round robin: even, slow or not.
+    bed.traffic_policy("  loadBalancer: roundRobin\n", "roundRobin")
+        .await;
+    let before = bed.counts();
+    let replies = load(bed.client.addrs.outbound, 300, 1).await;
+    assert_eq!(ok_share(&replies), 1.0);
+    for i in 0..3 {
+        let n = bed.share(i, &before);
+        assert!(
+            (95..=105).contains(&n),
+            "round robin: endpoint {i} got {n} of 300"
+        );
+    }
+
+    // Weights 1:3 between the two fast endpoints (the slow one at 0
+    // share: weight 1 but we only count the first two... so drop it).
+    bed.apps[2].set(Behaviour::default());
+    bed.publish(&[1, 3, 4]);
+    bed.wait_config("\"weight\":3").await;
+    let before = bed.counts();
+    let replies = load(bed.client.addrs.outbound, 800, 1).await;
+    assert_eq!(ok_share(&replies), 1.0);
+    let shares: Vec<f64> = (0..3).map(|i| bed.share(i, &before) as f64 / 800.0).collect();
+    println!("round robin, weights 1:3:4 → {shares:?}");
+    for (share, want) in shares.iter().zip([0.125, 0.375, 0.5]) {
+        assert!((share - want).abs() <= 0.05, "weights 1:3:4 gave {shares:?}");
+    }
+
+    // With weights, the latency-aware balancer draws in proportion to
+    // weight / load: equally fast endpoints get the ratio of their weights
+    // (here the two that were always fast; the third's estimate still
+    // remembers its 50 ms).
+    bed.publish(&[1, 3]);
+    bed.traffic_policy("  loadBalancer: peakEwma\n", "peakEwma").await;
+    eventually(Duration::from_secs(5), "two endpoints", || async {
+        let (_, config) = admin_get(bed.client.addrs.admin, "/config").await;
+        (!config.contains(&bed.apps[2].addr.to_string())).then_some(())
+    })
+    .await;
+    let before = bed.counts();
+    let replies = load(bed.client.addrs.outbound, 2000, 1).await;
+    assert_eq!(ok_share(&replies), 1.0);
+    let shares: Vec<f64> = (0..2).map(|i| bed.share(i, &before) as f64 / 2000.0).collect();
+    println!("P2C, weights 1:3 → {shares:?}");
+    for (share, want) in shares.iter().zip([0.25, 0.75]) {
+        assert!((share - want).abs() <= 0.05, "weights 1:3 gave {shares:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn breaker_ejects_a_failing_endpoint_probes_it_and_readmits_it() {
+    let _serial = SERIAL.lock().await;
+    let bed = Bed::start(3).await;
+    // Round robin: the breaker alone keeps traffic off the failing
+    // endpoint (peak EWMA would also shun it for failing).
+    bed.traffic_policy(
+        "  loadBalancer: roundRobin\n  retries: {attempts: 0}\n  circuitBreaker: {consecutiveFailures: 3, baseEjection: 400ms, maxEjection: 800ms}\n",
+        "\"consecutiveFailures\":3",
+    )
+    .await;
+    bed.apps[0].set(Behaviour {
+        fail_ratio: 1.0,
+        ..Behaviour::default()
+    });
+    let before = bed.counts();
+    let start = Instant::now();
+    let mut failures = 0;
+    let mut client = Conn::open(bed.client.addrs.outbound).await;
+    while start.elapsed() < Duration::from_secs(3) {
+        let r = client.send("/", &[]).await;
+        failures += usize::from(r.status != StatusCode::OK);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let elapsed = start.elapsed();
+    let to_bad = bed.share(0, &before);
+    let total: usize = (0..3).map(|i| bed.share(i, &before)).sum();
+    // 3 failures eject it; then only probes: at most one per ejection,
+    // and ejections last at least 200 ms (400 ms, jittered down to half).
+    let max_probes = (elapsed.as_millis() / 200) as usize + 1;
+    println!(
+        "breaker: {to_bad} of {total} requests reached the failing endpoint in {elapsed:?} ({failures} failed)"
+    );
+    assert!(to_bad <= 3 + max_probes, "failing endpoint got {to_bad} requests");
+    assert_eq!(failures, to_bad, "every request it got failed; no other did");
+    assert!(bed.metric("weft_endpoint_ejections_total").await >= 1.0);
+
+    // It recovers: the next probe succeeds and it gets its share again.
+    bed.apps[0].set(Behaviour::default());
+    eventually(Duration::from_secs(3), "the endpoint is back", || async {
+        let before = bed.counts();
+        let replies = load(bed.client.addrs.outbound, 60, 1).await;
+        println!(
+            "recovery: {:?} ok {}",
+            (0..3).map(|i| bed.share(i, &before)).collect::<Vec<_>>(),
+            ok_share(&replies)
+        );
+        (ok_share(&replies) == 1.0 && bed.share(0, &before) >= 10).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_endpoints_ejected_fails_fast_with_circuit_open() {
+    let _serial = SERIAL.lock().await;
+    let bed = Bed::start(1).await;
+    bed.traffic_policy(
+        "  retries: {attempts: 0}\n  circuitBreaker: {consecutiveFailures: 2, baseEjection: 10s}\n",
+        "\"consecutiveFailures\":2",
+    )
+    .await;
+    bed.apps[0].set(Behaviour {
+        fail_ratio: 1.0,
+        ..Behaviour::default()
+    });
+    let mut client = Conn::open(bed.client.addrs.outbound).await;
+    for _ in 0..2 {
+        assert_eq!(
+            client.send("/", &[]).await.status,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+    let before = bed.counts();
+    let r = client.send("/", &[]).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.error.as_deref(), Some("circuit-open"));
+    assert_eq!(bed.share(0, &before), 0, "nothing reached the ejected endpoint");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_hide_a_flaky_endpoint_and_the_budget_caps_them() {
+    let _serial = SERIAL.lock().await;
+    let bed = Bed::start(3).await;
+    bed.traffic_policy(
+        "  retries:\n    attempts: 2\n    on: [5xx]\n    budget: {ratio: 0.2, minPerSecond: 10}\n    backoff: {base: 1ms, max: 5ms}\n",
+        "\"fiveXx\":true",
+    )
+    .await;
+    bed.apps[1].set(Behaviour {
+        fail_ratio: 0.3,
+        ..Behaviour::default()
+    });
+    let replies = load(bed.client.addrs.outbound, 3000, 4).await;
+    let ok = ok_share(&replies);
+    println!(
+        "one of three endpoints failing 30%: {:.3}% success with retries",
+        ok * 100.0
+    );
+    assert!(ok >= 0.999, "success {ok}");
+    assert!(bed.metric("weft_retries_total{").await >= 1.0);
+
+    // Every endpoint failing: retries stay within the budget (20% of
+    // requests plus 10/s over the 10 s window) instead of tripling load.
+    bed.traffic_policy(
+        "  retries:\n    attempts: 3\n    on: [5xx]\n    budget: {ratio: 0.2, minPerSecond: 10}\n    backoff: {base: 1ms, max: 5ms}\n  circuitBreaker: {consecutiveFailures: 1000000}\n",
+        "\"consecutiveFailures\":1000000",
+    )
+    .await;
+    for app in &bed.apps {
+        app.set(Behaviour {
+            fail_ratio: 1.0,
+            ..Behaviour::default()
+        });
+    }
+    // A fresh window: the budget must not have saved up from before.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let before = bed.counts();
+    let start = Instant::now();
+    let n = 1000;
+    let replies = load(bed.client.addrs.outbound, n, 4).await;
+    let secs = start.elapsed().as_secs_f64().ceil();
+    let attempts: usize = (0..3).map(|i| bed.share(i, &before)).sum();
+    let extra = attempts - n;
+    // The window counts whole one-second slots: up to one more than the
+    // seconds elapsed.
+    let allowed = 0.2 * n as f64 + 10.0 * (secs + 1.0).min(10.0) + 1.0;
+    println!(
+        "all failing: {n} requests → {attempts} attempts ({extra} retries, budget {allowed:.0}) in {secs}s"
+    );
+    assert!(replies
+        .iter()
+        .all(|r| r.status == StatusCode::SERVICE_UNAVAILABLE));
+    assert!((extra as f64) <= allowed, "{extra} retries > budget {allowed}");
+    assert!(extra >= 150, "the budget was used ({extra})");
+    assert!(
+        bed.metric("weft_retries_total{namespace=\"demo\",result=\"budget_exhausted\"")
+            .await
+            > 0.0
+            || bed
+                .metric("weft_retries_total{service=\"echo\",namespace=\"demo\",result=\"budget_exhausted\"")
+                .await
+                > 0.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeouts_request_per_try_and_grpc() {
+    let _serial = SERIAL.lock().await;
+    let bed = Bed::start(2).await;
+    bed.traffic_policy("  timeouts: {request: 500ms}\n", "\"request\":\"500ms\"")
+        .await;
+    for app in &bed.apps {
+        app.set(Behaviour {
+            delay: Duration::from_secs(3),
+            ..Behaviour::default()
+        });
+    }
+    let r = call(bed.client.addrs.outbound, "/", &[]).await;
+    println!("request timeout 500ms → 504 after {:?}", r.took);
+    assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(r.error.as_deref(), Some("timeout"));
+    assert!(
+        r.took >= Duration::from_millis(450) && r.took <= Duration::from_millis(550),
+        "{:?}",
+        r.took
+    );
+
+    // Per-try timeout: the slow endpoint's try is cut short and retried
+    // on the fast one.
+    bed.apps[1].set(Behaviour::default());
+    bed.traffic_policy(
+        "  loadBalancer: roundRobin\n  timeouts: {request: 2s, perTry: 100ms}\n  retries: {attempts: 1, on: [5xx]}\n",
+        "\"perTry\":\"100ms\"",
+    )
+    .await;
+    let before = bed.counts();
+    let mut client = Conn::open(bed.client.addrs.outbound).await;
+    for _ in 0..10 {
+        let r = client.send("/", &[]).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert!(r.took < Duration::from_millis(400), "{:?}", r.took);
+    }
+    assert!(bed.share(0, &before) >= 1, "the slow endpoint was tried");
+    assert!(bed.metric("weft_retries_total{").await >= 1.0);
+
+    // gRPC: the deadline is propagated, reduced by the time spent, and
+    // enforced with DEADLINE_EXCEEDED.
+    bed.apps[0].set(Behaviour::default());
+    let mut h2 = h2_client(bed.client.addrs.outbound).await;
+    let grpc = |timeout: &str| {
+        Request::post("http://echo/test.Echo/Call")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .header("grpc-timeout", timeout)
+            .body(full(grpc_frame(b"hi")))
+            .unwrap()
+    };
+    let (status, headers, _, _) = collect(h2.send_request(grpc("1500m")).await.unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["grpc-status"], "0");
+    let seen = headers["x-seen-grpc-timeout"].to_str().unwrap().to_string();
+    let micros: u64 = seen.trim_end_matches('u').parse().unwrap();
+    // min(request 2s, grpc 1.5s, per-try 100ms): what the app sees is what
+    // is left of the tightest.
+    assert!(
+        micros <= 100_000 && micros > 50_000,
+        "app saw grpc-timeout {seen}"
+    );
+    bed.traffic_policy("  timeouts: {request: 10s}\n", "\"request\":\"10s\"")
+        .await;
+    for app in &bed.apps {
+        app.set(Behaviour {
+            delay: Duration::from_secs(2),
+            ..Behaviour::default()
+        });
+    }
+    let start = Instant::now();
+    let (status, headers, _, _) = collect(h2.send_request(grpc("200m")).await.unwrap()).await;
+    let took = start.elapsed();
+    assert_eq!(status, StatusCode::OK, "gRPC errors are gRPC statuses");
+    assert_eq!(headers["grpc-status"], "4", "DEADLINE_EXCEEDED");
+    assert_eq!(headers["weft-error"], "timeout");
+    assert!(took < Duration::from_millis(400), "{took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulkhead_sheds_excess_fast_while_in_flight_requests_finish() {
+    let _serial = SERIAL.lock().await;
+    let bed = Bed::start(1).await;
+    bed.traffic_policy(
+        "  concurrency: {maxInFlight: 2, maxPending: 0}\n",
+        "\"maxInFlight\":2",
+    )
+    .await;
+    bed.apps[0].set(Behaviour {
+        delay: Duration::from_millis(600),
+        ..Behaviour::default()
+    });
+    let out = bed.client.addrs.outbound;
+    let slow: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(async move { call(out, "/", &[]).await }))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut shed_times = Vec::new();
+    for _ in 0..5 {
+        let r = call(out, "/", &[]).await;
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.error.as_deref(), Some("load-shed"));
+        shed_times.push(r.took);
+    }
+    println!("load-shed responses took {shed_times:?}");
+    assert!(
+        shed_times.iter().all(|t| *t < Duration::from_millis(50)),
+        "{shed_times:?}"
+    );
+    for t in slow {
+        assert_eq!(
+            t.await.unwrap().status,
+            StatusCode::OK,
+            "in-flight requests finish"
+        );
+    }
+    assert!(bed.metric("weft_load_shed_total").await >= 5.0);
+    // Slots free again.
+    bed.apps[0].set(Behaviour::default());
+    assert_eq!(call(out, "/", &[]).await.status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canary_split_and_header_match() {
+    let _serial = SERIAL.lock().await;
+    let bed = Bed::start(2).await;
+    // Two services on the two apps: echo-v1 and echo-v2; `echo` is split.
+    let svc = |name: &str, i: usize| {
+        format!(
+            "apiVersion: weft.dev/v1alpha1\nkind: MeshService\nmetadata: {{name: {name}, namespace: demo}}\nspec:\n  endpoints:\n    - address: {}\n      proxy: {}\n---\n",
+            bed.apps[i].addr, bed.servers[i].addrs.inbound
+        )
+    };
+    bed.dir.write(
+        "mesh/route.yaml",
+        &format!(
+            "{}{}apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: echo-split, namespace: demo}}\nspec:\n  parentRefs: [{{name: echo, kind: Service}}]\n  rules:\n    - matches: [{{headers: [{{name: x-canary, value: \"yes\"}}]}}]\n      backendRefs: [{{name: echo-v2, port: 80}}]\n    - backendRefs:\n        - {{name: echo-v1, port: 80, weight: 90}}\n        - {{name: echo-v2, port: 80, weight: 10}}\n",
+            svc("echo-v1", 0),
+            svc("echo-v2", 1)
+        ),
+    );
+    bed.wait_config("echo-split").await;
+    let before = bed.counts();
+    let replies = load(bed.client.addrs.outbound, 2000, 2).await;
+    assert_eq!(ok_share(&replies), 1.0);
+    let v2 = bed.share(1, &before) as f64 / 2000.0;
+    println!("90/10 split: v2 got {:.1}%", v2 * 100.0);
+    assert!((0.07..=0.13).contains(&v2), "v2 share {v2}");
+    let v2_addr = bed.apps[1].addr.to_string();
+    for _ in 0..20 {
+        let r = call(bed.client.addrs.outbound, "/", &[("x-canary", "yes")]).await;
+        assert_eq!(r.server.as_deref(), Some(v2_addr.as_str()));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_injection_delays_and_aborts_the_configured_share() {
+    let _serial = SERIAL.lock().await;
+    let bed = Bed::start(1).await;
+    bed.traffic_policy(
+        "  fault:\n    delay: {fixed: 50ms, percent: 30}\n    abort: {status: 503, percent: 20}\n",
+        "\"abortPercent\":20",
+    )
+    .await;
+    let before = bed.counts();
+    let replies = load(bed.client.addrs.outbound, 600, 4).await;
+    let aborted = replies
+        .iter()
+        .filter(|r| {
+            r.status == StatusCode::SERVICE_UNAVAILABLE && r.error.as_deref() == Some("fault-injected")
+        })
+        .count() as f64
+        / 600.0;
+    let delayed = replies
+        .iter()
+        .filter(|r| r.took >= Duration::from_millis(50))
+        .count() as f64
+        / 600.0;
+    println!(
+        "fault: {:.1}% aborted, {:.1}% delayed",
+        aborted * 100.0,
+        delayed * 100.0
+    );
+    assert!((0.14..=0.26).contains(&aborted), "aborted {aborted}");
+    assert!((0.23..=0.40).contains(&delayed), "delayed {delayed}");
+    assert_eq!(
+        bed.share(0, &before),
+        replies.iter().filter(|r| r.status == StatusCode::OK).count(),
+        "aborted requests never reach the app"
+    );
+    assert!(bed.metric("weft_faults_injected_total").await >= 100.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_changes_apply_within_a_second_without_failed_requests() {
+    let _serial = SERIAL.lock().await;
+    let bed = Bed::start(3).await;
+    bed.wait_config("peakEwma").await;
+    let out = bed.client.addrs.outbound;
+    let running = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let flag = running.clone();
+    let traffic = tokio::spawn(async move {
+        let mut statuses: HashMap<u16, usize> = HashMap::new();
+        let mut client = h1_client(out).await;
+        while flag.load(std::sync::atomic::Ordering::SeqCst) {
+            let req = Request::get("/")
+                .header("host", "echo")
+                .body(full(Bytes::new()))
+                .unwrap();
+            if let Err(e) = client.ready().await {
+                eprintln!("connection closed: {e:?}");
+                client = h1_client(out).await;
+            }
+            let status = match client.send_request(req).await {
+                Ok(rsp) => collect(rsp).await.0.as_u16(),
+                Err(e) => {
+                    eprintln!("request failed: {e:?}");
+                    client = h1_client(out).await;
+                    0
+                }
+            };
+            *statuses.entry(status).or_default() += 1;
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        statuses
+    });
+    let policies = [
+        ("  loadBalancer: roundRobin\n", "roundRobin"),
+        (
+            "  loadBalancer: leastRequest\n  concurrency: {maxInFlight: 50}\n",
+            "leastRequest",
+        ),
+        (
+            "  retries: {attempts: 2, on: [5xx]}\n  timeouts: {request: 2s}\n",
+            "\"request\":\"2s\"",
+        ),
+        ("  loadBalancer: peakEwma\n", "peakEwma"),
+    ];
+    for (spec, marker) in policies {
+        let start = Instant::now();
+        bed.traffic_policy(spec, marker).await;
+        let took = start.elapsed();
+        println!("policy `{}` in force after {took:?}", spec.trim());
+        assert!(took < Duration::from_secs(1), "{took:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    running.store(false, std::sync::atomic::Ordering::SeqCst);
+    let statuses = traffic.await.unwrap();
+    assert_eq!(
+        statuses.keys().copied().collect::<Vec<_>>(),
+        [200],
+        "{statuses:?}\nclient proxy log:\n{}",
+        bed.client.logs()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_admits_the_rate_and_answers_429_with_retry_after() {
+    let _serial = SERIAL.lock().await;
+    let bed = Bed::start(1).await;
+    bed.dir.write(
+        "mesh/authz.yaml",
+        "apiVersion: weft.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: echo, namespace: demo}\nspec:\n  targetRef: {name: echo}\n  rules: [{}]\n  rateLimit: {requestsPerSecond: 20, burst: 10}\n",
+    );
+    eventually(
+        Duration::from_secs(5),
+        "the server has the rate limit",
+        || async {
+            let (_, config) = admin_get(bed.servers[0].addrs.admin, "/config").await;
+            let compact: String = config.split_whitespace().collect();
+            compact.contains("\"totalRps\":20").then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(600)).await; // a full bucket
+    let start = Instant::now();
+    let replies = load(bed.client.addrs.outbound, 100, 2).await;
+    let secs = start.elapsed().as_secs_f64();
+    let admitted = replies.iter().filter(|r| r.status == StatusCode::OK).count();
+    let limited: Vec<&Reply> = replies
+        .iter()
+        .filter(|r| r.status == StatusCode::TOO_MANY_REQUESTS)
+        .collect();
+    println!("rate limit 20/s burst 10: {admitted} of 100 admitted in {secs:.2}s");
+    assert_eq!(
+        admitted + limited.len(),
+        100,
+        "{:?}",
+        replies
+            .iter()
+            .map(|r| (r.status, r.error.clone()))
+            .collect::<Vec<_>>()
+    );
+    let most = 10.0 + 20.0 * secs + 1.0;
+    assert!(
+        admitted >= 10 && admitted as f64 <= most,
+        "{admitted} admitted, at most {most}"
+    );
+    for r in &limited {
+        assert_eq!(r.error.as_deref(), Some("rate-limited"));
+        let after: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+        assert!(after >= 1);
+    }
+    assert!(metric_sum(bed.servers[0].addrs.admin, "weft_rate_limited_total").await >= limited.len() as f64);
+}
