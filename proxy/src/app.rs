@@ -40,6 +40,16 @@ pub const EXIT_BAD_CONFIG: u8 = 64;
 pub struct Cli {
     #[command(flatten)]
     pub overrides: Overrides,
+    #[command(subcommand)]
+    pub command: Option<Subcommand>,
+}
+
+/// Commands besides running the proxy.
+#[derive(Debug, clap::Subcommand)]
+pub enum Subcommand {
+    /// Install the iptables rules that send this network namespace's TCP
+    /// through the proxy (run once per pod, as root or with NET_ADMIN).
+    Init(crate::init::InitArgs),
 }
 
 /// A proxy with its listeners bound, ready to run.
@@ -312,6 +322,9 @@ where
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
     };
+    if let Some(Subcommand::Init(args)) = &cli.command {
+        return crate::init::run(args);
+    }
     let config = match Config::load(&cli.overrides) {
         Ok(c) => c,
         Err(e) => {
