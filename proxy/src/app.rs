@@ -24,7 +24,7 @@ use crate::drain;
 use crate::identity::Identity;
 use crate::inbound::Inbound;
 use crate::metrics::Metrics;
-use crate::outbound::Outbound;
+use crate::outbound::{Interception, Outbound};
 use crate::policy::Policies;
 use crate::server::HttpSettings;
 use crate::telemetry::{AccessLog, Telemetry};
@@ -243,14 +243,16 @@ impl Proxy {
         });
         tokio::spawn(admin.serve(self.admin));
 
-        let outbound = Arc::new(Outbound::new(
+        let mut outbound = Outbound::new(
             self.discover.clone(),
             clients.clone(),
             telemetry.clone(),
             http.clone(),
             config.detect_timeout,
             watch.clone(),
-        ));
+        );
+        outbound.interception = Interception::from_config(&config);
+        let outbound = Arc::new(outbound);
         let inbound = Arc::new(Inbound {
             policies: policies.clone(),
             identity: identity.clone(),
@@ -265,6 +267,7 @@ impl Proxy {
             http,
             detect_timeout: config.detect_timeout,
             drain: watch,
+            interception: Interception::from_config(&config),
         });
         tokio::spawn(outbound.serve(self.outbound));
         tokio::spawn(inbound.serve(self.inbound));

@@ -243,6 +243,7 @@ mod tests {
         ConnInfo {
             tls,
             caller: id.map(Arc::from),
+            ..ConnInfo::default()
         }
     }
 
