@@ -351,25 +351,43 @@ impl Inner {
                 }
             }
             Target::Address(addr) => {
-                for svc in self.services.values() {
-                    if let Some(e) = svc.spec.endpoints.iter().find(|e| e.address == *addr) {
-                        let sp = default_ports(&svc.spec)
-                            .into_iter()
-                            .next()
-                            .expect("at least one port");
-                        return DestinationView::Found {
-                            service: api::ServiceRef {
-                                name: svc.meta.name.clone(),
-                                namespace: svc.meta.namespace.clone(),
-                                port: u32::from(sp.port),
-                                protocol: sp.protocol.as_str().into(),
-                            },
-                            endpoints: BTreeMap::from([(addr.to_string(), self.endpoint(svc, e, config))]),
-                            policy: api::ClientPolicy::default(),
-                        };
-                    }
+                // The endpoint serving exactly there; else a pod (an
+                // endpoint's IP) called on one of its service's ports, as
+                // a transparently intercepted app dials it.
+                let exact = self.services.values().find_map(|svc| {
+                    let e = svc.spec.endpoints.iter().find(|e| e.address == *addr)?;
+                    Some((svc, e))
+                });
+                let by_pod_ip = || {
+                    self.services.values().find_map(|svc| {
+                        if !default_ports(&svc.spec).iter().any(|p| p.port == addr.port()) {
+                            return None;
+                        }
+                        let e = svc.spec.endpoints.iter().find(|e| e.address.ip() == addr.ip())?;
+                        Some((svc, e))
+                    })
+                };
+                let Some((svc, e)) = exact.or_else(by_pod_ip) else {
+                    return DestinationView::NotFound;
+                };
+                let ports = default_ports(&svc.spec);
+                let sp = ports
+                    .iter()
+                    .find(|p| p.port == addr.port())
+                    .or(ports.first())
+                    .expect("at least one port");
+                let mut endpoint = self.endpoint(svc, e, config);
+                endpoint.address = addr.to_string();
+                DestinationView::Found {
+                    service: api::ServiceRef {
+                        name: svc.meta.name.clone(),
+                        namespace: svc.meta.namespace.clone(),
+                        port: u32::from(sp.port),
+                        protocol: sp.protocol.as_str().into(),
+                    },
+                    endpoints: BTreeMap::from([(addr.to_string(), endpoint)]),
+                    policy: api::ClientPolicy::default(),
                 }
-                DestinationView::NotFound
             }
         }
     }
@@ -691,6 +709,31 @@ mod tests {
             inbound.borrow_and_update().default_allow,
             "policy removed: default allow"
         );
+    }
+
+    #[test]
+    fn a_pod_ip_resolves_on_each_of_its_service_ports() {
+        let index = Index::new(IndexConfig::default());
+        let yaml = "apiVersion: weft.dev/v1alpha1\nkind: MeshService\nmetadata: {name: broker, namespace: demo}\nspec:\n  ports: [{port: 8080}, {port: 1883, protocol: tcp}]\n  endpoints:\n    - address: 10.0.0.7:8080\n      proxy: 10.0.0.7:4143\n";
+        index.apply("files", docs(yaml));
+        let rx = index.watch_destination(Target::Address("10.0.0.7:1883".parse().unwrap()));
+        let state = rx.borrow().clone();
+        let DestinationView::Found {
+            service, endpoints, ..
+        } = &state.view
+        else {
+            panic!("not found")
+        };
+        assert_eq!((service.name.as_str(), service.port), ("broker", 1883));
+        assert_eq!(service.protocol, "tcp");
+        let e = &endpoints["10.0.0.7:1883"];
+        assert_eq!(e.proxy_address, "10.0.0.7:4143");
+        assert_eq!(e.identity, "spiffe://cluster.local/ns/demo/sa/broker");
+        // A port the service does not have, or another IP: not the mesh's.
+        for other in ["10.0.0.7:9999", "10.0.0.8:1883"] {
+            let rx = index.watch_destination(Target::Address(other.parse().unwrap()));
+            assert_eq!(rx.borrow().view, DestinationView::NotFound, "{other}");
+        }
     }
 
     #[test]

@@ -24,7 +24,7 @@ use crate::drain;
 use crate::identity::Identity;
 use crate::inbound::Inbound;
 use crate::metrics::Metrics;
-use crate::outbound::Outbound;
+use crate::outbound::{Interception, Outbound};
 use crate::policy::Policies;
 use crate::server::HttpSettings;
 use crate::telemetry::{AccessLog, Telemetry};
@@ -40,6 +40,16 @@ pub const EXIT_BAD_CONFIG: u8 = 64;
 pub struct Cli {
     #[command(flatten)]
     pub overrides: Overrides,
+    #[command(subcommand)]
+    pub command: Option<Subcommand>,
+}
+
+/// Commands besides running the proxy.
+#[derive(Debug, clap::Subcommand)]
+pub enum Subcommand {
+    /// Install the iptables rules that send this network namespace's TCP
+    /// through the proxy (run once per pod, as root or with NET_ADMIN).
+    Init(crate::init::InitArgs),
 }
 
 /// A proxy with its listeners bound, ready to run.
@@ -233,14 +243,16 @@ impl Proxy {
         });
         tokio::spawn(admin.serve(self.admin));
 
-        let outbound = Arc::new(Outbound::new(
+        let mut outbound = Outbound::new(
             self.discover.clone(),
             clients.clone(),
             telemetry.clone(),
             http.clone(),
             config.detect_timeout,
             watch.clone(),
-        ));
+        );
+        outbound.interception = Interception::from_config(&config);
+        let outbound = Arc::new(outbound);
         let inbound = Arc::new(Inbound {
             policies: policies.clone(),
             identity: identity.clone(),
@@ -255,6 +267,7 @@ impl Proxy {
             http,
             detect_timeout: config.detect_timeout,
             drain: watch,
+            interception: Interception::from_config(&config),
         });
         tokio::spawn(outbound.serve(self.outbound));
         tokio::spawn(inbound.serve(self.inbound));
@@ -312,6 +325,9 @@ where
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
     };
+    if let Some(Subcommand::Init(args)) = &cli.command {
+        return crate::init::run(args);
+    }
     let config = match Config::load(&cli.overrides) {
         Ok(c) => c,
         Err(e) => {

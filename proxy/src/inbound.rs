@@ -33,6 +33,10 @@ pub struct ConnInfo {
     pub tls: bool,
     /// The caller's SPIFFE ID, from its client certificate.
     pub caller: Option<Arc<str>>,
+    /// The port the caller dialled, when iptables redirected it here
+    /// (`weft-proxy init`): the app port, unless a peer's `weft-port` says
+    /// otherwise.
+    pub target_port: Option<u16>,
 }
 
 pub struct Inbound {
@@ -50,6 +54,8 @@ pub struct Inbound {
     pub http: HttpSettings,
     pub detect_timeout: std::time::Duration,
     pub drain: drain::Watch,
+    /// Ports whose redirected connections skip detection.
+    pub interception: crate::outbound::Interception,
 }
 
 impl Inbound {
@@ -73,7 +79,21 @@ impl Inbound {
 
     async fn connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
         let _ = stream.set_nodelay(true);
+        // Peers dial the inbound listener's port: not an app port.
+        let listener_port = stream.local_addr().map_or(0, |a| a.port());
+        let target_port = crate::orig_dst::original_dst(&stream)
+            .map(|d| d.port())
+            .filter(|p| *p != listener_port);
+        let plaintext = ConnInfo {
+            target_port,
+            ..ConnInfo::default()
+        };
         let mut guard = self.telemetry.connection(Direction::Inbound, peer);
+        if let Some(port) = target_port.filter(|p| self.interception.is_opaque_port(*p)) {
+            guard.detected("opaque");
+            let io = guard.meter(stream);
+            return self.tcp(io, Some(port), &plaintext, peer).await;
+        }
         let (protocol, mut io) = match detect(guard.meter(stream), self.detect_timeout).await {
             Ok(d) => d,
             Err(e) => {
@@ -81,8 +101,12 @@ impl Inbound {
                 return;
             }
         };
-        let plaintext = ConnInfo::default();
         match protocol {
+            // TLS to an app port: the client's own, not the mesh's.
+            Protocol::Tls if target_port.is_some() => {
+                guard.detected("opaque");
+                self.tcp(io, target_port, &plaintext, peer).await;
+            }
             Protocol::Tls => {
                 guard.detected("tls");
                 self.tls(io, peer).await;
@@ -108,7 +132,7 @@ impl Inbound {
             }
             Protocol::Opaque => {
                 guard.detected("opaque");
-                self.tcp(io, None, &plaintext, peer).await;
+                self.tcp(io, target_port, &plaintext, peer).await;
             }
         }
     }
@@ -154,6 +178,7 @@ impl Inbound {
         let conn = ConnInfo {
             tls: true,
             caller: caller.map(Arc::from),
+            target_port: None,
         };
         match alpn.as_deref() {
             Some(ALPN_H2) => self.serve_conn(tls, AppProtocol::Http2, conn).await,
@@ -235,7 +260,7 @@ impl Inbound {
         let port = headers
             .remove(WEFT_PORT)
             .and_then(|v| v.to_str().ok()?.parse::<u16>().ok());
-        let addr = self.app_addr(port)?;
+        let addr = self.app_addr(port.or(caller.target_port))?;
         target.upstream = Some(addr);
         self.policies
             .authorize(

@@ -20,9 +20,7 @@ use crate::detect::{detect, Protocol};
 use crate::discover::{Destination, Discover, Endpoint};
 use crate::drain;
 use crate::errors::{is_grpc, ProxyError};
-use crate::http::{
-    absolute_uri, authority, host_port, incoming, is_upgrade, strip_hop_by_hop, AppProtocol, Body,
-};
+use crate::http::{absolute_uri, incoming, is_upgrade, strip_hop_by_hop, AppProtocol, Body};
 use crate::http::{WEFT_PORT, WEFT_PROTO};
 use crate::metrics::{Direction, UNKNOWN_SERVICE};
 use crate::resilience::balance::{self, NoEndpoint};
@@ -35,6 +33,9 @@ use crate::server::{accept_loop, serve_http, HttpSettings};
 use crate::tcp;
 use crate::telemetry::{Observation, Target, Telemetry};
 
+mod transparent;
+pub use transparent::{Interception, PASSTHROUGH};
+
 const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 
@@ -45,6 +46,8 @@ pub struct Outbound {
     pub http: HttpSettings,
     pub detect_timeout: std::time::Duration,
     pub drain: drain::Watch,
+    /// Redirected connections (`weft-proxy init`): see [`transparent`].
+    pub interception: Interception,
 }
 
 impl Outbound {
@@ -63,6 +66,7 @@ impl Outbound {
             http,
             detect_timeout,
             drain,
+            interception: Interception::default(),
         }
     }
 
@@ -78,7 +82,13 @@ impl Outbound {
 
     async fn connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
         let _ = stream.set_nodelay(true);
+        let orig_dst = crate::orig_dst::original_dst(&stream);
         let mut guard = self.telemetry.connection(Direction::Outbound, peer);
+        if let Some(dst) = orig_dst.filter(|d| self.interception.is_opaque_port(d.port())) {
+            // Server-speaks-first: nothing to detect.
+            let io = guard.meter(stream);
+            return self.forward(io, dst, &mut guard).await;
+        }
         let (protocol, io) = match detect(guard.meter(stream), self.detect_timeout).await {
             Ok(d) => d,
             Err(e) => {
@@ -90,6 +100,9 @@ impl Outbound {
             Protocol::Http1 => AppProtocol::Http1,
             Protocol::Http2 => AppProtocol::Http2,
             Protocol::MeshTcp { .. } | Protocol::Opaque | Protocol::Tls => {
+                if let Some(dst) = orig_dst {
+                    return self.forward(io, dst, &mut guard).await;
+                }
                 // Without the original destination (transparent mode) an
                 // opaque connection names no target. Apps tunnel opaque
                 // bytes with CONNECT instead.
@@ -105,12 +118,17 @@ impl Outbound {
         });
         let this = self.clone();
         serve_http(io, app, &self.http, &self.drain, move |req| {
-            this.clone().request(req, app)
+            this.clone().request(req, app, orig_dst)
         })
         .await;
     }
 
-    async fn request(self: Arc<Self>, req: Request<Incoming>, app: AppProtocol) -> Response<Body> {
+    async fn request(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        app: AppProtocol,
+        orig_dst: Option<SocketAddr>,
+    ) -> Response<Body> {
         let mut req = req.map(incoming);
         let grpc = is_grpc(&req);
         let obs = Observation::start(&self.telemetry, Direction::Outbound, &mut req);
@@ -118,7 +136,7 @@ impl Outbound {
             service: UNKNOWN_SERVICE.into(),
             ..Target::default()
         };
-        match self.route(req, app, &mut target).await {
+        match self.route(req, app, &mut target, orig_dst).await {
             Ok(rsp) => obs.respond(target, rsp, None),
             Err(e) => {
                 tracing::info!(error = %e, reason = e.reason(), "outbound request failed");
@@ -135,11 +153,12 @@ impl Outbound {
         req: Request<Body>,
         app: AppProtocol,
         target: &mut Target,
+        orig_dst: Option<SocketAddr>,
     ) -> Result<Response<Body>, ProxyError> {
         let start = Instant::now();
-        let authority = authority(&req).ok_or(ProxyError::NoAuthority)?;
-        let (host, port) = host_port(&authority, req.uri());
-        let mut dest = self.resolve(&host, port).await?;
+        let (authority, host, port, mut dest) = self
+            .destination(crate::http::authority(&req), req.uri(), orig_dst)
+            .await?;
         // The timeout of the service the client called: its matching
         // route rule's, else its TrafficPolicy's.
         let mut timeout = dest.policy.timeouts.request;

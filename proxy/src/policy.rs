@@ -281,6 +281,7 @@ mod tests {
         ConnInfo {
             tls,
             caller: id.map(Arc::from),
+            ..ConnInfo::default()
         }
     }
 

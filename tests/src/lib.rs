@@ -7,6 +7,7 @@
 //! that kills it on drop; every temp dir is removed on drop.
 
 pub mod apps;
+pub mod netns;
 pub mod proc;
 
 pub use proc::{bin, ControlProc, Proc, ProxyProc, TempDir};
