@@ -736,3 +736,76 @@ async fn rate_limit_admits_the_rate_and_answers_429_with_retry_after() {
     }
     assert!(metric_sum(bed.servers[0].addrs.admin, "weft_rate_limited_total").await >= limited.len() as f64);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_identity_rate_limits_isolate_callers() {
+    let _serial = SERIAL.lock().await;
+    let dir = TempDir::new();
+    dir.write(
+        "tokens.yaml",
+        "- {namespace: demo, serviceAccount: web, token: web-token-0123456789}\n- {namespace: demo, serviceAccount: echo, token: echo-token-0123456789}\n",
+    );
+    dir.write("web.token", "web-token-0123456789\n");
+    dir.write("echo.token", "echo-token-0123456789\n");
+    std::fs::create_dir_all(dir.path().join("mesh")).unwrap();
+    let tokens = dir.path().join("tokens.yaml");
+    let control = ControlProc::start_with(
+        &dir.path().join("mesh"),
+        "127.0.0.1:0".parse().unwrap(),
+        &["--tokens", tokens.to_str().unwrap()],
+    );
+    let proxy = |workload: &str, token: &str, extra: &str| {
+        ProxyProc::start(&format!(
+            "controlPlane: {}\nnamespace: demo\nworkload: {workload}\nidentityTokenFile: {}\n{extra}",
+            control.url(),
+            dir.path().join(token).display()
+        ))
+    };
+    let app = FlakyApp::start(Behaviour::default()).await;
+    let server = proxy(
+        "echo",
+        "echo.token",
+        &format!("appPorts: [{}]\n", app.addr.port()),
+    );
+    dir.write(
+        "mesh/echo.yaml",
+        &format!(
+            "apiVersion: weft.dev/v1alpha1\nkind: MeshService\nmetadata: {{name: echo, namespace: demo}}\nspec:\n  endpoints:\n    - address: {}\n      proxy: {}\n---\napiVersion: weft.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {{name: echo, namespace: demo}}\nspec:\n  targetRef: {{name: echo}}\n  rules: [{{}}]\n  rateLimit:\n    requestsPerSecond: 1000\n    perIdentity: {{requestsPerSecond: 2, burst: 5}}\n",
+            app.addr, server.addrs.inbound
+        ),
+    );
+    let noisy = proxy("web", "web.token", "");
+    let quiet = proxy("echo", "echo.token", "");
+    for p in [&server, &noisy, &quiet] {
+        eventually(Duration::from_secs(15), "the proxy is ready", || async {
+            (admin_get(p.addrs.admin, "/ready").await.0 == StatusCode::OK).then_some(())
+        })
+        .await;
+    }
+    eventually(Duration::from_secs(5), "the server has the limit", || async {
+        let (_, config) = admin_get(server.addrs.admin, "/config").await;
+        let compact: String = config.split_whitespace().collect();
+        compact.contains("\"perIdentityRps\":2").then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let replies = load(noisy.addrs.outbound, 40, 1).await;
+    let admitted = replies.iter().filter(|r| r.status == StatusCode::OK).count();
+    println!("per-identity 2/s burst 5: the noisy caller got {admitted} of 40 through");
+    assert!((5..=8).contains(&admitted), "{admitted}");
+    assert!(replies
+        .iter()
+        .filter(|r| r.status != StatusCode::OK)
+        .all(|r| r.status == StatusCode::TOO_MANY_REQUESTS && r.error.as_deref() == Some("rate-limited")));
+    // The other caller has its own bucket.
+    let replies = load(quiet.addrs.outbound, 5, 1).await;
+    assert_eq!(ok_share(&replies), 1.0, "the quiet caller is not starved");
+    assert!(
+        metric_sum(
+            server.addrs.admin,
+            "weft_rate_limited_total{service=\"echo\",namespace=\"demo\",reason=\"identity\"}"
+        )
+        .await
+            >= 30.0
+    );
+}

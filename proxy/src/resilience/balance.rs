@@ -25,8 +25,8 @@ pub enum LoadBalancer {
 /// How fast the latency estimate forgets: the weight of a sample halves
 /// about every 7 s (e^(-t/10s)).
 const DECAY: Duration = Duration::from_secs(10);
-/// The latency assumed for an endpoint never called (Linkerd's default):
-/// new endpoints get traffic, but not a flood before they are measured.
+/// The least latency a failure is assumed to have taken (see
+/// [`EndpointStats::observe_failure`]).
 const DEFAULT_RTT: Duration = Duration::from_millis(30);
 /// See [`EndpointStats::observe_failure`].
 const FAILURE_PENALTY: u32 = 5;
@@ -84,8 +84,7 @@ impl EndpointStats {
 
     /// Records a response's latency (to headers): a slower one than the
     /// estimate replaces it at once (peak), a faster one moves it gradually.
-    /// The first response replaces the default estimate, so an endpoint
-    /// that joins late is not stuck behind ones measured earlier.
+    /// The first response sets it.
     pub fn observe(&self, rtt: Duration, now: Instant) {
         let rtt = rtt.as_nanos() as f64;
         let mut e = self.ewma.lock().expect("ewma lock");
@@ -111,14 +110,32 @@ impl EndpointStats {
         self.observe(rtt.max(cost.max(DEFAULT_RTT) * FAILURE_PENALTY), now);
     }
 
-    /// Expected cost of one more request: latency × (requests in flight + 1).
-    fn ewma_load(&self, now: Instant) -> f64 {
+    /// The decayed latency estimate in nanoseconds; `None` before the
+    /// first response.
+    fn ewma_cost(&self, now: Instant) -> Option<f64> {
         let mut e = self.ewma.lock().expect("ewma lock");
         e.decay(now);
-        // A floor keeps endpoints answering in microseconds comparable by
-        // their in-flight counts.
-        e.cost_ns.max(1_000.0) * (self.in_flight() + 1) as f64
+        e.measured.then_some(e.cost_ns)
     }
+}
+
+/// Expected cost of one more request to each of two endpoints: latency ×
+/// (requests in flight + 1). An endpoint not measured yet is assumed as
+/// fast as the other, so a new endpoint gets traffic at once (and not a
+/// flood: its requests in flight count against it until it answers).
+fn ewma_loads(a: &EndpointStats, b: &EndpointStats, now: Instant) -> (f64, f64) {
+    let (ca, cb) = match (a.ewma_cost(now), b.ewma_cost(now)) {
+        (Some(x), Some(y)) => (x, y),
+        (Some(x), None) => (x, x),
+        (None, Some(y)) => (y, y),
+        (None, None) => (1.0, 1.0),
+    };
+    // A floor keeps endpoints answering in microseconds comparable by
+    // their in-flight counts.
+    (
+        ca.max(1_000.0) * (a.in_flight() + 1) as f64,
+        cb.max(1_000.0) * (b.in_flight() + 1) as f64,
+    )
 }
 
 pub struct InFlight(Arc<EndpointStats>);
@@ -213,13 +230,6 @@ fn choose<'a>(
             unreachable!("x < total weight")
         }
         LoadBalancer::PeakEwma | LoadBalancer::LeastRequest => {
-            let load = |k: usize| {
-                let stats = &endpoints[at(k)].stats;
-                match lb {
-                    LoadBalancer::PeakEwma => stats.ewma_load(now),
-                    _ => (stats.in_flight() + 1) as f64,
-                }
-            };
             if endpoints.iter().any(|e| e.weight != endpoints[0].weight) {
                 // Unequal weights: a draw in proportion to weight /
                 // (requests in flight + 1), as Envoy does for weighted
@@ -244,7 +254,12 @@ fn choose<'a>(
             // endpoints; the less loaded wins.
             let a = rand::random_range(0..n);
             let b = (a + rand::random_range(1..n)) % n;
-            if load(a) <= load(b) {
+            let (sa, sb) = (&endpoints[at(a)].stats, &endpoints[at(b)].stats);
+            let (la, lb) = match lb {
+                LoadBalancer::PeakEwma => ewma_loads(sa, sb, now),
+                _ => ((sa.in_flight() + 1) as f64, (sb.in_flight() + 1) as f64),
+            };
+            if la <= lb {
                 &endpoints[at(a)]
             } else {
                 &endpoints[at(b)]
@@ -312,13 +327,27 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_new_endpoint_gets_traffic_at_once_but_no_flood() {
+        let eps = endpoints(&[1, 1]);
+        eps[0].stats.observe(Duration::from_millis(1), Instant::now());
+        let counts = share(&eps, LoadBalancer::PeakEwma, 1000, Instant::now());
+        assert!(counts[1] > 300, "unmeasured is as good as measured: {counts:?}");
+        let _waiting: Vec<_> = (0..3).map(|_| eps[1].stats.start()).collect();
+        let counts = share(&eps, LoadBalancer::PeakEwma, 1000, Instant::now());
+        assert_eq!(
+            counts[1], 0,
+            "its requests in flight count against it: {counts:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn peak_ewma_forgets_a_spike_over_time() {
         let s = EndpointStats::default();
         let now = Instant::now();
         s.observe(Duration::from_millis(100), now);
-        let high = s.ewma_load(now);
+        let high = s.ewma_cost(now).unwrap();
         tokio::time::advance(Duration::from_secs(20)).await;
-        let later = s.ewma_load(Instant::now());
+        let later = s.ewma_cost(Instant::now()).unwrap();
         assert!(later < high / 5.0, "{later} vs {high}");
     }
 
