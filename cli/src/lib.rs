@@ -35,6 +35,9 @@ enum Command {
     Stat(stat::Args),
     /// A small HTTP/1.1 + HTTP/2 app with configurable latency and errors.
     SampleApp(sample_app::Args),
+    /// Print the weft.dev CustomResourceDefinitions (YAML) for
+    /// `kubectl apply -f -`.
+    Crds,
     /// Run the control plane (same flags as `weft-control`).
     #[command(disable_help_flag = true)]
     Control {
@@ -54,6 +57,10 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Demo(args) => demo::run(args),
         Command::Check(args) => check::run(args),
+        Command::Crds => {
+            print!("{}", weft_control::kubernetes::crds::all_yaml());
+            std::process::ExitCode::SUCCESS
+        }
         Command::Stat(args) => stat::run(args),
         Command::SampleApp(args) => sample_app::run(args),
         Command::Control { args } => {

@@ -25,6 +25,7 @@ use crate::files::FileSource;
 use crate::grpc::{DestinationService, IdentityService, InboundService, Proxies};
 use crate::identity::{read_tokens, Ca};
 use crate::index::{Index, IndexConfig};
+use crate::kubernetes::{KubernetesSource, TokenReviewer};
 use crate::metrics::ControlMetrics;
 
 /// `weft-control`: Weft's control plane. Serves discovery and policy from
@@ -38,9 +39,18 @@ pub struct Config {
         short = 'c',
         env = "WEFT_CONTROL_CONFIG",
         value_delimiter = ',',
-        required = true
+        required_unless_present = "kubernetes"
     )]
     pub config: Vec<PathBuf>,
+    /// Read the mesh from the Kubernetes API (Services, EndpointSlices,
+    /// Pods, weft.dev policies, Gateway API HTTPRoutes) with the in-cluster
+    /// credentials or KUBECONFIG; `--config` files may be given too.
+    #[arg(long, env = "WEFT_KUBERNETES")]
+    pub kubernetes: bool,
+    /// Check proxies' tokens with the Kubernetes TokenReview API (audience
+    /// `weft`) instead of a tokens file.
+    #[arg(long, env = "WEFT_TOKEN_REVIEW", conflicts_with = "tokens")]
+    pub token_review: bool,
     /// gRPC listener for proxies.
     #[arg(long, env = "WEFT_CONTROL_GRPC_LISTEN", default_value = "0.0.0.0:8086")]
     pub grpc_listen: SocketAddr,
@@ -83,6 +93,8 @@ pub struct Config {
 pub struct Control {
     config: Config,
     ca: Arc<Ca>,
+    /// With `--kubernetes` or `--token-review`.
+    kube: Option<kube::Client>,
     grpc: TcpListener,
     admin: TcpListener,
 }
@@ -90,6 +102,11 @@ pub struct Control {
 impl Control {
     pub async fn bind(config: Config) -> Result<Self, String> {
         let ca = load_ca(&config)?;
+        let kube = if config.kubernetes || config.token_review {
+            Some(crate::kubernetes::client().await?)
+        } else {
+            None
+        };
         let grpc = TcpListener::bind(config.grpc_listen)
             .await
             .map_err(|e| format!("{}: {e}", config.grpc_listen))?;
@@ -99,6 +116,7 @@ impl Control {
         Ok(Self {
             config,
             ca: Arc::new(ca),
+            kube,
             grpc,
             admin,
         })
@@ -136,6 +154,15 @@ impl Control {
             self.config.poll_interval,
             self.config.debounce,
         ));
+        let cluster = self.kube.clone().map(|client| {
+            let source = KubernetesSource::start(client);
+            tokio::spawn(source.run(index.clone(), metrics.clone(), self.config.debounce))
+        });
+        let token_review = self
+            .kube
+            .clone()
+            .filter(|_| self.config.token_review)
+            .map(TokenReviewer::new);
         tokio::spawn(serve_admin(
             self.admin,
             registry,
@@ -163,10 +190,14 @@ impl Control {
             .add_service(api::identity_server::IdentityServer::new(IdentityService {
                 ca: self.ca,
                 metrics: metrics.clone(),
+                token_review,
             }))
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await;
         files.abort();
+        if let Some(cluster) = cluster {
+            cluster.abort();
+        }
         result
     }
 }
@@ -259,6 +290,7 @@ fn load_ca(config: &Config) -> Result<Ca, String> {
     };
     let tokens = match &config.tokens {
         Some(path) => read_tokens(path)?,
+        None if config.token_review => Vec::new(),
         None => {
             tracing::warn!("no --tokens file: every certificate request will be refused");
             Vec::new()

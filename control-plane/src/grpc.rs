@@ -334,6 +334,9 @@ impl api::inbound_server::Inbound for InboundService {
 pub struct IdentityService {
     pub ca: Arc<crate::identity::Ca>,
     pub metrics: Arc<ControlMetrics>,
+    /// In a cluster: tokens are checked with the TokenReview API instead
+    /// of the tokens file.
+    pub token_review: Option<crate::kubernetes::TokenReviewer>,
 }
 
 #[tonic::async_trait]
@@ -343,7 +346,14 @@ impl api::identity_server::Identity for IdentityService {
         request: Request<api::CertifyRequest>,
     ) -> Result<Response<api::CertifyResponse>, Status> {
         let req = request.into_inner();
-        match self.ca.certify(&req.identity, &req.csr, &req.token) {
+        let result = match &self.token_review {
+            Some(reviewer) => match reviewer.review(&req.token).await {
+                Ok((ns, sa)) => self.ca.certify_as(&req.identity, &req.csr, &ns, &sa),
+                Err(refusal) => Err(refusal),
+            },
+            None => self.ca.certify(&req.identity, &req.csr, &req.token),
+        };
+        match result {
             Ok(rsp) => {
                 self.metrics
                     .certificates

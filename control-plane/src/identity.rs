@@ -35,6 +35,9 @@ pub enum Refusal {
     CsrIdentity { expected: String },
     #[error("signing failed: {0}")]
     Signing(String),
+    /// The token could not be checked now (e.g. the API server is down).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl Refusal {
@@ -46,6 +49,7 @@ impl Refusal {
             }
             Refusal::BadCsr(_) => tonic::Status::invalid_argument(self.to_string()),
             Refusal::Signing(_) => tonic::Status::internal(self.to_string()),
+            Refusal::Unavailable(_) => tonic::Status::unavailable(self.to_string()),
         }
     }
 
@@ -57,6 +61,7 @@ impl Refusal {
             Refusal::BadCsr(_) => "bad_csr",
             Refusal::CsrIdentity { .. } => "csr_identity",
             Refusal::Signing(_) => "signing",
+            Refusal::Unavailable(_) => "unavailable",
         }
     }
 }
@@ -181,9 +186,21 @@ impl Ca {
         self
     }
 
-    /// Checks the token and the CSR, and signs.
+    /// Checks the token (from the tokens file) and the CSR, and signs.
     pub fn certify(&self, identity: &str, csr: &[u8], token: &str) -> Result<api::CertifyResponse, Refusal> {
         let (ns, sa) = self.tokens.get(token).ok_or(Refusal::BadToken)?;
+        self.certify_as(identity, csr, ns, sa)
+    }
+
+    /// Signs a CSR for the workload `ns`/`sa` (whose token was already
+    /// checked), if it asks for exactly that workload's identity.
+    pub fn certify_as(
+        &self,
+        identity: &str,
+        csr: &[u8],
+        ns: &str,
+        sa: &str,
+    ) -> Result<api::CertifyResponse, Refusal> {
         let allowed = spiffe_id(&self.trust_domain, ns, sa);
         if identity != allowed {
             return Err(Refusal::WrongIdentity {

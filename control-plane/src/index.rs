@@ -245,6 +245,7 @@ fn default_ports(spec: &MeshServiceSpec) -> Vec<ServicePort> {
             port: 80,
             name: None,
             protocol: AppProtocol::Http,
+            target_port: None,
         }]
     } else {
         spec.ports.clone()
@@ -337,7 +338,13 @@ impl Inner {
                     .spec
                     .endpoints
                     .iter()
-                    .map(|e| (e.address.to_string(), self.endpoint(svc, e, config)))
+                    .map(|e| {
+                        let mut endpoint = self.endpoint(svc, e, config);
+                        if let Some(target) = sp.target_port {
+                            endpoint.address = SocketAddr::new(e.address.ip(), target).to_string();
+                        }
+                        (endpoint.address.clone(), endpoint)
+                    })
                     .collect();
                 DestinationView::Found {
                     service: api::ServiceRef {
@@ -351,6 +358,19 @@ impl Inner {
                 }
             }
             Target::Address(addr) => {
+                // A service's virtual IP: the service itself.
+                let by_cluster_ip = self.services.values().find(|svc| {
+                    svc.spec.cluster_ip == Some(addr.ip())
+                        && default_ports(&svc.spec).iter().any(|p| p.port == addr.port())
+                });
+                if let Some(svc) = by_cluster_ip {
+                    let service = Target::Service {
+                        namespace: svc.meta.namespace.clone(),
+                        name: svc.meta.name.clone(),
+                        port: addr.port(),
+                    };
+                    return self.destination_view(&service, config);
+                }
                 // The endpoint serving exactly there; else a pod (an
                 // endpoint's IP) called on one of its service's ports, as
                 // a transparently intercepted app dials it.
@@ -360,7 +380,10 @@ impl Inner {
                 });
                 let by_pod_ip = || {
                     self.services.values().find_map(|svc| {
-                        if !default_ports(&svc.spec).iter().any(|p| p.port == addr.port()) {
+                        if !default_ports(&svc.spec)
+                            .iter()
+                            .any(|p| p.port == addr.port() || p.target_port == Some(addr.port()))
+                        {
                             return None;
                         }
                         let e = svc.spec.endpoints.iter().find(|e| e.address.ip() == addr.ip())?;

@@ -12,5 +12,6 @@ pub mod files;
 pub mod grpc;
 pub mod identity;
 pub mod index;
+pub mod kubernetes;
 pub mod metrics;
 pub mod model;

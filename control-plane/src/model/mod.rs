@@ -10,6 +10,8 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use kube::CustomResource;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub const WEFT_API_VERSION: &str = "weft.dev/v1alpha1";
@@ -127,9 +129,38 @@ pub struct DocError {
 
 // ---------------------------------------------------------------- specs
 
+/// `status` of the weft.dev custom resources: whether the control plane
+/// accepted the spec (condition `Accepted`), and why not.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyStatus {
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+}
+
+/// A Kubernetes-style status condition.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// `Accepted`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    #[serde(default)]
+    pub reason: String,
+    #[serde(default)]
+    pub message: String,
+    #[serde(default)]
+    pub observed_generation: Option<i64>,
+    /// RFC 3339.
+    #[serde(default)]
+    pub last_transition_time: Option<String>,
+}
+
 /// `MeshService` (files only): a service and its endpoints, standing in for
 /// Service + EndpointSlice.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct MeshServiceSpec {
     /// The ports clients call. Default: one HTTP port, 80.
@@ -141,9 +172,13 @@ pub struct MeshServiceSpec {
     pub service_account: Option<String>,
     #[serde(default)]
     pub endpoints: Vec<MeshEndpoint>,
+    /// The service's virtual IP (a Kubernetes ClusterIP): an
+    /// intercepted app that dials `clusterIP:port` reaches this service.
+    #[serde(default, rename = "clusterIP")]
+    pub cluster_ip: Option<std::net::IpAddr>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ServicePort {
     pub port: u16,
@@ -151,9 +186,13 @@ pub struct ServicePort {
     pub name: Option<String>,
     #[serde(default)]
     pub protocol: AppProtocol,
+    /// The port the workloads serve this port on, when it differs from the
+    /// endpoints' own port (a Kubernetes `targetPort`).
+    #[serde(default)]
+    pub target_port: Option<u16>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum AppProtocol {
     #[default]
@@ -173,7 +212,7 @@ impl AppProtocol {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct MeshEndpoint {
     /// Where the replica serves (`ip:port`).
@@ -192,7 +231,7 @@ fn one() -> u32 {
 }
 
 /// Names the service a policy applies to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct TargetRef {
     /// `Service` or `MeshService` (same thing to the mesh).
@@ -207,8 +246,23 @@ fn service_kind() -> String {
     "Service".into()
 }
 
-/// `TrafficPolicy`: how clients call one service.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// `TrafficPolicy`: how clients call one service. The same spec is read
+/// from files and, as the `weft.dev/v1alpha1` custom resource
+/// [`TrafficPolicy`], from a cluster.
+#[derive(CustomResource, Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "weft.dev",
+    version = "v1alpha1",
+    kind = "TrafficPolicy",
+    namespaced,
+    status = "PolicyStatus",
+    shortname = "wtp",
+    category = "weft",
+    printcolumn = r#"{"name":"Target","type":"string","jsonPath":".spec.targetRef.name"}"#,
+    printcolumn = r#"{"name":"Balancer","type":"string","jsonPath":".spec.loadBalancer"}"#,
+    printcolumn = r#"{"name":"Accepted","type":"string","jsonPath":".status.conditions[?(@.type==\"Accepted\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct TrafficPolicySpec {
     pub target_ref: Option<TargetRef>,
@@ -226,7 +280,7 @@ pub struct TrafficPolicySpec {
     pub fault: Option<Fault>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum LoadBalancer {
     PeakEwma,
@@ -234,7 +288,7 @@ pub enum LoadBalancer {
     LeastRequest,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Retries {
     /// Retries after the first try.
@@ -254,7 +308,7 @@ pub struct Retries {
     pub non_idempotent: bool,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RetryBudget {
     /// Retries allowed as a share of original requests, 0.0..=1.0.
@@ -263,35 +317,43 @@ pub struct RetryBudget {
     pub min_per_second: u32,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Backoff {
+    #[schemars(with = "Option<String>")]
     #[serde(with = "opt_duration", default)]
     pub base: Option<Duration>,
+    #[schemars(with = "Option<String>")]
     #[serde(with = "opt_duration", default)]
     pub max: Option<Duration>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Timeouts {
+    #[schemars(with = "Option<String>")]
     #[serde(with = "opt_duration", default)]
     pub request: Option<Duration>,
+    #[schemars(with = "Option<String>")]
     #[serde(with = "opt_duration", default)]
     pub per_try: Option<Duration>,
+    #[schemars(with = "Option<String>")]
     #[serde(with = "opt_duration", default)]
     pub connect: Option<Duration>,
+    #[schemars(with = "Option<String>")]
     #[serde(with = "opt_duration", default)]
     pub idle: Option<Duration>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct CircuitBreaker {
     #[serde(default)]
     pub consecutive_failures: u32,
+    #[schemars(with = "Option<String>")]
     #[serde(with = "opt_duration", default)]
     pub base_ejection: Option<Duration>,
+    #[schemars(with = "Option<String>")]
     #[serde(with = "opt_duration", default)]
     pub max_ejection: Option<Duration>,
     /// At most this share of endpoints ejected at once, 0..=100.
@@ -299,18 +361,19 @@ pub struct CircuitBreaker {
     pub max_ejected_percent: Option<f64>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Concurrency {
     #[serde(default)]
     pub max_in_flight: u32,
     #[serde(default)]
     pub max_pending: u32,
+    #[schemars(with = "Option<String>")]
     #[serde(with = "opt_duration", default)]
     pub pending_timeout: Option<Duration>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Fault {
     #[serde(default)]
@@ -319,15 +382,16 @@ pub struct Fault {
     pub abort: Option<FaultAbort>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct FaultDelay {
+    #[schemars(with = "String")]
     #[serde(with = "humantime_serde_compat")]
     pub fixed: Duration,
     pub percent: f64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct FaultAbort {
     pub status: u16,
@@ -335,7 +399,21 @@ pub struct FaultAbort {
 }
 
 /// `AuthorizationPolicy`: who may call one service (port), and how fast.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// Also the `weft.dev/v1alpha1` custom resource [`AuthorizationPolicy`].
+#[derive(CustomResource, Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "weft.dev",
+    version = "v1alpha1",
+    kind = "AuthorizationPolicy",
+    namespaced,
+    status = "PolicyStatus",
+    shortname = "wap",
+    category = "weft",
+    printcolumn = r#"{"name":"Target","type":"string","jsonPath":".spec.targetRef.name"}"#,
+    printcolumn = r#"{"name":"mTLS","type":"string","jsonPath":".spec.mtls"}"#,
+    printcolumn = r#"{"name":"Accepted","type":"string","jsonPath":".status.conditions[?(@.type==\"Accepted\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct AuthorizationPolicySpec {
     pub target_ref: Option<TargetRef>,
@@ -347,7 +425,7 @@ pub struct AuthorizationPolicySpec {
     pub rate_limit: Option<RateLimit>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum MtlsMode {
     #[default]
@@ -355,7 +433,7 @@ pub enum MtlsMode {
     Strict,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct AuthorizationRule {
     #[serde(default)]
@@ -364,7 +442,7 @@ pub struct AuthorizationRule {
     pub to: Option<RuleTo>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RuleFrom {
     #[serde(default)]
@@ -373,7 +451,7 @@ pub struct RuleFrom {
     pub namespaces: Vec<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RuleTo {
     #[serde(default)]
@@ -382,7 +460,7 @@ pub struct RuleTo {
     pub methods: Vec<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RateLimit {
     #[serde(default)]
@@ -393,7 +471,7 @@ pub struct RateLimit {
     pub per_identity: Option<PerIdentityLimit>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PerIdentityLimit {
     pub requests_per_second: f64,
@@ -403,7 +481,7 @@ pub struct PerIdentityLimit {
 
 /// `HTTPRoute` (gateway.networking.k8s.io/v1), the subset the mesh uses
 /// (GAMMA: the parent is a Service).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HttpRouteSpec {
     #[serde(default)]
@@ -414,7 +492,7 @@ pub struct HttpRouteSpec {
     pub rules: Vec<RouteRule>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ParentRef {
     #[serde(default)]
@@ -428,7 +506,7 @@ pub struct ParentRef {
     pub port: Option<u16>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RouteRule {
     #[serde(default)]
@@ -441,7 +519,7 @@ pub struct RouteRule {
     pub timeouts: Option<RouteTimeouts>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RouteMatch {
     #[serde(default)]
@@ -452,7 +530,7 @@ pub struct RouteMatch {
     pub headers: Vec<HeaderMatch>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PathMatch {
     #[serde(rename = "type", default = "path_prefix")]
@@ -464,7 +542,7 @@ fn path_prefix() -> String {
     "PathPrefix".into()
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderMatch {
     #[serde(rename = "type", default)]
@@ -473,7 +551,7 @@ pub struct HeaderMatch {
     pub value: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BackendRef {
     #[serde(default)]
@@ -489,11 +567,13 @@ pub struct BackendRef {
     pub weight: u32,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RouteTimeouts {
+    #[schemars(with = "Option<String>")]
     #[serde(with = "opt_duration", default)]
     pub request: Option<Duration>,
+    #[schemars(with = "Option<String>")]
     #[serde(with = "opt_duration", default, rename = "backendRequest")]
     pub backend_request: Option<Duration>,
 }
@@ -565,6 +645,21 @@ pub fn parse_file(file: &str, text: &str) -> (Vec<Document>, Vec<DocError>) {
         }
     }
     (docs, errors)
+}
+
+/// Parses and validates one document that is not from a file (an object
+/// from the Kubernetes API); errors name `source` and the object.
+pub fn parse_object(source: &str, value: serde_json::Value) -> Result<Document, DocError> {
+    let name = document_name(&value);
+    parse_document(value).map_err(|(field, problem)| DocError {
+        doc: DocRef {
+            file: source.to_string(),
+            index: 0,
+            name,
+        },
+        field,
+        problem,
+    })
 }
 
 fn document_name(v: &serde_json::Value) -> Option<String> {

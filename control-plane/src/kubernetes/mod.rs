@@ -1,0 +1,23 @@
+//! Weft on Kubernetes, control-plane side: the CRDs ([`crds`]), the
+//! cluster source feeding the index ([`source`], [`convert`]) and
+//! TokenReview-based workload identity ([`token_review`]).
+//!
+//! No API server runs on the machines this is developed and tested on: the
+//! code is tested against an in-test server speaking the API's list/watch
+//! protocol with realistic JSON (`control-plane/tests/kubernetes.rs`).
+
+pub mod convert;
+pub mod crds;
+pub mod source;
+pub mod token_review;
+
+pub use source::KubernetesSource;
+pub use token_review::TokenReviewer;
+
+/// A client from the environment: in-cluster service-account credentials,
+/// or `KUBECONFIG` / `~/.kube/config`.
+pub async fn client() -> Result<kube::Client, String> {
+    kube::Client::try_default()
+        .await
+        .map_err(|e| format!("cannot reach the Kubernetes API (in-cluster config or KUBECONFIG): {e}"))
+}

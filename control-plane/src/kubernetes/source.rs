@@ -1,0 +1,243 @@
+//! The Kubernetes source: reflectors (kube-rs list+watch, with backoff,
+//! relisting after `410 Gone`) over Services, EndpointSlices, Pods, the
+//! weft.dev policies and Gateway API HTTPRoutes. On any change (debounced)
+//! the whole cluster view is converted to documents and handed to the same
+//! index the file source feeds.
+//!
+//! The first view is applied only once every kind has listed (or turned out
+//! not to exist: a cluster without the Gateway API CRDs simply has no
+//! routes), so proxies never see a half-synced, empty mesh.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Patch, PatchParams};
+use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Api, Client, Resource, ResourceExt};
+use tokio::sync::Notify;
+
+use super::convert::{documents, ClusterObjects};
+use crate::index::Index;
+use crate::metrics::ControlMetrics;
+use crate::model::{AuthorizationPolicy, TrafficPolicy};
+
+/// The name the cluster's documents are registered under in the index.
+pub const SOURCE: &str = "kubernetes";
+
+/// Gateway API HTTPRoute (`gateway.networking.k8s.io/v1`).
+pub fn http_route_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "HTTPRoute"),
+        "httproutes",
+    )
+}
+
+/// Counts kinds that finished their first list.
+struct Synced {
+    kinds: AtomicUsize,
+    changed: Notify,
+}
+
+pub struct KubernetesSource {
+    client: Client,
+    services: Store<Service>,
+    slices: Store<EndpointSlice>,
+    pods: Store<Pod>,
+    policies: Vec<Store<DynamicObject>>,
+    synced: Arc<Synced>,
+    kinds: usize,
+}
+
+impl KubernetesSource {
+    /// Starts the reflectors (cluster-wide) on `client`'s runtime.
+    pub fn start(client: Client) -> Self {
+        let client_ = client.clone();
+        let synced = Arc::new(Synced {
+            kinds: AtomicUsize::new(0),
+            changed: Notify::new(),
+        });
+        let services = reflect(Api::<Service>::all(client.clone()), (), "services", &synced);
+        let slices = reflect(
+            Api::<EndpointSlice>::all(client.clone()),
+            (),
+            "endpointslices",
+            &synced,
+        );
+        let pods = reflect(Api::<Pod>::all(client.clone()), (), "pods", &synced);
+        let policies = [
+            ApiResource::erase::<TrafficPolicy>(&()),
+            ApiResource::erase::<AuthorizationPolicy>(&()),
+            http_route_resource(),
+        ]
+        .into_iter()
+        .map(|ar| {
+            let api = Api::<DynamicObject>::all_with(client.clone(), &ar);
+            let what = ar.plural.clone();
+            reflect(api, ar, &what, &synced)
+        })
+        .collect();
+        Self {
+            client: client_,
+            services,
+            slices,
+            pods,
+            policies,
+            synced,
+            kinds: 6,
+        }
+    }
+
+    fn objects(&self) -> ClusterObjects {
+        ClusterObjects {
+            services: self.services.state(),
+            slices: self.slices.state(),
+            pods: self.pods.state(),
+            policies: self.policies.iter().flat_map(Store::state).collect(),
+        }
+    }
+
+    /// Applies the cluster view to `index` after every change, `debounce`
+    /// after the change settles. Runs until aborted.
+    pub async fn run(self, index: Arc<Index>, metrics: Arc<ControlMetrics>, debounce: Duration) {
+        // The first list of every kind.
+        loop {
+            let notified = self.synced.changed.notified();
+            if self.synced.kinds.load(Ordering::Acquire) >= self.kinds {
+                break;
+            }
+            notified.await;
+        }
+        tracing::info!("Kubernetes: every kind listed; serving the cluster's state");
+        let mut known_errors = std::collections::HashSet::new();
+        loop {
+            let notified = self.synced.changed.notified();
+            let (docs, errors) = documents(&self.objects());
+            // Each rejected object is reported once, not on every rebuild.
+            let errors: std::collections::HashSet<String> = errors.iter().map(ToString::to_string).collect();
+            for e in errors.difference(&known_errors) {
+                tracing::warn!(error = %e, "Kubernetes object rejected; it has no effect");
+                metrics.config_errors.inc();
+            }
+            self.report_status(&errors);
+            known_errors = errors;
+            index.apply(SOURCE, docs);
+            metrics.index_stats(index.stats());
+            notified.await;
+            // Let a burst of events (a rollout) settle into one rebuild.
+            tokio::time::sleep(debounce).await;
+        }
+    }
+}
+
+impl KubernetesSource {
+    /// Writes each weft.dev policy's `Accepted` condition (`True`, or
+    /// `False` with the validation error), when it differs from what the
+    /// object shows, so `kubectl get trafficpolicies` tells whether Weft
+    /// uses it.
+    fn report_status(&self, errors: &std::collections::HashSet<String>) {
+        for store in &self.policies[..2] {
+            for obj in store.state() {
+                let Some(types) = &obj.types else { continue };
+                let (Some(ns), name) = (obj.namespace(), obj.name_any()) else {
+                    continue;
+                };
+                let tag = format!("({} {ns}/{name})", types.kind);
+                let problem = errors.iter().find(|e| e.contains(&tag));
+                let generation = obj.metadata.generation;
+                let (status, reason, message) = match problem {
+                    None => ("True", "Accepted", "in force".to_string()),
+                    Some(e) => ("False", "Invalid", e.clone()),
+                };
+                let current = obj
+                    .data
+                    .pointer("/status/conditions")
+                    .and_then(|c| c.as_array())
+                    .and_then(|c| c.iter().find(|c| c["type"] == "Accepted"));
+                let same = current.is_some_and(|c| {
+                    c["status"] == status
+                        && c["message"] == message.as_str()
+                        && c["observedGeneration"].as_i64() == generation
+                });
+                if same {
+                    continue;
+                }
+                let patch = serde_json::json!({"status": {"conditions": [{
+                    "type": "Accepted",
+                    "status": status,
+                    "reason": reason,
+                    "message": message,
+                    "observedGeneration": generation,
+                    "lastTransitionTime": rfc3339_now(),
+                }]}});
+                let ar = ApiResource::from_gvk(&GroupVersionKind::try_from(types).expect("typed object"));
+                let api = Api::<DynamicObject>::namespaced_with(self.client.clone(), &ns, &ar);
+                tokio::spawn(async move {
+                    if let Err(e) = api
+                        .patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
+                        .await
+                    {
+                        tracing::debug!(%name, error = %e, "could not write the policy's status");
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// Now, RFC 3339 (what `lastTransitionTime` holds).
+fn rfc3339_now() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// A reflector for one kind, driven by its own task; every event wakes the
+/// source. A kind the API server does not serve (404: CRD not installed)
+/// counts as listed and empty, and is retried with backoff.
+fn reflect<K>(api: Api<K>, dyntype: K::DynamicType, what: &str, synced: &Arc<Synced>) -> Store<K>
+where
+    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    let writer = reflector::store::Writer::new(dyntype);
+    let store = writer.as_reader();
+    let synced = synced.clone();
+    let what = what.to_string();
+    let config = watcher::Config::default().any_semantic();
+    tokio::spawn(async move {
+        let mut listed = false;
+        let mark_listed = |listed: &mut bool| {
+            if !*listed {
+                *listed = true;
+                synced.kinds.fetch_add(1, Ordering::AcqRel);
+            }
+        };
+        let mut stream = watcher(api, config).default_backoff().reflect(writer).boxed();
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(watcher::Event::InitDone) => {
+                    tracing::debug!(kind = %what, "listed");
+                    mark_listed(&mut listed);
+                }
+                Ok(_) => {}
+                Err(watcher::Error::InitialListFailed(kube::Error::Api(status))) if status.code == 404 => {
+                    if !listed {
+                        tracing::info!(kind = %what, "not served by this cluster (CRD not installed?); treated as empty");
+                    }
+                    mark_listed(&mut listed);
+                }
+                Err(e) => {
+                    tracing::warn!(kind = %what, error = %e, "Kubernetes watch failed; retrying with backoff")
+                }
+            }
+            synced.changed.notify_waiters();
+        }
+    });
+    store
+}
