@@ -487,11 +487,26 @@ impl Inner {
 
     fn server_policy(&self, workload: &str, port: u16) -> api::ServerPolicy {
         let (namespace, name) = workload.split_once('/').unwrap_or(("default", workload));
-        let key = (namespace.to_string(), name.to_string());
+        let mut key = (namespace.to_string(), name.to_string());
+        if !self.services.contains_key(&key) {
+            // In a cluster, proxies name their workload by service account:
+            // the service whose pods run as it.
+            if let Some(((ns, svc), _)) = self
+                .services
+                .iter()
+                .find(|((ns, _), s)| ns == namespace && s.spec.service_account.as_deref() == Some(name))
+            {
+                key = (ns.clone(), svc.clone());
+            }
+        }
         let protocol = self
             .services
             .get(&key)
-            .and_then(|s| default_ports(&s.spec).into_iter().find(|p| p.port == port))
+            .and_then(|s| {
+                default_ports(&s.spec)
+                    .into_iter()
+                    .find(|p| p.port == port || p.target_port == Some(port))
+            })
             .map_or("http", |p| p.protocol.as_str());
         let mut policy = api::ServerPolicy {
             protocol: protocol.into(),
@@ -505,8 +520,11 @@ impl Inner {
         let selects = |p: u16| {
             p == port
                 || service.is_some_and(|s| {
-                    default_ports(&s.spec).iter().any(|sp| sp.port == p)
-                        && s.spec.endpoints.iter().any(|e| e.address.port() == port)
+                    default_ports(&s.spec).iter().any(|sp| {
+                        sp.port == p
+                            && (sp.target_port == Some(port)
+                                || s.spec.endpoints.iter().any(|e| e.address.port() == port))
+                    })
                 })
         };
         for (source, spec) in self.authz.get(&key).into_iter().flatten() {

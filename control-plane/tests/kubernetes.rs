@@ -60,6 +60,9 @@ struct FakeApi {
     state: Arc<Mutex<State>>,
     /// Bumped to end every open watch stream.
     cut: Arc<watch::Sender<u64>>,
+    /// While set, open watches miss events (a partition): only a relist
+    /// can catch up.
+    mute: Arc<std::sync::atomic::AtomicBool>,
 }
 
 const SERVICES: &str = "/api/v1/services";
@@ -100,6 +103,7 @@ impl FakeApi {
             addr,
             state: Arc::new(Mutex::new(state)),
             cut: Arc::new(watch::channel(0).0),
+            mute: Arc::default(),
         };
         let server = api.clone();
         tokio::spawn(async move {
@@ -148,7 +152,9 @@ impl FakeApi {
         };
         let event = json!({"type": ty, "object": obj});
         kind.history.push((rv, event.clone()));
-        let _ = kind.live.send((rv, event));
+        if !self.mute.load(std::sync::atomic::Ordering::SeqCst) {
+            let _ = kind.live.send((rv, event));
+        }
     }
 
     fn delete(&self, path: &'static str, namespace: &str, name: &str) {
@@ -190,6 +196,9 @@ impl FakeApi {
 
     async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
         let path = req.uri().path().to_string();
+        if std::env::var_os("FAKE_API_LOG").is_some() {
+            eprintln!("fake api: {} {}", req.method(), req.uri());
+        }
         let query: HashMap<String, String> = req
             .uri()
             .query()
@@ -286,6 +295,13 @@ impl FakeApi {
             (backlog, kind.live.subscribe(), gone)
         };
         if gone {
+            *self
+                .state
+                .lock()
+                .unwrap()
+                .lists
+                .entry(format!("gone {path}"))
+                .or_default() += 1;
             send(
                 &tx,
                 &json!({"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1", "metadata": {},
@@ -494,6 +510,24 @@ async fn list_watch_churn_bookmarks_and_410_relist_reach_the_index() {
     let by_ip = index.watch_destination(Target::Address("10.96.0.20:80".parse().unwrap()));
     assert_eq!(endpoints_of(&by_ip.borrow().view), Some(first.clone()));
 
+    // An AuthorizationPolicy on the service reaches its pods' proxies,
+    // which name their workload by service account.
+    let inbound = index.watch_inbound("shop/api-sa", 8080);
+    api.apply(
+        AUTHZ,
+        json!({"metadata": {"name": "api", "namespace": "shop", "generation": 1},
+               "spec": {"targetRef": {"name": "api", "port": 80}, "mtls": "strict",
+                        "rules": [{"from": {"namespaces": ["web"]}}]}}),
+    );
+    let mut inbound = inbound;
+    let strict = tokio::time::timeout(
+        Duration::from_secs(10),
+        inbound.wait_for(|p| p.mtls == weft_api::v1::MtlsMode::Strict as i32),
+    )
+    .await;
+    assert!(strict.is_ok_and(|r| r.is_ok()), "{:?}", *inbound.borrow());
+    assert_eq!(inbound.borrow().rules[0].namespaces, ["web"]);
+
     // Endpoint churn through watch events: a new ready pod, one going away.
     api.apply(PODS, pod("api-2", "10.244.4.1", "api-sa", true));
     api.apply(
@@ -526,9 +560,9 @@ async fn list_watch_churn_bookmarks_and_410_relist_reach_the_index() {
     .await;
     assert_eq!(api.count("list", SLICES), lists_before, "resumed, not relisted");
 
-    // History compacted while the watch was down: 410 Gone → relist, and a
-    // change made during the gap is seen.
-    api.cut_watches();
+    // Events missed (a partition), history compacted, watch ended: the
+    // resumed watch gets 410 Gone → relist, and the missed change is seen.
+    api.mute.store(true, std::sync::atomic::Ordering::SeqCst);
     api.apply(
         SLICES,
         slice(
@@ -542,6 +576,7 @@ async fn list_watch_churn_bookmarks_and_410_relist_reach_the_index() {
     );
     api.apply(PODS, pod("api-3", "10.244.5.5", "api-sa", true));
     api.compact_and_cut();
+    api.mute.store(false, std::sync::atomic::Ordering::SeqCst);
     let fourth = eps(&[
         ("10.244.4.1:8080", "10.244.4.1:4143"),
         ("10.244.5.5:8080", "10.244.5.5:4143"),
@@ -550,7 +585,16 @@ async fn list_watch_churn_bookmarks_and_410_relist_reach_the_index() {
         endpoints_of(v) == Some(fourth.clone())
     })
     .await;
-    assert!(api.count("list", SLICES) > lists_before, "410 forced a relist");
+    assert!(
+        api.count("list", &format!("gone {SLICES}")) >= 1,
+        "the resumed watch was told 410 Gone"
+    );
+    assert!(
+        api.count("list", SLICES) > lists_before,
+        "410 forced a relist: lists {} (before {lists_before}), watches {}",
+        api.count("list", SLICES),
+        api.count("watch", SLICES)
+    );
     assert!(api.count("watch", SLICES) >= 3);
 
     // Deleting the service: NotFound.
