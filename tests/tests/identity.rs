@@ -376,6 +376,64 @@ fn write_ca(dir: &TempDir, name: &str) -> String {
     cert.pem()
 }
 
+/// The CA the Helm chart generates when the user brings none
+/// (charts/weft/templates/issuer.yaml: Sprig's `genCAWithKey` over
+/// `genPrivateKey "ed25519"`): an Ed25519 key in PKCS#8 (the only key form
+/// weft-control's signer loads), and Go's CA template: key usages
+/// digitalSignature, keyEncipherment and keyCertSign, extended key usages
+/// serverAuth and clientAuth, no path length. It must sign certificates
+/// that proxies accept from each other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ca_kind_the_helm_chart_generates_carries_mtls() {
+    let ca_dir = TempDir::new();
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    let pem = key.serialize_pem();
+    assert!(
+        pem.starts_with("-----BEGIN PRIVATE KEY-----"),
+        "PKCS#8, as Sprig writes Ed25519: {pem}"
+    );
+    let mut params = rcgen::CertificateParams::default();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "weft mesh CA (cluster.local)");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::DigitalSignature,
+        rcgen::KeyUsagePurpose::KeyEncipherment,
+        rcgen::KeyUsagePurpose::KeyCertSign,
+    ];
+    params.extended_key_usages = vec![
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let cert = params.self_signed(&key).unwrap();
+    let ca_key = ca_dir.write("tls.key", &pem).display().to_string();
+    let ca_crt = ca_dir.write("tls.crt", &cert.pem()).display().to_string();
+
+    let app = echo_app().await;
+    let setup = Setup::start(&["--ca-cert", &ca_crt, "--ca-key", &ca_key]);
+    let server = setup.proxy(
+        "echo",
+        "echo.token",
+        &format!("appPorts: [{}]\n", app.addr.port()),
+    );
+    setup.mesh_service(app.addr, &server, "echo");
+    let client = setup.proxy("web", "web.token", "");
+    ready(&server).await;
+    ready(&client).await;
+    let (status, _) = eventually(Duration::from_secs(5), "the service is known", || async {
+        let r = call(client.addrs.outbound).await;
+        (r.0 == StatusCode::OK).then_some(r)
+    })
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, metrics) = admin_get(server.addrs.admin, "/metrics").await;
+    assert!(
+        metrics.contains(&format!(r#"tls="true",peer_identity="{WEB}""#)),
+        "mTLS with the Ed25519-signed certificates: {metrics}"
+    );
+}
+
 /// One request through a fresh CONNECT tunnel: a new mTLS handshake
 /// between the proxies every time.
 async fn tunnel_request(outbound: std::net::SocketAddr) -> Result<(), String> {
