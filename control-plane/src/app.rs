@@ -77,6 +77,8 @@ pub struct Config {
     /// How long files must be quiet before a change is applied.
     #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
     pub debounce: Duration,
+    #[command(flatten)]
+    pub webhook: crate::webhook::WebhookArgs,
 }
 
 /// A control plane with its listeners bound.
@@ -85,6 +87,7 @@ pub struct Control {
     ca: Arc<Ca>,
     grpc: TcpListener,
     admin: TcpListener,
+    webhook: Option<crate::webhook::Webhook>,
 }
 
 impl Control {
@@ -96,11 +99,13 @@ impl Control {
         let admin = TcpListener::bind(config.admin_listen)
             .await
             .map_err(|e| format!("{}: {e}", config.admin_listen))?;
+        let webhook = crate::webhook::Webhook::bind(&config.webhook, &config.trust_domain).await?;
         Ok(Self {
             config,
             ca: Arc::new(ca),
             grpc,
             admin,
+            webhook,
         })
     }
 
@@ -136,6 +141,10 @@ impl Control {
             self.config.poll_interval,
             self.config.debounce,
         ));
+        let webhook = self.webhook.map(|w| {
+            tracing::info!(addr = %w.local_addr(), "admission webhook listening");
+            tokio::spawn(w.serve())
+        });
         tokio::spawn(serve_admin(
             self.admin,
             registry,
@@ -167,6 +176,7 @@ impl Control {
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await;
         files.abort();
+        webhook.inspect(|w| w.abort());
         result
     }
 }

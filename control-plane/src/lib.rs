@@ -16,3 +16,4 @@ pub mod index;
 pub mod inject;
 pub mod metrics;
 pub mod model;
+pub mod webhook;
