@@ -1,5 +1,5 @@
 //! The `weft` command line: run a whole mesh locally (`weft demo`), validate
-//! config (`weft check`), read golden signals (`weft stat`), the built-in sample app the demo and the
+//! config (`weft check`), inject the sidecar into manifests (`weft inject`), read golden signals (`weft stat`), the built-in sample app the demo and the
 //! benchmarks use (`weft sample-app`), and the proxy and control plane
 //! themselves (`weft proxy`, `weft control`: the same code as `weft-proxy`
 //! and `weft-control`, so one binary can start every process of the demo).
@@ -8,6 +8,7 @@
 
 pub mod check;
 pub mod demo;
+pub mod inject;
 pub mod procs;
 pub mod sample_app;
 pub mod stat;
@@ -33,6 +34,9 @@ enum Command {
     Check(check::Args),
     /// Golden signals per service and route from the proxies' metrics.
     Stat(stat::Args),
+    /// Add the proxy sidecar to Kubernetes manifests (multi-document YAML
+    /// in, out on stdout), as the admission webhook does.
+    Inject(inject::Args),
     /// A small HTTP/1.1 + HTTP/2 app with configurable latency and errors.
     SampleApp(sample_app::Args),
     /// Print the weft.dev CustomResourceDefinitions (YAML) for
@@ -62,6 +66,7 @@ pub fn main() -> ExitCode {
             std::process::ExitCode::SUCCESS
         }
         Command::Stat(args) => stat::run(args),
+        Command::Inject(args) => inject::run(args),
         Command::SampleApp(args) => sample_app::run(args),
         Command::Control { args } => {
             weft_control::app::run_cli(std::iter::once("weft-control".to_string()).chain(args))

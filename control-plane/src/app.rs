@@ -87,6 +87,8 @@ pub struct Config {
     /// How long files must be quiet before a change is applied.
     #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
     pub debounce: Duration,
+    #[command(flatten)]
+    pub webhook: crate::webhook::WebhookArgs,
 }
 
 /// A control plane with its listeners bound.
@@ -97,6 +99,7 @@ pub struct Control {
     kube: Option<kube::Client>,
     grpc: TcpListener,
     admin: TcpListener,
+    webhook: Option<crate::webhook::Webhook>,
 }
 
 impl Control {
@@ -113,12 +116,14 @@ impl Control {
         let admin = TcpListener::bind(config.admin_listen)
             .await
             .map_err(|e| format!("{}: {e}", config.admin_listen))?;
+        let webhook = crate::webhook::Webhook::bind(&config.webhook, &config.trust_domain).await?;
         Ok(Self {
             config,
             ca: Arc::new(ca),
             kube,
             grpc,
             admin,
+            webhook,
         })
     }
 
@@ -163,6 +168,10 @@ impl Control {
             .clone()
             .filter(|_| self.config.token_review)
             .map(TokenReviewer::new);
+        let webhook = self.webhook.map(|w| {
+            tracing::info!(addr = %w.local_addr(), "admission webhook listening");
+            tokio::spawn(w.serve())
+        });
         tokio::spawn(serve_admin(
             self.admin,
             registry,
@@ -198,6 +207,7 @@ impl Control {
         if let Some(cluster) = cluster {
             cluster.abort();
         }
+        webhook.inspect(|w| w.abort());
         result
     }
 }

@@ -175,6 +175,13 @@ pub struct Overrides {
     pub workload: Option<String>,
     #[arg(long, env = "WEFT_SERVICE_ACCOUNT")]
     pub service_account: Option<String>,
+    /// SPIFFE trust domain.
+    #[arg(long, env = "WEFT_TRUST_DOMAIN")]
+    pub trust_domain: Option<String>,
+    /// Ports whose traffic is opaque TCP (repeat, or comma-separate in the
+    /// env var).
+    #[arg(long = "opaque-port", env = "WEFT_OPAQUE_PORTS", value_delimiter = ',')]
+    pub opaque_ports: Vec<u16>,
     /// File holding this workload's identity token.
     #[arg(long, env = "WEFT_IDENTITY_TOKEN_FILE", value_name = "FILE")]
     pub identity_token_file: Option<PathBuf>,
@@ -267,6 +274,12 @@ impl Config {
         }
         if let Some(sa) = &o.service_account {
             self.service_account = Some(sa.clone());
+        }
+        if let Some(td) = &o.trust_domain {
+            self.trust_domain = td.clone();
+        }
+        if !o.opaque_ports.is_empty() {
+            self.opaque_ports = o.opaque_ports.clone();
         }
         if let Some(f) = &o.identity_token_file {
             self.identity_token_file = Some(f.clone());
@@ -506,6 +519,26 @@ mod tests {
             ..Config::default()
         };
         assert_eq!(c.validate("p.yaml").unwrap_err().field, "appPorts[1]");
+    }
+
+    #[test]
+    fn flags_set_trust_domain_and_opaque_ports() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            o: Overrides,
+        }
+        let cli = <Cli as clap::Parser>::parse_from([
+            "p",
+            "--trust-domain",
+            "mesh.example",
+            "--opaque-port",
+            "9000,9001",
+        ]);
+        let mut c = Config::default();
+        c.apply(&cli.o);
+        assert_eq!(c.trust_domain, "mesh.example");
+        assert_eq!(c.opaque_ports, vec![9000, 9001]);
     }
 
     #[test]
