@@ -9,6 +9,7 @@
 //! - `Identity.Certify`: workload certificates.
 
 pub mod exposition;
+pub mod init_args;
 
 /// Package `weft.v1`.
 pub mod v1 {

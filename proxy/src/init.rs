@@ -18,10 +18,10 @@
 //! tested without iptables; [`Iptables`] runs them through the `iptables`
 //! binary (the nft backend on Debian).
 
-use std::net::Ipv4Addr;
 use std::process::{Command, ExitCode};
 
 use clap::Args;
+use weft_api::init_args::{parse_cidr, parse_port_range};
 
 pub const INBOUND: &str = "WEFT_INBOUND";
 pub const INBOUND_REDIRECT: &str = "WEFT_INBOUND_REDIRECT";
@@ -348,36 +348,6 @@ fn has_chain(listing: &str, chain: &str) -> bool {
     listing
         .lines()
         .any(|l| l.strip_prefix("-N ").is_some_and(|c| c.trim() == chain))
-}
-
-fn parse_port_range(s: &str) -> Result<String, String> {
-    let port = |p: &str| match p.parse::<u16>() {
-        Ok(0) | Err(_) => Err(format!(
-            "expected a port 1..=65535 or a range `low:high`, got `{s}`"
-        )),
-        Ok(n) => Ok(n),
-    };
-    match s.split_once(':') {
-        None => port(s).map(|p| p.to_string()),
-        Some((lo, hi)) => {
-            let (lo, hi) = (port(lo)?, port(hi)?);
-            if lo > hi {
-                return Err(format!("expected `low:high` with low <= high, got `{s}`"));
-            }
-            Ok(format!("{lo}:{hi}"))
-        }
-    }
-}
-
-fn parse_cidr(s: &str) -> Result<String, String> {
-    let bad = || format!("expected an IPv4 network such as `10.0.0.0/8`, got `{s}`");
-    let (ip, len) = s.split_once('/').unwrap_or((s, "32"));
-    let ip: Ipv4Addr = ip.parse().map_err(|_| bad())?;
-    let len: u8 = len.parse().map_err(|_| bad())?;
-    if len > 32 {
-        return Err(bad());
-    }
-    Ok(format!("{ip}/{len}"))
 }
 
 /// `weft-proxy init`: install (or with `--uninstall`, remove) the rules;

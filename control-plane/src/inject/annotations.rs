@@ -3,9 +3,8 @@
 //! Every value is checked: a bad one is an [`InjectError::Annotation`]
 //! naming the annotation, the value and what was expected.
 
-use std::net::Ipv4Addr;
-
 use serde_json::{Map, Value};
+use weft_api::init_args::{parse_cidr, parse_port_range};
 
 use super::InjectError;
 
@@ -123,37 +122,6 @@ fn parse_port(s: &str) -> Result<u16, String> {
         Ok(0) | Err(_) => Err(format!("expected a port 1..=65535, got `{s}`")),
         Ok(p) => Ok(p),
     }
-}
-
-/// `N`, `low:high` or `low-high`, normalised to what `weft-proxy init`
-/// takes (`N`, `low:high`).
-fn parse_port_range(s: &str) -> Result<String, String> {
-    let bad = || format!("expected a port 1..=65535 or a range `low:high`, got `{s}`");
-    let port = |p: &str| match p.parse::<u16>() {
-        Ok(0) | Err(_) => Err(bad()),
-        Ok(n) => Ok(n),
-    };
-    match s.split_once([':', '-']) {
-        None => port(s).map(|p| p.to_string()),
-        Some((lo, hi)) => {
-            let (lo, hi) = (port(lo)?, port(hi)?);
-            if lo > hi {
-                return Err(format!("expected `low:high` with low <= high, got `{s}`"));
-            }
-            Ok(format!("{lo}:{hi}"))
-        }
-    }
-}
-
-fn parse_cidr(s: &str) -> Result<String, String> {
-    let bad = || format!("expected an IPv4 network such as `10.0.0.0/8`, got `{s}`");
-    let (ip, len) = s.split_once('/').unwrap_or((s, "32"));
-    let ip: Ipv4Addr = ip.parse().map_err(|_| bad())?;
-    let len: u8 = len.parse().map_err(|_| bad())?;
-    if len > 32 {
-        return Err(bad());
-    }
-    Ok(format!("{ip}/{len}"))
 }
 
 /// A Kubernetes resource quantity: a decimal number (`1`, `0.5`, `.5`),
