@@ -211,7 +211,12 @@ impl ProxyError {
 
 /// Whether a request is gRPC (by its content type).
 pub fn is_grpc<B>(req: &http::Request<B>) -> bool {
-    req.headers()
+    is_grpc_content(req.headers())
+}
+
+/// Whether headers announce gRPC (`content-type: application/grpc[+…]`).
+pub fn is_grpc_content(headers: &http::HeaderMap) -> bool {
+    headers
         .get(http::header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }

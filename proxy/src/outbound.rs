@@ -19,7 +19,7 @@ use crate::client::Clients;
 use crate::detect::{detect, Protocol};
 use crate::discover::{Destination, Discover, Endpoint};
 use crate::drain;
-use crate::errors::{is_grpc, ProxyError};
+use crate::errors::{is_grpc, is_grpc_content, ProxyError};
 use crate::http::{absolute_uri, incoming, is_upgrade, strip_hop_by_hop, AppProtocol, Body};
 use crate::http::{WEFT_PORT, WEFT_PROTO};
 use crate::metrics::{Direction, UNKNOWN_SERVICE};
@@ -276,18 +276,7 @@ impl Outbound {
         let mut avoid = None;
         let mut retries = 0;
         loop {
-            let (endpoint, probe) = balance::pick(
-                policy.load_balancer,
-                &dest.endpoints,
-                &dest.shared.rr,
-                avoid,
-                Instant::now(),
-            )
-            .map_err(|e| match e {
-                NoEndpoint::Empty => ProxyError::NoEndpoints(dest.service.clone()),
-                NoEndpoint::AllEjected => ProxyError::CircuitOpen(dest.service.clone()),
-            })?;
-            let endpoint = endpoint.clone();
+            let (endpoint, probe) = pick(dest, avoid)?;
             self.describe(target, &endpoint);
             let in_flight = endpoint.stats.start();
             let mut probe = ProbeGuard(probe.then(|| endpoint.stats.clone()));
@@ -456,18 +445,7 @@ impl Outbound {
         let metrics = &self.telemetry.metrics.resilience;
         let mut avoid = None;
         let (io, endpoint) = loop {
-            let (endpoint, _probe) = balance::pick(
-                dest.policy.load_balancer,
-                &dest.endpoints,
-                &dest.shared.rr,
-                avoid,
-                Instant::now(),
-            )
-            .map_err(|e| match e {
-                NoEndpoint::Empty => ProxyError::NoEndpoints(dest.service.clone()),
-                NoEndpoint::AllEjected => ProxyError::CircuitOpen(dest.service.clone()),
-            })?;
-            let endpoint = endpoint.clone();
+            let (endpoint, _probe) = pick(dest, avoid)?;
             self.describe(target, &endpoint);
             let connected = match endpoint.proxy {
                 Some(peer) => {
@@ -608,11 +586,26 @@ fn outcome_of(e: &ProxyError) -> Option<Outcome> {
     }
 }
 
+/// A gRPC response whose status comes in trailers (not trailers-only).
 fn is_grpc_response<B>(rsp: &Response<B>) -> bool {
-    rsp.headers()
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
-        && !rsp.headers().contains_key(GRPC_STATUS)
+    is_grpc_content(rsp.headers()) && !rsp.headers().contains_key(GRPC_STATUS)
+}
+
+/// The destination's next endpoint (and whether it is a breaker probe),
+/// avoiding `avoid` when another is usable; no endpoint is an error.
+fn pick(dest: &Destination, avoid: Option<SocketAddr>) -> Result<(Endpoint, bool), ProxyError> {
+    balance::pick(
+        dest.policy.load_balancer,
+        &dest.endpoints,
+        &dest.shared.rr,
+        avoid,
+        Instant::now(),
+    )
+    .map(|(e, probe)| (e.clone(), probe))
+    .map_err(|e| match e {
+        NoEndpoint::Empty => ProxyError::NoEndpoints(dest.service.clone()),
+        NoEndpoint::AllEjected => ProxyError::CircuitOpen(dest.service.clone()),
+    })
 }
 
 fn retry_labels(dest: &Destination, result: &'static str) -> RetryLabels {

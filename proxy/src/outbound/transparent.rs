@@ -122,18 +122,11 @@ impl Outbound {
     {
         let dest = self.resolve_addr(dst).await;
         // Balanced per connection, like every TCP stream.
-        let picked = crate::resilience::balance::pick(
-            dest.policy.load_balancer,
-            &dest.endpoints,
-            &dest.shared.rr,
-            None,
-            tokio::time::Instant::now(),
-        );
-        let endpoint = match picked {
-            Ok((e, _probe)) => e.clone(),
+        let endpoint = match super::pick(&dest, None) {
+            Ok((e, _probe)) => e,
             Err(e) => {
                 guard.detected("opaque");
-                tracing::info!(%dst, error = ?e, "outbound TCP has nowhere to go; closing");
+                tracing::info!(%dst, error = %e, "outbound TCP has nowhere to go; closing");
                 return;
             }
         };
