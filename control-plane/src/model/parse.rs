@@ -1,0 +1,268 @@
+//! Reading documents: YAML files (many documents each) and single objects
+//! (from the Kubernetes API) into validated [`Document`]s, with errors that
+//! name the file or object, the document, the field and the problem.
+
+use std::collections::BTreeSet;
+
+use serde::Deserialize;
+
+use super::validate::validate;
+use super::*;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawDocument {
+    api_version: String,
+    kind: String,
+    metadata: RawMetadata,
+    #[serde(default)]
+    spec: serde_json::Value,
+    /// Written by controllers; ignored here.
+    #[serde(default)]
+    #[allow(dead_code)]
+    status: serde_json::Value,
+}
+
+/// Parses every document of one YAML file. Each document is validated on
+/// its own: the result holds the good ones and an error for each bad one.
+pub fn parse_file(file: &str, text: &str) -> (Vec<Document>, Vec<DocError>) {
+    let at = |index, name: Option<String>| DocRef {
+        file: file.to_string(),
+        index,
+        name,
+    };
+    let values: Vec<serde_json::Value> = match serde_saphyr::from_multiple(text) {
+        Ok(v) => v,
+        Err(e) => {
+            let err = DocError {
+                doc: at(0, None),
+                field: "(yaml)".into(),
+                problem: format!("not valid YAML: {e}"),
+            };
+            return (Vec::new(), vec![err]);
+        }
+    };
+    let mut docs = Vec::new();
+    let mut errors = Vec::new();
+    let mut seen = BTreeSet::new();
+    for (index, value) in values.into_iter().enumerate() {
+        if value.is_null() {
+            continue;
+        }
+        let name = document_name(&value);
+        match parse_document(value) {
+            Ok(doc) => {
+                let key = (doc.spec.kind(), doc.meta.namespace.clone(), doc.meta.name.clone());
+                if !seen.insert(key) {
+                    errors.push(DocError {
+                        doc: at(index, name),
+                        field: "metadata.name".into(),
+                        problem: "expected a unique name; an earlier document in this file has the same kind, namespace and name".into(),
+                    });
+                } else {
+                    docs.push(doc);
+                }
+            }
+            Err((field, problem)) => errors.push(DocError {
+                doc: at(index, name),
+                field,
+                problem,
+            }),
+        }
+    }
+    (docs, errors)
+}
+
+/// Parses and validates one document that is not from a file (an object
+/// from the Kubernetes API); errors name `source` and the object.
+pub fn parse_object(source: &str, value: serde_json::Value) -> Result<Document, DocError> {
+    let name = document_name(&value);
+    parse_document(value).map_err(|(field, problem)| DocError {
+        doc: DocRef {
+            file: source.to_string(),
+            index: 0,
+            name,
+        },
+        field,
+        problem,
+    })
+}
+
+fn document_name(v: &serde_json::Value) -> Option<String> {
+    let kind = v.get("kind")?.as_str().unwrap_or("?");
+    let meta = v.get("metadata")?;
+    let name = meta.get("name")?.as_str()?;
+    let ns = meta
+        .get("namespace")
+        .and_then(|n| n.as_str())
+        .unwrap_or("default");
+    Some(format!("{kind} {ns}/{name}"))
+}
+
+fn typed<T: serde::de::DeserializeOwned>(value: serde_json::Value, prefix: &str) -> Result<T, FieldError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." {
+            prefix.to_string()
+        } else {
+            format!("{prefix}.{path}")
+        };
+        (field, e.into_inner().to_string())
+    })
+}
+
+fn parse_document(value: serde_json::Value) -> Result<Document, FieldError> {
+    let raw: RawDocument = serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        (
+            if path == "." { "(document)".into() } else { path },
+            e.into_inner().to_string(),
+        )
+    })?;
+    let expected_api = match raw.kind.as_str() {
+        "MeshService" | "TrafficPolicy" | "AuthorizationPolicy" => WEFT_API_VERSION,
+        "HTTPRoute" => GATEWAY_API_VERSION,
+        other => {
+            return Err((
+                "kind".into(),
+                format!(
+                "expected one of MeshService, TrafficPolicy, AuthorizationPolicy, HTTPRoute, got `{other}`"
+            ),
+            ))
+        }
+    };
+    if raw.api_version != expected_api {
+        return Err((
+            "apiVersion".into(),
+            format!(
+                "expected `{expected_api}` for {}, got `{}`",
+                raw.kind, raw.api_version
+            ),
+        ));
+    }
+    let body = if raw.spec.is_null() {
+        serde_json::Value::Object(Default::default())
+    } else {
+        raw.spec
+    };
+    let spec = match raw.kind.as_str() {
+        "MeshService" => Spec::MeshService(typed(body, "spec")?),
+        "TrafficPolicy" => Spec::TrafficPolicy(typed(body, "spec")?),
+        "AuthorizationPolicy" => Spec::AuthorizationPolicy(typed(body, "spec")?),
+        _ => Spec::HttpRoute(typed(body, "spec")?),
+    };
+    let doc = Document {
+        meta: raw.metadata.into(),
+        spec,
+    };
+    validate(&doc)?;
+    Ok(doc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+apiVersion: weft.dev/v1alpha1
+kind: MeshService
+metadata: {name: backend, namespace: demo}
+spec:
+  ports: [{port: 80}]
+  endpoints:
+    - address: 127.0.0.1:8081
+      proxy: 127.0.0.1:4243
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: split, namespace: demo}
+spec:
+  parentRefs: [{name: backend, kind: Service, group: core}]
+  rules:
+    - backendRefs: [{name: backend-v1, weight: 90}, {name: backend-v2, weight: 10}]
+"#;
+
+    #[test]
+    fn parses_good_documents() {
+        let (docs, errors) = parse_file("mesh.yaml", GOOD);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(docs.len(), 2);
+        assert_eq!(docs[0].meta.namespace, "demo");
+        let Spec::HttpRoute(r) = &docs[1].spec else {
+            panic!()
+        };
+        assert_eq!(r.rules[0].backend_refs[1].weight, 10);
+    }
+
+    #[test]
+    fn errors_name_file_document_field_and_expectation() {
+        let bad = GOOD.replace("address: 127.0.0.1:8081", "address: localhost");
+        let (docs, errors) = parse_file("mesh.yaml", &bad);
+        assert_eq!(docs.len(), 1, "the good document still parses");
+        let e = &errors[0];
+        assert_eq!(e.doc.index, 0);
+        assert_eq!(e.doc.name.as_deref(), Some("MeshService demo/backend"));
+        assert_eq!(e.field, "spec.endpoints[0].address");
+        assert!(
+            e.to_string().starts_with(
+                "mesh.yaml: document 0 (MeshService demo/backend): field `spec.endpoints[0].address`"
+            ),
+            "{e}"
+        );
+
+        let bad = GOOD.replace("weight: 10}", "weight: ten}");
+        let (_, errors) = parse_file("mesh.yaml", &bad);
+        assert_eq!(errors[0].doc.index, 1);
+        assert_eq!(errors[0].field, "spec.rules[0].backendRefs[1].weight");
+
+        let (_, errors) = parse_file(
+            "x.yaml",
+            "apiVersion: weft.dev/v1alpha1\nkind: Gadget\nmetadata: {name: a}\n",
+        );
+        assert_eq!(errors[0].field, "kind");
+        let (_, errors) = parse_file(
+            "x.yaml",
+            "apiVersion: v1\nkind: MeshService\nmetadata: {name: a}\n",
+        );
+        assert_eq!(errors[0].field, "apiVersion");
+        let (_, errors) = parse_file(
+            "x.yaml",
+            "apiVersion: weft.dev/v1alpha1\nkind: MeshService\nmetadata: {name: Bad_Name}\n",
+        );
+        assert_eq!(errors[0].field, "metadata.name");
+        let (docs, errors) = parse_file(
+            "x.yaml",
+            "apiVersion: weft.dev/v1alpha1\nkind: MeshService\nmetadata: {name: a, uid: 1b2c, resourceVersion: \"42\", creationTimestamp: \"2026-01-01T00:00:00Z\"}\n",
+        );
+        assert!(
+            errors.is_empty() && docs.len() == 1,
+            "kubectl output loads: {errors:?}"
+        );
+        let (_, errors) = parse_file(
+            "x.yaml",
+            "apiVersion: weft.dev/v1alpha1\nkind: MeshService\nmetadata: {name: a, namepsace: x}\n",
+        );
+        assert_eq!(errors[0].field, "metadata.namepsace");
+        assert!(
+            errors[0].problem.contains("unknown field"),
+            "{}",
+            errors[0].problem
+        );
+        let (_, errors) = parse_file("x.yaml", "a: [\n");
+        assert_eq!(errors[0].field, "(yaml)");
+    }
+
+    #[test]
+    fn policy_validation() {
+        let doc = "apiVersion: weft.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {name: p}\nspec:\n  targetRef: {name: web}\n  retries: {attempts: 3, on: [5xx, teapot]}\n";
+        let (_, errors) = parse_file("p.yaml", doc);
+        assert_eq!(errors[0].field, "spec.retries.on[1]");
+        let doc = "apiVersion: weft.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {name: p}\nspec:\n  timeouts: {request: 2s}\n";
+        let (_, errors) = parse_file("p.yaml", doc);
+        assert_eq!(errors[0].field, "spec.targetRef");
+        let doc = "apiVersion: weft.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {name: p}\nspec:\n  targetRef: {name: web}\n  timeouts: {request: soon}\n";
+        let (_, errors) = parse_file("p.yaml", doc);
+        assert_eq!(errors[0].field, "spec.timeouts.request");
+        assert!(errors[0].problem.contains("expected a duration"));
+    }
+}
