@@ -7,6 +7,7 @@
 //! that kills it on drop; every temp dir is removed on drop.
 
 pub mod apps;
+pub mod bed;
 pub mod netns;
 pub mod proc;
 
