@@ -57,7 +57,6 @@ pub struct KubernetesSource {
 impl KubernetesSource {
     /// Starts the reflectors (cluster-wide) on `client`'s runtime.
     pub fn start(client: Client) -> Self {
-        let client_ = client.clone();
         let synced = Arc::new(Synced {
             kinds: AtomicUsize::new(0),
             changed: Notify::new(),
@@ -83,7 +82,7 @@ impl KubernetesSource {
         })
         .collect();
         Self {
-            client: client_,
+            client,
             services,
             slices,
             pods,

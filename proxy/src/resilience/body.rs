@@ -3,6 +3,7 @@
 //! failures (known only from trailers) to the circuit breaker, and cancels
 //! a response that makes no progress for the idle timeout.
 
+use std::future::Future as _;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -138,8 +139,6 @@ impl http_body::Body for ResponseBody {
         self.inner.size_hint()
     }
 }
-
-use std::future::Future as _;
 
 #[cfg(test)]
 mod tests {
