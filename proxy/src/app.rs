@@ -24,7 +24,7 @@ use crate::drain;
 use crate::identity::Identity;
 use crate::inbound::Inbound;
 use crate::metrics::Metrics;
-use crate::outbound::{Interception, Outbound};
+use crate::outbound::Outbound;
 use crate::policy::Policies;
 use crate::server::HttpSettings;
 use crate::telemetry::{AccessLog, Telemetry};
@@ -243,15 +243,16 @@ impl Proxy {
         });
         tokio::spawn(admin.serve(self.admin));
 
-        let mut outbound = Outbound::new(
-            self.discover.clone(),
-            clients.clone(),
-            telemetry.clone(),
-            http.clone(),
-            config.detect_timeout,
-            watch.clone(),
-        );
-        outbound.interception = Interception::from_config(&config);
+        let interception = config.interception();
+        let outbound = Outbound {
+            discover: self.discover.clone(),
+            clients: clients.clone(),
+            telemetry: telemetry.clone(),
+            http: http.clone(),
+            detect_timeout: config.detect_timeout,
+            drain: watch.clone(),
+            interception: interception.clone(),
+        };
         let outbound = Arc::new(outbound);
         let inbound = Arc::new(Inbound {
             policies: policies.clone(),
@@ -267,7 +268,7 @@ impl Proxy {
             http,
             detect_timeout: config.detect_timeout,
             drain: watch,
-            interception: Interception::from_config(&config),
+            interception,
         });
         tokio::spawn(outbound.serve(self.outbound));
         tokio::spawn(inbound.serve(self.inbound));

@@ -27,6 +27,28 @@ pub const SERVER_FIRST_PORTS: &[u16] = &[
     27017, // MongoDB
 ];
 
+/// How redirected connections (`weft-proxy init`) are treated: which
+/// original destination ports skip protocol detection.
+#[derive(Debug, Clone)]
+pub struct Interception {
+    /// The server-speaks-first list and the config's `opaquePorts`.
+    opaque_ports: std::sync::Arc<[u16]>,
+}
+
+impl Default for Interception {
+    fn default() -> Self {
+        Self {
+            opaque_ports: SERVER_FIRST_PORTS.into(),
+        }
+    }
+}
+
+impl Interception {
+    pub fn is_opaque_port(&self, port: u16) -> bool {
+        self.opaque_ports.contains(&port)
+    }
+}
+
 /// Everything `weft-proxy` needs to run. Every field has a default, so an
 /// empty file (or none) is a valid config.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -222,6 +244,17 @@ impl ConfigError {
 }
 
 impl Config {
+    /// The interception settings: [`SERVER_FIRST_PORTS`] and `opaquePorts`.
+    pub fn interception(&self) -> Interception {
+        let mut ports: Vec<u16> = SERVER_FIRST_PORTS.to_vec();
+        ports.extend(&self.opaque_ports);
+        ports.sort_unstable();
+        ports.dedup();
+        Interception {
+            opaque_ports: ports.into(),
+        }
+    }
+
     /// Reads the file named by the overrides (if any), applies the overrides
     /// and validates the result.
     pub fn load(overrides: &Overrides) -> Result<Self, ConfigError> {
@@ -483,6 +516,18 @@ pub mod duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn server_first_and_configured_ports_skip_detection() {
+        let config = Config {
+            opaque_ports: vec![1883],
+            ..Config::default()
+        };
+        let i = config.interception();
+        assert!(i.is_opaque_port(1883) && i.is_opaque_port(5432) && i.is_opaque_port(25));
+        assert!(!i.is_opaque_port(8080));
+        assert!(!Interception::default().is_opaque_port(1883));
+    }
 
     #[test]
     fn empty_file_is_the_default() {

@@ -30,11 +30,10 @@ use weft_api::v1 as api;
 use weft_api::v1::destination_client::DestinationClient;
 use weft_api::v1::destination_update::Kind;
 
-use crate::discover::{Destination, Discover, Endpoint, PathMatch, Route, RouteMatch};
+use crate::discover::{Backend, Destination, Discover, Endpoint, PathMatch, Route, RouteMatch};
 use crate::resilience::{Policy, Shared};
 
-/// The `service` label of destinations found through DNS.
-pub const EXTERNAL_SERVICE: &str = "external";
+pub use crate::discover::EXTERNAL_SERVICE;
 
 /// Settings of the control-plane client.
 #[derive(Debug, Clone)]
@@ -468,7 +467,7 @@ fn to_destination(state: &StreamState) -> Destination {
             backends: r
                 .backends
                 .iter()
-                .map(|b| (b.authority.clone(), b.weight))
+                .map(|b| Backend::new(&b.authority, b.weight))
                 .collect(),
             timeout: ms(r.timeout_ms),
         })
@@ -578,7 +577,7 @@ mod tests {
         );
         let State::Found(d) = s else { panic!() };
         assert_eq!(d.service, "web");
-        assert_eq!(d.routes[0].backends, [("v2:80".to_string(), 5)]);
+        assert_eq!(d.routes[0].backends, [Backend::new("v2:80", 5)]);
         assert_eq!(d.routes[0].timeout, Some(Duration::from_millis(1500)));
         assert_eq!(d.endpoints[0].proxy, Some("127.0.0.1:4143".parse().unwrap()));
         assert!(!Arc::ptr_eq(&d.shared, &shared), "new limits, new bulkhead");

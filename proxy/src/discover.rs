@@ -1,8 +1,9 @@
 //! Where endpoints come from.
 //!
-//! The data path asks a [`Discover`] for a service's endpoints and knows
-//! nothing else about the source. Today the source is a static YAML file
-//! ([`StaticEndpoints`]); the control-plane client replaces it.
+//! The data path asks a [`Discover`] for a service's [`Destination`]:
+//! its endpoints, HTTPRoutes and policy. Two sources implement it: the
+//! control plane ([`crate::control::ControlDiscover`]) and a static YAML
+//! file ([`StaticEndpoints`]) for local runs without one.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -15,7 +16,12 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{parse_yaml, ConfigError};
+use crate::resilience::balance::Candidate;
 use crate::resilience::{EndpointStats, Policy, Shared};
+
+/// The `service` label of destinations the mesh does not know (found
+/// through DNS, or an original destination address).
+pub const EXTERNAL_SERVICE: &str = "external";
 
 /// One place a service can be reached.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -66,6 +72,20 @@ impl Endpoint {
             weight: 1,
             stats: Arc::default(),
         }
+    }
+}
+
+impl Candidate for Endpoint {
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    fn weight(&self) -> u32 {
+        self.weight
+    }
+
+    fn stats(&self) -> &EndpointStats {
+        &self.stats
     }
 }
 
@@ -135,10 +155,39 @@ pub struct Route {
     pub name: String,
     /// Any match selects the route; no matches: every request.
     pub matches: Vec<RouteMatch>,
-    /// `(authority, weight)`.
-    pub backends: Vec<(String, u32)>,
+    pub backends: Vec<Backend>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Duration>,
+}
+
+/// A route's backend service, parsed when the route arrives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Backend {
+    /// The service name as discovery knows it (`name.ns.svc.cluster.local`).
+    pub host: String,
+    /// `None`: the port the request was sent to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    pub weight: u32,
+}
+
+impl Backend {
+    /// From an authority `host[:port]` (an unparsable port leaves the
+    /// whole string as the host, which then resolves to nothing).
+    pub fn new(authority: &str, weight: u32) -> Self {
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) => match p.parse() {
+                Ok(p) => (h, Some(p)),
+                Err(_) => (authority, None),
+            },
+            None => (authority, None),
+        };
+        Self {
+            host: host.to_string(),
+            port,
+            weight,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -160,17 +209,17 @@ impl Route {
     }
 
     /// A backend chosen by weight; `None` when every weight is 0.
-    pub fn pick_backend(&self) -> Option<&str> {
-        let total: u64 = self.backends.iter().map(|(_, w)| u64::from(*w)).sum();
+    pub fn pick_backend(&self) -> Option<&Backend> {
+        let total: u64 = self.backends.iter().map(|b| u64::from(b.weight)).sum();
         if total == 0 {
             return None;
         }
         let mut n = rand::random_range(0..total);
-        for (authority, w) in &self.backends {
-            if n < u64::from(*w) {
-                return Some(authority);
+        for b in &self.backends {
+            if n < u64::from(b.weight) {
+                return Some(b);
             }
-            n -= u64::from(*w);
+            n -= u64::from(b.weight);
         }
         None
     }
@@ -182,10 +231,7 @@ impl RouteMatch {
         let path_ok = match &self.path {
             None => true,
             Some(PathMatch::Exact(p)) => path == p,
-            Some(PathMatch::Prefix(p)) => {
-                let p = p.trim_end_matches('/');
-                path == p || p.is_empty() || path.strip_prefix(p).is_some_and(|rest| rest.starts_with('/'))
-            }
+            Some(PathMatch::Prefix(p)) => crate::http::has_path_prefix(path, p),
         };
         path_ok
             && self
@@ -320,7 +366,7 @@ mod route_tests {
                 method: Some("GET".into()),
                 headers: vec![("x-canary".into(), "1".into())],
             }],
-            backends: vec![("a:80".into(), 1)],
+            backends: vec![Backend::new("a:80", 1)],
             timeout: None,
         };
         let req = |path: &str, canary: bool| {
@@ -349,22 +395,38 @@ mod route_tests {
         let route = Route {
             name: "split".into(),
             matches: vec![],
-            backends: vec![("v1:80".into(), 90), ("v2:80".into(), 10), ("v3:80".into(), 0)],
+            backends: vec![
+                Backend::new("v1:80", 90),
+                Backend::new("v2:80", 10),
+                Backend::new("v3", 0),
+            ],
             timeout: None,
         };
         let mut v2 = 0;
         for _ in 0..10_000 {
-            match route.pick_backend().unwrap() {
-                "v2:80" => v2 += 1,
-                "v1:80" => {}
+            match route.pick_backend().unwrap().host.as_str() {
+                "v2" => v2 += 1,
+                "v1" => {}
                 other => panic!("weight 0 picked: {other}"),
             }
         }
         assert!((700..1300).contains(&v2), "about 10% to v2, got {v2}");
         let none = Route {
-            backends: vec![("v1:80".into(), 0)],
+            backends: vec![Backend::new("v1:80", 0)],
             ..route
         };
         assert!(none.pick_backend().is_none());
+    }
+
+    #[test]
+    fn backends_are_parsed_once() {
+        let b = |host: &str, port| Backend {
+            host: host.into(),
+            port,
+            weight: 1,
+        };
+        assert_eq!(Backend::new("web.demo:8080", 1), b("web.demo", Some(8080)));
+        assert_eq!(Backend::new("web", 1), b("web", None));
+        assert_eq!(Backend::new("web:http", 1), b("web:http", None));
     }
 }

@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};
 
+use crate::grpc::{self, Code};
 use crate::http::{full_body, Body};
+use crate::resilience::retry::Outcome;
 
 /// Header naming why the proxy answered instead of the app.
 pub const WEFT_ERROR: &str = "weft-error";
@@ -35,8 +37,6 @@ pub enum ProxyError {
     /// Inbound traffic for a port the app does not serve.
     #[error("port {0} is not one of this workload's app ports")]
     UnknownAppPort(u16),
-    #[error("the proxy is shutting down")]
-    ShuttingDown,
     #[error("no route of {0} matches the request")]
     NoRoute(String),
     #[error("no response within {0:?}")]
@@ -91,7 +91,6 @@ impl ProxyError {
             ProxyError::ConnectTimeout(_) => "connect-timeout",
             ProxyError::Upstream { .. } => "upstream-failed",
             ProxyError::UnknownAppPort(_) => "unknown-app-port",
-            ProxyError::ShuttingDown => "shutting-down",
             ProxyError::NoRoute(_) => "no-route",
             ProxyError::Timeout(_) | ProxyError::PerTryTimeout(_) => "timeout",
             ProxyError::IdentityMismatch { .. } => "identity-mismatch",
@@ -108,7 +107,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoAuthority => StatusCode::BAD_REQUEST,
-            ProxyError::NoEndpoints(_) | ProxyError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoEndpoints(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::ConnectFailed { .. }
             | ProxyError::Upstream { .. }
             | ProxyError::UnknownAppPort(_) => StatusCode::BAD_GATEWAY,
@@ -127,40 +126,33 @@ impl ProxyError {
 
     /// The gRPC status for a gRPC caller (which reads `grpc-status`, not
     /// the HTTP status).
-    pub fn grpc_status(&self) -> u32 {
-        const DEADLINE_EXCEEDED: u32 = 4;
-        const PERMISSION_DENIED: u32 = 7;
-        const RESOURCE_EXHAUSTED: u32 = 8;
-        const UNIMPLEMENTED: u32 = 12;
-        const INTERNAL: u32 = 13;
-        const UNAVAILABLE: u32 = 14;
-        const UNAUTHENTICATED: u32 = 16;
+    pub fn grpc_status(&self) -> Code {
         match self {
-            ProxyError::Timeout(_) | ProxyError::PerTryTimeout(_) => DEADLINE_EXCEEDED,
-            ProxyError::Unauthorized(_) => PERMISSION_DENIED,
-            ProxyError::RateLimited { .. } => RESOURCE_EXHAUSTED,
-            ProxyError::NoRoute(_) => UNIMPLEMENTED,
-            ProxyError::NoAuthority => INTERNAL,
-            // The HTTP-to-gRPC mapping of the gRPC spec.
-            ProxyError::FaultInjected(s) => match s.as_u16() {
-                400 => INTERNAL,
-                401 => UNAUTHENTICATED,
-                403 => PERMISSION_DENIED,
-                404 => UNIMPLEMENTED,
-                429 | 502..=504 => UNAVAILABLE,
-                _ => 2,
-            },
-            _ => UNAVAILABLE,
+            ProxyError::Timeout(_) | ProxyError::PerTryTimeout(_) => Code::DeadlineExceeded,
+            ProxyError::Unauthorized(_) => Code::PermissionDenied,
+            ProxyError::RateLimited { .. } => Code::ResourceExhausted,
+            ProxyError::NoRoute(_) => Code::Unimplemented,
+            ProxyError::NoAuthority => Code::Internal,
+            ProxyError::FaultInjected(s) => grpc::from_http(*s),
+            _ => Code::Unavailable,
         }
     }
 
-    /// Whether the request may be safely sent again (nothing reached the
-    /// app). The retry layer builds on this.
-    pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            ProxyError::ConnectFailed { .. } | ProxyError::ConnectTimeout(_)
-        )
+    /// How a try that failed with this error ended, for the retry policy,
+    /// the latency estimate and the circuit breaker: the one place errors
+    /// are classified. `None` for errors that say nothing about the
+    /// endpoint (e.g. no certificate yet, no route).
+    pub fn outcome(&self) -> Option<Outcome> {
+        match self {
+            // Nothing reached the server: always safe to send again.
+            ProxyError::ConnectFailed { .. }
+            | ProxyError::ConnectTimeout(_)
+            | ProxyError::Tls { .. }
+            | ProxyError::IdentityMismatch { .. } => Some(Outcome::ConnectFailure),
+            ProxyError::Upstream { .. } => Some(Outcome::Reset),
+            ProxyError::PerTryTimeout(_) => Some(Outcome::PerTryTimeout),
+            _ => None,
+        }
     }
 
     /// The response the proxy sends in place of the app's. A gRPC caller
@@ -173,7 +165,7 @@ impl ProxyError {
                 http::header::CONTENT_TYPE,
                 HeaderValue::from_static("application/grpc"),
             );
-            headers.insert("grpc-status", HeaderValue::from(self.grpc_status()));
+            headers.insert(grpc::GRPC_STATUS, HeaderValue::from(self.grpc_status() as i32));
             // grpc-message is percent-encoded; keep to the safe subset.
             let message: String = self
                 .to_string()
@@ -187,7 +179,7 @@ impl ProxyError {
                 })
                 .collect();
             if let Ok(v) = HeaderValue::from_str(&message) {
-                headers.insert("grpc-message", v);
+                headers.insert(grpc::GRPC_MESSAGE, v);
             }
             rsp
         } else {
@@ -209,21 +201,13 @@ impl ProxyError {
     }
 }
 
-/// Whether a request is gRPC (by its content type).
-pub fn is_grpc<B>(req: &http::Request<B>) -> bool {
-    is_grpc_content(req.headers())
-}
-
-/// Whether headers announce gRPC (`content-type: application/grpc[+…]`).
-pub fn is_grpc_content(headers: &http::HeaderMap) -> bool {
-    headers
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn e_addr() -> SocketAddr {
+        "127.0.0.1:1".parse().unwrap()
+    }
 
     #[test]
     fn responses_carry_the_reason() {
@@ -235,7 +219,16 @@ mod tests {
             source: std::io::ErrorKind::ConnectionRefused.into(),
         };
         assert_eq!(e.status(), StatusCode::BAD_GATEWAY);
-        assert!(e.is_retryable());
+        assert_eq!(e.outcome(), Some(Outcome::ConnectFailure));
+        assert_eq!(
+            ProxyError::NoIdentity(e_addr()).outcome(),
+            None,
+            "says nothing about the endpoint"
+        );
+        assert_eq!(
+            ProxyError::FaultInjected(StatusCode::TOO_MANY_REQUESTS).grpc_status(),
+            Code::Unavailable
+        );
         let limited = ProxyError::RateLimited {
             scope: "total",
             retry_after: std::time::Duration::from_millis(1200),

@@ -132,6 +132,17 @@ pub fn host_port(authority: &Authority, uri: &Uri) -> (String, u16) {
     (host.to_ascii_lowercase(), authority.port_u16().unwrap_or(default))
 }
 
+/// Whole-segment path prefix: `/api` (or `/api/`) matches `/api` and
+/// `/api/x`, not `/apix`; an empty prefix or `/` matches every path.
+pub fn has_path_prefix(path: &str, prefix: &str) -> bool {
+    let prefix = prefix.trim_end_matches('/');
+    prefix.is_empty()
+        || path == prefix
+        || path
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
 /// `http://<authority><path>` for a request's URI.
 pub fn absolute_uri(authority: &Authority, uri: &Uri) -> Uri {
     let path = uri

@@ -19,7 +19,7 @@ use crate::errors::ProxyError;
 use crate::http::{absolute_uri, authority, incoming, is_upgrade, strip_hop_by_hop, AppProtocol, Body};
 use crate::http::{WEFT_PORT, WEFT_PROTO};
 use crate::identity::{spiffe_id_of, Identity, ALPN_H2, ALPN_TCP};
-use crate::metrics::Direction;
+use crate::metrics::{Detected, Direction};
 use crate::policy::Policies;
 use crate::resilience::metrics::ResilienceMetrics;
 use crate::server::{accept_loop, serve_http, HttpSettings};
@@ -55,7 +55,7 @@ pub struct Inbound {
     pub detect_timeout: std::time::Duration,
     pub drain: drain::Watch,
     /// Ports whose redirected connections skip detection.
-    pub interception: crate::outbound::Interception,
+    pub interception: crate::config::Interception,
 }
 
 impl Inbound {
@@ -90,7 +90,7 @@ impl Inbound {
         };
         let mut guard = self.telemetry.connection(Direction::Inbound, peer);
         if let Some(port) = target_port.filter(|p| self.interception.is_opaque_port(*p)) {
-            guard.detected("opaque");
+            guard.detected(Detected::Opaque);
             let io = guard.meter(stream);
             return self.tcp(io, Some(port), &plaintext, peer).await;
         }
@@ -104,11 +104,11 @@ impl Inbound {
         match protocol {
             // TLS to an app port: the client's own, not the mesh's.
             Protocol::Tls if target_port.is_some() => {
-                guard.detected("opaque");
+                guard.detected(Detected::Opaque);
                 self.tcp(io, target_port, &plaintext, peer).await;
             }
             Protocol::Tls => {
-                guard.detected("tls");
+                guard.detected(Detected::Tls);
                 self.tls(io, peer).await;
             }
             Protocol::Http1 | Protocol::Http2 => {
@@ -117,21 +117,17 @@ impl Inbound {
                 } else {
                     AppProtocol::Http2
                 };
-                guard.detected(if app == AppProtocol::Http1 {
-                    "http1"
-                } else {
-                    "http2"
-                });
+                guard.detected(app.into());
                 self.serve_conn(io, app, plaintext).await;
             }
             Protocol::MeshTcp { port } => {
-                guard.detected("mesh_tcp");
+                guard.detected(Detected::MeshTcp);
                 let line = io.prefix().iter().position(|&b| b == b'\n').map_or(0, |i| i + 1);
                 io.consume_prefix(line);
                 self.tcp(io, Some(port), &plaintext, peer).await;
             }
             Protocol::Opaque => {
-                guard.detected("opaque");
+                guard.detected(Detected::Opaque);
                 self.tcp(io, target_port, &plaintext, peer).await;
             }
         }
@@ -225,7 +221,7 @@ impl Inbound {
         conn: ConnInfo,
     ) -> Response<Body> {
         let mut req = req.map(incoming);
-        let grpc = crate::errors::is_grpc(&req);
+        let grpc = crate::grpc::is_grpc(req.headers());
         let obs = Observation::start(&self.telemetry, Direction::Inbound, &mut req);
         // The service this proxy fronts, from its own config: callers
         // cannot mint label values.

@@ -5,9 +5,11 @@
 //! drains. One request's path:
 //!
 //! ```text
-//! app ─► outbound listener ─► detect ─► route/pick ─► client (HTTP/2 pool) ═► peer inbound ─► detect ─► app
-//!        outbound.rs          detect.rs  outbound.rs   client.rs                inbound.rs
+//! app ─► outbound listener ─► detect ─► lookup ─► route ─► call/tries ─► client (HTTP/2 pool) ═► peer inbound ─► authorize ─► app
+//!        outbound/listen.rs   detect.rs  lookup.rs route.rs call.rs       client.rs                inbound.rs     policy.rs
 //! ```
+//!
+//! [`outbound`]'s module doc lists its stages and the value each hands on.
 //!
 //! Errors are mapped to responses in one place ([`errors`]); every response
 //! the proxy makes up itself carries `weft-error`.
@@ -22,6 +24,7 @@ pub mod detect;
 pub mod discover;
 pub mod drain;
 pub mod errors;
+pub mod grpc;
 pub mod http;
 pub mod identity;
 pub mod inbound;

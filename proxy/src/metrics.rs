@@ -40,6 +40,54 @@ impl EncodeLabelValue for Direction {
     }
 }
 
+/// What a connection turned out to carry: the TCP metrics' `protocol`
+/// label and the access log's.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum Detected {
+    /// Closed before detection finished.
+    Undetected,
+    Http1,
+    Http2,
+    /// TLS for this proxy (the mesh's mTLS, inbound).
+    Tls,
+    /// A peer proxy's `WEFT-TCP/1` stream.
+    MeshTcp,
+    /// Bytes the proxy does not interpret.
+    Opaque,
+    /// Bytes forwarded to an original destination the mesh does not
+    /// know: no mTLS, no mesh features.
+    Passthrough,
+}
+
+impl Detected {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Detected::Undetected => "undetected",
+            Detected::Http1 => "http1",
+            Detected::Http2 => "http2",
+            Detected::Tls => "tls",
+            Detected::MeshTcp => "mesh_tcp",
+            Detected::Opaque => "opaque",
+            Detected::Passthrough => "passthrough",
+        }
+    }
+}
+
+impl From<crate::http::AppProtocol> for Detected {
+    fn from(app: crate::http::AppProtocol) -> Self {
+        match app {
+            crate::http::AppProtocol::Http1 => Detected::Http1,
+            crate::http::AppProtocol::Http2 => Detected::Http2,
+        }
+    }
+}
+
+impl EncodeLabelValue for Detected {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.as_str())
+    }
+}
+
 /// Whether a response counts as a success for SLOs: not a 5xx, not made up
 /// by the proxy, and (gRPC) `grpc-status` 0.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
@@ -119,8 +167,7 @@ pub struct LatencyLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProtocolLabels {
     pub direction: Direction,
-    /// What detection found: `http1`, `http2`, `mesh_tcp`, `opaque`.
-    pub protocol: &'static str,
+    pub protocol: Detected,
 }
 
 /// Response latency buckets, seconds: sub-millisecond to 10 s.
@@ -324,7 +371,7 @@ impl Metrics {
         ConnectionGuard {
             metrics: self.clone(),
             direction,
-            protocol: "undetected",
+            protocol: Detected::Undetected,
             bytes,
             opened: Instant::now(),
         }
@@ -336,14 +383,14 @@ impl Metrics {
 pub struct ConnectionGuard {
     metrics: Metrics,
     direction: Direction,
-    protocol: &'static str,
+    protocol: Detected,
     /// Bytes of the connection, counted by [`crate::io::Metered`].
     pub bytes: Arc<crate::io::ByteCounts>,
     pub opened: Instant,
 }
 
 impl ConnectionGuard {
-    pub fn detected(&mut self, protocol: &'static str) {
+    pub fn detected(&mut self, protocol: Detected) {
         self.protocol = protocol;
         self.metrics
             .tcp_opened
@@ -354,7 +401,7 @@ impl ConnectionGuard {
             .inc();
     }
 
-    pub fn protocol(&self) -> &'static str {
+    pub fn protocol(&self) -> Detected {
         self.protocol
     }
 }

@@ -19,8 +19,9 @@ use http_body::{Frame, SizeHint};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::grpc::{self, Code};
 use crate::http::{Body, BoxError};
-use crate::metrics::{Classification, Direction, Flag, Metrics, RequestLabels};
+use crate::metrics::{Classification, Detected, Direction, Flag, Metrics, RequestLabels};
 
 /// The W3C trace-context header.
 pub const TRACEPARENT: &str = "traceparent";
@@ -33,7 +34,7 @@ pub struct Telemetry {
     pub create_trace_context: bool,
 }
 
-/// Where a request went, filled in as routing learns it.
+/// Where a request went, as far as routing got.
 #[derive(Debug, Clone, Default)]
 pub struct Target {
     pub service: String,
@@ -58,7 +59,7 @@ pub struct Observation {
     status: u16,
     headers_after: Duration,
     error: Option<&'static str>,
-    grpc_status: Option<u32>,
+    grpc_status: Option<Code>,
     response_bytes: u64,
 }
 
@@ -108,7 +109,7 @@ impl Observation {
         self.status = rsp.status().as_u16();
         self.headers_after = self.start.elapsed();
         self.error = error;
-        self.grpc_status = grpc_status(rsp.headers());
+        self.grpc_status = grpc::status(rsp.headers());
         rsp.map(|inner| {
             http_body_util::BodyExt::boxed_unsync(ObservedBody {
                 inner,
@@ -118,7 +119,8 @@ impl Observation {
     }
 
     fn finish(self) {
-        let failed = self.error.is_some() || self.status >= 500 || self.grpc_status.is_some_and(|s| s != 0);
+        let failed =
+            self.error.is_some() || self.status >= 500 || self.grpc_status.is_some_and(|s| s != Code::Ok);
         let classification = if failed {
             Classification::Failure
         } else {
@@ -148,7 +150,7 @@ impl Observation {
                 "authority": self.authority,
                 "path": self.path,
                 "status": self.status,
-                "grpc_status": self.grpc_status,
+                "grpc_status": self.grpc_status.map(|c| c as i32),
                 "classification": if failed { "failure" } else { "success" },
                 "duration_ms": self.start.elapsed().as_secs_f64() * 1e3,
                 "response_headers_ms": self.headers_after.as_secs_f64() * 1e3,
@@ -165,10 +167,6 @@ impl Observation {
             }));
         }
     }
-}
-
-fn grpc_status(headers: &HeaderMap) -> Option<u32> {
-    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
 }
 
 /// Counts the bytes of a request body.
@@ -224,7 +222,7 @@ impl http_body::Body for ObservedBody {
                     if let Some(data) = frame.data_ref() {
                         obs.response_bytes += data.len() as u64;
                     } else if let Some(trailers) = frame.trailers_ref() {
-                        obs.grpc_status = grpc_status(trailers).or(obs.grpc_status);
+                        obs.grpc_status = grpc::status(trailers).or(obs.grpc_status);
                     }
                 }
                 if self.inner.is_end_stream() {
@@ -389,7 +387,7 @@ impl Telemetry {
 }
 
 impl ConnectionObservation {
-    pub fn detected(&mut self, protocol: &'static str) {
+    pub fn detected(&mut self, protocol: Detected) {
         self.guard.detected(protocol);
     }
 
@@ -406,7 +404,7 @@ impl Drop for ConnectionObservation {
                 "time": humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
                 "kind": "tcp",
                 "direction": self.direction.as_str(),
-                "protocol": self.guard.protocol(),
+                "protocol": self.guard.protocol().as_str(),
                 "client": self.client.to_string(),
                 "duration_ms": self.guard.opened.elapsed().as_secs_f64() * 1e3,
                 "bytes_read": self.guard.bytes.read.load(Ordering::Relaxed),

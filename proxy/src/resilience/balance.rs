@@ -11,7 +11,6 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use super::breaker::{Admit, Breaker};
-use crate::discover::Endpoint;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -152,6 +151,15 @@ impl Drop for InFlight {
     }
 }
 
+/// What the balancer needs of an endpoint. Discovery's endpoint type
+/// implements it; the balancer keeps to its own data.
+pub trait Candidate {
+    fn addr(&self) -> SocketAddr;
+    /// Relative weight (0 counts as 1).
+    fn weight(&self) -> u32;
+    fn stats(&self) -> &EndpointStats;
+}
+
 /// Why no endpoint could be picked.
 #[derive(Debug, PartialEq, Eq)]
 pub enum NoEndpoint {
@@ -164,24 +172,24 @@ pub enum NoEndpoint {
 /// The endpoint for the next request, and whether it is a breaker probe.
 /// `avoid` (the endpoint a retry comes from) is skipped when another is
 /// available. `rr` is the destination's round-robin counter.
-pub fn pick<'a>(
+pub fn pick<'a, E: Candidate>(
     lb: LoadBalancer,
-    endpoints: &'a [Endpoint],
+    endpoints: &'a [E],
     rr: &AtomicUsize,
     avoid: Option<SocketAddr>,
     now: Instant,
-) -> Result<(&'a Endpoint, bool), NoEndpoint> {
+) -> Result<(&'a E, bool), NoEndpoint> {
     if endpoints.is_empty() {
         return Err(NoEndpoint::Empty);
     }
-    let any_open = endpoints.iter().any(|e| e.stats.breaker.is_open());
+    let any_open = endpoints.iter().any(|e| e.stats().breaker.is_open());
     if !any_open && avoid.is_none() {
         return Ok((choose(lb, endpoints, None, rr, now), false));
     }
     // Slow path: some endpoint is ejected, or a retry avoids one.
     let mut usable = Vec::with_capacity(endpoints.len());
     for (i, e) in endpoints.iter().enumerate() {
-        match e.stats.breaker.admit(now) {
+        match e.stats().breaker.admit(now) {
             // An ejected endpoint whose backoff has passed gets this
             // request as its probe.
             Admit::Probe => return Ok((e, true)),
@@ -193,8 +201,8 @@ pub fn pick<'a>(
         return Err(NoEndpoint::AllEjected);
     }
     if let Some(avoid) = avoid {
-        if usable.iter().any(|&i| endpoints[i].addr != avoid) {
-            usable.retain(|&i| endpoints[i].addr != avoid);
+        if usable.iter().any(|&i| endpoints[i].addr() != avoid) {
+            usable.retain(|&i| endpoints[i].addr() != avoid);
         }
     }
     Ok((choose(lb, endpoints, Some(&usable), rr, now), false))
@@ -202,16 +210,16 @@ pub fn pick<'a>(
 
 /// Picks among `usable` (indices into `endpoints`; `None`: all of them,
 /// of which there is at least one).
-fn choose<'a>(
+fn choose<'a, E: Candidate>(
     lb: LoadBalancer,
-    endpoints: &'a [Endpoint],
+    endpoints: &'a [E],
     usable: Option<&[usize]>,
     rr: &AtomicUsize,
     now: Instant,
-) -> &'a Endpoint {
+) -> &'a E {
     let n = usable.map_or(endpoints.len(), <[usize]>::len);
     let at = |k: usize| usable.map_or(k, |u| u[k]);
-    let weight = |k: usize| u64::from(endpoints[at(k)].weight.max(1));
+    let weight = |k: usize| u64::from(endpoints[at(k)].weight().max(1));
     if n == 1 {
         return &endpoints[at(0)];
     }
@@ -230,7 +238,7 @@ fn choose<'a>(
             unreachable!("x < total weight")
         }
         LoadBalancer::PeakEwma | LoadBalancer::LeastRequest => {
-            if endpoints.iter().any(|e| e.weight != endpoints[0].weight) {
+            if endpoints.iter().any(|e| e.weight() != endpoints[0].weight()) {
                 // Unequal weights: a draw in proportion to weight /
                 // (requests in flight + 1), as Envoy does for weighted
                 // least-request. Idle endpoints get traffic in the ratio
@@ -239,7 +247,7 @@ fn choose<'a>(
                 // noisy to divide weights by: the busier endpoint sees more
                 // of them, which skews shares by 10 % and more.)
                 let shares: Vec<f64> = (0..n)
-                    .map(|k| weight(k) as f64 / (endpoints[at(k)].stats.in_flight() + 1) as f64)
+                    .map(|k| weight(k) as f64 / (endpoints[at(k)].stats().in_flight() + 1) as f64)
                     .collect();
                 let mut x = rand::random::<f64>() * shares.iter().sum::<f64>();
                 for (k, s) in shares.iter().enumerate() {
@@ -254,7 +262,7 @@ fn choose<'a>(
             // endpoints; the less loaded wins.
             let a = rand::random_range(0..n);
             let b = (a + rand::random_range(1..n)) % n;
-            let (sa, sb) = (&endpoints[at(a)].stats, &endpoints[at(b)].stats);
+            let (sa, sb) = (endpoints[at(a)].stats(), endpoints[at(b)].stats());
             let (la, lb) = match lb {
                 LoadBalancer::PeakEwma => ewma_loads(sa, sb, now),
                 _ => ((sa.in_flight() + 1) as f64, (sb.in_flight() + 1) as f64),
@@ -272,18 +280,38 @@ fn choose<'a>(
 mod tests {
     use super::*;
 
-    fn endpoints(weights: &[u32]) -> Vec<Endpoint> {
+    #[derive(Debug)]
+    struct Ep {
+        addr: SocketAddr,
+        weight: u32,
+        stats: Arc<EndpointStats>,
+    }
+
+    impl Candidate for Ep {
+        fn addr(&self) -> SocketAddr {
+            self.addr
+        }
+        fn weight(&self) -> u32 {
+            self.weight
+        }
+        fn stats(&self) -> &EndpointStats {
+            &self.stats
+        }
+    }
+
+    fn endpoints(weights: &[u32]) -> Vec<Ep> {
         weights
             .iter()
             .enumerate()
-            .map(|(i, &w)| Endpoint {
+            .map(|(i, &w)| Ep {
+                addr: SocketAddr::from(([127, 0, 0, 1], 1000 + i as u16)),
                 weight: w,
-                ..Endpoint::unmeshed(SocketAddr::from(([127, 0, 0, 1], 1000 + i as u16)))
+                stats: Arc::default(),
             })
             .collect()
     }
 
-    fn share(eps: &[Endpoint], lb: LoadBalancer, n: usize, now: Instant) -> Vec<usize> {
+    fn share(eps: &[Ep], lb: LoadBalancer, n: usize, now: Instant) -> Vec<usize> {
         let rr = AtomicUsize::new(0);
         let mut counts = vec![0; eps.len()];
         for _ in 0..n {

@@ -1,11 +1,10 @@
 //! The response body of a resilient call: keeps the bulkhead slot and the
-//! endpoint's in-flight count until the response ends, reports gRPC
-//! failures (known only from trailers) to the circuit breaker, and cancels
+//! endpoint's in-flight count until the response ends, hands a gRPC
+//! verdict (known only from trailers) to whoever waits for it, and cancels
 //! a response that makes no progress for the idle timeout.
 
 use std::future::Future as _;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -15,35 +14,18 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Sleep;
 
 use super::balance::InFlight;
-use super::metrics::ResilienceMetrics;
-use crate::discover::Destination;
+use crate::grpc;
 use crate::http::{Body, BoxError};
 
-/// gRPC codes that count as the endpoint failing (not the caller's
-/// mistake): UNKNOWN, INTERNAL, UNAVAILABLE, DATA_LOSS.
-pub fn grpc_is_failure(code: u32) -> bool {
-    matches!(code, 2 | 13 | 14 | 15)
-}
-
-/// A breaker outcome still to report (gRPC responses: at the trailers).
-pub struct PendingReport {
-    pub dest: Arc<Destination>,
-    pub in_flight: InFlight,
-    pub probe: bool,
-    pub metrics: ResilienceMetrics,
-}
-
-impl PendingReport {
-    fn report(self, failure: bool) {
-        super::record(&self.dest, self.in_flight.stats(), failure, &self.metrics);
-    }
-}
+/// Called once with a gRPC response's verdict from its trailers
+/// (`Some(failed)`), or with `None` when the body ended without any.
+pub type TrailersVerdict = Box<dyn FnOnce(Option<bool>) + Send>;
 
 pub struct ResponseBody {
     inner: Body,
     _permit: Option<OwnedSemaphorePermit>,
     _in_flight: Option<InFlight>,
-    grpc: Option<PendingReport>,
+    grpc: Option<TrailersVerdict>,
     idle: Duration,
     sleep: Option<Pin<Box<Sleep>>>,
     progressed: bool,
@@ -54,7 +36,7 @@ impl ResponseBody {
         inner: Body,
         permit: Option<OwnedSemaphorePermit>,
         in_flight: Option<InFlight>,
-        grpc: Option<PendingReport>,
+        grpc: Option<TrailersVerdict>,
         idle: Duration,
     ) -> Self {
         Self {
@@ -71,11 +53,9 @@ impl ResponseBody {
 
 impl Drop for ResponseBody {
     fn drop(&mut self) {
-        // Ended without trailers: no verdict; a probe lets another try.
-        if let Some(r) = self.grpc.take() {
-            if r.probe {
-                r.in_flight.stats().breaker.probe_abandoned();
-            }
+        // Ended without trailers: no verdict.
+        if let Some(verdict) = self.grpc.take() {
+            verdict(None);
         }
     }
 }
@@ -95,11 +75,8 @@ impl http_body::Body for ResponseBody {
                     this.progressed = true;
                     if let Some(Ok(f)) = &frame {
                         if let Some(t) = f.trailers_ref() {
-                            if let Some(r) = this.grpc.take() {
-                                let code = t
-                                    .get("grpc-status")
-                                    .and_then(|v| v.to_str().ok()?.parse::<u32>().ok());
-                                r.report(code.is_some_and(grpc_is_failure));
+                            if let Some(verdict) = this.grpc.take() {
+                                verdict(Some(grpc::status(t).is_some_and(grpc::is_endpoint_failure)));
                             }
                         }
                     }

@@ -1,10 +1,11 @@
 //! Resilience: how the outbound side calls a destination whose endpoints
 //! are slow or failing, and how the inbound side protects its app. Each
-//! mechanism is a small module with its own tests; [`crate::outbound`]
-//! composes them per request in the order docs/resilience.md explains:
+//! mechanism is a small module with its own tests, and none knows the
+//! others or discovery; [`crate::outbound::call`] composes them per
+//! request in the order docs/resilience.md explains:
 //!
-//! route → fault injection → bulkhead → [request timeout → (pick endpoint
-//! → per-try timeout → send → breaker/latency bookkeeping → retry?)*].
+//! route → request timeout → fault injection → bulkhead → (pick endpoint
+//! → per-try timeout → send → breaker/latency bookkeeping → retry?)*.
 //!
 //! Safe defaults apply with no policy at all ([`Policy::default`]).
 
@@ -22,9 +23,6 @@ use std::time::Duration;
 
 use serde::Serialize;
 use weft_api::v1 as api;
-
-use crate::discover::Destination;
-use metrics::ResilienceMetrics;
 
 pub use balance::{EndpointStats, LoadBalancer};
 pub use breaker::BreakerPolicy;
@@ -100,7 +98,11 @@ impl Policy {
                 } else {
                     retry::RetryOn::parse(&r.on)
                 },
-                grpc_codes: r.grpc_codes.iter().filter_map(|c| retry::grpc_code(c)).collect(),
+                grpc_codes: r
+                    .grpc_codes
+                    .iter()
+                    .filter_map(|c| crate::grpc::code_by_name(c))
+                    .collect(),
                 budget_ratio: if unset_budget {
                     d.budget_ratio
                 } else {
@@ -198,31 +200,6 @@ impl Shared {
     pub fn fits(&self, policy: &Policy) -> bool {
         *self.bulkhead.policy() == policy.concurrency
             && self.budget.params() == (policy.retry.budget_ratio, policy.retry.min_per_second)
-    }
-}
-
-/// Reports one response (or failure) of `stats`'s endpoint to its circuit
-/// breaker; counts an ejection when it causes one.
-pub fn record(dest: &Destination, stats: &EndpointStats, failure: bool, metrics: &ResilienceMetrics) {
-    if !failure {
-        stats.breaker.success();
-        return;
-    }
-    let policy = &dest.policy.circuit_breaker;
-    let ejected = stats.breaker.failure(policy, tokio::time::Instant::now(), || {
-        let open = dest
-            .endpoints
-            .iter()
-            .filter(|e| e.stats.breaker.is_open())
-            .count();
-        open < policy.max_ejected(dest.endpoints.len())
-    });
-    if ejected {
-        tracing::info!(service = %dest.service, "endpoint ejected by the circuit breaker");
-        metrics
-            .ejections
-            .get_or_create(&ResilienceMetrics::service(&dest.service, &dest.namespace))
-            .inc();
     }
 }
 

@@ -14,6 +14,7 @@ use http_body::{Frame, SizeHint};
 use serde::Serialize;
 use tokio::time::Instant;
 
+use crate::grpc::Code;
 use crate::http::{Body, BoxError};
 
 /// Request bodies up to this size are kept for a retry; a request with a
@@ -27,7 +28,8 @@ pub struct RetryPolicy {
     pub attempts: u32,
     pub on: RetryOn,
     /// gRPC status codes to retry.
-    pub grpc_codes: Vec<u32>,
+    #[serde(serialize_with = "crate::grpc::ser_codes")]
+    pub grpc_codes: Vec<Code>,
     pub budget_ratio: f64,
     pub min_per_second: u32,
     #[serde(serialize_with = "super::ser_duration")]
@@ -100,7 +102,7 @@ pub enum Outcome {
     Response {
         status: StatusCode,
         /// `grpc-status` in the response headers (a trailers-only reply).
-        grpc: Option<u32>,
+        grpc: Option<Code>,
     },
     /// Nothing reached the server (connect, TLS, identity).
     ConnectFailure,
@@ -109,7 +111,31 @@ pub enum Outcome {
     PerTryTimeout,
 }
 
+impl Outcome {
+    /// How a response ended: its status, and a trailers-only gRPC status.
+    pub fn of_response(status: StatusCode, headers: &HeaderMap) -> Self {
+        Outcome::Response {
+            status,
+            grpc: crate::grpc::status(headers),
+        }
+    }
+
+    /// Whether it counts against the endpoint (in its latency estimate
+    /// and its circuit breaker): 5xx, gRPC codes that mean the server
+    /// failed, and every failed try.
+    pub fn is_failure(self) -> bool {
+        match self {
+            Outcome::Response { status, grpc } => {
+                status.is_server_error() || grpc.is_some_and(crate::grpc::is_endpoint_failure)
+            }
+            Outcome::ConnectFailure | Outcome::Reset | Outcome::PerTryTimeout => true,
+        }
+    }
+}
+
 impl RetryPolicy {
+    /// Whether the policy retries `outcome` (attempts, budget, body and
+    /// time left aside).
     pub fn retries(&self, outcome: Outcome) -> bool {
         let on = &self.on;
         match outcome {
@@ -149,8 +175,6 @@ pub fn is_idempotent(method: &Method) -> bool {
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
     )
 }
-
-pub use weft_api::grpc_code;
 
 /// A retry budget: over a sliding window, retries may be at most `ratio`
 /// of the original requests plus `min_per_second` per second. Retries
@@ -378,44 +402,6 @@ impl http_body::Body for ReplayBody {
     }
 }
 
-// ------------------------------------------------------------ deadlines
-
-/// Parses a `grpc-timeout` header value (`100m`, `5S`, ...).
-pub fn parse_grpc_timeout(v: &[u8]) -> Option<Duration> {
-    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
-    if digits.is_empty() || digits.len() > 8 {
-        return None;
-    }
-    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
-    Some(match unit {
-        b"H" => Duration::from_secs(n * 3600),
-        b"M" => Duration::from_secs(n * 60),
-        b"S" => Duration::from_secs(n),
-        b"m" => Duration::from_millis(n),
-        b"u" => Duration::from_micros(n),
-        b"n" => Duration::from_nanos(n),
-        _ => return None,
-    })
-}
-
-/// Formats a `grpc-timeout` value (at most 8 digits, as the spec says),
-/// rounding down so the server never waits longer than the caller.
-pub fn format_grpc_timeout(d: Duration) -> String {
-    const MAX: u128 = 99_999_999;
-    let units: [(u128, &str); 4] = [
-        (d.as_micros(), "u"),
-        (d.as_millis(), "m"),
-        (u128::from(d.as_secs()), "S"),
-        (u128::from(d.as_secs() / 60), "M"),
-    ];
-    for (n, unit) in units {
-        if n <= MAX {
-            return format!("{n}{unit}");
-        }
-    }
-    format!("{}H", (d.as_secs() / 3600).min(MAX as u64))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -426,7 +412,7 @@ mod tests {
         let p = RetryPolicy {
             attempts: 2,
             on: RetryOn::parse(&["gateway-error".into(), "429".into()]),
-            grpc_codes: vec![grpc_code("unavailable").unwrap()],
+            grpc_codes: vec![Code::Unavailable],
             ..RetryPolicy::default()
         };
         let rsp = |s: u16, grpc| Outcome::Response {
@@ -437,8 +423,8 @@ mod tests {
         assert!(p.retries(rsp(429, None)));
         assert!(!p.retries(rsp(500, None)));
         assert!(!p.retries(rsp(200, None)));
-        assert!(p.retries(rsp(200, Some(14))));
-        assert!(!p.retries(rsp(200, Some(13))));
+        assert!(p.retries(rsp(200, Some(Code::Unavailable))));
+        assert!(!p.retries(rsp(200, Some(Code::Internal))));
         assert!(p.retries(Outcome::ConnectFailure));
         assert!(p.retries(Outcome::Reset));
         let default = RetryPolicy::default();
@@ -448,9 +434,6 @@ mod tests {
         assert!(default.on.connect_only());
         assert!(default.method_allowed(&Method::GET));
         assert!(!default.method_allowed(&Method::POST));
-        assert_eq!(grpc_code("RESOURCE_EXHAUSTED"), Some(8));
-        assert_eq!(grpc_code("14"), Some(14));
-        assert_eq!(grpc_code("nope"), None);
     }
 
     #[test]
@@ -530,21 +513,5 @@ mod tests {
         let got = streamed.replay().collect().await.unwrap().to_bytes();
         assert_eq!(got.len(), MAX_REPLAY / 2 * 3, "the first copy streams it all");
         assert!(!streamed.can_replay());
-    }
-
-    #[test]
-    fn grpc_timeouts_round_trip() {
-        assert_eq!(parse_grpc_timeout(b"100m"), Some(Duration::from_millis(100)));
-        assert_eq!(parse_grpc_timeout(b"5S"), Some(Duration::from_secs(5)));
-        assert_eq!(parse_grpc_timeout(b"2H"), Some(Duration::from_secs(7200)));
-        assert_eq!(parse_grpc_timeout(b"m"), None);
-        assert_eq!(parse_grpc_timeout(b"123456789m"), None);
-        assert_eq!(format_grpc_timeout(Duration::from_millis(1500)), "1500000u");
-        assert_eq!(format_grpc_timeout(Duration::from_secs(200)), "200000m");
-        assert_eq!(format_grpc_timeout(Duration::from_secs(200_000)), "200000S");
-        for d in [1u64, 999, 123_456, 86_400_000] {
-            let d = Duration::from_millis(d);
-            assert_eq!(parse_grpc_timeout(format_grpc_timeout(d).as_bytes()), Some(d));
-        }
     }
 }

@@ -1,0 +1,359 @@
+//! The call: one routed request to one destination, with its resilience
+//! pipeline. Within the request deadline: fault injection, the bulkhead,
+//! then tries — pick an endpoint, one try ([`Upstream`]), judge it
+//! ([`judge`]), and retry (attempts, replayable body, budget, time left)
+//! after a full-jitter backoff. Why in this order: docs/resilience.md.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::uri::Authority;
+use http::{HeaderValue, Request, Response};
+use http_body_util::BodyExt;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
+
+use super::upstream::{dialled, Upstream};
+use super::verdict::{judge, RequestBody, Retries, TryResult};
+use crate::discover::{Destination, Endpoint};
+use crate::errors::ProxyError;
+use crate::grpc;
+use crate::http::{strip_hop_by_hop, AppProtocol, Body};
+use crate::resilience::balance::{self, NoEndpoint};
+use crate::resilience::body::{ResponseBody, TrailersVerdict};
+use crate::resilience::bulkhead::Shed;
+use crate::resilience::metrics::{ReasonLabels, ResilienceMetrics, RetryLabels};
+use crate::resilience::EndpointStats;
+
+/// One request on its way to one destination.
+pub struct Call<'a> {
+    pub dest: &'a Arc<Destination>,
+    /// What the app speaks (the far proxy turns it back into that).
+    pub app: AppProtocol,
+    pub authority: &'a Authority,
+    pub deadline: Option<Deadline>,
+    /// A gRPC request: what is left of the deadline travels in
+    /// `grpc-timeout`.
+    pub grpc: bool,
+}
+
+/// When the call must have its response headers.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline {
+    pub at: Instant,
+    /// The timeout it came from, for the error.
+    pub after: Duration,
+}
+
+impl Deadline {
+    pub fn new(start: Instant, timeout: Option<Duration>) -> Option<Self> {
+        timeout.map(|after| Deadline {
+            at: start + after,
+            after,
+        })
+    }
+}
+
+/// How a call (or tunnel) ended, and the endpoint it tried last.
+pub struct Called {
+    pub result: Result<Response<Body>, ProxyError>,
+    pub last: Option<Endpoint>,
+}
+
+impl Called {
+    fn failed(e: ProxyError, last: Option<Endpoint>) -> Self {
+        Called { result: Err(e), last }
+    }
+}
+
+/// Runs `f` until the deadline, if any.
+async fn within<F: Future>(deadline: Option<Deadline>, f: F) -> Result<F::Output, ProxyError> {
+    match deadline {
+        Some(d) => tokio::time::timeout_at(d.at, f)
+            .await
+            .map_err(|_| ProxyError::Timeout(d.after)),
+        None => Ok(f.await),
+    }
+}
+
+/// Sends one routed request: fault injection and the bulkhead, then the
+/// tries, all within the deadline.
+pub async fn call<U: Upstream>(
+    upstream: &U,
+    call: &Call<'_>,
+    req: Request<Body>,
+    metrics: &ResilienceMetrics,
+) -> Called {
+    let permit = match within(call.deadline, admit(call.dest, metrics)).await {
+        Ok(Ok(permit)) => permit,
+        Ok(Err(e)) | Err(e) => return Called::failed(e, None),
+    };
+    tries(upstream, call, req, permit, metrics).await
+}
+
+/// Fault injection (for drills), then a slot in the destination's
+/// bulkhead.
+async fn admit(dest: &Destination, metrics: &ResilienceMetrics) -> Result<OwnedSemaphorePermit, ProxyError> {
+    let count = |family: &Family<ReasonLabels, Counter>, reason| {
+        family
+            .get_or_create(&ResilienceMetrics::reason(&dest.service, &dest.namespace, reason))
+            .inc();
+    };
+    if let Some(fault) = &dest.policy.fault {
+        let injection = fault.roll();
+        if let Some(delay) = injection.delay {
+            count(&metrics.faults, "delay");
+            tokio::time::sleep(delay).await;
+        }
+        if let Some(status) = injection.abort {
+            count(&metrics.faults, "abort");
+            return Err(ProxyError::FaultInjected(status));
+        }
+    }
+    dest.shared.bulkhead.acquire().await.map_err(|shed| {
+        let reason = match shed {
+            Shed::QueueFull => "queue_full",
+            Shed::Timeout => "pending_timeout",
+        };
+        count(&metrics.load_shed, reason);
+        ProxyError::LoadShed(dest.service.clone())
+    })
+}
+
+/// Tries endpoints until one answers in a way the retry policy accepts,
+/// or attempts, budget, body replay or time run out.
+async fn tries<U: Upstream>(
+    upstream: &U,
+    call: &Call<'_>,
+    req: Request<Body>,
+    permit: OwnedSemaphorePermit,
+    metrics: &ResilienceMetrics,
+) -> Called {
+    let dest = call.dest;
+    let policy = &dest.policy;
+    let (mut head, body) = req.into_parts();
+    strip_hop_by_hop(&mut head.headers);
+    let replay = RequestBody::needs_replay(&policy.retry, &head.method);
+    let mut body = RequestBody::new(Request::from_parts(head, body), replay);
+    dest.shared.budget.deposit();
+    let mut avoid = None;
+    let mut retries = 0;
+    let mut last = None;
+    loop {
+        let picked = match pick(dest, avoid) {
+            Ok(p) => p,
+            Err(e) => return Called::failed(e, last),
+        };
+        let endpoint = last.insert(picked.endpoint);
+        let in_flight = endpoint.stats.start();
+        let mut probe = ProbeGuard(picked.probe.then(|| endpoint.stats.clone()));
+        let sent = Instant::now();
+        let result = match within(call.deadline, attempt(upstream, call, endpoint, &mut body)).await {
+            Ok(result) => result,
+            // Out of time: the call ends here, without a verdict.
+            Err(timeout) => return Called::failed(timeout, last),
+        };
+        let tried = TryResult::of(&result);
+        let verdict = judge(
+            tried,
+            Retries {
+                policy: &policy.retry,
+                done: retries,
+                time_left: call.deadline.is_none_or(|d| Instant::now() < d.at),
+            },
+            &body,
+        );
+        match verdict.failure {
+            Some(true) => endpoint.stats.observe_failure(sent.elapsed(), Instant::now()),
+            Some(false) => endpoint.stats.observe(sent.elapsed(), Instant::now()),
+            None => {}
+        }
+        if verdict.report_now {
+            record(dest, &endpoint.stats, verdict.failure == Some(true), metrics);
+        }
+        if retries > 0 {
+            let result = if verdict.failure == Some(true) {
+                "failure"
+            } else {
+                "success"
+            };
+            metrics.retries.get_or_create(&retry_labels(dest, result)).inc();
+        }
+        if verdict.retry {
+            if dest.shared.budget.withdraw() {
+                retries += 1;
+                avoid = Some(endpoint.addr);
+                tracing::debug!(endpoint = %endpoint.addr, outcome = ?tried.outcome, retries, "retrying");
+                drop((result, in_flight));
+                if let Err(timeout) =
+                    within(call.deadline, tokio::time::sleep(policy.retry.backoff(retries))).await
+                {
+                    return Called::failed(timeout, last);
+                }
+                continue;
+            }
+            metrics
+                .retries
+                .get_or_create(&retry_labels(dest, "budget_exhausted"))
+                .inc();
+        }
+        let rsp = match result {
+            Ok(rsp) => rsp,
+            Err(e) => return Called::failed(e, last),
+        };
+        // The body keeps the bulkhead slot and the endpoint's in-flight
+        // count; a deferred gRPC verdict waits for its trailers.
+        let (in_flight, trailers): (_, Option<TrailersVerdict>) =
+            if verdict.failure == Some(false) && !verdict.report_now {
+                let was_probe = probe.disarm();
+                let (dest, metrics) = (dest.clone(), metrics.clone());
+                let report = move |failure: Option<bool>| match failure {
+                    Some(failure) => record(&dest, in_flight.stats(), failure, &metrics),
+                    None if was_probe => in_flight.stats().breaker.probe_abandoned(),
+                    None => {}
+                };
+                (None, Some(Box::new(report)))
+            } else {
+                (Some(in_flight), None)
+            };
+        let idle = policy.timeouts.idle;
+        let rsp = rsp.map(|b| ResponseBody::new(b, Some(permit), in_flight, trailers, idle).boxed_unsync());
+        return Called {
+            result: Ok(rsp),
+            last,
+        };
+    }
+}
+
+/// One try at one endpoint, within the per-try timeout: ready the
+/// connection first (within the connect timeout), so that a connection
+/// failure leaves the request unsent; then send.
+async fn attempt<U: Upstream>(
+    upstream: &U,
+    call: &Call<'_>,
+    endpoint: &Endpoint,
+    body: &mut RequestBody,
+) -> Result<Response<Body>, ProxyError> {
+    let timeouts = &call.dest.policy.timeouts;
+    let work = async {
+        let ready = upstream.ready(endpoint, call.app);
+        match timeouts.connect {
+            Some(t) => tokio::time::timeout(t, ready)
+                .await
+                .map_err(|_| ProxyError::ConnectTimeout(dialled(endpoint)))??,
+            None => ready.await?,
+        }
+        let mut req = body.take_request().ok_or_else(|| ProxyError::Upstream {
+            addr: endpoint.addr,
+            source: "the request body cannot be sent again".into(),
+        })?;
+        if call.grpc {
+            // Propagate what is left of the deadline.
+            let left = [
+                call.deadline
+                    .map(|d| d.at.saturating_duration_since(Instant::now())),
+                timeouts.per_try,
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            if let Some(left) = left {
+                if let Ok(v) = HeaderValue::from_str(&grpc::format_timeout(left)) {
+                    req.headers_mut().insert(grpc::GRPC_TIMEOUT, v);
+                }
+            }
+        }
+        let mut rsp = upstream.send(endpoint, call.app, call.authority, req).await?;
+        strip_hop_by_hop(rsp.headers_mut());
+        Ok(rsp)
+    };
+    match timeouts.per_try {
+        Some(t) => tokio::time::timeout(t, work)
+            .await
+            .map_err(|_| ProxyError::PerTryTimeout(t))?,
+        None => work.await,
+    }
+}
+
+/// An endpoint the balancer chose.
+pub(super) struct Picked {
+    pub endpoint: Endpoint,
+    /// It is ejected, and this request probes whether it recovered.
+    pub probe: bool,
+}
+
+/// The destination's next endpoint, avoiding `avoid` when another is
+/// usable; no endpoint is an error.
+pub(super) fn pick(dest: &Destination, avoid: Option<SocketAddr>) -> Result<Picked, ProxyError> {
+    balance::pick(
+        dest.policy.load_balancer,
+        &dest.endpoints,
+        &dest.shared.rr,
+        avoid,
+        Instant::now(),
+    )
+    .map(|(e, probe)| Picked {
+        endpoint: e.clone(),
+        probe,
+    })
+    .map_err(|e| match e {
+        NoEndpoint::Empty => ProxyError::NoEndpoints(dest.service.clone()),
+        NoEndpoint::AllEjected => ProxyError::CircuitOpen(dest.service.clone()),
+    })
+}
+
+/// Reports one response (or failure) of `stats`'s endpoint to its circuit
+/// breaker; counts an ejection when it causes one.
+pub(super) fn record(dest: &Destination, stats: &EndpointStats, failure: bool, metrics: &ResilienceMetrics) {
+    if !failure {
+        stats.breaker.success();
+        return;
+    }
+    let policy = &dest.policy.circuit_breaker;
+    let ejected = stats.breaker.failure(policy, Instant::now(), || {
+        let open = dest
+            .endpoints
+            .iter()
+            .filter(|e| e.stats.breaker.is_open())
+            .count();
+        open < policy.max_ejected(dest.endpoints.len())
+    });
+    if ejected {
+        tracing::info!(service = %dest.service, "endpoint ejected by the circuit breaker");
+        metrics
+            .ejections
+            .get_or_create(&ResilienceMetrics::service(&dest.service, &dest.namespace))
+            .inc();
+    }
+}
+
+fn retry_labels(dest: &Destination, result: &'static str) -> RetryLabels {
+    RetryLabels {
+        service: dest.service.clone(),
+        namespace: dest.namespace.clone(),
+        result,
+    }
+}
+
+/// Lets another request probe an ejected endpoint when this probe ends
+/// without a verdict (e.g. the caller went away).
+struct ProbeGuard(Option<Arc<EndpointStats>>);
+
+impl ProbeGuard {
+    /// The verdict is someone else's now; whether this was a probe.
+    fn disarm(&mut self) -> bool {
+        self.0.take().is_some()
+    }
+}
+
+impl Drop for ProbeGuard {
+    fn drop(&mut self) {
+        if let Some(stats) = &self.0 {
+            stats.breaker.probe_abandoned();
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! The outbound listener: accept, detect the protocol, and hand each
+//! connection on — HTTP to [`Outbound::request`], which strings the
+//! stages together for one request; anything else to [`super::tunnel`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
+
+use super::call::{self, Call, Called, Deadline};
+use super::route::{self, Plan, To};
+use super::upstream::{dialled, Upstream};
+use super::Outbound;
+use crate::detect::{detect, Protocol};
+use crate::discover::Endpoint;
+use crate::errors::ProxyError;
+use crate::grpc;
+use crate::http::{incoming, AppProtocol, Body};
+use crate::metrics::{Detected, Direction, UNKNOWN_SERVICE};
+use crate::server::{accept_loop, serve_http};
+use crate::telemetry::{Observation, Target};
+
+impl Outbound {
+    /// Accepts until the drain starts, then drops the listener so new
+    /// connections are refused.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        let drain = self.drain.clone();
+        accept_loop(listener, &drain, "outbound", move |stream, peer| {
+            self.clone().connection(stream, peer)
+        })
+        .await;
+    }
+
+    async fn connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+        let _ = stream.set_nodelay(true);
+        let orig_dst = crate::orig_dst::original_dst(&stream);
+        let mut guard = self.telemetry.connection(Direction::Outbound, peer);
+        if let Some(dst) = orig_dst.filter(|d| self.interception.is_opaque_port(d.port())) {
+            // Server-speaks-first: nothing to detect.
+            let io = guard.meter(stream);
+            return self.forward(io, dst, guard).await;
+        }
+        let (protocol, io) = match detect(guard.meter(stream), self.detect_timeout).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "outbound detection failed");
+                return;
+            }
+        };
+        let app = match protocol {
+            Protocol::Http1 => AppProtocol::Http1,
+            Protocol::Http2 => AppProtocol::Http2,
+            Protocol::MeshTcp { .. } | Protocol::Opaque | Protocol::Tls => {
+                if let Some(dst) = orig_dst {
+                    return self.forward(io, dst, guard).await;
+                }
+                // Without the original destination (explicit mode) an
+                // opaque connection names no target. Apps tunnel opaque
+                // bytes with CONNECT instead.
+                guard.detected(Detected::Opaque);
+                tracing::debug!(%peer, "outbound opaque connection has no destination; closing");
+                return;
+            }
+        };
+        guard.detected(app.into());
+        let this = self.clone();
+        serve_http(io, app, &self.http, &self.drain, move |req| {
+            this.clone().request(req, app, orig_dst)
+        })
+        .await;
+    }
+
+    /// One HTTP request: answered by the upstream, or by the proxy with
+    /// the error's response; observed either way.
+    async fn request(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        app: AppProtocol,
+        orig_dst: Option<SocketAddr>,
+    ) -> Response<Body> {
+        let mut req = req.map(incoming);
+        let grpc = grpc::is_grpc(req.headers());
+        let obs = Observation::start(&self.telemetry, Direction::Outbound, &mut req);
+        let (target, result) = self.route_and_call(req, app, orig_dst).await;
+        match result {
+            Ok(rsp) => obs.respond(target, rsp, None),
+            Err(e) => {
+                tracing::info!(error = %e, reason = e.reason(), "outbound request failed");
+                obs.respond(target, e.to_response(grpc), Some(e.reason()))
+            }
+        }
+    }
+
+    /// The stages for one request: lookup → plan → the backend's
+    /// destination → call (or tunnel). Returns where the request went as
+    /// far as it got, for telemetry.
+    async fn route_and_call(
+        &self,
+        req: Request<Body>,
+        app: AppProtocol,
+        orig_dst: Option<SocketAddr>,
+    ) -> (Target, Result<Response<Body>, ProxyError>) {
+        let start = Instant::now();
+        let target = Target {
+            service: UNKNOWN_SERVICE.into(),
+            ..Target::default()
+        };
+        let planned = match self
+            .lookup(crate::http::authority(&req), req.uri(), orig_dst)
+            .await
+        {
+            Ok(named) => route::plan(&req, named),
+            Err(e) => Err(e),
+        };
+        let Plan {
+            authority,
+            route,
+            to,
+            timeout,
+            tunnel,
+        } = match planned {
+            Ok(plan) => plan,
+            Err(e) => return (target, Err(e)),
+        };
+        let target = Target {
+            route: route.unwrap_or_default(),
+            ..target
+        };
+        let dest = match to {
+            To::Destination(dest) => dest,
+            To::Backend { host, port } => match self.resolve(&host, port).await {
+                Ok(dest) => dest,
+                Err(e) => return (target, Err(e)),
+            },
+        };
+        let target = Target {
+            service: dest.service.clone(),
+            namespace: dest.namespace.clone(),
+            ..target
+        };
+        let Called { result, last } = if tunnel {
+            self.tunnel(req, &dest).await
+        } else {
+            let grpc = grpc::is_grpc(req.headers());
+            let call = Call {
+                dest: &dest,
+                app,
+                authority: &authority,
+                deadline: Deadline::new(start, timeout),
+                grpc,
+            };
+            call::call(&self.clients, &call, req, &self.telemetry.metrics.resilience).await
+        };
+        (self.describe(target, last.as_ref()), result)
+    }
+
+    /// Adds the endpoint a request went to, for telemetry.
+    fn describe(&self, target: Target, endpoint: Option<&Endpoint>) -> Target {
+        let Some(endpoint) = endpoint else {
+            return target;
+        };
+        let tls = self.clients.sends_mtls(endpoint);
+        Target {
+            upstream: Some(dialled(endpoint)),
+            tls,
+            peer_identity: if tls {
+                endpoint.identity.clone().unwrap_or_default()
+            } else {
+                String::new()
+            },
+            ..target
+        }
+    }
+}

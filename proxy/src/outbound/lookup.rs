@@ -1,0 +1,101 @@
+//! Where a request is going, before routing: the destination the request
+//! names, or (transparent interception) the address the app connected to.
+//!
+//! - Explicit (no original destination): the request must name a service
+//!   (`Host`, `:authority` or an absolute URI).
+//! - Redirected HTTP goes where its authority says when the mesh knows
+//!   that name; otherwise (no `Host`, or a name the mesh does not know) to
+//!   the original destination, looked up by `ip:port`. The app's `Host`
+//!   travels unchanged.
+//! - Redirected non-HTTP goes to the original destination (see
+//!   [`super::tunnel`]).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::uri::Authority;
+use http::Uri;
+
+use super::Outbound;
+use crate::discover::{Destination, Endpoint, EXTERNAL_SERVICE};
+use crate::errors::ProxyError;
+use crate::http::host_port;
+
+/// The destination a request names, as discovery answered for it.
+#[derive(Debug, Clone)]
+pub struct Named {
+    /// The authority the request is sent with (what the app named, or the
+    /// original destination when it named nothing).
+    pub authority: Authority,
+    /// `host` and `port` as discovery was asked (lower case, port
+    /// defaulted from the scheme).
+    pub host: String,
+    pub port: u16,
+    pub dest: Arc<Destination>,
+}
+
+impl Outbound {
+    /// Where a request with authority `named` and `uri` goes. Without an
+    /// original destination the request must name one.
+    pub(super) async fn lookup(
+        &self,
+        named: Option<Authority>,
+        uri: &Uri,
+        orig_dst: Option<SocketAddr>,
+    ) -> Result<Named, ProxyError> {
+        let Some(dst) = orig_dst else {
+            let authority = named.ok_or(ProxyError::NoAuthority)?;
+            let (host, port) = host_port(&authority, uri);
+            let dest = self.resolve(&host, port).await?;
+            return Ok(Named {
+                authority,
+                host,
+                port,
+                dest,
+            });
+        };
+        if let Some(authority) = &named {
+            let (host, port) = host_port(authority, uri);
+            if let Some(dest) = self.discover.resolve(&host, port).await.filter(|d| d.meshed) {
+                return Ok(Named {
+                    authority: authority.clone(),
+                    host,
+                    port,
+                    dest,
+                });
+            }
+        }
+        let authority = match named {
+            Some(a) => a,
+            None => dst.to_string().parse().expect("a socket address is an authority"),
+        };
+        Ok(Named {
+            authority,
+            host: dst.ip().to_string(),
+            port: dst.port(),
+            dest: self.resolve_addr(dst).await,
+        })
+    }
+
+    /// The destination `host:port` names; none is an error.
+    pub(super) async fn resolve(&self, host: &str, port: u16) -> Result<Arc<Destination>, ProxyError> {
+        self.discover
+            .resolve(host, port)
+            .await
+            .ok_or_else(|| ProxyError::NoEndpoints(format!("{host}:{port}")))
+    }
+
+    /// The destination behind an original `ip:port`: a meshed endpoint (or
+    /// service) when discovery knows it, else the address itself, unmeshed.
+    pub(super) async fn resolve_addr(&self, dst: SocketAddr) -> Arc<Destination> {
+        match self.discover.resolve(&dst.ip().to_string(), dst.port()).await {
+            Some(d) if !d.endpoints.is_empty() => d,
+            _ => {
+                let mut d =
+                    Destination::from_endpoints(EXTERNAL_SERVICE, Arc::from([Endpoint::unmeshed(dst)]));
+                d.meshed = false;
+                Arc::new(d)
+            }
+        }
+    }
+}

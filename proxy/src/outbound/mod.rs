@@ -1,0 +1,55 @@
+//! The outbound side: what the local app sends out.
+//!
+//! Apps reach the outbound listener explicitly, as an HTTP proxy
+//! (absolute-form URIs, `CONNECT host:port`) or by naming the service in
+//! `Host` / `:authority`, or transparently (iptables from `weft-proxy
+//! init`, the original destination read from the socket). One request
+//! passes these stages, each in its own file and each handing the next a
+//! named value:
+//!
+//! ```text
+//! listen.rs   accept, detect → one HTTP request (or opaque TCP → tunnel.rs)
+//! lookup.rs   the authority it names (or the original destination) → Named
+//! route.rs    Named + request head → Plan (route, backend, timeout); pure
+//! call.rs     Plan's destination → Call: deadline, fault, bulkhead, then tries:
+//!               pick → one try (upstream.rs) → verdict.rs judges → retry?
+//! upstream.rs one try at one endpoint: the `Upstream` trait, which the
+//!             connection pool implements
+//! tunnel.rs   CONNECT, upgrades and redirected TCP: one connect-to-endpoint
+//! ```
+//!
+//! The order of the resilience mechanisms is explained in
+//! docs/resilience.md.
+
+use std::sync::Arc;
+
+use crate::client::Clients;
+use crate::config::Interception;
+use crate::discover::Discover;
+use crate::drain;
+use crate::server::HttpSettings;
+use crate::telemetry::Telemetry;
+
+pub mod call;
+mod listen;
+pub mod lookup;
+pub mod route;
+mod tunnel;
+pub mod upstream;
+pub mod verdict;
+
+#[cfg(test)]
+mod call_tests;
+
+/// The outbound side of one proxy: what every outbound connection and
+/// request shares.
+pub struct Outbound {
+    pub discover: Arc<dyn Discover>,
+    pub clients: Clients,
+    pub telemetry: Arc<Telemetry>,
+    pub http: HttpSettings,
+    pub detect_timeout: std::time::Duration,
+    pub drain: drain::Watch,
+    /// Redirected connections (`weft-proxy init`).
+    pub interception: Interception,
+}

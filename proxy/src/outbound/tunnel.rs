@@ -1,0 +1,111 @@
+//! Byte streams: CONNECT tunnels, HTTP/1 upgrades, and redirected non-HTTP
+//! connections (opaque, TLS from the app, server-speaks-first ports),
+//! which go to their original destination. All open their stream with
+//! one function, [`Outbound::connect`]: through the peer's proxy
+//! (`WEFT-TCP/1`, mTLS) when the endpoint is meshed, else straight to it
+//! (`protocol="passthrough"` in the TCP metrics).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{Method, Request};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::call::{pick, record, Called};
+use super::upstream::dialled;
+use super::Outbound;
+use crate::client::BoxIo;
+use crate::discover::{Destination, Endpoint};
+use crate::errors::ProxyError;
+use crate::http::Body;
+use crate::metrics::Detected;
+use crate::resilience::retry::Outcome;
+use crate::tcp;
+use crate::telemetry::ConnectionObservation;
+
+impl Outbound {
+    /// Opens a byte stream to one endpoint.
+    async fn connect(&self, endpoint: &Endpoint) -> Result<BoxIo, ProxyError> {
+        match endpoint.proxy {
+            Some(peer) => {
+                tcp::connect_mesh(
+                    &self.clients,
+                    peer,
+                    endpoint.identity.as_deref(),
+                    endpoint.addr.port(),
+                )
+                .await
+            }
+            None => self
+                .clients
+                .connect(endpoint.addr)
+                .await
+                .map(|s| Box::new(s) as BoxIo),
+        }
+    }
+
+    /// CONNECT tunnels and upgrades: balanced per connection; a connection
+    /// failure tries one other endpoint.
+    pub(super) async fn tunnel(&self, req: Request<Body>, dest: &Arc<Destination>) -> Called {
+        let metrics = &self.telemetry.metrics.resilience;
+        let mut avoid = None;
+        let mut last = None;
+        let (io, upstream) = loop {
+            let endpoint = match pick(dest, avoid) {
+                Ok(p) => last.insert(p.endpoint),
+                Err(e) => return Called { result: Err(e), last },
+            };
+            match self.connect(endpoint).await {
+                Ok(io) => {
+                    record(dest, &endpoint.stats, false, metrics);
+                    break (io, dialled(endpoint));
+                }
+                Err(e) => {
+                    let connect_failure = e.outcome() == Some(Outcome::ConnectFailure);
+                    if connect_failure {
+                        record(dest, &endpoint.stats, true, metrics);
+                    }
+                    if avoid.is_some() || !connect_failure || dest.endpoints.len() < 2 {
+                        return Called { result: Err(e), last };
+                    }
+                    avoid = Some(endpoint.addr);
+                }
+            }
+        };
+        let result = if req.method() == Method::CONNECT {
+            Ok(tcp::tunnel(req, io, &self.drain))
+        } else {
+            tcp::upgrade(req, io, upstream, &self.drain).await
+        };
+        Called { result, last }
+    }
+
+    /// Forwards a redirected non-HTTP connection to its original
+    /// destination (balanced per connection), until both sides are done.
+    pub(super) async fn forward<I>(&self, io: I, dst: SocketAddr, mut guard: ConnectionObservation)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let dest = self.resolve_addr(dst).await;
+        let endpoint = match pick(&dest, None) {
+            Ok(p) => p.endpoint,
+            Err(e) => {
+                guard.detected(Detected::Opaque);
+                tracing::info!(%dst, error = %e, "outbound TCP has nowhere to go; closing");
+                return;
+            }
+        };
+        guard.detected(if endpoint.proxy.is_some() {
+            Detected::Opaque
+        } else {
+            Detected::Passthrough
+        });
+        match self.connect(&endpoint).await {
+            Ok(upstream) => {
+                tracing::debug!(%dst, via = ?endpoint.proxy, service = %dest.service, "forwarding outbound TCP");
+                tcp::splice(io, upstream).await;
+            }
+            Err(e) => tracing::info!(%dst, error = %e, "outbound TCP could not connect; closing"),
+        }
+    }
+}
