@@ -18,12 +18,12 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
 use super::upstream::{dialled, Upstream};
-use super::verdict::{judge, RequestBody, Retries, TryResult};
+use super::verdict::{judge, RequestBody, Retries, TryResult, Verdict};
 use crate::discover::{Destination, Endpoint};
 use crate::errors::ProxyError;
 use crate::grpc;
 use crate::http::{strip_hop_by_hop, AppProtocol, Body};
-use crate::resilience::balance::{self, NoEndpoint};
+use crate::resilience::balance::{self, InFlight, NoEndpoint};
 use crate::resilience::body::{ResponseBody, TrailersVerdict};
 use crate::resilience::bulkhead::Shed;
 use crate::resilience::metrics::{ReasonLabels, ResilienceMetrics, RetryLabels};
@@ -149,9 +149,7 @@ async fn tries<U: Upstream>(
             Err(e) => return Called::failed(e, last),
         };
         let endpoint = last.insert(picked.endpoint);
-        let in_flight = endpoint.stats.start();
-        let mut probe = ProbeGuard(picked.probe.then(|| endpoint.stats.clone()));
-        let sent = Instant::now();
+        let in_try = InTry::start(endpoint, picked.probe);
         let result = match within(call.deadline, attempt(upstream, call, endpoint, &mut body)).await {
             Ok(result) => result,
             // Out of time: the call ends here, without a verdict.
@@ -167,14 +165,7 @@ async fn tries<U: Upstream>(
             },
             &body,
         );
-        match verdict.failure {
-            Some(true) => endpoint.stats.observe_failure(sent.elapsed(), Instant::now()),
-            Some(false) => endpoint.stats.observe(sent.elapsed(), Instant::now()),
-            None => {}
-        }
-        if verdict.report_now {
-            record(dest, &endpoint.stats, verdict.failure == Some(true), metrics);
-        }
+        in_try.book(dest, verdict, metrics);
         if retries > 0 {
             let result = if verdict.failure == Some(true) {
                 "failure"
@@ -188,10 +179,9 @@ async fn tries<U: Upstream>(
                 retries += 1;
                 avoid = Some(endpoint.addr);
                 tracing::debug!(endpoint = %endpoint.addr, outcome = ?tried.outcome, retries, "retrying");
-                drop((result, in_flight));
-                if let Err(timeout) =
-                    within(call.deadline, tokio::time::sleep(policy.retry.backoff(retries))).await
-                {
+                drop((result, in_try));
+                let backoff = tokio::time::sleep(policy.retry.backoff(retries));
+                if let Err(timeout) = within(call.deadline, backoff).await {
                     return Called::failed(timeout, last);
                 }
                 continue;
@@ -201,31 +191,65 @@ async fn tries<U: Upstream>(
                 .get_or_create(&retry_labels(dest, "budget_exhausted"))
                 .inc();
         }
-        let rsp = match result {
-            Ok(rsp) => rsp,
-            Err(e) => return Called::failed(e, last),
+        let result = result.map(|rsp| {
+            let (in_flight, trailers) = in_try.hand_to_body(dest, verdict, metrics);
+            let idle = policy.timeouts.idle;
+            rsp.map(|b| ResponseBody::new(b, Some(permit), in_flight, trailers, idle).boxed_unsync())
+        });
+        return Called { result, last };
+    }
+}
+
+/// One try from start to verdict: the endpoint's in-flight count, a
+/// probe's claim on an ejected endpoint, and when it was sent.
+struct InTry {
+    in_flight: InFlight,
+    probe: ProbeGuard,
+    sent: Instant,
+}
+
+impl InTry {
+    fn start(endpoint: &Endpoint, probe: bool) -> Self {
+        InTry {
+            in_flight: endpoint.stats.start(),
+            probe: ProbeGuard(probe.then(|| endpoint.stats.clone())),
+            sent: Instant::now(),
+        }
+    }
+
+    /// The verdict's latency and breaker bookkeeping.
+    fn book(&self, dest: &Destination, verdict: Verdict, metrics: &ResilienceMetrics) {
+        let stats = self.in_flight.stats();
+        match verdict.failure {
+            Some(true) => stats.observe_failure(self.sent.elapsed(), Instant::now()),
+            Some(false) => stats.observe(self.sent.elapsed(), Instant::now()),
+            None => {}
+        }
+        if verdict.report_now {
+            record(dest, stats, verdict.failure == Some(true), metrics);
+        }
+    }
+
+    /// What the response body holds until it ends: the in-flight count,
+    /// or, when the verdict waits for gRPC trailers, a callback that
+    /// reports it (and holds the count).
+    fn hand_to_body(
+        mut self,
+        dest: &Arc<Destination>,
+        verdict: Verdict,
+        metrics: &ResilienceMetrics,
+    ) -> (Option<InFlight>, Option<TrailersVerdict>) {
+        if verdict.failure != Some(false) || verdict.report_now {
+            return (Some(self.in_flight), None);
+        }
+        let was_probe = self.probe.disarm();
+        let (dest, metrics, in_flight) = (dest.clone(), metrics.clone(), self.in_flight);
+        let report = move |failure: Option<bool>| match failure {
+            Some(failure) => record(&dest, in_flight.stats(), failure, &metrics),
+            None if was_probe => in_flight.stats().breaker.probe_abandoned(),
+            None => {}
         };
-        // The body keeps the bulkhead slot and the endpoint's in-flight
-        // count; a deferred gRPC verdict waits for its trailers.
-        let (in_flight, trailers): (_, Option<TrailersVerdict>) =
-            if verdict.failure == Some(false) && !verdict.report_now {
-                let was_probe = probe.disarm();
-                let (dest, metrics) = (dest.clone(), metrics.clone());
-                let report = move |failure: Option<bool>| match failure {
-                    Some(failure) => record(&dest, in_flight.stats(), failure, &metrics),
-                    None if was_probe => in_flight.stats().breaker.probe_abandoned(),
-                    None => {}
-                };
-                (None, Some(Box::new(report)))
-            } else {
-                (Some(in_flight), None)
-            };
-        let idle = policy.timeouts.idle;
-        let rsp = rsp.map(|b| ResponseBody::new(b, Some(permit), in_flight, trailers, idle).boxed_unsync());
-        return Called {
-            result: Ok(rsp),
-            last,
-        };
+        (None, Some(Box::new(report)))
     }
 }
 
