@@ -18,18 +18,16 @@ use tokio::sync::Notify;
 use crate::admin::Admin;
 use crate::client::Clients;
 use crate::config::{Config, ConfigError, LogFormat, Overrides};
-use crate::control::{ControlDiscover, ControlMetrics, ControlSettings};
+use crate::control::{watch_inbound, ControlClient, ControlDiscover, ControlMetrics, ControlSettings};
 use crate::discover::{Discover, StaticEndpoints};
 use crate::drain;
 use crate::identity::Identity;
-use crate::inbound::Inbound;
+use crate::inbound::{Inbound, Workload};
 use crate::metrics::Metrics;
 use crate::outbound::Outbound;
 use crate::policy::Policies;
 use crate::server::HttpSettings;
 use crate::telemetry::{AccessLog, Telemetry};
-use weft_api::v1::identity_client::IdentityClient;
-use weft_api::v1::inbound_client::InboundClient;
 
 /// Exit code for bad configuration (EX_USAGE).
 pub const EXIT_BAD_CONFIG: u8 = 64;
@@ -57,10 +55,11 @@ pub struct Proxy {
     config: Arc<Config>,
     discover: Arc<dyn Discover>,
     control_metrics: ControlMetrics,
-    /// With its client to the control plane's Identity service.
-    identity: Option<(Arc<Identity>, IdentityClient<tonic::transport::Channel>)>,
-    /// One lazy channel to the control plane for identity and policy.
-    control_channel: Option<tonic::transport::Channel>,
+    /// The one channel to the control plane (discovery, inbound policy,
+    /// identity), when there is one.
+    control: Option<ControlClient>,
+    /// Only with a control plane: it issues the certificates.
+    identity: Option<Arc<Identity>>,
     outbound: TcpListener,
     inbound: TcpListener,
     admin: TcpListener,
@@ -98,10 +97,15 @@ impl Proxy {
         let inbound = listen("inbound", config.inbound_listen).await?;
         let admin = listen("admin", config.admin_listen).await?;
         let control_metrics = ControlMetrics::default();
-        let discover: Arc<dyn Discover> = match (&config.control_plane, &config.endpoints_file) {
-            (Some(address), _) => {
+        let control = match &config.control_plane {
+            Some(address) => Some(ControlClient::new(address).map_err(|e| {
+                ConfigError::new("flags", "controlPlane", format!("not a usable address: {e}"))
+            })?),
+            None => None,
+        };
+        let discover: Arc<dyn Discover> = match (&control, &config.endpoints_file) {
+            (Some(control), _) => {
                 let settings = ControlSettings {
-                    address: address.clone(),
                     namespace: config.namespace.clone(),
                     proxy_id: config.proxy_id.clone().unwrap_or_else(|| {
                         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "weft-proxy".into());
@@ -111,26 +115,13 @@ impl Proxy {
                     first_update_timeout: Duration::from_secs(2),
                     admin_address: admin.local_addr().map(|a| a.to_string()).unwrap_or_default(),
                 };
-                ControlDiscover::new(settings, control_metrics.clone()).map_err(|e| {
-                    ConfigError::new("flags", "controlPlane", format!("not a usable address: {e}"))
-                })?
+                ControlDiscover::new(control.clone(), settings, control_metrics.clone())
             }
             (None, Some(path)) => Arc::new(StaticEndpoints::from_file(path)?),
             (None, None) => Arc::new(StaticEndpoints::default()),
         };
-        let control_channel = match &config.control_plane {
-            Some(address) => Some(
-                tonic::transport::Endpoint::from_shared(address.clone())
-                    .map_err(|e| {
-                        ConfigError::new("flags", "controlPlane", format!("not a usable address: {e}"))
-                    })?
-                    .connect_timeout(Duration::from_secs(2))
-                    .connect_lazy(),
-            ),
-            None => None,
-        };
-        let identity = match (&config.identity_token_file, &control_channel) {
-            (Some(file), Some(channel)) => {
+        let identity = match (&config.identity_token_file, &control) {
+            (Some(file), Some(_)) => {
                 let token = std::fs::read_to_string(file)
                     .map_err(|e| {
                         ConfigError::new(
@@ -141,10 +132,7 @@ impl Proxy {
                     })?
                     .trim()
                     .to_string();
-                Some((
-                    Identity::new(config.spiffe_id(), token),
-                    IdentityClient::new(channel.clone()),
-                ))
+                Some(Identity::new(config.spiffe_id(), token))
             }
             _ => None,
         };
@@ -155,8 +143,8 @@ impl Proxy {
             config: Arc::new(config),
             discover,
             control_metrics,
+            control,
             identity,
-            control_channel,
         })
     }
 
@@ -200,23 +188,23 @@ impl Proxy {
             self.control_metrics.register(&mut registry);
         }
         let (signal, watch) = drain::channel();
-        let policies = Arc::new(match (&self.control_channel, &config.workload) {
-            (Some(channel), Some(workload)) => Policies::watch(
-                InboundClient::new(channel.clone()),
-                format!("{}/{workload}", config.namespace),
+        let policies = Arc::new(match (&self.control, &config.workload) {
+            (Some(control), Some(workload)) => Policies::watched(watch_inbound(
+                control,
+                &format!("{}/{workload}", config.namespace),
                 &config.app_ports,
-            ),
+            )),
             _ => Policies::allow_all(),
         });
         policies.register(&mut registry);
-        let identity = self.identity.as_ref().map(|(id, _)| id.clone());
-        if let Some((id, client)) = self.identity {
+        let identity = self.identity;
+        if let (Some(id), Some(control)) = (&identity, &self.control) {
             registry.register(
                 "weft_identity_cert_expiration_timestamp_seconds",
                 "When this proxy's certificate expires (Unix time)",
                 id.expiry.clone(),
             );
-            tokio::spawn(id.run(client));
+            tokio::spawn(id.clone().run(control.clone()));
         }
         let clients = Clients::new(config.connect_timeout, identity.clone());
         let http = HttpSettings {
@@ -257,10 +245,10 @@ impl Proxy {
         let inbound = Arc::new(Inbound {
             policies: policies.clone(),
             identity: identity.clone(),
-            workload: (
-                config.workload.clone().unwrap_or_default(),
-                config.namespace.clone(),
-            ),
+            workload: Workload {
+                name: config.workload.clone().unwrap_or_default(),
+                namespace: config.namespace.clone(),
+            },
             app_ip: config.app_ip,
             app_ports: config.app_ports.clone(),
             clients,
@@ -272,8 +260,6 @@ impl Proxy {
         });
         tokio::spawn(outbound.serve(self.outbound));
         tokio::spawn(inbound.serve(self.inbound));
-        // Ready once listening and, with an identity, once the first
-        // certificate is in.
         // Ready once listening, holding a certificate (with an identity),
         // and knowing every app port's policy (with a workload).
         {

@@ -1,7 +1,8 @@
 //! The proxy's workload identity: an ECDSA P-256 key made in memory (never
 //! written anywhere), a certificate for its SPIFFE ID from the control
-//! plane's `Identity.Certify`, renewed at ~70% of its lifetime (with
-//! jitter, retried with backoff), and the rustls configs built from it.
+//! plane's `Identity.Certify` (over the shared [`ControlClient`]), renewed
+//! at ~70% of its lifetime (with jitter; a failure is retried after a
+//! [`Backoff`], 400 ms → 10 s), and the rustls configs built from it.
 //!
 //! New connections use the newest certificate; open ones keep theirs.
 
@@ -19,6 +20,8 @@ use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, S
 use tonic::transport::Channel;
 use weft_api::v1 as api;
 use weft_api::v1::identity_client::IdentityClient;
+
+use crate::control::{Backoff, ControlClient};
 
 /// ALPN of the HTTP/2 channel between proxies.
 pub const ALPN_H2: &[u8] = b"h2";
@@ -78,12 +81,13 @@ impl Identity {
     }
 
     /// Obtains a certificate, then keeps renewing it. Never returns.
-    pub async fn run(self: Arc<Self>, mut client: IdentityClient<Channel>) {
-        let mut failures = 0u32;
+    pub async fn run(self: Arc<Self>, control: ControlClient) {
+        let mut client = control.identity();
+        let mut backoff = Backoff::new(Duration::from_millis(400), Duration::from_secs(10));
         loop {
             match self.renew(&mut client).await {
                 Ok(creds) => {
-                    failures = 0;
+                    backoff.reset();
                     let lifetime = creds
                         .valid_until
                         .duration_since(SystemTime::now())
@@ -97,11 +101,7 @@ impl Identity {
                     tokio::time::sleep(at).await;
                 }
                 Err(e) => {
-                    failures += 1;
-                    let ceiling = Duration::from_millis(200)
-                        .saturating_mul(1 << failures.min(6))
-                        .min(Duration::from_secs(10));
-                    let wait = ceiling.mul_f64(rand::random_range(0.5..=1.0));
+                    let wait = backoff.next_wait();
                     tracing::warn!(identity = %self.id, error = %e, retry_in = ?wait, "certificate request failed");
                     tokio::time::sleep(wait).await;
                 }

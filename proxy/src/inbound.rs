@@ -20,23 +20,19 @@ use crate::http::{absolute_uri, authority, incoming, is_upgrade, strip_hop_by_ho
 use crate::http::{WEFT_PORT, WEFT_PROTO};
 use crate::identity::{spiffe_id_of, Identity, ALPN_H2, ALPN_TCP};
 use crate::metrics::{Detected, Direction};
-use crate::policy::Policies;
+use crate::policy::{ConnInfo, Policies};
 use crate::resilience::metrics::ResilienceMetrics;
 use crate::server::{accept_loop, serve_http, HttpSettings};
 use crate::tcp;
 use crate::telemetry::{Observation, Target, Telemetry};
 use std::time::Duration;
 
-/// What the connection a request came on says about its caller.
+/// The workload this proxy fronts, from its own config: the `service` and
+/// `namespace` labels of inbound metrics (callers cannot mint them).
 #[derive(Debug, Clone, Default)]
-pub struct ConnInfo {
-    pub tls: bool,
-    /// The caller's SPIFFE ID, from its client certificate.
-    pub caller: Option<Arc<str>>,
-    /// The port the caller dialled, when iptables redirected it here
-    /// (`weft-proxy init`): the app port, unless a peer's `weft-port` says
-    /// otherwise.
-    pub target_port: Option<u16>,
+pub struct Workload {
+    pub name: String,
+    pub namespace: String,
 }
 
 pub struct Inbound {
@@ -44,8 +40,8 @@ pub struct Inbound {
     pub policies: Arc<Policies>,
     /// This proxy's identity: mTLS from peers needs its certificate.
     pub identity: Option<Arc<Identity>>,
-    /// (service, namespace) this proxy fronts, for metrics.
-    pub workload: (String, String),
+    /// The workload this proxy fronts, for metrics.
+    pub workload: Workload,
     pub app_ip: IpAddr,
     /// The app's ports; the first is the default.
     pub app_ports: Vec<u16>,
@@ -226,8 +222,8 @@ impl Inbound {
         // The service this proxy fronts, from its own config: callers
         // cannot mint label values.
         let mut target = Target {
-            service: self.workload.0.clone(),
-            namespace: self.workload.1.clone(),
+            service: self.workload.name.clone(),
+            namespace: self.workload.namespace.clone(),
             tls: conn.tls,
             peer_identity: conn.caller.as_deref().unwrap_or_default().to_string(),
             ..Target::default()
@@ -273,8 +269,8 @@ impl Inbound {
                     .resilience
                     .rate_limited
                     .get_or_create(&ResilienceMetrics::reason(
-                        &self.workload.0,
-                        &self.workload.1,
+                        &self.workload.name,
+                        &self.workload.namespace,
                         limited.scope.as_str(),
                     ))
                     .inc();

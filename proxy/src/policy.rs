@@ -1,27 +1,141 @@
-//! Inbound policy: the server side's `ServerPolicy` per app port, watched
-//! from the control plane (`Inbound.Watch`), and the authorization check
-//! made on every inbound request and TCP stream.
+//! Inbound policy: the server side's [`ServerPolicy`] per app port, and the
+//! authorization check made on every inbound request and TCP stream.
 //!
-//! Until the control plane answers (or with no control plane), a port has
-//! the default policy: permissive mTLS, allow all, the same as when no
-//! `AuthorizationPolicy` selects it. The last known policy stays in force
-//! while the control plane is unreachable.
+//! A watched port is [`PortPolicy::Pending`] until the control plane's
+//! first answer (`Inbound.Watch`, [`crate::control::watch_inbound`]), and
+//! pending denies everything (fail closed), so a restarted proxy never
+//! serves a `strict` port openly. The last known policy stays in force
+//! while the control plane is unreachable. A port nobody watches (no
+//! control plane, or no workload) has the default policy: permissive mTLS,
+//! allow all, the same as when no `AuthorizationPolicy` selects it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
-use tonic::transport::Channel;
-use weft_api::v1 as api;
-use weft_api::v1::inbound_client::InboundClient;
 
-use crate::inbound::ConnInfo;
-use crate::resilience::ratelimit::{Limited, RateLimiter};
+use crate::resilience::ratelimit::{Limited, RateLimitParams, RateLimiter};
+
+/// What the connection a request came on says about its caller: what the
+/// policy judges.
+#[derive(Debug, Clone, Default)]
+pub struct ConnInfo {
+    pub tls: bool,
+    /// The caller's SPIFFE ID, from its client certificate.
+    pub caller: Option<Arc<str>>,
+    /// The port the caller dialled, when iptables redirected it here
+    /// (`weft-proxy init`): the app port, unless a peer's `weft-port` says
+    /// otherwise.
+    pub target_port: Option<u16>,
+}
+
+/// Whether a port accepts plaintext.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MtlsMode {
+    /// mTLS from peers, plaintext from anyone else.
+    Permissive,
+    /// mTLS only.
+    Strict,
+}
+
+impl MtlsMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MtlsMode::Permissive => "permissive",
+            MtlsMode::Strict => "strict",
+        }
+    }
+}
+
+/// How one app port is served.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerPolicy {
+    pub mtls: MtlsMode,
+    /// True when no `AuthorizationPolicy` selects the port: every caller
+    /// the mTLS mode lets in is allowed.
+    pub default_allow: bool,
+    /// Allow rules: a caller any rule matches is allowed.
+    pub rules: Vec<AuthorizationRule>,
+    pub rate_limit: Option<RateLimitParams>,
+    /// `namespace/name` of the policies that produced this.
+    pub sources: Vec<String>,
+}
+
+impl ServerPolicy {
+    /// Permissive, allow all: a port no policy selects.
+    pub fn allow_all() -> Self {
+        Self {
+            mtls: MtlsMode::Permissive,
+            default_allow: true,
+            rules: Vec::new(),
+            rate_limit: None,
+            sources: Vec::new(),
+        }
+    }
+}
+
+/// One allow rule; every non-empty list must match.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct AuthorizationRule {
+    /// Empty: any caller, authenticated or not.
+    pub identities: Vec<IdentityMatch>,
+    /// The caller's namespace (from its SPIFFE ID); empty: any.
+    pub namespaces: Vec<String>,
+    /// Empty: any path, and TCP streams too.
+    pub path_prefixes: Vec<PathPrefix>,
+    /// Compared ignoring case; empty: any, and TCP streams too.
+    pub methods: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdentityMatch {
+    /// `*`: any caller with a certificate.
+    AnyAuthenticated,
+    /// This SPIFFE ID.
+    Exact(String),
+}
+
+impl IdentityMatch {
+    fn matches(&self, caller: &str) -> bool {
+        match self {
+            IdentityMatch::AnyAuthenticated => true,
+            IdentityMatch::Exact(id) => id == caller,
+        }
+    }
+}
+
+/// A path prefix matched on whole segments: `/api` (or `/api/`) matches
+/// `/api` and `/api/x`, not `/apix`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathPrefix(String);
+
+impl PathPrefix {
+    pub fn new(prefix: &str) -> Self {
+        Self(prefix.trim_end_matches('/').to_string())
+    }
+
+    pub fn matches(&self, path: &str) -> bool {
+        crate::http::has_path_prefix(path, &self.0)
+    }
+}
+
+/// The policy in force on one port.
+#[derive(Debug, Clone)]
+pub enum PortPolicy {
+    /// No answer from the control plane yet: every caller is denied.
+    Pending,
+    Known(Arc<ServerPolicy>),
+}
+
+impl PortPolicy {
+    pub fn is_known(&self) -> bool {
+        matches!(self, PortPolicy::Known(_))
+    }
+}
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DecisionLabels {
@@ -33,58 +147,27 @@ struct DecisionLabels {
 
 /// The server policy of every app port.
 pub struct Policies {
-    ports: HashMap<u16, watch::Receiver<Arc<api::ServerPolicy>>>,
+    ports: HashMap<u16, watch::Receiver<PortPolicy>>,
+    /// The policy of ports not in `ports`.
+    unwatched: PortPolicy,
     decisions: Family<DecisionLabels, Counter>,
     /// Per port, made from the policy's `rate_limit` and kept while it
     /// is unchanged.
     limiters: Mutex<HashMap<u16, Arc<RateLimiter>>>,
 }
 
-/// Before the control plane's first answer for a watched port: deny
-/// (fail closed), so a restarted proxy never serves a `strict` port openly.
-fn pending_policy() -> Arc<api::ServerPolicy> {
-    Arc::new(api::ServerPolicy {
-        protocol: "http".into(),
-        mtls: api::MtlsMode::Strict as i32,
-        default_allow: false,
-        sources: vec!["(waiting for the control plane's first policy)".into()],
-        ..Default::default()
-    })
-}
-
-fn is_pending(p: &api::ServerPolicy) -> bool {
-    p.sources.first().is_some_and(|s| s.starts_with("(waiting"))
-}
-
-fn default_policy() -> Arc<api::ServerPolicy> {
-    Arc::new(api::ServerPolicy {
-        protocol: "http".into(),
-        mtls: api::MtlsMode::Permissive as i32,
-        default_allow: true,
-        ..Default::default()
-    })
-}
-
 impl Policies {
     /// Static default policies (no control plane).
     pub fn allow_all() -> Self {
-        Self {
-            ports: HashMap::new(),
-            decisions: Family::default(),
-            limiters: Mutex::default(),
-        }
+        Self::watched(HashMap::new())
     }
 
-    /// Watches `workload` (`namespace/name`) on each of `ports`.
-    pub fn watch(client: InboundClient<Channel>, workload: String, ports: &[u16]) -> Self {
-        let mut map = HashMap::new();
-        for &port in ports {
-            let (tx, rx) = watch::channel(pending_policy());
-            tokio::spawn(run_watch(client.clone(), workload.clone(), port, tx));
-            map.insert(port, rx);
-        }
+    /// Each port in `ports` follows its receiver; any other port has the
+    /// default policy.
+    pub fn watched(ports: HashMap<u16, watch::Receiver<PortPolicy>>) -> Self {
         Self {
-            ports: map,
+            ports,
+            unwatched: PortPolicy::Known(Arc::new(ServerPolicy::allow_all())),
             decisions: Family::default(),
             limiters: Mutex::default(),
         }
@@ -102,14 +185,14 @@ impl Policies {
     pub async fn ready(&self) {
         for rx in self.ports.values() {
             let mut rx = rx.clone();
-            let _ = rx.wait_for(|p| !is_pending(p)).await;
+            let _ = rx.wait_for(PortPolicy::is_known).await;
         }
     }
 
-    pub fn policy(&self, port: u16) -> Arc<api::ServerPolicy> {
+    pub fn policy(&self, port: u16) -> PortPolicy {
         self.ports
             .get(&port)
-            .map_or_else(default_policy, |rx| rx.borrow().clone())
+            .map_or_else(|| self.unwatched.clone(), |rx| rx.borrow().clone())
     }
 
     /// Checks one request (`http: Some((method, path))`) or TCP stream
@@ -126,7 +209,9 @@ impl Policies {
 
     /// Admits one request from `caller` under the port's rate limit.
     pub fn rate_limit(&self, port: u16, caller: Option<&str>) -> Result<(), Limited> {
-        let policy = self.policy(port);
+        let PortPolicy::Known(policy) = self.policy(port) else {
+            return Ok(());
+        };
         let Some(params) = policy
             .rate_limit
             .filter(|r| r.total_rps > 0.0 || r.per_identity_rps > 0.0)
@@ -152,35 +237,46 @@ impl Policies {
 
     /// For `/config`.
     pub fn dump(&self) -> serde_json::Value {
-        let ports: std::collections::BTreeMap<String, serde_json::Value> = self
+        let ports: BTreeMap<String, serde_json::Value> = self
             .ports
             .iter()
-            .map(|(port, rx)| {
-                let p = rx.borrow();
-                (
-                    port.to_string(),
-                    serde_json::json!({
-                        "mtls": if p.mtls == api::MtlsMode::Strict as i32 { "strict" } else { "permissive" },
-                        "defaultAllow": p.default_allow,
-                        "rules": p.rules.len(),
-                        "sources": p.sources,
-                        "rateLimit": p.rate_limit.map(|r| serde_json::json!({
-                            "totalRps": r.total_rps,
-                            "totalBurst": r.total_burst,
-                            "perIdentityRps": r.per_identity_rps,
-                            "perIdentityBurst": r.per_identity_burst,
-                        })),
-                    }),
-                )
-            })
+            .map(|(port, rx)| (port.to_string(), dump_port(&rx.borrow())))
             .collect();
         serde_json::json!(ports)
     }
 }
 
+/// A pending port shows as what it enforces: strict, nothing allowed.
+fn dump_port(p: &PortPolicy) -> serde_json::Value {
+    let PortPolicy::Known(p) = p else {
+        return serde_json::json!({
+            "mtls": MtlsMode::Strict.as_str(),
+            "defaultAllow": false,
+            "rules": 0,
+            "sources": ["(waiting for the control plane's first policy)"],
+            "rateLimit": null,
+        });
+    };
+    serde_json::json!({
+        "mtls": p.mtls.as_str(),
+        "defaultAllow": p.default_allow,
+        "rules": p.rules.len(),
+        "sources": p.sources,
+        "rateLimit": p.rate_limit.map(|r| serde_json::json!({
+            "totalRps": r.total_rps,
+            "totalBurst": r.total_burst,
+            "perIdentityRps": r.per_identity_rps,
+            "perIdentityBurst": r.per_identity_burst,
+        })),
+    })
+}
+
 /// The decision for one caller.
-pub fn check(policy: &api::ServerPolicy, conn: &ConnInfo, http: Option<(&str, &str)>) -> Result<(), String> {
-    if policy.mtls == api::MtlsMode::Strict as i32 && !conn.tls {
+pub fn check(policy: &PortPolicy, conn: &ConnInfo, http: Option<(&str, &str)>) -> Result<(), String> {
+    let PortPolicy::Known(policy) = policy else {
+        return Err("no policy for this port yet (waiting for the control plane); denied".into());
+    };
+    if policy.mtls == MtlsMode::Strict && !conn.tls {
         return Err("this port requires mTLS; plaintext refused".into());
     }
     if policy.default_allow {
@@ -192,13 +288,13 @@ pub fn check(policy: &api::ServerPolicy, conn: &ConnInfo, http: Option<(&str, &s
         .and_then(|rest| rest.split('/').next());
     let allowed = policy.rules.iter().any(|rule| {
         let identity_ok = rule.identities.is_empty()
-            || caller.is_some_and(|c| rule.identities.iter().any(|i| i == "*" || i == c));
+            || caller.is_some_and(|c| rule.identities.iter().any(|i| i.matches(c)));
         let ns_ok =
             rule.namespaces.is_empty() || caller_ns.is_some_and(|ns| rule.namespaces.iter().any(|n| n == ns));
         let (path_ok, method_ok) = match http {
             Some((method, path)) => (
                 rule.path_prefixes.is_empty()
-                    || (!ambiguous_path(path) && rule.path_prefixes.iter().any(|p| has_prefix(path, p))),
+                    || (!ambiguous_path(path) && rule.path_prefixes.iter().any(|p| p.matches(path))),
                 rule.methods.is_empty() || rule.methods.iter().any(|m| m.eq_ignore_ascii_case(method)),
             ),
             // A TCP stream has no path or method: only rules without
@@ -218,16 +314,6 @@ pub fn check(policy: &api::ServerPolicy, conn: &ConnInfo, http: Option<(&str, &s
     }
 }
 
-/// Whole-segment prefix: `/api` matches `/api` and `/api/x`, not `/apix`.
-fn has_prefix(path: &str, prefix: &str) -> bool {
-    let prefix = prefix.trim_end_matches('/');
-    prefix.is_empty()
-        || path == prefix
-        || path
-            .strip_prefix(prefix)
-            .is_some_and(|rest| rest.starts_with('/'))
-}
-
 /// A path the app might read differently than a prefix check does (dot
 /// segments, empty segments, encoded dots or slashes, backslashes, `;`
 /// parameters): it matches no path rule.
@@ -241,40 +327,10 @@ fn ambiguous_path(path: &str) -> bool {
             .any(|bad| lower.contains(bad))
 }
 
-async fn run_watch(
-    mut client: InboundClient<Channel>,
-    workload: String,
-    port: u16,
-    tx: watch::Sender<Arc<api::ServerPolicy>>,
-) {
-    let mut attempt = 0u32;
-    loop {
-        let req = api::InboundRequest {
-            workload: workload.clone(),
-            port: u32::from(port),
-        };
-        if let Ok(rsp) = client.watch(req).await {
-            let mut stream = rsp.into_inner();
-            while let Ok(Some(policy)) = stream.message().await {
-                attempt = 0;
-                tx.send_replace(Arc::new(policy));
-            }
-        }
-        attempt += 1;
-        let ceiling = Duration::from_millis(100)
-            .saturating_mul(1 << attempt.min(6))
-            .min(Duration::from_secs(5));
-        tokio::time::sleep(
-            ceiling
-                .mul_f64(rand::random_range(0.0..=1.0))
-                .max(Duration::from_millis(10)),
-        )
-        .await;
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use futures_util::FutureExt;
+
     use super::*;
 
     fn conn(tls: bool, id: Option<&str>) -> ConnInfo {
@@ -285,29 +341,33 @@ mod tests {
         }
     }
 
+    fn known(p: ServerPolicy) -> PortPolicy {
+        PortPolicy::Known(Arc::new(p))
+    }
+
     const WEB: &str = "spiffe://cluster.local/ns/demo/sa/web";
     const DB: &str = "spiffe://cluster.local/ns/data/sa/db";
 
     #[test]
     fn rules_by_identity_namespace_path_and_method() {
-        let policy = api::ServerPolicy {
-            mtls: api::MtlsMode::Strict as i32,
+        let policy = known(ServerPolicy {
+            mtls: MtlsMode::Strict,
             default_allow: false,
             rules: vec![
-                api::AuthorizationRule {
-                    identities: vec![WEB.into()],
-                    path_prefixes: vec!["/api/".into()],
+                AuthorizationRule {
+                    identities: vec![IdentityMatch::Exact(WEB.into())],
+                    path_prefixes: vec![PathPrefix::new("/api/")],
                     methods: vec!["GET".into()],
                     ..Default::default()
                 },
-                api::AuthorizationRule {
+                AuthorizationRule {
                     namespaces: vec!["data".into()],
                     ..Default::default()
                 },
             ],
+            rate_limit: None,
             sources: vec!["demo/ap".into()],
-            ..Default::default()
-        };
+        });
         assert!(check(&policy, &conn(true, Some(WEB)), Some(("GET", "/api/users"))).is_ok());
         assert!(check(&policy, &conn(true, Some(WEB)), Some(("POST", "/api/users"))).is_err());
         assert!(check(&policy, &conn(true, Some(WEB)), Some(("GET", "/admin"))).is_err());
@@ -350,14 +410,79 @@ mod tests {
     }
 
     #[test]
+    fn any_authenticated_caller() {
+        let policy = known(ServerPolicy {
+            default_allow: false,
+            rules: vec![AuthorizationRule {
+                identities: vec![IdentityMatch::AnyAuthenticated],
+                ..Default::default()
+            }],
+            ..ServerPolicy::allow_all()
+        });
+        assert!(check(&policy, &conn(true, Some(DB)), None).is_ok());
+        let e = check(&policy, &conn(false, None), None).unwrap_err();
+        assert!(e.contains("an unauthenticated caller"), "{e}");
+    }
+
+    #[test]
     fn pending_policy_denies() {
-        assert!(check(&pending_policy(), &conn(true, Some(WEB)), Some(("GET", "/"))).is_err());
-        assert!(is_pending(&pending_policy()) && !is_pending(&default_policy()));
+        assert!(check(&PortPolicy::Pending, &conn(true, Some(WEB)), Some(("GET", "/"))).is_err());
+        assert!(check(&PortPolicy::Pending, &conn(false, None), None).is_err());
+        assert!(!PortPolicy::Pending.is_known() && known(ServerPolicy::allow_all()).is_known());
     }
 
     #[test]
     fn permissive_default_allows_plaintext() {
-        assert!(check(&default_policy(), &conn(false, None), Some(("GET", "/"))).is_ok());
-        assert!(check(&default_policy(), &conn(false, None), None).is_ok());
+        let default = known(ServerPolicy::allow_all());
+        assert!(check(&default, &conn(false, None), Some(("GET", "/"))).is_ok());
+        assert!(check(&default, &conn(false, None), None).is_ok());
+    }
+
+    #[test]
+    fn a_watched_port_is_pending_until_its_first_policy() {
+        let (tx, rx) = watch::channel(PortPolicy::Pending);
+        let policies = Policies::watched(HashMap::from([(8080, rx)]));
+        let caller = conn(true, Some(WEB));
+        assert!(
+            policies.authorize(8080, &caller, Some(("GET", "/"))).is_err(),
+            "fail closed"
+        );
+        assert!(
+            policies.authorize(9090, &caller, None).is_ok(),
+            "an unwatched port"
+        );
+        assert!(
+            policies.ready().now_or_never().is_none(),
+            "not ready while pending"
+        );
+        let port = |p: &Policies| p.dump()["8080"].clone();
+        assert_eq!(port(&policies)["mtls"], "strict");
+        assert_eq!(port(&policies)["defaultAllow"], false);
+        assert_eq!(
+            port(&policies)["sources"][0],
+            "(waiting for the control plane's first policy)"
+        );
+
+        tx.send_replace(known(ServerPolicy {
+            rate_limit: Some(RateLimitParams {
+                total_rps: 20.0,
+                total_burst: 10,
+                ..Default::default()
+            }),
+            sources: vec!["demo/ap".into()],
+            ..ServerPolicy::allow_all()
+        }));
+        assert!(policies.ready().now_or_never().is_some(), "ready once known");
+        assert!(policies.authorize(8080, &caller, Some(("GET", "/"))).is_ok());
+        assert_eq!(
+            port(&policies),
+            serde_json::json!({
+                "mtls": "permissive",
+                "defaultAllow": true,
+                "rules": 0,
+                "sources": ["demo/ap"],
+                "rateLimit": {"totalRps": 20.0, "totalBurst": 10, "perIdentityRps": 0.0, "perIdentityBurst": 0},
+            })
+        );
     }
 }

@@ -7,7 +7,6 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::time::Instant;
-use weft_api::v1 as api;
 
 /// Per-identity buckets kept before full (idle, so forgetting them changes
 /// nothing) buckets are dropped.
@@ -81,6 +80,18 @@ impl Scope {
     }
 }
 
+/// The limits a server policy sets on one port.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct RateLimitParams {
+    /// Requests per second for all callers together; 0: unlimited.
+    pub total_rps: f64,
+    /// 0: one second's worth.
+    pub total_burst: u32,
+    /// Requests per second per caller identity; 0: unlimited.
+    pub per_identity_rps: f64,
+    pub per_identity_burst: u32,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Limited {
     pub scope: Scope,
@@ -90,14 +101,14 @@ pub struct Limited {
 /// The limits of one server port.
 #[derive(Debug)]
 pub struct RateLimiter {
-    params: api::RateLimit,
+    params: RateLimitParams,
     total: Option<Mutex<TokenBucket>>,
     per_identity: Option<Mutex<HashMap<String, TokenBucket>>>,
 }
 
 impl RateLimiter {
     /// `None` when the policy sets no limit.
-    pub fn new(params: &api::RateLimit) -> Option<Self> {
+    pub fn new(params: &RateLimitParams) -> Option<Self> {
         let now = Instant::now();
         let total = (params.total_rps > 0.0)
             .then(|| Mutex::new(TokenBucket::new(params.total_rps, params.total_burst, now)));
@@ -109,7 +120,7 @@ impl RateLimiter {
         })
     }
 
-    pub fn params(&self) -> &api::RateLimit {
+    pub fn params(&self) -> &RateLimitParams {
         &self.params
     }
 
@@ -158,7 +169,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn total_limit_admits_rate_plus_burst() {
-        let l = RateLimiter::new(&api::RateLimit {
+        let l = RateLimiter::new(&RateLimitParams {
             total_rps: 10.0,
             total_burst: 5,
             ..Default::default()
@@ -182,7 +193,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn per_identity_limits_isolate_callers() {
-        let l = RateLimiter::new(&api::RateLimit {
+        let l = RateLimiter::new(&RateLimitParams {
             total_rps: 100.0,
             total_burst: 100,
             per_identity_rps: 2.0,
@@ -203,6 +214,6 @@ mod tests {
         );
         // The noisy caller's refused requests did not spend the total.
         assert_eq!(admitted(&l, Some("spiffe://t/ns/a/sa/c"), 1), 1);
-        assert!(RateLimiter::new(&api::RateLimit::default()).is_none());
+        assert!(RateLimiter::new(&RateLimitParams::default()).is_none());
     }
 }

@@ -1,10 +1,11 @@
 //! Discovery from the control plane: one `Destination.Watch` stream per
-//! destination in use, shared by every connection, over one gRPC channel.
+//! destination in use, shared by every connection, over the
+//! [`ControlClient`]'s channel.
 //!
 //! - The first lookup of a name opens its watch and waits (briefly) for the
 //!   first answer; later lookups read the latest state without waiting.
 //! - A watch unused for the idle timeout is closed.
-//! - A broken stream reconnects with exponential backoff and full jitter;
+//! - A broken stream reconnects after a [`Backoff`] (100 ms → 5 s);
 //!   meanwhile the last known state keeps serving; after reconnecting, the
 //!   first snapshot replaces it.
 //! - A name the mesh does not know is resolved through DNS and forwarded
@@ -30,16 +31,14 @@ use weft_api::v1 as api;
 use weft_api::v1::destination_client::DestinationClient;
 use weft_api::v1::destination_update::Kind;
 
-use crate::discover::{Backend, Destination, Discover, Endpoint, PathMatch, Route, RouteMatch};
-use crate::resilience::{Policy, Shared};
+use super::{proto, Backoff, ControlClient};
+use crate::discover::{Destination, Discover, Endpoint};
 
 pub use crate::discover::EXTERNAL_SERVICE;
 
-/// Settings of the control-plane client.
+/// Settings of discovery from the control plane.
 #[derive(Debug, Clone)]
 pub struct ControlSettings {
-    /// e.g. `http://weft-control.weft:8086`.
-    pub address: String,
     /// This workload's namespace; short names resolve in it.
     pub namespace: String,
     pub proxy_id: String,
@@ -118,7 +117,7 @@ impl Drop for WatchEntry {
 }
 
 pub struct ControlDiscover {
-    client: DestinationClient<Channel>,
+    control: ControlClient,
     settings: ControlSettings,
     watches: Mutex<HashMap<String, Arc<WatchEntry>>>,
     dns: Option<TokioResolver>,
@@ -127,19 +126,9 @@ pub struct ControlDiscover {
 }
 
 impl ControlDiscover {
-    /// Connects lazily: nothing is dialed until the first lookup. Spawns the
-    /// idle reaper, so it needs a runtime.
-    pub fn new(
-        settings: ControlSettings,
-        metrics: ControlMetrics,
-    ) -> Result<Arc<Self>, tonic::transport::Error> {
-        let channel = tonic::transport::Endpoint::from_shared(settings.address.clone())?
-            .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(20))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .keep_alive_while_idle(true)
-            .connect_lazy();
+    /// Opens no stream until the first lookup. Spawns the idle reaper, so
+    /// it needs a runtime.
+    pub fn new(control: ControlClient, settings: ControlSettings, metrics: ControlMetrics) -> Arc<Self> {
         let dns = match TokioResolver::builder_tokio().and_then(|b| b.build()) {
             Ok(r) => Some(r),
             Err(e) => {
@@ -148,7 +137,7 @@ impl ControlDiscover {
             }
         };
         let this = Arc::new(Self {
-            client: DestinationClient::new(channel),
+            control,
             settings,
             watches: Mutex::new(HashMap::new()),
             dns,
@@ -164,7 +153,7 @@ impl ControlDiscover {
                 this.reap_idle();
             }
         });
-        Ok(this)
+        this
     }
 
     fn now_ms(&self) -> u64 {
@@ -198,7 +187,12 @@ impl ControlDiscover {
             proxy_id: self.settings.proxy_id.clone(),
             admin_address: self.settings.admin_address.clone(),
         };
-        let task = tokio::spawn(run_watch(self.client.clone(), request, tx, self.metrics.clone()));
+        let task = tokio::spawn(run_watch(
+            self.control.destination(),
+            request,
+            tx,
+            self.metrics.clone(),
+        ));
         let entry = Arc::new(WatchEntry {
             rx,
             last_used: AtomicU64::new(self.now_ms()),
@@ -297,27 +291,7 @@ impl Discover for ControlDiscover {
                 (target, v)
             })
             .collect();
-        serde_json::json!({ "controlPlane": self.settings.address, "destinations": out })
-    }
-}
-
-/// Exponential backoff with full jitter.
-struct Backoff {
-    base: Duration,
-    max: Duration,
-    attempt: u32,
-}
-
-impl Backoff {
-    fn next(&mut self) -> Duration {
-        let ceiling = self
-            .base
-            .saturating_mul(1u32 << self.attempt.min(16))
-            .min(self.max);
-        self.attempt += 1;
-        ceiling
-            .mul_f64(rand::random_range(0.0..=1.0))
-            .max(Duration::from_millis(10))
+        serde_json::json!({ "controlPlane": self.control.address(), "destinations": out })
     }
 }
 
@@ -351,11 +325,7 @@ async fn run_watch(
     tx: watch::Sender<State>,
     metrics: ControlMetrics,
 ) {
-    let mut backoff = Backoff {
-        base: Duration::from_millis(100),
-        max: Duration::from_secs(5),
-        attempt: 0,
-    };
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         match client.watch(request.clone()).await {
             Ok(rsp) => {
@@ -366,7 +336,7 @@ async fn run_watch(
                 loop {
                     match stream.message().await {
                         Ok(Some(update)) => {
-                            backoff.attempt = 0;
+                            backoff.reset();
                             metrics.updates.inc();
                             if let Some(kind) = update.kind {
                                 let prev = match &*tx.borrow() {
@@ -389,7 +359,7 @@ async fn run_watch(
             }
         }
         metrics.reconnects.inc();
-        tokio::time::sleep(backoff.next()).await;
+        backoff.wait().await;
     }
 }
 
@@ -418,81 +388,17 @@ fn apply(state: &mut StreamState, kind: Kind, prev: Option<&Destination>) -> Sta
         }
         Kind::Policy(p) => state.policy = p,
     }
-    let mut dest = to_destination(state);
+    let mut dest = proto::destination(state.service.as_ref(), state.endpoints.values(), &state.policy);
     if let Some(prev) = prev {
         dest.carry_over(prev);
     }
     State::Found(Arc::new(dest))
 }
 
-fn ms(v: u64) -> Option<Duration> {
-    (v > 0).then(|| Duration::from_millis(v))
-}
-
-fn to_destination(state: &StreamState) -> Destination {
-    let policy = Policy::from_api(&state.policy);
-    let endpoints: Vec<Endpoint> = state
-        .endpoints
-        .values()
-        .filter_map(|e| {
-            let addr = e.address.parse().ok()?;
-            Some(Endpoint {
-                addr,
-                proxy: e.proxy_address.parse().ok(),
-                identity: (!e.identity.is_empty()).then(|| e.identity.clone()),
-                weight: e.weight.max(1),
-                stats: Arc::default(),
-            })
-        })
-        .collect();
-    let routes: Vec<Route> = state
-        .policy
-        .routes
-        .iter()
-        .map(|r| Route {
-            name: r.name.clone(),
-            matches: r
-                .matches
-                .iter()
-                .map(|m| RouteMatch {
-                    path: match m.path_type.as_str() {
-                        "exact" => Some(PathMatch::Exact(m.path.clone())),
-                        "prefix" => Some(PathMatch::Prefix(m.path.clone())),
-                        _ => None,
-                    },
-                    method: (!m.method.is_empty()).then(|| m.method.clone()),
-                    headers: m.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-                })
-                .collect(),
-            backends: r
-                .backends
-                .iter()
-                .map(|b| Backend::new(&b.authority, b.weight))
-                .collect(),
-            timeout: ms(r.timeout_ms),
-        })
-        .collect();
-    Destination {
-        service: state
-            .service
-            .as_ref()
-            .map_or_else(|| "unknown".into(), |s| s.name.clone()),
-        namespace: state
-            .service
-            .as_ref()
-            .map(|s| s.namespace.clone())
-            .unwrap_or_default(),
-        endpoints: endpoints.into(),
-        routes: routes.into(),
-        shared: Arc::new(Shared::new(&policy)),
-        policy: Arc::new(policy),
-        meshed: true,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::discover::Backend;
 
     fn ep(addr: &str) -> api::Endpoint {
         api::Endpoint {
@@ -586,18 +492,5 @@ mod tests {
             step(&mut st, Kind::NotFound(api::NotFound {})),
             State::NotFound
         ));
-    }
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        let mut b = Backoff {
-            base: Duration::from_millis(100),
-            max: Duration::from_secs(5),
-            attempt: 0,
-        };
-        for _ in 0..50 {
-            assert!(b.next() <= Duration::from_secs(5));
-        }
-        assert_eq!(b.attempt, 50);
     }
 }
