@@ -220,8 +220,8 @@ impl FileSource {
             for e in &report.errors {
                 tracing::error!(error = %e, "config rejected; the last good version stays in force");
             }
-            metrics.config_reloaded(&report);
             if !report.changed_files.is_empty() {
+                metrics.config_reloaded(report.errors.len());
                 index.apply(SOURCE, self.documents());
                 metrics.index_stats(index.stats());
                 tracing::info!(
