@@ -82,18 +82,36 @@ pub struct Index {
     inner: Mutex<Inner>,
 }
 
-/// An HTTPRoute attached to a parent: (route namespace, `ns/name`, parent
-/// port, spec).
-type RouteEntry = (String, String, Option<u16>, HttpRouteSpec);
+/// An HTTPRoute as attached to one parent service.
+#[derive(Debug, Clone)]
+struct RouteEntry {
+    /// The route's own namespace (where its backends without a namespace
+    /// live).
+    namespace: String,
+    /// The route's `namespace/name`, which names its rules.
+    full_name: String,
+    /// The parent port the route is bound to; `None`: every port.
+    parent_port: Option<u16>,
+    spec: HttpRouteSpec,
+}
+
+/// An AuthorizationPolicy attached to a service.
+#[derive(Debug, Clone)]
+struct AuthzEntry {
+    /// The policy's `namespace/name`, published as a server policy source.
+    full_name: String,
+    spec: AuthorizationPolicySpec,
+}
 
 #[derive(Default)]
 struct Inner {
     sources: BTreeMap<String, Vec<Document>>,
     services: BTreeMap<(String, String), ServiceEntry>,
     traffic: BTreeMap<(String, String), TrafficPolicySpec>,
-    /// By parent service: (route `ns/name`, parent port, spec).
+    /// By parent service.
     routes: BTreeMap<(String, String), Vec<RouteEntry>>,
-    authz: BTreeMap<(String, String), Vec<(String, AuthorizationPolicySpec)>>,
+    /// By target service.
+    authz: BTreeMap<(String, String), Vec<AuthzEntry>>,
     destinations: HashMap<Target, watch::Sender<Arc<DestinationState>>>,
     inbound: HashMap<(String, u16), watch::Sender<Arc<api::ServerPolicy>>>,
 }
@@ -280,7 +298,10 @@ impl Inner {
                         self.authz
                             .entry((doc.meta.namespace.clone(), t.name.clone()))
                             .or_default()
-                            .push((full_name, spec.clone()));
+                            .push(AuthzEntry {
+                                full_name,
+                                spec: spec.clone(),
+                            });
                     }
                 }
                 Spec::HttpRoute(spec) => {
@@ -289,12 +310,15 @@ impl Inner {
                             .namespace
                             .clone()
                             .unwrap_or_else(|| doc.meta.namespace.clone());
-                        self.routes.entry((ns, parent.name.clone())).or_default().push((
-                            doc.meta.namespace.clone(),
-                            full_name.clone(),
-                            parent.port,
-                            spec.clone(),
-                        ));
+                        self.routes
+                            .entry((ns, parent.name.clone()))
+                            .or_default()
+                            .push(RouteEntry {
+                                namespace: doc.meta.namespace.clone(),
+                                full_name: full_name.clone(),
+                                parent_port: parent.port,
+                                spec: spec.clone(),
+                            });
                     }
                 }
             }
@@ -425,14 +449,15 @@ impl Inner {
         let mut policy = api::ClientPolicy::default();
         let key = (namespace.to_string(), name.to_string());
         if let Some(routes) = self.routes.get(&key) {
-            for (route_ns, route_name, parent_port, spec) in routes {
-                if parent_port.is_some_and(|p| p != port) {
+            for route in routes {
+                if route.parent_port.is_some_and(|p| p != port) {
                     continue;
                 }
-                for (i, rule) in spec.rules.iter().enumerate() {
+                for (i, rule) in route.spec.rules.iter().enumerate() {
                     policy.routes.push(api::Route {
                         name: format!(
-                            "{route_name}/{}",
+                            "{}/{}",
+                            route.full_name,
                             rule.name.clone().unwrap_or_else(|| i.to_string())
                         ),
                         matches: rule
@@ -460,7 +485,7 @@ impl Inner {
                                     b.name,
                                     // Gateway API: a backendRef without a
                                     // namespace is in the route's.
-                                    b.namespace.as_deref().unwrap_or(route_ns),
+                                    b.namespace.as_deref().unwrap_or(&route.namespace),
                                     config.cluster_domain,
                                     b.port.unwrap_or(port)
                                 ),
@@ -527,7 +552,7 @@ impl Inner {
                     })
                 })
         };
-        for (source, spec) in self.authz.get(&key).into_iter().flatten() {
+        for AuthzEntry { full_name, spec } in self.authz.get(&key).into_iter().flatten() {
             if spec
                 .target_ref
                 .as_ref()
@@ -537,7 +562,7 @@ impl Inner {
                 continue;
             }
             policy.default_allow = false;
-            policy.sources.push(source.clone());
+            policy.sources.push(full_name.clone());
             if spec.mtls == MtlsMode::Strict {
                 policy.mtls = api::MtlsMode::Strict as i32;
             }
