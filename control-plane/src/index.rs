@@ -634,13 +634,7 @@ fn apply_traffic_policy(policy: &mut api::ClientPolicy, tp: &TrafficPolicySpec) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::parse_file;
-
-    fn docs(yaml: &str) -> Vec<Document> {
-        let (docs, errors) = parse_file("test.yaml", yaml);
-        assert!(errors.is_empty(), "{errors:?}");
-        docs
-    }
+    use crate::testing::documents;
 
     fn service(name: &str, addrs: &[&str]) -> String {
         let eps: String = addrs
@@ -692,7 +686,7 @@ mod tests {
 
         index.apply(
             "files",
-            docs(&service("backend", &["127.0.0.1:1", "127.0.0.1:2"])),
+            documents(&service("backend", &["127.0.0.1:1", "127.0.0.1:2"])),
         );
         assert!(rx.has_changed().unwrap());
         let state = rx.borrow_and_update().clone();
@@ -714,11 +708,11 @@ mod tests {
         // The same documents again: no update.
         index.apply(
             "files",
-            docs(&service("backend", &["127.0.0.1:1", "127.0.0.1:2"])),
+            documents(&service("backend", &["127.0.0.1:1", "127.0.0.1:2"])),
         );
         assert!(!rx.has_changed().unwrap());
 
-        index.apply("files", docs(&service("backend", &["127.0.0.1:2"])));
+        index.apply("files", documents(&service("backend", &["127.0.0.1:2"])));
         let state = rx.borrow_and_update().clone();
         assert_eq!(endpoints(&state), ["127.0.0.1:2"]);
         assert_eq!(state.version, 3);
@@ -734,7 +728,7 @@ mod tests {
         yaml.push_str(
             "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: split, namespace: demo}\nspec:\n  parentRefs: [{name: backend}]\n  rules:\n    - matches: [{path: {type: PathPrefix, value: /api}}]\n      backendRefs: [{name: backend-v1, weight: 90}, {name: backend-v2, weight: 10}]\n      timeouts: {request: 2s}\n---\napiVersion: weft.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {name: tp, namespace: demo}\nspec:\n  targetRef: {name: backend}\n  loadBalancer: roundRobin\n  timeouts: {request: 5s}\n",
         );
-        index.apply("files", docs(&yaml));
+        index.apply("files", documents(&yaml));
         let rx = index.watch_destination(index.parse_target("backend.demo:80", "other").unwrap());
         let state = rx.borrow().clone();
         let DestinationView::Found { policy, .. } = &state.view else {
@@ -758,7 +752,7 @@ mod tests {
         let index = Index::new(IndexConfig::default());
         let mut yaml = service("backend", &["10.0.0.7:8080"]);
         yaml.push_str("apiVersion: weft.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: ap, namespace: demo}\nspec:\n  targetRef: {name: backend, port: 80}\n  mtls: strict\n  rules:\n    - from: {namespaces: [demo]}\n      to: {methods: [GET]}\n  rateLimit: {requestsPerSecond: 100, burst: 10}\n");
-        index.apply("files", docs(&yaml));
+        index.apply("files", documents(&yaml));
         let rx = index.watch_destination(Target::Address("10.0.0.7:8080".parse().unwrap()));
         assert_eq!(endpoints(&rx.borrow()), ["10.0.0.7:8080"]);
 
@@ -770,7 +764,7 @@ mod tests {
         assert_eq!(policy.mtls, api::MtlsMode::Strict as i32);
         assert_eq!(policy.rules[0].namespaces, ["demo"]);
         assert_eq!(policy.rate_limit.as_ref().unwrap().total_rps, 100.0);
-        index.apply("files", docs(&service("backend", &["10.0.0.7:8080"])));
+        index.apply("files", documents(&service("backend", &["10.0.0.7:8080"])));
         assert!(
             inbound.borrow_and_update().default_allow,
             "policy removed: default allow"
@@ -781,7 +775,7 @@ mod tests {
     fn a_pod_ip_resolves_on_each_of_its_service_ports() {
         let index = Index::new(IndexConfig::default());
         let yaml = "apiVersion: weft.dev/v1alpha1\nkind: MeshService\nmetadata: {name: broker, namespace: demo}\nspec:\n  ports: [{port: 8080}, {port: 1883, protocol: tcp}]\n  endpoints:\n    - address: 10.0.0.7:8080\n      proxy: 10.0.0.7:4143\n";
-        index.apply("files", docs(yaml));
+        index.apply("files", documents(yaml));
         let rx = index.watch_destination(Target::Address("10.0.0.7:1883".parse().unwrap()));
         let state = rx.borrow().clone();
         let DestinationView::Found {

@@ -19,4 +19,6 @@ pub mod inject;
 pub mod kubernetes;
 pub mod metrics;
 pub mod model;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod webhook;
