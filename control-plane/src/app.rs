@@ -246,11 +246,7 @@ async fn serve_admin(
                         metrics.index_stats(index.stats());
                         let mut out = String::new();
                         let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
-                        let accept = req
-                            .headers()
-                            .get(http::header::ACCEPT)
-                            .and_then(|v| v.to_str().ok());
-                        if exposition::wants_openmetrics(accept) {
+                        if openmetrics {
                             (StatusCode::OK, out)
                         } else {
                             (StatusCode::OK, exposition::openmetrics_to_text(&out))

@@ -95,6 +95,16 @@ impl ControlMetrics {
         registry.register("weft_control_build_info", "Build information", build);
     }
 
+    /// Counts one watch update sent on `api`'s streams.
+    pub fn update_sent(&self, api: &'static str, kind: &'static str) {
+        self.updates.get_or_create(&UpdateLabels { api, kind }).inc();
+    }
+
+    /// Counts one certificate request: `issued`, or why it was refused.
+    pub fn certificate(&self, result: &'static str) {
+        self.certificates.get_or_create(&CertLabels { result }).inc();
+    }
+
     /// Counts one reload that found changed config files: accepted when it
     /// found no invalid documents, else rejected, with `errors` added to
     /// the config errors.
