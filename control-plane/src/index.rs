@@ -242,11 +242,6 @@ impl Index {
             watched_destinations: inner.destinations.len(),
         }
     }
-
-    /// The SPIFFE ID of a service account.
-    pub fn identity(&self, namespace: &str, service_account: &str) -> String {
-        spiffe_id(&self.config.trust_domain, namespace, service_account)
-    }
 }
 
 pub fn spiffe_id(trust_domain: &str, namespace: &str, service_account: &str) -> String {
