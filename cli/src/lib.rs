@@ -1,8 +1,10 @@
 //! The `weft` command line: run a whole mesh locally (`weft demo`), validate
-//! config (`weft check`), inject the sidecar into manifests (`weft inject`), read golden signals (`weft stat`), the built-in sample app the demo and the
-//! benchmarks use (`weft sample-app`), and the proxy and control plane
-//! themselves (`weft proxy`, `weft control`: the same code as `weft-proxy`
-//! and `weft-control`, so one binary can start every process of the demo).
+//! config (`weft check`), inject the sidecar into manifests (`weft inject`),
+//! read golden signals (`weft stat`), print the CRDs (`weft crds`), the
+//! built-in sample app the demo and the benchmarks use (`weft sample-app`),
+//! and the proxy and control plane themselves (`weft proxy`, `weft control`:
+//! the same code as `weft-proxy` and `weft-control`, so one binary can start
+//! every process of the demo).
 //!
 //! Start at [`main`]; each command is a module.
 

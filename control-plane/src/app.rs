@@ -1,5 +1,6 @@
-//! Wiring: flags → file source + index + gRPC server + admin listener, run
-//! until SIGTERM/SIGINT.
+//! Wiring: flags → file source (+ Kubernetes source, TokenReview, admission
+//! webhook when asked) + index + gRPC server + admin listener, run until
+//! SIGTERM/SIGINT.
 
 use std::convert::Infallible;
 use std::ffi::OsString;
@@ -29,7 +30,7 @@ use crate::kubernetes::{KubernetesSource, TokenReviewer};
 use crate::metrics::ControlMetrics;
 
 /// `weft-control`: Weft's control plane. Serves discovery and policy from
-/// YAML documents to the proxies over gRPC.
+/// YAML documents and the Kubernetes API to the proxies over gRPC.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "weft-control", version)]
 pub struct Config {
@@ -245,11 +246,7 @@ async fn serve_admin(
                         metrics.index_stats(index.stats());
                         let mut out = String::new();
                         let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
-                        let accept = req
-                            .headers()
-                            .get(http::header::ACCEPT)
-                            .and_then(|v| v.to_str().ok());
-                        if exposition::wants_openmetrics(accept) {
+                        if openmetrics {
                             (StatusCode::OK, out)
                         } else {
                             (StatusCode::OK, exposition::openmetrics_to_text(&out))

@@ -220,8 +220,8 @@ impl FileSource {
             for e in &report.errors {
                 tracing::error!(error = %e, "config rejected; the last good version stays in force");
             }
-            metrics.config_reloaded(&report);
             if !report.changed_files.is_empty() {
+                metrics.config_reloaded(report.errors.len());
                 index.apply(SOURCE, self.documents());
                 metrics.index_stats(index.stats());
                 tracing::info!(
@@ -252,21 +252,9 @@ impl FileSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::TempDir;
 
     const SVC: &str = "apiVersion: weft.dev/v1alpha1\nkind: MeshService\nmetadata: {name: NAME, namespace: demo}\nspec:\n  endpoints: [{address: 127.0.0.1:8080}]\n";
-
-    struct Dir(PathBuf);
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
-    fn dir(tag: &str) -> Dir {
-        let d = std::env::temp_dir().join(format!("weft-files-{tag}-{}", std::process::id()));
-        std::fs::create_dir_all(&d).unwrap();
-        Dir(d)
-    }
 
     fn names(src: &FileSource) -> Vec<String> {
         src.documents().into_iter().map(|d| d.meta.name).collect()
@@ -274,10 +262,10 @@ mod tests {
 
     #[test]
     fn invalid_change_keeps_the_last_good_file() {
-        let d = dir("lastgood");
-        let f = d.0.join("a.yaml");
+        let d = TempDir::new();
+        let f = d.path().join("a.yaml");
         std::fs::write(&f, SVC.replace("NAME", "web")).unwrap();
-        let mut src = FileSource::new(vec![d.0.clone()]);
+        let mut src = FileSource::new(vec![d.path().to_path_buf()]);
         let r = src.reload();
         assert!(r.errors.is_empty());
         assert_eq!(names(&src), ["web"]);
@@ -309,10 +297,10 @@ mod tests {
 
     #[test]
     fn duplicate_across_files_rejects_the_later_file() {
-        let d = dir("dups");
-        std::fs::write(d.0.join("a.yaml"), SVC.replace("NAME", "web")).unwrap();
-        std::fs::write(d.0.join("b.yaml"), SVC.replace("NAME", "web")).unwrap();
-        let mut src = FileSource::new(vec![d.0.clone()]);
+        let d = TempDir::new();
+        std::fs::write(d.path().join("a.yaml"), SVC.replace("NAME", "web")).unwrap();
+        std::fs::write(d.path().join("b.yaml"), SVC.replace("NAME", "web")).unwrap();
+        let mut src = FileSource::new(vec![d.path().to_path_buf()]);
         let r = src.reload();
         assert_eq!(r.errors.len(), 1);
         assert!(r.errors[0].doc.file.ends_with("b.yaml"));

@@ -17,7 +17,7 @@ use weft_api::v1 as api;
 use weft_api::v1::destination_update::Kind;
 
 use crate::index::{DestinationState, DestinationView, Index};
-use crate::metrics::{ApiLabels, ControlMetrics, UpdateLabels};
+use crate::metrics::{ApiLabels, ControlMetrics};
 
 /// Updates queued per stream before the stream's task waits.
 pub const STREAM_QUEUE: usize = 4;
@@ -228,13 +228,7 @@ impl api::destination_server::Destination for DestinationService {
             // so the proxy does not reconnect in a loop.
             tokio::spawn(async move {
                 let _guard = guard;
-                metrics
-                    .updates
-                    .get_or_create(&UpdateLabels {
-                        api: "destination",
-                        kind: "not_found",
-                    })
-                    .inc();
+                metrics.update_sent("destination", "not_found");
                 if tx
                     .send(Ok(update(Kind::NotFound(api::NotFound {}))))
                     .await
@@ -258,13 +252,7 @@ impl api::destination_server::Destination for DestinationService {
                     if tx.send(Ok(u)).await.is_err() {
                         return;
                     }
-                    metrics
-                        .updates
-                        .get_or_create(&UpdateLabels {
-                            api: "destination",
-                            kind,
-                        })
-                        .inc();
+                    metrics.update_sent("destination", kind);
                 }
                 last = Some(current);
                 tokio::select! {
@@ -312,13 +300,7 @@ impl api::inbound_server::Inbound for InboundService {
                 if tx.send(Ok((*current).clone())).await.is_err() {
                     return;
                 }
-                metrics
-                    .updates
-                    .get_or_create(&UpdateLabels {
-                        api: "inbound",
-                        kind: "policy",
-                    })
-                    .inc();
+                metrics.update_sent("inbound", "policy");
                 tokio::select! {
                     changed = policies.changed() => if changed.is_err() { return },
                     () = tx.closed() => return,
@@ -355,20 +337,12 @@ impl api::identity_server::Identity for IdentityService {
         };
         match result {
             Ok(rsp) => {
-                self.metrics
-                    .certificates
-                    .get_or_create(&crate::metrics::CertLabels { result: "issued" })
-                    .inc();
+                self.metrics.certificate("issued");
                 tracing::debug!(identity = %req.identity, "certificate issued");
                 Ok(Response::new(rsp))
             }
             Err(refusal) => {
-                self.metrics
-                    .certificates
-                    .get_or_create(&crate::metrics::CertLabels {
-                        result: refusal.reason(),
-                    })
-                    .inc();
+                self.metrics.certificate(refusal.reason());
                 tracing::warn!(identity = %req.identity, reason = %refusal, "certificate refused");
                 Err(refusal.to_status())
             }

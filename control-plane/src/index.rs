@@ -82,18 +82,36 @@ pub struct Index {
     inner: Mutex<Inner>,
 }
 
-/// An HTTPRoute attached to a parent: (route namespace, `ns/name`, parent
-/// port, spec).
-type RouteEntry = (String, String, Option<u16>, HttpRouteSpec);
+/// An HTTPRoute as attached to one parent service.
+#[derive(Debug, Clone)]
+struct RouteEntry {
+    /// The route's own namespace (where its backends without a namespace
+    /// live).
+    namespace: String,
+    /// The route's `namespace/name`, which names its rules.
+    full_name: String,
+    /// The parent port the route is bound to; `None`: every port.
+    parent_port: Option<u16>,
+    spec: HttpRouteSpec,
+}
+
+/// An AuthorizationPolicy attached to a service.
+#[derive(Debug, Clone)]
+struct AuthzEntry {
+    /// The policy's `namespace/name`, published as a server policy source.
+    full_name: String,
+    spec: AuthorizationPolicySpec,
+}
 
 #[derive(Default)]
 struct Inner {
     sources: BTreeMap<String, Vec<Document>>,
     services: BTreeMap<(String, String), ServiceEntry>,
     traffic: BTreeMap<(String, String), TrafficPolicySpec>,
-    /// By parent service: (route `ns/name`, parent port, spec).
+    /// By parent service.
     routes: BTreeMap<(String, String), Vec<RouteEntry>>,
-    authz: BTreeMap<(String, String), Vec<(String, AuthorizationPolicySpec)>>,
+    /// By target service.
+    authz: BTreeMap<(String, String), Vec<AuthzEntry>>,
     destinations: HashMap<Target, watch::Sender<Arc<DestinationState>>>,
     inbound: HashMap<(String, u16), watch::Sender<Arc<api::ServerPolicy>>>,
 }
@@ -224,11 +242,6 @@ impl Index {
             watched_destinations: inner.destinations.len(),
         }
     }
-
-    /// The SPIFFE ID of a service account.
-    pub fn identity(&self, namespace: &str, service_account: &str) -> String {
-        spiffe_id(&self.config.trust_domain, namespace, service_account)
-    }
 }
 
 pub fn spiffe_id(trust_domain: &str, namespace: &str, service_account: &str) -> String {
@@ -280,7 +293,10 @@ impl Inner {
                         self.authz
                             .entry((doc.meta.namespace.clone(), t.name.clone()))
                             .or_default()
-                            .push((full_name, spec.clone()));
+                            .push(AuthzEntry {
+                                full_name,
+                                spec: spec.clone(),
+                            });
                     }
                 }
                 Spec::HttpRoute(spec) => {
@@ -289,12 +305,15 @@ impl Inner {
                             .namespace
                             .clone()
                             .unwrap_or_else(|| doc.meta.namespace.clone());
-                        self.routes.entry((ns, parent.name.clone())).or_default().push((
-                            doc.meta.namespace.clone(),
-                            full_name.clone(),
-                            parent.port,
-                            spec.clone(),
-                        ));
+                        self.routes
+                            .entry((ns, parent.name.clone()))
+                            .or_default()
+                            .push(RouteEntry {
+                                namespace: doc.meta.namespace.clone(),
+                                full_name: full_name.clone(),
+                                parent_port: parent.port,
+                                spec: spec.clone(),
+                            });
                     }
                 }
             }
@@ -425,14 +444,15 @@ impl Inner {
         let mut policy = api::ClientPolicy::default();
         let key = (namespace.to_string(), name.to_string());
         if let Some(routes) = self.routes.get(&key) {
-            for (route_ns, route_name, parent_port, spec) in routes {
-                if parent_port.is_some_and(|p| p != port) {
+            for route in routes {
+                if route.parent_port.is_some_and(|p| p != port) {
                     continue;
                 }
-                for (i, rule) in spec.rules.iter().enumerate() {
+                for (i, rule) in route.spec.rules.iter().enumerate() {
                     policy.routes.push(api::Route {
                         name: format!(
-                            "{route_name}/{}",
+                            "{}/{}",
+                            route.full_name,
                             rule.name.clone().unwrap_or_else(|| i.to_string())
                         ),
                         matches: rule
@@ -460,7 +480,7 @@ impl Inner {
                                     b.name,
                                     // Gateway API: a backendRef without a
                                     // namespace is in the route's.
-                                    b.namespace.as_deref().unwrap_or(route_ns),
+                                    b.namespace.as_deref().unwrap_or(&route.namespace),
                                     config.cluster_domain,
                                     b.port.unwrap_or(port)
                                 ),
@@ -527,7 +547,7 @@ impl Inner {
                     })
                 })
         };
-        for (source, spec) in self.authz.get(&key).into_iter().flatten() {
+        for AuthzEntry { full_name, spec } in self.authz.get(&key).into_iter().flatten() {
             if spec
                 .target_ref
                 .as_ref()
@@ -537,7 +557,7 @@ impl Inner {
                 continue;
             }
             policy.default_allow = false;
-            policy.sources.push(source.clone());
+            policy.sources.push(full_name.clone());
             if spec.mtls == MtlsMode::Strict {
                 policy.mtls = api::MtlsMode::Strict as i32;
             }
@@ -609,13 +629,7 @@ fn apply_traffic_policy(policy: &mut api::ClientPolicy, tp: &TrafficPolicySpec) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::parse_file;
-
-    fn docs(yaml: &str) -> Vec<Document> {
-        let (docs, errors) = parse_file("test.yaml", yaml);
-        assert!(errors.is_empty(), "{errors:?}");
-        docs
-    }
+    use crate::testing::documents;
 
     fn service(name: &str, addrs: &[&str]) -> String {
         let eps: String = addrs
@@ -667,7 +681,7 @@ mod tests {
 
         index.apply(
             "files",
-            docs(&service("backend", &["127.0.0.1:1", "127.0.0.1:2"])),
+            documents(&service("backend", &["127.0.0.1:1", "127.0.0.1:2"])),
         );
         assert!(rx.has_changed().unwrap());
         let state = rx.borrow_and_update().clone();
@@ -689,11 +703,11 @@ mod tests {
         // The same documents again: no update.
         index.apply(
             "files",
-            docs(&service("backend", &["127.0.0.1:1", "127.0.0.1:2"])),
+            documents(&service("backend", &["127.0.0.1:1", "127.0.0.1:2"])),
         );
         assert!(!rx.has_changed().unwrap());
 
-        index.apply("files", docs(&service("backend", &["127.0.0.1:2"])));
+        index.apply("files", documents(&service("backend", &["127.0.0.1:2"])));
         let state = rx.borrow_and_update().clone();
         assert_eq!(endpoints(&state), ["127.0.0.1:2"]);
         assert_eq!(state.version, 3);
@@ -709,7 +723,7 @@ mod tests {
         yaml.push_str(
             "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: split, namespace: demo}\nspec:\n  parentRefs: [{name: backend}]\n  rules:\n    - matches: [{path: {type: PathPrefix, value: /api}}]\n      backendRefs: [{name: backend-v1, weight: 90}, {name: backend-v2, weight: 10}]\n      timeouts: {request: 2s}\n---\napiVersion: weft.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {name: tp, namespace: demo}\nspec:\n  targetRef: {name: backend}\n  loadBalancer: roundRobin\n  timeouts: {request: 5s}\n",
         );
-        index.apply("files", docs(&yaml));
+        index.apply("files", documents(&yaml));
         let rx = index.watch_destination(index.parse_target("backend.demo:80", "other").unwrap());
         let state = rx.borrow().clone();
         let DestinationView::Found { policy, .. } = &state.view else {
@@ -733,7 +747,7 @@ mod tests {
         let index = Index::new(IndexConfig::default());
         let mut yaml = service("backend", &["10.0.0.7:8080"]);
         yaml.push_str("apiVersion: weft.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: ap, namespace: demo}\nspec:\n  targetRef: {name: backend, port: 80}\n  mtls: strict\n  rules:\n    - from: {namespaces: [demo]}\n      to: {methods: [GET]}\n  rateLimit: {requestsPerSecond: 100, burst: 10}\n");
-        index.apply("files", docs(&yaml));
+        index.apply("files", documents(&yaml));
         let rx = index.watch_destination(Target::Address("10.0.0.7:8080".parse().unwrap()));
         assert_eq!(endpoints(&rx.borrow()), ["10.0.0.7:8080"]);
 
@@ -745,7 +759,7 @@ mod tests {
         assert_eq!(policy.mtls, api::MtlsMode::Strict as i32);
         assert_eq!(policy.rules[0].namespaces, ["demo"]);
         assert_eq!(policy.rate_limit.as_ref().unwrap().total_rps, 100.0);
-        index.apply("files", docs(&service("backend", &["10.0.0.7:8080"])));
+        index.apply("files", documents(&service("backend", &["10.0.0.7:8080"])));
         assert!(
             inbound.borrow_and_update().default_allow,
             "policy removed: default allow"
@@ -756,7 +770,7 @@ mod tests {
     fn a_pod_ip_resolves_on_each_of_its_service_ports() {
         let index = Index::new(IndexConfig::default());
         let yaml = "apiVersion: weft.dev/v1alpha1\nkind: MeshService\nmetadata: {name: broker, namespace: demo}\nspec:\n  ports: [{port: 8080}, {port: 1883, protocol: tcp}]\n  endpoints:\n    - address: 10.0.0.7:8080\n      proxy: 10.0.0.7:4143\n";
-        index.apply("files", docs(yaml));
+        index.apply("files", documents(yaml));
         let rx = index.watch_destination(Target::Address("10.0.0.7:1883".parse().unwrap()));
         let state = rx.borrow().clone();
         let DestinationView::Found {

@@ -8,7 +8,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::files::Report;
 use crate::index::IndexStats;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -96,17 +95,23 @@ impl ControlMetrics {
         registry.register("weft_control_build_info", "Build information", build);
     }
 
-    pub fn config_reloaded(&self, report: &Report) {
-        if report.changed_files.is_empty() {
-            return;
-        }
-        let result = if report.errors.is_empty() {
-            "accepted"
-        } else {
-            "rejected"
-        };
+    /// Counts one watch update sent on `api`'s streams.
+    pub fn update_sent(&self, api: &'static str, kind: &'static str) {
+        self.updates.get_or_create(&UpdateLabels { api, kind }).inc();
+    }
+
+    /// Counts one certificate request: `issued`, or why it was refused.
+    pub fn certificate(&self, result: &'static str) {
+        self.certificates.get_or_create(&CertLabels { result }).inc();
+    }
+
+    /// Counts one reload that found changed config files: accepted when it
+    /// found no invalid documents, else rejected, with `errors` added to
+    /// the config errors.
+    pub fn config_reloaded(&self, errors: usize) {
+        let result = if errors == 0 { "accepted" } else { "rejected" };
         self.reloads.get_or_create(&ReloadLabels { result }).inc();
-        self.config_errors.inc_by(report.errors.len() as u64);
+        self.config_errors.inc_by(errors as u64);
     }
 
     pub fn index_stats(&self, s: IndexStats) {

@@ -27,6 +27,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 use weft_control::index::{DestinationView, Index, IndexConfig, Target};
 use weft_control::kubernetes::{KubernetesSource, TokenReviewer};
 use weft_control::metrics::ControlMetrics;
+use weft_control::testing::TempDir;
 
 type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
@@ -681,17 +682,14 @@ async fn token_review_round_trip_decides_certify() {
 async fn weft_control_in_kubernetes_mode_serves_grpc_watchers() {
     let api = FakeApi::start().await;
     seed(&api);
-    let dir = std::env::temp_dir().join(format!("weft-kube-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let kubeconfig = dir.join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
+    let dir = TempDir::new();
+    let kubeconfig = dir.write(
+        "kubeconfig",
+        &format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: http://{}\ncontexts:\n- name: test\n  context: {{cluster: test, user: test, namespace: shop}}\ncurrent-context: test\nusers:\n- name: test\n  user: {{}}\n",
             api.addr
         ),
-    )
-    .unwrap();
+    );
     let grpc = TcpListener::bind("127.0.0.1:0")
         .await
         .unwrap()
@@ -783,5 +781,4 @@ async fn weft_control_in_kubernetes_mode_serves_grpc_watchers() {
         }
     }
     assert!(changed, "saw the initial endpoints, then the new one");
-    let _ = std::fs::remove_dir_all(dir);
 }

@@ -13,7 +13,7 @@ use weft_api::v1::destination_update::Kind;
 use weft_control::grpc::DestinationService;
 use weft_control::index::{Index, IndexConfig};
 use weft_control::metrics::ControlMetrics;
-use weft_control::model::parse_file;
+use weft_control::testing::documents;
 
 const ENDPOINTS: usize = 400;
 const WATCHERS: usize = 20;
@@ -43,9 +43,7 @@ fn big_service(v: usize) -> Vec<weft_control::model::Document> {
             i % 256
         ));
     }
-    let (docs, errors) = parse_file("big.yaml", &yaml);
-    assert!(errors.is_empty());
-    docs
+    documents(&yaml)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,6 +14,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{json, Value};
 use weft_control::inject::InjectConfig;
+use weft_control::testing::TempDir;
 use weft_control::webhook::{review, Mode, Webhook};
 
 const HOST: &str = "weft-webhook.weft.svc";
@@ -206,24 +207,6 @@ fn malformed_reviews_are_refused_with_a_message() {
     }
 }
 
-/// A directory of this test's own, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("weft-webhook-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Writes a fresh self-signed serving certificate for [`HOST`]; returns its
 /// DER for the client's root store.
 fn write_cert(dir: &Path) -> rustls_pki_types::CertificateDer<'static> {
@@ -284,12 +267,12 @@ async fn call(
 
 #[tokio::test]
 async fn over_https_the_api_server_gets_a_patch_and_the_certificate_reloads() {
-    let dir = TempDir::new("https");
-    let root = write_cert(&dir.0);
+    let dir = TempDir::new();
+    let root = write_cert(dir.path());
     let webhook = Webhook::bind_with(
         "127.0.0.1:0".parse().unwrap(),
-        &dir.0.join("tls.crt"),
-        &dir.0.join("tls.key"),
+        &dir.path().join("tls.crt"),
+        &dir.path().join("tls.key"),
         cfg(),
     )
     .await
@@ -335,12 +318,12 @@ async fn over_https_the_api_server_gets_a_patch_and_the_certificate_reloads() {
 
     // A rotated certificate is served on the next connection; a broken
     // one keeps the last good one.
-    std::fs::write(dir.0.join("tls.crt"), "not a certificate").unwrap();
+    std::fs::write(dir.path().join("tls.crt"), "not a certificate").unwrap();
     let (status, _) = call(addr, &root, true, "POST", "/inject", body.clone())
         .await
         .unwrap();
     assert_eq!(status, 200, "the previous certificate is still served");
-    let new_root = write_cert(&dir.0);
+    let new_root = write_cert(dir.path());
     let (status, _) = call(addr, &new_root, true, "POST", "/inject", body.clone())
         .await
         .unwrap();

@@ -1,6 +1,7 @@
 //! In-test upstream apps and client helpers.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -34,6 +35,27 @@ pub fn channel_body() -> (mpsc::Sender<Frame<Bytes>>, TestBody) {
     (tx, BodyExt::boxed(StreamBody::new(stream)))
 }
 
+/// Accepts on an ephemeral port until the runtime ends, handing each
+/// connection (with the server's own address) to `handle` on a task of its
+/// own.
+async fn serve_tcp<F, Fut>(mut handle: F) -> SocketAddr
+where
+    F: FnMut(TcpStream, SocketAddr) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(handle(stream, addr));
+        }
+    });
+    addr
+}
+
 /// A running echo app: counts the connections it accepted.
 pub struct EchoApp {
     pub addr: SocketAddr,
@@ -48,26 +70,17 @@ pub struct EchoApp {
 ///   arrives, then trailers `grpc-status: 0`; path `/test.Echo/Fail` answers
 ///   trailers-only `grpc-status: 13`.
 pub async fn echo_app() -> EchoApp {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let connections = Arc::new(AtomicUsize::new(0));
     let count = connections.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            count.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection_with_upgrades(
-                        TokioIo::new(stream),
-                        service_fn(move |req| echo(req, addr)),
-                    )
-                    .await;
-            });
+    let addr = serve_tcp(move |stream, addr| {
+        count.fetch_add(1, Ordering::SeqCst);
+        async move {
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection_with_upgrades(TokioIo::new(stream), service_fn(move |req| echo(req, addr)))
+                .await;
         }
-    });
+    })
+    .await;
     EchoApp { addr, connections }
 }
 
@@ -171,81 +184,54 @@ pub fn grpc_frame(msg: &[u8]) -> Bytes {
 /// TCP echo that echoes until the client half-closes, then sends `bye` and
 /// closes.
 pub async fn tcp_echo() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
+    serve_tcp(|mut s, _| async move {
+        let mut buf = vec![0u8; 16 * 1024];
         loop {
-            let Ok((mut s, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 16 * 1024];
-                loop {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            if s.write_all(&buf[..n]).await.is_err() {
-                                return;
-                            }
-                        }
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if s.write_all(&buf[..n]).await.is_err() {
+                        return;
                     }
                 }
-                // The client half-closed: answer after its EOF, then close.
-                let _ = s.write_all(b"bye").await;
-                let _ = s.shutdown().await;
-            });
+            }
         }
-    });
-    addr
+        // The client half-closed: answer after its EOF, then close.
+        let _ = s.write_all(b"bye").await;
+        let _ = s.shutdown().await;
+    })
+    .await
 }
 
 /// A server that speaks first: sends `greeting` on accept, then echoes one
 /// line.
 pub async fn tcp_greeter(greeting: &'static [u8]) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let _ = s.write_all(greeting).await;
-                let mut buf = [0u8; 1024];
-                if let Ok(n) = s.read(&mut buf).await {
-                    let _ = s.write_all(&buf[..n]).await;
-                }
-            });
+    serve_tcp(move |mut s, _| async move {
+        let _ = s.write_all(greeting).await;
+        let mut buf = [0u8; 1024];
+        if let Ok(n) = s.read(&mut buf).await {
+            let _ = s.write_all(&buf[..n]).await;
         }
-    });
-    addr
+    })
+    .await
 }
 
 /// WebSocket echo server.
 pub async fn ws_echo() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((s, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(s).await else {
-                    return;
-                };
-                while let Some(Ok(msg)) = ws.next().await {
-                    if msg.is_close() {
-                        break;
-                    }
-                    if ws.send(msg).await.is_err() {
-                        break;
-                    }
-                }
-            });
+    serve_tcp(|s, _| async move {
+        let Ok(mut ws) = tokio_tungstenite::accept_async(s).await else {
+            return;
+        };
+        while let Some(Ok(msg)) = ws.next().await {
+            if msg.is_close() {
+                break;
+            }
+            if ws.send(msg).await.is_err() {
+                break;
+            }
         }
-    });
-    addr
+    })
+    .await
 }
 
 /// An HTTP/1.1 client connection to `addr`.
@@ -328,54 +314,48 @@ pub struct FlakyApp {
 
 impl FlakyApp {
     pub async fn start(behaviour: Behaviour) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let requests = Arc::new(AtomicUsize::new(0));
         let behaviour = Arc::new(std::sync::Mutex::new(behaviour));
         let (count, b) = (requests.clone(), behaviour.clone());
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                let (count, b) = (count.clone(), b.clone());
-                tokio::spawn(async move {
-                    let service = service_fn(move |req: Request<Incoming>| {
-                        let (count, b) = (count.clone(), b.clone());
-                        async move {
-                            count.fetch_add(1, Ordering::SeqCst);
-                            let now = b.lock().unwrap().clone();
-                            if !now.delay.is_zero() {
-                                tokio::time::sleep(now.delay).await;
-                            }
-                            let fail = now.fail_ratio > 0.0 && rand::random::<f64>() < now.fail_ratio;
-                            let grpc = req
-                                .headers()
-                                .get("content-type")
-                                .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-                            let mut rsp = Response::builder().header("x-echo-server", addr.to_string());
-                            if let Some(t) = req.headers().get("grpc-timeout") {
-                                rsp = rsp.header("x-seen-grpc-timeout", t);
-                            }
-                            // Read the request body so clients see it consumed.
-                            let _ = req.into_body().collect().await;
-                            let rsp = if grpc {
-                                rsp.header("content-type", "application/grpc")
-                                    .header("grpc-status", if fail { "14" } else { "0" })
-                                    .body(full(Bytes::new()))
-                            } else {
-                                rsp.status(if fail { now.fail_status } else { StatusCode::OK })
-                                    .body(full(Bytes::from_static(b"ok")))
-                            };
-                            Ok::<_, Infallible>(rsp.unwrap())
+        let addr = serve_tcp(move |stream, addr| {
+            let (count, b) = (count.clone(), b.clone());
+            async move {
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let (count, b) = (count.clone(), b.clone());
+                    async move {
+                        count.fetch_add(1, Ordering::SeqCst);
+                        let now = b.lock().unwrap().clone();
+                        if !now.delay.is_zero() {
+                            tokio::time::sleep(now.delay).await;
                         }
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                        let fail = now.fail_ratio > 0.0 && rand::random::<f64>() < now.fail_ratio;
+                        let grpc = req
+                            .headers()
+                            .get("content-type")
+                            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+                        let mut rsp = Response::builder().header("x-echo-server", addr.to_string());
+                        if let Some(t) = req.headers().get("grpc-timeout") {
+                            rsp = rsp.header("x-seen-grpc-timeout", t);
+                        }
+                        // Read the request body so clients see it consumed.
+                        let _ = req.into_body().collect().await;
+                        let rsp = if grpc {
+                            rsp.header("content-type", "application/grpc")
+                                .header("grpc-status", if fail { "14" } else { "0" })
+                                .body(full(Bytes::new()))
+                        } else {
+                            rsp.status(if fail { now.fail_status } else { StatusCode::OK })
+                                .body(full(Bytes::from_static(b"ok")))
+                        };
+                        Ok::<_, Infallible>(rsp.unwrap())
+                    }
                 });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
             }
-        });
+        })
+        .await;
         Self {
             addr,
             requests,

@@ -1,7 +1,7 @@
 //! The configuration model: Kubernetes-style documents (`apiVersion`,
 //! `kind`, `metadata`, `spec`) and their validation.
 //!
-//! Every source (files today, the Kubernetes API later) produces
+//! Every source (the files and the Kubernetes API) produces
 //! [`Document`]s; a document that fails validation is a [`DocError`] naming
 //! the file, the document (index and name), the field and what was expected.
 
