@@ -35,6 +35,13 @@ pub struct Workload {
     pub namespace: String,
 }
 
+/// The app a request is for.
+#[derive(Debug, Clone, Copy)]
+struct AppTarget {
+    protocol: AppProtocol,
+    addr: SocketAddr,
+}
+
 pub struct Inbound {
     /// Authorization and mTLS mode per app port.
     pub policies: Arc<Policies>,
@@ -221,14 +228,24 @@ impl Inbound {
         let obs = Observation::start(&self.telemetry, Direction::Inbound, &mut req);
         // The service this proxy fronts, from its own config: callers
         // cannot mint label values.
-        let mut target = Target {
+        let target = Target {
             service: self.workload.name.clone(),
             namespace: self.workload.namespace.clone(),
             tls: conn.tls,
             peer_identity: conn.caller.as_deref().unwrap_or_default().to_string(),
             ..Target::default()
         };
-        match self.route(req, proto, &conn, &mut target).await {
+        let (target, result) = match self.app_target(&mut req, proto, &conn) {
+            Ok(app) => (
+                Target {
+                    upstream: Some(app.addr),
+                    ..target
+                },
+                self.route(req, proto, app, &conn).await,
+            ),
+            Err(e) => (target, Err(e)),
+        };
+        match result {
             Ok(rsp) => obs.respond(target, rsp, None),
             Err(e) => {
                 tracing::info!(error = %e, reason = e.reason(), "inbound request failed");
@@ -237,23 +254,37 @@ impl Inbound {
         }
     }
 
-    async fn route(
+    /// Where a request goes: the app protocol and port a peer's mesh
+    /// headers name (which are removed), else what the connection says.
+    fn app_target(
         &self,
-        mut req: Request<Body>,
+        req: &mut Request<Body>,
         conn: AppProtocol,
         caller: &ConnInfo,
-        target: &mut Target,
-    ) -> Result<Response<Body>, ProxyError> {
+    ) -> Result<AppTarget, ProxyError> {
         let headers = req.headers_mut();
-        let app = headers
+        let protocol = headers
             .remove(WEFT_PROTO)
             .and_then(|v| AppProtocol::from_header(&v))
             .unwrap_or(conn);
         let port = headers
             .remove(WEFT_PORT)
             .and_then(|v| v.to_str().ok()?.parse::<u16>().ok());
-        let addr = self.app_addr(port.or(caller.target_port))?;
-        target.upstream = Some(addr);
+        Ok(AppTarget {
+            protocol,
+            addr: self.app_addr(port.or(caller.target_port))?,
+        })
+    }
+
+    /// Authorizes and rate-limits one request, then sends it to the app.
+    async fn route(
+        &self,
+        mut req: Request<Body>,
+        conn: AppProtocol,
+        app: AppTarget,
+        caller: &ConnInfo,
+    ) -> Result<Response<Body>, ProxyError> {
+        let addr = app.addr;
         self.policies
             .authorize(
                 addr.port(),
@@ -295,7 +326,7 @@ impl Inbound {
         }
         let authority = authority(&req);
         strip_hop_by_hop(req.headers_mut());
-        let rsp = match app {
+        let rsp = match app.protocol {
             AppProtocol::Http1 => {
                 if let Some(a) = &authority {
                     if !req.headers().contains_key(http::header::HOST) {
