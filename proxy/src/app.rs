@@ -112,7 +112,8 @@ impl Proxy {
                         format!("{host}-{}", std::process::id())
                     }),
                     idle_timeout: config.destination_idle_timeout,
-                    first_update_timeout: Duration::from_secs(2),
+                    first_update_timeout: config.discovery_timeout,
+                    cluster_domain: config.cluster_domain.clone(),
                     admin_address: admin.local_addr().map(|a| a.to_string()).unwrap_or_default(),
                 };
                 ControlDiscover::new(control.clone(), settings, control_metrics.clone())

@@ -86,6 +86,16 @@ pub struct Config {
     pub service_account: Option<String>,
     /// SPIFFE trust domain. Default `cluster.local`.
     pub trust_domain: String,
+    /// The cluster's DNS suffix. Service names under it
+    /// (`name.ns.svc.<clusterDomain>`, and `name.ns.svc`) belong to the
+    /// mesh: when the control plane does not know one, the request fails
+    /// instead of going to DNS. Default `cluster.local`.
+    pub cluster_domain: String,
+    /// How long a request waits for the control plane's first answer
+    /// about its destination before it is refused with `503
+    /// discovery-unavailable` (never sent by DNS). Default `2s`.
+    #[serde(with = "duration")]
+    pub discovery_timeout: Duration,
     /// File holding the token that proves this workload's identity to the
     /// control plane (`Identity.Certify`). With it (and `controlPlane`),
     /// connections to meshed endpoints are mTLS, and `/ready` waits for
@@ -153,6 +163,8 @@ impl Default for Config {
             workload: None,
             service_account: None,
             trust_domain: "cluster.local".into(),
+            cluster_domain: "cluster.local".into(),
+            discovery_timeout: Duration::from_secs(2),
             identity_token_file: None,
             proxy_id: None,
             destination_idle_timeout: Duration::from_secs(60),
@@ -200,6 +212,9 @@ pub struct Overrides {
     /// SPIFFE trust domain.
     #[arg(long, env = "WEFT_TRUST_DOMAIN")]
     pub trust_domain: Option<String>,
+    /// The cluster's DNS suffix (`cluster.local`).
+    #[arg(long, env = "WEFT_CLUSTER_DOMAIN")]
+    pub cluster_domain: Option<String>,
     /// Ports whose traffic is opaque TCP (repeat, or comma-separate in the
     /// env var).
     #[arg(long = "opaque-port", env = "WEFT_OPAQUE_PORTS", value_delimiter = ',')]
@@ -311,6 +326,9 @@ impl Config {
         if let Some(td) = &o.trust_domain {
             self.trust_domain = td.clone();
         }
+        if let Some(cd) = &o.cluster_domain {
+            self.cluster_domain = cd.clone();
+        }
         if !o.opaque_ports.is_empty() {
             self.opaque_ports = o.opaque_ports.clone();
         }
@@ -368,6 +386,30 @@ impl Config {
         }
         if self.connect_timeout.is_zero() {
             return err("connectTimeout", "expected a duration above zero".into());
+        }
+        if self.discovery_timeout.is_zero() || self.discovery_timeout > Duration::from_secs(60) {
+            return err(
+                "discoveryTimeout",
+                format!(
+                    "expected a duration between 1ms and 60s, got {:?}",
+                    self.discovery_timeout
+                ),
+            );
+        }
+        let domain_ok = !self.cluster_domain.is_empty()
+            && self.cluster_domain.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        if !domain_ok {
+            return err(
+                "clusterDomain",
+                format!(
+                    "expected a DNS suffix like cluster.local, got {:?}",
+                    self.cluster_domain
+                ),
+            );
         }
         if self.shutdown_grace > Duration::from_secs(3600) {
             return err("shutdownGrace", "expected at most 1h".into());

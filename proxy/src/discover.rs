@@ -245,15 +245,28 @@ impl RouteMatch {
     }
 }
 
+/// Why a name did not resolve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unresolved {
+    /// No such destination: the mesh does not know it and, for names
+    /// outside the mesh, DNS found nothing.
+    Unknown,
+    /// Discovery has not answered (yet): the mesh cannot know where the
+    /// request would go, so nothing is sent (fail closed).
+    Pending,
+}
+
+/// What a lookup found.
+pub type Resolution = Result<Arc<Destination>, Unresolved>;
+
 /// Answers "where does this service live, and how is it called?".
 pub trait Discover: Send + Sync + 'static {
-    /// The destination `host:port` names, or `None` when it cannot be
-    /// resolved at all.
+    /// The destination `host:port` names.
     fn resolve<'a>(
         &'a self,
         host: &'a str,
         port: u16,
-    ) -> Pin<Box<dyn Future<Output = Option<Arc<Destination>>> + Send + 'a>>;
+    ) -> Pin<Box<dyn Future<Output = Resolution> + Send + 'a>>;
 
     /// A JSON view of what is known, for `/config`.
     fn dump(&self) -> serde_json::Value;
@@ -312,8 +325,10 @@ impl Discover for StaticEndpoints {
         &'a self,
         host: &'a str,
         port: u16,
-    ) -> Pin<Box<dyn Future<Output = Option<Arc<Destination>>> + Send + 'a>> {
-        Box::pin(std::future::ready(self.lookup(host, port)))
+    ) -> Pin<Box<dyn Future<Output = Resolution> + Send + 'a>> {
+        Box::pin(std::future::ready(
+            self.lookup(host, port).ok_or(Unresolved::Unknown),
+        ))
     }
 
     fn dump(&self) -> serde_json::Value {
@@ -337,7 +352,7 @@ mod tests {
         ]));
         assert_eq!(&*s.resolve("web", 80).await.unwrap().endpoints, &[a]);
         assert_eq!(&*s.resolve("WEB", 8080).await.unwrap().endpoints, &[b]);
-        assert!(s.resolve("other", 80).await.is_none());
+        assert_eq!(s.resolve("other", 80).await.unwrap_err(), Unresolved::Unknown);
     }
 
     #[test]

@@ -20,6 +20,10 @@ pub enum ProxyError {
     NoAuthority,
     #[error("no endpoints for {0}")]
     NoEndpoints(String),
+    /// The control plane has not answered for the destination within the
+    /// wait: the mesh cannot know where (or how securely) it would go.
+    #[error("discovery has not answered for {0}")]
+    DiscoveryUnavailable(String),
     #[error("connecting to {addr}: {source}")]
     ConnectFailed {
         addr: SocketAddr,
@@ -87,6 +91,7 @@ impl ProxyError {
         match self {
             ProxyError::NoAuthority => "no-authority",
             ProxyError::NoEndpoints(_) => "no-endpoints",
+            ProxyError::DiscoveryUnavailable(_) => "discovery-unavailable",
             ProxyError::ConnectFailed { .. } => "connect-failed",
             ProxyError::ConnectTimeout(_) => "connect-timeout",
             ProxyError::Upstream { .. } => "upstream-failed",
@@ -107,7 +112,9 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoAuthority => StatusCode::BAD_REQUEST,
-            ProxyError::NoEndpoints(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoEndpoints(_) | ProxyError::DiscoveryUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::ConnectFailed { .. }
             | ProxyError::Upstream { .. }
             | ProxyError::UnknownAppPort(_) => StatusCode::BAD_GATEWAY,
@@ -240,6 +247,11 @@ mod tests {
         assert_eq!(rsp.status(), StatusCode::OK);
         assert_eq!(rsp.headers()["grpc-status"], "8");
         assert_eq!(rsp.headers()[WEFT_ERROR], "rate-limited");
+        let pending = ProxyError::DiscoveryUnavailable("web:80".into());
+        assert_eq!(pending.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(pending.grpc_status(), Code::Unavailable);
+        assert_eq!(pending.reason(), "discovery-unavailable");
+        assert_eq!(pending.outcome(), None, "no endpoint was involved");
         let rsp = ProxyError::Timeout(std::time::Duration::from_secs(1)).to_response(true);
         assert_eq!(rsp.headers()["grpc-status"], "4");
     }

@@ -1,6 +1,7 @@
 //! Discovery from a real `weft-control` over YAML files: endpoints follow
 //! the files, the proxy rides out control-plane outages, bad config is
-//! rejected with the last good state kept, unknown names go to DNS.
+//! rejected with the last good state kept, unknown names go to DNS, and
+//! nothing goes anywhere while the control plane has not answered.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -265,4 +266,66 @@ async fn one_shared_watch_per_destination_closed_when_idle() {
     .await;
     // And reopened on demand.
     assert_eq!(call(client.addrs.outbound, "echo").await.0, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_names_the_mesh_does_not_know_never_go_to_dns() {
+    let dir = TempDir::new();
+    dir.write("mesh.yaml", "");
+    let control = ControlProc::start(dir.path(), "127.0.0.1:0".parse().unwrap());
+    let client = client_proxy(&control);
+    for name in ["ghost.demo.svc.cluster.local", "ghost.demo.svc"] {
+        let mut c = h1_client(client.addrs.outbound).await;
+        let req = Request::get("/")
+            .header("host", name)
+            .body(full(Bytes::new()))
+            .unwrap();
+        let (status, headers, _, _) = collect(c.send_request(req).await.unwrap()).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{name}");
+        assert_eq!(headers["weft-error"], "no-endpoints", "{name}");
+    }
+    let (_, metrics) = admin_get(client.addrs.admin, "/metrics").await;
+    assert!(
+        metrics.contains(r#"weft_dns_fallback_total{result="refused"} 2"#),
+        "{metrics}"
+    );
+    assert!(!metrics.contains(r#"result="resolved""#), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_an_answer_from_the_control_plane_nothing_is_sent() {
+    // An app DNS would find (localhost), and a control plane that is not
+    // there: the request is refused, not sent to DNS's answer in plaintext.
+    let app = echo_app().await;
+    let gone = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", gone.local_addr().unwrap());
+    drop(gone);
+    let client = ProxyProc::start(&format!(
+        "controlPlane: {url}\nnamespace: demo\ndiscoveryTimeout: 300ms\n"
+    ));
+    let started = std::time::Instant::now();
+    let mut c = h1_client(client.addrs.outbound).await;
+    let req = Request::get("/")
+        .header("host", format!("localhost:{}", app.addr.port()))
+        .body(full(Bytes::new()))
+        .unwrap();
+    let (status, headers, _, _) = collect(c.send_request(req).await.unwrap()).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{}", client.logs());
+    assert_eq!(headers["weft-error"], "discovery-unavailable");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(300) && waited < Duration::from_secs(3),
+        "a bounded wait: {waited:?}"
+    );
+    assert_eq!(
+        app.connections.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "nothing reached the app"
+    );
+    let (_, metrics) = admin_get(client.addrs.admin, "/metrics").await;
+    assert!(
+        metrics.contains("weft_discovery_unavailable_total 1"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("weft_dns_fallback_total{"), "{metrics}");
 }

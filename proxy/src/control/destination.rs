@@ -9,7 +9,11 @@
 //!   meanwhile the last known state keeps serving; after reconnecting, the
 //!   first snapshot replaces it.
 //! - A name the mesh does not know is resolved through DNS and forwarded
-//!   without mesh features.
+//!   without mesh features, unless it is a name only the mesh can own
+//!   (`*.svc`, `*.svc.<cluster domain>`): those are never guessed.
+//! - A destination still unanswered after the first-update wait is
+//!   [`Unresolved::Pending`]: the request is refused (503
+//!   `discovery-unavailable`), never sent by DNS in plaintext.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -32,7 +36,7 @@ use weft_api::v1::destination_client::DestinationClient;
 use weft_api::v1::destination_update::Kind;
 
 use super::{proto, Backoff, ControlClient};
-use crate::discover::{Destination, Discover, Endpoint};
+use crate::discover::{Destination, Discover, Endpoint, Resolution, Unresolved};
 
 pub use crate::discover::EXTERNAL_SERVICE;
 
@@ -48,6 +52,19 @@ pub struct ControlSettings {
     pub idle_timeout: Duration,
     /// How long a first lookup waits for the control plane's answer.
     pub first_update_timeout: Duration,
+    /// The cluster's DNS suffix (`cluster.local`): service names under it
+    /// belong to the mesh and never fall back to DNS.
+    pub cluster_domain: String,
+}
+
+impl ControlSettings {
+    /// Whether `host` is a Kubernetes service name (`name.ns.svc`,
+    /// `name.ns.svc.<cluster domain>`): only the control plane answers
+    /// for it.
+    pub fn is_mesh_name(&self, host: &str) -> bool {
+        let host = host.trim_end_matches('.');
+        host.ends_with(".svc") || host.ends_with(&format!(".svc.{}", self.cluster_domain))
+    }
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -63,6 +80,7 @@ pub struct ControlMetrics {
     reconnects: Counter,
     updates: Counter,
     dns: Family<ResultLabels, Counter>,
+    unavailable: Counter,
 }
 
 impl ControlMetrics {
@@ -89,8 +107,13 @@ impl ControlMetrics {
         );
         registry.register(
             "weft_dns_fallback",
-            "Requests for names the mesh does not know, resolved through DNS and forwarded without mesh features",
+            "Requests for names the mesh does not know, resolved through DNS and forwarded without mesh features (refused: a service name only the mesh owns)",
             self.dns.clone(),
+        );
+        registry.register(
+            "weft_discovery_unavailable",
+            "Requests refused because the control plane had not answered for their destination within the wait",
+            self.unavailable.clone(),
         );
     }
 }
@@ -203,7 +226,7 @@ impl ControlDiscover {
         entry
     }
 
-    async fn lookup(&self, host: &str, port: u16) -> Option<Arc<Destination>> {
+    async fn lookup(&self, host: &str, port: u16) -> Resolution {
         let entry = self.entry(&format!("{host}:{port}"));
         let mut rx = entry.rx.clone();
         let state = match tokio::time::timeout(
@@ -216,11 +239,20 @@ impl ControlDiscover {
             _ => State::Pending,
         };
         match state {
-            State::Found(d) => Some(d),
-            State::NotFound => self.dns(host, port).await,
+            State::Found(d) => Ok(d),
+            State::NotFound if self.settings.is_mesh_name(host) => {
+                self.metrics
+                    .dns
+                    .get_or_create(&ResultLabels { result: "refused" })
+                    .inc();
+                tracing::debug!(%host, "a service name the mesh does not know; not asking DNS");
+                Err(Unresolved::Unknown)
+            }
+            State::NotFound => self.dns(host, port).await.ok_or(Unresolved::Unknown),
             State::Pending => {
-                tracing::warn!(%host, "no answer from the control plane yet; trying DNS");
-                self.dns(host, port).await
+                self.metrics.unavailable.inc();
+                tracing::warn!(%host, wait = ?self.settings.first_update_timeout, "no answer from the control plane; refusing");
+                Err(Unresolved::Pending)
             }
         }
     }
@@ -274,7 +306,7 @@ impl Discover for ControlDiscover {
         &'a self,
         host: &'a str,
         port: u16,
-    ) -> Pin<Box<dyn Future<Output = Option<Arc<Destination>>> + Send + 'a>> {
+    ) -> Pin<Box<dyn Future<Output = Resolution> + Send + 'a>> {
         Box::pin(self.lookup(host, port))
     }
 
@@ -399,6 +431,64 @@ fn apply(state: &mut StreamState, kind: Kind, prev: Option<&Destination>) -> Sta
 mod tests {
     use super::*;
     use crate::discover::Backend;
+
+    fn settings(first_update_timeout: Duration) -> ControlSettings {
+        ControlSettings {
+            namespace: "demo".into(),
+            proxy_id: "test".into(),
+            admin_address: String::new(),
+            idle_timeout: Duration::from_secs(60),
+            first_update_timeout,
+            cluster_domain: "cluster.local".into(),
+        }
+    }
+
+    #[test]
+    fn service_names_belong_to_the_mesh() {
+        let s = settings(Duration::from_secs(1));
+        for name in [
+            "web.demo.svc",
+            "web.demo.svc.cluster.local",
+            "web.demo.svc.cluster.local.",
+        ] {
+            assert!(s.is_mesh_name(name), "{name}");
+        }
+        for name in [
+            "web",
+            "web.demo",
+            "example.com",
+            "svc.example.com",
+            "web.demo.svc.other.domain",
+        ] {
+            assert!(!s.is_mesh_name(name), "{name}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unanswered_lookup_is_pending_not_dns() {
+        // A control plane nobody listens for: every watch stays pending.
+        let gone = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", gone.local_addr().unwrap());
+        drop(gone);
+        let metrics = ControlMetrics::default();
+        let d = ControlDiscover::new(
+            ControlClient::new(&url).unwrap(),
+            settings(Duration::from_millis(100)),
+            metrics.clone(),
+        );
+        let started = Instant::now();
+        assert_eq!(d.resolve("localhost", 80).await.unwrap_err(), Unresolved::Pending);
+        assert!(started.elapsed() >= Duration::from_millis(100));
+        assert_eq!(metrics.unavailable.get(), 1);
+        assert_eq!(
+            metrics
+                .dns
+                .get_or_create(&ResultLabels { result: "resolved" })
+                .get(),
+            0,
+            "DNS was not asked"
+        );
+    }
 
     fn ep(addr: &str) -> api::Endpoint {
         api::Endpoint {

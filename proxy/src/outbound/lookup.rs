@@ -9,6 +9,9 @@
 //!   travels unchanged.
 //! - Redirected non-HTTP goes to the original destination (see
 //!   [`super::tunnel`]).
+//! - While discovery has not answered for a name or address, nothing is
+//!   sent (`503 discovery-unavailable`): it might be a meshed destination,
+//!   and guessing would mean plaintext.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,7 +20,7 @@ use http::uri::Authority;
 use http::Uri;
 
 use super::Outbound;
-use crate::discover::{Destination, Endpoint, EXTERNAL_SERVICE};
+use crate::discover::{Destination, Endpoint, Unresolved, EXTERNAL_SERVICE};
 use crate::errors::ProxyError;
 use crate::http::host_port;
 
@@ -56,13 +59,19 @@ impl Outbound {
         };
         if let Some(authority) = &named {
             let (host, port) = host_port(authority, uri);
-            if let Some(dest) = self.discover.resolve(&host, port).await.filter(|d| d.meshed) {
-                return Ok(Named {
-                    authority: authority.clone(),
-                    host,
-                    port,
-                    dest,
-                });
+            match self.discover.resolve(&host, port).await {
+                Ok(dest) if dest.meshed => {
+                    return Ok(Named {
+                        authority: authority.clone(),
+                        host,
+                        port,
+                        dest,
+                    })
+                }
+                Err(Unresolved::Pending) => {
+                    return Err(ProxyError::DiscoveryUnavailable(format!("{host}:{port}")))
+                }
+                Ok(_) | Err(Unresolved::Unknown) => {}
             }
         }
         let authority = match named {
@@ -73,28 +82,34 @@ impl Outbound {
             authority,
             host: dst.ip().to_string(),
             port: dst.port(),
-            dest: self.resolve_addr(dst).await,
+            dest: self.resolve_addr(dst).await?,
         })
     }
 
     /// The destination `host:port` names; none is an error.
     pub(super) async fn resolve(&self, host: &str, port: u16) -> Result<Arc<Destination>, ProxyError> {
-        self.discover
-            .resolve(host, port)
-            .await
-            .ok_or_else(|| ProxyError::NoEndpoints(format!("{host}:{port}")))
+        self.discover.resolve(host, port).await.map_err(|e| {
+            let target = format!("{host}:{port}");
+            match e {
+                Unresolved::Unknown => ProxyError::NoEndpoints(target),
+                Unresolved::Pending => ProxyError::DiscoveryUnavailable(target),
+            }
+        })
     }
 
     /// The destination behind an original `ip:port`: a meshed endpoint (or
     /// service) when discovery knows it, else the address itself, unmeshed.
-    pub(super) async fn resolve_addr(&self, dst: SocketAddr) -> Arc<Destination> {
+    /// While discovery has not answered, nothing: the address may be a
+    /// meshed endpoint that must not be called in plaintext.
+    pub(super) async fn resolve_addr(&self, dst: SocketAddr) -> Result<Arc<Destination>, ProxyError> {
         match self.discover.resolve(&dst.ip().to_string(), dst.port()).await {
-            Some(d) if !d.endpoints.is_empty() => d,
-            _ => {
+            Ok(d) if !d.endpoints.is_empty() => Ok(d),
+            Err(Unresolved::Pending) => Err(ProxyError::DiscoveryUnavailable(dst.to_string())),
+            Ok(_) | Err(Unresolved::Unknown) => {
                 let mut d =
                     Destination::from_endpoints(EXTERNAL_SERVICE, Arc::from([Endpoint::unmeshed(dst)]));
                 d.meshed = false;
-                Arc::new(d)
+                Ok(Arc::new(d))
             }
         }
     }

@@ -86,7 +86,14 @@ impl Outbound {
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let dest = self.resolve_addr(dst).await;
+        let dest = match self.resolve_addr(dst).await {
+            Ok(dest) => dest,
+            Err(e) => {
+                guard.detected(Detected::Opaque);
+                tracing::info!(%dst, error = %e, "outbound TCP refused; closing");
+                return;
+            }
+        };
         let endpoint = match pick(&dest, None) {
             Ok(p) => p.endpoint,
             Err(e) => {
