@@ -60,10 +60,6 @@ impl Watch {
         let _ = rx.wait_for(|draining| *draining).await;
     }
 
-    pub fn is_draining(&self) -> bool {
-        *self.rx.borrow()
-    }
-
     /// Spawns a task that the drain waits for.
     pub fn spawn<F>(&self, fut: F) -> tokio::task::JoinHandle<F::Output>
     where
