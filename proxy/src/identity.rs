@@ -112,7 +112,9 @@ impl Identity {
     async fn renew(&self, client: &mut IdentityClient<Channel>) -> Result<Arc<Creds>, IdentityError> {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
             .map_err(|e| IdentityError::Csr(e.to_string()))?;
+        // Only the SPIFFE ID: the CA sets the subject and everything else.
         let mut params = CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
         let uri = self
             .id
             .as_str()
