@@ -209,7 +209,7 @@ impl Ca {
             });
         }
         let der = CertificateSigningRequestDer::from(csr.to_vec());
-        let mut req =
+        let req =
             CertificateSigningRequestParams::from_der(&der).map_err(|e| Refusal::BadCsr(e.to_string()))?;
         let wanted = SanType::URI(allowed.as_str().try_into().map_err(|_| Refusal::CsrIdentity {
             expected: allowed.clone(),
@@ -217,20 +217,14 @@ impl Ca {
         if req.params.subject_alt_names != [wanted.clone()] {
             return Err(Refusal::CsrIdentity { expected: allowed });
         }
-        let now = time::OffsetDateTime::now_utc();
-        let p = &mut req.params;
-        p.subject_alt_names = vec![wanted];
-        p.is_ca = IsCa::ExplicitNoCa;
-        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        p.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        p.not_before = now - time::Duration::minutes(1);
-        p.not_after =
-            now + time::Duration::try_from(self.lifetime).map_err(|e| Refusal::Signing(e.to_string()))?;
-        p.use_authority_key_identifier_extension = true;
-        let cert = req
+        // Only the public key comes from the CSR (and the SAN, checked
+        // above): subject, usages, basic constraints and every other
+        // extension are the CA's, whatever the CSR asked for.
+        let issued = CertificateSigningRequestParams {
+            params: self.workload_params(wanted)?,
+            public_key: req.public_key,
+        };
+        let cert = issued
             .signed_by(&self.issuer)
             .map_err(|e| Refusal::Signing(e.to_string()))?;
         let valid_until = SystemTime::now() + self.lifetime;
@@ -246,6 +240,30 @@ impl Ca {
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs() as i64),
         })
+    }
+
+    /// What every workload certificate says besides its key: an empty
+    /// subject (the identity is the SPIFFE ID in the URI SAN, which is then
+    /// critical, as X.509-SVIDs do), not a CA, digital signatures for TLS
+    /// client and server authentication, valid from a minute ago (clock
+    /// skew) for the configured lifetime.
+    fn workload_params(&self, san: SanType) -> Result<CertificateParams, Refusal> {
+        let now = time::OffsetDateTime::now_utc();
+        let not_after =
+            now + time::Duration::try_from(self.lifetime).map_err(|e| Refusal::Signing(e.to_string()))?;
+        let mut p = CertificateParams::default();
+        p.distinguished_name = DistinguishedName::new();
+        p.subject_alt_names = vec![san];
+        p.is_ca = IsCa::ExplicitNoCa;
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        p.not_before = now - time::Duration::minutes(1);
+        p.not_after = not_after;
+        p.use_authority_key_identifier_extension = true;
+        Ok(p)
     }
 }
 
@@ -289,6 +307,64 @@ mod tests {
         assert!((60..=130).contains(&lifetime), "{lifetime}");
         assert_eq!(rsp.trust_anchors.len(), 1);
         assert!(!cert.is_ca());
+    }
+
+    /// A CSR that asks for more than its SPIFFE ID: an admin subject, CA
+    /// powers, certificate signing, code signing.
+    fn greedy_csr() -> Vec<u8> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, "admin");
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "system:masters");
+        params.subject_alt_names = vec![SanType::URI(WEB.try_into().unwrap())];
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::CodeSigning];
+        params.serialize_request(&key).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn the_ca_sets_subject_usages_and_constraints_never_the_csr() {
+        let ca = ca();
+        let rsp = ca.certify(WEB, &greedy_csr(), "web-token-0123456789").unwrap();
+        let (_, cert) = x509_parser::parse_x509_certificate(&rsp.certificate).unwrap();
+        assert_eq!(
+            cert.subject().iter().count(),
+            0,
+            "empty subject: {}",
+            cert.subject()
+        );
+        assert!(!cert.is_ca());
+        let ku = cert.key_usage().unwrap().unwrap().value;
+        assert!(ku.digital_signature());
+        assert!(!ku.key_cert_sign() && !ku.crl_sign());
+        let eku = cert.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.server_auth && eku.client_auth);
+        assert!(!eku.code_signing && !eku.any && eku.other.is_empty());
+        let san = cert.subject_alternative_name().unwrap().unwrap();
+        assert!(
+            san.critical,
+            "with an empty subject the SAN is critical (RFC 5280 4.2.1.6)"
+        );
+        use x509_parser::oid_registry as oid;
+        let mut extensions: Vec<String> = cert.extensions().iter().map(|e| e.oid.to_id_string()).collect();
+        extensions.sort();
+        let mut expected: Vec<String> = [
+            oid::OID_X509_EXT_SUBJECT_ALT_NAME,
+            oid::OID_X509_EXT_KEY_USAGE,
+            oid::OID_X509_EXT_EXTENDED_KEY_USAGE,
+            oid::OID_X509_EXT_BASIC_CONSTRAINTS,
+            oid::OID_X509_EXT_AUTHORITY_KEY_IDENTIFIER,
+            oid::OID_X509_EXT_SUBJECT_KEY_IDENTIFIER,
+        ]
+        .iter()
+        .map(|o| o.to_id_string())
+        .collect();
+        expected.sort();
+        assert_eq!(extensions, expected, "only the extensions the CA chose");
     }
 
     #[test]

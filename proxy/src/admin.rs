@@ -3,8 +3,8 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use http::{header, Method, Response, StatusCode};
@@ -16,11 +16,12 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
 use crate::http::{full_body, Body};
+use crate::readiness::Readiness;
 
 /// What the admin endpoints read and trigger.
 pub struct Admin {
-    /// True once startup is done; false again when draining.
-    pub ready: Arc<AtomicBool>,
+    /// What `/ready` answers.
+    pub ready: Arc<Readiness>,
     pub registry: Arc<Registry>,
     /// Produces the `/config` document.
     pub config: Box<dyn Fn() -> serde_json::Value + Send + Sync>,
@@ -64,13 +65,10 @@ impl Admin {
     fn handle(&self, method: &Method, path: &str, accept: Option<&str>, peer: SocketAddr) -> Response<Body> {
         match (method, path) {
             (&Method::GET, "/live") => text(StatusCode::OK, "live\n"),
-            (&Method::GET, "/ready") => {
-                if self.ready.load(Ordering::Acquire) {
-                    text(StatusCode::OK, "ready\n")
-                } else {
-                    text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
-                }
-            }
+            (&Method::GET, "/ready") => match self.ready.check(SystemTime::now()) {
+                Ok(()) => text(StatusCode::OK, "ready\n"),
+                Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
+            },
             (&Method::GET, "/metrics") => {
                 use weft_api::exposition;
                 let om = crate::metrics::render(&self.registry);
@@ -129,8 +127,10 @@ mod tests {
     use super::*;
 
     fn admin() -> Admin {
+        let ready = Readiness::new(None);
+        ready.started();
         Admin {
-            ready: Arc::new(AtomicBool::new(true)),
+            ready: Arc::new(ready),
             registry: Arc::new(Registry::default()),
             config: Box::new(|| serde_json::json!({"ok": true})),
             shutdown: Arc::new(Notify::new()),
@@ -168,7 +168,7 @@ mod tests {
             a.handle(&Method::GET, "/ready", None, local).status(),
             StatusCode::OK
         );
-        a.ready.store(false, Ordering::Release);
+        a.ready.drain();
         assert_eq!(
             a.handle(&Method::GET, "/ready", None, local).status(),
             StatusCode::SERVICE_UNAVAILABLE

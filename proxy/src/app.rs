@@ -6,7 +6,6 @@ use std::ffi::OsString;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,11 +20,12 @@ use crate::config::{Config, ConfigError, LogFormat, Overrides};
 use crate::control::{watch_inbound, ControlClient, ControlDiscover, ControlMetrics, ControlSettings};
 use crate::discover::{Discover, StaticEndpoints};
 use crate::drain;
-use crate::identity::Identity;
+use crate::identity::{Identity, TokenFile};
 use crate::inbound::{Inbound, Workload};
 use crate::metrics::Metrics;
 use crate::outbound::Outbound;
 use crate::policy::Policies;
+use crate::readiness::Readiness;
 use crate::server::HttpSettings;
 use crate::telemetry::{AccessLog, Telemetry};
 
@@ -123,16 +123,15 @@ impl Proxy {
         };
         let identity = match (&config.identity_token_file, &control) {
             (Some(file), Some(_)) => {
-                let token = std::fs::read_to_string(file)
-                    .map_err(|e| {
-                        ConfigError::new(
-                            "flags",
-                            "identityTokenFile",
-                            format!("cannot read {}: {e}", file.display()),
-                        )
-                    })?
-                    .trim()
-                    .to_string();
+                // Read now so a bad path fails at start; read again before
+                // every certificate request, since the token rotates.
+                let token = TokenFile::open(file).map_err(|e| {
+                    ConfigError::new(
+                        "flags",
+                        "identityTokenFile",
+                        format!("cannot read {}: {e}", file.display()),
+                    )
+                })?;
                 Some(Identity::new(config.spiffe_id(), token))
             }
             _ => None,
@@ -205,6 +204,11 @@ impl Proxy {
                 "When this proxy's certificate expires (Unix time)",
                 id.expiry.clone(),
             );
+            registry.register(
+                "weft_identity_renewal_failures",
+                "Certificate requests to the control plane that failed (the first one and renewals)",
+                id.failures.clone(),
+            );
             tokio::spawn(id.clone().run(control.clone()));
         }
         let clients = Clients::new(config.connect_timeout, identity.clone());
@@ -213,7 +217,7 @@ impl Proxy {
             header_read_timeout: Duration::from_secs(30),
         };
 
-        let ready = Arc::new(AtomicBool::new(false));
+        let ready = Arc::new(Readiness::new(identity.clone()));
         let shutdown_requested = Arc::new(Notify::new());
         let discover = self.discover.clone();
         let dump_config = config.clone();
@@ -261,8 +265,9 @@ impl Proxy {
         });
         tokio::spawn(outbound.serve(self.outbound));
         tokio::spawn(inbound.serve(self.inbound));
-        // Ready once listening, holding a certificate (with an identity),
-        // and knowing every app port's policy (with a workload).
+        // Started once listening, holding a first certificate (with an
+        // identity), and knowing every app port's policy (with a workload);
+        // after that, ready while the certificate is fresh (readiness.rs).
         {
             let ready = ready.clone();
             let policies = policies.clone();
@@ -271,7 +276,7 @@ impl Proxy {
                     id.ready().await;
                 }
                 policies.ready().await;
-                ready.store(true, Ordering::Release);
+                ready.started();
             });
         }
 
@@ -279,7 +284,7 @@ impl Proxy {
             () = shutdown => {}
             () = shutdown_requested.notified() => {}
         }
-        ready.store(false, Ordering::Release);
+        ready.drain();
         tracing::info!(grace = ?config.shutdown_grace, "draining: listeners closed, finishing in-flight work");
         let left = signal.drain(config.shutdown_grace).await;
         if left == 0 {

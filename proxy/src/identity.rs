@@ -1,15 +1,23 @@
 //! The proxy's workload identity: an ECDSA P-256 key made in memory (never
 //! written anywhere), a certificate for its SPIFFE ID from the control
 //! plane's `Identity.Certify` (over the shared [`ControlClient`]), renewed
-//! at ~70% of its lifetime (with jitter; a failure is retried after a
-//! [`Backoff`], 400 ms → 10 s), and the rustls configs built from it.
+//! at ~70% of its lifetime (with jitter; a failure is counted and retried
+//! after a [`Backoff`], 400 ms → 10 s, until one succeeds), and the rustls
+//! configs built from it.
+//!
+//! The token is read from its file before every request ([`TokenFile`]):
+//! Kubernetes rotates projected tokens long before a certificate is due
+//! for renewal.
 //!
 //! New connections use the newest certificate; open ones keep theirs.
+//! [`Identity::state`] says whether the certificate is still [`CertState::Fresh`]
+//! (more than [`UNREADY_WHEN_LEFT`] of its lifetime left); `/ready` needs it.
 
-use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use rcgen::{CertificateParams, KeyPair, SanType};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -33,22 +41,103 @@ pub struct Creds {
     pub client_h2: Arc<ClientConfig>,
     pub client_tcp: Arc<ClientConfig>,
     pub server: Arc<ServerConfig>,
+    /// When the certificate arrived: its usable lifetime starts here.
+    pub received: SystemTime,
     pub valid_until: SystemTime,
+}
+
+/// `/ready` turns 503 when less than this share of the certificate's
+/// lifetime is left (2.4 h of 24 h). Renewal starts at 60–80%, so only
+/// renewals failing for a fifth of the lifetime or more get here.
+pub const UNREADY_WHEN_LEFT: f64 = 0.1;
+
+/// How usable the current certificate is at some instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertState {
+    /// None issued yet.
+    Pending,
+    /// More than [`UNREADY_WHEN_LEFT`] of its lifetime left.
+    Fresh,
+    /// Still valid for `left`, but renewal is overdue.
+    Expiring {
+        left: Duration,
+    },
+    Expired,
+}
+
+impl CertState {
+    /// The state of a certificate received at `received` and valid until
+    /// `valid_until`, at `now`.
+    pub fn at(received: SystemTime, valid_until: SystemTime, now: SystemTime) -> Self {
+        let lifetime = valid_until.duration_since(received).unwrap_or_default();
+        match valid_until.duration_since(now) {
+            Ok(left) if left > lifetime.mul_f64(UNREADY_WHEN_LEFT) => CertState::Fresh,
+            Ok(left) if !left.is_zero() => CertState::Expiring { left },
+            _ => CertState::Expired,
+        }
+    }
+}
+
+impl std::fmt::Display for CertState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CertState::Pending => f.write_str("no certificate yet"),
+            CertState::Fresh => f.write_str("certificate valid"),
+            CertState::Expiring { left } => write!(
+                f,
+                "certificate expires in {:.1}s and has not been renewed",
+                left.as_secs_f64()
+            ),
+            CertState::Expired => f.write_str("certificate expired"),
+        }
+    }
+}
+
+/// The file holding the token that proves this workload's identity (a
+/// projected ServiceAccount token in Kubernetes, rewritten by the kubelet
+/// as it rotates). Read afresh for every certificate request.
+#[derive(Debug, Clone)]
+pub struct TokenFile {
+    path: PathBuf,
+}
+
+impl TokenFile {
+    /// Checks once that the file can be read (so a bad path fails at start).
+    pub fn open(path: &Path) -> std::io::Result<Self> {
+        let file = Self {
+            path: path.to_path_buf(),
+        };
+        file.read()?;
+        Ok(file)
+    }
+
+    /// The token now in the file, without surrounding whitespace.
+    pub fn read(&self) -> std::io::Result<String> {
+        Ok(std::fs::read_to_string(&self.path)?.trim().to_string())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
 }
 
 pub struct Identity {
     /// `spiffe://<trust-domain>/ns/<ns>/sa/<sa>`
     pub id: String,
-    token: String,
+    token: TokenFile,
     current: RwLock<Option<Arc<Creds>>>,
     ready: tokio::sync::watch::Sender<bool>,
     /// Unix time the current certificate expires.
     pub expiry: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Certificate requests that failed (the first one and renewals).
+    pub failures: Counter,
     provider: Arc<CryptoProvider>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
+    #[error("cannot read the token file {path}: {source}")]
+    Token { path: PathBuf, source: std::io::Error },
     #[error("the control plane refused the certificate: {0}")]
     Refused(tonic::Status),
     #[error("building the certificate request: {0}")]
@@ -58,13 +147,14 @@ pub enum IdentityError {
 }
 
 impl Identity {
-    pub fn new(id: String, token: String) -> Arc<Self> {
+    pub fn new(id: String, token: TokenFile) -> Arc<Self> {
         Arc::new(Self {
             id,
             token,
             current: RwLock::new(None),
             ready: tokio::sync::watch::channel(false).0,
             expiry: Gauge::default(),
+            failures: Counter::default(),
             provider: Arc::new(rustls::crypto::ring::default_provider()),
         })
     }
@@ -74,13 +164,23 @@ impl Identity {
         self.current.read().expect("identity lock").clone()
     }
 
+    /// How usable the current certificate is at `now`.
+    pub fn state(&self, now: SystemTime) -> CertState {
+        match self.current() {
+            Some(creds) => CertState::at(creds.received, creds.valid_until, now),
+            None => CertState::Pending,
+        }
+    }
+
     /// Resolves once the first certificate is in.
     pub async fn ready(&self) {
         let mut rx = self.ready.subscribe();
         let _ = rx.wait_for(|r| *r).await;
     }
 
-    /// Obtains a certificate, then keeps renewing it. Never returns.
+    /// Obtains a certificate, then keeps renewing it; a failed request is
+    /// retried after a jittered backoff for as long as it takes, also past
+    /// the certificate's expiry. Never returns.
     pub async fn run(self: Arc<Self>, control: ControlClient) {
         let mut client = control.identity();
         let mut backoff = Backoff::new(Duration::from_millis(400), Duration::from_secs(10));
@@ -101,8 +201,10 @@ impl Identity {
                     tokio::time::sleep(at).await;
                 }
                 Err(e) => {
+                    self.failures.inc();
                     let wait = backoff.next_wait();
-                    tracing::warn!(identity = %self.id, error = %e, retry_in = ?wait, "certificate request failed");
+                    let state = self.state(SystemTime::now());
+                    tracing::warn!(identity = %self.id, error = %e, retry_in = ?wait, %state, "certificate request failed");
                     tokio::time::sleep(wait).await;
                 }
             }
@@ -110,9 +212,15 @@ impl Identity {
     }
 
     async fn renew(&self, client: &mut IdentityClient<Channel>) -> Result<Arc<Creds>, IdentityError> {
+        let token = self.token.read().map_err(|source| IdentityError::Token {
+            path: self.token.path().to_path_buf(),
+            source,
+        })?;
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
             .map_err(|e| IdentityError::Csr(e.to_string()))?;
+        // Only the SPIFFE ID: the CA sets the subject and everything else.
         let mut params = CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
         let uri = self
             .id
             .as_str()
@@ -126,7 +234,7 @@ impl Identity {
             .certify(api::CertifyRequest {
                 identity: self.id.clone(),
                 csr: csr.der().to_vec(),
-                token: self.token.clone(),
+                token,
             })
             .await
             .map_err(IdentityError::Refused)?
@@ -190,6 +298,7 @@ impl Identity {
             client_h2: client(ALPN_H2)?,
             client_tcp: client(ALPN_TCP)?,
             server: Arc::new(server),
+            received: SystemTime::now(),
             valid_until: SystemTime::UNIX_EPOCH + Duration::from_secs(rsp.valid_until.max(0) as u64),
         })
     }
@@ -312,11 +421,6 @@ pub fn is_identity_mismatch(e: &std::io::Error) -> bool {
         .is_some_and(|e| matches!(e, rustls::Error::InvalidCertificate(_)))
 }
 
-/// For logs: who is on the other side of an accepted TLS connection.
-pub fn describe_peer(peer: SocketAddr, id: Option<&str>) -> String {
-    format!("{peer} ({})", id.unwrap_or("no identity"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -328,5 +432,46 @@ mod tests {
         assert_eq!(spiffe_id_from_server_name(&name).as_deref(), Some(id));
         assert!(server_name_for("spiffe://cluster.local/ns/demo").is_none());
         assert!(server_name_for("https://example.com").is_none());
+    }
+
+    #[test]
+    fn a_certificate_stops_being_fresh_with_a_tenth_of_its_lifetime_left() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let until = t0 + Duration::from_secs(100);
+        let at = |s: f64| CertState::at(t0, until, t0 + Duration::from_secs_f64(s));
+        assert_eq!(at(0.0), CertState::Fresh);
+        assert_eq!(at(80.0), CertState::Fresh, "renewal is due, not overdue");
+        assert_eq!(at(89.9), CertState::Fresh);
+        assert_eq!(
+            at(90.5),
+            CertState::Expiring {
+                left: Duration::from_secs_f64(9.5)
+            }
+        );
+        assert_eq!(at(100.0), CertState::Expired);
+        assert_eq!(at(150.0), CertState::Expired);
+        let day = Duration::from_secs(24 * 3600);
+        let left = |d: Duration| CertState::at(t0, t0 + day, t0 + day - d);
+        assert_eq!(left(Duration::from_secs(3 * 3600)), CertState::Fresh);
+        assert!(
+            matches!(left(Duration::from_secs(2 * 3600)), CertState::Expiring { .. }),
+            "24 h certificates: not ready with 2.4 h left"
+        );
+    }
+
+    #[test]
+    fn the_token_file_is_read_afresh() {
+        let dir = std::env::temp_dir().join(format!("weft-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("token");
+        assert!(TokenFile::open(&path).is_err(), "a missing file fails at start");
+        std::fs::write(&path, "first-token\n").unwrap();
+        let file = TokenFile::open(&path).unwrap();
+        assert_eq!(file.read().unwrap(), "first-token");
+        std::fs::write(&path, "  second-token\n").unwrap();
+        assert_eq!(file.read().unwrap(), "second-token");
+        std::fs::remove_file(&path).unwrap();
+        assert!(file.read().is_err());
+        let _ = std::fs::remove_dir(&dir);
     }
 }

@@ -34,6 +34,7 @@ pub mod metrics;
 pub mod orig_dst;
 pub mod outbound;
 pub mod policy;
+pub mod readiness;
 pub mod resilience;
 pub mod server;
 pub mod tcp;

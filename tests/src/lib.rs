@@ -10,8 +10,10 @@ pub mod apps;
 pub mod bed;
 pub mod netns;
 pub mod proc;
+pub mod token_review;
 
 pub use proc::{bin, ControlProc, Proc, ProxyProc, TempDir};
+pub use token_review::TokenReviewApi;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -240,7 +240,17 @@ impl ControlProc {
 
     /// As [`start`](Self::start), with extra flags.
     pub fn start_with(config: &Path, grpc: SocketAddr, extra: &[&str]) -> Self {
+        Self::start_with_env(config, grpc, extra, &[])
+    }
+
+    /// As [`start_with`](Self::start_with), with environment variables
+    /// (e.g. `KUBECONFIG` for `--token-review`). The ones that would point
+    /// it at a real cluster are removed.
+    pub fn start_with_env(config: &Path, grpc: SocketAddr, extra: &[&str], env: &[(&str, &Path)]) -> Self {
         let mut cmd = Command::new(bin("weft-control"));
+        cmd.env_remove("KUBERNETES_SERVICE_HOST")
+            .env_remove("KUBECONFIG")
+            .envs(env.iter().copied());
         cmd.args(extra);
         cmd.arg("--config")
             .arg(config)
