@@ -206,7 +206,8 @@ impl FileSource {
         out
     }
 
-    /// Loads, then polls every `interval` until the task is dropped; a
+    /// Loads (the index counts this source synced after that first
+    /// apply), then polls every `interval` until the task is dropped; a
     /// change is applied once the files have been quiet for `debounce`.
     pub async fn run(
         mut self,
@@ -215,12 +216,16 @@ impl FileSource {
         interval: Duration,
         debounce: Duration,
     ) {
+        let mut first = true;
         loop {
             let report = self.reload();
             for e in &report.errors {
                 tracing::error!(error = %e, "config rejected; the last good version stays in force");
             }
-            if !report.changed_files.is_empty() {
+            // The first load is applied even when it found no files: that
+            // is this source's first view, which the index waits for.
+            if first || !report.changed_files.is_empty() {
+                first = false;
                 metrics.config_reloaded(report.errors.len());
                 index.apply(SOURCE, self.documents());
                 metrics.index_stats(index.stats());
@@ -230,7 +235,6 @@ impl FileSource {
                     "config applied"
                 );
             }
-            metrics.set_ready();
             // Wait for a change, then for the writes to settle.
             loop {
                 tokio::time::sleep(interval).await;

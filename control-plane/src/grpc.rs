@@ -7,6 +7,12 @@
 //! state, so memory stays bounded, and when the reader catches up it gets
 //! one update covering everything it missed (a fresh snapshot when it
 //! skipped versions).
+//!
+//! No stream answers from an unsynced index: each task first waits for
+//! [`Index::synced`], so a watch opened while a source is still listing
+//! gets nothing (the proxy keeps the destination pending and the inbound
+//! port denied) instead of a NotFound or allow-all built from a partial
+//! mesh.
 
 use std::sync::Arc;
 
@@ -34,6 +40,20 @@ pub struct DestinationService {
 /// Resolves once `closing` turns true (or its sender is gone).
 async fn closed(mut closing: tokio::sync::watch::Receiver<bool>) {
     let _ = closing.wait_for(|c| *c).await;
+}
+
+/// Waits until `index` is synced; false when the stream ended first
+/// (the client went away, or the server is closing).
+async fn wait_synced<T>(
+    index: &Index,
+    tx: &mpsc::Sender<T>,
+    closing: &tokio::sync::watch::Receiver<bool>,
+) -> bool {
+    tokio::select! {
+        () = index.synced() => true,
+        () = tx.closed() => false,
+        () = closed(closing.clone()) => false,
+    }
 }
 
 /// The proxies with an open Destination stream, and where their metrics
@@ -240,10 +260,14 @@ impl api::destination_server::Destination for DestinationService {
             return Ok(Response::new(ReceiverStream::new(rx)));
         };
         tracing::debug!(target = %req.target, proxy = %req.proxy_id, "destination watch");
-        let mut states = self.index.watch_destination(target);
+        let index = self.index.clone();
         let closing = self.closing.clone();
         tokio::spawn(async move {
             let _guard = guard;
+            if !wait_synced(&index, &tx, &closing).await {
+                return;
+            }
+            let mut states = index.watch_destination(target);
             let mut last: Option<Arc<DestinationState>> = None;
             loop {
                 let current = states.borrow_and_update().clone();
@@ -291,10 +315,14 @@ impl api::inbound_server::Inbound for InboundService {
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         let guard = WatcherGuard::new(&self.metrics, "inbound");
         let metrics = self.metrics.clone();
-        let mut policies = self.index.watch_inbound(&req.workload, port);
+        let index = self.index.clone();
         let closing = self.closing.clone();
         tokio::spawn(async move {
             let _guard = guard;
+            if !wait_synced(&index, &tx, &closing).await {
+                return;
+            }
+            let mut policies = index.watch_inbound(&req.workload, port);
             loop {
                 let current = policies.borrow_and_update().clone();
                 if tx.send(Ok((*current).clone())).await.is_err() {

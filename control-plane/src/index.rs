@@ -6,8 +6,14 @@
 //! every watched destination whose view changed. Watches are
 //! `tokio::sync::watch` channels: each holds only the latest view, so a slow
 //! reader costs one value, never a queue.
+//!
+//! The index is *synced* once every source named in
+//! [`IndexConfig::sources`] has applied its first complete view. Until
+//! then it holds a partial mesh (no policies yet: inbound ports would
+//! default to allow-all, destinations to NotFound), so readiness and the
+//! gRPC watches wait for [`Index::synced`] rather than answer from it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -66,6 +72,9 @@ pub struct IndexConfig {
     pub trust_domain: String,
     /// DNS suffix of services, e.g. `cluster.local`.
     pub cluster_domain: String,
+    /// The sources that must each [`Index::apply`] once before the index
+    /// is synced (e.g. `files`, `kubernetes`); empty: synced at once.
+    pub sources: Vec<String>,
 }
 
 impl Default for IndexConfig {
@@ -73,6 +82,7 @@ impl Default for IndexConfig {
         Self {
             trust_domain: "cluster.local".into(),
             cluster_domain: "cluster.local".into(),
+            sources: Vec::new(),
         }
     }
 }
@@ -80,6 +90,9 @@ impl Default for IndexConfig {
 pub struct Index {
     config: IndexConfig,
     inner: Mutex<Inner>,
+    /// True once every configured source has applied once; never false
+    /// again (a source keeps its last view while it reconnects).
+    synced: watch::Sender<bool>,
 }
 
 /// An HTTPRoute as attached to one parent service.
@@ -106,6 +119,8 @@ struct AuthzEntry {
 #[derive(Default)]
 struct Inner {
     sources: BTreeMap<String, Vec<Document>>,
+    /// Configured sources that have not applied yet.
+    unsynced: BTreeSet<String>,
     services: BTreeMap<(String, String), ServiceEntry>,
     traffic: BTreeMap<(String, String), TrafficPolicySpec>,
     /// By parent service.
@@ -128,16 +143,43 @@ pub struct IndexStats {
 
 impl Index {
     pub fn new(config: IndexConfig) -> Arc<Self> {
+        let unsynced: BTreeSet<String> = config.sources.iter().cloned().collect();
+        let (synced, _) = watch::channel(unsynced.is_empty());
         Arc::new(Self {
             config,
-            inner: Mutex::new(Inner::default()),
+            inner: Mutex::new(Inner {
+                unsynced,
+                ..Inner::default()
+            }),
+            synced,
         })
     }
 
-    /// Replaces every document from `source` and republishes what changed.
+    /// Whether every configured source has applied its first view.
+    pub fn is_synced(&self) -> bool {
+        *self.synced.borrow()
+    }
+
+    /// Resolves once the index is synced (at once if it is).
+    pub async fn synced(&self) {
+        let mut rx = self.synced.subscribe();
+        // The sender lives as long as `self`: this cannot fail.
+        let _ = rx.wait_for(|synced| *synced).await;
+    }
+
+    /// The configured sources that have not applied yet, for `/ready`.
+    pub fn unsynced_sources(&self) -> Vec<String> {
+        let inner = self.inner.lock().expect("index lock poisoned");
+        inner.unsynced.iter().cloned().collect()
+    }
+
+    /// Replaces every document from `source` (its whole current view) and
+    /// republishes what changed. The first apply of each configured source
+    /// counts towards [`Index::synced`].
     pub fn apply(&self, source: &str, docs: Vec<Document>) {
         let mut inner = self.inner.lock().expect("index lock poisoned");
         inner.sources.insert(source.to_string(), docs);
+        inner.unsynced.remove(source);
         inner.rebuild();
         let keys: Vec<Target> = inner.destinations.keys().cloned().collect();
         for key in keys {
@@ -167,6 +209,12 @@ impl Index {
         }
         inner.destinations.retain(|_, s| s.receiver_count() > 0);
         inner.inbound.retain(|_, s| s.receiver_count() > 0);
+        if inner.unsynced.is_empty() {
+            // Under the lock: whoever sees `synced` and then subscribes
+            // gets a view built from every source.
+            self.synced
+                .send_if_modified(|synced| !std::mem::replace(synced, true));
+        }
     }
 
     /// Parses a target as a proxy sends it: `ip:port`, or a name as an app

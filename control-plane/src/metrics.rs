@@ -1,7 +1,5 @@
 //! The control plane's metrics, served at `admin:/metrics`.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -50,7 +48,6 @@ pub struct ControlMetrics {
     pub reloads: Family<ReloadLabels, Counter>,
     pub config_errors: Counter,
     pub index: Family<IndexLabels, Gauge>,
-    ready: AtomicBool,
 }
 
 impl ControlMetrics {
@@ -124,14 +121,5 @@ impl ControlMetrics {
         ] {
             self.index.get_or_create(&IndexLabels { kind }).set(n as i64);
         }
-    }
-
-    /// Ready once the first config load is done.
-    pub fn set_ready(&self) {
-        self.ready.store(true, Ordering::Release);
-    }
-
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
     }
 }
