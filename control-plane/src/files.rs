@@ -4,6 +4,12 @@
 //! Each file is accepted or rejected as a unit: a change that leaves any
 //! document of a file invalid is rejected, logged, counted, and the file's
 //! last good documents stay in force.
+//!
+//! AuthorizationPolicies fail closed: one in a rejected version of a file
+//! that the file's last good version does not have (a new file, or a new
+//! policy in an old one) is not simply left out, which would leave its
+//! port allow-all: a [`Spec::DenyAll`] stands in for it until the file is
+//! fixed.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -12,7 +18,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::index::Index;
 use crate::metrics::ControlMetrics;
-use crate::model::{parse_file, DocError, DocRef, Document};
+use crate::model::{parse_file, DocError, DocRef, Document, InForce, RejectedAuthz, Spec};
 
 /// The name the file source registers its documents under in the index.
 pub const SOURCE: &str = "files";
@@ -26,6 +32,9 @@ struct FileState {
     docs: Vec<Document>,
     /// Errors of the latest version (empty when it was accepted).
     errors: Vec<DocError>,
+    /// Deny-all stand-ins for the AuthorizationPolicies of a rejected
+    /// latest version that `docs` does not have.
+    denials: Vec<Document>,
 }
 
 /// What one reload found.
@@ -139,15 +148,23 @@ impl FileSource {
                         },
                         field: "(file)".into(),
                         problem: format!("cannot read: {e}"),
+                        authz: None,
                     }],
                 ),
             };
             state.errors = errors;
-            if state.errors.is_empty() {
-                parsed.push((path.clone(), docs));
-            }
+            parsed.push((path.clone(), docs));
         }
         for (path, docs) in parsed {
+            let state = &self.files[&path];
+            if !state.errors.is_empty() {
+                let denials = denials(&path, &state.docs, &docs, &state.errors);
+                self.files
+                    .get_mut(&path)
+                    .expect("parsed files are tracked")
+                    .denials = denials;
+                continue;
+            }
             let duplicates: Vec<DocError> = docs
                 .iter()
                 .enumerate()
@@ -173,13 +190,16 @@ impl FileSource {
                         },
                         field: "metadata.name".into(),
                         problem: format!("expected a unique name; {} already defines it", other.0.display()),
+                        authz: None,
                     })
                 })
                 .collect();
             let state = self.files.get_mut(&path).expect("parsed files are tracked");
             if duplicates.is_empty() {
                 state.docs = docs;
+                state.denials = Vec::new();
             } else {
+                state.denials = denials(&path, &state.docs, &docs, &duplicates);
                 state.errors = duplicates;
             }
         }
@@ -192,15 +212,17 @@ impl FileSource {
         report
     }
 
-    /// The documents in force: every file's last good set.
+    /// The documents in force: every file's last good set, then the
+    /// deny-all stand-ins of rejected files (which never displace a valid
+    /// policy of the same name in another file).
     pub fn documents(&self) -> Vec<Document> {
         let mut out = Vec::new();
         let mut seen = BTreeSet::new();
-        for state in self.files.values() {
-            for doc in &state.docs {
-                if seen.insert((doc.spec.kind(), doc.meta.namespace.clone(), doc.meta.name.clone())) {
-                    out.push(doc.clone());
-                }
+        let good = self.files.values().flat_map(|s| &s.docs);
+        let denials = self.files.values().flat_map(|s| &s.denials);
+        for doc in good.chain(denials) {
+            if seen.insert((doc.spec.kind(), doc.meta.namespace.clone(), doc.meta.name.clone())) {
+                out.push(doc.clone());
             }
         }
         out
@@ -219,15 +241,18 @@ impl FileSource {
         let mut first = true;
         loop {
             let report = self.reload();
+            let docs = self.documents();
             for e in &report.errors {
-                tracing::error!(error = %e, "config rejected; the last good version stays in force");
+                let in_force = InForce::of(e, &docs);
+                tracing::error!(error = %e, in_force = in_force.as_str(), "config rejected; {}", in_force.explain());
             }
+            metrics.invalid_documents(SOURCE, &report.errors, &docs);
             // The first load is applied even when it found no files: that
             // is this source's first view, which the index waits for.
             if first || !report.changed_files.is_empty() {
                 first = false;
                 metrics.config_reloaded(report.errors.len());
-                index.apply(SOURCE, self.documents());
+                index.apply(SOURCE, docs);
                 metrics.index_stats(index.stats());
                 tracing::info!(
                     files = report.changed_files.len(),
@@ -251,6 +276,51 @@ impl FileSource {
             }
         }
     }
+}
+
+/// The deny-all stand-ins for a rejected version of a file: one for each
+/// AuthorizationPolicy in it (`docs`, valid but rejected with their file,
+/// or among `errors`) that the file's last good version `good` does not
+/// have. An invalid *update* of a policy keeps its last good version
+/// instead (the whole last good file stays).
+fn denials(file: &Path, good: &[Document], docs: &[Document], errors: &[DocError]) -> Vec<Document> {
+    let first = errors.first().map(ToString::to_string).unwrap_or_default();
+    let valid = docs.iter().filter_map(|d| {
+        let Spec::AuthorizationPolicy(spec) = &d.spec else {
+            return None;
+        };
+        // Valid, but its file was rejected: deny until the file is fixed.
+        Some(DocError {
+            doc: DocRef {
+                file: file.display().to_string(),
+                index: 0,
+                name: Some(format!(
+                    "AuthorizationPolicy {}/{}",
+                    d.meta.namespace, d.meta.name
+                )),
+            },
+            field: "(file)".into(),
+            problem: format!("its file was rejected: {first}"),
+            authz: Some(RejectedAuthz {
+                namespace: d.meta.namespace.clone(),
+                name: d.meta.name.clone(),
+                target: spec.target_ref.clone(),
+            }),
+        })
+    });
+    let invalid = errors.iter().filter(|e| e.authz.is_some()).cloned();
+    valid
+        .chain(invalid)
+        .filter(|e| {
+            let a = e.authz.as_ref().expect("filtered to authorization policies");
+            !good.iter().any(|d| {
+                d.spec.kind() == "AuthorizationPolicy"
+                    && d.meta.namespace == a.namespace
+                    && d.meta.name == a.name
+            })
+        })
+        .filter_map(|e| e.deny_all())
+        .collect()
 }
 
 #[cfg(test)]

@@ -347,6 +347,27 @@ impl Inner {
                             });
                     }
                 }
+                Spec::DenyAll(deny) => {
+                    // Selects its target like a policy with no allow
+                    // rules: nothing is admitted that another (valid)
+                    // policy on the port does not allow, and without one
+                    // every caller is denied.
+                    self.authz
+                        .entry((doc.meta.namespace.clone(), deny.target.name.clone()))
+                        .or_default()
+                        .push(AuthzEntry {
+                            full_name: format!(
+                                "{full_name} (invalid `{}`: denies every caller until fixed)",
+                                deny.field
+                            ),
+                            spec: AuthorizationPolicySpec {
+                                target_ref: Some(deny.target.clone()),
+                                mtls: MtlsMode::Strict,
+                                rules: Vec::new(),
+                                rate_limit: None,
+                            },
+                        });
+                }
                 Spec::HttpRoute(spec) => {
                     for parent in &spec.parent_refs {
                         let ns = parent

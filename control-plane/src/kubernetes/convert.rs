@@ -67,8 +67,43 @@ fn app_protocol(port: &k8s_openapi::api::core::v1::ServicePort) -> AppProtocol {
     }
 }
 
+/// Keeps each AuthorizationPolicy's last valid version, so that an
+/// invalid one fails closed: an invalid update keeps the last good
+/// version in force; one with none (new, or first seen invalid after a
+/// restart) puts a deny-all on its target ([`Spec::DenyAll`]).
+#[derive(Debug, Default)]
+pub struct LastGood {
+    policies: HashMap<(String, String), Document>,
+}
+
+impl LastGood {
+    /// Adds to `docs` what stands in for each invalid AuthorizationPolicy
+    /// in `errors`, remembers the valid ones, and forgets deleted ones.
+    pub fn fail_closed(&mut self, docs: &mut Vec<Document>, errors: &[DocError]) {
+        let mut present = std::collections::HashSet::new();
+        for doc in docs.iter() {
+            if let Spec::AuthorizationPolicy(_) = doc.spec {
+                let key = (doc.meta.namespace.clone(), doc.meta.name.clone());
+                self.policies.insert(key.clone(), doc.clone());
+                present.insert(key);
+            }
+        }
+        for e in errors {
+            let Some(authz) = &e.authz else { continue };
+            let key = (authz.namespace.clone(), authz.name.clone());
+            match self.policies.get(&key) {
+                Some(good) => docs.push(good.clone()),
+                None => docs.extend(e.deny_all()),
+            }
+            present.insert(key);
+        }
+        self.policies.retain(|key, _| present.contains(key));
+    }
+}
+
 /// Builds every document; objects that cannot be used are returned as
-/// errors (and skipped), never fatal.
+/// errors (and skipped), never fatal. An invalid AuthorizationPolicy's
+/// error says what it targets, for [`LastGood::fail_closed`].
 pub fn documents(objects: &ClusterObjects) -> (Vec<Document>, Vec<DocError>) {
     let pods: HashMap<(String, String), &Pod> = objects
         .pods
