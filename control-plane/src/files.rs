@@ -369,6 +369,110 @@ mod tests {
         assert!(names(&src).is_empty(), "a deleted file's documents go");
     }
 
+    const AUTHZ: &str = "apiVersion: weft.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: NAME, namespace: demo}\nspec:\n  targetRef: {name: web, port: 80}\n  rules: [{from: {namespaces: [FROM]}}]\n";
+
+    fn authz(name: &str, from: &str) -> String {
+        AUTHZ.replace("NAME", name).replace("FROM", from)
+    }
+
+    /// `(name, what)` of the AuthorizationPolicies in force: `deny` for a
+    /// stand-in, else the namespaces its first rule admits.
+    fn policies(src: &FileSource) -> Vec<(String, String)> {
+        src.documents()
+            .into_iter()
+            .filter_map(|d| match d.spec {
+                Spec::AuthorizationPolicy(p) => {
+                    Some((d.meta.name, p.rules[0].from.clone()?.namespaces.join(",")))
+                }
+                Spec::DenyAll(_) => Some((d.meta.name, "deny".into())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_invalid_authorization_policy_keeps_its_last_good_version_or_denies() {
+        let d = TempDir::new();
+        let f = d.write("a.yaml", &authz("strict", "shop"));
+        let mut src = FileSource::new(vec![d.path().to_path_buf()]);
+        assert!(src.reload().errors.is_empty());
+        assert_eq!(policies(&src), [("strict".into(), "shop".into())]);
+
+        // An invalid update: the last good version stays.
+        std::thread::sleep(Duration::from_millis(20));
+        std::fs::write(&f, authz("strict", "shop").replace("port: 80", "port: 0")).unwrap();
+        let r = src.reload();
+        assert_eq!(r.errors[0].field, "spec.targetRef.port");
+        assert_eq!(policies(&src), [("strict".into(), "shop".into())]);
+        assert_eq!(InForce::of(&r.errors[0], &src.documents()), InForce::LastGood);
+
+        // A new file with only an invalid policy (a name Kubernetes would
+        // take): its target is denied, not left open.
+        d.write("b.yaml", &authz("payments.strict", "shop"));
+        let r = src.reload();
+        let e = r.errors.iter().find(|e| e.doc.file.ends_with("b.yaml")).unwrap();
+        assert_eq!(e.field, "metadata.name");
+        let docs = src.documents();
+        assert_eq!(InForce::of(e, &docs), InForce::DenyAll);
+        let deny = docs
+            .iter()
+            .find_map(|d| match &d.spec {
+                Spec::DenyAll(deny) if d.meta.name == "payments.strict" => Some(deny.clone()),
+                _ => None,
+            })
+            .expect("a deny-all stand-in");
+        assert_eq!((deny.target.name.as_str(), deny.target.port), ("web", Some(80)));
+        assert!(deny.reason.contains("metadata.name"), "{}", deny.reason);
+
+        // A new, valid policy in a file rejected for another document:
+        // denied too until the file is fixed.
+        let c = d.write(
+            "c.yaml",
+            &format!(
+                "{}---\n{}",
+                authz("fresh", "web"),
+                SVC.replace("NAME", "x").replace("127.0.0.1:8080", "nowhere")
+            ),
+        );
+        src.reload();
+        assert!(policies(&src).contains(&("fresh".into(), "deny".into())));
+        std::thread::sleep(Duration::from_millis(20));
+        std::fs::write(&c, authz("fresh", "web")).unwrap();
+        assert!(src
+            .reload()
+            .errors
+            .iter()
+            .all(|e| !e.doc.file.ends_with("c.yaml")));
+        assert!(
+            policies(&src).contains(&("fresh".into(), "web".into())),
+            "fixed: in force"
+        );
+
+        // Fixing b.yaml replaces the stand-in.
+        std::thread::sleep(Duration::from_millis(20));
+        std::fs::write(d.path().join("b.yaml"), authz("payments-strict", "shop")).unwrap();
+        src.reload();
+        let names: Vec<String> = policies(&src).into_iter().map(|(n, _)| n).collect();
+        assert!(
+            names.contains(&"payments-strict".to_string()) && !names.contains(&"payments.strict".to_string()),
+            "{names:?}"
+        );
+    }
+
+    #[test]
+    fn a_stand_in_never_displaces_a_valid_policy_of_another_file() {
+        let d = TempDir::new();
+        // a.yaml sorts first; its duplicate of b's policy is rejected.
+        d.write("a.yaml", &authz("p", "other"));
+        d.write("b.yaml", &authz("p", "shop"));
+        let mut src = FileSource::new(vec![d.path().join("b.yaml")]);
+        src.reload();
+        src.roots.push(d.path().join("a.yaml"));
+        let r = src.reload();
+        assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
+        assert_eq!(policies(&src), [("p".into(), "shop".into())]);
+    }
+
     #[test]
     fn duplicate_across_files_rejects_the_later_file() {
         let d = TempDir::new();

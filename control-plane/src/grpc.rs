@@ -382,6 +382,7 @@ impl api::identity_server::Identity for IdentityService {
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
+    use std::time::Duration;
 
     fn found(version: u64, eps: &[&str], lb: i32) -> DestinationState {
         DestinationState {
@@ -416,6 +417,72 @@ mod tests {
 
     fn kinds(u: &[api::DestinationUpdate]) -> Vec<&'static str> {
         u.iter().map(|u| kind_name(u.kind.as_ref().unwrap())).collect()
+    }
+
+    fn unsynced_index() -> Arc<Index> {
+        Index::new(crate::index::IndexConfig {
+            sources: vec!["files".into()],
+            ..Default::default()
+        })
+    }
+
+    const POLICY: &str = "apiVersion: weft.dev/v1alpha1\nkind: MeshService\nmetadata: {name: api, namespace: shop}\nspec:\n  endpoints: [{address: 10.0.0.7:8080, proxy: 10.0.0.7:4143}]\n---\napiVersion: weft.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: api, namespace: shop}\nspec:\n  targetRef: {name: api}\n  rules: [{from: {namespaces: [web]}}]\n";
+
+    #[tokio::test(start_paused = true)]
+    async fn watches_answer_only_after_sync() {
+        use api::destination_server::Destination;
+        use api::inbound_server::Inbound;
+        use tokio_stream::StreamExt;
+        let index = unsynced_index();
+        let (_closing_tx, closing) = tokio::sync::watch::channel(false);
+        let metrics = Arc::new(ControlMetrics::default());
+        let inbound = InboundService {
+            index: index.clone(),
+            metrics: metrics.clone(),
+            closing: closing.clone(),
+        };
+        let destinations = DestinationService {
+            index: index.clone(),
+            metrics,
+            proxies: Arc::default(),
+            closing,
+        };
+        let mut policies = inbound
+            .watch(Request::new(api::InboundRequest {
+                workload: "shop/api".into(),
+                port: 8080,
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut updates = destinations
+            .watch(Request::new(api::DestinationRequest {
+                target: "api.shop:80".into(),
+                namespace: "web".into(),
+                ..Default::default()
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        // Unsynced (an empty index would say allow-all / NotFound): silence.
+        let wait = Duration::from_secs(30);
+        assert!(tokio::time::timeout(wait, policies.next()).await.is_err());
+        assert!(tokio::time::timeout(wait, updates.next()).await.is_err());
+
+        index.apply("files", crate::testing::documents(POLICY));
+        let policy = tokio::time::timeout(wait, policies.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(!policy.default_allow, "the real policy, not allow-all");
+        assert_eq!(policy.rules[0].namespaces, ["web"]);
+        let first = tokio::time::timeout(wait, updates.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(kinds(&[first]), ["snapshot"]);
     }
 
     #[test]

@@ -860,6 +860,81 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn synced_once_every_configured_source_applied() {
+        let index = Index::new(IndexConfig {
+            sources: vec!["files".into(), "kubernetes".into()],
+            ..IndexConfig::default()
+        });
+        let pending = || tokio::time::timeout(Duration::from_millis(20), index.synced());
+        assert!(!index.is_synced());
+        assert!(pending().await.is_err(), "not synced before any source");
+        index.apply("files", documents(&service("backend", &["127.0.0.1:1"])));
+        assert!(!index.is_synced(), "one of two sources");
+        assert_eq!(index.unsynced_sources(), ["kubernetes"]);
+        assert!(pending().await.is_err());
+        index.apply("kubernetes", vec![]);
+        assert!(index.is_synced());
+        assert!(pending().await.is_ok());
+        assert!(index.unsynced_sources().is_empty());
+        // Later applies never unsync it.
+        index.apply("kubernetes", vec![]);
+        assert!(index.is_synced());
+        assert!(
+            Index::new(IndexConfig::default()).is_synced(),
+            "no sources: synced at once"
+        );
+    }
+
+    fn deny_all(name: &str, target: &str, port: Option<u16>) -> Document {
+        Document {
+            meta: Metadata {
+                name: name.into(),
+                namespace: "demo".into(),
+                labels: BTreeMap::new(),
+                annotations: BTreeMap::new(),
+            },
+            spec: Spec::DenyAll(crate::model::DenyAll {
+                target: crate::model::TargetRef {
+                    kind: "Service".into(),
+                    name: target.into(),
+                    port,
+                },
+                field: "metadata.name".into(),
+                reason: "bad name".into(),
+            }),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_deny_all_stand_in_closes_its_target_and_adds_no_rules() {
+        let index = Index::new(IndexConfig::default());
+        let mut docs = documents(&service("backend", &["10.0.0.7:8080"]));
+        docs.push(deny_all("bad", "backend", Some(80)));
+        index.apply("files", docs.clone());
+        let mut inbound = index.watch_inbound("demo/backend", 8080);
+        let policy = inbound.borrow_and_update().clone();
+        assert!(!policy.default_allow, "the invalid policy's port is not open");
+        assert!(policy.rules.is_empty(), "and admits no one");
+        assert_eq!(policy.mtls, api::MtlsMode::Strict as i32);
+        assert!(
+            policy.sources[0].starts_with("demo/bad (invalid `metadata.name`"),
+            "{:?}",
+            policy.sources
+        );
+        // Another port of the service is not its target.
+        assert!(index.watch_inbound("demo/backend", 9999).borrow().default_allow);
+
+        // Beside a valid policy on the port: only the valid one's rules.
+        docs.extend(documents("apiVersion: weft.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: good, namespace: demo}\nspec:\n  targetRef: {name: backend}\n  rules: [{from: {namespaces: [web]}}]\n"));
+        index.apply("files", docs);
+        let policy = inbound.borrow_and_update().clone();
+        assert!(!policy.default_allow);
+        assert_eq!(policy.rules.len(), 1);
+        assert_eq!(policy.rules[0].namespaces, ["web"]);
+        assert_eq!(policy.mtls, api::MtlsMode::Strict as i32);
+    }
+
     #[test]
     fn unwatched_destinations_are_forgotten() {
         let index = Index::new(IndexConfig::default());

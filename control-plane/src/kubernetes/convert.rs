@@ -394,4 +394,52 @@ mod tests {
             "{e}"
         );
     }
+
+    #[test]
+    fn invalid_authorization_policies_keep_the_last_good_version_or_deny() {
+        let authz = |name: &str, spec: serde_json::Value| -> Arc<DynamicObject> {
+            from_json(serde_json::json!({
+                "apiVersion": "weft.dev/v1alpha1", "kind": "AuthorizationPolicy",
+                "metadata": {"name": name, "namespace": "shop", "generation": 1},
+                "spec": spec,
+            }))
+        };
+        let good = serde_json::json!({"targetRef": {"name": "api", "port": 80}, "rules": [{"from": {"namespaces": ["web"]}}]});
+        // An identity that is not a SPIFFE ID: invalid.
+        let bad = serde_json::json!({"targetRef": {"name": "api", "port": 80}, "rules": [{"from": {"identities": ["web"]}}]});
+        let mut last_good = LastGood::default();
+        let mut view = |objects: Vec<Arc<DynamicObject>>| {
+            let mut all = sample();
+            all.policies = objects;
+            let (mut docs, errors) = documents(&all);
+            last_good.fail_closed(&mut docs, &errors);
+            let policy = docs
+                .iter()
+                .find(|d| d.meta.name == "strict")
+                .map(|d| d.spec.clone());
+            (policy, errors)
+        };
+
+        let (policy, _) = view(vec![authz("strict", good.clone())]);
+        assert!(matches!(policy, Some(Spec::AuthorizationPolicy(_))));
+        // An invalid update: the last good version, not nothing.
+        let (policy, errors) = view(vec![authz("strict", bad.clone())]);
+        assert_eq!(errors[0].field, "spec.rules[0].from.identities[0]");
+        let Some(Spec::AuthorizationPolicy(p)) = policy else {
+            panic!("{policy:?}")
+        };
+        assert_eq!(p.rules[0].from.as_ref().unwrap().namespaces, ["web"]);
+        // Deleted: forgotten. Re-created invalid: no last good, deny-all.
+        assert_eq!(view(vec![]).0, None);
+        let (policy, _) = view(vec![authz("strict", bad)]);
+        let Some(Spec::DenyAll(deny)) = policy else {
+            panic!("{policy:?}")
+        };
+        assert_eq!((deny.target.name.as_str(), deny.target.port), ("api", Some(80)));
+        assert!(deny.reason.contains("spec.rules[0].from.identities[0]"));
+        // A policy whose target cannot be read has nothing to close.
+        let (policy, errors) = view(vec![authz("strict", serde_json::json!({"rules": []}))]);
+        assert_eq!(errors[0].field, "spec.targetRef");
+        assert_eq!(policy, None);
+    }
 }
