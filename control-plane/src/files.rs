@@ -301,11 +301,11 @@ fn denials(file: &Path, good: &[Document], docs: &[Document], errors: &[DocError
             },
             field: "(file)".into(),
             problem: format!("its file was rejected: {first}"),
-            authz: Some(RejectedAuthz {
+            authz: Some(Box::new(RejectedAuthz {
                 namespace: d.meta.namespace.clone(),
                 name: d.meta.name.clone(),
                 target: spec.target_ref.clone(),
-            }),
+            })),
         })
     });
     let invalid = errors.iter().filter(|e| e.authz.is_some()).cloned();

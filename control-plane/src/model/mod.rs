@@ -130,7 +130,7 @@ pub struct DocError {
     pub problem: String,
     /// Set when the document is an AuthorizationPolicy: what could be
     /// read of it, so that it fails closed rather than being dropped.
-    pub authz: Option<RejectedAuthz>,
+    pub authz: Option<Box<RejectedAuthz>>,
 }
 
 /// An AuthorizationPolicy that failed validation, as far as it could be

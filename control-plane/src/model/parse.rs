@@ -98,7 +98,7 @@ pub fn parse_object(source: &str, value: serde_json::Value) -> Result<Document, 
 /// What can be read of an AuthorizationPolicy without validating it:
 /// its name and the service it targets. `None` for other kinds, or
 /// without a string `metadata.name`.
-fn rejected_authz(v: &serde_json::Value) -> Option<RejectedAuthz> {
+fn rejected_authz(v: &serde_json::Value) -> Option<Box<RejectedAuthz>> {
     if v.get("kind")?.as_str()? != "AuthorizationPolicy" {
         return None;
     }
@@ -114,7 +114,7 @@ fn rejected_authz(v: &serde_json::Value) -> Option<RejectedAuthz> {
                 .filter(|p| *p != 0),
         })
     });
-    Some(RejectedAuthz {
+    Some(Box::new(RejectedAuthz {
         namespace: meta
             .get("namespace")
             .and_then(|n| n.as_str())
@@ -122,7 +122,7 @@ fn rejected_authz(v: &serde_json::Value) -> Option<RejectedAuthz> {
             .to_string(),
         name: meta.get("name")?.as_str()?.to_string(),
         target,
-    })
+    }))
 }
 
 fn document_name(v: &serde_json::Value) -> Option<String> {
