@@ -136,9 +136,17 @@ impl Control {
     }
 
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), tonic::transport::Error> {
+        // Ready, and answering watches, only once every source has
+        // applied its first full view (files: the first load; Kubernetes:
+        // every kind listed or known to be absent).
+        let mut sources = vec![crate::files::SOURCE.to_string()];
+        if self.kube.is_some() {
+            sources.push(crate::kubernetes::source::SOURCE.to_string());
+        }
         let index = Index::new(IndexConfig {
             trust_domain: self.config.trust_domain.clone(),
             cluster_domain: self.config.cluster_domain.clone(),
+            sources,
         });
         let metrics = Arc::new(ControlMetrics::default());
         let mut registry = Registry::default();
@@ -240,8 +248,14 @@ async fn serve_admin(
                         StatusCode::OK,
                         serde_json::to_string_pretty(&proxies.list()).unwrap_or_default() + "\n",
                     ),
-                    "/ready" if metrics.is_ready() => (StatusCode::OK, "ready\n".to_string()),
-                    "/ready" => (StatusCode::SERVICE_UNAVAILABLE, "loading config\n".to_string()),
+                    "/ready" if index.is_synced() => (StatusCode::OK, "ready\n".to_string()),
+                    "/ready" => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!(
+                            "waiting for sources to sync: {}\n",
+                            index.unsynced_sources().join(", ")
+                        ),
+                    ),
                     "/metrics" => {
                         metrics.index_stats(index.stats());
                         let mut out = String::new();

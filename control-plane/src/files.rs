@@ -4,6 +4,12 @@
 //! Each file is accepted or rejected as a unit: a change that leaves any
 //! document of a file invalid is rejected, logged, counted, and the file's
 //! last good documents stay in force.
+//!
+//! AuthorizationPolicies fail closed: one in a rejected version of a file
+//! that the file's last good version does not have (a new file, or a new
+//! policy in an old one) is not simply left out, which would leave its
+//! port allow-all: a [`Spec::DenyAll`] stands in for it until the file is
+//! fixed.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -12,7 +18,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::index::Index;
 use crate::metrics::ControlMetrics;
-use crate::model::{parse_file, DocError, DocRef, Document};
+use crate::model::{parse_file, DocError, DocRef, Document, InForce, RejectedAuthz, Spec};
 
 /// The name the file source registers its documents under in the index.
 pub const SOURCE: &str = "files";
@@ -26,6 +32,9 @@ struct FileState {
     docs: Vec<Document>,
     /// Errors of the latest version (empty when it was accepted).
     errors: Vec<DocError>,
+    /// Deny-all stand-ins for the AuthorizationPolicies of a rejected
+    /// latest version that `docs` does not have.
+    denials: Vec<Document>,
 }
 
 /// What one reload found.
@@ -139,15 +148,23 @@ impl FileSource {
                         },
                         field: "(file)".into(),
                         problem: format!("cannot read: {e}"),
+                        authz: None,
                     }],
                 ),
             };
             state.errors = errors;
-            if state.errors.is_empty() {
-                parsed.push((path.clone(), docs));
-            }
+            parsed.push((path.clone(), docs));
         }
         for (path, docs) in parsed {
+            let state = &self.files[&path];
+            if !state.errors.is_empty() {
+                let denials = denials(&path, &state.docs, &docs, &state.errors);
+                self.files
+                    .get_mut(&path)
+                    .expect("parsed files are tracked")
+                    .denials = denials;
+                continue;
+            }
             let duplicates: Vec<DocError> = docs
                 .iter()
                 .enumerate()
@@ -173,13 +190,16 @@ impl FileSource {
                         },
                         field: "metadata.name".into(),
                         problem: format!("expected a unique name; {} already defines it", other.0.display()),
+                        authz: None,
                     })
                 })
                 .collect();
             let state = self.files.get_mut(&path).expect("parsed files are tracked");
             if duplicates.is_empty() {
                 state.docs = docs;
+                state.denials = Vec::new();
             } else {
+                state.denials = denials(&path, &state.docs, &docs, &duplicates);
                 state.errors = duplicates;
             }
         }
@@ -192,21 +212,24 @@ impl FileSource {
         report
     }
 
-    /// The documents in force: every file's last good set.
+    /// The documents in force: every file's last good set, then the
+    /// deny-all stand-ins of rejected files (which never displace a valid
+    /// policy of the same name in another file).
     pub fn documents(&self) -> Vec<Document> {
         let mut out = Vec::new();
         let mut seen = BTreeSet::new();
-        for state in self.files.values() {
-            for doc in &state.docs {
-                if seen.insert((doc.spec.kind(), doc.meta.namespace.clone(), doc.meta.name.clone())) {
-                    out.push(doc.clone());
-                }
+        let good = self.files.values().flat_map(|s| &s.docs);
+        let denials = self.files.values().flat_map(|s| &s.denials);
+        for doc in good.chain(denials) {
+            if seen.insert((doc.spec.kind(), doc.meta.namespace.clone(), doc.meta.name.clone())) {
+                out.push(doc.clone());
             }
         }
         out
     }
 
-    /// Loads, then polls every `interval` until the task is dropped; a
+    /// Loads (the index counts this source synced after that first
+    /// apply), then polls every `interval` until the task is dropped; a
     /// change is applied once the files have been quiet for `debounce`.
     pub async fn run(
         mut self,
@@ -215,14 +238,21 @@ impl FileSource {
         interval: Duration,
         debounce: Duration,
     ) {
+        let mut first = true;
         loop {
             let report = self.reload();
+            let docs = self.documents();
             for e in &report.errors {
-                tracing::error!(error = %e, "config rejected; the last good version stays in force");
+                let in_force = InForce::of(e, &docs);
+                tracing::error!(error = %e, in_force = in_force.as_str(), "config rejected; {}", in_force.explain());
             }
-            if !report.changed_files.is_empty() {
+            metrics.invalid_documents(SOURCE, &report.errors, &docs);
+            // The first load is applied even when it found no files: that
+            // is this source's first view, which the index waits for.
+            if first || !report.changed_files.is_empty() {
+                first = false;
                 metrics.config_reloaded(report.errors.len());
-                index.apply(SOURCE, self.documents());
+                index.apply(SOURCE, docs);
                 metrics.index_stats(index.stats());
                 tracing::info!(
                     files = report.changed_files.len(),
@@ -230,7 +260,6 @@ impl FileSource {
                     "config applied"
                 );
             }
-            metrics.set_ready();
             // Wait for a change, then for the writes to settle.
             loop {
                 tokio::time::sleep(interval).await;
@@ -247,6 +276,51 @@ impl FileSource {
             }
         }
     }
+}
+
+/// The deny-all stand-ins for a rejected version of a file: one for each
+/// AuthorizationPolicy in it (`docs`, valid but rejected with their file,
+/// or among `errors`) that the file's last good version `good` does not
+/// have. An invalid *update* of a policy keeps its last good version
+/// instead (the whole last good file stays).
+fn denials(file: &Path, good: &[Document], docs: &[Document], errors: &[DocError]) -> Vec<Document> {
+    let first = errors.first().map(ToString::to_string).unwrap_or_default();
+    let valid = docs.iter().filter_map(|d| {
+        let Spec::AuthorizationPolicy(spec) = &d.spec else {
+            return None;
+        };
+        // Valid, but its file was rejected: deny until the file is fixed.
+        Some(DocError {
+            doc: DocRef {
+                file: file.display().to_string(),
+                index: 0,
+                name: Some(format!(
+                    "AuthorizationPolicy {}/{}",
+                    d.meta.namespace, d.meta.name
+                )),
+            },
+            field: "(file)".into(),
+            problem: format!("its file was rejected: {first}"),
+            authz: Some(Box::new(RejectedAuthz {
+                namespace: d.meta.namespace.clone(),
+                name: d.meta.name.clone(),
+                target: spec.target_ref.clone(),
+            })),
+        })
+    });
+    let invalid = errors.iter().filter(|e| e.authz.is_some()).cloned();
+    valid
+        .chain(invalid)
+        .filter(|e| {
+            let a = e.authz.as_ref().expect("filtered to authorization policies");
+            !good.iter().any(|d| {
+                d.spec.kind() == "AuthorizationPolicy"
+                    && d.meta.namespace == a.namespace
+                    && d.meta.name == a.name
+            })
+        })
+        .filter_map(|e| e.deny_all())
+        .collect()
 }
 
 #[cfg(test)]
@@ -293,6 +367,110 @@ mod tests {
         std::fs::remove_file(&f).unwrap();
         src.reload();
         assert!(names(&src).is_empty(), "a deleted file's documents go");
+    }
+
+    const AUTHZ: &str = "apiVersion: weft.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: NAME, namespace: demo}\nspec:\n  targetRef: {name: web, port: 80}\n  rules: [{from: {namespaces: [FROM]}}]\n";
+
+    fn authz(name: &str, from: &str) -> String {
+        AUTHZ.replace("NAME", name).replace("FROM", from)
+    }
+
+    /// `(name, what)` of the AuthorizationPolicies in force: `deny` for a
+    /// stand-in, else the namespaces its first rule admits.
+    fn policies(src: &FileSource) -> Vec<(String, String)> {
+        src.documents()
+            .into_iter()
+            .filter_map(|d| match d.spec {
+                Spec::AuthorizationPolicy(p) => {
+                    Some((d.meta.name, p.rules[0].from.clone()?.namespaces.join(",")))
+                }
+                Spec::DenyAll(_) => Some((d.meta.name, "deny".into())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_invalid_authorization_policy_keeps_its_last_good_version_or_denies() {
+        let d = TempDir::new();
+        let f = d.write("a.yaml", &authz("strict", "shop"));
+        let mut src = FileSource::new(vec![d.path().to_path_buf()]);
+        assert!(src.reload().errors.is_empty());
+        assert_eq!(policies(&src), [("strict".into(), "shop".into())]);
+
+        // An invalid update: the last good version stays.
+        std::thread::sleep(Duration::from_millis(20));
+        std::fs::write(&f, authz("strict", "shop").replace("port: 80", "port: 0")).unwrap();
+        let r = src.reload();
+        assert_eq!(r.errors[0].field, "spec.targetRef.port");
+        assert_eq!(policies(&src), [("strict".into(), "shop".into())]);
+        assert_eq!(InForce::of(&r.errors[0], &src.documents()), InForce::LastGood);
+
+        // A new file with only an invalid policy (a name Kubernetes would
+        // take): its target is denied, not left open.
+        d.write("b.yaml", &authz("payments.strict", "shop"));
+        let r = src.reload();
+        let e = r.errors.iter().find(|e| e.doc.file.ends_with("b.yaml")).unwrap();
+        assert_eq!(e.field, "metadata.name");
+        let docs = src.documents();
+        assert_eq!(InForce::of(e, &docs), InForce::DenyAll);
+        let deny = docs
+            .iter()
+            .find_map(|d| match &d.spec {
+                Spec::DenyAll(deny) if d.meta.name == "payments.strict" => Some(deny.clone()),
+                _ => None,
+            })
+            .expect("a deny-all stand-in");
+        assert_eq!((deny.target.name.as_str(), deny.target.port), ("web", Some(80)));
+        assert!(deny.reason.contains("metadata.name"), "{}", deny.reason);
+
+        // A new, valid policy in a file rejected for another document:
+        // denied too until the file is fixed.
+        let c = d.write(
+            "c.yaml",
+            &format!(
+                "{}---\n{}",
+                authz("fresh", "web"),
+                SVC.replace("NAME", "x").replace("127.0.0.1:8080", "nowhere")
+            ),
+        );
+        src.reload();
+        assert!(policies(&src).contains(&("fresh".into(), "deny".into())));
+        std::thread::sleep(Duration::from_millis(20));
+        std::fs::write(&c, authz("fresh", "web")).unwrap();
+        assert!(src
+            .reload()
+            .errors
+            .iter()
+            .all(|e| !e.doc.file.ends_with("c.yaml")));
+        assert!(
+            policies(&src).contains(&("fresh".into(), "web".into())),
+            "fixed: in force"
+        );
+
+        // Fixing b.yaml replaces the stand-in.
+        std::thread::sleep(Duration::from_millis(20));
+        std::fs::write(d.path().join("b.yaml"), authz("payments-strict", "shop")).unwrap();
+        src.reload();
+        let names: Vec<String> = policies(&src).into_iter().map(|(n, _)| n).collect();
+        assert!(
+            names.contains(&"payments-strict".to_string()) && !names.contains(&"payments.strict".to_string()),
+            "{names:?}"
+        );
+    }
+
+    #[test]
+    fn a_stand_in_never_displaces_a_valid_policy_of_another_file() {
+        let d = TempDir::new();
+        // a.yaml sorts first; its duplicate of b's policy is rejected.
+        d.write("a.yaml", &authz("p", "other"));
+        d.write("b.yaml", &authz("p", "shop"));
+        let mut src = FileSource::new(vec![d.path().join("b.yaml")]);
+        src.reload();
+        src.roots.push(d.path().join("a.yaml"));
+        let r = src.reload();
+        assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
+        assert_eq!(policies(&src), [("p".into(), "shop".into())]);
     }
 
     #[test]

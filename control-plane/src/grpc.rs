@@ -7,6 +7,12 @@
 //! state, so memory stays bounded, and when the reader catches up it gets
 //! one update covering everything it missed (a fresh snapshot when it
 //! skipped versions).
+//!
+//! No stream answers from an unsynced index: each task first waits for
+//! [`Index::synced`], so a watch opened while a source is still listing
+//! gets nothing (the proxy keeps the destination pending and the inbound
+//! port denied) instead of a NotFound or allow-all built from a partial
+//! mesh.
 
 use std::sync::Arc;
 
@@ -34,6 +40,20 @@ pub struct DestinationService {
 /// Resolves once `closing` turns true (or its sender is gone).
 async fn closed(mut closing: tokio::sync::watch::Receiver<bool>) {
     let _ = closing.wait_for(|c| *c).await;
+}
+
+/// Waits until `index` is synced; false when the stream ended first
+/// (the client went away, or the server is closing).
+async fn wait_synced<T>(
+    index: &Index,
+    tx: &mpsc::Sender<T>,
+    closing: &tokio::sync::watch::Receiver<bool>,
+) -> bool {
+    tokio::select! {
+        () = index.synced() => true,
+        () = tx.closed() => false,
+        () = closed(closing.clone()) => false,
+    }
 }
 
 /// The proxies with an open Destination stream, and where their metrics
@@ -240,10 +260,14 @@ impl api::destination_server::Destination for DestinationService {
             return Ok(Response::new(ReceiverStream::new(rx)));
         };
         tracing::debug!(target = %req.target, proxy = %req.proxy_id, "destination watch");
-        let mut states = self.index.watch_destination(target);
+        let index = self.index.clone();
         let closing = self.closing.clone();
         tokio::spawn(async move {
             let _guard = guard;
+            if !wait_synced(&index, &tx, &closing).await {
+                return;
+            }
+            let mut states = index.watch_destination(target);
             let mut last: Option<Arc<DestinationState>> = None;
             loop {
                 let current = states.borrow_and_update().clone();
@@ -291,10 +315,14 @@ impl api::inbound_server::Inbound for InboundService {
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         let guard = WatcherGuard::new(&self.metrics, "inbound");
         let metrics = self.metrics.clone();
-        let mut policies = self.index.watch_inbound(&req.workload, port);
+        let index = self.index.clone();
         let closing = self.closing.clone();
         tokio::spawn(async move {
             let _guard = guard;
+            if !wait_synced(&index, &tx, &closing).await {
+                return;
+            }
+            let mut policies = index.watch_inbound(&req.workload, port);
             loop {
                 let current = policies.borrow_and_update().clone();
                 if tx.send(Ok((*current).clone())).await.is_err() {
@@ -354,6 +382,7 @@ impl api::identity_server::Identity for IdentityService {
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
+    use std::time::Duration;
 
     fn found(version: u64, eps: &[&str], lb: i32) -> DestinationState {
         DestinationState {
@@ -388,6 +417,72 @@ mod tests {
 
     fn kinds(u: &[api::DestinationUpdate]) -> Vec<&'static str> {
         u.iter().map(|u| kind_name(u.kind.as_ref().unwrap())).collect()
+    }
+
+    fn unsynced_index() -> Arc<Index> {
+        Index::new(crate::index::IndexConfig {
+            sources: vec!["files".into()],
+            ..Default::default()
+        })
+    }
+
+    const POLICY: &str = "apiVersion: weft.dev/v1alpha1\nkind: MeshService\nmetadata: {name: api, namespace: shop}\nspec:\n  endpoints: [{address: 10.0.0.7:8080, proxy: 10.0.0.7:4143}]\n---\napiVersion: weft.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: api, namespace: shop}\nspec:\n  targetRef: {name: api}\n  rules: [{from: {namespaces: [web]}}]\n";
+
+    #[tokio::test(start_paused = true)]
+    async fn watches_answer_only_after_sync() {
+        use api::destination_server::Destination;
+        use api::inbound_server::Inbound;
+        use tokio_stream::StreamExt;
+        let index = unsynced_index();
+        let (_closing_tx, closing) = tokio::sync::watch::channel(false);
+        let metrics = Arc::new(ControlMetrics::default());
+        let inbound = InboundService {
+            index: index.clone(),
+            metrics: metrics.clone(),
+            closing: closing.clone(),
+        };
+        let destinations = DestinationService {
+            index: index.clone(),
+            metrics,
+            proxies: Arc::default(),
+            closing,
+        };
+        let mut policies = inbound
+            .watch(Request::new(api::InboundRequest {
+                workload: "shop/api".into(),
+                port: 8080,
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut updates = destinations
+            .watch(Request::new(api::DestinationRequest {
+                target: "api.shop:80".into(),
+                namespace: "web".into(),
+                ..Default::default()
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        // Unsynced (an empty index would say allow-all / NotFound): silence.
+        let wait = Duration::from_secs(30);
+        assert!(tokio::time::timeout(wait, policies.next()).await.is_err());
+        assert!(tokio::time::timeout(wait, updates.next()).await.is_err());
+
+        index.apply("files", crate::testing::documents(POLICY));
+        let policy = tokio::time::timeout(wait, policies.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(!policy.default_allow, "the real policy, not allow-all");
+        assert_eq!(policy.rules[0].namespaces, ["web"]);
+        let first = tokio::time::timeout(wait, updates.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(kinds(&[first]), ["snapshot"]);
     }
 
     #[test]

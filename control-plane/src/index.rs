@@ -6,8 +6,14 @@
 //! every watched destination whose view changed. Watches are
 //! `tokio::sync::watch` channels: each holds only the latest view, so a slow
 //! reader costs one value, never a queue.
+//!
+//! The index is *synced* once every source named in
+//! [`IndexConfig::sources`] has applied its first complete view. Until
+//! then it holds a partial mesh (no policies yet: inbound ports would
+//! default to allow-all, destinations to NotFound), so readiness and the
+//! gRPC watches wait for [`Index::synced`] rather than answer from it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -66,6 +72,9 @@ pub struct IndexConfig {
     pub trust_domain: String,
     /// DNS suffix of services, e.g. `cluster.local`.
     pub cluster_domain: String,
+    /// The sources that must each [`Index::apply`] once before the index
+    /// is synced (e.g. `files`, `kubernetes`); empty: synced at once.
+    pub sources: Vec<String>,
 }
 
 impl Default for IndexConfig {
@@ -73,6 +82,7 @@ impl Default for IndexConfig {
         Self {
             trust_domain: "cluster.local".into(),
             cluster_domain: "cluster.local".into(),
+            sources: Vec::new(),
         }
     }
 }
@@ -80,6 +90,9 @@ impl Default for IndexConfig {
 pub struct Index {
     config: IndexConfig,
     inner: Mutex<Inner>,
+    /// True once every configured source has applied once; never false
+    /// again (a source keeps its last view while it reconnects).
+    synced: watch::Sender<bool>,
 }
 
 /// An HTTPRoute as attached to one parent service.
@@ -106,6 +119,8 @@ struct AuthzEntry {
 #[derive(Default)]
 struct Inner {
     sources: BTreeMap<String, Vec<Document>>,
+    /// Configured sources that have not applied yet.
+    unsynced: BTreeSet<String>,
     services: BTreeMap<(String, String), ServiceEntry>,
     traffic: BTreeMap<(String, String), TrafficPolicySpec>,
     /// By parent service.
@@ -128,16 +143,43 @@ pub struct IndexStats {
 
 impl Index {
     pub fn new(config: IndexConfig) -> Arc<Self> {
+        let unsynced: BTreeSet<String> = config.sources.iter().cloned().collect();
+        let (synced, _) = watch::channel(unsynced.is_empty());
         Arc::new(Self {
             config,
-            inner: Mutex::new(Inner::default()),
+            inner: Mutex::new(Inner {
+                unsynced,
+                ..Inner::default()
+            }),
+            synced,
         })
     }
 
-    /// Replaces every document from `source` and republishes what changed.
+    /// Whether every configured source has applied its first view.
+    pub fn is_synced(&self) -> bool {
+        *self.synced.borrow()
+    }
+
+    /// Resolves once the index is synced (at once if it is).
+    pub async fn synced(&self) {
+        let mut rx = self.synced.subscribe();
+        // The sender lives as long as `self`: this cannot fail.
+        let _ = rx.wait_for(|synced| *synced).await;
+    }
+
+    /// The configured sources that have not applied yet, for `/ready`.
+    pub fn unsynced_sources(&self) -> Vec<String> {
+        let inner = self.inner.lock().expect("index lock poisoned");
+        inner.unsynced.iter().cloned().collect()
+    }
+
+    /// Replaces every document from `source` (its whole current view) and
+    /// republishes what changed. The first apply of each configured source
+    /// counts towards [`Index::synced`].
     pub fn apply(&self, source: &str, docs: Vec<Document>) {
         let mut inner = self.inner.lock().expect("index lock poisoned");
         inner.sources.insert(source.to_string(), docs);
+        inner.unsynced.remove(source);
         inner.rebuild();
         let keys: Vec<Target> = inner.destinations.keys().cloned().collect();
         for key in keys {
@@ -167,6 +209,12 @@ impl Index {
         }
         inner.destinations.retain(|_, s| s.receiver_count() > 0);
         inner.inbound.retain(|_, s| s.receiver_count() > 0);
+        if inner.unsynced.is_empty() {
+            // Under the lock: whoever sees `synced` and then subscribes
+            // gets a view built from every source.
+            self.synced
+                .send_if_modified(|synced| !std::mem::replace(synced, true));
+        }
     }
 
     /// Parses a target as a proxy sends it: `ip:port`, or a name as an app
@@ -298,6 +346,27 @@ impl Inner {
                                 spec: spec.clone(),
                             });
                     }
+                }
+                Spec::DenyAll(deny) => {
+                    // Selects its target like a policy with no allow
+                    // rules: nothing is admitted that another (valid)
+                    // policy on the port does not allow, and without one
+                    // every caller is denied.
+                    self.authz
+                        .entry((doc.meta.namespace.clone(), deny.target.name.clone()))
+                        .or_default()
+                        .push(AuthzEntry {
+                            full_name: format!(
+                                "{full_name} (invalid `{}`: denies every caller until fixed)",
+                                deny.field
+                            ),
+                            spec: AuthorizationPolicySpec {
+                                target_ref: Some(deny.target.clone()),
+                                mtls: MtlsMode::Strict,
+                                rules: Vec::new(),
+                                rate_limit: None,
+                            },
+                        });
                 }
                 Spec::HttpRoute(spec) => {
                     for parent in &spec.parent_refs {
@@ -789,6 +858,81 @@ mod tests {
             let rx = index.watch_destination(Target::Address(other.parse().unwrap()));
             assert_eq!(rx.borrow().view, DestinationView::NotFound, "{other}");
         }
+    }
+
+    #[tokio::test]
+    async fn synced_once_every_configured_source_applied() {
+        let index = Index::new(IndexConfig {
+            sources: vec!["files".into(), "kubernetes".into()],
+            ..IndexConfig::default()
+        });
+        let pending = || tokio::time::timeout(Duration::from_millis(20), index.synced());
+        assert!(!index.is_synced());
+        assert!(pending().await.is_err(), "not synced before any source");
+        index.apply("files", documents(&service("backend", &["127.0.0.1:1"])));
+        assert!(!index.is_synced(), "one of two sources");
+        assert_eq!(index.unsynced_sources(), ["kubernetes"]);
+        assert!(pending().await.is_err());
+        index.apply("kubernetes", vec![]);
+        assert!(index.is_synced());
+        assert!(pending().await.is_ok());
+        assert!(index.unsynced_sources().is_empty());
+        // Later applies never unsync it.
+        index.apply("kubernetes", vec![]);
+        assert!(index.is_synced());
+        assert!(
+            Index::new(IndexConfig::default()).is_synced(),
+            "no sources: synced at once"
+        );
+    }
+
+    fn deny_all(name: &str, target: &str, port: Option<u16>) -> Document {
+        Document {
+            meta: Metadata {
+                name: name.into(),
+                namespace: "demo".into(),
+                labels: BTreeMap::new(),
+                annotations: BTreeMap::new(),
+            },
+            spec: Spec::DenyAll(crate::model::DenyAll {
+                target: crate::model::TargetRef {
+                    kind: "Service".into(),
+                    name: target.into(),
+                    port,
+                },
+                field: "metadata.name".into(),
+                reason: "bad name".into(),
+            }),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_deny_all_stand_in_closes_its_target_and_adds_no_rules() {
+        let index = Index::new(IndexConfig::default());
+        let mut docs = documents(&service("backend", &["10.0.0.7:8080"]));
+        docs.push(deny_all("bad", "backend", Some(80)));
+        index.apply("files", docs.clone());
+        let mut inbound = index.watch_inbound("demo/backend", 8080);
+        let policy = inbound.borrow_and_update().clone();
+        assert!(!policy.default_allow, "the invalid policy's port is not open");
+        assert!(policy.rules.is_empty(), "and admits no one");
+        assert_eq!(policy.mtls, api::MtlsMode::Strict as i32);
+        assert!(
+            policy.sources[0].starts_with("demo/bad (invalid `metadata.name`"),
+            "{:?}",
+            policy.sources
+        );
+        // Another port of the service is not its target.
+        assert!(index.watch_inbound("demo/backend", 9999).borrow().default_allow);
+
+        // Beside a valid policy on the port: only the valid one's rules.
+        docs.extend(documents("apiVersion: weft.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: good, namespace: demo}\nspec:\n  targetRef: {name: backend}\n  rules: [{from: {namespaces: [web]}}]\n"));
+        index.apply("files", docs);
+        let policy = inbound.borrow_and_update().clone();
+        assert!(!policy.default_allow);
+        assert_eq!(policy.rules.len(), 1);
+        assert_eq!(policy.rules[0].namespaces, ["web"]);
+        assert_eq!(policy.mtls, api::MtlsMode::Strict as i32);
     }
 
     #[test]

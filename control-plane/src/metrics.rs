@@ -1,7 +1,5 @@
 //! The control plane's metrics, served at `admin:/metrics`.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -9,6 +7,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use crate::index::IndexStats;
+use crate::model::{DocError, Document, InForce};
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ApiLabels {
@@ -42,6 +41,17 @@ pub struct CertLabels {
     pub result: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InvalidLabels {
+    /// `files` or `kubernetes`.
+    pub source: &'static str,
+    /// The document's kind (`AuthorizationPolicy`, ...; `unknown` when
+    /// it could not be read).
+    pub kind: String,
+    /// What is in force instead: `last_good`, `deny_all` or `none`.
+    pub in_force: &'static str,
+}
+
 #[derive(Debug, Default)]
 pub struct ControlMetrics {
     pub certificates: Family<CertLabels, Counter>,
@@ -50,7 +60,9 @@ pub struct ControlMetrics {
     pub reloads: Family<ReloadLabels, Counter>,
     pub config_errors: Counter,
     pub index: Family<IndexLabels, Gauge>,
-    ready: AtomicBool,
+    pub invalid: Family<InvalidLabels, Gauge>,
+    /// The label sets `invalid` has, to zero the ones that went away.
+    invalid_seen: std::sync::Mutex<std::collections::HashSet<InvalidLabels>>,
 }
 
 impl ControlMetrics {
@@ -80,6 +92,11 @@ impl ControlMetrics {
             "weft_control_config_errors",
             "Invalid documents found (each keeps the last good version in force)",
             self.config_errors.clone(),
+        );
+        registry.register(
+            "weft_control_invalid_documents",
+            "Documents that failed validation now, by source, kind and what is in force instead (an invalid AuthorizationPolicy never opens its port: last_good or deny_all)",
+            self.invalid.clone(),
         );
         registry.register(
             "weft_control_index_objects",
@@ -114,6 +131,36 @@ impl ControlMetrics {
         self.config_errors.inc_by(errors as u64);
     }
 
+    /// Sets the invalid documents of `source` now: `errors`, with `docs`
+    /// what the source hands the index.
+    pub fn invalid_documents(&self, source: &'static str, errors: &[DocError], docs: &[Document]) {
+        let mut counts: std::collections::HashMap<InvalidLabels, i64> = Default::default();
+        for e in errors {
+            let kind = e
+                .doc
+                .name
+                .as_deref()
+                .and_then(|n| n.split_once(' '))
+                .map_or("unknown", |(kind, _)| kind);
+            let labels = InvalidLabels {
+                source,
+                kind: kind.to_string(),
+                in_force: InForce::of(e, docs).as_str(),
+            };
+            *counts.entry(labels).or_default() += 1;
+        }
+        let mut seen = self.invalid_seen.lock().expect("metrics lock");
+        for labels in seen.iter().filter(|l| l.source == source) {
+            if !counts.contains_key(labels) {
+                self.invalid.get_or_create(labels).set(0);
+            }
+        }
+        for (labels, n) in counts {
+            self.invalid.get_or_create(&labels).set(n);
+            seen.insert(labels);
+        }
+    }
+
     pub fn index_stats(&self, s: IndexStats) {
         for (kind, n) in [
             ("services", s.services),
@@ -124,14 +171,5 @@ impl ControlMetrics {
         ] {
             self.index.get_or_create(&IndexLabels { kind }).set(n as i64);
         }
-    }
-
-    /// Ready once the first config load is done.
-    pub fn set_ready(&self) {
-        self.ready.store(true, Ordering::Release);
-    }
-
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
     }
 }

@@ -53,6 +53,8 @@ struct State {
     /// Watch requests served, by path.
     watches: HashMap<String, usize>,
     lists: HashMap<String, usize>,
+    /// How long every list waits before it answers (a slow API server).
+    list_delay: Duration,
 }
 
 #[derive(Clone)]
@@ -250,6 +252,8 @@ impl FakeApi {
         };
         let watching = query.get("watch").is_some_and(|w| w == "true" || w == "1");
         if !watching {
+            let delay = self.state.lock().unwrap().list_delay;
+            tokio::time::sleep(delay).await;
             let mut s = self.state.lock().unwrap();
             *s.lists.entry(path.clone()).or_default() += 1;
             let rv = s.rv;
@@ -781,4 +785,176 @@ async fn weft_control_in_kubernetes_mode_serves_grpc_watchers() {
         }
     }
     assert!(changed, "saw the initial endpoints, then the new one");
+}
+
+/// The status code of `GET path` on `addr`; `None` when it does not answer.
+async fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.ok()?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    String::from_utf8_lossy(&buf)
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn free_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// The real binary against an API server that takes 3 s to answer each
+/// list: until every kind has listed, `/ready` is 503 and an
+/// Inbound.Watch gets nothing (never the allow-all an empty index would
+/// give); then it gets the real policy. A new AuthorizationPolicy that
+/// fails validation denies its target, with `Accepted=False` naming the
+/// field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_lists_keep_weft_control_unready_and_watches_waiting() {
+    const LIST_DELAY: Duration = Duration::from_secs(3);
+    let api = FakeApi::start().await;
+    seed(&api);
+    api.apply(
+        AUTHZ,
+        json!({"metadata": {"name": "api", "namespace": "shop", "generation": 1},
+               "spec": {"targetRef": {"name": "api", "port": 80},
+                        "rules": [{"from": {"namespaces": ["web"]}}]}}),
+    );
+    // A valid Kubernetes name that is not a DNS label: invalid, and new.
+    api.apply(SERVICES, service("payments", "10.96.0.30"));
+    api.apply(
+        SLICES,
+        slice("payments", 8080, vec![endpoint("10.244.6.1", "payments-1", true)]),
+    );
+    api.apply(PODS, pod("payments-1", "10.244.6.1", "payments-sa", true));
+    api.apply(
+        AUTHZ,
+        json!({"metadata": {"name": "payments.strict", "namespace": "shop", "generation": 1},
+               "spec": {"targetRef": {"name": "payments", "port": 80},
+                        "rules": [{"from": {"namespaces": ["shop"]}}]}}),
+    );
+    api.state.lock().unwrap().list_delay = LIST_DELAY;
+
+    let dir = TempDir::new();
+    let kubeconfig = dir.write(
+        "kubeconfig",
+        &format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: http://{}\ncontexts:\n- name: test\n  context: {{cluster: test, user: test, namespace: shop}}\ncurrent-context: test\nusers:\n- name: test\n  user: {{}}\n",
+            api.addr
+        ),
+    );
+    let (grpc, admin) = (free_port(), free_port());
+    let started = tokio::time::Instant::now();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_weft-control"))
+        .args(["--kubernetes", "--grpc-listen", &grpc.to_string()])
+        .args(["--admin-listen", &admin.to_string()])
+        .env("KUBECONFIG", &kubeconfig)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _guard = Kill(child);
+
+    // Up, and not ready: the lists have not answered.
+    let mut ready = None;
+    for _ in 0..100 {
+        ready = http_status(admin, "/ready").await;
+        if ready.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(started.elapsed() < LIST_DELAY, "the check ran inside the window");
+    assert_eq!(ready, Some(503), "not ready before every kind has listed");
+
+    let mut client = None;
+    for _ in 0..100 {
+        if let Ok(c) = weft_api::v1::inbound_client::InboundClient::connect(format!("http://{grpc}")).await {
+            client = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let client = client.expect("the gRPC port answers");
+    let watch = |workload: &str| {
+        let req = weft_api::v1::InboundRequest {
+            workload: workload.into(),
+            port: 8080,
+        };
+        let mut client = client.clone();
+        async move { client.watch(req).await.unwrap().into_inner() }
+    };
+    let mut api_policy = watch("shop/api-sa").await;
+    let mut payments_policy = watch("shop/payments-sa").await;
+
+    // Nothing during the window: no allow-all from the empty index.
+    let early = tokio::time::timeout(Duration::from_millis(500), api_policy.message()).await;
+    assert!(early.is_err(), "an answer before sync: {early:?}");
+    assert!(
+        started.elapsed() < LIST_DELAY,
+        "the silence was inside the window"
+    );
+    assert_eq!(http_status(admin, "/ready").await, Some(503));
+
+    // Then the real policy, no earlier than the lists answered.
+    let first = tokio::time::timeout(Duration::from_secs(15), api_policy.message())
+        .await
+        .expect("a policy once synced")
+        .unwrap()
+        .expect("the stream is open");
+    assert!(started.elapsed() >= LIST_DELAY, "answered only after the lists");
+    assert!(!first.default_allow, "{first:?}");
+    assert_eq!(first.rules[0].namespaces, ["web"]);
+    assert_eq!(http_status(admin, "/ready").await, Some(200));
+
+    // The new invalid policy: its target denies every caller...
+    let deny = tokio::time::timeout(Duration::from_secs(5), payments_policy.message())
+        .await
+        .expect("a policy once synced")
+        .unwrap()
+        .unwrap();
+    assert!(!deny.default_allow && deny.rules.is_empty(), "{deny:?}");
+    assert_eq!(deny.mtls, weft_api::v1::MtlsMode::Strict as i32);
+    // ...and its status says why, naming the field.
+    let mut condition = None;
+    for _ in 0..100 {
+        condition = api
+            .state
+            .lock()
+            .unwrap()
+            .status_patches
+            .iter()
+            .rev()
+            .find(|(p, _)| p.ends_with("/authorizationpolicies/payments.strict/status"))
+            .map(|(_, b)| b["status"]["conditions"][0].clone());
+        if condition.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let condition = condition.expect("status written for the invalid policy");
+    assert_eq!(condition["type"], "Accepted");
+    assert_eq!(condition["status"], "False");
+    let message = condition["message"].as_str().unwrap();
+    assert!(
+        message.contains("metadata.name") && message.contains("denies every caller"),
+        "{message}"
+    );
 }

@@ -17,7 +17,7 @@ use weft_control::inject::InjectConfig;
 use weft_control::testing::TempDir;
 use weft_control::webhook::{review, Mode, Webhook};
 
-const HOST: &str = "weft-webhook.weft.svc";
+const HOST: &str = "weft-webhook.weft-system.svc";
 
 fn testdata(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -32,7 +32,7 @@ fn pod_create() -> Value {
 fn cfg() -> InjectConfig {
     InjectConfig {
         proxy_image: "registry.example.com/weft/weft:0.1.0".into(),
-        control_plane: "http://weft-control.weft.svc.cluster.local:8086".into(),
+        control_plane: "http://weft-control.weft-system.svc.cluster.local:8086".into(),
         trust_domain: "cluster.local".into(),
         ..InjectConfig::default()
     }

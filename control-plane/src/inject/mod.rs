@@ -32,8 +32,10 @@ pub const TOKEN_FILE: &str = "/var/run/secrets/weft.dev/token";
 /// `weft`, `weft-proxy` and `weft-control`).
 pub const DEFAULT_PROXY_IMAGE: &str = concat!("ghcr.io/weft-mesh/weft:", env!("CARGO_PKG_VERSION"));
 /// The control plane's gRPC Service as the chart installs it in the
-/// `weft` namespace.
-pub const DEFAULT_CONTROL_PLANE: &str = "http://weft-control.weft.svc.cluster.local:8086";
+/// `weft-system` namespace (what docs/kubernetes.md installs into). One
+/// default for the injector and `weft inject`: a namespace the install
+/// does not own (say `weft`) must not be where proxies look for it.
+pub const DEFAULT_CONTROL_PLANE: &str = "http://weft-control.weft-system.svc.cluster.local:8086";
 /// The uid the proxy runs as, which `weft-proxy init` exempts from
 /// redirection.
 pub const PROXY_UID: i64 = 2102;

@@ -67,8 +67,43 @@ fn app_protocol(port: &k8s_openapi::api::core::v1::ServicePort) -> AppProtocol {
     }
 }
 
+/// Keeps each AuthorizationPolicy's last valid version, so that an
+/// invalid one fails closed: an invalid update keeps the last good
+/// version in force; one with none (new, or first seen invalid after a
+/// restart) puts a deny-all on its target ([`Spec::DenyAll`]).
+#[derive(Debug, Default)]
+pub struct LastGood {
+    policies: HashMap<(String, String), Document>,
+}
+
+impl LastGood {
+    /// Adds to `docs` what stands in for each invalid AuthorizationPolicy
+    /// in `errors`, remembers the valid ones, and forgets deleted ones.
+    pub fn fail_closed(&mut self, docs: &mut Vec<Document>, errors: &[DocError]) {
+        let mut present = std::collections::HashSet::new();
+        for doc in docs.iter() {
+            if let Spec::AuthorizationPolicy(_) = doc.spec {
+                let key = (doc.meta.namespace.clone(), doc.meta.name.clone());
+                self.policies.insert(key.clone(), doc.clone());
+                present.insert(key);
+            }
+        }
+        for e in errors {
+            let Some(authz) = &e.authz else { continue };
+            let key = (authz.namespace.clone(), authz.name.clone());
+            match self.policies.get(&key) {
+                Some(good) => docs.push(good.clone()),
+                None => docs.extend(e.deny_all()),
+            }
+            present.insert(key);
+        }
+        self.policies.retain(|key, _| present.contains(key));
+    }
+}
+
 /// Builds every document; objects that cannot be used are returned as
-/// errors (and skipped), never fatal.
+/// errors (and skipped), never fatal. An invalid AuthorizationPolicy's
+/// error says what it targets, for [`LastGood::fail_closed`].
 pub fn documents(objects: &ClusterObjects) -> (Vec<Document>, Vec<DocError>) {
     let pods: HashMap<(String, String), &Pod> = objects
         .pods
@@ -358,5 +393,53 @@ mod tests {
             e.contains("TrafficPolicy shop/bad") && e.contains("spec.retries.attempts"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn invalid_authorization_policies_keep_the_last_good_version_or_deny() {
+        let authz = |name: &str, spec: serde_json::Value| -> Arc<DynamicObject> {
+            from_json(serde_json::json!({
+                "apiVersion": "weft.dev/v1alpha1", "kind": "AuthorizationPolicy",
+                "metadata": {"name": name, "namespace": "shop", "generation": 1},
+                "spec": spec,
+            }))
+        };
+        let good = serde_json::json!({"targetRef": {"name": "api", "port": 80}, "rules": [{"from": {"namespaces": ["web"]}}]});
+        // An identity that is not a SPIFFE ID: invalid.
+        let bad = serde_json::json!({"targetRef": {"name": "api", "port": 80}, "rules": [{"from": {"identities": ["web"]}}]});
+        let mut last_good = LastGood::default();
+        let mut view = |objects: Vec<Arc<DynamicObject>>| {
+            let mut all = sample();
+            all.policies = objects;
+            let (mut docs, errors) = documents(&all);
+            last_good.fail_closed(&mut docs, &errors);
+            let policy = docs
+                .iter()
+                .find(|d| d.meta.name == "strict")
+                .map(|d| d.spec.clone());
+            (policy, errors)
+        };
+
+        let (policy, _) = view(vec![authz("strict", good.clone())]);
+        assert!(matches!(policy, Some(Spec::AuthorizationPolicy(_))));
+        // An invalid update: the last good version, not nothing.
+        let (policy, errors) = view(vec![authz("strict", bad.clone())]);
+        assert_eq!(errors[0].field, "spec.rules[0].from.identities[0]");
+        let Some(Spec::AuthorizationPolicy(p)) = policy else {
+            panic!("{policy:?}")
+        };
+        assert_eq!(p.rules[0].from.as_ref().unwrap().namespaces, ["web"]);
+        // Deleted: forgotten. Re-created invalid: no last good, deny-all.
+        assert_eq!(view(vec![]).0, None);
+        let (policy, _) = view(vec![authz("strict", bad)]);
+        let Some(Spec::DenyAll(deny)) = policy else {
+            panic!("{policy:?}")
+        };
+        assert_eq!((deny.target.name.as_str(), deny.target.port), ("api", Some(80)));
+        assert!(deny.reason.contains("spec.rules[0].from.identities[0]"));
+        // A policy whose target cannot be read has nothing to close.
+        let (policy, errors) = view(vec![authz("strict", serde_json::json!({"rules": []}))]);
+        assert_eq!(errors[0].field, "spec.targetRef");
+        assert_eq!(policy, None);
     }
 }

@@ -22,10 +22,10 @@ use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::Notify;
 
-use super::convert::{documents, ClusterObjects};
+use super::convert::{documents, ClusterObjects, LastGood};
 use crate::index::Index;
 use crate::metrics::ControlMetrics;
-use crate::model::{AuthorizationPolicy, TrafficPolicy};
+use crate::model::{AuthorizationPolicy, InForce, TrafficPolicy};
 
 /// The name the cluster's documents are registered under in the index.
 pub const SOURCE: &str = "kubernetes";
@@ -114,13 +114,20 @@ impl KubernetesSource {
         }
         tracing::info!("Kubernetes: every kind listed; serving the cluster's state");
         let mut known_errors = std::collections::HashSet::new();
+        let mut last_good = LastGood::default();
         loop {
             let notified = self.synced.changed.notified();
-            let (docs, errors) = documents(&self.objects());
-            // Each rejected object is reported once, not on every rebuild.
-            let errors: std::collections::HashSet<String> = errors.iter().map(ToString::to_string).collect();
+            let (mut docs, errors) = documents(&self.objects());
+            last_good.fail_closed(&mut docs, &errors);
+            metrics.invalid_documents(SOURCE, &errors, &docs);
+            // Each rejected object is reported once, not on every rebuild;
+            // the message says what is in force instead.
+            let errors: std::collections::HashSet<String> = errors
+                .iter()
+                .map(|e| format!("{e}; {}", InForce::of(e, &docs).explain()))
+                .collect();
             for e in errors.difference(&known_errors) {
-                tracing::warn!(error = %e, "Kubernetes object rejected; it has no effect");
+                tracing::warn!(error = %e, "Kubernetes object rejected");
                 metrics.config_errors.inc();
             }
             self.report_status(&errors);
@@ -231,6 +238,11 @@ where
                     }
                     mark_listed(&mut listed);
                 }
+                Err(e) if !listed => tracing::warn!(
+                    kind = %what,
+                    error = %e,
+                    "Kubernetes list failed; retrying with backoff. weft-control stays unready, and its watches unanswered, until every kind has listed"
+                ),
                 Err(e) => {
                     tracing::warn!(kind = %what, error = %e, "Kubernetes watch failed; retrying with backoff")
                 }

@@ -32,6 +32,9 @@ pub enum Spec {
     TrafficPolicy(TrafficPolicySpec),
     AuthorizationPolicy(AuthorizationPolicySpec),
     HttpRoute(HttpRouteSpec),
+    /// Stands in for an AuthorizationPolicy that failed validation and
+    /// has no last good version: never parsed, made by the sources.
+    DenyAll(DenyAll),
 }
 
 impl Spec {
@@ -39,7 +42,7 @@ impl Spec {
         match self {
             Spec::MeshService(_) => "MeshService",
             Spec::TrafficPolicy(_) => "TrafficPolicy",
-            Spec::AuthorizationPolicy(_) => "AuthorizationPolicy",
+            Spec::AuthorizationPolicy(_) | Spec::DenyAll(_) => "AuthorizationPolicy",
             Spec::HttpRoute(_) => "HTTPRoute",
         }
     }
@@ -125,6 +128,106 @@ pub struct DocError {
     pub doc: DocRef,
     pub field: String,
     pub problem: String,
+    /// Set when the document is an AuthorizationPolicy: what could be
+    /// read of it, so that it fails closed rather than being dropped.
+    pub authz: Option<Box<RejectedAuthz>>,
+}
+
+/// An AuthorizationPolicy that failed validation, as far as it could be
+/// read. Dropping it would leave its port allow-all, so a source keeps
+/// its last good version in force or, with none, puts a [`DenyAll`] on
+/// its target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RejectedAuthz {
+    pub namespace: String,
+    pub name: String,
+    /// The service (and port) it names, when `spec.targetRef.name` is a
+    /// string; a port that is not a valid one widens it to every port.
+    pub target: Option<TargetRef>,
+}
+
+/// Denies every caller of `target` (mTLS strict, no allow rules): what an
+/// invalid AuthorizationPolicy with no last good version enforces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DenyAll {
+    pub target: TargetRef,
+    /// The field that failed validation.
+    pub field: String,
+    /// The whole validation error.
+    pub reason: String,
+}
+
+impl DocError {
+    /// The [`DenyAll`] stand-in for this error's AuthorizationPolicy;
+    /// `None` when it is not one, or names no target that can be closed.
+    pub fn deny_all(&self) -> Option<Document> {
+        let authz = self.authz.as_ref()?;
+        Some(Document {
+            meta: Metadata {
+                name: authz.name.clone(),
+                namespace: authz.namespace.clone(),
+                labels: BTreeMap::new(),
+                annotations: BTreeMap::new(),
+            },
+            spec: Spec::DenyAll(DenyAll {
+                target: authz.target.clone()?,
+                field: self.field.clone(),
+                reason: self.to_string(),
+            }),
+        })
+    }
+
+    /// `Kind namespace/name` of the document, when known.
+    fn key(&self) -> Option<&str> {
+        self.doc.name.as_deref()
+    }
+}
+
+/// What is in force in place of a document that failed validation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum InForce {
+    /// Its last good version.
+    LastGood,
+    /// Nothing: its target denies every caller ([`DenyAll`]).
+    DenyAll,
+    /// Nothing: it has no effect (a route or traffic policy not applied;
+    /// an authorization policy whose target cannot be read).
+    Nothing,
+}
+
+impl InForce {
+    /// Of `error`, among the documents `docs` a source hands the index.
+    pub fn of(error: &DocError, docs: &[Document]) -> Self {
+        let Some(key) = error.key() else {
+            return InForce::Nothing;
+        };
+        let found = docs
+            .iter()
+            .find(|d| key == format!("{} {}/{}", d.spec.kind(), d.meta.namespace, d.meta.name));
+        match found.map(|d| &d.spec) {
+            Some(Spec::DenyAll(_)) => InForce::DenyAll,
+            Some(_) => InForce::LastGood,
+            None => InForce::Nothing,
+        }
+    }
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InForce::LastGood => "last_good",
+            InForce::DenyAll => "deny_all",
+            InForce::Nothing => "none",
+        }
+    }
+
+    /// For logs and status conditions.
+    pub fn explain(self) -> &'static str {
+        match self {
+            InForce::LastGood => "the last good version stays in force",
+            InForce::DenyAll => "no last good version: its target denies every caller until it is fixed",
+            InForce::Nothing => "it has no effect",
+        }
+    }
 }
 
 // ---------------------------------------------------------------- specs

@@ -38,6 +38,7 @@ pub fn parse_file(file: &str, text: &str) -> (Vec<Document>, Vec<DocError>) {
                 doc: at(0, None),
                 field: "(yaml)".into(),
                 problem: format!("not valid YAML: {e}"),
+                authz: None,
             };
             return (Vec::new(), vec![err]);
         }
@@ -50,6 +51,7 @@ pub fn parse_file(file: &str, text: &str) -> (Vec<Document>, Vec<DocError>) {
             continue;
         }
         let name = document_name(&value);
+        let authz = rejected_authz(&value);
         match parse_document(value) {
             Ok(doc) => {
                 let key = (doc.spec.kind(), doc.meta.namespace.clone(), doc.meta.name.clone());
@@ -58,6 +60,8 @@ pub fn parse_file(file: &str, text: &str) -> (Vec<Document>, Vec<DocError>) {
                         doc: at(index, name),
                         field: "metadata.name".into(),
                         problem: "expected a unique name; an earlier document in this file has the same kind, namespace and name".into(),
+                        // The earlier one is in force.
+                        authz: None,
                     });
                 } else {
                     docs.push(doc);
@@ -67,6 +71,7 @@ pub fn parse_file(file: &str, text: &str) -> (Vec<Document>, Vec<DocError>) {
                 doc: at(index, name),
                 field,
                 problem,
+                authz,
             }),
         }
     }
@@ -77,6 +82,7 @@ pub fn parse_file(file: &str, text: &str) -> (Vec<Document>, Vec<DocError>) {
 /// from the Kubernetes API); errors name `source` and the object.
 pub fn parse_object(source: &str, value: serde_json::Value) -> Result<Document, DocError> {
     let name = document_name(&value);
+    let authz = rejected_authz(&value);
     parse_document(value).map_err(|(field, problem)| DocError {
         doc: DocRef {
             file: source.to_string(),
@@ -85,7 +91,38 @@ pub fn parse_object(source: &str, value: serde_json::Value) -> Result<Document, 
         },
         field,
         problem,
+        authz,
     })
+}
+
+/// What can be read of an AuthorizationPolicy without validating it:
+/// its name and the service it targets. `None` for other kinds, or
+/// without a string `metadata.name`.
+fn rejected_authz(v: &serde_json::Value) -> Option<Box<RejectedAuthz>> {
+    if v.get("kind")?.as_str()? != "AuthorizationPolicy" {
+        return None;
+    }
+    let meta = v.get("metadata")?;
+    let target = v.pointer("/spec/targetRef").and_then(|t| {
+        Some(TargetRef {
+            kind: "Service".into(),
+            name: t.get("name")?.as_str()?.to_string(),
+            port: t
+                .get("port")
+                .and_then(serde_json::Value::as_u64)
+                .and_then(|p| u16::try_from(p).ok())
+                .filter(|p| *p != 0),
+        })
+    });
+    Some(Box::new(RejectedAuthz {
+        namespace: meta
+            .get("namespace")
+            .and_then(|n| n.as_str())
+            .unwrap_or("default")
+            .to_string(),
+        name: meta.get("name")?.as_str()?.to_string(),
+        target,
+    }))
 }
 
 fn document_name(v: &serde_json::Value) -> Option<String> {

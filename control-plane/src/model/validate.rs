@@ -194,6 +194,8 @@ pub(super) fn validate(doc: &Document) -> Result<(), FieldError> {
                 )?;
             }
         }
+        // Made by the sources for an invalid policy, never parsed.
+        Spec::DenyAll(_) => {}
         Spec::HttpRoute(r) => {
             check(
                 !r.parent_refs.is_empty(),

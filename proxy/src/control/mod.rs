@@ -41,7 +41,7 @@ pub struct ControlClient {
 impl ControlClient {
     /// Connects lazily: nothing is dialed until the first call. Needs a
     /// runtime. Fails only when `address` (e.g.
-    /// `http://weft-control.weft:8086`) is not a usable URI.
+    /// `http://weft-control.weft-system:8086`) is not a usable URI.
     pub fn new(address: &str) -> Result<Self, tonic::transport::Error> {
         let channel = tonic::transport::Endpoint::from_shared(address.to_string())?
             .connect_timeout(Duration::from_secs(2))
