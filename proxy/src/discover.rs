@@ -76,8 +76,10 @@ impl Endpoint {
 }
 
 impl Candidate for Endpoint {
+    /// The endpoint's proxy when it is meshed (two replicas may share an
+    /// app address behind different proxies, e.g. on one machine).
     fn addr(&self) -> SocketAddr {
-        self.addr
+        self.proxy.unwrap_or(self.addr)
     }
 
     fn weight(&self) -> u32 {

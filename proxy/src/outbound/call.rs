@@ -177,7 +177,7 @@ async fn tries<U: Upstream>(
         if verdict.retry {
             if dest.shared.budget.withdraw() {
                 retries += 1;
-                avoid = Some(endpoint.addr);
+                avoid = Some(dialled(endpoint));
                 tracing::debug!(endpoint = %endpoint.addr, outcome = ?tried.outcome, retries, "retrying");
                 drop((result, in_try));
                 let backoff = tokio::time::sleep(policy.retry.backoff(retries));

@@ -16,7 +16,7 @@ use http_body_util::{BodyExt, StreamBody};
 use tokio::time::Instant;
 
 use super::call::{call, Call, Called, Deadline};
-use super::upstream::Upstream;
+use super::upstream::{dialled, Upstream};
 use crate::discover::{Destination, Endpoint};
 use crate::errors::ProxyError;
 use crate::grpc::{self, Code};
@@ -98,7 +98,7 @@ impl Upstream for Script {
     async fn ready(&self, endpoint: &Endpoint, _app: AppProtocol) -> Result<(), ProxyError> {
         let refuse = {
             let mut steps = self.steps.lock().unwrap();
-            let queue = steps.entry(endpoint.addr).or_default();
+            let queue = steps.entry(dialled(endpoint)).or_default();
             let refuse = matches!(queue.front(), Some(Step::Refuse));
             if refuse {
                 queue.pop_front();
@@ -106,8 +106,8 @@ impl Upstream for Script {
             refuse
         };
         if refuse {
-            self.tries.lock().unwrap().push((endpoint.addr, None));
-            return Err(refused(endpoint.addr));
+            self.tries.lock().unwrap().push((dialled(endpoint), None));
+            return Err(refused(dialled(endpoint)));
         }
         Ok(())
     }
@@ -119,7 +119,7 @@ impl Upstream for Script {
         _authority: &Authority,
         req: Request<Body>,
     ) -> Result<Response<Body>, ProxyError> {
-        let at = endpoint.addr;
+        let at = dialled(endpoint);
         let step = self.pop(at);
         let body = req.into_body().collect().await.ok().map(|c| c.to_bytes());
         self.tries.lock().unwrap().push((at, body));
@@ -497,4 +497,44 @@ async fn no_endpoints_and_all_ejected_are_errors() {
     run(&script, &d, get(), None, &m).await;
     let r = run(&script, &d, get(), None, &m).await;
     assert_eq!(r.error().reason(), "circuit-open");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_avoids_the_proxy_it_comes_from_even_when_replicas_share_an_app_address() {
+    // Two replicas of one app address behind different proxies (as on one
+    // machine): the retry must not count them as one endpoint.
+    let shared = SocketAddr::from(([127, 0, 0, 1], 8080));
+    let m = ResilienceMetrics::default();
+    for round in 0..20 {
+        // Fresh endpoint state each round: no breaker ejects either.
+        let endpoints: Vec<Endpoint> = (1..=2)
+            .map(|i| Endpoint {
+                proxy: Some(addr(i)),
+                ..Endpoint::unmeshed(shared)
+            })
+            .collect();
+        let mut d = Destination::from_endpoints("web", endpoints.into());
+        let p = Policy {
+            load_balancer: if round % 2 == 0 {
+                LoadBalancer::PeakEwma
+            } else {
+                LoadBalancer::RoundRobin
+            },
+            ..Policy::default()
+        };
+        d.shared = Arc::new(Shared::new(&p));
+        d.policy = Arc::new(p);
+        let d = Arc::new(d);
+        let script = Script::default()
+            .on(1, &[Step::Refuse; 2])
+            .on(2, &[Step::Refuse; 2]);
+        let r = run(&script, &d, get(), None, &m).await;
+        assert_eq!(r.error().reason(), "connect-failed");
+        let tried = script.tried();
+        assert_eq!(tried.len(), 2, "{tried:?}");
+        assert_ne!(
+            tried[0], tried[1],
+            "round {round}: the retry went to the other proxy"
+        );
+    }
 }

@@ -68,7 +68,7 @@ impl Outbound {
                     if avoid.is_some() || !connect_failure || dest.endpoints.len() < 2 {
                         return Called { result: Err(e), last };
                     }
-                    avoid = Some(endpoint.addr);
+                    avoid = Some(dialled(endpoint));
                 }
             }
         };

@@ -154,6 +154,7 @@ impl Drop for InFlight {
 /// What the balancer needs of an endpoint. Discovery's endpoint type
 /// implements it; the balancer keeps to its own data.
 pub trait Candidate {
+    /// The address a request to it is sent to: what a retry avoids.
     fn addr(&self) -> SocketAddr;
     /// Relative weight (0 counts as 1).
     fn weight(&self) -> u32;
