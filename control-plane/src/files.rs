@@ -312,7 +312,9 @@ fn denials(file: &Path, good: &[Document], docs: &[Document], errors: &[DocError
     valid
         .chain(invalid)
         .filter(|e| {
-            let a = e.authz.as_ref().expect("filtered to authorization policies");
+            let Some(a) = e.authz.as_ref() else {
+                return false;
+            };
             !good.iter().any(|d| {
                 d.spec.kind() == "AuthorizationPolicy"
                     && d.meta.namespace == a.namespace
