@@ -558,8 +558,8 @@ async fn per_identity_rate_limits_isolate_callers() {
     );
     let proxy = |workload: &str, token: &str, extra: &str| {
         ProxyProc::start(&format!(
-            "controlPlane: {}\nnamespace: demo\nworkload: {workload}\nidentityTokenFile: {}\n{extra}",
-            control.url(),
+            "{}namespace: demo\nworkload: {workload}\nidentityTokenFile: {}\n{extra}",
+            control.client_config(),
             dir.path().join(token).display()
         ))
     };
