@@ -47,6 +47,8 @@ pub struct Creds {
     /// The certificate and its intermediates, as sent to peers.
     pub chain: Vec<CertificateDer<'static>>,
     key: PrivatePkcs8KeyDer<'static>,
+    /// The trust anchors (DER) peers are checked against.
+    pub anchors: Vec<Vec<u8>>,
 }
 
 impl Creds {
@@ -182,6 +184,32 @@ impl Identity {
         }
     }
 
+    /// Resolves when a connection authenticated with `creds` on this side
+    /// and a peer certificate valid until `peer_until` must stop being
+    /// used: when either certificate expires, or when newer credentials
+    /// bring other trust anchors (a root was added or removed: the peer's
+    /// chain is checked again on a new connection).
+    pub async fn authentication_ends(&self, creds: &Arc<Creds>, peer_until: Option<SystemTime>) {
+        let until = peer_until.map_or(creds.valid_until, |p| p.min(creds.valid_until));
+        let left = until.duration_since(SystemTime::now()).unwrap_or_default();
+        let expiry = tokio::time::sleep(left);
+        tokio::pin!(expiry);
+        let mut renewed = self.ready.subscribe();
+        loop {
+            tokio::select! {
+                () = &mut expiry => return,
+                changed = renewed.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    if self.current().is_some_and(|c| c.anchors != creds.anchors) {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
     /// Resolves once the first certificate is in.
     pub async fn ready(&self) {
         let mut rx = self.ready.subscribe();
@@ -272,9 +300,9 @@ impl Identity {
         let pkcs8 = PrivatePkcs8KeyDer::from(key.serialize_der());
         let key_der = PrivateKeyDer::Pkcs8(pkcs8.clone_key());
         let mut roots = RootCertStore::empty();
-        for anchor in rsp.trust_anchors {
+        for anchor in &rsp.trust_anchors {
             roots
-                .add(CertificateDer::from(anchor))
+                .add(CertificateDer::from(anchor.clone()))
                 .map_err(|e| unusable(&e))?;
         }
         let roots = Arc::new(roots);
@@ -320,8 +348,16 @@ impl Identity {
             valid_until: SystemTime::UNIX_EPOCH + Duration::from_secs(rsp.valid_until.max(0) as u64),
             chain,
             key: pkcs8,
+            anchors: rsp.trust_anchors,
         })
     }
+}
+
+/// When a certificate (DER) expires.
+pub fn not_after(cert: &[u8]) -> Option<SystemTime> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert).ok()?;
+    let secs = u64::try_from(cert.validity().not_after.timestamp()).ok()?;
+    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
 }
 
 /// The SPIFFE ID in a certificate's URI SANs, if exactly one.

@@ -269,6 +269,20 @@ async fn certificates_rotate_under_load_without_a_failed_request() {
         issued >= 8.0,
         "two proxies renewing every ~3 s for 15 s: {issued} certificates"
     );
+    // The pooled mTLS connection does not outlive its certificates: each
+    // expiry drains it and the next request opens a new one, with the
+    // certificates then current.
+    let (_, metrics) = admin_get(server.addrs.admin, "/metrics").await;
+    let opened: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with(r#"weft_tcp_connections_opened_total{direction="inbound",protocol="tls"}"#))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert!(
+        opened >= 3.0,
+        "4 s certificates over 15 s: {opened} mTLS connections"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
