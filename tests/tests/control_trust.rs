@@ -188,3 +188,136 @@ async fn a_workload_of_the_mesh_cannot_pose_as_the_control_plane() {
     })
     .await;
 }
+
+/// Requests that reached `proxy`'s app over plaintext inbound (by its
+/// metrics: inbound requests with `tls="false"` that got a 2xx).
+async fn plaintext_served(proxy: &ProxyProc) -> f64 {
+    let (_, metrics) = admin_get(proxy.addrs.admin, "/metrics").await;
+    metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("weft_requests_total{")
+                && l.contains(r#"direction="inbound""#)
+                && l.contains(r#"tls="false""#)
+                && l.contains(r#"status_code="2"#)
+        })
+        .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A plaintext GET straight to a proxy's inbound listener, as an
+/// unmeshed (or hostile) pod would send it.
+async fn plaintext_get(inbound: SocketAddr) -> Option<StatusCode> {
+    let stream = tokio::net::TcpStream::connect(inbound).await.ok()?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .ok()?;
+    tokio::spawn(conn);
+    let req = Request::get("/")
+        .header("host", "echo")
+        .body(full(Bytes::new()))
+        .unwrap();
+    Some(send.send_request(req).await.ok()?.status())
+}
+
+/// A strict AuthorizationPolicy, then the control plane goes away: the
+/// running proxies keep enforcing it, a replica started meanwhile admits
+/// nothing (its port has no policy yet) and a client started meanwhile
+/// sends nothing (its destination is pending); no request reaches an app
+/// in plaintext at any point. Once the control plane is back, both join.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_the_control_plane_is_away_nothing_opens() {
+    let (app, app2) = (echo_app().await, echo_app().await);
+    let dir = TempDir::new();
+    let file = dir.write("mesh.yaml", "");
+    let mut control = ControlProc::start(dir.path(), "127.0.0.1:0".parse().unwrap());
+    let server_for = |control: &ControlProc, app: &EchoApp| {
+        ProxyProc::start(&format!(
+            "appPorts: [{}]\nworkload: echo\n{}",
+            app.addr.port(),
+            control.proxy_config("demo", "echo")
+        ))
+    };
+    let server = server_for(&control, &app);
+    let mesh = |servers: &[(&EchoApp, &ProxyProc)]| {
+        let eps: String = servers
+            .iter()
+            .map(|(a, p)| format!("    - {{address: {}, proxy: {}}}\n", a.addr, p.addrs.inbound))
+            .collect();
+        format!(
+            "apiVersion: weft.dev/v1alpha1\nkind: MeshService\nmetadata: {{name: echo, namespace: demo}}\nspec:\n  serviceAccount: echo\n  ports: [{{port: 80}}]\n  endpoints:\n{eps}---\napiVersion: weft.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {{name: echo, namespace: demo}}\nspec:\n  targetRef: {{name: echo}}\n  mtls: strict\n  rules: [{{from: {{namespaces: [demo]}}}}]\n"
+        )
+    };
+    std::fs::write(&file, mesh(&[(&app, &server)])).unwrap();
+    let client = ProxyProc::start(&control.proxy_config("demo", "web"));
+    ready(&server).await;
+    ready(&client).await;
+    eventually(Duration::from_secs(5), "echo is served over mTLS", || async {
+        (call(client.addrs.outbound).await.0 == StatusCode::OK).then_some(())
+    })
+    .await;
+    assert_eq!(
+        plaintext_get(server.addrs.inbound).await,
+        Some(StatusCode::FORBIDDEN)
+    );
+
+    control.kill();
+    // The running proxies: the last known state and policy, still strict.
+    for _ in 0..5 {
+        assert_eq!(call(client.addrs.outbound).await.0, StatusCode::OK);
+        assert_eq!(
+            plaintext_get(server.addrs.inbound).await,
+            Some(StatusCode::FORBIDDEN)
+        );
+    }
+    // A replica started now has neither a certificate nor a policy: its
+    // port admits nothing.
+    let replica = server_for(&control, &app2);
+    let late_client = ProxyProc::start(&control.proxy_config("demo", "web"));
+    for _ in 0..3 {
+        assert_ne!(plaintext_get(replica.addrs.inbound).await, Some(StatusCode::OK));
+        assert_eq!(
+            admin_get(replica.addrs.admin, "/ready").await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        // And a client started now waits, then refuses: nothing is sent
+        // on a guess.
+        let mut c = h1_client(late_client.addrs.outbound).await;
+        let req = Request::get("/")
+            .header("host", "echo")
+            .body(full(Bytes::new()))
+            .unwrap();
+        let (status, headers, _, _) = collect(c.send_request(req).await.unwrap()).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(headers["weft-error"], "discovery-unavailable");
+    }
+    assert_eq!(app2.connections.load(std::sync::atomic::Ordering::SeqCst), 0);
+
+    // Back: the late proxies get certificates and policy and join in.
+    std::fs::write(&file, mesh(&[(&app, &server), (&app2, &replica)])).unwrap();
+    control.restart(&[]);
+    ready(&replica).await;
+    ready(&late_client).await;
+    eventually(
+        Duration::from_secs(10),
+        "the replica serves over mTLS",
+        || async {
+            for _ in 0..10 {
+                call(late_client.addrs.outbound).await;
+            }
+            (app2.connections.load(std::sync::atomic::Ordering::SeqCst) > 0).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        plaintext_get(replica.addrs.inbound).await,
+        Some(StatusCode::FORBIDDEN)
+    );
+    for proxy in [&server, &replica] {
+        assert_eq!(
+            plaintext_served(proxy).await,
+            0.0,
+            "no plaintext request was served"
+        );
+    }
+}
