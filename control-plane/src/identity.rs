@@ -186,6 +186,23 @@ impl Ca {
         self
     }
 
+    /// The trust anchors handed to proxies, as one PEM bundle (what is
+    /// published for injected pods to mount).
+    pub fn trust_anchors_pem(&self) -> String {
+        use base64::Engine as _;
+        let mut pem = String::new();
+        for der in &self.trust_anchors {
+            let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+            pem.push_str("-----BEGIN CERTIFICATE-----\n");
+            for line in b64.as_bytes().chunks(64) {
+                pem.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+                pem.push('\n');
+            }
+            pem.push_str("-----END CERTIFICATE-----\n");
+        }
+        pem
+    }
+
     /// Checks the token (from the tokens file) and the CSR, and signs.
     pub fn certify(&self, identity: &str, csr: &[u8], token: &str) -> Result<api::CertifyResponse, Refusal> {
         let (ns, sa) = self.tokens.get(token).ok_or(Refusal::BadToken)?;
@@ -365,6 +382,21 @@ mod tests {
         .collect();
         expected.sort();
         assert_eq!(extensions, expected, "only the extensions the CA chose");
+    }
+
+    #[test]
+    fn trust_anchors_as_pem_are_the_anchors_handed_out() {
+        let mut ca = ca();
+        ca.trust_anchors
+            .push(Ca::generate("cluster.local").unwrap().ca_der.to_vec());
+        let pem = ca.trust_anchors_pem();
+        let back: Vec<Vec<u8>> = CertificateDer::pem_slice_iter(pem.as_bytes())
+            .map(|c| c.unwrap().to_vec())
+            .collect();
+        assert_eq!(back, ca.trust_anchors);
+        assert_eq!(pem.matches("-----BEGIN CERTIFICATE-----\n").count(), 2);
+        assert!(pem.ends_with("-----END CERTIFICATE-----\n"));
+        assert!(pem.lines().all(|l| l.len() <= 64), "{pem}");
     }
 
     #[test]

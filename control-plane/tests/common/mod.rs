@@ -6,7 +6,9 @@
 //! watches (`?watch=true&resourceVersion=N`, newline-delimited
 //! `{"type":"ADDED|MODIFIED|DELETED|BOOKMARK|ERROR","object":..}`), `410
 //! Gone` for a resource version that was compacted away, 404 for a kind the
-//! cluster does not serve, TokenReview creation and status patches.
+//! cluster does not serve, TokenReview creation, status patches, field
+//! selectors (`metadata.name=…`) and server-side apply of ConfigMaps
+//! (`PATCH` with `application/apply-patch+yaml`).
 // Each test file uses part of it.
 #![allow(dead_code)]
 
@@ -52,6 +54,23 @@ pub struct State {
     pub lists: HashMap<String, usize>,
     /// How long every list waits before it answers (a slow API server).
     pub list_delay: Duration,
+    /// Every server-side apply, in order.
+    pub applies: Vec<Applied>,
+    /// Namespaces whose applies are refused (403), as without RBAC.
+    pub refuse_applies: std::collections::HashSet<String>,
+    /// (path, fieldSelector) of every list and watch with a selector.
+    pub selectors: Vec<(String, String)>,
+}
+
+/// One server-side apply request, as received.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    pub path: String,
+    pub query: HashMap<String, String>,
+    pub content_type: String,
+    pub body: Value,
+    /// The HTTP status answered.
+    pub status: u16,
 }
 
 #[derive(Clone)]
@@ -70,6 +89,58 @@ pub const SLICES: &str = "/apis/discovery.k8s.io/v1/endpointslices";
 pub const PODS: &str = "/api/v1/pods";
 pub const TRAFFIC: &str = "/apis/weft.dev/v1alpha1/trafficpolicies";
 pub const AUTHZ: &str = "/apis/weft.dev/v1alpha1/authorizationpolicies";
+pub const NAMESPACES: &str = "/api/v1/namespaces";
+pub const CONFIGMAPS: &str = "/api/v1/configmaps";
+const KINDS: [&str; 7] = [SERVICES, SLICES, PODS, TRAFFIC, AUTHZ, NAMESPACES, CONFIGMAPS];
+
+/// A namespace as the API server shows it.
+pub fn namespace(name: &str) -> Value {
+    json!({"metadata": {"name": name, "uid": format!("uid-ns-{name}"),
+                        "creationTimestamp": "2026-11-01T09:00:00Z",
+                        "labels": {"kubernetes.io/metadata.name": name}},
+           "spec": {"finalizers": ["kubernetes"]},
+           "status": {"phase": "Active"}})
+}
+
+/// Whether `obj` matches a field selector (`metadata.name=x`,
+/// `metadata.namespace=y`, comma-separated); other fields are not served.
+fn selected(selector: Option<&String>, obj: &Value) -> bool {
+    let Some(selector) = selector else { return true };
+    selector.split(',').all(|term| {
+        let (field, value) = term.split_once('=').expect("field=value");
+        let pointer = match field {
+            "metadata.name" => "/metadata/name",
+            "metadata.namespace" => "/metadata/namespace",
+            other => panic!("field selector on {other} is not served by the fake API"),
+        };
+        obj.pointer(pointer).and_then(Value::as_str) == Some(value)
+    })
+}
+
+/// `%3D` → `=` and the like (query values are form-urlencoded).
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap();
+                out.push(u8::from_str_radix(hex, 16).unwrap());
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).unwrap()
+}
 
 impl FakeApi {
     pub async fn start() -> Self {
@@ -83,6 +154,8 @@ impl FakeApi {
             (PODS, "v1", "PodList"),
             (TRAFFIC, "weft.dev/v1alpha1", "TrafficPolicyList"),
             (AUTHZ, "weft.dev/v1alpha1", "AuthorizationPolicyList"),
+            (NAMESPACES, "v1", "NamespaceList"),
+            (CONFIGMAPS, "v1", "ConfigMapList"),
             // No Gateway API CRDs in this cluster: HTTPRoutes are 404.
         ] {
             state.kinds.insert(
@@ -132,8 +205,22 @@ impl FakeApi {
     }
 
     /// Creates or replaces an object (ADDED / MODIFIED).
-    pub fn apply(&self, path: &'static str, mut obj: Value) {
+    pub fn apply(&self, path: &'static str, obj: Value) {
         let mut s = self.state.lock().unwrap();
+        self.put(&mut s, path, obj);
+    }
+
+    /// The object at `path` (a kind) in `namespace` (`""` for cluster
+    /// objects) named `name`.
+    pub fn get(&self, path: &'static str, namespace: &str, name: &str) -> Option<Value> {
+        let s = self.state.lock().unwrap();
+        s.kinds[path]
+            .objects
+            .get(&(namespace.into(), name.into()))
+            .cloned()
+    }
+
+    fn put(&self, s: &mut State, path: &'static str, mut obj: Value) -> Value {
         s.rv += 1;
         let rv = s.rv;
         obj["metadata"]["resourceVersion"] = json!(rv.to_string());
@@ -155,6 +242,139 @@ impl FakeApi {
         if !self.mute.load(std::sync::atomic::Ordering::SeqCst) {
             let _ = kind.live.send((rv, event));
         }
+        obj
+    }
+
+    /// `PATCH /api/v1/namespaces/{ns}/configmaps/{name}` with
+    /// `application/apply-patch+yaml`: the applied fields (labels, data)
+    /// are merged over what the object has, which is what the API server
+    /// does with fields other managers own; the manager is recorded in
+    /// `managedFields`. An apply that changes nothing stores nothing and
+    /// sends no event. Every request is recorded in `applies`.
+    fn server_side_apply(
+        &self,
+        path: &str,
+        query: &HashMap<String, String>,
+        content_type: &str,
+        body: Value,
+    ) -> Response<Body> {
+        let mut s = self.state.lock().unwrap();
+        let (code, answer) = self.apply_config_map(&mut s, path, query, content_type, &body);
+        s.applies.push(Applied {
+            path: path.to_string(),
+            query: query.clone(),
+            content_type: content_type.to_string(),
+            body,
+            status: code.as_u16(),
+        });
+        json_response(code, &answer)
+    }
+
+    fn apply_config_map(
+        &self,
+        s: &mut State,
+        path: &str,
+        query: &HashMap<String, String>,
+        content_type: &str,
+        body: &Value,
+    ) -> (StatusCode, Value) {
+        let failure = |code: StatusCode, reason: &str, message: String| {
+            (
+                code,
+                json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                       "message": message, "reason": reason, "details": {}, "code": code.as_u16()}),
+            )
+        };
+        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let ["api", "v1", "namespaces", ns, "configmaps", name] = parts[..] else {
+            return failure(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                format!("no such resource: {path}"),
+            );
+        };
+        if content_type != "application/apply-patch+yaml" {
+            return failure(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "UnsupportedMediaType",
+                format!("{content_type} is not an apply patch"),
+            );
+        }
+        let Some(manager) = query.get("fieldManager").filter(|m| !m.is_empty()) else {
+            return failure(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Invalid",
+                "fieldManager is required for apply requests".into(),
+            );
+        };
+        let names_it = body["apiVersion"] == "v1"
+            && body["kind"] == "ConfigMap"
+            && body["metadata"]["name"] == name
+            && body["metadata"]["namespace"].as_str().is_none_or(|n| n == ns);
+        if !names_it {
+            return failure(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                format!("the body is not v1 ConfigMap {ns}/{name}: {body}"),
+            );
+        }
+        if s.refuse_applies.contains(ns) {
+            return failure(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                format!(
+                    "configmaps \"{name}\" is forbidden: User \"system:serviceaccount:weft-system:weft-control\" \
+                     cannot patch resource \"configmaps\" in API group \"\" in the namespace \"{ns}\""
+                ),
+            );
+        }
+        if !s.kinds[NAMESPACES]
+            .objects
+            .contains_key(&(String::new(), ns.to_string()))
+        {
+            return failure(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                format!("namespaces \"{ns}\" not found"),
+            );
+        }
+        let existing = s.kinds[CONFIGMAPS]
+            .objects
+            .get(&(ns.to_string(), name.to_string()))
+            .cloned();
+        let mut obj = existing.clone().unwrap_or_else(|| {
+            json!({"metadata": {"name": name, "namespace": ns, "uid": format!("uid-cm-{ns}-{name}"),
+                                "creationTimestamp": "2026-11-01T10:00:00Z"}})
+        });
+        let mut owned = serde_json::Map::new();
+        if let Some(Value::Object(labels)) = body.pointer("/metadata/labels") {
+            merge(&mut obj["metadata"]["labels"], labels);
+            owned.insert("f:metadata".into(), json!({"f:labels": field_set(labels)}));
+        }
+        if let Some(Value::Object(data)) = body.pointer("/data") {
+            merge(&mut obj["data"], data);
+            owned.insert("f:data".into(), field_set(data));
+        }
+        let entry = json!({"manager": manager, "operation": "Apply", "apiVersion": "v1",
+                           "time": "2026-11-01T10:00:00Z", "fieldsType": "FieldsV1",
+                           "fieldsV1": owned});
+        let mut managed = obj["metadata"]["managedFields"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        match managed
+            .iter_mut()
+            .find(|m| m["manager"] == manager.as_str() && m["operation"] == "Apply")
+        {
+            Some(m) => *m = entry,
+            None => managed.push(entry),
+        }
+        obj["metadata"]["managedFields"] = json!(managed);
+        match existing {
+            Some(e) if e == obj => (StatusCode::OK, obj),
+            Some(_) => (StatusCode::OK, self.put(s, CONFIGMAPS, obj)),
+            None => (StatusCode::CREATED, self.put(s, CONFIGMAPS, obj)),
+        }
     }
 
     pub fn delete(&self, path: &'static str, namespace: &str, name: &str) {
@@ -166,18 +386,28 @@ impl FakeApi {
         obj["metadata"]["resourceVersion"] = json!(rv.to_string());
         let event = json!({"type": "DELETED", "object": obj});
         kind.history.push((rv, event.clone()));
-        let _ = kind.live.send((rv, event));
+        if !self.mute.load(std::sync::atomic::Ordering::SeqCst) {
+            let _ = kind.live.send((rv, event));
+        }
     }
 
     /// Forgets all history (as etcd compaction does) and ends every open
     /// watch: clients resuming from an older version get `410 Gone`.
     pub fn compact_and_cut(&self) {
+        self.compact_and_cut_kinds(&KINDS);
+    }
+
+    /// [`Self::compact_and_cut`] for some kinds only: watches of the others
+    /// resume where they were.
+    pub fn compact_and_cut_kinds(&self, paths: &[&str]) {
         {
             let mut s = self.state.lock().unwrap();
             let rv = s.rv;
-            for kind in s.kinds.values_mut() {
-                kind.history.clear();
-                kind.compacted = rv;
+            for (path, kind) in s.kinds.iter_mut() {
+                if paths.contains(path) {
+                    kind.history.clear();
+                    kind.compacted = rv;
+                }
             }
         }
         self.cut.send_modify(|g| *g += 1);
@@ -206,7 +436,7 @@ impl FakeApi {
             .split('&')
             .filter_map(|kv| {
                 let (k, v) = kv.split_once('=')?;
-                Some((k.to_string(), v.to_string()))
+                Some((k.to_string(), percent_decode(v)))
             })
             .collect();
         if req.method() == Method::POST && path == "/apis/authentication.k8s.io/v1/tokenreviews" {
@@ -226,6 +456,21 @@ impl FakeApi {
             answer["status"] = status;
             return json_response(StatusCode::CREATED, &answer);
         }
+        if req.method() == Method::PATCH
+            && path.starts_with("/api/v1/namespaces/")
+            && path.contains("/configmaps/")
+        {
+            let content_type = req
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            let bytes = req.into_body().collect().await.unwrap().to_bytes();
+            // JSON is YAML; kube-rs sends JSON.
+            let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            return self.server_side_apply(&path, &query, &content_type, body);
+        }
         if req.method() == Method::PATCH && path.ends_with("/status") {
             let body: Value =
                 serde_json::from_slice(&req.into_body().collect().await.unwrap().to_bytes()).unwrap();
@@ -236,10 +481,7 @@ impl FakeApi {
                 .push((path, body.clone()));
             return json_response(StatusCode::OK, &body);
         }
-        let Some(kind_path) = [SERVICES, SLICES, PODS, TRAFFIC, AUTHZ]
-            .into_iter()
-            .find(|p| *p == path)
-        else {
+        let Some(kind_path) = KINDS.into_iter().find(|p| *p == path) else {
             return json_response(
                 StatusCode::NOT_FOUND,
                 &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
@@ -248,6 +490,14 @@ impl FakeApi {
             );
         };
         let watching = query.get("watch").is_some_and(|w| w == "true" || w == "1");
+        let selector = query.get("fieldSelector").cloned();
+        if let Some(sel) = &selector {
+            self.state
+                .lock()
+                .unwrap()
+                .selectors
+                .push((path.clone(), sel.clone()));
+        }
         if !watching {
             let delay = self.state.lock().unwrap().list_delay;
             tokio::time::sleep(delay).await;
@@ -258,7 +508,7 @@ impl FakeApi {
             let list = json!({
                 "kind": kind.list_kind, "apiVersion": kind.api_version,
                 "metadata": {"resourceVersion": rv.to_string()},
-                "items": kind.objects.values().cloned().collect::<Vec<_>>(),
+                "items": kind.objects.values().filter(|o| selected(selector.as_ref(), o)).cloned().collect::<Vec<_>>(),
             });
             return json_response(StatusCode::OK, &list);
         }
@@ -282,7 +532,7 @@ impl FakeApi {
             let backlog: Vec<Value> = kind
                 .history
                 .iter()
-                .filter(|(v, _)| *v > since)
+                .filter(|(v, e)| *v > since && selected(selector.as_ref(), &e["object"]))
                 .map(|(_, e)| e.clone())
                 .collect();
             let mut backlog = backlog;
@@ -320,7 +570,7 @@ impl FakeApi {
                 loop {
                     tokio::select! {
                         event = live.recv() => match event {
-                            Ok((rv, e)) if rv > since => if !send(&tx, &e) { return },
+                            Ok((rv, e)) if rv > since && selected(selector.as_ref(), &e["object"]) => if !send(&tx, &e) { return },
                             Ok(_) => {}
                             Err(_) => return,
                         },
@@ -338,6 +588,21 @@ impl FakeApi {
     }
 }
 
+/// `applied`'s keys set over `target` (made a map if it is not one).
+fn merge(target: &mut Value, applied: &serde_json::Map<String, Value>) {
+    if !target.is_object() {
+        *target = json!({});
+    }
+    for (k, v) in applied {
+        target[k] = v.clone();
+    }
+}
+
+/// A `fieldsV1` set of `map`'s keys: `{"f:key": {}}`.
+fn field_set(map: &serde_json::Map<String, Value>) -> Value {
+    Value::Object(map.keys().map(|k| (format!("f:{k}"), json!({}))).collect())
+}
+
 pub fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
     Response::builder()
         .status(status)
@@ -346,4 +611,51 @@ pub fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
             serde_json::to_vec(v).unwrap(),
         ))))
         .unwrap()
+}
+
+/// The status code of `GET path` on `addr`; `None` when it does not answer.
+pub async fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.ok()?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    String::from_utf8_lossy(&buf)
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+pub fn free_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// A kubeconfig in `dir` for `api` (no credentials, default namespace
+/// `shop`), for the weft-control binary.
+pub fn kubeconfig(api: &FakeApi, dir: &weft_control::testing::TempDir) -> std::path::PathBuf {
+    dir.write(
+        "kubeconfig",
+        &format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: http://{}\ncontexts:\n- name: test\n  context: {{cluster: test, user: test, namespace: shop}}\ncurrent-context: test\nusers:\n- name: test\n  user: {{}}\n",
+            api.addr
+        ),
+    )
+}
+
+/// A child process, killed and reaped on drop.
+pub struct Child(pub std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
