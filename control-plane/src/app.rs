@@ -131,7 +131,14 @@ impl Control {
         let admin = TcpListener::bind(config.admin_listen)
             .await
             .map_err(|e| format!("{}: {e}", config.admin_listen))?;
-        let webhook = crate::webhook::Webhook::bind(&config.webhook, &config.trust_domain).await?;
+        let control_plane = crate::inject::ControlPlane {
+            trust_domain: config.trust_domain.clone(),
+            cluster_domain: config.cluster_domain.clone(),
+            // Its own namespace and service account: the defaults
+            // (weft-system, weft-control) until Config has them.
+            ..crate::inject::ControlPlane::default()
+        };
+        let webhook = crate::webhook::Webhook::bind(&config.webhook, &control_plane).await?;
         Ok(Self {
             config,
             ca: Arc::new(ca),
