@@ -23,11 +23,12 @@ use weft_api::exposition;
 use weft_api::v1 as api;
 
 use crate::files::FileSource;
-use crate::grpc::{DestinationService, IdentityService, InboundService, Proxies};
-use crate::identity::{read_tokens, Ca};
+use crate::grpc::{DestinationService, IdentityService, InboundService, Proxies, MAX_MESSAGE};
+use crate::identity::Ca;
 use crate::index::{Index, IndexConfig};
 use crate::kubernetes::{KubernetesSource, TokenReviewer, TrustAnchorPublisher};
 use crate::metrics::ControlMetrics;
+use crate::tls::ServingCert;
 
 /// `weft-control`: Weft's control plane. Serves discovery and policy from
 /// YAML documents and the Kubernetes API to the proxies over gRPC.
@@ -96,9 +97,32 @@ pub struct Config {
     /// Without it every certificate request is refused.
     #[arg(long, env = "WEFT_TOKENS")]
     pub tokens: Option<PathBuf>,
-    /// Lifetime of issued certificates.
+    /// Lifetime of issued certificates (the control plane's own too).
     #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
     pub cert_lifetime: Duration,
+    /// The namespace this control plane runs in: its own SPIFFE ID is
+    /// `spiffe://<trust domain>/ns/<namespace>/sa/<service account>`,
+    /// which proxies expect (their `controlPlaneIdentity`).
+    #[arg(long, env = "WEFT_NAMESPACE", default_value = "weft-system")]
+    pub namespace: String,
+    /// The service account this control plane runs as.
+    #[arg(long, env = "WEFT_SERVICE_ACCOUNT", default_value = "weft-control")]
+    pub service_account: String,
+    /// More DNS names (or IPs) for the gRPC certificate, besides
+    /// `weft-control.<namespace>.svc[.<cluster domain>]` (repeat).
+    #[arg(long = "tls-san", env = "WEFT_TLS_SANS", value_delimiter = ',')]
+    pub tls_sans: Vec<String>,
+    /// Write the trust anchors (PEM) here at start: what local proxies
+    /// take as `--trust-anchors` (`weft demo` does this).
+    #[arg(long, env = "WEFT_TRUST_ANCHORS_OUT")]
+    pub trust_anchors_out: Option<PathBuf>,
+    /// gRPC connections open at once; more are closed at accept.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// Concurrent streams on one gRPC connection (a proxy opens one per
+    /// destination it uses).
+    #[arg(long, default_value_t = 1024)]
+    pub max_streams_per_connection: u32,
     /// How long files must be quiet before a change is applied.
     #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
     pub debounce: Duration,
@@ -106,10 +130,36 @@ pub struct Config {
     pub webhook: crate::webhook::WebhookArgs,
 }
 
+impl Config {
+    /// The SPIFFE ID the control plane's gRPC certificate carries.
+    pub fn own_identity(&self) -> String {
+        crate::index::spiffe_id(&self.trust_domain, &self.namespace, &self.service_account)
+    }
+
+    /// The DNS names of its gRPC certificate: the Service's, then
+    /// `--tls-san`.
+    pub fn dns_names(&self) -> Vec<String> {
+        let svc = format!("weft-control.{}.svc", self.namespace);
+        let mut names = vec![svc.clone(), format!("{svc}.{}", self.cluster_domain)];
+        names.extend(self.tls_sans.iter().filter(|s| !s.is_empty()).cloned());
+        names
+    }
+}
+
+/// Writes `bytes` to a temporary file beside `path`, then renames it into
+/// place: a reader never sees half a file.
+fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
 /// A control plane with its listeners bound.
 pub struct Control {
     config: Config,
     ca: Arc<Ca>,
+    /// The gRPC listener's own certificate.
+    serving: Arc<ServingCert>,
     /// With `--kubernetes` or `--token-review`.
     kube: Option<kube::Client>,
     grpc: TcpListener,
@@ -119,7 +169,12 @@ pub struct Control {
 
 impl Control {
     pub async fn bind(config: Config) -> Result<Self, String> {
-        let ca = load_ca(&config)?;
+        let ca = Arc::new(load_ca(&config)?);
+        let serving = ServingCert::issue(ca.clone(), config.own_identity(), config.dns_names())?;
+        if let Some(out) = &config.trust_anchors_out {
+            write_atomically(out, ca.trust_anchors_pem().as_bytes())
+                .map_err(|e| format!("--trust-anchors-out {}: {e}", out.display()))?;
+        }
         let kube = if config.kubernetes || config.token_review {
             Some(crate::kubernetes::client().await?)
         } else {
@@ -132,16 +187,16 @@ impl Control {
             .await
             .map_err(|e| format!("{}: {e}", config.admin_listen))?;
         let control_plane = crate::inject::ControlPlane {
+            namespace: config.namespace.clone(),
+            service_account: config.service_account.clone(),
             trust_domain: config.trust_domain.clone(),
             cluster_domain: config.cluster_domain.clone(),
-            // Its own namespace and service account: the defaults
-            // (weft-system, weft-control) until Config has them.
-            ..crate::inject::ControlPlane::default()
         };
         let webhook = crate::webhook::Webhook::bind(&config.webhook, &control_plane).await?;
         Ok(Self {
             config,
-            ca: Arc::new(ca),
+            ca,
+            serving,
             kube,
             grpc,
             admin,
@@ -218,29 +273,57 @@ impl Control {
             proxies.clone(),
         ));
 
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(self.grpc);
+        let tls = match crate::tls::server_config(&self.ca, self.serving.clone()) {
+            Ok(tls) => tls,
+            Err(e) => {
+                tracing::error!(error = %e, "gRPC TLS");
+                return Ok(());
+            }
+        };
+        tracing::info!(identity = %self.serving.spiffe_id(), "gRPC serves TLS 1.3 only");
+        let renewal = tokio::spawn(self.serving.clone().renew_forever());
+        let limits = crate::tls::Limits {
+            max_connections: self.config.max_connections,
+            handshake_timeout: Duration::from_secs(10),
+        };
+        let incoming = crate::tls::incoming(self.grpc, tls, limits, metrics.clone());
+        let trust_domain = self.config.trust_domain.clone();
         let result = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .add_service(api::destination_server::DestinationServer::new(
-                DestinationService {
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .max_concurrent_streams(Some(self.config.max_streams_per_connection))
+            .http2_max_header_list_size(Some(16 * 1024))
+            .http2_max_pending_accept_reset_streams(Some(32))
+            .add_service(
+                api::destination_server::DestinationServer::new(DestinationService {
                     index: index.clone(),
+                    trust_domain: trust_domain.clone(),
                     metrics: metrics.clone(),
                     proxies: proxies.clone(),
                     closing: closing_rx.clone(),
-                },
-            ))
-            .add_service(api::inbound_server::InboundServer::new(InboundService {
-                index,
-                metrics: metrics.clone(),
-                closing: closing_rx,
-            }))
-            .add_service(api::identity_server::IdentityServer::new(IdentityService {
-                ca: self.ca,
-                metrics: metrics.clone(),
-                token_review,
-            }))
+                })
+                .max_decoding_message_size(MAX_MESSAGE),
+            )
+            .add_service(
+                api::inbound_server::InboundServer::new(InboundService {
+                    index,
+                    trust_domain,
+                    metrics: metrics.clone(),
+                    closing: closing_rx,
+                })
+                .max_decoding_message_size(MAX_MESSAGE),
+            )
+            .add_service(
+                api::identity_server::IdentityServer::new(IdentityService {
+                    ca: self.ca,
+                    metrics: metrics.clone(),
+                    token_review,
+                })
+                .max_decoding_message_size(MAX_MESSAGE),
+            )
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await;
+        renewal.abort();
         files.abort();
         if let Some(cluster) = cluster {
             cluster.abort();
@@ -339,15 +422,15 @@ fn load_ca(config: &Config) -> Result<Ca, String> {
             Ca::generate(&config.trust_domain)?
         }
     };
-    let tokens = match &config.tokens {
-        Some(path) => read_tokens(path)?,
-        None if config.token_review => Vec::new(),
+    let ca = ca.with_lifetime(config.cert_lifetime);
+    match &config.tokens {
+        Some(path) => ca.with_tokens_file(path),
+        None if config.token_review => Ok(ca),
         None => {
             tracing::warn!("no --tokens file: every certificate request will be refused");
-            Vec::new()
+            Ok(ca)
         }
-    };
-    Ok(ca.with_lifetime(config.cert_lifetime).with_tokens(tokens))
+    }
 }
 
 /// The `weft-control` command.

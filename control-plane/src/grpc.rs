@@ -1,5 +1,13 @@
 //! The gRPC services: Destination and Inbound watches published from the
-//! index, and Identity (certificates arrive with the identity work).
+//! index, and Identity, which signs workload certificates.
+//!
+//! Who may ask what: `Identity.Certify` is served to any TLS client (the
+//! token is the proof); every other call needs the caller's mesh
+//! certificate ([`crate::tls::caller`]) and sees only what its identity
+//! may: destinations resolve in the caller's own namespace, inbound
+//! policy only for workloads of its own service account, and `/proxies`
+//! entries are keyed by the caller's identity. Every string field is
+//! bounded ([`bounded`]); tonic caps whole messages (`MAX_MESSAGE`).
 //!
 //! Each watch stream has a task that reads the index's `watch` channel and
 //! writes into a small bounded queue. A stream that is not read fills its
@@ -24,12 +32,39 @@ use weft_api::v1::destination_update::Kind;
 
 use crate::index::{DestinationState, DestinationView, Index};
 use crate::metrics::{ApiLabels, ControlMetrics};
+use crate::tls::{caller, Caller};
 
 /// Updates queued per stream before the stream's task waits.
 pub const STREAM_QUEUE: usize = 4;
 
+/// The largest request message decoded (tonic answers RESOURCE_EXHAUSTED
+/// beyond it). A CSR and a projected token fit many times over.
+pub const MAX_MESSAGE: usize = 64 * 1024;
+
+/// A DNS name's limit: proxy ids, names and targets stay within it.
+const MAX_NAME: usize = 253;
+
+/// INVALID_ARGUMENT unless `value` has at most `max` bytes, all printable
+/// ASCII without spaces (what names, ids and addresses are made of).
+pub fn bounded(field: &str, value: &str, max: usize) -> Result<(), Status> {
+    if value.len() > max {
+        return Err(Status::invalid_argument(format!(
+            "{field}: expected at most {max} bytes, got {}",
+            value.len()
+        )));
+    }
+    if let Some(c) = value.chars().find(|c| !c.is_ascii_graphic()) {
+        return Err(Status::invalid_argument(format!(
+            "{field}: expected printable ASCII without spaces, got {c:?}"
+        )));
+    }
+    Ok(())
+}
+
 pub struct DestinationService {
     pub index: Arc<Index>,
+    /// Callers' certificates must be of this trust domain.
+    pub trust_domain: String,
     pub metrics: Arc<ControlMetrics>,
     pub proxies: Arc<Proxies>,
     /// Turns true at shutdown: every stream ends, so proxies reconnect to
@@ -57,29 +92,36 @@ async fn wait_synced<T>(
 }
 
 /// The proxies with an open Destination stream, and where their metrics
-/// are, for `weft stat`.
+/// are, for `weft stat`. Keyed by the caller's verified identity and then
+/// the id it reports, so one workload can never replace another's entry.
 #[derive(Debug, Default)]
 pub struct Proxies {
-    by_id: std::sync::Mutex<std::collections::BTreeMap<String, (String, usize)>>,
+    by_id: std::sync::Mutex<std::collections::BTreeMap<ProxyKey, (String, usize)>>,
 }
+
+/// (SPIFFE ID, proxy id)
+type ProxyKey = (String, String);
 
 /// One connected proxy, as `/proxies` lists it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ConnectedProxy {
     pub id: String,
+    /// The SPIFFE ID its certificate proves.
+    pub identity: String,
     pub admin: String,
     pub streams: usize,
 }
 
 impl Proxies {
-    fn register(self: &Arc<Self>, id: String, admin: String) -> ProxyGuard {
+    fn register(self: &Arc<Self>, identity: String, id: String, admin: String) -> ProxyGuard {
+        let key = (identity, id);
         let mut by_id = self.by_id.lock().expect("proxies lock");
-        let entry = by_id.entry(id.clone()).or_insert((admin.clone(), 0));
+        let entry = by_id.entry(key.clone()).or_insert((admin.clone(), 0));
         entry.0 = admin;
         entry.1 += 1;
         ProxyGuard {
             proxies: self.clone(),
-            id,
+            key,
         }
     }
 
@@ -88,8 +130,9 @@ impl Proxies {
             .lock()
             .expect("proxies lock")
             .iter()
-            .map(|(id, (admin, streams))| ConnectedProxy {
+            .map(|((identity, id), (admin, streams))| ConnectedProxy {
                 id: id.clone(),
+                identity: identity.clone(),
                 admin: admin.clone(),
                 streams: *streams,
             })
@@ -99,16 +142,16 @@ impl Proxies {
 
 struct ProxyGuard {
     proxies: Arc<Proxies>,
-    id: String,
+    key: ProxyKey,
 }
 
 impl Drop for ProxyGuard {
     fn drop(&mut self) {
         let mut by_id = self.proxies.by_id.lock().expect("proxies lock");
-        if let Some(entry) = by_id.get_mut(&self.id) {
+        if let Some(entry) = by_id.get_mut(&self.key) {
             entry.1 -= 1;
             if entry.1 == 0 {
-                by_id.remove(&self.id);
+                by_id.remove(&self.key);
             }
         }
     }
@@ -232,12 +275,30 @@ impl api::destination_server::Destination for DestinationService {
         &self,
         request: Request<api::DestinationRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let remote = request.remote_addr();
-        let req = request.into_inner();
+        let deny = |s| self.metrics.denied("destination", s);
+        let Caller {
+            id: identity,
+            namespace,
+            remote,
+            ..
+        } = caller(&request, &self.trust_domain).map_err(deny)?;
+        let mut req = request.into_inner();
+        bounded("target", &req.target, MAX_NAME + 6)
+            .and(bounded("namespace", &req.namespace, 63))
+            .and(bounded("proxy_id", &req.proxy_id, MAX_NAME))
+            .and(bounded("admin_address", &req.admin_address, 64))
+            .map_err(deny)?;
+        if !req.namespace.is_empty() && req.namespace != namespace {
+            return Err(deny(Status::permission_denied(format!(
+                "namespace: {identity} resolves names in its own namespace `{namespace}`, not `{}`",
+                req.namespace
+            ))));
+        }
+        req.namespace = namespace;
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
-        let proxy = match admin_address(&req.admin_address, remote) {
+        let proxy = match admin_address(&req.admin_address, Some(remote)) {
             Some(admin) if !req.proxy_id.is_empty() => {
-                Some(self.proxies.register(req.proxy_id.clone(), admin))
+                Some(self.proxies.register(identity, req.proxy_id.clone(), admin))
             }
             _ => None,
         };
@@ -292,6 +353,8 @@ impl api::destination_server::Destination for DestinationService {
 
 pub struct InboundService {
     pub index: Arc<Index>,
+    /// Callers' certificates must be of this trust domain.
+    pub trust_domain: String,
     pub metrics: Arc<ControlMetrics>,
     pub closing: tokio::sync::watch::Receiver<bool>,
 }
@@ -304,14 +367,41 @@ impl api::inbound_server::Inbound for InboundService {
         &self,
         request: Request<api::InboundRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        let deny = |s| self.metrics.denied("inbound", s);
+        let who = caller(&request, &self.trust_domain).map_err(deny)?;
         let req = request.into_inner();
-        let port = u16::try_from(req.port)
-            .ok()
-            .filter(|p| *p != 0)
-            .ok_or_else(|| Status::invalid_argument(format!("port: expected 1..=65535, got {}", req.port)))?;
-        if req.workload.is_empty() {
-            return Err(Status::invalid_argument("workload: expected `namespace/name`"));
+        bounded("workload", &req.workload, 63 + 1 + MAX_NAME).map_err(deny)?;
+        let port = u16::try_from(req.port).ok().filter(|p| *p != 0).ok_or_else(|| {
+            deny(Status::invalid_argument(format!(
+                "port: expected 1..=65535, got {}",
+                req.port
+            )))
+        })?;
+        let Some((namespace, name)) = req
+            .workload
+            .split_once('/')
+            .filter(|(ns, n)| !ns.is_empty() && !n.is_empty())
+        else {
+            return Err(deny(Status::invalid_argument(
+                "workload: expected `namespace/name`",
+            )));
+        };
+        let not_yours = || {
+            self.metrics.denied(
+                "inbound",
+                Status::permission_denied(format!(
+                    "workload: {} may watch the inbound policy of its own workloads only, not `{}`",
+                    who.id, req.workload
+                )),
+            )
+        };
+        if namespace != who.namespace {
+            return Err(not_yours());
         }
+        // Which services run as the caller's account is known once the
+        // index is synced: checked then, in the stream.
+        let (name, account) = (name.to_string(), who.service_account.clone());
+        let refusal = not_yours();
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         let guard = WatcherGuard::new(&self.metrics, "inbound");
         let metrics = self.metrics.clone();
@@ -320,6 +410,10 @@ impl api::inbound_server::Inbound for InboundService {
         tokio::spawn(async move {
             let _guard = guard;
             if !wait_synced(&index, &tx, &closing).await {
+                return;
+            }
+            if !index.serves_as(&who.namespace, &name, &account) {
+                let _ = tx.send(Err(refusal)).await;
                 return;
             }
             let mut policies = index.watch_inbound(&req.workload, port);
@@ -355,7 +449,24 @@ impl api::identity_server::Identity for IdentityService {
         &self,
         request: Request<api::CertifyRequest>,
     ) -> Result<Response<api::CertifyResponse>, Status> {
+        // A renewal over mutual TLS renews the caller's own identity only.
+        let presented = request
+            .extensions()
+            .get::<crate::tls::Peer>()
+            .and_then(|p| p.identity.clone());
         let req = request.into_inner();
+        if let Some(presented) = presented.filter(|p| *p != req.identity) {
+            return Err(self.metrics.denied(
+                "identity",
+                Status::permission_denied(format!(
+                    "identity: a caller proving {presented} cannot ask for {}",
+                    req.identity
+                )),
+            ));
+        }
+        bounded("identity", &req.identity, 512)
+            .and(bounded("token", &req.token, 16 * 1024))
+            .map_err(|s| self.metrics.denied("identity", s))?;
         let result = match &self.token_review {
             Some(reviewer) => match reviewer.review(&req.token).await {
                 Ok((ns, sa)) => self.ca.certify_as(&req.identity, &req.csr, &ns, &sa),
@@ -426,6 +537,168 @@ mod tests {
         })
     }
 
+    /// A request as a proxy with the mesh certificate of `ns`/`sa` sends it.
+    fn from<T>(ns: &str, sa: &str, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        request.extensions_mut().insert(crate::tls::Peer {
+            remote: "10.1.2.3:40000".parse().unwrap(),
+            identity: Some(format!("spiffe://cluster.local/ns/{ns}/sa/{sa}")),
+        });
+        request
+    }
+
+    fn services(
+        index: &Arc<Index>,
+        closing: tokio::sync::watch::Receiver<bool>,
+    ) -> (InboundService, DestinationService) {
+        let metrics = Arc::new(ControlMetrics::default());
+        let inbound = InboundService {
+            index: index.clone(),
+            trust_domain: "cluster.local".into(),
+            metrics: metrics.clone(),
+            closing: closing.clone(),
+        };
+        let destinations = DestinationService {
+            index: index.clone(),
+            trust_domain: "cluster.local".into(),
+            metrics,
+            proxies: Arc::default(),
+            closing,
+        };
+        (inbound, destinations)
+    }
+
+    fn code<T: std::fmt::Debug>(r: Result<T, Status>) -> tonic::Code {
+        r.expect_err("refused").code()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn callers_see_only_what_their_identity_may() {
+        use api::destination_server::Destination;
+        use api::inbound_server::Inbound;
+        use tokio_stream::StreamExt;
+        let index = unsynced_index();
+        index.apply("files", crate::testing::documents(POLICY));
+        let (_closing_tx, closing) = tokio::sync::watch::channel(false);
+        let (inbound, destinations) = services(&index, closing);
+        let ask = |workload: &str| api::InboundRequest {
+            workload: workload.into(),
+            port: 8080,
+        };
+        // No client certificate: nothing but Certify is served.
+        assert_eq!(
+            code(inbound.watch(Request::new(ask("shop/api"))).await),
+            tonic::Code::Unauthenticated
+        );
+        let mut anonymous = Request::new(ask("shop/api"));
+        anonymous.extensions_mut().insert(crate::tls::Peer {
+            remote: "10.1.2.3:1".parse().unwrap(),
+            identity: None,
+        });
+        assert_eq!(code(inbound.watch(anonymous).await), tonic::Code::Unauthenticated);
+        // Another trust domain.
+        let mut foreign = Request::new(ask("shop/api"));
+        foreign.extensions_mut().insert(crate::tls::Peer {
+            remote: "10.1.2.3:1".parse().unwrap(),
+            identity: Some("spiffe://evil.example/ns/shop/sa/api".into()),
+        });
+        assert_eq!(code(inbound.watch(foreign).await), tonic::Code::PermissionDenied);
+        // Another namespace's workload, refused at once.
+        assert_eq!(
+            code(inbound.watch(from("web", "api", ask("shop/api"))).await),
+            tonic::Code::PermissionDenied
+        );
+        // Another service account's workload in the same namespace: refused
+        // in the stream (once the index says who runs what).
+        let mut stream = inbound
+            .watch(from("shop", "db", ask("shop/api")))
+            .await
+            .unwrap()
+            .into_inner();
+        let first = stream.next().await.unwrap();
+        assert_eq!(code(first), tonic::Code::PermissionDenied);
+        // Its own: served.
+        let mut own = inbound
+            .watch(from("shop", "api", ask("shop/api")))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!own.next().await.unwrap().unwrap().default_allow);
+
+        // Destinations resolve in the caller's namespace, whatever it says.
+        let asks_for = |ns: &str| api::DestinationRequest {
+            target: "api:80".into(),
+            namespace: ns.into(),
+            proxy_id: "p-1".into(),
+            admin_address: "0.0.0.0:4191".into(),
+        };
+        assert_eq!(
+            code(destinations.watch(from("web", "default", asks_for("shop"))).await),
+            tonic::Code::PermissionDenied
+        );
+        let mut updates = destinations
+            .watch(from("shop", "default", asks_for("")))
+            .await
+            .unwrap()
+            .into_inner();
+        let snapshot = updates.next().await.unwrap().unwrap();
+        assert_eq!(kinds(&[snapshot]), ["snapshot"], "api:80 resolved in shop");
+        // Registry entries are keyed by identity: the same proxy id from
+        // another workload is a second entry, not an overwrite.
+        let _other = destinations
+            .watch(from(
+                "web",
+                "default",
+                api::DestinationRequest {
+                    admin_address: "10.9.9.9:1".into(),
+                    ..asks_for("web")
+                },
+            ))
+            .await
+            .unwrap();
+        let mut list = destinations.proxies.list();
+        list.sort_by(|a, b| a.identity.cmp(&b.identity));
+        assert_eq!(list.len(), 2, "{list:?}");
+        assert_eq!(list[0].identity, "spiffe://cluster.local/ns/shop/sa/default");
+        assert_eq!(list[0].admin, "10.1.2.3:4191");
+        assert_eq!(list[1].admin, "10.9.9.9:1");
+    }
+
+    #[tokio::test]
+    async fn oversized_fields_are_invalid_arguments() {
+        use api::destination_server::Destination;
+        let index = unsynced_index();
+        let (_closing_tx, closing) = tokio::sync::watch::channel(false);
+        let (_, destinations) = services(&index, closing);
+        let huge = api::DestinationRequest {
+            target: "api:80".into(),
+            proxy_id: "x".repeat(4 * 1024 * 1024),
+            ..Default::default()
+        };
+        let status = destinations
+            .watch(from("shop", "default", huge))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(
+            status
+                .message()
+                .starts_with("proxy_id: expected at most 253 bytes"),
+            "{}",
+            status.message()
+        );
+        let spaced = api::DestinationRequest {
+            target: "api:80".into(),
+            proxy_id: "a b".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            code(destinations.watch(from("shop", "default", spaced)).await),
+            tonic::Code::InvalidArgument
+        );
+        assert!(destinations.proxies.list().is_empty());
+    }
+
     const POLICY: &str = "apiVersion: weft.dev/v1alpha1\nkind: MeshService\nmetadata: {name: api, namespace: shop}\nspec:\n  endpoints: [{address: 10.0.0.7:8080, proxy: 10.0.0.7:4143}]\n---\napiVersion: weft.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: api, namespace: shop}\nspec:\n  targetRef: {name: api}\n  rules: [{from: {namespaces: [web]}}]\n";
 
     #[tokio::test(start_paused = true)]
@@ -435,32 +708,29 @@ mod tests {
         use tokio_stream::StreamExt;
         let index = unsynced_index();
         let (_closing_tx, closing) = tokio::sync::watch::channel(false);
-        let metrics = Arc::new(ControlMetrics::default());
-        let inbound = InboundService {
-            index: index.clone(),
-            metrics: metrics.clone(),
-            closing: closing.clone(),
-        };
-        let destinations = DestinationService {
-            index: index.clone(),
-            metrics,
-            proxies: Arc::default(),
-            closing,
-        };
+        let (inbound, destinations) = services(&index, closing);
         let mut policies = inbound
-            .watch(Request::new(api::InboundRequest {
-                workload: "shop/api".into(),
-                port: 8080,
-            }))
+            .watch(from(
+                "shop",
+                "api",
+                api::InboundRequest {
+                    workload: "shop/api".into(),
+                    port: 8080,
+                },
+            ))
             .await
             .unwrap()
             .into_inner();
         let mut updates = destinations
-            .watch(Request::new(api::DestinationRequest {
-                target: "api.shop:80".into(),
-                namespace: "web".into(),
-                ..Default::default()
-            }))
+            .watch(from(
+                "web",
+                "default",
+                api::DestinationRequest {
+                    target: "api.shop:80".into(),
+                    namespace: "web".into(),
+                    ..Default::default()
+                },
+            ))
             .await
             .unwrap()
             .into_inner();

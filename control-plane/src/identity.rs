@@ -95,6 +95,26 @@ pub fn read_tokens(path: &Path) -> Result<Vec<TokenEntry>, String> {
     Ok(entries)
 }
 
+/// One certificate as PEM (64-character base64 lines).
+pub fn pem_certificate(der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
+    out
+}
+
+/// A certificate the CA issued to the control plane itself, with its key.
+pub struct Issued {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: rustls_pki_types::PrivateKeyDer<'static>,
+    pub valid_until: SystemTime,
+}
+
 pub struct Ca {
     issuer: Issuer<'static, KeyPair>,
     ca_der: CertificateDer<'static>,
@@ -102,8 +122,54 @@ pub struct Ca {
     trust_anchors: Vec<Vec<u8>>,
     trust_domain: String,
     lifetime: Duration,
+    tokens: std::sync::Mutex<Tokens>,
+}
+
+/// The tokens file's entries, re-read when the file changes (checked at
+/// each request: a stat), so workloads can be added or tokens rotated
+/// without a restart. A file that turns unreadable or invalid keeps the
+/// last good entries in force, with an error logged.
+#[derive(Debug, Default)]
+struct Tokens {
+    path: Option<std::path::PathBuf>,
+    /// (modification time, length) when last read: two writes within one
+    /// timestamp tick still differ in length when entries are added.
+    modified: Option<(SystemTime, u64)>,
     /// token → (namespace, service account)
-    tokens: HashMap<String, (String, String)>,
+    by_token: HashMap<String, (String, String)>,
+}
+
+impl Tokens {
+    fn refresh(&mut self) {
+        let Some(path) = &self.path else { return };
+        let modified = file_version(path);
+        if modified.is_none() || modified == self.modified {
+            return;
+        }
+        match read_tokens(path) {
+            Ok(entries) => {
+                self.by_token = by_token(entries);
+                self.modified = modified;
+                tracing::info!(path = %path.display(), tokens = self.by_token.len(), "tokens file loaded");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "tokens file not reloaded; the last good one stays in force");
+                self.modified = modified;
+            }
+        }
+    }
+}
+
+fn file_version(path: &Path) -> Option<(SystemTime, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+fn by_token(entries: Vec<TokenEntry>) -> HashMap<String, (String, String)> {
+    entries
+        .into_iter()
+        .map(|t| (t.token, (t.namespace, t.service_account)))
+        .collect()
 }
 
 impl Ca {
@@ -130,7 +196,7 @@ impl Ca {
             ca_der,
             trust_domain: trust_domain.to_string(),
             lifetime: Duration::from_secs(24 * 3600),
-            tokens: HashMap::new(),
+            tokens: Default::default(),
         })
     }
 
@@ -169,7 +235,7 @@ impl Ca {
             trust_anchors,
             trust_domain: trust_domain.to_string(),
             lifetime: Duration::from_secs(24 * 3600),
-            tokens: HashMap::new(),
+            tokens: Default::default(),
         })
     }
 
@@ -178,35 +244,31 @@ impl Ca {
         self
     }
 
-    pub fn with_tokens(mut self, tokens: Vec<TokenEntry>) -> Self {
-        self.tokens = tokens
-            .into_iter()
-            .map(|t| (t.token, (t.namespace, t.service_account)))
-            .collect();
+    pub fn with_tokens(self, tokens: Vec<TokenEntry>) -> Self {
+        self.tokens.lock().expect("tokens lock").by_token = by_token(tokens);
         self
     }
 
-    /// The trust anchors handed to proxies, as one PEM bundle (what is
-    /// published for injected pods to mount).
-    pub fn trust_anchors_pem(&self) -> String {
-        use base64::Engine as _;
-        let mut pem = String::new();
-        for der in &self.trust_anchors {
-            let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-            pem.push_str("-----BEGIN CERTIFICATE-----\n");
-            for line in b64.as_bytes().chunks(64) {
-                pem.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
-                pem.push('\n');
-            }
-            pem.push_str("-----END CERTIFICATE-----\n");
+    /// Reads the tokens from `path` now and again whenever it changes.
+    pub fn with_tokens_file(self, path: &Path) -> Result<Self, String> {
+        let entries = read_tokens(path)?;
+        {
+            let mut tokens = self.tokens.lock().expect("tokens lock");
+            tokens.by_token = by_token(entries);
+            tokens.modified = file_version(path);
+            tokens.path = Some(path.to_path_buf());
         }
-        pem
+        Ok(self)
     }
 
     /// Checks the token (from the tokens file) and the CSR, and signs.
     pub fn certify(&self, identity: &str, csr: &[u8], token: &str) -> Result<api::CertifyResponse, Refusal> {
-        let (ns, sa) = self.tokens.get(token).ok_or(Refusal::BadToken)?;
-        self.certify_as(identity, csr, ns, sa)
+        let (ns, sa) = {
+            let mut tokens = self.tokens.lock().expect("tokens lock");
+            tokens.refresh();
+            tokens.by_token.get(token).cloned().ok_or(Refusal::BadToken)?
+        };
+        self.certify_as(identity, csr, &ns, &sa)
     }
 
     /// Signs a CSR for the workload `ns`/`sa` (whose token was already
@@ -238,7 +300,7 @@ impl Ca {
         // above): subject, usages, basic constraints and every other
         // extension are the CA's, whatever the CSR asked for.
         let issued = CertificateSigningRequestParams {
-            params: self.workload_params(wanted)?,
+            params: self.leaf_params(vec![wanted])?,
             public_key: req.public_key,
         };
         let cert = issued
@@ -247,7 +309,7 @@ impl Ca {
         let valid_until = SystemTime::now() + self.lifetime;
         Ok(api::CertifyResponse {
             certificate: cert.der().to_vec(),
-            intermediates: if self.trust_anchors.iter().any(|a| *a == *self.ca_der) {
+            intermediates: if self.anchors_hold_the_ca() {
                 Vec::new()
             } else {
                 vec![self.ca_der.to_vec()]
@@ -259,18 +321,72 @@ impl Ca {
         })
     }
 
-    /// What every workload certificate says besides its key: an empty
+    /// The control plane's own serving certificate: `spiffe_id` in the URI
+    /// SAN (what proxies check), `dns_names` for clients that check a host
+    /// name, a fresh key, and otherwise what workload certificates say.
+    pub fn issue_self(&self, spiffe_id: &str, dns_names: &[String]) -> Result<Issued, Refusal> {
+        let mut sans = vec![SanType::URI(
+            spiffe_id
+                .try_into()
+                .map_err(|e: rcgen::Error| Refusal::Signing(e.to_string()))?,
+        )];
+        for name in dns_names {
+            sans.push(match name.parse::<std::net::IpAddr>() {
+                Ok(ip) => SanType::IpAddress(ip),
+                Err(_) => SanType::DnsName(
+                    name.as_str()
+                        .try_into()
+                        .map_err(|e: rcgen::Error| Refusal::Signing(format!("{name}: {e}")))?,
+                ),
+            });
+        }
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .map_err(|e| Refusal::Signing(e.to_string()))?;
+        let cert = self
+            .leaf_params(sans)?
+            .signed_by(&key, &self.issuer)
+            .map_err(|e| Refusal::Signing(e.to_string()))?;
+        let mut chain = vec![cert.der().clone()];
+        if !self.anchors_hold_the_ca() {
+            chain.push(self.ca_der.clone());
+        }
+        Ok(Issued {
+            chain,
+            key: rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            valid_until: SystemTime::now() + self.lifetime,
+        })
+    }
+
+    /// The trust anchors handed to proxies (DER).
+    pub fn trust_anchors(&self) -> &[Vec<u8>] {
+        &self.trust_anchors
+    }
+
+    /// The trust anchors as a PEM bundle, as proxies read them from
+    /// `--trust-anchors`.
+    pub fn trust_anchors_pem(&self) -> String {
+        self.trust_anchors
+            .iter()
+            .map(|der| pem_certificate(der))
+            .collect()
+    }
+
+    fn anchors_hold_the_ca(&self) -> bool {
+        self.trust_anchors.iter().any(|a| *a == *self.ca_der)
+    }
+
+    /// What every leaf certificate says besides its key: an empty
     /// subject (the identity is the SPIFFE ID in the URI SAN, which is then
     /// critical, as X.509-SVIDs do), not a CA, digital signatures for TLS
     /// client and server authentication, valid from a minute ago (clock
     /// skew) for the configured lifetime.
-    fn workload_params(&self, san: SanType) -> Result<CertificateParams, Refusal> {
+    fn leaf_params(&self, sans: Vec<SanType>) -> Result<CertificateParams, Refusal> {
         let now = time::OffsetDateTime::now_utc();
         let not_after =
             now + time::Duration::try_from(self.lifetime).map_err(|e| Refusal::Signing(e.to_string()))?;
         let mut p = CertificateParams::default();
         p.distinguished_name = DistinguishedName::new();
-        p.subject_alt_names = vec![san];
+        p.subject_alt_names = sans;
         p.is_ca = IsCa::ExplicitNoCa;
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         p.extended_key_usages = vec![

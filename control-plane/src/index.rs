@@ -280,6 +280,20 @@ impl Index {
         rx
     }
 
+    /// Whether a proxy running as `service_account` in `namespace` may
+    /// watch the inbound policy of workload `name` there: its own service
+    /// account's name, or a service whose pods run as that account.
+    pub fn serves_as(&self, namespace: &str, name: &str, service_account: &str) -> bool {
+        if name == service_account {
+            return true;
+        }
+        let inner = self.inner.lock().expect("index lock poisoned");
+        inner
+            .services
+            .get(&(namespace.to_string(), name.to_string()))
+            .is_some_and(|s| s.spec.service_account.as_deref() == Some(service_account))
+    }
+
     pub fn stats(&self) -> IndexStats {
         let inner = self.inner.lock().expect("index lock poisoned");
         IndexStats {

@@ -7,7 +7,7 @@
 //! to the proxies, and [`identity`] signs their certificates. Documents and
 //! their validation live in [`model`]. [`inject`] is the sidecar injection
 //! (a pure mutation of a pod), served to the API server by the admission
-//! [`webhook`].
+//! [`webhook`]. [`tls`] is the gRPC listener's TLS and who is calling.
 #![forbid(unsafe_code)]
 
 pub mod app;
@@ -21,4 +21,5 @@ pub mod metrics;
 pub mod model;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod tls;
 pub mod webhook;

@@ -53,6 +53,22 @@ pub struct InvalidLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    /// `too_many_connections`, `tls_handshake` (a plaintext client, an
+    /// untrusted certificate), `handshake_timeout`.
+    pub reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeniedLabels {
+    /// `destination`, `inbound`.
+    pub api: &'static str,
+    /// The gRPC code: `unauthenticated`, `permission_denied`,
+    /// `invalid_argument`.
+    pub code: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PublishLabels {
     /// `applied` (a ConfigMap written), `failed` (an apply refused or
     /// unanswered) or `watch_failed` (listing or watching namespaces or
@@ -62,6 +78,10 @@ pub struct PublishLabels {
 
 #[derive(Debug, Default)]
 pub struct ControlMetrics {
+    /// gRPC connections closed before any RPC, by reason.
+    pub grpc_refused: Family<RefusedLabels, Counter>,
+    /// RPCs refused for who called or what they asked.
+    pub grpc_denied: Family<DeniedLabels, Counter>,
     pub certificates: Family<CertLabels, Counter>,
     pub watchers: Family<ApiLabels, Gauge>,
     pub updates: Family<UpdateLabels, Counter>,
@@ -82,6 +102,16 @@ impl ControlMetrics {
             "weft_control_certificates",
             "Certificate requests, by result",
             self.certificates.clone(),
+        );
+        registry.register(
+            "weft_control_grpc_connections_refused",
+            "gRPC connections closed before any call, by reason (tls_handshake: a plaintext client or an untrusted certificate)",
+            self.grpc_refused.clone(),
+        );
+        registry.register(
+            "weft_control_grpc_denied",
+            "Calls refused for the caller's identity or request, by API and gRPC code",
+            self.grpc_denied.clone(),
         );
         registry.register(
             "weft_control_watchers",
@@ -125,6 +155,24 @@ impl ControlMetrics {
             "Applies of the weft-trust-anchors ConfigMap into namespaces, by result (failed and watch_failed are retried with backoff)",
             self.trust_anchors.clone(),
         );
+    }
+
+    /// Counts one gRPC connection closed before any call.
+    pub fn grpc_connection_refused(&self, reason: &'static str) {
+        self.grpc_refused.get_or_create(&RefusedLabels { reason }).inc();
+    }
+
+    /// Counts one call refused with `status`, and hands it back.
+    pub fn denied(&self, api: &'static str, status: tonic::Status) -> tonic::Status {
+        let code = match status.code() {
+            tonic::Code::Unauthenticated => "unauthenticated",
+            tonic::Code::PermissionDenied => "permission_denied",
+            tonic::Code::InvalidArgument => "invalid_argument",
+            tonic::Code::ResourceExhausted => "resource_exhausted",
+            _ => "other",
+        };
+        self.grpc_denied.get_or_create(&DeniedLabels { api, code }).inc();
+        status
     }
 
     /// Counts one watch update sent on `api`'s streams.

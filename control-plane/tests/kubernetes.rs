@@ -366,6 +366,11 @@ async fn weft_control_in_kubernetes_mode_serves_grpc_watchers() {
         .unwrap()
         .local_addr()
         .unwrap();
+    let tokens = dir.write(
+        "tokens.yaml",
+        "- {namespace: web, serviceAccount: default, token: web-token-0123456789}\n",
+    );
+    let anchors = dir.path().join("trust-anchors.pem");
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_weft-control"))
         .args([
             "--kubernetes",
@@ -374,6 +379,10 @@ async fn weft_control_in_kubernetes_mode_serves_grpc_watchers() {
             "--admin-listen",
             "127.0.0.1:0",
         ])
+        .arg("--tokens")
+        .arg(&tokens)
+        .arg("--trust-anchors-out")
+        .arg(&anchors)
         .env("KUBECONFIG", &kubeconfig)
         .env_remove("KUBERNETES_SERVICE_HOST")
         .stdout(std::process::Stdio::null())
@@ -392,12 +401,24 @@ async fn weft_control_in_kubernetes_mode_serves_grpc_watchers() {
         std::process::Command::new("true").spawn().unwrap(),
     ));
 
-    let mut client = loop {
-        match weft_api::v1::destination_client::DestinationClient::connect(format!("http://{grpc}")).await {
-            Ok(c) => break c,
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+    // As a proxy does: a certificate over server-authenticated TLS, then
+    // the watch over mutual TLS.
+    use weft_control::testing::client;
+    let bootstrap = loop {
+        if anchors.exists() {
+            if let Ok(c) = client::channel(grpc, client::tls(&anchors, None)).await {
+                break c;
+            }
         }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     };
+    let cert = client::certify(bootstrap, "web", "default", "web-token-0123456789")
+        .await
+        .unwrap();
+    let channel = client::channel(grpc, client::tls(&anchors, Some(&cert)))
+        .await
+        .unwrap();
+    let mut client = weft_api::v1::destination_client::DestinationClient::new(channel);
     let mut stream = client
         .watch(weft_api::v1::DestinationRequest {
             target: "api.shop.svc.cluster.local:80".into(),
@@ -496,9 +517,18 @@ async fn slow_lists_keep_weft_control_unready_and_watches_waiting() {
     );
     let (grpc, admin) = (free_port(), free_port());
     let started = tokio::time::Instant::now();
+    let tokens = dir.write(
+        "tokens.yaml",
+        "- {namespace: shop, serviceAccount: api-sa, token: api-token-0123456789}\n- {namespace: shop, serviceAccount: payments-sa, token: payments-token-0123456789}\n",
+    );
+    let anchors = dir.path().join("trust-anchors.pem");
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_weft-control"))
         .args(["--kubernetes", "--grpc-listen", &grpc.to_string()])
         .args(["--admin-listen", &admin.to_string()])
+        .arg("--tokens")
+        .arg(&tokens)
+        .arg("--trust-anchors-out")
+        .arg(&anchors)
         .env("KUBECONFIG", &kubeconfig)
         .env_remove("KUBERNETES_SERVICE_HOST")
         .stdout(std::process::Stdio::null())
@@ -526,21 +556,40 @@ async fn slow_lists_keep_weft_control_unready_and_watches_waiting() {
     assert!(started.elapsed() < LIST_DELAY, "the check ran inside the window");
     assert_eq!(ready, Some(503), "not ready before every kind has listed");
 
-    let mut client = None;
+    // Each workload watches its own policy, with its own certificate
+    // (Certify needs no synced index).
+    use weft_control::testing::client;
+    let mut bootstrap = None;
     for _ in 0..100 {
-        if let Ok(c) = weft_api::v1::inbound_client::InboundClient::connect(format!("http://{grpc}")).await {
-            client = Some(c);
-            break;
+        if anchors.exists() {
+            if let Ok(c) = client::channel(grpc, client::tls(&anchors, None)).await {
+                bootstrap = Some(c);
+                break;
+            }
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let client = client.expect("the gRPC port answers");
+    let bootstrap = bootstrap.expect("the gRPC port answers");
+    let mut clients = std::collections::HashMap::new();
+    for sa in ["api-sa", "payments-sa"] {
+        let token = format!("{}-token-0123456789", sa.trim_end_matches("-sa"));
+        let cert = client::certify(bootstrap.clone(), "shop", sa, &token)
+            .await
+            .unwrap();
+        let channel = client::channel(grpc, client::tls(&anchors, Some(&cert)))
+            .await
+            .unwrap();
+        clients.insert(
+            format!("shop/{sa}"),
+            weft_api::v1::inbound_client::InboundClient::new(channel),
+        );
+    }
     let watch = |workload: &str| {
         let req = weft_api::v1::InboundRequest {
             workload: workload.into(),
             port: 8080,
         };
-        let mut client = client.clone();
+        let mut client = clients[workload].clone();
         async move { client.watch(req).await.unwrap().into_inner() }
     };
     let mut api_policy = watch("shop/api-sa").await;

@@ -57,13 +57,25 @@ async fn a_watcher_that_never_reads_stays_bounded_and_is_caught_up() {
     let (_closing, closing_rx) = tokio::sync::watch::channel(false);
     let svc = DestinationService {
         index: index.clone(),
+        trust_domain: "cluster.local".into(),
         metrics: metrics.clone(),
         proxies: Default::default(),
         closing: closing_rx,
     };
     tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(api::destination_server::DestinationServer::new(svc))
+            // Plain TCP here (what is measured is the stream, not TLS): each
+            // call is stamped as if a mesh certificate had proved it.
+            .add_service(api::destination_server::DestinationServer::with_interceptor(
+                svc,
+                |mut req: tonic::Request<()>| {
+                    req.extensions_mut().insert(weft_control::tls::Peer {
+                        remote: "127.0.0.1:1".parse().unwrap(),
+                        identity: Some("spiffe://cluster.local/ns/demo/sa/default".into()),
+                    });
+                    Ok(req)
+                },
+            ))
             .serve_with_incoming(TcpListenerStream::new(listener)),
     );
 

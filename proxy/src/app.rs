@@ -17,7 +17,9 @@ use tokio::sync::Notify;
 use crate::admin::Admin;
 use crate::client::Clients;
 use crate::config::{Config, ConfigError, LogFormat, Overrides};
-use crate::control::{watch_inbound, ControlClient, ControlDiscover, ControlMetrics, ControlSettings};
+use crate::control::{
+    watch_inbound, ControlClient, ControlDiscover, ControlMetrics, ControlSettings, ControlTls,
+};
 use crate::discover::{Discover, StaticEndpoints};
 use crate::drain;
 use crate::identity::{Identity, TokenFile};
@@ -97,11 +99,43 @@ impl Proxy {
         let inbound = listen("inbound", config.inbound_listen).await?;
         let admin = listen("admin", config.admin_listen).await?;
         let control_metrics = ControlMetrics::default();
-        let control = match &config.control_plane {
-            Some(address) => Some(ControlClient::new(address).map_err(|e| {
-                ConfigError::new("flags", "controlPlane", format!("not a usable address: {e}"))
-            })?),
+        let identity = match &config.identity_token_file {
+            Some(file) => {
+                // Read now so a bad path fails at start; read again before
+                // every certificate request, since the token rotates.
+                let token = TokenFile::open(file).map_err(|e| {
+                    ConfigError::new(
+                        "flags",
+                        "identityTokenFile",
+                        format!("cannot read {}: {e}", file.display()),
+                    )
+                })?;
+                Some(Identity::new(config.spiffe_id(), token))
+            }
             None => None,
+        };
+        let control = match (&config.control_plane, &config.trust_anchors, &identity) {
+            (Some(address), Some(anchors), Some(identity)) => {
+                let tls = ControlTls {
+                    anchors: anchors.clone(),
+                    identity: config.control_plane_spiffe_id(),
+                };
+                // Fail at start on a bundle that can never verify anything.
+                tls.roots()
+                    .map_err(|e| ConfigError::new("flags", "trustAnchors", e.to_string()))?;
+                Some(ControlClient::new(address, tls, identity.clone()).map_err(|e| {
+                    ConfigError::new("flags", "controlPlane", format!("not a usable address: {e}"))
+                })?)
+            }
+            (Some(_), _, _) => {
+                return Err(ConfigError::new(
+                    "flags",
+                    "controlPlane",
+                    "expected trustAnchors and identityTokenFile with it",
+                )
+                .into())
+            }
+            (None, _, _) => None,
         };
         let discover: Arc<dyn Discover> = match (&control, &config.endpoints_file) {
             (Some(control), _) => {
@@ -120,21 +154,6 @@ impl Proxy {
             }
             (None, Some(path)) => Arc::new(StaticEndpoints::from_file(path)?),
             (None, None) => Arc::new(StaticEndpoints::default()),
-        };
-        let identity = match (&config.identity_token_file, &control) {
-            (Some(file), Some(_)) => {
-                // Read now so a bad path fails at start; read again before
-                // every certificate request, since the token rotates.
-                let token = TokenFile::open(file).map_err(|e| {
-                    ConfigError::new(
-                        "flags",
-                        "identityTokenFile",
-                        format!("cannot read {}: {e}", file.display()),
-                    )
-                })?;
-                Some(Identity::new(config.spiffe_id(), token))
-            }
-            _ => None,
         };
         Ok(Self {
             outbound,

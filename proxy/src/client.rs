@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -44,6 +44,11 @@ type PoolKey = (SocketAddr, Option<String>);
 #[derive(Default, Clone)]
 struct H2Slot {
     conn: Option<http2::SendRequest<Body>>,
+    /// For an mTLS connection: until when its authentication holds (the
+    /// earlier of the two certificates' expiry) and the trust anchors it
+    /// was checked under. Past that, or once the anchors change, the
+    /// connection is not reused; dropping it lets its streams finish.
+    authenticated: Option<(SystemTime, Vec<Vec<u8>>)>,
     /// Held while connecting, so a burst of requests opens one connection.
     connecting: Arc<tokio::sync::Mutex<()>>,
 }
@@ -88,9 +93,23 @@ impl Clients {
         identity: Option<&str>,
         alpn: &[u8],
     ) -> Result<BoxIo, ProxyError> {
+        self.connect_peer_authenticated(addr, identity, alpn)
+            .await
+            .map(|(io, _)| io)
+    }
+
+    /// [`connect_peer`](Self::connect_peer), saying for an mTLS
+    /// connection until when its authentication holds and under which
+    /// trust anchors.
+    async fn connect_peer_authenticated(
+        &self,
+        addr: SocketAddr,
+        identity: Option<&str>,
+        alpn: &[u8],
+    ) -> Result<(BoxIo, Option<(SystemTime, Vec<Vec<u8>>)>), ProxyError> {
         let tcp = self.connect(addr).await?;
         let (Some(expected), Some(me)) = (identity, &self.identity) else {
-            return Ok(Box::new(tcp));
+            return Ok((Box::new(tcp), None));
         };
         let creds = me.current().ok_or(ProxyError::NoIdentity(addr))?;
         let config = if alpn == ALPN_TCP {
@@ -106,7 +125,16 @@ impl Clients {
         let connecting = tokio_rustls::TlsConnector::from(config).connect(name, tcp);
         match tokio::time::timeout(self.connect_timeout, connecting).await {
             Err(_) => Err(ProxyError::ConnectTimeout(addr)),
-            Ok(Ok(tls)) => Ok(Box::new(tls)),
+            Ok(Ok(tls)) => {
+                let peer_until = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .and_then(|c| crate::identity::not_after(c));
+                let until = peer_until.map_or(creds.valid_until, |p| p.min(creds.valid_until));
+                Ok((Box::new(tls), Some((until, creds.anchors.clone()))))
+            }
             Ok(Err(source)) if is_identity_mismatch(&source) => Err(ProxyError::IdentityMismatch {
                 addr,
                 expected: expected.to_string(),
@@ -164,24 +192,25 @@ impl Clients {
         let connecting = {
             let mut pool = self.h2.lock().expect("pool lock poisoned");
             let slot = pool.entry(key.clone()).or_default();
-            if let Some(conn) = &slot.conn {
-                if !fresh && !conn.is_closed() && conn.is_ready() {
-                    return Ok(conn.clone());
-                }
+            if let Some(conn) = self.reusable(slot, fresh) {
+                return Ok(conn);
             }
             slot.connecting.clone()
         };
         let _guard = connecting.lock().await;
         // Another task may have connected while this one waited.
-        if !fresh {
-            let pool = self.h2.lock().expect("pool lock poisoned");
-            if let Some(conn) = pool.get(&key).and_then(|s| s.conn.as_ref()) {
-                if !conn.is_closed() && conn.is_ready() {
-                    return Ok(conn.clone());
+        {
+            let mut pool = self.h2.lock().expect("pool lock poisoned");
+            if let Some(slot) = pool.get_mut(&key) {
+                if let Some(conn) = self.reusable(slot, fresh) {
+                    return Ok(conn);
                 }
+                // Not reusable: dropped here, so it closes once its
+                // streams are done.
+                slot.conn = None;
             }
         }
-        let io = self.connect_peer(addr, identity, ALPN_H2).await?;
+        let (io, authenticated) = self.connect_peer_authenticated(addr, identity, ALPN_H2).await?;
         let (send, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .adaptive_window(true)
@@ -195,13 +224,27 @@ impl Clients {
                 tracing::debug!(%addr, error = %e, "HTTP/2 client connection ended");
             }
         });
-        self.h2
-            .lock()
-            .expect("pool lock poisoned")
-            .entry(key)
-            .or_default()
-            .conn = Some(send.clone());
+        let mut pool = self.h2.lock().expect("pool lock poisoned");
+        let slot = pool.entry(key).or_default();
+        slot.conn = Some(send.clone());
+        slot.authenticated = authenticated;
         Ok(send)
+    }
+
+    /// The slot's connection, if it is open, ready, and (mTLS) still
+    /// authenticated under the current trust anchors.
+    fn reusable(&self, slot: &H2Slot, fresh: bool) -> Option<http2::SendRequest<Body>> {
+        let conn = slot
+            .conn
+            .as_ref()
+            .filter(|c| !fresh && !c.is_closed() && c.is_ready())?;
+        if let Some((until, anchors)) = &slot.authenticated {
+            let current = self.identity.as_ref().and_then(|i| i.current());
+            if SystemTime::now() >= *until || current.is_none_or(|c| c.anchors != *anchors) {
+                return None;
+            }
+        }
+        Some(conn.clone())
     }
 
     /// Sends a request to an HTTP/1 app over a pooled keep-alive connection.

@@ -72,9 +72,18 @@ pub struct Config {
     /// Static endpoints (service name → addresses), for running without a
     /// control plane. See [`crate::discover::StaticEndpoints`].
     pub endpoints_file: Option<PathBuf>,
-    /// The control plane's gRPC address, e.g. `http://weft-control:8086`.
-    /// Discovery and policy come from it. Exclusive with `endpointsFile`.
+    /// The control plane's gRPC address, e.g.
+    /// `https://weft-control.weft-system.svc:8086` (always TLS). Discovery,
+    /// policy and this proxy's certificate come from it. Needs
+    /// `trustAnchors` and `identityTokenFile`. Exclusive with
+    /// `endpointsFile`.
     pub control_plane: Option<String>,
+    /// PEM bundle the control plane's certificate must chain to; re-read
+    /// at every connection to it (a rotated ConfigMap is picked up).
+    pub trust_anchors: Option<PathBuf>,
+    /// The SPIFFE ID the control plane's certificate must carry. Default
+    /// `spiffe://<trustDomain>/ns/weft-system/sa/weft-control`.
+    pub control_plane_identity: Option<String>,
     /// This workload's namespace: short names resolve in it. Default
     /// `default`.
     pub namespace: String,
@@ -159,6 +168,8 @@ impl Default for Config {
             app_ports: Vec::new(),
             endpoints_file: None,
             control_plane: None,
+            trust_anchors: None,
+            control_plane_identity: None,
             namespace: "default".into(),
             workload: None,
             service_account: None,
@@ -199,9 +210,15 @@ pub struct Overrides {
     pub app_ports: Vec<u16>,
     #[arg(long, env = "WEFT_ENDPOINTS_FILE", value_name = "FILE")]
     pub endpoints_file: Option<PathBuf>,
-    /// The control plane's gRPC address, e.g. `http://127.0.0.1:8086`.
+    /// The control plane's gRPC address, e.g. `https://127.0.0.1:8086`.
     #[arg(long, env = "WEFT_CONTROL_PLANE", value_name = "URL")]
     pub control_plane: Option<String>,
+    /// PEM bundle the control plane's certificate must chain to.
+    #[arg(long, env = "WEFT_TRUST_ANCHORS", value_name = "FILE")]
+    pub trust_anchors: Option<PathBuf>,
+    /// The SPIFFE ID the control plane must prove.
+    #[arg(long, env = "WEFT_CONTROL_PLANE_IDENTITY", value_name = "SPIFFE_ID")]
+    pub control_plane_identity: Option<String>,
     #[arg(long, env = "WEFT_NAMESPACE")]
     pub namespace: Option<String>,
     /// The service this proxy fronts (its MeshService name).
@@ -313,6 +330,12 @@ impl Config {
         }
         if let Some(c) = &o.control_plane {
             self.control_plane = Some(c.clone());
+        }
+        if let Some(f) = &o.trust_anchors {
+            self.trust_anchors = Some(f.clone());
+        }
+        if let Some(id) = &o.control_plane_identity {
+            self.control_plane_identity = Some(id.clone());
         }
         if let Some(n) = &o.namespace {
             self.namespace = n.clone();
@@ -451,12 +474,42 @@ impl Config {
                     "expected either controlPlane or endpointsFile, not both".into(),
                 );
             }
-            if !(cp.starts_with("http://") || cp.starts_with("https://")) || cp.parse::<http::Uri>().is_err()
-            {
+            if !cp.starts_with("https://") || cp.parse::<http::Uri>().is_err() {
                 return err(
                     "controlPlane",
-                    format!("expected a URL such as `http://weft-control:8086`, got `{cp}`"),
+                    format!(
+                        "expected an https:// URL such as `https://weft-control.weft-system.svc:8086` (the control channel is always TLS), got `{cp}`"
+                    ),
                 );
+            }
+            match &self.trust_anchors {
+                None => {
+                    return err(
+                        "trustAnchors",
+                        "expected the PEM file of the control plane's trust anchors (trustAnchors, --trust-anchors or WEFT_TRUST_ANCHORS): the proxy verifies whom it takes orders from".into(),
+                    )
+                }
+                Some(f) if !f.is_file() => {
+                    return err(
+                        "trustAnchors",
+                        format!("expected a readable PEM file, {} is not one", f.display()),
+                    )
+                }
+                Some(_) => {}
+            }
+            if self.identity_token_file.is_none() {
+                return err(
+                    "identityTokenFile",
+                    "expected this workload's token file with controlPlane: every control-plane call but the first certificate request is made with the proxy's own certificate".into(),
+                );
+            }
+            if let Some(id) = &self.control_plane_identity {
+                if crate::identity::server_name_for(id).is_none() {
+                    return err(
+                        "controlPlaneIdentity",
+                        format!("expected spiffe://<trust domain>/ns/<namespace>/sa/<service account>, got `{id}`"),
+                    );
+                }
             }
         }
         if self.metrics_idle_timeout < Duration::from_secs(1) {
@@ -491,6 +544,13 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The SPIFFE ID the control plane must prove.
+    pub fn control_plane_spiffe_id(&self) -> String {
+        self.control_plane_identity
+            .clone()
+            .unwrap_or_else(|| format!("spiffe://{}/ns/weft-system/sa/weft-control", self.trust_domain))
     }
 
     /// This workload's SPIFFE ID.

@@ -44,6 +44,18 @@ pub struct Creds {
     /// When the certificate arrived: its usable lifetime starts here.
     pub received: SystemTime,
     pub valid_until: SystemTime,
+    /// The certificate and its intermediates, as sent to peers.
+    pub chain: Vec<CertificateDer<'static>>,
+    key: PrivatePkcs8KeyDer<'static>,
+    /// The trust anchors (DER) peers are checked against.
+    pub anchors: Vec<Vec<u8>>,
+}
+
+impl Creds {
+    /// The certificate's private key.
+    pub fn key(&self) -> PrivateKeyDer<'static> {
+        PrivateKeyDer::Pkcs8(self.key.clone_key())
+    }
 }
 
 /// `/ready` turns 503 when less than this share of the certificate's
@@ -172,6 +184,32 @@ impl Identity {
         }
     }
 
+    /// Resolves when a connection authenticated with `creds` on this side
+    /// and a peer certificate valid until `peer_until` must stop being
+    /// used: when either certificate expires, or when newer credentials
+    /// bring other trust anchors (a root was added or removed: the peer's
+    /// chain is checked again on a new connection).
+    pub async fn authentication_ends(&self, creds: &Arc<Creds>, peer_until: Option<SystemTime>) {
+        let until = peer_until.map_or(creds.valid_until, |p| p.min(creds.valid_until));
+        let left = until.duration_since(SystemTime::now()).unwrap_or_default();
+        let expiry = tokio::time::sleep(left);
+        tokio::pin!(expiry);
+        let mut renewed = self.ready.subscribe();
+        loop {
+            tokio::select! {
+                () = &mut expiry => return,
+                changed = renewed.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    if self.current().is_some_and(|c| c.anchors != creds.anchors) {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
     /// Resolves once the first certificate is in.
     pub async fn ready(&self) {
         let mut rx = self.ready.subscribe();
@@ -182,9 +220,15 @@ impl Identity {
     /// retried after a jittered backoff for as long as it takes, also past
     /// the certificate's expiry. Never returns.
     pub async fn run(self: Arc<Self>, control: ControlClient) {
-        let mut client = control.identity();
         let mut backoff = Backoff::new(Duration::from_millis(400), Duration::from_secs(10));
         loop {
+            // Renewals go over mutual TLS with the certificate being
+            // renewed; the first request (and one after an expiry) over
+            // server-authenticated TLS, with the token as the only proof.
+            let mut client = match self.state(SystemTime::now()) {
+                CertState::Fresh | CertState::Expiring { .. } => control.identity(),
+                CertState::Pending | CertState::Expired => control.bootstrap_identity(),
+            };
             match self.renew(&mut client).await {
                 Ok(creds) => {
                     backoff.reset();
@@ -253,17 +297,19 @@ impl Identity {
         let unusable = |e: &dyn std::fmt::Display| IdentityError::Unusable(e.to_string());
         let mut chain = vec![CertificateDer::from(rsp.certificate)];
         chain.extend(rsp.intermediates.into_iter().map(CertificateDer::from));
-        let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        let pkcs8 = PrivatePkcs8KeyDer::from(key.serialize_der());
+        let key_der = PrivateKeyDer::Pkcs8(pkcs8.clone_key());
         let mut roots = RootCertStore::empty();
-        for anchor in rsp.trust_anchors {
+        for anchor in &rsp.trust_anchors {
             roots
-                .add(CertificateDer::from(anchor))
+                .add(CertificateDer::from(anchor.clone()))
                 .map_err(|e| unusable(&e))?;
         }
         let roots = Arc::new(roots);
         let verifier = Arc::new(SpiffeVerifier {
             roots: roots.clone(),
             provider: self.provider.clone(),
+            expected: None,
         });
         let client = |alpn: &[u8]| -> Result<Arc<ClientConfig>, IdentityError> {
             let mut c = ClientConfig::builder_with_provider(self.provider.clone())
@@ -300,8 +346,18 @@ impl Identity {
             server: Arc::new(server),
             received: SystemTime::now(),
             valid_until: SystemTime::UNIX_EPOCH + Duration::from_secs(rsp.valid_until.max(0) as u64),
+            chain,
+            key: pkcs8,
+            anchors: rsp.trust_anchors,
         })
     }
+}
+
+/// When a certificate (DER) expires.
+pub fn not_after(cert: &[u8]) -> Option<SystemTime> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert).ok()?;
+    let secs = u64::try_from(cert.validity().not_after.timestamp()).ok()?;
+    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
 }
 
 /// The SPIFFE ID in a certificate's URI SANs, if exactly one.
@@ -343,12 +399,28 @@ fn spiffe_id_from_server_name(name: &ServerName<'_>) -> Option<String> {
     Some(format!("spiffe://{td}/ns/{ns}/sa/{sa}"))
 }
 
+/// A verifier for a server that must prove `spiffe_id` (whatever name
+/// was dialled): the control plane.
+pub fn expecting(
+    roots: Arc<RootCertStore>,
+    provider: Arc<CryptoProvider>,
+    spiffe_id: &str,
+) -> Arc<dyn ServerCertVerifier> {
+    Arc::new(SpiffeVerifier {
+        roots,
+        provider,
+        expected: Some(spiffe_id.to_string()),
+    })
+}
+
 /// Checks the server's chain against the trust anchors, and that it names
-/// exactly the SPIFFE ID discovery promised (carried in the server name).
+/// exactly the expected SPIFFE ID: `expected`, or else the one discovery
+/// promised (carried in the server name).
 #[derive(Debug)]
 struct SpiffeVerifier {
     roots: Arc<RootCertStore>,
     provider: Arc<CryptoProvider>,
+    expected: Option<String>,
 }
 
 impl ServerCertVerifier for SpiffeVerifier {
@@ -368,9 +440,13 @@ impl ServerCertVerifier for SpiffeVerifier {
             now,
             self.provider.signature_verification_algorithms.all,
         )?;
-        let expected = spiffe_id_from_server_name(server_name).ok_or(rustls::Error::InvalidCertificate(
-            rustls::CertificateError::NotValidForName,
-        ))?;
+        let expected = self
+            .expected
+            .clone()
+            .or_else(|| spiffe_id_from_server_name(server_name))
+            .ok_or(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidForName,
+            ))?;
         if spiffe_id_of(end_entity).as_deref() != Some(expected.as_str()) {
             return Err(rustls::Error::InvalidCertificate(
                 rustls::CertificateError::NotValidForName,

@@ -121,7 +121,7 @@ impl Inbound {
                     AppProtocol::Http2
                 };
                 guard.detected(app.into());
-                self.serve_conn(io, app, plaintext).await;
+                self.serve_conn(io, app, plaintext, std::future::pending()).await;
             }
             Protocol::MeshTcp { port } => {
                 guard.detected(Detected::MeshTcp);
@@ -136,12 +136,17 @@ impl Inbound {
         }
     }
 
-    async fn serve_conn<I>(self: &Arc<Self>, io: I, app: AppProtocol, conn: ConnInfo)
-    where
+    async fn serve_conn<I>(
+        self: &Arc<Self>,
+        io: I,
+        app: AppProtocol,
+        conn: ConnInfo,
+        ends: impl std::future::Future<Output = ()>,
+    ) where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let this = self.clone();
-        serve_http(io, app, &self.http, &self.drain, move |req| {
+        serve_http(io, app, &self.http, &self.drain, ends, move |req| {
             this.clone().request(req, app, conn.clone())
         })
         .await;
@@ -169,10 +174,9 @@ impl Inbound {
             }
         };
         let (_, session) = tls.get_ref();
-        let caller = session
-            .peer_certificates()
-            .and_then(|c| c.first())
-            .and_then(|c| spiffe_id_of(c));
+        let peer_cert = session.peer_certificates().and_then(|c| c.first());
+        let caller = peer_cert.and_then(|c| spiffe_id_of(c));
+        let peer_until = peer_cert.and_then(|c| crate::identity::not_after(c));
         let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
         let conn = ConnInfo {
             tls: true,
@@ -180,7 +184,18 @@ impl Inbound {
             target_port: None,
         };
         match alpn.as_deref() {
-            Some(ALPN_H2) => self.serve_conn(tls, AppProtocol::Http2, conn).await,
+            Some(ALPN_H2) => {
+                // The mesh channel drains once either side's certificate
+                // expires or the trust anchors change; the caller
+                // reconnects with what is current. (TCP tunnels carry one
+                // app connection each and are left to end with it.)
+                let identity = self
+                    .identity
+                    .clone()
+                    .expect("TLS is served only with an identity");
+                let ends = async move { identity.authentication_ends(&creds, peer_until).await };
+                self.serve_conn(tls, AppProtocol::Http2, conn, ends).await
+            }
             Some(ALPN_TCP) => match detect(tls, self.detect_timeout).await {
                 Ok((Protocol::MeshTcp { port }, mut io)) => {
                     let line = io.prefix().iter().position(|&b| b == b'\n').map_or(0, |i| i + 1);

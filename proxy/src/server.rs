@@ -28,12 +28,16 @@ pub struct HttpSettings {
 /// completes. On drain, HTTP/1 finishes the request in progress and closes;
 /// HTTP/2 sends GOAWAY and finishes open streams. A connection that has not
 /// yet sent its first request gets a short grace to do so, so a request
-/// already on the wire when the drain starts is still answered.
+/// already on the wire when the drain starts is still answered. An HTTP/2
+/// connection drains the same way when `ends` resolves (an mTLS
+/// connection whose authentication ended: a certificate expired, or the
+/// trust anchors changed).
 pub async fn serve_http<I, F, Fut>(
     io: I,
     protocol: AppProtocol,
     settings: &HttpSettings,
     drain: &drain::Watch,
+    ends: impl Future<Output = ()>,
     handler: F,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -85,9 +89,15 @@ pub async fn serve_http<I, F, Fut>(
                 .keep_alive_timeout(Duration::from_secs(10))
                 .serve_connection(io, svc);
             tokio::pin!(conn);
+            tokio::pin!(ends);
             tokio::select! {
                 res = conn.as_mut() => res,
                 () = drain.signaled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+                () = &mut ends => {
+                    tracing::debug!("the connection's authentication ended; draining it");
                     conn.as_mut().graceful_shutdown();
                     conn.await
                 }

@@ -32,13 +32,13 @@ impl Bed {
         for _ in 0..n {
             let app = FlakyApp::start(Behaviour::default()).await;
             servers.push(ProxyProc::start(&format!(
-                "appPorts: [{}]\ncontrolPlane: {}\nnamespace: demo\nworkload: echo\n",
+                "appPorts: [{}]\n{}workload: echo\n",
                 app.addr.port(),
-                control.url()
+                control.proxy_config("demo", "echo")
             )));
             apps.push(app);
         }
-        let client = ProxyProc::start(&format!("controlPlane: {}\nnamespace: demo\n", control.url()));
+        let client = ProxyProc::start(&control.proxy_config("demo", "default"));
         let bed = Self {
             dir,
             _control: control,

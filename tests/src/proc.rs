@@ -123,6 +123,11 @@ impl Proc {
         assert!(status.success());
     }
 
+    /// Whether it has not exited yet.
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
+    }
+
     /// Waits for the process to exit.
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         let deadline = Instant::now() + timeout;
@@ -226,10 +231,41 @@ impl ProxyProc {
 }
 
 /// A running `weft-control` over a config directory, killed on drop.
+///
+/// It writes its trust anchors into its own temp dir, and, unless the
+/// test passes `--tokens`, checks tokens against a file this handle keeps:
+/// [`ControlProc::proxy_config`] adds a token for each workload it
+/// configures (the control plane re-reads the file when it changes).
 pub struct ControlProc {
     pub proc: Proc,
     pub grpc: SocketAddr,
     pub admin: SocketAddr,
+    /// Trust anchors, tokens file, token files, and the CA unless the test
+    /// brought one: kept across [`restart`](Self::restart)s, as a real
+    /// control plane keeps its CA.
+    pub secrets: Arc<TempDir>,
+    /// (namespace, service account) with a token in the managed file;
+    /// `None` when the test brought its own `--tokens`.
+    tokens: Option<Mutex<Vec<(String, String)>>>,
+    config: PathBuf,
+    env: Vec<(String, PathBuf)>,
+}
+
+/// A CA certificate and PKCS#8 key, as an operator brings them.
+fn write_ca(cert: &Path, key: &Path) {
+    let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("CA key");
+    let mut params = rcgen::CertificateParams::default();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "weft test CA");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca = params.self_signed(&pair).expect("self-signed CA");
+    std::fs::write(key, pair.serialize_pem()).expect("write CA key");
+    std::fs::write(cert, ca.pem()).expect("write CA certificate");
 }
 
 impl ControlProc {
@@ -247,12 +283,53 @@ impl ControlProc {
     /// (e.g. `KUBECONFIG` for `--token-review`). The ones that would point
     /// it at a real cluster are removed.
     pub fn start_with_env(config: &Path, grpc: SocketAddr, extra: &[&str], env: &[(&str, &Path)]) -> Self {
+        let secrets = Arc::new(TempDir::new());
+        let managed = !extra.iter().any(|a| *a == "--tokens" || *a == "--token-review");
+        if managed {
+            secrets.write("tokens.yaml", "[]\n");
+        }
+        let env: Vec<(String, PathBuf)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_path_buf()))
+            .collect();
+        let (proc, grpc, admin) = Self::spawn(&secrets, managed, config, grpc, extra, &env);
+        Self {
+            proc,
+            grpc,
+            admin,
+            secrets,
+            tokens: managed.then(|| Mutex::new(Vec::new())),
+            config: config.to_path_buf(),
+            env,
+        }
+    }
+
+    fn spawn(
+        secrets: &TempDir,
+        managed: bool,
+        config: &Path,
+        grpc: SocketAddr,
+        extra: &[&str],
+        env: &[(String, PathBuf)],
+    ) -> (Proc, SocketAddr, SocketAddr) {
         let mut cmd = Command::new(bin("weft-control"));
         cmd.env_remove("KUBERNETES_SERVICE_HOST")
             .env_remove("KUBECONFIG")
-            .envs(env.iter().copied());
+            .envs(env.iter().map(|(k, v)| (k, v)));
         cmd.args(extra);
-        cmd.arg("--config")
+        if managed {
+            cmd.arg("--tokens").arg(secrets.path().join("tokens.yaml"));
+        }
+        if !extra.contains(&"--ca-cert") {
+            let (cert, key) = (secrets.path().join("ca.pem"), secrets.path().join("ca.key"));
+            if !cert.exists() {
+                write_ca(&cert, &key);
+            }
+            cmd.arg("--ca-cert").arg(cert).arg("--ca-key").arg(key);
+        }
+        cmd.arg("--trust-anchors-out")
+            .arg(secrets.path().join("trust-anchors.pem"))
+            .arg("--config")
             .arg(config)
             .arg("--grpc-listen")
             .arg(grpc.to_string())
@@ -266,14 +343,81 @@ impl ControlProc {
             ]);
         let mut proc = Proc::spawn(cmd);
         let line = proc.wait_line(&["listening", "grpc="], Duration::from_secs(30));
-        Self {
-            grpc: addr_field(&line, "grpc"),
-            admin: addr_field(&line, "admin"),
-            proc,
+        (proc, addr_field(&line, "grpc"), addr_field(&line, "admin"))
+    }
+
+    /// Kills the process and waits for it to end.
+    pub fn kill(&mut self) {
+        if self.proc.running() {
+            self.proc.signal("KILL");
+            self.proc.wait_exit(Duration::from_secs(5));
         }
     }
 
+    /// Kills it and starts another on the same gRPC address with the same
+    /// secrets (CA, tokens, trust-anchors file) and `extra` flags.
+    pub fn restart(&mut self, extra: &[&str]) {
+        self.kill();
+        let (proc, grpc, admin) = Self::spawn(
+            &self.secrets,
+            self.tokens.is_some(),
+            &self.config,
+            self.grpc,
+            extra,
+            &self.env,
+        );
+        (self.proc, self.grpc, self.admin) = (proc, grpc, admin);
+    }
+
+    /// The PEM bundle proxies verify this control plane against.
+    pub fn trust_anchors(&self) -> PathBuf {
+        self.secrets.path().join("trust-anchors.pem")
+    }
+
+    /// Proxy config lines to reach this control plane: `controlPlane` and
+    /// `trustAnchors` (the test adds `identityTokenFile`).
+    pub fn client_config(&self) -> String {
+        format!(
+            "controlPlane: {}\ntrustAnchors: {}\n",
+            self.url(),
+            self.trust_anchors().display()
+        )
+    }
+
+    /// Proxy config lines for a workload running as `namespace`/`sa`:
+    /// [`client_config`](Self::client_config), `namespace`,
+    /// `serviceAccount` and a token file whose token this control plane
+    /// accepts (added to its tokens file).
+    pub fn proxy_config(&self, namespace: &str, sa: &str) -> String {
+        let token = format!("{namespace}.{sa}.token-0123456789");
+        let file = self.secrets.write(&format!("{namespace}.{sa}.token"), &token);
+        let tokens = self
+            .tokens
+            .as_ref()
+            .expect("proxy_config needs the tokens file this handle manages (no --tokens)");
+        let mut known = tokens.lock().expect("tokens lock");
+        if !known.iter().any(|(n, s)| n == namespace && s == sa) {
+            known.push((namespace.to_string(), sa.to_string()));
+            let list: String = known
+                .iter()
+                .map(|(n, s)| {
+                    format!(
+                        "- {{namespace: {n}, serviceAccount: {s}, token: \"{n}.{s}.token-0123456789\"}}\n"
+                    )
+                })
+                .collect();
+            // Replaced in one step: the control plane never reads half a file.
+            let tmp = self.secrets.write("tokens.yaml.tmp", &list);
+            std::fs::rename(tmp, self.secrets.path().join("tokens.yaml")).expect("replace tokens file");
+        }
+        format!(
+            "{}namespace: {namespace}\nserviceAccount: {sa}\nidentityTokenFile: {}\n",
+            self.client_config(),
+            file.display()
+        )
+    }
+
     pub fn url(&self) -> String {
-        format!("http://{}", self.grpc)
+        format!("https://{}", self.grpc)
     }
 }

@@ -17,10 +17,35 @@ struct Workload {
     proxy: ProxyProc,
 }
 
-async fn workload() -> Workload {
+/// Its proxy has its certificate from `control` (service account `echo`,
+/// the identity MeshService `echo` promises for its endpoints).
+async fn workload(control: &ControlProc) -> Workload {
     let app = echo_app().await;
-    let proxy = ProxyProc::start(&format!("appPorts: [{}]\n", app.addr.port()));
+    let proxy = ProxyProc::start(&format!(
+        "appPorts: [{}]\nworkload: echo\n{}",
+        app.addr.port(),
+        control.proxy_config("demo", "echo")
+    ));
     Workload { app, proxy }
+}
+
+/// Writes `yaml` to `file` and waits until `control` holds `endpoints`
+/// endpoints.
+async fn publish(control: &ControlProc, file: &std::path::Path, yaml: &str, endpoints: usize) {
+    std::fs::write(file, yaml).unwrap();
+    let want = format!("weft_control_index_objects{{kind=\"endpoints\"}} {endpoints}\n");
+    eventually(
+        Duration::from_secs(5),
+        "the control plane has the file",
+        || async {
+            admin_get(control.admin, "/metrics")
+                .await
+                .1
+                .contains(&want)
+                .then_some(())
+        },
+    )
+    .await;
 }
 
 fn mesh_service(name: &str, replicas: &[&Workload]) -> String {
@@ -44,7 +69,7 @@ fn mesh_service(name: &str, replicas: &[&Workload]) -> String {
 }
 
 fn client_proxy(control: &ControlProc) -> ProxyProc {
-    ProxyProc::start(&format!("controlPlane: {}\nnamespace: demo\n", control.url()))
+    ProxyProc::start(&control.proxy_config("demo", "default"))
 }
 
 /// GET http://echo/ through `outbound`; returns status and the serving app.
@@ -76,10 +101,11 @@ async fn servers(outbound: SocketAddr) -> std::collections::BTreeSet<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endpoints_follow_the_yaml_file_without_losing_requests() {
-    let (a, b) = (workload().await, workload().await);
     let dir = TempDir::new();
-    let file = dir.write("mesh.yaml", &mesh_service("echo", &[&a]));
+    let file = dir.write("mesh.yaml", "");
     let control = ControlProc::start(dir.path(), "127.0.0.1:0".parse().unwrap());
+    let (a, b) = (workload(&control).await, workload(&control).await);
+    publish(&control, &file, &mesh_service("echo", &[&a]), 1).await;
     let client = client_proxy(&control);
     let out = client.addrs.outbound;
     let (a_addr, b_addr) = (a.app.addr.to_string(), b.app.addr.to_string());
@@ -128,17 +154,16 @@ async fn endpoints_follow_the_yaml_file_without_losing_requests() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_rides_out_a_control_plane_restart() {
-    let (a, b) = (workload().await, workload().await);
     let dir = TempDir::new();
-    let file = dir.write("mesh.yaml", &mesh_service("echo", &[&a]));
-    let control = ControlProc::start(dir.path(), "127.0.0.1:0".parse().unwrap());
-    let grpc = control.grpc;
+    let file = dir.write("mesh.yaml", "");
+    let mut control = ControlProc::start(dir.path(), "127.0.0.1:0".parse().unwrap());
+    let (a, b) = (workload(&control).await, workload(&control).await);
+    publish(&control, &file, &mesh_service("echo", &[&a]), 1).await;
     let client = client_proxy(&control);
     let out = client.addrs.outbound;
     assert_eq!(call(out, "echo").await.0, StatusCode::OK);
 
-    control.proc.signal("KILL");
-    drop(control);
+    control.kill();
     for _ in 0..20 {
         let (status, server) = call(out, "echo").await;
         assert_eq!(status, StatusCode::OK, "served from the last known state");
@@ -147,7 +172,7 @@ async fn proxy_rides_out_a_control_plane_restart() {
 
     // A change made while the control plane is down applies once it is back.
     std::fs::write(&file, mesh_service("echo", &[&b])).unwrap();
-    let _control = ControlProc::start(dir.path(), grpc);
+    control.restart(&[]);
     let b_addr = b.app.addr.to_string();
     eventually(Duration::from_secs(10), "resync after restart", || async {
         (servers(out).await == [b_addr.clone()].into()).then_some(())
@@ -162,10 +187,11 @@ async fn proxy_rides_out_a_control_plane_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_change_is_rejected_and_the_last_good_state_served() {
-    let (a, b) = (workload().await, workload().await);
     let dir = TempDir::new();
-    let file = dir.write("mesh.yaml", &mesh_service("echo", &[&a]));
+    let file = dir.write("mesh.yaml", "");
     let mut control = ControlProc::start(dir.path(), "127.0.0.1:0".parse().unwrap());
+    let (a, b) = (workload(&control).await, workload(&control).await);
+    publish(&control, &file, &mesh_service("echo", &[&a]), 1).await;
     let client = client_proxy(&control);
     let out = client.addrs.outbound;
     assert_eq!(call(out, "echo").await.0, StatusCode::OK);
@@ -232,13 +258,14 @@ async fn unknown_names_fall_back_to_dns() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_shared_watch_per_destination_closed_when_idle() {
-    let a = workload().await;
     let dir = TempDir::new();
-    dir.write("mesh.yaml", &mesh_service("echo", &[&a]));
+    let file = dir.write("mesh.yaml", "");
     let control = ControlProc::start(dir.path(), "127.0.0.1:0".parse().unwrap());
+    let a = workload(&control).await;
+    publish(&control, &file, &mesh_service("echo", &[&a]), 1).await;
     let client = ProxyProc::start(&format!(
-        "controlPlane: {}\nnamespace: demo\ndestinationIdleTimeout: 500ms\n",
-        control.url()
+        "{}destinationIdleTimeout: 500ms\n",
+        control.proxy_config("demo", "default")
     ));
     // Many requests on several connections: one watch.
     for _ in 0..5 {
@@ -297,12 +324,12 @@ async fn without_an_answer_from_the_control_plane_nothing_is_sent() {
     // An app DNS would find (localhost), and a control plane that is not
     // there: the request is refused, not sent to DNS's answer in plaintext.
     let app = echo_app().await;
-    let gone = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", gone.local_addr().unwrap());
-    drop(gone);
-    let client = ProxyProc::start(&format!(
-        "controlPlane: {url}\nnamespace: demo\ndiscoveryTimeout: 300ms\n"
-    ));
+    let dir = TempDir::new();
+    let mut control = ControlProc::start(dir.path(), "127.0.0.1:0".parse().unwrap());
+    let config = control.proxy_config("demo", "default");
+    control.proc.signal("KILL");
+    control.proc.wait_exit(Duration::from_secs(5));
+    let client = ProxyProc::start(&format!("{config}discoveryTimeout: 300ms\n"));
     let started = std::time::Instant::now();
     let mut c = h1_client(client.addrs.outbound).await;
     let req = Request::get("/")

@@ -39,16 +39,16 @@ impl Setup {
 
     /// Stops the control plane and starts another on the same address.
     fn restart_control(&mut self, extra: &[&str]) {
-        let grpc = self.control.grpc;
-        self.control.proc.signal("KILL");
-        self.control.proc.wait_exit(Duration::from_secs(5));
-        self.control = Self::control(&self.dir, grpc, extra);
+        let tokens = self.dir.path().join("tokens.yaml");
+        let mut flags = vec!["--tokens", tokens.to_str().unwrap()];
+        flags.extend_from_slice(extra);
+        self.control.restart(&flags);
     }
 
     fn proxy(&self, workload: &str, token: &str, extra: &str) -> ProxyProc {
         ProxyProc::start(&format!(
-            "controlPlane: {}\nnamespace: demo\nworkload: {workload}\nidentityTokenFile: {}\n{extra}",
-            self.control.url(),
+            "{}namespace: demo\nworkload: {workload}\nidentityTokenFile: {}\n{extra}",
+            self.control.client_config(),
             self.dir.path().join(token).display()
         ))
     }
@@ -268,6 +268,20 @@ async fn certificates_rotate_under_load_without_a_failed_request() {
     assert!(
         issued >= 8.0,
         "two proxies renewing every ~3 s for 15 s: {issued} certificates"
+    );
+    // The pooled mTLS connection does not outlive its certificates: each
+    // expiry drains it and the next request opens a new one, with the
+    // certificates then current.
+    let (_, metrics) = admin_get(server.addrs.admin, "/metrics").await;
+    let opened: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with(r#"weft_tcp_connections_opened_total{direction="inbound",protocol="tls"}"#))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert!(
+        opened >= 3.0,
+        "4 s certificates over 15 s: {opened} mTLS connections"
     );
 }
 
@@ -682,13 +696,13 @@ async fn failing_renewals_turn_ready_off_before_expiry_and_a_good_one_back_on() 
 /// TokenReview API accepts each token for 10 s, the test writes a new one
 /// into each proxy's token file every 5 s, certificates last 20 s (renewed
 /// every 12–16 s, so a token read at start would be refused by the first
-/// renewal). Steady traffic through a proxy pair for 50 s: every request
+/// renewal). Steady traffic through a proxy pair for 90 s: every request
 /// succeeds and both proxies renew several times.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotating_tokens_keep_certificates_renewing_under_steady_traffic() {
     const TOKEN_VALIDITY: Duration = Duration::from_secs(10);
     const ROTATE_EVERY: Duration = Duration::from_secs(5);
-    const TRAFFIC: Duration = Duration::from_secs(50);
+    const TRAFFIC: Duration = Duration::from_secs(90);
     let api = TokenReviewApi::start(TOKEN_VALIDITY).await;
     let dir = TempDir::new();
     std::fs::create_dir_all(dir.path().join("mesh")).unwrap();

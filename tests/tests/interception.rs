@@ -51,6 +51,7 @@ impl Bed {
 
         let mesh = dir.path().join("mesh");
         let tokens = dir.path().join("tokens.yaml");
+        let anchors = dir.path().join("trust-anchors.pem");
         let mut control = node.spawn(
             &cp,
             None,
@@ -60,6 +61,8 @@ impl Bed {
                 mesh.to_str().unwrap(),
                 "--tokens",
                 tokens.to_str().unwrap(),
+                "--trust-anchors-out",
+                anchors.to_str().unwrap(),
                 "--grpc-listen",
                 "0.0.0.0:8086",
                 "--admin-listen",
@@ -95,7 +98,8 @@ impl Bed {
             dir,
             node,
         };
-        let control_plane = format!("http://{}:8086", cp.ip);
+        let control_plane = format!("https://{}:8086", cp.ip);
+        let anchors = bed.dir.path().join("trust-anchors.pem");
         for (pod, workload, ports) in [
             (bed.a.clone(), "web", "[]"),
             (bed.b.clone(), "echo", "[8080, 7000, 5432, 1883]"),
@@ -104,7 +108,8 @@ impl Bed {
             let config = bed.dir.write(
                 &format!("{workload}.yaml"),
                 &format!(
-                    "outboundListen: 127.0.0.1:4140\ninboundListen: 0.0.0.0:4143\nadminListen: 0.0.0.0:4191\ncontrolPlane: {control_plane}\nnamespace: demo\nworkload: {workload}\nidentityTokenFile: {}\nappPorts: {ports}\ndetectTimeout: 10s\n",
+                    "outboundListen: 127.0.0.1:4140\ninboundListen: 0.0.0.0:4143\nadminListen: 0.0.0.0:4191\ncontrolPlane: {control_plane}\ntrustAnchors: {}\nnamespace: demo\nworkload: {workload}\nidentityTokenFile: {}\nappPorts: {ports}\ndetectTimeout: 10s\n",
+                    anchors.display(),
                     bed.dir.path().join(format!("{workload}.token")).display()
                 ),
             );

@@ -362,7 +362,7 @@ async fn canary_split_and_header_match() {
     // Two services on the two apps: echo-v1 and echo-v2; `echo` is split.
     let svc = |name: &str, i: usize| {
         format!(
-            "apiVersion: weft.dev/v1alpha1\nkind: MeshService\nmetadata: {{name: {name}, namespace: demo}}\nspec:\n  endpoints:\n    - address: {}\n      proxy: {}\n---\n",
+            "apiVersion: weft.dev/v1alpha1\nkind: MeshService\nmetadata: {{name: {name}, namespace: demo}}\nspec:\n  serviceAccount: echo\n  endpoints:\n    - address: {}\n      proxy: {}\n---\n",
             bed.apps[i].addr, bed.servers[i].addrs.inbound
         )
     };
@@ -558,8 +558,8 @@ async fn per_identity_rate_limits_isolate_callers() {
     );
     let proxy = |workload: &str, token: &str, extra: &str| {
         ProxyProc::start(&format!(
-            "controlPlane: {}\nnamespace: demo\nworkload: {workload}\nidentityTokenFile: {}\n{extra}",
-            control.url(),
+            "{}namespace: demo\nworkload: {workload}\nidentityTokenFile: {}\n{extra}",
+            control.client_config(),
             dir.path().join(token).display()
         ))
     };

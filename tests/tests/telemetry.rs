@@ -29,7 +29,7 @@ fn control_plane_and_proxy(app: std::net::SocketAddr) -> (TempDir, ControlProc, 
         &format!("apiVersion: weft.dev/v1alpha1\nkind: MeshService\nmetadata: {{name: echo, namespace: demo}}\nspec:\n  endpoints: [{{address: \"{app}\"}}]\n"),
     );
     let control = ControlProc::start(dir.path(), "127.0.0.1:0".parse().unwrap());
-    let proxy = ProxyProc::start(&format!("controlPlane: {}\nnamespace: demo\n", control.url()));
+    let proxy = ProxyProc::start(&control.proxy_config("demo", "default"));
     (dir, control, proxy)
 }
 

@@ -171,28 +171,29 @@ fn write_tokens(
     Ok(file)
 }
 
-fn proxy_cmd(exe: &Path, control: &str, namespace: &str, id: &str) -> Command {
+fn proxy_cmd(exe: &Path, control: &str, anchors: &Path, namespace: &str, id: &str) -> Command {
     let mut cmd = Command::new(exe);
-    cmd.args([
-        "proxy",
-        "--control-plane",
-        control,
-        "--namespace",
-        namespace,
-        "--proxy-id",
-        id,
-    ])
-    .args([
-        "--outbound-listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-        "--shutdown-grace",
-        "2s",
-    ])
-    .args(["--worker-threads", "1"])
-    .env("RUST_LOG", "warn,weft_proxy::app=info")
-    .env_remove("WEFT_CONFIG");
+    cmd.args(["proxy", "--trust-anchors"])
+        .arg(anchors)
+        .args([
+            "--control-plane",
+            control,
+            "--namespace",
+            namespace,
+            "--proxy-id",
+            id,
+        ])
+        .args([
+            "--outbound-listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--shutdown-grace",
+            "2s",
+        ])
+        .args(["--worker-threads", "1"])
+        .env("RUST_LOG", "warn,weft_proxy::app=info")
+        .env_remove("WEFT_CONFIG");
     cmd
 }
 
@@ -206,12 +207,17 @@ fn start_mesh(exe: &Path, config: &Path, plan: &Plan) -> Result<(Mesh, SocketAdd
     identities.insert((plan.entry.1.clone(), "loadgen".into()));
     let tokens = write_tokens(&secrets, &identities)?;
     let token_file = |ns: &str, sa: &str| secrets.join(format!("{ns}.{sa}.token"));
+    // Written by the control plane at start (its dev CA's root); every
+    // proxy verifies the control plane against it.
+    let anchors = secrets.join("trust-anchors.pem");
     let mut cmd = Command::new(exe);
     cmd.arg("control")
         .arg("--config")
         .arg(config)
         .arg("--tokens")
         .arg(&tokens)
+        .arg("--trust-anchors-out")
+        .arg(&anchors)
         .args(["--grpc-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
         .env(
             "RUST_LOG",
@@ -221,7 +227,7 @@ fn start_mesh(exe: &Path, config: &Path, plan: &Plan) -> Result<(Mesh, SocketAdd
         Proc::spawn("weft-control", cmd).map_err(|e| format!("cannot start the control plane: {e}"))?;
     let line = control.wait_line(&["listening", "grpc="], Duration::from_secs(20))?;
     let grpc = addr_field(&line, "grpc").ok_or("the control plane did not say where it listens")?;
-    let url = format!("http://{grpc}");
+    let url = format!("https://{grpc}");
     let mut mesh = Mesh {
         apps: Vec::new(),
         proxies: Vec::new(),
@@ -231,7 +237,7 @@ fn start_mesh(exe: &Path, config: &Path, plan: &Plan) -> Result<(Mesh, SocketAdd
 
     for r in &plan.replicas {
         let id = format!("{}-{}", r.service, r.app.port());
-        let mut cmd = proxy_cmd(exe, &url, &r.namespace, &id);
+        let mut cmd = proxy_cmd(exe, &url, &anchors, &r.namespace, &id);
         cmd.args([
             "--inbound-listen",
             &r.proxy.to_string(),
@@ -266,7 +272,7 @@ fn start_mesh(exe: &Path, config: &Path, plan: &Plan) -> Result<(Mesh, SocketAdd
     }
 
     // The traffic generator's own sidecar.
-    let mut cmd = proxy_cmd(exe, &url, &plan.entry.1, "loadgen");
+    let mut cmd = proxy_cmd(exe, &url, &anchors, &plan.entry.1, "loadgen");
     cmd.args(["--inbound-listen", "127.0.0.1:0", "--service-account", "loadgen"])
         .arg("--identity-token-file")
         .arg(token_file(&plan.entry.1, "loadgen"));

@@ -468,11 +468,22 @@ mod tests {
     async fn an_unanswered_lookup_is_pending_not_dns() {
         // A control plane nobody listens for: every watch stays pending.
         let gone = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", gone.local_addr().unwrap());
+        let url = format!("https://{}", gone.local_addr().unwrap());
         drop(gone);
         let metrics = ControlMetrics::default();
+        let tls = crate::control::ControlTls {
+            anchors: "/nonexistent/trust-anchors.pem".into(),
+            identity: "spiffe://cluster.local/ns/weft-system/sa/weft-control".into(),
+        };
+        let token = std::env::temp_dir().join(format!("weft-unanswered-{}", std::process::id()));
+        std::fs::write(&token, "t").unwrap();
+        let identity = crate::identity::Identity::new(
+            "spiffe://cluster.local/ns/demo/sa/web".into(),
+            crate::identity::TokenFile::open(&token).unwrap(),
+        );
+        let _ = std::fs::remove_file(&token);
         let d = ControlDiscover::new(
-            ControlClient::new(&url).unwrap(),
+            ControlClient::new(&url, tls, identity).unwrap(),
             settings(Duration::from_millis(100)),
             metrics.clone(),
         );

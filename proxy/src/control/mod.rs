@@ -6,8 +6,10 @@
 //!   mesh does not know).
 //! - [`inbound`]: `Inbound.Watch`, one stream per app port, feeding
 //!   [`crate::policy::Policies`].
-//! - `Identity.Certify`: [`crate::identity::Identity::run`], over the same
-//!   channel.
+//! - `Identity.Certify`: [`crate::identity::Identity::run`].
+//! - [`connect`]: every connection is TLS 1.3 to a server that proves the
+//!   control plane's SPIFFE ID; all calls but the first `Certify` present
+//!   the proxy's own certificate.
 //! - [`proto`]: every translation from `weft_api` messages to the proxy's
 //!   own types; the data path never sees an API message (only
 //!   `identity.rs` makes and reads its own `Certify` messages).
@@ -15,6 +17,7 @@
 //! Every stream that breaks, and every failed certificate request, waits a
 //! [`Backoff`] before trying again.
 
+pub mod connect;
 pub mod destination;
 pub mod inbound;
 pub mod proto;
@@ -23,36 +26,55 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tonic::transport::Channel;
+
+use crate::identity::Identity;
 use weft_api::v1::destination_client::DestinationClient;
 use weft_api::v1::identity_client::IdentityClient;
 use weft_api::v1::inbound_client::InboundClient;
 
+pub use connect::ControlTls;
 pub use destination::{ControlDiscover, ControlMetrics, ControlSettings, EXTERNAL_SERVICE};
 pub use inbound::watch_inbound;
 
-/// The one gRPC channel to the control plane. Cheap to clone: clones share
-/// the channel (one HTTP/2 connection, reconnected by tonic when it drops).
+/// The gRPC channels to the control plane: `mesh` (mutual TLS with the
+/// proxy's certificate) for every call but the first certificate request,
+/// which goes over `bootstrap` (server-authenticated TLS). Cheap to clone:
+/// clones share the channels (one HTTP/2 connection each, reconnected by
+/// tonic when it drops).
 #[derive(Debug, Clone)]
 pub struct ControlClient {
     address: Arc<str>,
-    channel: Channel,
+    mesh: Channel,
+    bootstrap: Channel,
 }
 
 impl ControlClient {
     /// Connects lazily: nothing is dialed until the first call. Needs a
     /// runtime. Fails only when `address` (e.g.
-    /// `http://weft-control.weft-system:8086`) is not a usable URI.
-    pub fn new(address: &str) -> Result<Self, tonic::transport::Error> {
-        let channel = tonic::transport::Endpoint::from_shared(address.to_string())?
+    /// `https://weft-control.weft-system.svc:8086`) is not a usable URI.
+    pub fn new(
+        address: &str,
+        tls: ControlTls,
+        identity: Arc<Identity>,
+    ) -> Result<Self, tonic::transport::Error> {
+        let endpoint = tonic::transport::Endpoint::from_shared(address.to_string())?
             .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(20))
             .keep_alive_timeout(Duration::from_secs(10))
-            .keep_alive_while_idle(true)
-            .connect_lazy();
+            .keep_alive_while_idle(true);
+        let tls = Arc::new(tls);
+        let bootstrap = endpoint.connect_with_connector_lazy(connect::Connector {
+            tls: tls.clone(),
+            client: None,
+        });
+        let mesh = endpoint.connect_with_connector_lazy(connect::Connector {
+            tls,
+            client: Some(identity),
+        });
         Ok(Self {
             address: address.into(),
-            channel,
+            mesh,
+            bootstrap,
         })
     }
 
@@ -61,15 +83,21 @@ impl ControlClient {
     }
 
     pub fn destination(&self) -> DestinationClient<Channel> {
-        DestinationClient::new(self.channel.clone())
+        DestinationClient::new(self.mesh.clone())
     }
 
     pub fn inbound(&self) -> InboundClient<Channel> {
-        InboundClient::new(self.channel.clone())
+        InboundClient::new(self.mesh.clone())
     }
 
+    /// Certificate renewals, over mutual TLS.
     pub fn identity(&self) -> IdentityClient<Channel> {
-        IdentityClient::new(self.channel.clone())
+        IdentityClient::new(self.mesh.clone())
+    }
+
+    /// The first certificate request (and one after an expiry).
+    pub fn bootstrap_identity(&self) -> IdentityClient<Channel> {
+        IdentityClient::new(self.bootstrap.clone())
     }
 }
 

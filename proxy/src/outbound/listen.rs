@@ -67,9 +67,14 @@ impl Outbound {
         };
         guard.detected(app.into());
         let this = self.clone();
-        serve_http(io, app, &self.http, &self.drain, move |req| {
-            this.clone().request(req, app, orig_dst)
-        })
+        serve_http(
+            io,
+            app,
+            &self.http,
+            &self.drain,
+            std::future::pending(),
+            move |req| this.clone().request(req, app, orig_dst),
+        )
         .await;
     }
 

@@ -1,0 +1,190 @@
+//! The proxy trusts the control plane and nothing else: the channel is TLS
+//! (no token crosses it in the clear), a control plane from another CA or
+//! with another identity is refused, and the proxy keeps serving what the
+//! real one told it.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use weft_tests::apps::*;
+use weft_tests::{eventually, ControlProc, ProxyProc, TempDir};
+
+/// A TCP relay to `to` that keeps every byte the client sent.
+async fn recording_relay(to: SocketAddr) -> (SocketAddr, Arc<Mutex<Vec<u8>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let record = record.clone();
+            tokio::spawn(async move {
+                let Ok(mut server) = tokio::net::TcpStream::connect(to).await else {
+                    return;
+                };
+                let (mut cr, mut cw) = client.split();
+                let (mut sr, mut sw) = server.split();
+                let up = async {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    loop {
+                        let n = match cr.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        record.lock().unwrap().extend_from_slice(&buf[..n]);
+                        if sw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    let _ = sw.shutdown().await;
+                };
+                let down = async {
+                    let _ = tokio::io::copy(&mut sr, &mut cw).await;
+                    let _ = cw.shutdown().await;
+                };
+                tokio::join!(up, down);
+            });
+        }
+    });
+    (addr, seen)
+}
+
+async fn ready(proxy: &ProxyProc) {
+    eventually(Duration::from_secs(15), "the proxy is ready", || async {
+        (admin_get(proxy.addrs.admin, "/ready").await.0 == StatusCode::OK).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_token_crosses_the_control_channel_in_the_clear() {
+    let dir = TempDir::new();
+    let control = ControlProc::start(dir.path(), "127.0.0.1:0".parse().unwrap());
+    let (relay, seen) = recording_relay(control.grpc).await;
+    let config = control
+        .proxy_config("demo", "web")
+        .replace(&control.grpc.to_string(), &relay.to_string());
+    let proxy = ProxyProc::start(&config);
+    ready(&proxy).await;
+    let token = std::fs::read(control.secrets.path().join("demo.web.token")).unwrap();
+    let seen = seen.lock().unwrap().clone();
+    assert!(
+        seen.len() > 500,
+        "the certificate request went through the relay: {} bytes",
+        seen.len()
+    );
+    assert_eq!(seen[0], 0x16, "the first byte opens a TLS handshake record");
+    assert!(
+        !seen.windows(token.len()).any(|w| w == token.as_slice()),
+        "the token crossed the wire in the clear"
+    );
+    assert!(
+        !seen.windows(24).any(|w| w == b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
+        "no plaintext HTTP/2 at all"
+    );
+}
+
+async fn call(outbound: SocketAddr) -> (StatusCode, Option<String>) {
+    let mut c = h1_client(outbound).await;
+    let req = Request::get("/")
+        .header("host", "echo")
+        .body(full(Bytes::new()))
+        .unwrap();
+    let (status, headers, _, _) = collect(c.send_request(req).await.unwrap()).await;
+    (
+        status,
+        headers
+            .get("x-echo-server")
+            .map(|v| v.to_str().unwrap().to_string()),
+    )
+}
+
+fn echo_service(app: SocketAddr) -> String {
+    format!(
+        "apiVersion: weft.dev/v1alpha1\nkind: MeshService\nmetadata: {{name: echo, namespace: demo}}\nspec:\n  ports: [{{port: 80}}]\n  endpoints: [{{address: {app}}}]\n"
+    )
+}
+
+/// The real control plane publishes `echo` → the good app; then it is
+/// replaced on the same address by an impostor: `rogue_flags` decide how
+/// it differs. The proxy must refuse it, keep sending to the good app, and
+/// never reach the impostor's.
+async fn impostor_is_refused(rogue_flags: impl Fn(&ControlProc) -> Vec<String>) {
+    let (good, evil) = (echo_app().await, echo_app().await);
+    let dir = TempDir::new();
+    dir.write("mesh.yaml", &echo_service(good.addr));
+    let mut real = ControlProc::start(dir.path(), "127.0.0.1:0".parse().unwrap());
+    let client = ProxyProc::start(&format!(
+        "{}destinationIdleTimeout: 60s\n",
+        real.proxy_config("demo", "web")
+    ));
+    ready(&client).await;
+    let (status, server) = eventually(Duration::from_secs(5), "echo is served", || async {
+        let r = call(client.addrs.outbound).await;
+        (r.0 == StatusCode::OK).then_some(r)
+    })
+    .await;
+    assert_eq!((status, server), (StatusCode::OK, Some(good.addr.to_string())));
+
+    let grpc = real.grpc;
+    let flags = rogue_flags(&real);
+    real.kill();
+    let rogue_dir = TempDir::new();
+    rogue_dir.write("mesh.yaml", &echo_service(evil.addr));
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let rogue = ControlProc::start_with(rogue_dir.path(), grpc, &flags);
+    // Long enough for several reconnect attempts (backoff 100 ms → 5 s).
+    let deadline = std::time::Instant::now() + Duration::from_secs(8);
+    while std::time::Instant::now() < deadline {
+        let (status, server) = call(client.addrs.outbound).await;
+        assert_eq!(status, StatusCode::OK, "served from the last good state");
+        assert_eq!(server, Some(good.addr.to_string()));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        evil.connections.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "nothing reached the impostor's app"
+    );
+    let (_, proxies) = admin_get(rogue.admin, "/proxies").await;
+    assert_eq!(proxies.trim(), "[]", "no watch reached the impostor");
+    let (_, metrics) = admin_get(rogue.admin, "/metrics").await;
+    assert!(
+        !metrics.contains("weft_control_certificates_total{"),
+        "no certificate request reached the impostor: {metrics}"
+    );
+    assert!(
+        metrics.contains(r#"weft_control_grpc_connections_refused_total{reason="tls_handshake"}"#),
+        "the proxy hung up in the handshake: {metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_control_plane_from_another_ca_is_refused_and_the_last_state_kept() {
+    // Same address, same SPIFFE ID, same DNS names: only its CA differs.
+    impostor_is_refused(|_| Vec::new()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workload_of_the_mesh_cannot_pose_as_the_control_plane() {
+    // The mesh's own CA (a stolen workload key would do the same), but not
+    // the control plane's identity.
+    impostor_is_refused(|real| {
+        let ca = real.secrets.path();
+        vec![
+            "--ca-cert".into(),
+            ca.join("ca.pem").display().to_string(),
+            "--ca-key".into(),
+            ca.join("ca.key").display().to_string(),
+            "--namespace".into(),
+            "demo".into(),
+            "--service-account".into(),
+            "web".into(),
+        ]
+    })
+    .await;
+}
