@@ -251,10 +251,15 @@ fn ca(name: &str) -> (String, String, Vec<u8>) {
     (cert.pem(), key.serialize_pem(), cert.der().to_vec())
 }
 
-fn weft_control(api: &FakeApi, dir: &TempDir, admin: std::net::SocketAddr, extra: &[&str]) -> Child {
+fn weft_control(
+    api: &FakeApi,
+    dir: &TempDir,
+    (grpc, admin): (std::net::SocketAddr, std::net::SocketAddr),
+    extra: &[&str],
+) -> Child {
     let (cert, key, _) = ca("weft test CA");
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_weft-control"))
-        .args(["--kubernetes", "--grpc-listen", "127.0.0.1:0"])
+        .args(["--kubernetes", "--grpc-listen", &grpc.to_string()])
         .args(["--admin-listen", &admin.to_string()])
         .arg("--ca-cert")
         .arg(dir.write("ca.crt", &cert))
@@ -286,7 +291,7 @@ async fn weft_control_publishes_its_trust_anchors_in_kubernetes_mode() {
     let _control = weft_control(
         &api,
         &dir,
-        free_port(),
+        (free_port(), free_port()),
         &["--trust-anchors", anchors.to_str().unwrap()],
     );
     let mut pem = None;
@@ -310,7 +315,12 @@ async fn publishing_can_be_turned_off() {
     api.apply(NAMESPACES, namespace("shop"));
     let dir = TempDir::new();
     let admin = free_port();
-    let _control = weft_control(&api, &dir, admin, &["--publish-trust-anchors=false"]);
+    let _control = weft_control(
+        &api,
+        &dir,
+        (free_port(), admin),
+        &["--publish-trust-anchors=false"],
+    );
     let mut ready = false;
     for _ in 0..200 {
         if http_status(admin, "/ready").await == Some(200) {
@@ -323,4 +333,55 @@ async fn publishing_can_be_turned_off() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(applies_to(&api, "shop"), 0);
     assert_eq!(api.count("list", NAMESPACES), 0, "namespaces not even listed");
+}
+
+/// The SPIFFE ID (URI SAN) weft-control at `addr` serves, after a TLS
+/// handshake that checked its chain against the bundle in `anchors`.
+async fn served_identity(addr: std::net::SocketAddr, anchors: &std::path::Path) -> std::io::Result<String> {
+    use weft_control::testing::client;
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = rustls_pki_types::ServerName::try_from(client::SERVER_NAME).unwrap();
+    let tls = tokio_rustls::TlsConnector::from(client::tls(anchors, None))
+        .connect(name, tcp)
+        .await?;
+    let leaf = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
+    let (_, cert) = x509_parser::parse_x509_certificate(&leaf).unwrap();
+    let san = cert.subject_alternative_name().unwrap().unwrap();
+    Ok(san
+        .value
+        .general_names
+        .iter()
+        .find_map(|n| match n {
+            x509_parser::extensions::GeneralName::URI(u) => Some(u.to_string()),
+            _ => None,
+        })
+        .unwrap())
+}
+
+/// The published `ca.crt` is all a proxy needs to trust the control plane:
+/// weft-control's gRPC certificate chains to it and names the identity the
+/// injector tells proxies to expect; another CA's bundle is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_published_bundle_verifies_the_control_planes_certificate() {
+    let api = FakeApi::start().await;
+    api.apply(NAMESPACES, namespace("shop"));
+    let dir = TempDir::new();
+    let grpc = free_port();
+    let _control = weft_control(&api, &dir, (grpc, free_port()), &[]);
+    let mut pem = None;
+    eventually("the ConfigMap in shop", Duration::from_secs(20), || {
+        pem = published(&api, "shop");
+        pem.is_some()
+    })
+    .await;
+    let mounted = dir.write("ca.crt", &pem.unwrap());
+    assert_eq!(
+        served_identity(grpc, &mounted).await.unwrap(),
+        weft_control::inject::DEFAULT_CONTROL_PLANE_IDENTITY
+    );
+    let (other, _, _) = ca("someone else's CA");
+    let refused = served_identity(grpc, &dir.write("other.crt", &other))
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("certificate"), "{refused}");
 }
