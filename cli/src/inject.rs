@@ -22,9 +22,23 @@ pub struct Args {
     #[arg(long, env = "WEFT_INJECT_PROXY_IMAGE", default_value = inject::DEFAULT_PROXY_IMAGE)]
     pub proxy_image: String,
     /// The control plane's gRPC URL as the proxies reach it (as the
-    /// webhook's `--inject-control-plane`).
+    /// webhook's `--inject-control-plane`; the chart's Service).
     #[arg(long, env = "WEFT_INJECT_CONTROL_PLANE", default_value = inject::DEFAULT_CONTROL_PLANE)]
     pub control_plane: String,
+    /// The SPIFFE ID the control plane's certificate must name. Default:
+    /// `spiffe://<trust domain>/ns/weft-system/sa/weft-control`, the
+    /// chart's.
+    #[arg(long, env = "WEFT_INJECT_CONTROL_PLANE_IDENTITY", value_name = "SPIFFE_ID")]
+    pub control_plane_identity: Option<String>,
+    /// The ConfigMap (in each pod's namespace) holding the trust anchors
+    /// (`ca.crt`) the proxy verifies the control plane with: what
+    /// weft-control publishes in every namespace.
+    #[arg(
+        long,
+        env = "WEFT_INJECT_TRUST_ANCHORS_CONFIGMAP",
+        default_value = inject::DEFAULT_TRUST_ANCHORS_CONFIGMAP
+    )]
+    pub trust_anchors_configmap: String,
     /// SPIFFE trust domain (the control plane's `--trust-domain`).
     #[arg(long, env = "WEFT_TRUST_DOMAIN", default_value = "cluster.local")]
     pub trust_domain: String,
@@ -44,9 +58,18 @@ pub fn run(args: Args) -> ExitCode {
             return ExitCode::from(66);
         }
     };
+    let control_plane_identity = args.control_plane_identity.unwrap_or_else(|| {
+        inject::ControlPlane {
+            trust_domain: args.trust_domain.clone(),
+            ..inject::ControlPlane::default()
+        }
+        .identity()
+    });
     let cfg = InjectConfig {
         proxy_image: args.proxy_image,
         control_plane: args.control_plane,
+        control_plane_identity,
+        trust_anchors_configmap: args.trust_anchors_configmap,
         trust_domain: args.trust_domain,
         ..InjectConfig::default()
     };

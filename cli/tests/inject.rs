@@ -174,6 +174,8 @@ fn the_command_reads_a_file_or_stdin() {
         .arg(&input)
         .env_remove("WEFT_INJECT_PROXY_IMAGE")
         .env_remove("WEFT_INJECT_CONTROL_PLANE")
+        .env_remove("WEFT_INJECT_CONTROL_PLANE_IDENTITY")
+        .env_remove("WEFT_INJECT_TRUST_ANCHORS_CONFIGMAP")
         .env_remove("WEFT_TRUST_DOMAIN")
         .output()
         .unwrap();
@@ -186,7 +188,9 @@ fn the_command_reads_a_file_or_stdin() {
 
     let mut child = Command::new(weft)
         .args(["inject", "-f", "-", "--proxy-image", "example/weft:test"])
-        .args(["--control-plane", "http://weft-control.mesh:8086"])
+        .args(["--control-plane", "https://weft-control.mesh:8086"])
+        .args(["--control-plane-identity", "spiffe://example.org/ns/mesh/sa/cp"])
+        .args(["--trust-anchors-configmap", "mesh-roots"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -202,9 +206,49 @@ fn the_command_reads_a_file_or_stdin() {
     let doc = &docs(&String::from_utf8(out.stdout).unwrap())[0];
     let proxy = &doc["spec"]["template"]["spec"]["initContainers"][1];
     assert_eq!(proxy["image"], "example/weft:test");
+    let env = |name: &str| -> Value {
+        proxy["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .unwrap_or_else(|| panic!("{name} in {proxy}"))["value"]
+            .clone()
+    };
+    assert_eq!(env("WEFT_CONTROL_PLANE"), "https://weft-control.mesh:8086");
     assert_eq!(
-        proxy["env"][0],
-        serde_json::json!({"name": "WEFT_CONTROL_PLANE", "value": "http://weft-control.mesh:8086"})
+        env("WEFT_CONTROL_PLANE_IDENTITY"),
+        "spiffe://example.org/ns/mesh/sa/cp"
+    );
+    assert_eq!(env("WEFT_TRUST_ANCHORS"), "/var/run/weft/trust-anchors/ca.crt");
+    let volumes = doc["spec"]["template"]["spec"]["volumes"].as_array().unwrap();
+    assert!(
+        volumes
+            .iter()
+            .any(|v| v["name"] == "weft-trust-anchors" && v["configMap"]["name"] == "mesh-roots"),
+        "{volumes:?}"
+    );
+
+    // The expected identity follows the trust domain unless given.
+    let out = Command::new(weft)
+        .args(["inject", "-f"])
+        .arg(&input)
+        .args(["--trust-domain", "example.org"])
+        .env_remove("WEFT_INJECT_CONTROL_PLANE_IDENTITY")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let doc = &docs(&String::from_utf8(out.stdout).unwrap())[0];
+    let proxy = &doc["spec"]["template"]["spec"]["initContainers"][1];
+    let identity = proxy["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "WEFT_CONTROL_PLANE_IDENTITY")
+        .unwrap();
+    assert_eq!(
+        identity["value"],
+        "spiffe://example.org/ns/weft-system/sa/weft-control"
     );
 
     let out = Command::new(weft)

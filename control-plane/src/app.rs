@@ -1,6 +1,6 @@
-//! Wiring: flags → file source (+ Kubernetes source, TokenReview, admission
-//! webhook when asked) + index + gRPC server + admin listener, run until
-//! SIGTERM/SIGINT.
+//! Wiring: flags → file source (+ Kubernetes source, TokenReview, trust
+//! anchors published into namespaces, admission webhook when asked) +
+//! index + gRPC server + admin listener, run until SIGTERM/SIGINT.
 
 use std::convert::Infallible;
 use std::ffi::OsString;
@@ -26,7 +26,7 @@ use crate::files::FileSource;
 use crate::grpc::{DestinationService, IdentityService, InboundService, Proxies, MAX_MESSAGE};
 use crate::identity::Ca;
 use crate::index::{Index, IndexConfig};
-use crate::kubernetes::{KubernetesSource, TokenReviewer};
+use crate::kubernetes::{KubernetesSource, TokenReviewer, TrustAnchorPublisher};
 use crate::metrics::ControlMetrics;
 use crate::tls::ServingCert;
 
@@ -49,6 +49,20 @@ pub struct Config {
     /// credentials or KUBECONFIG; `--config` files may be given too.
     #[arg(long, env = "WEFT_KUBERNETES")]
     pub kubernetes: bool,
+    /// With `--kubernetes`: publish the trust anchors as ConfigMap
+    /// `weft-trust-anchors` (key `ca.crt`) in every namespace but
+    /// kube-system, kube-public and kube-node-lease, for injected proxies
+    /// to mount. `--publish-trust-anchors=false` turns it off.
+    #[arg(
+        long,
+        env = "WEFT_PUBLISH_TRUST_ANCHORS",
+        default_value_t = true,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        value_name = "BOOL"
+    )]
+    pub publish_trust_anchors: bool,
     /// Check proxies' tokens with the Kubernetes TokenReview API (audience
     /// `weft`) instead of a tokens file.
     #[arg(long, env = "WEFT_TOKEN_REVIEW", conflicts_with = "tokens")]
@@ -172,7 +186,13 @@ impl Control {
         let admin = TcpListener::bind(config.admin_listen)
             .await
             .map_err(|e| format!("{}: {e}", config.admin_listen))?;
-        let webhook = crate::webhook::Webhook::bind(&config.webhook, &config.trust_domain).await?;
+        let control_plane = crate::inject::ControlPlane {
+            namespace: config.namespace.clone(),
+            service_account: config.service_account.clone(),
+            trust_domain: config.trust_domain.clone(),
+            cluster_domain: config.cluster_domain.clone(),
+        };
+        let webhook = crate::webhook::Webhook::bind(&config.webhook, &control_plane).await?;
         Ok(Self {
             config,
             ca,
@@ -228,6 +248,14 @@ impl Control {
             let source = KubernetesSource::start(client);
             tokio::spawn(source.run(index.clone(), metrics.clone(), self.config.debounce))
         });
+        let anchors = self
+            .kube
+            .clone()
+            .filter(|_| self.config.kubernetes && self.config.publish_trust_anchors)
+            .map(|client| {
+                let publisher = TrustAnchorPublisher::new(client, self.ca.trust_anchors_pem());
+                tokio::spawn(publisher.run(metrics.clone()))
+            });
         let token_review = self
             .kube
             .clone()
@@ -301,6 +329,7 @@ impl Control {
             cluster.abort();
         }
         webhook.inspect(|w| w.abort());
+        anchors.inspect(|a| a.abort());
         result
     }
 }

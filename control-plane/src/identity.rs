@@ -501,6 +501,21 @@ mod tests {
     }
 
     #[test]
+    fn trust_anchors_as_pem_are_the_anchors_handed_out() {
+        let mut ca = ca();
+        ca.trust_anchors
+            .push(Ca::generate("cluster.local").unwrap().ca_der.to_vec());
+        let pem = ca.trust_anchors_pem();
+        let back: Vec<Vec<u8>> = CertificateDer::pem_slice_iter(pem.as_bytes())
+            .map(|c| c.unwrap().to_vec())
+            .collect();
+        assert_eq!(back, ca.trust_anchors);
+        assert_eq!(pem.matches("-----BEGIN CERTIFICATE-----\n").count(), 2);
+        assert!(pem.ends_with("-----END CERTIFICATE-----\n"));
+        assert!(pem.lines().all(|l| l.len() <= 64), "{pem}");
+    }
+
+    #[test]
     fn refusals() {
         let ca = ca();
         assert_eq!(

@@ -68,6 +68,14 @@ pub struct DeniedLabels {
     pub code: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PublishLabels {
+    /// `applied` (a ConfigMap written), `failed` (an apply refused or
+    /// unanswered) or `watch_failed` (listing or watching namespaces or
+    /// the ConfigMaps failed).
+    pub result: &'static str,
+}
+
 #[derive(Debug, Default)]
 pub struct ControlMetrics {
     /// gRPC connections closed before any RPC, by reason.
@@ -83,6 +91,8 @@ pub struct ControlMetrics {
     pub invalid: Family<InvalidLabels, Gauge>,
     /// The label sets `invalid` has, to zero the ones that went away.
     invalid_seen: std::sync::Mutex<std::collections::HashSet<InvalidLabels>>,
+    /// The `weft-trust-anchors` ConfigMaps published (Kubernetes).
+    pub trust_anchors: Family<PublishLabels, Counter>,
 }
 
 impl ControlMetrics {
@@ -140,6 +150,11 @@ impl ControlMetrics {
             .get_or_create(&vec![("version", env!("CARGO_PKG_VERSION"))])
             .set(1);
         registry.register("weft_control_build_info", "Build information", build);
+        registry.register(
+            "weft_control_trust_anchor_publishes",
+            "Applies of the weft-trust-anchors ConfigMap into namespaces, by result (failed and watch_failed are retried with backoff)",
+            self.trust_anchors.clone(),
+        );
     }
 
     /// Counts one gRPC connection closed before any call.
@@ -168,6 +183,12 @@ impl ControlMetrics {
     /// Counts one certificate request: `issued`, or why it was refused.
     pub fn certificate(&self, result: &'static str) {
         self.certificates.get_or_create(&CertLabels { result }).inc();
+    }
+
+    /// Counts one apply of a namespace's trust-anchor ConfigMap, or one
+    /// failed watch: `applied`, `failed`, `watch_failed`.
+    pub fn trust_anchors_published(&self, result: &'static str) {
+        self.trust_anchors.get_or_create(&PublishLabels { result }).inc();
     }
 
     /// Counts one reload that found changed config files: accepted when it

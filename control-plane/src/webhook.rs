@@ -68,18 +68,33 @@ pub struct WebhookArgs {
     /// Image of the injected `weft-proxy` (and `weft-proxy init`).
     #[arg(long, env = "WEFT_INJECT_PROXY_IMAGE", default_value = inject::DEFAULT_PROXY_IMAGE)]
     pub inject_proxy_image: String,
-    /// The control plane's gRPC URL as injected proxies reach it.
-    #[arg(long, env = "WEFT_INJECT_CONTROL_PLANE", default_value = inject::DEFAULT_CONTROL_PLANE)]
-    pub inject_control_plane: String,
+    /// The control plane's gRPC URL as injected proxies reach it
+    /// (`https://`). Default:
+    /// `https://weft-control.<its namespace>.svc.<cluster domain>:8086`.
+    #[arg(long, env = "WEFT_INJECT_CONTROL_PLANE", value_name = "URL")]
+    pub inject_control_plane: Option<String>,
+    /// The ConfigMap, in each pod's namespace, whose `ca.crt` injected
+    /// proxies verify the control plane with (what `--kubernetes`
+    /// publishes).
+    #[arg(
+        long,
+        env = "WEFT_INJECT_TRUST_ANCHORS_CONFIGMAP",
+        default_value = inject::DEFAULT_TRUST_ANCHORS_CONFIGMAP
+    )]
+    pub inject_trust_anchors_configmap: String,
 }
 
 impl WebhookArgs {
-    /// What the webhook injects, with the control plane's trust domain.
-    pub fn inject_config(&self, trust_domain: &str) -> InjectConfig {
+    /// What the webhook injects for proxies of the control plane `cp`:
+    /// its URL (unless `--inject-control-plane` says otherwise) and the
+    /// SPIFFE ID its certificate names.
+    pub fn inject_config(&self, cp: &inject::ControlPlane) -> InjectConfig {
         InjectConfig {
             proxy_image: self.inject_proxy_image.clone(),
-            control_plane: self.inject_control_plane.clone(),
-            trust_domain: trust_domain.to_string(),
+            control_plane: self.inject_control_plane.clone().unwrap_or_else(|| cp.url()),
+            control_plane_identity: cp.identity(),
+            trust_anchors_configmap: self.inject_trust_anchors_configmap.clone(),
+            trust_domain: cp.trust_domain.clone(),
             ..InjectConfig::default()
         }
     }
@@ -103,14 +118,15 @@ pub struct Webhook {
 }
 
 impl Webhook {
-    /// Binds the webhook when `--webhook-listen` is set.
-    pub async fn bind(args: &WebhookArgs, trust_domain: &str) -> Result<Option<Self>, String> {
+    /// Binds the webhook when `--webhook-listen` is set; it injects proxies
+    /// of the control plane `cp`.
+    pub async fn bind(args: &WebhookArgs, cp: &inject::ControlPlane) -> Result<Option<Self>, String> {
         let (Some(listen), Some(cert), Some(key)) =
             (args.webhook_listen, &args.webhook_cert, &args.webhook_key)
         else {
             return Ok(None);
         };
-        let inject = args.inject_config(trust_domain);
+        let inject = args.inject_config(cp);
         Self::bind_with(listen, cert, key, inject).await.map(Some)
     }
 

@@ -32,7 +32,7 @@ fn pod_create() -> Value {
 fn cfg() -> InjectConfig {
     InjectConfig {
         proxy_image: "registry.example.com/weft/weft:0.1.0".into(),
-        control_plane: "http://weft-control.weft-system.svc.cluster.local:8086".into(),
+        control_plane: "https://weft-control.weft-system.svc.cluster.local:8086".into(),
         trust_domain: "cluster.local".into(),
         ..InjectConfig::default()
     }
@@ -114,13 +114,62 @@ fn the_patch_turns_the_pod_into_the_injected_pod() {
         .iter()
         .map(|v| v["name"].as_str().unwrap())
         .collect();
-    assert_eq!(volumes, ["kube-api-access-x7k2p", "weft-token", "weft-init-run"]);
+    assert_eq!(
+        volumes,
+        [
+            "kube-api-access-x7k2p",
+            "weft-token",
+            "weft-trust-anchors",
+            "weft-init-run"
+        ]
+    );
 
     // The opted-in path injects the same pod once it opted in.
     let mut opted = review_json.clone();
     opted["request"]["object"]["metadata"]["annotations"]["weft.dev/inject"] = json!("enabled");
     let response = answer(Mode::OptedIn, &opted);
     assert!(patched(&response, &opted["request"]["object"]).is_some());
+}
+
+/// What the webhook's flags inject: by default the control plane's own
+/// Service (https) and SPIFFE ID, from its namespace, service account,
+/// trust and cluster domains; the flags override the URL and the
+/// trust-anchor ConfigMap.
+#[test]
+fn the_webhook_injects_its_own_url_identity_and_trust_anchors() {
+    use clap::Parser;
+    use weft_control::app::Config;
+    use weft_control::inject::ControlPlane;
+    let cp = ControlPlane {
+        trust_domain: "example.org".into(),
+        cluster_domain: "corp.internal".into(),
+        ..ControlPlane::default()
+    };
+    let defaults = Config::try_parse_from(["weft-control", "--kubernetes"]).unwrap();
+    let cfg = defaults.webhook.inject_config(&cp);
+    assert_eq!(
+        cfg.control_plane,
+        "https://weft-control.weft-system.svc.corp.internal:8086"
+    );
+    assert_eq!(
+        cfg.control_plane_identity,
+        "spiffe://example.org/ns/weft-system/sa/weft-control"
+    );
+    assert_eq!(cfg.trust_anchors_configmap, "weft-trust-anchors");
+    assert_eq!(cfg.trust_domain, "example.org");
+
+    let flags = Config::try_parse_from([
+        "weft-control",
+        "--kubernetes",
+        "--inject-control-plane",
+        "https://weft-control.mesh.svc:8086",
+        "--inject-trust-anchors-configmap",
+        "mesh-roots",
+    ])
+    .unwrap();
+    let cfg = flags.webhook.inject_config(&cp);
+    assert_eq!(cfg.control_plane, "https://weft-control.mesh.svc:8086");
+    assert_eq!(cfg.trust_anchors_configmap, "mesh-roots");
 }
 
 #[test]

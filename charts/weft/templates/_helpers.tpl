@@ -87,7 +87,12 @@ app.kubernetes.io/component: control-plane
 {{- printf "%s.%s.svc.%s" (include "weft.control" .) .Release.Namespace .Values.mesh.clusterDomain }}
 {{- end }}
 
-{{/* What injected proxies dial. */}}
+{{/* What injected proxies dial: TLS, so https (a proxy refuses http). */}}
 {{- define "weft.controlPlaneUrl" -}}
-{{- printf "http://%s:%v" (include "weft.controlHost" .) .Values.controlPlane.grpcPort }}
+{{- printf "https://%s:%v" (include "weft.controlHost" .) .Values.controlPlane.grpcPort }}
+{{- end }}
+
+{{/* The ConfigMap (release namespace) holding identity.trustAnchorsPEM, which weft-control reads with --trust-anchors. Not "weft-trust-anchors": that is the name weft-control publishes into every namespace, this one included. */}}
+{{- define "weft.trustAnchorsSource" -}}
+{{- printf "%s-trust-anchors-source" (include "weft.fullname" .) }}
 {{- end }}

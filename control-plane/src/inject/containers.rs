@@ -1,9 +1,12 @@
-//! The containers and volume the injector adds, as Kubernetes JSON.
+//! The containers and volumes the injector adds, as Kubernetes JSON.
 
 use serde_json::{json, Map, Value};
 
 use super::annotations::Overrides;
-use super::{InjectConfig, INIT_CONTAINER, PROXY_CONTAINER, TOKEN_DIR, TOKEN_FILE, TOKEN_VOLUME};
+use super::{
+    InjectConfig, INIT_CONTAINER, PROXY_CONTAINER, TOKEN_DIR, TOKEN_FILE, TOKEN_VOLUME, TRUST_ANCHORS_DIR,
+    TRUST_ANCHORS_FILE, TRUST_ANCHORS_VOLUME,
+};
 
 /// The emptyDir `weft-init` mounts at `/run`, so iptables can take its
 /// lock (`/run/xtables.lock`) under a read-only root filesystem.
@@ -62,6 +65,8 @@ pub fn proxy_container(cfg: &InjectConfig, o: &Overrides, app_ports: &[u16]) -> 
     let field = |path: &str| json!({"fieldRef": {"fieldPath": path}});
     let mut env = vec![
         ("WEFT_CONTROL_PLANE", json!(cfg.control_plane)),
+        ("WEFT_CONTROL_PLANE_IDENTITY", json!(cfg.control_plane_identity)),
+        ("WEFT_TRUST_ANCHORS", json!(TRUST_ANCHORS_FILE)),
         ("WEFT_TRUST_DOMAIN", json!(cfg.trust_domain)),
         ("WEFT_NAMESPACE", field("metadata.namespace")),
         ("WEFT_SERVICE_ACCOUNT", field("spec.serviceAccountName")),
@@ -153,14 +158,20 @@ pub fn proxy_container(cfg: &InjectConfig, o: &Overrides, app_ports: &[u16]) -> 
         "startupProbe": probe("/ready", 1, 120),
         "readinessProbe": probe("/ready", 5, 3),
         "livenessProbe": probe("/live", 10, 3),
-        "volumeMounts": [{"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": true}],
+        "volumeMounts": [
+            {"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": true},
+            {"name": TRUST_ANCHORS_VOLUME, "mountPath": TRUST_ANCHORS_DIR, "readOnly": true},
+        ],
         "terminationMessagePolicy": "FallbackToLogsOnError",
     })
 }
 
 /// The projected ServiceAccount token (audience `weft`) the proxy sends
-/// to the control plane, and `weft-init`'s scratch `/run`.
-pub fn volumes(cfg: &InjectConfig) -> [Value; 2] {
+/// to the control plane, the trust anchors it checks the control plane's
+/// certificate against (a ConfigMap weft-control publishes in every
+/// namespace; not optional, so the pod waits for it rather than start a
+/// proxy that cannot trust anyone), and `weft-init`'s scratch `/run`.
+pub fn volumes(cfg: &InjectConfig) -> [Value; 3] {
     [
         json!({
             "name": TOKEN_VOLUME,
@@ -170,6 +181,7 @@ pub fn volumes(cfg: &InjectConfig) -> [Value; 2] {
                 "path": "token",
             }}]},
         }),
+        json!({"name": TRUST_ANCHORS_VOLUME, "configMap": {"name": cfg.trust_anchors_configmap}}),
         json!({"name": INIT_RUN_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}),
     ]
 }

@@ -12,7 +12,9 @@
 //! The pod gains, in order at the front of `initContainers`, `weft-init`
 //! (`weft-proxy init`: the iptables rules) then `weft-proxy` (the proxy as
 //! a native sidecar, `restartPolicy: Always`, with a startup probe on
-//! `/ready`), the projected token volume, and the Prometheus scrape and
+//! `/ready`, told the control plane's `https://` URL and SPIFFE ID), the
+//! projected token volume, the trust-anchor ConfigMap volume (what the
+//! proxy verifies the control plane with), and the Prometheus scrape and
 //! `weft.dev/injected` annotations. Injecting twice changes nothing.
 
 pub mod annotations;
@@ -31,14 +33,67 @@ pub const TOKEN_FILE: &str = "/var/run/secrets/weft.dev/token";
 /// The image holding `weft-proxy` (the Dockerfile builds one image with
 /// `weft`, `weft-proxy` and `weft-control`).
 pub const DEFAULT_PROXY_IMAGE: &str = concat!("ghcr.io/weft-mesh/weft:", env!("CARGO_PKG_VERSION"));
-/// The control plane's gRPC Service as the chart installs it in the
-/// `weft-system` namespace (what docs/kubernetes.md installs into). One
-/// default for the injector and `weft inject`: a namespace the install
-/// does not own (say `weft`) must not be where proxies look for it.
-pub const DEFAULT_CONTROL_PLANE: &str = "http://weft-control.weft-system.svc.cluster.local:8086";
+/// Where the chart installs the control plane (what docs/kubernetes.md
+/// installs into), and its ServiceAccount. One default for the injector
+/// and `weft inject`: a namespace the install does not own (say `weft`)
+/// must not be where proxies look for it.
+pub const DEFAULT_CONTROL_PLANE_NAMESPACE: &str = "weft-system";
+pub const DEFAULT_CONTROL_PLANE_SERVICE_ACCOUNT: &str = "weft-control";
+/// The control plane's gRPC Service as the chart installs it: TLS, so
+/// `https://` (a proxy refuses `http://`).
+pub const DEFAULT_CONTROL_PLANE: &str = "https://weft-control.weft-system.svc.cluster.local:8086";
+/// The SPIFFE ID a proxy expects the control plane's certificate to name.
+pub const DEFAULT_CONTROL_PLANE_IDENTITY: &str = "spiffe://cluster.local/ns/weft-system/sa/weft-control";
+/// The ConfigMap weft-control publishes into every namespace (key
+/// `ca.crt`: the trust-anchor bundle).
+pub const DEFAULT_TRUST_ANCHORS_CONFIGMAP: &str = crate::kubernetes::trust_anchors::CONFIGMAP;
+pub const TRUST_ANCHORS_VOLUME: &str = "weft-trust-anchors";
+/// Where the trust-anchor ConfigMap is mounted in the proxy, and the
+/// bundle in it (`WEFT_TRUST_ANCHORS`); the kubelet refreshes it.
+pub const TRUST_ANCHORS_DIR: &str = "/var/run/weft/trust-anchors";
+pub const TRUST_ANCHORS_FILE: &str = "/var/run/weft/trust-anchors/ca.crt";
 /// The uid the proxy runs as, which `weft-proxy init` exempts from
 /// redirection.
 pub const PROXY_UID: i64 = 2102;
+
+/// Who the control plane is, for the proxies it injects: its namespace
+/// and ServiceAccount (which make its SPIFFE ID), trust domain and cluster
+/// domain (which make its Service's name).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlPlane {
+    pub namespace: String,
+    pub service_account: String,
+    pub trust_domain: String,
+    pub cluster_domain: String,
+}
+
+impl Default for ControlPlane {
+    /// The chart's: `weft-system`, `weft-control`, `cluster.local`.
+    fn default() -> Self {
+        Self {
+            namespace: DEFAULT_CONTROL_PLANE_NAMESPACE.into(),
+            service_account: DEFAULT_CONTROL_PLANE_SERVICE_ACCOUNT.into(),
+            trust_domain: "cluster.local".into(),
+            cluster_domain: "cluster.local".into(),
+        }
+    }
+}
+
+impl ControlPlane {
+    /// `https://weft-control.<namespace>.svc.<cluster domain>:8086`: the
+    /// Service the chart makes for release `weft`.
+    pub fn url(&self) -> String {
+        format!(
+            "https://weft-control.{}.svc.{}:8086",
+            self.namespace, self.cluster_domain
+        )
+    }
+
+    /// `spiffe://<trust domain>/ns/<namespace>/sa/<service account>`.
+    pub fn identity(&self) -> String {
+        crate::index::spiffe_id(&self.trust_domain, &self.namespace, &self.service_account)
+    }
+}
 
 /// What is injected, apart from the per-pod overrides.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,8 +102,14 @@ pub struct InjectConfig {
     pub proxy_image: String,
     /// `IfNotPresent` by default.
     pub image_pull_policy: String,
-    /// The control plane's gRPC URL, as the proxies reach it.
+    /// The control plane's gRPC URL, as the proxies reach it (`https://`).
     pub control_plane: String,
+    /// The SPIFFE ID the control plane's certificate must name
+    /// (`WEFT_CONTROL_PLANE_IDENTITY`).
+    pub control_plane_identity: String,
+    /// The ConfigMap (in the pod's namespace) whose `ca.crt` the proxy
+    /// verifies the control plane with, mounted at [`TRUST_ANCHORS_DIR`].
+    pub trust_anchors_configmap: String,
     /// SPIFFE trust domain (the control plane's `--trust-domain`).
     pub trust_domain: String,
     /// The proxy's uid and gid (2102).
@@ -72,6 +133,8 @@ impl Default for InjectConfig {
             proxy_image: DEFAULT_PROXY_IMAGE.into(),
             image_pull_policy: "IfNotPresent".into(),
             control_plane: DEFAULT_CONTROL_PLANE.into(),
+            control_plane_identity: DEFAULT_CONTROL_PLANE_IDENTITY.into(),
+            trust_anchors_configmap: DEFAULT_TRUST_ANCHORS_CONFIGMAP.into(),
             trust_domain: "cluster.local".into(),
             proxy_uid: PROXY_UID,
             inbound_port: 4143,

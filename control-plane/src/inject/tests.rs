@@ -265,7 +265,70 @@ fn a_pod_without_ports_or_annotations_gets_no_app_ports() {
     inject(&mut p).unwrap();
     let proxy = &p["spec"]["initContainers"][1];
     assert!(env(proxy, "WEFT_APP_PORTS").is_none());
-    assert_eq!(p["spec"]["volumes"].as_array().unwrap().len(), 2);
+    assert_eq!(p["spec"]["volumes"].as_array().unwrap().len(), 3);
+}
+
+#[test]
+fn the_proxy_trusts_the_published_anchors_and_expects_the_control_planes_identity() {
+    let mut p = pod();
+    inject(&mut p).unwrap();
+    let proxy = &p["spec"]["initContainers"][1];
+    assert_eq!(
+        env(proxy, "WEFT_CONTROL_PLANE").unwrap()["value"],
+        "https://weft-control.weft-system.svc.cluster.local:8086"
+    );
+    assert_eq!(
+        env(proxy, "WEFT_CONTROL_PLANE_IDENTITY").unwrap()["value"],
+        "spiffe://cluster.local/ns/weft-system/sa/weft-control"
+    );
+    assert_eq!(
+        env(proxy, "WEFT_TRUST_ANCHORS").unwrap()["value"],
+        "/var/run/weft/trust-anchors/ca.crt"
+    );
+    assert_eq!(
+        proxy["volumeMounts"][1],
+        json!({"name": "weft-trust-anchors", "mountPath": "/var/run/weft/trust-anchors", "readOnly": true})
+    );
+    let volumes = p["spec"]["volumes"].as_array().unwrap();
+    let anchors = volumes
+        .iter()
+        .find(|v| v["name"] == "weft-trust-anchors")
+        .unwrap();
+    assert_eq!(
+        *anchors,
+        json!({"name": "weft-trust-anchors", "configMap": {"name": "weft-trust-anchors"}}),
+        "not optional: without anchors the pod waits"
+    );
+
+    // Another ConfigMap name, and another control plane.
+    let cfg = InjectConfig {
+        trust_anchors_configmap: "mesh-roots".into(),
+        control_plane_identity: "spiffe://example.org/ns/mesh/sa/cp".into(),
+        ..InjectConfig::default()
+    };
+    let mut p = pod();
+    inject_manifest(&cfg, &mut p).unwrap();
+    let volumes = p["spec"]["volumes"].as_array().unwrap();
+    assert!(volumes.iter().any(|v| v["configMap"]["name"] == "mesh-roots"));
+    assert_eq!(
+        env(&p["spec"]["initContainers"][1], "WEFT_CONTROL_PLANE_IDENTITY").unwrap()["value"],
+        "spiffe://example.org/ns/mesh/sa/cp"
+    );
+}
+
+#[test]
+fn the_control_planes_url_and_identity_follow_its_namespace_and_service_account() {
+    let chart = ControlPlane::default();
+    assert_eq!(chart.url(), DEFAULT_CONTROL_PLANE);
+    assert_eq!(chart.identity(), DEFAULT_CONTROL_PLANE_IDENTITY);
+    let other = ControlPlane {
+        namespace: "mesh".into(),
+        service_account: "cp".into(),
+        trust_domain: "example.org".into(),
+        cluster_domain: "corp.internal".into(),
+    };
+    assert_eq!(other.url(), "https://weft-control.mesh.svc.corp.internal:8086");
+    assert_eq!(other.identity(), "spiffe://example.org/ns/mesh/sa/cp");
 }
 
 #[test]

@@ -1,18 +1,23 @@
 //! Weft on Kubernetes, control-plane side: the CRDs ([`crds`]), the
-//! cluster source feeding the index ([`source`], [`convert`]) and
-//! TokenReview-based workload identity ([`token_review`]).
+//! cluster source feeding the index ([`source`], [`convert`]),
+//! TokenReview-based workload identity ([`token_review`]) and the trust
+//! anchors published into every namespace for injected pods to mount
+//! ([`trust_anchors`]).
 //!
 //! No API server runs on the machines this is developed and tested on: the
 //! code is tested against an in-test server speaking the API's list/watch
-//! protocol with realistic JSON (`control-plane/tests/kubernetes.rs`).
+//! protocol with realistic JSON (`control-plane/tests/common/`, used by
+//! `tests/kubernetes.rs` and `tests/trust_anchors.rs`).
 
 pub mod convert;
 pub mod crds;
 pub mod source;
 pub mod token_review;
+pub mod trust_anchors;
 
 pub use source::KubernetesSource;
 pub use token_review::TokenReviewer;
+pub use trust_anchors::TrustAnchorPublisher;
 
 /// A client from the environment: in-cluster service-account credentials,
 /// or `KUBECONFIG` / `~/.kube/config`.
