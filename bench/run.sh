@@ -359,6 +359,7 @@ EOF
     printf 'bench-token-0123456789\n' >"$d/b.token"
     printf 'client-token-0123456789\n' >"$d/a.token"
     start_bg weft-control env RUST_LOG=warn "$WEFT_CONTROL" --config "$d/mesh" --tokens "$d/tokens.yaml" \
+        --trust-anchors-out "$d/trust-anchors.pem" \
         --grpc-listen "127.0.0.1:$cp_grpc" --admin-listen "127.0.0.1:$cp_admin"
     local pid_cp=$LAST_PID
     wait_http_ok "http://127.0.0.1:$cp_admin/ready" "$pid_cp" weft-control
@@ -367,7 +368,8 @@ inboundListen: 127.0.0.1:$b_in
 outboundListen: 127.0.0.1:$b_out
 adminListen: 127.0.0.1:$b_admin
 appPorts: [$BACKEND_PORT]
-controlPlane: http://127.0.0.1:$cp_grpc
+controlPlane: https://127.0.0.1:$cp_grpc
+trustAnchors: $d/trust-anchors.pem
 namespace: bench
 workload: bench
 identityTokenFile: $d/b.token
@@ -377,7 +379,8 @@ EOF
 outboundListen: 127.0.0.1:$a_out
 inboundListen: 127.0.0.1:$a_in
 adminListen: 127.0.0.1:$a_admin
-controlPlane: http://127.0.0.1:$cp_grpc
+controlPlane: https://127.0.0.1:$cp_grpc
+trustAnchors: $d/trust-anchors.pem
 namespace: bench
 serviceAccount: client
 identityTokenFile: $d/a.token

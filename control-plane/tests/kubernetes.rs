@@ -292,6 +292,60 @@ async fn list_watch_churn_bookmarks_and_410_relist_reach_the_index() {
     );
 }
 
+/// A JWT-shaped token expiring at `exp` (seconds since the epoch).
+fn jwt(exp: u64, sub: &str) -> String {
+    use base64::Engine as _;
+    let enc = |v: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+    format!(
+        "{}.{}.signature",
+        enc(r#"{"alg":"RS256","kid":"k1"}"#),
+        enc(&format!(r#"{{"aud":["weft"],"exp":{exp},"sub":"{sub}"}}"#))
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accepted_reviews_are_cached_within_the_tokens_life_refusals_never() {
+    let api = FakeApi::start().await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let (long, expired) = (
+        jwt(now + 3600, "system:serviceaccount:shop:api-sa"),
+        jwt(now - 1, "system:serviceaccount:shop:api-sa"),
+    );
+    for t in [&long, &expired, &"opaque-token-0123456789".to_string()] {
+        api.state
+            .lock()
+            .unwrap()
+            .tokens
+            .insert(t.clone(), "system:serviceaccount:shop:api-sa".into());
+    }
+    let reviewer = TokenReviewer::new(api.client());
+    let reviews = || api.state.lock().unwrap().reviews;
+    for _ in 0..5 {
+        assert_eq!(
+            reviewer.review(&long).await.unwrap(),
+            ("shop".to_string(), "api-sa".to_string())
+        );
+    }
+    assert_eq!(reviews(), 1, "a fleet renewing does not cost one review each");
+    // Past its exp (the API server would say so) or without a readable
+    // exp: reviewed every time.
+    for token in [&expired, &"opaque-token-0123456789".to_string()] {
+        let before = reviews();
+        reviewer.review(token).await.unwrap();
+        reviewer.review(token).await.unwrap();
+        assert_eq!(reviews(), before + 2, "{token}");
+    }
+    // Refusals are never cached.
+    let before = reviews();
+    for _ in 0..3 {
+        assert!(reviewer.review(&jwt(now + 3600, "forged")).await.is_err());
+    }
+    assert_eq!(reviews(), before + 3);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_review_round_trip_decides_certify() {
     let api = FakeApi::start().await;

@@ -1,6 +1,7 @@
 //! Weft on Kubernetes, control-plane side: the CRDs ([`crds`]), the
 //! cluster source feeding the index ([`source`], [`convert`]),
-//! TokenReview-based workload identity ([`token_review`]) and the trust
+//! TokenReview-based workload identity ([`token_review`], with a bounded
+//! cache of accepted reviews: [`review_cache`]) and the trust
 //! anchors published into every namespace for injected pods to mount
 //! ([`trust_anchors`]).
 //!
@@ -11,6 +12,7 @@
 
 pub mod convert;
 pub mod crds;
+pub mod review_cache;
 pub mod source;
 pub mod token_review;
 pub mod trust_anchors;

@@ -7,6 +7,7 @@ use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use kube::api::PostParams;
 use kube::{Api, Client};
 
+use super::review_cache::ReviewCache;
 use crate::identity::Refusal;
 
 /// The audience injected proxies' tokens are minted for.
@@ -16,6 +17,9 @@ pub const AUDIENCE: &str = "weft";
 pub struct TokenReviewer {
     client: Client,
     audience: String,
+    /// Accepted reviews, reused for up to a minute (never past the token's
+    /// expiry).
+    cache: std::sync::Arc<ReviewCache>,
 }
 
 impl TokenReviewer {
@@ -23,11 +27,22 @@ impl TokenReviewer {
         Self {
             client,
             audience: AUDIENCE.into(),
+            cache: Default::default(),
         }
     }
 
-    /// `(namespace, service account)` of a valid token.
+    /// `(namespace, service account)` of a valid token: from the cache, or
+    /// asked of the API server (and then cached).
     pub async fn review(&self, token: &str) -> Result<(String, String), Refusal> {
+        if let Some(hit) = self.cache.get(token, std::time::SystemTime::now()) {
+            return Ok(hit);
+        }
+        let (ns, sa) = self.ask(token).await?;
+        self.cache.insert(token, &ns, &sa, std::time::SystemTime::now());
+        Ok((ns, sa))
+    }
+
+    async fn ask(&self, token: &str) -> Result<(String, String), Refusal> {
         let review = TokenReview {
             spec: TokenReviewSpec {
                 token: Some(token.to_string()),

@@ -47,6 +47,8 @@ pub struct State {
     pub kinds: HashMap<&'static str, Kind>,
     /// token → username (authenticated) for TokenReview.
     pub tokens: HashMap<String, String>,
+    /// TokenReviews answered.
+    pub reviews: usize,
     /// (path, body) of every status patch.
     pub status_patches: Vec<(String, Value)>,
     /// Watch requests served, by path.
@@ -444,7 +446,11 @@ impl FakeApi {
                 serde_json::from_slice(&req.into_body().collect().await.unwrap().to_bytes()).unwrap();
             let token = body["spec"]["token"].as_str().unwrap_or("");
             let audiences = body["spec"]["audiences"].clone();
-            let user = self.state.lock().unwrap().tokens.get(token).cloned();
+            let user = {
+                let mut state = self.state.lock().unwrap();
+                state.reviews += 1;
+                state.tokens.get(token).cloned()
+            };
             let status = match user {
                 Some(username) => json!({"authenticated": true, "audiences": audiences,
                     "user": {"username": username, "uid": "5d3c", "groups": ["system:serviceaccounts"]}}),
