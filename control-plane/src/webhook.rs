@@ -50,6 +50,15 @@ use crate::inject::{self, InjectConfig, Outcome};
 /// objects at 1.5 MiB).
 const MAX_BODY: usize = 4 * 1024 * 1024;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a review's body may take to arrive (the API server sends it at
+/// once; its own timeout for the webhook is at most 30 s).
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once (the API server opens a few; more are
+/// closed at accept). With `MAX_BODY` this bounds the memory reviews can
+/// take: 64 × 4 MiB.
+const MAX_CONNECTIONS: usize = 64;
+/// HTTP/2 streams per connection.
+const MAX_STREAMS: u32 = 16;
 
 /// `weft-control` flags for the injector.
 #[derive(Debug, Clone, clap::Args)]
@@ -161,6 +170,7 @@ impl Webhook {
 
     /// Serves until the task is dropped.
     pub async fn serve(self) {
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         loop {
             let (stream, peer) = match self.listener.accept().await {
                 Ok(s) => s,
@@ -170,8 +180,13 @@ impl Webhook {
                     continue;
                 }
             };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                tracing::warn!(%peer, max = MAX_CONNECTIONS, "webhook: too many connections; closing this one");
+                continue;
+            };
             let (tls, inject) = (self.tls.clone(), self.inject.clone());
             tokio::spawn(async move {
+                let _slot = slot;
                 let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
                     Ok(Ok(s)) => s,
                     Ok(Err(e)) => {
@@ -188,6 +203,9 @@ impl Webhook {
                     .http1()
                     .timer(TokioTimer::new())
                     .header_read_timeout(Duration::from_secs(10))
+                    .http2()
+                    .max_concurrent_streams(MAX_STREAMS)
+                    .max_header_list_size(64 * 1024)
                     .serve_connection(TokioIo::new(stream), svc)
                     .await;
             });
@@ -212,10 +230,23 @@ async fn handle(inject: &InjectConfig, req: Request<hyper::body::Incoming>) -> R
             "expected POST with an AdmissionReview\n",
         );
     }
-    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => return text(StatusCode::BAD_REQUEST, &format!("cannot read the body: {e}\n")),
-    };
+    let body =
+        match tokio::time::timeout(BODY_TIMEOUT, Limited::new(req.into_body(), MAX_BODY).collect()).await {
+            Ok(Ok(b)) => b.to_bytes(),
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+                return text(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    &format!("expected an AdmissionReview of at most {MAX_BODY} bytes\n"),
+                )
+            }
+            Ok(Err(e)) => return text(StatusCode::BAD_REQUEST, &format!("cannot read the body: {e}\n")),
+            Err(_) => {
+                return text(
+                    StatusCode::REQUEST_TIMEOUT,
+                    &format!("the body did not arrive within {BODY_TIMEOUT:?}\n"),
+                )
+            }
+        };
     match review(inject, mode, &body) {
         Ok(answer) => {
             let mut rsp = Response::new(Full::new(Bytes::from(answer.to_string())));

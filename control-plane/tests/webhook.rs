@@ -384,3 +384,59 @@ async fn over_https_the_api_server_gets_a_patch_and_the_certificate_reloads() {
     );
     server.abort();
 }
+
+/// Hostile input to the webhook: an oversized body gets 413 and the server
+/// keeps serving; connections beyond its limit are closed at once while
+/// the first ones stay usable.
+#[tokio::test]
+async fn the_webhook_bounds_bodies_and_connections() {
+    let dir = TempDir::new();
+    let root = write_cert(dir.path());
+    let webhook = Webhook::bind_with(
+        "127.0.0.1:0".parse().unwrap(),
+        &dir.path().join("tls.crt"),
+        &dir.path().join("tls.key"),
+        cfg(),
+    )
+    .await
+    .unwrap();
+    let addr = webhook.local_addr();
+    let server = tokio::spawn(webhook.serve());
+    let (status, msg) = call(addr, &root, true, "POST", "/inject", vec![b'x'; 5 * 1024 * 1024])
+        .await
+        .unwrap();
+    assert_eq!(status, 413, "{}", String::from_utf8_lossy(&msg));
+    // 64 idle connections hold every slot; the 65th is closed unanswered.
+    let mut idle = Vec::new();
+    for _ in 0..64 {
+        idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert!(
+        call(
+            addr,
+            &root,
+            true,
+            "POST",
+            "/inject",
+            pod_create().to_string().into_bytes()
+        )
+        .await
+        .is_err(),
+        "a connection past the limit is refused"
+    );
+    drop(idle);
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let (status, _) = call(
+        addr,
+        &root,
+        true,
+        "POST",
+        "/inject",
+        pod_create().to_string().into_bytes(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "slots free again");
+    server.abort();
+}
