@@ -420,3 +420,52 @@ fn a_real_broker_carries_messages_over_mtls() {
         "{b_metrics}"
     );
 }
+
+/// Transparent mode goes where the app dialled, whatever its Host says:
+/// pod A dials unmeshed pod C's IP with `Host: echo` (a mesh service,
+/// served by B). The request reaches C, in plaintext as A sent it, never
+/// B under A's identity: an SSRF filter that allowed C's address cannot be
+/// walked around by naming an internal service.
+#[test]
+fn the_dialled_address_decides_not_the_host_header() {
+    if !Node::available(&[]) {
+        return;
+    }
+    let mut bed = Bed::start();
+    let (a, b, c) = (bed.a.clone(), bed.b.clone(), bed.c.clone());
+    let mut c_app = bed
+        .node
+        .spawn(&c, None, &bin("weft-netapp"), &["serve", "http=0.0.0.0:8080"]);
+    c_app.wait_line(&["ready"], Duration::from_secs(10));
+    bed.procs.push(c_app);
+    for host in ["echo", "echo.demo", "echo.demo.svc.cluster.local:8080"] {
+        let out = bed.call(&a, &["http", "GET", &addr(&c, 8080), "/ssrf", "", host]);
+        assert!(
+            out.contains(&format!("by={}", addr(&c, 8080))),
+            "Host: {host}: {out}"
+        );
+    }
+    let b_metrics = bed.metrics(&b);
+    assert_eq!(
+        sample(
+            &b_metrics,
+            r#"weft_authorization_total{result="allow",kind="http"}"#
+        ),
+        0.0,
+        "nothing reached B: {b_metrics}"
+    );
+    // Dialling B's pod IP still routes as the mesh service, over mTLS.
+    let out = bed.call(
+        &a,
+        &["http", "GET", &addr(&b, 8080), "/direct", "", "anything.example"],
+    );
+    assert!(
+        out.contains(&format!("by={}", addr(&b, 8080))) || out.contains("served GET /direct"),
+        "{out}"
+    );
+    let a_metrics = bed.metrics(&a);
+    assert!(
+        a_metrics.contains(r#"service="echo""#) && a_metrics.contains(r#"tls="true""#),
+        "{a_metrics}"
+    );
+}

@@ -611,3 +611,46 @@ async fn per_identity_rate_limits_isolate_callers() {
             >= 30.0
     );
 }
+
+/// `grpcCodes: [unavailable]` on a backend that answers UNAVAILABLE to
+/// 30% of calls: gRPC calls are POSTs, yet they are retried (their message
+/// replayed) and the caller sees every call succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_calls_are_retried_on_unavailable() {
+    let _serial = SERIAL.lock().await;
+    let bed = Bed::start(3).await;
+    bed.traffic_policy(
+        "  retries:\n    attempts: 2\n    grpcCodes: [unavailable]\n    budget: {ratio: 0.5, minPerSecond: 50}\n    backoff: {base: 1ms, max: 5ms}\n",
+        "\"grpcCodes\":[14]",
+    )
+    .await;
+    bed.apps[1].set(Behaviour {
+        fail_ratio: 0.3,
+        ..Behaviour::default()
+    });
+    let before = bed.counts();
+    let mut client = h2_client(bed.client.addrs.outbound).await;
+    let n = 600;
+    let mut codes = std::collections::BTreeMap::new();
+    for _ in 0..n {
+        let req = Request::post("http://echo/test.Echo/Say")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(full(grpc_frame(b"hello")))
+            .unwrap();
+        let (status, headers, _, trailers) = collect(client.send_request(req).await.unwrap()).await;
+        assert_eq!(status, StatusCode::OK);
+        let code = headers
+            .get("grpc-status")
+            .or_else(|| trailers.as_ref().and_then(|t| t.get("grpc-status")))
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        *codes.entry(code).or_insert(0) += 1;
+    }
+    let attempts: usize = (0..3).map(|i| bed.share(i, &before)).sum();
+    println!("gRPC, one of three endpoints failing 30%: {codes:?}, {attempts} attempts for {n} calls");
+    let ok = codes.get("0").copied().unwrap_or(0);
+    assert!(ok as f64 >= 0.995 * n as f64, "{codes:?}");
+    assert!(attempts > n, "some calls were retried: {attempts} attempts");
+    assert!(bed.metric("weft_retries_total{").await >= 1.0);
+}

@@ -137,7 +137,10 @@ async fn tries<U: Upstream>(
     let policy = &dest.policy;
     let (mut head, body) = req.into_parts();
     strip_hop_by_hop(&mut head.headers);
-    let replay = RequestBody::needs_replay(&policy.retry, &head.method);
+    let retry_policy = policy
+        .retry
+        .for_request(&head.method, crate::grpc::is_grpc(&head.headers));
+    let replay = RequestBody::needs_replay(&retry_policy, &head.method);
     let mut body = RequestBody::new(Request::from_parts(head, body), replay);
     dest.shared.budget.deposit();
     let mut avoid = None;
@@ -159,7 +162,7 @@ async fn tries<U: Upstream>(
         let verdict = judge(
             tried,
             Retries {
-                policy: &policy.retry,
+                policy: &retry_policy,
                 done: retries,
                 time_left: call.deadline.is_none_or(|d| Instant::now() < d.at),
             },

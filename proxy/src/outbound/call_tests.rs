@@ -36,6 +36,8 @@ enum Step {
     Reset,
     /// A gRPC response whose status arrives in trailers.
     GrpcTrailers(Code),
+    /// A trailers-only gRPC response: the status in its headers.
+    GrpcStatus(Code),
 }
 
 /// A scripted upstream: each endpoint plays its steps in order, then
@@ -144,6 +146,13 @@ impl Upstream for Script {
                     .insert(http::header::CONTENT_TYPE, "application/grpc".parse().unwrap());
                 Ok(rsp)
             }
+            Step::GrpcStatus(code) => {
+                let mut rsp = answer(200);
+                rsp.headers_mut()
+                    .insert(http::header::CONTENT_TYPE, "application/grpc".parse().unwrap());
+                rsp.headers_mut().insert(grpc::GRPC_STATUS, (code as i32).into());
+                Ok(rsp)
+            }
         }
     }
 
@@ -191,6 +200,14 @@ fn on(conditions: &[&str], attempts: u32) -> RetryPolicy {
 
 fn get() -> Request<Body> {
     Request::get("/").body(empty_body()).unwrap()
+}
+
+/// A gRPC call: a POST of `application/grpc` carrying `body`.
+fn grpc_call(body: &'static [u8]) -> Request<Body> {
+    Request::post("/test.Echo/Say")
+        .header(http::header::CONTENT_TYPE, "application/grpc")
+        .body(full_body(Bytes::from_static(body)))
+        .unwrap()
 }
 
 fn with_body(method: &str, body: &'static [u8]) -> Request<Body> {
@@ -365,6 +382,50 @@ async fn bodies_that_cannot_be_replayed_are_not_retried() {
     );
     let r = run(&script, &d, with_body("POST", b"pay"), None, &m).await;
     assert_eq!((r.status(), script.tried()), (200, vec![1, 2]));
+}
+
+/// gRPC calls are POSTs: with `grpcCodes` they are retried (the body
+/// replayed) on those statuses as gRPC retry policies intend, but not on
+/// the HTTP conditions of `on`, and a plain POST still is not.
+#[tokio::test(start_paused = true)]
+async fn grpc_calls_are_retried_on_their_listed_codes_only() {
+    let m = ResilienceMetrics::default();
+    let grpc_policy = || {
+        policy(RetryPolicy {
+            grpc_codes: vec![Code::Unavailable],
+            ..on(&["5xx", "reset"], 2)
+        })
+    };
+    let script = Script::default().on(1, &[Step::GrpcStatus(Code::Unavailable)]);
+    let d = dest(2, grpc_policy());
+    let r = run(&script, &d, grpc_call(b"msg"), None, &m).await;
+    assert_eq!((r.status(), script.tried()), (200, vec![1, 2]));
+    assert_eq!(
+        script.bodies()[1].as_deref(),
+        Some(&b"msg"[..]),
+        "the same message again"
+    );
+
+    for step in [Step::GrpcStatus(Code::Internal), Step::Answer(503), Step::Reset] {
+        let script = Script::default().on(1, &[step]);
+        let d = dest(2, grpc_policy());
+        let _ = run(&script, &d, grpc_call(b"msg"), None, &m).await;
+        assert_eq!(script.tried(), [1], "{step:?} is not retried for a gRPC call");
+    }
+    // A connection failure is: nothing was sent.
+    let script = Script::default().on(1, &[Step::Refuse]);
+    let d = dest(2, grpc_policy());
+    let r = run(&script, &d, grpc_call(b"msg"), None, &m).await;
+    assert_eq!((r.status(), script.tried()), (200, vec![1, 2]));
+
+    let script = Script::default().on(1, &[Step::Answer(503)]);
+    let d = dest(2, grpc_policy());
+    let r = run(&script, &d, with_body("POST", b"pay"), None, &m).await;
+    assert_eq!(
+        (r.status(), script.tried()),
+        (503, vec![1]),
+        "a plain POST is still not retried"
+    );
 }
 
 #[tokio::test(start_paused = true)]

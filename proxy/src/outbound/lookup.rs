@@ -3,10 +3,10 @@
 //!
 //! - Explicit (no original destination): the request must name a service
 //!   (`Host`, `:authority` or an absolute URI).
-//! - Redirected HTTP goes where its authority says when the mesh knows
-//!   that name; otherwise (no `Host`, or a name the mesh does not know) to
-//!   the original destination, looked up by `ip:port`. The app's `Host`
-//!   travels unchanged.
+//! - Redirected HTTP goes to the original destination, looked up by
+//!   `ip:port`: a service's virtual IP or a mesh pod is that service (its
+//!   routes and policy apply), anything else is called as itself. The
+//!   app's `Host` travels unchanged and never picks the destination.
 //! - Redirected non-HTTP goes to the original destination (see
 //!   [`super::tunnel`]).
 //! - While discovery has not answered for a name or address, nothing is
@@ -57,23 +57,11 @@ impl Outbound {
                 dest,
             });
         };
-        if let Some(authority) = &named {
-            let (host, port) = host_port(authority, uri);
-            match self.discover.resolve(&host, port).await {
-                Ok(dest) if dest.meshed => {
-                    return Ok(Named {
-                        authority: authority.clone(),
-                        host,
-                        port,
-                        dest,
-                    })
-                }
-                Err(Unresolved::Pending) => {
-                    return Err(ProxyError::DiscoveryUnavailable(format!("{host}:{port}")))
-                }
-                Ok(_) | Err(Unresolved::Unknown) => {}
-            }
-        }
+        // Redirected: the address the app dialled decides, never its Host
+        // header. A service's virtual IP or a mesh pod routes as that
+        // service; any other address is called as itself. (Letting Host
+        // choose would let an app whose SSRF filter allowed a public IP
+        // reach an internal service under the app's identity.)
         let authority = match named {
             Some(a) => a,
             None => dst.to_string().parse().expect("a socket address is an authority"),

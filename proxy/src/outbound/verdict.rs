@@ -104,7 +104,9 @@ impl RequestBody {
 
     /// Whether a request of this method may need replaying under `policy`.
     pub fn needs_replay(policy: &RetryPolicy, method: &http::Method) -> bool {
-        policy.attempts > 0 && !policy.on.connect_only() && policy.method_allowed(method)
+        policy.attempts > 0
+            && (!policy.on.connect_only() || !policy.grpc_codes.is_empty())
+            && policy.method_allowed(method)
     }
 
     /// The request for the next try; `None` when it cannot be sent again.

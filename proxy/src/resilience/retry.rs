@@ -157,6 +157,27 @@ impl RetryPolicy {
         self.non_idempotent || is_idempotent(method)
     }
 
+    /// The policy for one request. A gRPC call is a POST, so unless
+    /// `nonIdempotent` is set it could never be retried after it was sent;
+    /// but a status listed in `grpcCodes` is the server saying, as gRPC
+    /// retry policies intend, that the call may be retried. Such a call is
+    /// retried on its listed codes and on connection failures (nothing
+    /// was sent) only, not on `on`'s HTTP conditions: a 5xx or a reset
+    /// says nothing about whether a non-idempotent call was processed.
+    pub fn for_request(&self, method: &Method, grpc: bool) -> std::borrow::Cow<'_, RetryPolicy> {
+        if !grpc || self.grpc_codes.is_empty() || self.method_allowed(method) {
+            return std::borrow::Cow::Borrowed(self);
+        }
+        std::borrow::Cow::Owned(RetryPolicy {
+            on: RetryOn {
+                connect_failure: true,
+                ..RetryOn::default()
+            },
+            non_idempotent: true,
+            ..self.clone()
+        })
+    }
+
     /// The wait before retry number `n` (1-based): full jitter over an
     /// exponentially growing window, `[0, min(max, base · 2ⁿ⁻¹))`.
     pub fn backoff(&self, n: u32) -> Duration {

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! weft-netapp serve http=ADDR echo=ADDR banner=ADDR …   servers, until killed
-//! weft-netapp http METHOD ADDR PATH [BODY]              one HTTP/1.1 request; prints status line and body
+//! weft-netapp http METHOD ADDR PATH [BODY [HOST]]       one HTTP/1.1 request (Host: ADDR unless given); prints status line and body
 //! weft-netapp echo ADDR MESSAGE                         client-first TCP: prints what comes back
 //! weft-netapp banner ADDR MESSAGE                       server-speaks-first TCP: prints the greeting, its delay, then the echo
 //! ```
@@ -23,8 +23,9 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["serve", servers @ ..] => serve(servers),
-        ["http", method, addr, path] => http(method, addr, path, ""),
-        ["http", method, addr, path, body] => http(method, addr, path, body),
+        ["http", method, addr, path] => http(method, addr, path, "", addr),
+        ["http", method, addr, path, body] => http(method, addr, path, body, addr),
+        ["http", method, addr, path, body, host] => http(method, addr, path, body, host),
         ["echo", addr, msg] => echo(addr, msg),
         ["banner", addr, msg] => banner(addr, msg),
         _ => Err(format!("usage: see the module docs; got {args:?}")),
@@ -111,7 +112,11 @@ fn serve_http(conn: TcpStream) -> std::io::Result<()> {
             body.resize(length, 0);
             reader.read_exact(&mut body)?;
         }
-        let reply = format!("served {method} {path} got={}\n", String::from_utf8_lossy(&body));
+        let by = conn.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        let reply = format!(
+            "served {method} {path} got={} by={by}\n",
+            String::from_utf8_lossy(&body)
+        );
         let mut w = &conn;
         write!(
             w,
@@ -142,11 +147,11 @@ fn connect(addr: &str) -> Result<TcpStream, String> {
     Ok(s)
 }
 
-fn http(method: &str, addr: &str, path: &str, body: &str) -> Result<(), String> {
+fn http(method: &str, addr: &str, path: &str, body: &str, host: &str) -> Result<(), String> {
     let mut s = connect(addr)?;
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nhost: {host}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     )
     .map_err(|e| e.to_string())?;
