@@ -116,6 +116,10 @@ pub struct Config {
     /// take as `--trust-anchors` (`weft demo` does this).
     #[arg(long, env = "WEFT_TRUST_ANCHORS_OUT")]
     pub trust_anchors_out: Option<PathBuf>,
+    /// Clients refuse unmeshed endpoints (503 `not-meshed`) unless a
+    /// TrafficPolicy says `mtls: optional` for that service.
+    #[arg(long, env = "WEFT_REQUIRE_MTLS")]
+    pub require_mtls: bool,
     /// gRPC connections open at once; more are closed at accept.
     #[arg(long, default_value_t = 10_000)]
     pub max_connections: usize,
@@ -223,6 +227,7 @@ impl Control {
             trust_domain: self.config.trust_domain.clone(),
             cluster_domain: self.config.cluster_domain.clone(),
             sources,
+            require_mtls: self.config.require_mtls,
         });
         let metrics = Arc::new(ControlMetrics::default());
         let mut registry = Registry::default();

@@ -75,6 +75,9 @@ pub struct IndexConfig {
     /// The sources that must each [`Index::apply`] once before the index
     /// is synced (e.g. `files`, `kubernetes`); empty: synced at once.
     pub sources: Vec<String>,
+    /// Mesh-wide default of TrafficPolicy `mtls`: clients refuse unmeshed
+    /// endpoints unless a policy says `optional`.
+    pub require_mtls: bool,
 }
 
 impl Default for IndexConfig {
@@ -83,6 +86,7 @@ impl Default for IndexConfig {
             trust_domain: "cluster.local".into(),
             cluster_domain: "cluster.local".into(),
             sources: Vec::new(),
+            require_mtls: false,
         }
     }
 }
@@ -282,7 +286,8 @@ impl Index {
 
     /// Whether a proxy running as `service_account` in `namespace` may
     /// watch the inbound policy of workload `name` there: its own service
-    /// account's name, or a service whose pods run as that account.
+    /// account's name, or a service whose pods (or one of whose
+    /// endpoints) run as that account.
     pub fn serves_as(&self, namespace: &str, name: &str, service_account: &str) -> bool {
         if name == service_account {
             return true;
@@ -291,7 +296,13 @@ impl Index {
         inner
             .services
             .get(&(namespace.to_string(), name.to_string()))
-            .is_some_and(|s| s.spec.service_account.as_deref() == Some(service_account))
+            .is_some_and(|s| {
+                s.spec.service_account.as_deref() == Some(service_account)
+                    || s.spec
+                        .endpoints
+                        .iter()
+                        .any(|e| e.service_account.as_deref() == Some(service_account))
+            })
     }
 
     pub fn stats(&self) -> IndexStats {
@@ -409,7 +420,11 @@ impl Inner {
         e: &crate::model::MeshEndpoint,
         config: &IndexConfig,
     ) -> api::Endpoint {
-        let sa = svc.spec.service_account.as_deref().unwrap_or(&svc.meta.name);
+        let sa = e
+            .service_account
+            .as_deref()
+            .or(svc.spec.service_account.as_deref())
+            .unwrap_or(&svc.meta.name);
         api::Endpoint {
             address: e.address.to_string(),
             weight: e.weight,
@@ -575,6 +590,7 @@ impl Inner {
                 }
             }
         }
+        policy.require_mtls = config.require_mtls;
         if let Some(tp) = self.traffic.get(&key) {
             if tp
                 .target_ref
@@ -668,6 +684,9 @@ impl Inner {
 }
 
 fn apply_traffic_policy(policy: &mut api::ClientPolicy, tp: &TrafficPolicySpec) {
+    if let Some(mtls) = tp.mtls {
+        policy.require_mtls = mtls == crate::model::ClientMtls::Required;
+    }
     policy.load_balancer = match tp.load_balancer {
         None => api::LoadBalancer::Unspecified,
         Some(LoadBalancer::PeakEwma) => api::LoadBalancer::PeakEwma,
@@ -823,6 +842,52 @@ mod tests {
         assert_eq!(route.backends[1].weight, 10);
         assert_eq!(policy.load_balancer, api::LoadBalancer::RoundRobin as i32);
         assert_eq!(policy.timeouts.as_ref().unwrap().request_ms, 5000);
+    }
+
+    #[tokio::test]
+    async fn each_endpoint_has_its_own_identity_and_mtls_can_be_required() {
+        const MIXED: &str = "apiVersion: weft.dev/v1alpha1\nkind: MeshService\nmetadata: {name: cart, namespace: shop}\nspec:\n  serviceAccount: cart\n  endpoints:\n    - {address: 10.0.0.1:8080, proxy: 10.0.0.1:4143}\n    - {address: 10.0.0.2:8080, proxy: 10.0.0.2:4143, serviceAccount: cart-canary}\n    - {address: 10.0.0.3:8080}\n";
+        let view = |index: &Arc<Index>| {
+            let rx = index.watch_destination(index.parse_target("cart.shop:80", "shop").unwrap());
+            let state = rx.borrow().clone();
+            let DestinationView::Found {
+                endpoints, policy, ..
+            } = &state.view
+            else {
+                panic!()
+            };
+            (endpoints.clone(), policy.clone())
+        };
+        let index = Index::new(IndexConfig::default());
+        index.apply("files", documents(MIXED));
+        let (eps, policy) = view(&index);
+        let ids: Vec<&str> = eps.values().map(|e| e.identity.as_str()).collect();
+        assert_eq!(
+            ids,
+            [
+                "spiffe://cluster.local/ns/shop/sa/cart",
+                "spiffe://cluster.local/ns/shop/sa/cart-canary",
+                "",
+            ]
+        );
+        assert!(!policy.require_mtls, "optional by default");
+
+        let required = format!("{MIXED}---\napiVersion: weft.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {{name: cart, namespace: shop}}\nspec:\n  targetRef: {{name: cart}}\n  mtls: required\n");
+        index.apply("files", documents(&required));
+        assert!(view(&index).1.require_mtls);
+
+        // The mesh-wide default, and a policy opting one service out.
+        let strict = Index::new(IndexConfig {
+            require_mtls: true,
+            ..IndexConfig::default()
+        });
+        strict.apply("files", documents(MIXED));
+        assert!(view(&strict).1.require_mtls);
+        strict.apply(
+            "files",
+            documents(&required.replace("mtls: required", "mtls: optional")),
+        );
+        assert!(!view(&strict).1.require_mtls);
     }
 
     #[tokio::test]

@@ -111,6 +111,9 @@ pub struct Destination {
     pub shared: Arc<Shared>,
     /// False for names found through DNS: forwarded without mesh features.
     pub meshed: bool,
+    /// Endpoints left out because the policy requires mTLS and they are
+    /// not meshed.
+    pub unmeshed_refused: usize,
 }
 
 impl Destination {
@@ -124,6 +127,7 @@ impl Destination {
             shared: Arc::new(Shared::new(&policy)),
             policy,
             meshed: true,
+            unmeshed_refused: 0,
         }
     }
 

@@ -20,6 +20,10 @@ pub enum ProxyError {
     NoAuthority,
     #[error("no endpoints for {0}")]
     NoEndpoints(String),
+    /// The service requires mTLS (TrafficPolicy `mtls: required`) and
+    /// none of its endpoints is meshed.
+    #[error("{0} requires mTLS and has no meshed endpoint")]
+    NotMeshed(String),
     /// The control plane has not answered for the destination within the
     /// wait: the mesh cannot know where (or how securely) it would go.
     #[error("discovery has not answered for {0}")]
@@ -91,6 +95,7 @@ impl ProxyError {
         match self {
             ProxyError::NoAuthority => "no-authority",
             ProxyError::NoEndpoints(_) => "no-endpoints",
+            ProxyError::NotMeshed(_) => "not-meshed",
             ProxyError::DiscoveryUnavailable(_) => "discovery-unavailable",
             ProxyError::ConnectFailed { .. } => "connect-failed",
             ProxyError::ConnectTimeout(_) => "connect-timeout",
@@ -112,7 +117,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoAuthority => StatusCode::BAD_REQUEST,
-            ProxyError::NoEndpoints(_) | ProxyError::DiscoveryUnavailable(_) => {
+            ProxyError::NoEndpoints(_) | ProxyError::NotMeshed(_) | ProxyError::DiscoveryUnavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ProxyError::ConnectFailed { .. }

@@ -321,3 +321,89 @@ async fn while_the_control_plane_is_away_nothing_opens() {
         );
     }
 }
+
+/// A service with a meshed and an unmeshed replica: each is dialled as
+/// what it is (mTLS to the meshed one with its own identity, plaintext to
+/// the other); with `mtls: required` the unmeshed one is never called, and
+/// with only it left, callers get `503 not-meshed`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_services_dial_each_endpoint_as_what_it_is_and_mtls_can_be_required() {
+    let (meshed_app, plain_app) = (echo_app().await, echo_app().await);
+    let dir = TempDir::new();
+    let file = dir.write("mesh.yaml", "");
+    let control = ControlProc::start(dir.path(), "127.0.0.1:0".parse().unwrap());
+    let server = ProxyProc::start(&format!(
+        "appPorts: [{}]\nworkload: echo\n{}",
+        meshed_app.addr.port(),
+        control.proxy_config("demo", "cart-v2")
+    ));
+    let client = ProxyProc::start(&control.proxy_config("demo", "web"));
+    let service = |endpoints: &str, mtls: &str| {
+        format!(
+            "apiVersion: weft.dev/v1alpha1\nkind: MeshService\nmetadata: {{name: echo, namespace: demo}}\nspec:\n  serviceAccount: cart\n  ports: [{{port: 80}}]\n  endpoints:\n{endpoints}---\napiVersion: weft.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {{name: echo, namespace: demo}}\nspec:\n  targetRef: {{name: echo}}\n  loadBalancer: roundRobin\n  mtls: {mtls}\n"
+        )
+    };
+    let meshed = format!(
+        "    - {{address: {}, proxy: {}, serviceAccount: cart-v2}}\n",
+        meshed_app.addr, server.addrs.inbound
+    );
+    let plain = format!("    - {{address: {}}}\n", plain_app.addr);
+    std::fs::write(&file, service(&format!("{meshed}{plain}"), "optional")).unwrap();
+    ready(&server).await;
+    ready(&client).await;
+    let served = |n: usize| {
+        let out = client.addrs.outbound;
+        async move {
+            let mut by = std::collections::BTreeMap::new();
+            for _ in 0..n {
+                let (status, server) = call(out).await;
+                *by.entry((status, server)).or_insert(0) += 1;
+            }
+            by
+        }
+    };
+    let by = eventually(Duration::from_secs(5), "both replicas serve", || async {
+        let by = served(20).await;
+        (by.len() == 2).then_some(by)
+    })
+    .await;
+    assert!(
+        by.keys().all(|(status, _)| *status == StatusCode::OK),
+        "the meshed replica by its own identity (cart-v2, not cart): {by:?}"
+    );
+    let (_, metrics) = admin_get(server.addrs.admin, "/metrics").await;
+    assert!(
+        metrics.contains(r#"tls="true",peer_identity="spiffe://cluster.local/ns/demo/sa/web""#),
+        "the meshed replica was called over mTLS: {metrics}"
+    );
+
+    std::fs::write(&file, service(&format!("{meshed}{plain}"), "required")).unwrap();
+    let plain_before = plain_app.connections.load(std::sync::atomic::Ordering::SeqCst);
+    eventually(Duration::from_secs(5), "only the meshed replica", || async {
+        let by = served(20).await;
+        (by.len() == 1 && by.contains_key(&(StatusCode::OK, Some(meshed_app.addr.to_string())))).then_some(())
+    })
+    .await;
+    let plain_during = plain_app.connections.load(std::sync::atomic::Ordering::SeqCst);
+    served(20).await;
+    assert_eq!(
+        plain_app.connections.load(std::sync::atomic::Ordering::SeqCst),
+        plain_during,
+        "no new plaintext connection once mTLS is required (before: {plain_before})"
+    );
+
+    std::fs::write(&file, service(&plain, "required")).unwrap();
+    let out = client.addrs.outbound;
+    let (status, headers) = eventually(Duration::from_secs(5), "refused as not meshed", || async move {
+        let mut c = h1_client(out).await;
+        let req = Request::get("/")
+            .header("host", "echo")
+            .body(full(Bytes::new()))
+            .unwrap();
+        let (status, headers, _, _) = collect(c.send_request(req).await.unwrap()).await;
+        (status == StatusCode::SERVICE_UNAVAILABLE).then_some((status, headers))
+    })
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(headers["weft-error"], "not-meshed");
+}

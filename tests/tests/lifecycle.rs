@@ -14,7 +14,10 @@ async fn admin_endpoints() {
     let mesh = Mesh::start("echo", app.addr, "");
     let admin = mesh.client.addrs.admin;
     assert_eq!(admin_get(admin, "/live").await.0, StatusCode::OK);
-    assert_eq!(admin_get(admin, "/ready").await.0, StatusCode::OK);
+    eventually(Duration::from_secs(5), "the client proxy is ready", || async {
+        (admin_get(admin, "/ready").await.0 == StatusCode::OK).then_some(())
+    })
+    .await;
 
     let (status, config) = admin_get(admin, "/config").await;
     assert_eq!(status, StatusCode::OK);

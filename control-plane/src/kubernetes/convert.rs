@@ -216,11 +216,15 @@ fn mesh_service(
                     ))
                 });
             let meshed = pod.is_some_and(|p| is_meshed(p));
-            if let Some(sa) = pod
-                .filter(|_| meshed)
-                .and_then(|p| p.spec.as_ref()?.service_account_name.clone())
-            {
-                *accounts.entry(sa).or_default() += 1;
+            // Each meshed endpoint is dialled as its own pod's identity.
+            let service_account = pod.filter(|_| meshed).map(|p| {
+                p.spec
+                    .as_ref()
+                    .and_then(|s| s.service_account_name.clone())
+                    .unwrap_or_else(|| "default".into())
+            });
+            if let Some(sa) = &service_account {
+                *accounts.entry(sa.clone()).or_default() += 1;
             }
             let mut labels = BTreeMap::new();
             if let Some(zone) = &ep.zone {
@@ -232,6 +236,7 @@ fn mesh_service(
                 MeshEndpoint {
                     address,
                     proxy: meshed.then(|| SocketAddr::new(ip, PROXY_INBOUND_PORT)),
+                    service_account,
                     weight: 1,
                     labels,
                 },
@@ -362,6 +367,16 @@ mod tests {
             "terminating endpoint left out; the uninjected pod is called directly"
         );
         assert_eq!(svc.endpoints[0].labels["zone"], "z1");
+        let accounts: Vec<_> = svc
+            .endpoints
+            .iter()
+            .map(|e| e.service_account.as_deref())
+            .collect();
+        assert_eq!(
+            accounts,
+            [Some("api-sa"), None],
+            "each meshed endpoint is its own pod's identity; the unmeshed one has none"
+        );
     }
 
     #[test]

@@ -323,6 +323,11 @@ pub struct MeshEndpoint {
     /// Its Weft proxy's inbound listener; omit for an unmeshed endpoint.
     #[serde(default)]
     pub proxy: Option<SocketAddr>,
+    /// The service account this replica runs as (its SPIFFE ID); default
+    /// the service's `serviceAccount`, else its name. In a cluster: its
+    /// own pod's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<String>,
     #[serde(default = "one")]
     pub weight: u32,
     #[serde(default)]
@@ -381,6 +386,20 @@ pub struct TrafficPolicySpec {
     pub concurrency: Option<Concurrency>,
     #[serde(default)]
     pub fault: Option<Fault>,
+    /// `required`: clients call only meshed endpoints (mTLS with the
+    /// endpoint's own identity) and refuse unmeshed ones; `optional`
+    /// (default, unless weft-control runs with `--require-mtls`): unmeshed
+    /// endpoints are called in plaintext.
+    #[serde(default)]
+    pub mtls: Option<ClientMtls>,
+}
+
+/// Whether clients of a service may call its unmeshed endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum ClientMtls {
+    Optional,
+    Required,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

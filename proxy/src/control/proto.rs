@@ -55,9 +55,19 @@ pub fn destination<'a>(
         .collect();
     let routes: Vec<Route> = policy.routes.iter().map(Route::from).collect();
     let policy = Policy::from(policy);
+    let before = endpoints.len();
+    let endpoints: Vec<Endpoint> = if policy.require_mtls {
+        endpoints
+            .into_iter()
+            .filter(|e| e.proxy.is_some() && e.identity.is_some())
+            .collect()
+    } else {
+        endpoints
+    };
     Destination {
         service: service.map_or_else(|| "unknown".into(), |s| s.name.clone()),
         namespace: service.map(|s| s.namespace.clone()).unwrap_or_default(),
+        unmeshed_refused: before - endpoints.len(),
         endpoints: endpoints.into(),
         routes: routes.into(),
         shared: Arc::new(Shared::new(&policy)),
@@ -142,6 +152,7 @@ impl From<&api::ClientPolicy> for Policy {
                 .as_ref()
                 .map(FaultPolicy::from)
                 .filter(|f| f.delay_percent > 0.0 || f.abort_percent > 0.0),
+            require_mtls: p.require_mtls,
         }
     }
 }
@@ -327,6 +338,37 @@ mod tests {
         assert_eq!(p.concurrency.max_in_flight, 10);
         assert_eq!(p.concurrency.max_pending, 0, "an explicit limit with no queue");
         assert!(p.fault.is_none());
+    }
+
+    #[test]
+    fn required_mtls_leaves_unmeshed_endpoints_out() {
+        let meshed = api::Endpoint {
+            address: "10.0.0.1:8080".into(),
+            proxy_address: "10.0.0.1:4143".into(),
+            identity: "spiffe://cluster.local/ns/shop/sa/cart".into(),
+            weight: 1,
+            ..Default::default()
+        };
+        let unmeshed = api::Endpoint {
+            address: "10.0.0.2:8080".into(),
+            weight: 1,
+            ..Default::default()
+        };
+        let both = [meshed.clone(), unmeshed.clone()];
+        let optional = destination(None, &both, &api::ClientPolicy::default());
+        assert_eq!((optional.endpoints.len(), optional.unmeshed_refused), (2, 0));
+        let policy = api::ClientPolicy {
+            require_mtls: true,
+            ..Default::default()
+        };
+        let required = destination(None, &both, &policy);
+        assert_eq!((required.endpoints.len(), required.unmeshed_refused), (1, 1));
+        assert_eq!(required.endpoints[0].addr, "10.0.0.1:8080".parse().unwrap());
+        let none_meshed = destination(None, [&unmeshed], &policy);
+        assert_eq!(
+            (none_meshed.endpoints.len(), none_meshed.unmeshed_refused),
+            (0, 1)
+        );
     }
 
     #[test]

@@ -328,6 +328,7 @@ pub(super) fn pick(dest: &Destination, avoid: Option<SocketAddr>) -> Result<Pick
         probe,
     })
     .map_err(|e| match e {
+        NoEndpoint::Empty if dest.unmeshed_refused > 0 => ProxyError::NotMeshed(dest.service.clone()),
         NoEndpoint::Empty => ProxyError::NoEndpoints(dest.service.clone()),
         NoEndpoint::AllEjected => ProxyError::CircuitOpen(dest.service.clone()),
     })

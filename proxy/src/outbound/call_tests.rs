@@ -558,6 +558,12 @@ async fn no_endpoints_and_all_ejected_are_errors() {
     run(&script, &d, get(), None, &m).await;
     let r = run(&script, &d, get(), None, &m).await;
     assert_eq!(r.error().reason(), "circuit-open");
+    // Endpoints left out because mTLS is required and they are unmeshed.
+    let mut d = Destination::from_endpoints("web", Arc::from([]));
+    d.unmeshed_refused = 2;
+    let r = run(&script, &Arc::new(d), get(), None, &m).await;
+    assert_eq!(r.error().reason(), "not-meshed");
+    assert_eq!(r.error().status(), 503);
 }
 
 #[tokio::test(start_paused = true)]

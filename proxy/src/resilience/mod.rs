@@ -42,6 +42,8 @@ pub struct Policy {
     pub concurrency: ConcurrencyPolicy,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fault: Option<FaultPolicy>,
+    /// Unmeshed endpoints are refused, never called in plaintext.
+    pub require_mtls: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
