@@ -274,6 +274,7 @@ impl Proxy {
                 namespace: config.namespace.clone(),
             },
             app_ip: config.app_ip,
+            app_to_pod_ip: config.inbound_to_pod_ip,
             app_ports: config.app_ports.clone(),
             clients,
             telemetry: telemetry.clone(),

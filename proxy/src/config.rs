@@ -65,6 +65,11 @@ pub struct Config {
     pub admin_listen: SocketAddr,
     /// The address the local app listens on. Default `127.0.0.1`.
     pub app_ip: IpAddr,
+    /// Transparent mode: forward inbound traffic to the pod IP the caller
+    /// reached instead of `appIp` (the app sees a pod address, and a
+    /// listener bound to loopback only is not reachable from other pods).
+    /// Default `false`; the injector sets it.
+    pub inbound_to_pod_ip: bool,
     /// The app's ports. Inbound traffic may only reach these; the first is
     /// where traffic goes when the caller names no port. Empty: this workload
     /// serves nothing and inbound connections are refused.
@@ -165,6 +170,7 @@ impl Default for Config {
             inbound_listen: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 4143)),
             admin_listen: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 4191)),
             app_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            inbound_to_pod_ip: false,
             app_ports: Vec::new(),
             endpoints_file: None,
             control_plane: None,
@@ -205,6 +211,10 @@ pub struct Overrides {
     pub inbound_listen: Option<SocketAddr>,
     #[arg(long, env = "WEFT_ADMIN_LISTEN", value_name = "ADDR")]
     pub admin_listen: Option<SocketAddr>,
+    /// Forward inbound traffic to the pod IP the caller reached (transparent
+    /// mode).
+    #[arg(long, env = "WEFT_INBOUND_TO_POD_IP")]
+    pub inbound_to_pod_ip: Option<bool>,
     /// The app's ports (repeat, or comma-separate in the env var).
     #[arg(long = "app-port", env = "WEFT_APP_PORTS", value_delimiter = ',')]
     pub app_ports: Vec<u16>,
@@ -324,6 +334,9 @@ impl Config {
         }
         if !o.app_ports.is_empty() {
             self.app_ports = o.app_ports.clone();
+        }
+        if let Some(b) = o.inbound_to_pod_ip {
+            self.inbound_to_pod_ip = b;
         }
         if let Some(f) = &o.endpoints_file {
             self.endpoints_file = Some(f.clone());

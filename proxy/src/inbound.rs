@@ -50,6 +50,10 @@ pub struct Inbound {
     /// The workload this proxy fronts, for metrics.
     pub workload: Workload,
     pub app_ip: IpAddr,
+    /// Forward to the pod IP the caller reached instead of `app_ip`, so
+    /// the app sees a non-loopback peer and a listener bound to loopback
+    /// only stays unreachable from other pods (`inboundToPodIp`).
+    pub app_to_pod_ip: bool,
     /// The app's ports; the first is the default.
     pub app_ports: Vec<u16>,
     pub clients: Clients,
@@ -70,25 +74,34 @@ impl Inbound {
         .await;
     }
 
-    /// The app address for `port` (the default port when `None`).
-    fn app_addr(&self, port: Option<u16>) -> Result<SocketAddr, ProxyError> {
+    /// The app address for `port` (the default port when `None`) on a
+    /// connection `conn`: the pod IP the caller reached when `app_to_pod_ip`
+    /// (transparent mode), else `app_ip`.
+    fn app_addr(&self, port: Option<u16>, conn: &ConnInfo) -> Result<SocketAddr, ProxyError> {
         let port = match port {
             Some(p) if self.app_ports.contains(&p) => p,
             Some(p) => return Err(ProxyError::UnknownAppPort(p)),
             None => *self.app_ports.first().ok_or(ProxyError::UnknownAppPort(0))?,
         };
-        Ok(SocketAddr::new(self.app_ip, port))
+        let ip = match conn.local_ip {
+            Some(ip) if self.app_to_pod_ip => ip,
+            _ => self.app_ip,
+        };
+        Ok(SocketAddr::new(ip, port))
     }
 
     async fn connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
         let _ = stream.set_nodelay(true);
         // Peers dial the inbound listener's port: not an app port.
         let listener_port = stream.local_addr().map_or(0, |a| a.port());
-        let target_port = crate::orig_dst::original_dst(&stream)
-            .map(|d| d.port())
-            .filter(|p| *p != listener_port);
+        let orig_dst = crate::orig_dst::original_dst(&stream);
+        let target_port = orig_dst.map(|d| d.port()).filter(|p| *p != listener_port);
+        let local_ip = orig_dst
+            .map(|d| d.ip())
+            .or_else(|| stream.local_addr().ok().map(|a| a.ip()));
         let plaintext = ConnInfo {
             target_port,
+            local_ip,
             ..ConnInfo::default()
         };
         let mut guard = self.telemetry.connection(Direction::Inbound, peer);
@@ -112,7 +125,7 @@ impl Inbound {
             }
             Protocol::Tls => {
                 guard.detected(Detected::Tls);
-                self.tls(io, peer).await;
+                self.tls(io, peer, local_ip).await;
             }
             Protocol::Http1 | Protocol::Http2 => {
                 let app = if protocol == Protocol::Http1 {
@@ -153,7 +166,7 @@ impl Inbound {
     }
 
     /// mTLS from a peer proxy: HTTP/2 mesh channel or a TCP tunnel, by ALPN.
-    async fn tls<I>(self: &Arc<Self>, io: I, peer: SocketAddr)
+    async fn tls<I>(self: &Arc<Self>, io: I, peer: SocketAddr, local_ip: Option<std::net::IpAddr>)
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
@@ -182,6 +195,7 @@ impl Inbound {
             tls: true,
             caller: caller.map(Arc::from),
             target_port: None,
+            local_ip,
         };
         match alpn.as_deref() {
             Some(ALPN_H2) => {
@@ -213,7 +227,7 @@ impl Inbound {
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let addr = match self.app_addr(port) {
+        let addr = match self.app_addr(port, conn) {
             Ok(a) => a,
             Err(e) => {
                 tracing::info!(%peer, error = %e, "inbound TCP refused");
@@ -287,7 +301,7 @@ impl Inbound {
             .and_then(|v| v.to_str().ok()?.parse::<u16>().ok());
         Ok(AppTarget {
             protocol,
-            addr: self.app_addr(port.or(caller.target_port))?,
+            addr: self.app_addr(port.or(caller.target_port), caller)?,
         })
     }
 

@@ -31,6 +31,9 @@ pub struct ConnInfo {
     /// (`weft-proxy init`): the app port, unless a peer's `weft-port` says
     /// otherwise.
     pub target_port: Option<u16>,
+    /// The local address the caller reached (the pod IP: the original
+    /// destination of a redirected connection, else the socket's own).
+    pub local_ip: Option<std::net::IpAddr>,
 }
 
 /// Whether a port accepts plaintext.

@@ -102,13 +102,13 @@ impl Bed {
         let anchors = bed.dir.path().join("trust-anchors.pem");
         for (pod, workload, ports) in [
             (bed.a.clone(), "web", "[]"),
-            (bed.b.clone(), "echo", "[8080, 7000, 5432, 1883]"),
+            (bed.b.clone(), "echo", "[8080, 7000, 5432, 1883, 7100]"),
         ] {
             bed.node.init(&pod, &[]);
             let config = bed.dir.write(
                 &format!("{workload}.yaml"),
                 &format!(
-                    "outboundListen: 127.0.0.1:4140\ninboundListen: 0.0.0.0:4143\nadminListen: 0.0.0.0:4191\ncontrolPlane: {control_plane}\ntrustAnchors: {}\nnamespace: demo\nworkload: {workload}\nidentityTokenFile: {}\nappPorts: {ports}\ndetectTimeout: 10s\n",
+                    "outboundListen: 127.0.0.1:4140\ninboundListen: 0.0.0.0:4143\nadminListen: 0.0.0.0:4191\ncontrolPlane: {control_plane}\ntrustAnchors: {}\nnamespace: demo\nworkload: {workload}\nidentityTokenFile: {}\nappPorts: {ports}\ndetectTimeout: 10s\ninboundToPodIp: true\n",
                     anchors.display(),
                     bed.dir.path().join(format!("{workload}.token")).display()
                 ),
@@ -467,5 +467,34 @@ fn the_dialled_address_decides_not_the_host_header() {
     assert!(
         a_metrics.contains(r#"service="echo""#) && a_metrics.contains(r#"tls="true""#),
         "{a_metrics}"
+    );
+}
+
+/// Inbound goes to the pod IP the caller dialled, not to loopback: a
+/// listener B's app bound to 127.0.0.1 only stays private to pod B even on
+/// one of its app ports, while B's 0.0.0.0 listener is reached as before.
+#[test]
+fn a_loopback_only_listener_is_not_reachable_from_another_pod() {
+    if !Node::available(&[]) {
+        return;
+    }
+    let mut bed = Bed::start();
+    let (a, b) = (bed.a.clone(), bed.b.clone());
+    let mut private = bed
+        .node
+        .spawn(&b, None, &bin("weft-netapp"), &["serve", "http=127.0.0.1:7100"]);
+    private.wait_line(&["ready"], Duration::from_secs(10));
+    bed.procs.push(private);
+    // Inside pod B it answers.
+    let out = bed.call(&b, &["http", "GET", "127.0.0.1:7100", "/inside"]);
+    assert!(out.contains("served GET /inside"), "{out}");
+    // From pod A, through both proxies: refused, never served.
+    let (ok, out) = bed.node.netapp(&a, &["http", "GET", &addr(&b, 7100), "/outside"]);
+    assert!(!ok && !out.contains("served GET /outside"), "{out}");
+    // The app's 0.0.0.0 listener is reached at the pod IP as before.
+    let out = bed.call(&a, &["http", "GET", &addr(&b, 8080), "/public"]);
+    assert!(
+        out.contains(&format!("served GET /public got= by={}", addr(&b, 8080))),
+        "{out}"
     );
 }

@@ -83,6 +83,9 @@ pub fn proxy_container(cfg: &InjectConfig, o: &Overrides, app_ports: &[u16]) -> 
         ),
         ("WEFT_ADMIN_LISTEN", json!(format!("0.0.0.0:{}", cfg.admin_port))),
         ("WEFT_LOG_FORMAT", json!("json")),
+        // Inbound goes to the pod IP, as the caller dialled it: a listener
+        // the app bound to loopback only stays private to the pod.
+        ("WEFT_INBOUND_TO_POD_IP", json!("true")),
     ];
     if !app_ports.is_empty() {
         env.push(("WEFT_APP_PORTS", json!(join(app_ports))));
