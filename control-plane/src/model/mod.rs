@@ -397,8 +397,11 @@ pub struct Retries {
     /// Retries after the first try.
     #[serde(default = "one")]
     pub attempts: u32,
-    /// `5xx`, `gateway-error`, `connect-failure`, `reset`, or status codes.
-    #[serde(default)]
+    /// What to retry: `5xx`, `gateway-error`, `connect-failure`, `reset`, or
+    /// status codes. `retryOn`, not `on`: YAML 1.1 readers (kubectl, Helm)
+    /// take a plain `on` for the boolean `true` (an `on` is refused, naming
+    /// `retryOn`).
+    #[serde(default, rename = "retryOn")]
     pub on: Vec<String>,
     #[serde(default)]
     pub grpc_codes: Vec<String>,
