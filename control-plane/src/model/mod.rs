@@ -690,7 +690,7 @@ mod validate;
 /// `(field path, problem)`: what parsing and validation report.
 type FieldError = (String, String);
 
-pub use parse::{parse_file, parse_object};
+pub use parse::{parse_file, parse_object, yaml_documents};
 
 /// Optional durations written as `500ms`, `3s`.
 pub mod opt_duration {

@@ -31,13 +31,13 @@ pub fn parse_file(file: &str, text: &str) -> (Vec<Document>, Vec<DocError>) {
         index,
         name,
     };
-    let values: Vec<serde_json::Value> = match serde_saphyr::from_multiple(text) {
+    let values = match yaml_documents(text) {
         Ok(v) => v,
-        Err(e) => {
+        Err(problem) => {
             let err = DocError {
                 doc: at(0, None),
                 field: "(yaml)".into(),
-                problem: format!("not valid YAML: {e}"),
+                problem,
                 authz: None,
             };
             return (Vec::new(), vec![err]);
@@ -76,6 +76,13 @@ pub fn parse_file(file: &str, text: &str) -> (Vec<Document>, Vec<DocError>) {
         }
     }
     (docs, errors)
+}
+
+/// The documents of a YAML stream as Weft reads them, before any typing:
+/// what [`parse_file`] goes on to validate. (Tests hold this against a YAML
+/// 1.1 reader, which is what kubectl and Helm are.)
+pub fn yaml_documents(text: &str) -> Result<Vec<serde_json::Value>, String> {
+    serde_saphyr::from_multiple(text).map_err(|e| format!("not valid YAML: {e}"))
 }
 
 /// Parses and validates one document that is not from a file (an object
