@@ -129,7 +129,7 @@ fn check_reports_each_document_and_fails_on_errors() {
     let dir = TempDir::new();
     dir.write(
         "bad.yaml",
-        "apiVersion: weft.dev/v1alpha1\nkind: MeshService\nmetadata: {name: ok, namespace: demo}\n---\napiVersion: weft.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {name: tp, namespace: demo}\nspec:\n  targetRef: {name: ok}\n  retries: {attempts: 3, on: [5xx, sometimes]}\n",
+        "apiVersion: weft.dev/v1alpha1\nkind: MeshService\nmetadata: {name: ok, namespace: demo}\n---\napiVersion: weft.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {name: tp, namespace: demo}\nspec:\n  targetRef: {name: ok}\n  retries: {attempts: 3, retryOn: [5xx, sometimes]}\n",
     );
     let bad = Command::new(bin("weft"))
         .arg("check")
@@ -141,7 +141,28 @@ fn check_reports_each_document_and_fails_on_errors() {
     assert!(out.contains("✔") && out.contains("MeshService demo/ok"), "{out}");
     assert!(
         out.contains("✘")
-            && out.contains("bad.yaml: document 1 (TrafficPolicy demo/tp): field `spec.retries.on[1]`"),
+            && out.contains("bad.yaml: document 1 (TrafficPolicy demo/tp): field `spec.retries.retryOn[1]`"),
+        "{out}"
+    );
+
+    // The field's old name, as in files written before the rename: kubectl
+    // (YAML 1.1) would send it as `true`, so it is refused naming `retryOn`.
+    let dir = TempDir::new();
+    dir.write(
+        "old.yaml",
+        "apiVersion: weft.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {name: tp, namespace: demo}\nspec:\n  targetRef: {name: ok}\n  retries:\n    attempts: 2\n    on: [5xx]\n",
+    );
+    let old = Command::new(bin("weft"))
+        .arg("check")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&old.stdout);
+    assert!(!old.status.success(), "{out}");
+    assert!(
+        out.contains(
+            "old.yaml: document 0 (TrafficPolicy demo/tp): field `spec.retries.on`: expected `retryOn`"
+        ) && out.contains("YAML 1.1"),
         "{out}"
     );
 }

@@ -171,7 +171,7 @@ async fn retries_hide_a_flaky_endpoint_and_the_budget_caps_them() {
     let _serial = SERIAL.lock().await;
     let bed = Bed::start(3).await;
     bed.traffic_policy(
-        "  retries:\n    attempts: 2\n    on: [5xx]\n    budget: {ratio: 0.2, minPerSecond: 10}\n    backoff: {base: 1ms, max: 5ms}\n",
+        "  retries:\n    attempts: 2\n    retryOn: [5xx]\n    budget: {ratio: 0.2, minPerSecond: 10}\n    backoff: {base: 1ms, max: 5ms}\n",
         "\"fiveXx\":true",
     )
     .await;
@@ -191,7 +191,7 @@ async fn retries_hide_a_flaky_endpoint_and_the_budget_caps_them() {
     // Every endpoint failing: retries stay within the budget (20% of
     // requests plus 10/s over the 10 s window) instead of tripling load.
     bed.traffic_policy(
-        "  retries:\n    attempts: 3\n    on: [5xx]\n    budget: {ratio: 0.2, minPerSecond: 10}\n    backoff: {base: 1ms, max: 5ms}\n  circuitBreaker: {consecutiveFailures: 1000000}\n",
+        "  retries:\n    attempts: 3\n    retryOn: [5xx]\n    budget: {ratio: 0.2, minPerSecond: 10}\n    backoff: {base: 1ms, max: 5ms}\n  circuitBreaker: {consecutiveFailures: 1000000}\n",
         "\"consecutiveFailures\":1000000",
     )
     .await;
@@ -258,7 +258,7 @@ async fn timeouts_request_per_try_and_grpc() {
     // on the fast one.
     bed.apps[1].set(Behaviour::default());
     bed.traffic_policy(
-        "  loadBalancer: roundRobin\n  timeouts: {request: 2s, perTry: 100ms}\n  retries: {attempts: 1, on: [5xx]}\n",
+        "  loadBalancer: roundRobin\n  timeouts: {request: 2s, perTry: 100ms}\n  retries: {attempts: 1, retryOn: [5xx]}\n",
         "\"perTry\":\"100ms\"",
     )
     .await;
@@ -466,7 +466,7 @@ async fn policy_changes_apply_within_a_second_without_failed_requests() {
             "leastRequest",
         ),
         (
-            "  retries: {attempts: 2, on: [5xx]}\n  timeouts: {request: 2s}\n",
+            "  retries: {attempts: 2, retryOn: [5xx]}\n  timeouts: {request: 2s}\n",
             "\"request\":\"2s\"",
         ),
         ("  loadBalancer: peakEwma\n", "peakEwma"),

@@ -82,4 +82,102 @@ mod tests {
             serde_json::json!(["peakEwma", "roundRobin", "leastRequest", null])
         );
     }
+
+    /// What a YAML 1.1 reader (kubectl, Helm) takes for a boolean when it
+    /// is written plain, in any case.
+    fn yaml_1_1_boolean(word: &str) -> bool {
+        ["y", "n", "yes", "no", "on", "off", "true", "false"]
+            .iter()
+            .any(|b| word.eq_ignore_ascii_case(b))
+    }
+
+    /// Every property name and enum value in `schema`, with its path.
+    fn names(schema: &serde_json::Value, path: &str, out: &mut Vec<(String, String)>) {
+        match schema {
+            serde_json::Value::Object(map) => {
+                for (key, value) in map {
+                    match (key.as_str(), value) {
+                        ("properties", serde_json::Value::Object(props)) => {
+                            for (name, sub) in props {
+                                out.push((format!("{path}.{name}"), name.clone()));
+                                names(sub, &format!("{path}.{name}"), out);
+                            }
+                        }
+                        ("enum", serde_json::Value::Array(values)) => {
+                            for v in values.iter().filter_map(|v| v.as_str()) {
+                                out.push((format!("{path} (enum)"), v.to_string()));
+                            }
+                        }
+                        (_, sub) => names(sub, path, out),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|i| names(i, path, out)),
+            _ => {}
+        }
+    }
+
+    /// The schemas of the kinds only files carry (no CRD), generated as
+    /// the CRDs' are.
+    fn file_only_schemas() -> Vec<(&'static str, serde_json::Value)> {
+        fn schema<T: schemars::JsonSchema>() -> serde_json::Value {
+            let generator = schemars::generate::SchemaSettings::openapi3()
+                .with(|s| {
+                    s.inline_subschemas = true;
+                    s.meta_schema = None;
+                })
+                .into_generator();
+            serde_json::to_value(generator.into_root_schema_for::<T>()).unwrap()
+        }
+        vec![
+            ("MeshService", schema::<crate::model::MeshServiceSpec>()),
+            ("HTTPRoute", schema::<crate::model::HttpRouteSpec>()),
+        ]
+    }
+
+    /// No field name (or enum value) is one a YAML 1.1 reader turns into a
+    /// boolean: kubectl would send `"true"` for a plain `on:` key.
+    #[test]
+    fn no_field_name_is_a_yaml_1_1_boolean() {
+        let mut all = Vec::new();
+        for (_, crd) in crds() {
+            for v in &crd.spec.versions {
+                let schema = serde_json::to_value(v.schema.as_ref().unwrap()).unwrap();
+                names(&schema, &format!("{} {}", crd.spec.names.kind, v.name), &mut all);
+            }
+        }
+        for (kind, schema) in file_only_schemas() {
+            names(&schema, &format!("{kind} spec"), &mut all);
+        }
+        // The walk reaches nested fields of every kind.
+        for needle in [
+            "retryOn",
+            "nonIdempotent",
+            "perIdentity",
+            "clusterIP",
+            "backendRefs",
+            "permissive",
+        ] {
+            assert!(
+                all.iter().any(|(_, n)| n == needle),
+                "{needle} not found in {all:?}"
+            );
+        }
+        let booleans: Vec<_> = all.iter().filter(|(_, n)| yaml_1_1_boolean(n)).collect();
+        assert!(
+            booleans.is_empty(),
+            "YAML 1.1 (kubectl, Helm) reads these as booleans when written plain: {booleans:?}"
+        );
+
+        // And it would see one.
+        let mut found = Vec::new();
+        let bad = serde_json::json!({"properties": {"retries": {"properties": {"On": {}}}}});
+        names(&bad, "x", &mut found);
+        assert!(
+            found
+                .iter()
+                .any(|(p, n)| p == "x.retries.On" && yaml_1_1_boolean(n)),
+            "{found:?}"
+        );
+    }
 }

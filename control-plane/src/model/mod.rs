@@ -416,8 +416,11 @@ pub struct Retries {
     /// Retries after the first try.
     #[serde(default = "one")]
     pub attempts: u32,
-    /// `5xx`, `gateway-error`, `connect-failure`, `reset`, or status codes.
-    #[serde(default)]
+    /// What to retry: `5xx`, `gateway-error`, `connect-failure`, `reset`, or
+    /// status codes. `retryOn`, not `on`: YAML 1.1 readers (kubectl, Helm)
+    /// take a plain `on` for the boolean `true` (an `on` is refused, naming
+    /// `retryOn`).
+    #[serde(default, rename = "retryOn")]
     pub on: Vec<String>,
     #[serde(default)]
     pub grpc_codes: Vec<String>,
@@ -706,7 +709,7 @@ mod validate;
 /// `(field path, problem)`: what parsing and validation report.
 type FieldError = (String, String);
 
-pub use parse::{parse_file, parse_object};
+pub use parse::{parse_file, parse_object, yaml_documents};
 
 /// Optional durations written as `500ms`, `3s`.
 pub mod opt_duration {

@@ -31,13 +31,13 @@ pub fn parse_file(file: &str, text: &str) -> (Vec<Document>, Vec<DocError>) {
         index,
         name,
     };
-    let values: Vec<serde_json::Value> = match serde_saphyr::from_multiple(text) {
+    let values = match yaml_documents(text) {
         Ok(v) => v,
-        Err(e) => {
+        Err(problem) => {
             let err = DocError {
                 doc: at(0, None),
                 field: "(yaml)".into(),
-                problem: format!("not valid YAML: {e}"),
+                problem,
                 authz: None,
             };
             return (Vec::new(), vec![err]);
@@ -76,6 +76,13 @@ pub fn parse_file(file: &str, text: &str) -> (Vec<Document>, Vec<DocError>) {
         }
     }
     (docs, errors)
+}
+
+/// The documents of a YAML stream as Weft reads them, before any typing:
+/// what [`parse_file`] goes on to validate. (Tests hold this against a YAML
+/// 1.1 reader, which is what kubectl and Helm are.)
+pub fn yaml_documents(text: &str) -> Result<Vec<serde_json::Value>, String> {
+    serde_saphyr::from_multiple(text).map_err(|e| format!("not valid YAML: {e}"))
 }
 
 /// Parses and validates one document that is not from a file (an object
@@ -182,6 +189,9 @@ fn parse_document(value: serde_json::Value) -> Result<Document, FieldError> {
     } else {
         raw.spec
     };
+    if raw.kind == "TrafficPolicy" {
+        renamed_retry_on(&body)?;
+    }
     let spec = match raw.kind.as_str() {
         "MeshService" => Spec::MeshService(typed(body, "spec")?),
         "TrafficPolicy" => Spec::TrafficPolicy(typed(body, "spec")?),
@@ -194,6 +204,28 @@ fn parse_document(value: serde_json::Value) -> Result<Document, FieldError> {
     };
     validate(&doc)?;
     Ok(doc)
+}
+
+/// `retries.on` is now `retryOn`: YAML 1.1 readers (kubectl, Helm) take a
+/// plain `on` for the boolean `true` and send `"true": [...]`. Both
+/// spellings are refused naming the new field, not as unknown fields.
+fn renamed_retry_on(spec: &serde_json::Value) -> Result<(), FieldError> {
+    let Some(retries) = spec.get("retries").and_then(|r| r.as_object()) else {
+        return Ok(());
+    };
+    if retries.contains_key("on") {
+        return Err((
+            "spec.retries.on".into(),
+            "expected `retryOn` (the retry conditions), got `on`: the field was renamed, since YAML 1.1 readers such as kubectl and Helm take a plain `on` for the boolean `true`".into(),
+        ));
+    }
+    if retries.contains_key("true") {
+        return Err((
+            "spec.retries.true".into(),
+            "expected `retryOn` (the retry conditions), got `true`: a YAML 1.1 reader such as kubectl or Helm read the field's old name `on` as the boolean `true`".into(),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -291,9 +323,9 @@ spec:
 
     #[test]
     fn policy_validation() {
-        let doc = "apiVersion: weft.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {name: p}\nspec:\n  targetRef: {name: web}\n  retries: {attempts: 3, on: [5xx, teapot]}\n";
+        let doc = "apiVersion: weft.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {name: p}\nspec:\n  targetRef: {name: web}\n  retries: {attempts: 3, retryOn: [5xx, teapot]}\n";
         let (_, errors) = parse_file("p.yaml", doc);
-        assert_eq!(errors[0].field, "spec.retries.on[1]");
+        assert_eq!(errors[0].field, "spec.retries.retryOn[1]");
         let doc = "apiVersion: weft.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {name: p}\nspec:\n  timeouts: {request: 2s}\n";
         let (_, errors) = parse_file("p.yaml", doc);
         assert_eq!(errors[0].field, "spec.targetRef");
@@ -301,5 +333,50 @@ spec:
         let (_, errors) = parse_file("p.yaml", doc);
         assert_eq!(errors[0].field, "spec.timeouts.request");
         assert!(errors[0].problem.contains("expected a duration"));
+    }
+
+    /// `retries.on` was renamed `retryOn`; the old name, and the `true` a
+    /// YAML 1.1 reader makes of it, are refused naming the new one.
+    #[test]
+    fn retry_on_renamed() {
+        let doc = |retries: &str| {
+            format!("apiVersion: weft.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {{name: p, namespace: shop}}\nspec:\n  targetRef: {{name: web}}\n  retries:\n    attempts: 2\n    {retries}\n")
+        };
+        let (docs, errors) = parse_file("p.yaml", &doc("retryOn: [5xx, \"429\"]"));
+        assert!(errors.is_empty(), "{errors:?}");
+        let Spec::TrafficPolicy(p) = &docs[0].spec else {
+            panic!()
+        };
+        assert_eq!(p.retries.as_ref().unwrap().on, ["5xx", "429"]);
+
+        for (old, field) in [
+            ("on: [5xx]", "spec.retries.on"),
+            ("\"on\": [5xx]", "spec.retries.on"),
+            // What kubectl sends for a plain `on:`.
+            ("\"true\": [5xx]", "spec.retries.true"),
+            ("true: [5xx]", "spec.retries.true"),
+        ] {
+            let (docs, errors) = parse_file("p.yaml", &doc(old));
+            assert!(docs.is_empty(), "{old}");
+            let e = errors[0].to_string();
+            assert_eq!(errors[0].field, field, "{old}: {e}");
+            assert!(
+                e.starts_with(&format!(
+                    "p.yaml: document 0 (TrafficPolicy shop/p): field `{field}`: expected `retryOn`"
+                )),
+                "{old}: {e}"
+            );
+            assert!(e.contains("YAML 1.1"), "{e}");
+        }
+
+        // From the Kubernetes API (an object created without strict field
+        // validation): the same error.
+        let object = serde_json::json!({
+            "apiVersion": "weft.dev/v1alpha1", "kind": "TrafficPolicy",
+            "metadata": {"name": "p", "namespace": "shop"},
+            "spec": {"targetRef": {"name": "web"}, "retries": {"true": ["5xx"]}},
+        });
+        let e = parse_object("kubernetes", object).unwrap_err();
+        assert_eq!(e.field, "spec.retries.true");
     }
 }

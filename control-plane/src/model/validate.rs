@@ -121,7 +121,7 @@ pub(super) fn validate(doc: &Document) -> Result<(), FieldError> {
                         || on.parse::<u16>().is_ok_and(|c| (100..=599).contains(&c));
                     check(
                         known,
-                        format!("spec.retries.on[{i}]"),
+                        format!("spec.retries.retryOn[{i}]"),
                         format!("expected `5xx`, `gateway-error`, `connect-failure`, `reset` or a status code, got `{on}`"),
                     )?;
                 }

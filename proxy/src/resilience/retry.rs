@@ -26,6 +26,8 @@ pub const MAX_REPLAY: usize = 64 * 1024;
 pub struct RetryPolicy {
     /// Retries after the first try.
     pub attempts: u32,
+    /// `retryOn` in `/config`, as in the TrafficPolicy it comes from.
+    #[serde(rename = "retryOn")]
     pub on: RetryOn,
     /// gRPC status codes to retry.
     #[serde(serialize_with = "crate::grpc::ser_codes")]
