@@ -21,8 +21,10 @@
 //! - The weft-control arguments of every combination parse with
 //!   weft-control's own parser (`weft_control::app::Config`, what
 //!   `run_cli` uses: an error there is exit 64, a crash loop in a cluster).
-//! - `extraArgs` replaces a flag the chart sets; with the webhook off
-//!   nothing of it is rendered, the Service port included.
+//! - values.schema.json refuses misspelt keys, wrong types and values out
+//!   of their set or range, at lint and at install (`helm template` runs
+//!   the same check); `extraArgs` replaces a flag the chart sets; with the
+//!   webhook off nothing of it is rendered, the Service port included.
 //!
 //! Every tool run has a deadline (`tool::TOOL_TIMEOUT`).
 
@@ -40,7 +42,7 @@ use serde_json::Value;
 use weft_control::app::Config;
 use weft_tests::TempDir;
 
-use cases::{cases, Case};
+use cases::{cases, pem, Case};
 use references::references;
 use tool::{helm_lint, helm_template, tools, validate};
 
@@ -334,6 +336,72 @@ fn without_the_webhook_nothing_of_it_is_rendered() {
         .collect();
     assert_eq!(ports, ["grpc", "admin", "webhook"]);
     assert_eq!(of_kind(&on.docs, "MutatingWebhookConfiguration").len(), 1);
+}
+
+#[test]
+fn bad_values_fail_at_lint_and_at_install() {
+    if !tools() {
+        return;
+    }
+    let dir = TempDir::new();
+    let float_tag = dir.write("float-tag.yaml", "image:\n  tag: 1.10\n");
+    let float_tag = float_tag.display().to_string();
+    let pem_bundle = format!("webhook.certificate.caBundle={}", pem());
+    // (flags, what the error must name)
+    let bad: &[(&[&str], &str)] = &[
+        (&["--set", "webhook.podOptIn=maybe"], "webhook.podOptIn"),
+        (
+            &["--set", "webhook.failurePolicy=ignore"],
+            "webhook.failurePolicy",
+        ),
+        (&["--set", "webhook.timeoutSeconds=31"], "webhook.timeoutSeconds"),
+        (&["--set", "webhook.enable=false"], "enable"),
+        (
+            &["--set", "controlPlane.antiAffinity=soft"],
+            "controlPlane.antiAffinity",
+        ),
+        (&["--set", "controlPlane.replicas=0"], "controlPlane.replicas"),
+        (&["--set", "controlPlane.grpcPort=70000"], "controlPlane.grpcPort"),
+        (
+            &["--set", "controlPlane.podLabels.team=1"],
+            "controlPlane.podLabels.team",
+        ),
+        (
+            &["--set-json", r#"controlPlane.extraArgs="--x""#],
+            "controlPlane.extraArgs",
+        ),
+        (&["--set", "image.pullPolicy=always"], "image.pullPolicy"),
+        (&["-f", &float_tag], "image.tag"),
+        (&["--set", "identity.certLifetime=24"], "identity.certLifetime"),
+        (&["--set", "identity.tokenReview=yes"], "identity.tokenReview"),
+        (
+            &["--set", "identity.trustAnchorsPEM=bundle.pem"],
+            "identity.trustAnchorsPEM",
+        ),
+        (&["--set", &pem_bundle], "webhook.certificate.caBundle"),
+        (&["--set", "mesh.trustDomain=Prod.Example"], "mesh.trustDomain"),
+    ];
+    let mut problems = Vec::new();
+    for (flags, field) in bad {
+        let args: Vec<String> = flags.iter().map(|f| f.to_string()).collect();
+        let lint = helm_lint("weft-system", &args);
+        let install = helm_template("weft", "weft-system", OLDEST, &args);
+        let lint_out = format!("{}{}", lint.stdout, lint.stderr);
+        if lint.ok || !lint_out.contains(field) {
+            problems.push(format!("helm lint {flags:?}: ok={} {lint_out}", lint.ok));
+        }
+        if install.ok || !install.stderr.contains(field) {
+            problems.push(format!(
+                "helm template {flags:?}: ok={} {}",
+                install.ok, install.stderr
+            ));
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "not refused, or not naming the value:\n{}",
+        problems.join("\n")
+    );
 }
 
 /// Every path to a leaf of a values tree (an empty map or list is a leaf).
