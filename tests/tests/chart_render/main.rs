@@ -25,10 +25,13 @@
 //!   of their set or range, at lint and at install (`helm template` runs
 //!   the same check); `extraArgs` replaces a flag the chart sets; with the
 //!   webhook off nothing of it is rendered, the Service port included.
+//! - The CA and webhook certificate Helm generates work in weft-control
+//!   (`certificates`).
 //!
 //! Every tool run has a deadline (`tool::TOOL_TIMEOUT`).
 
 mod cases;
+mod certificates;
 mod references;
 mod tool;
 
