@@ -1,6 +1,6 @@
-//! The Helm chart (`charts/weft`), checked without `helm`: no Helm binary
-//! or Kubernetes API server runs on our CI machines, so the templates are
-//! never rendered here. What can be checked statically is:
+//! The Helm chart (`charts/weft`), checked by reading it, without `helm`
+//! (which `chart_render/` runs: lint, the rendered objects against the
+//! Kubernetes schemas, weft-control's flags). What is checked here:
 //!
 //! - `Chart.yaml`, `values.yaml` and `crds/*.yaml` parse; Chart.yaml's
 //!   appVersion is the workspace version (the image tag);
