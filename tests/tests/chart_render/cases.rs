@@ -102,6 +102,8 @@ webhook:
                 "mesh.trustDomain=prod.example.org",
                 "--set",
                 "mesh.clusterDomain=k8s.internal",
+                "--set",
+                "mesh.requireMtls=true",
             ],
         ),
         case("one replica: no PDB", &["--set", "controlPlane.replicas=1"]),

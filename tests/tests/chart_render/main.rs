@@ -293,6 +293,28 @@ fn extra_args_replace_a_flag_the_chart_sets() {
 }
 
 #[test]
+fn require_mtls_reaches_weft_control_only_when_set() {
+    let Some(defaults) = args_with_extra("[]") else {
+        return;
+    };
+    assert!(!parse_args(&defaults).unwrap().require_mtls, "{defaults:?}");
+    let r = helm_template(
+        "weft",
+        "weft-system",
+        OLDEST,
+        &["--set".into(), "mesh.requireMtls=true".into()],
+    );
+    assert!(r.ok, "{}", r.stderr);
+    let args = control_args(&documents(&r.stdout));
+    assert_eq!(
+        args.iter().filter(|a| *a == "--require-mtls").count(),
+        1,
+        "{args:?}"
+    );
+    assert!(parse_args(&args).unwrap().require_mtls);
+}
+
+#[test]
 fn without_the_webhook_nothing_of_it_is_rendered() {
     let Some(renders) = renders() else { return };
     let off = renders
