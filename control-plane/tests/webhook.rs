@@ -314,8 +314,14 @@ async fn call(
     Ok((status, rsp.into_body().collect().await.unwrap().to_bytes()))
 }
 
-#[tokio::test]
-async fn over_https_the_api_server_gets_a_patch_and_the_certificate_reloads() {
+/// A webhook serving a fresh self-signed certificate (in `dir`, trusted
+/// as `root`) on `addr`.
+async fn serve_webhook() -> (
+    TempDir,
+    rustls_pki_types::CertificateDer<'static>,
+    SocketAddr,
+    tokio::task::JoinHandle<()>,
+) {
     let dir = TempDir::new();
     let root = write_cert(dir.path());
     let webhook = Webhook::bind_with(
@@ -327,7 +333,12 @@ async fn over_https_the_api_server_gets_a_patch_and_the_certificate_reloads() {
     .await
     .unwrap();
     let addr = webhook.local_addr();
-    let server = tokio::spawn(webhook.serve());
+    (dir, root, addr, tokio::spawn(webhook.serve()))
+}
+
+#[tokio::test]
+async fn over_https_the_api_server_gets_a_patch_and_the_certificate_reloads() {
+    let (dir, root, addr, server) = serve_webhook().await;
 
     let review_json = pod_create();
     let body = review_json.to_string().into_bytes();
@@ -390,18 +401,7 @@ async fn over_https_the_api_server_gets_a_patch_and_the_certificate_reloads() {
 /// the first ones stay usable.
 #[tokio::test]
 async fn the_webhook_bounds_bodies_and_connections() {
-    let dir = TempDir::new();
-    let root = write_cert(dir.path());
-    let webhook = Webhook::bind_with(
-        "127.0.0.1:0".parse().unwrap(),
-        &dir.path().join("tls.crt"),
-        &dir.path().join("tls.key"),
-        cfg(),
-    )
-    .await
-    .unwrap();
-    let addr = webhook.local_addr();
-    let server = tokio::spawn(webhook.serve());
+    let (_dir, root, addr, server) = serve_webhook().await;
     let (status, msg) = call(addr, &root, true, "POST", "/inject", vec![b'x'; 5 * 1024 * 1024])
         .await
         .unwrap();
