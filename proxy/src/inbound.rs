@@ -170,7 +170,7 @@ impl Inbound {
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let Some(creds) = self.identity.as_ref().and_then(|i| i.current()) else {
+        let Some((identity, creds)) = self.identity.clone().and_then(|i| i.current().map(|c| (i, c))) else {
             tracing::info!(%peer, "TLS from a peer, but this proxy has no certificate; closing");
             return;
         };
@@ -203,10 +203,6 @@ impl Inbound {
                 // expires or the trust anchors change; the caller
                 // reconnects with what is current. (TCP tunnels carry one
                 // app connection each and are left to end with it.)
-                let identity = self
-                    .identity
-                    .clone()
-                    .expect("TLS is served only with an identity");
                 let ends = async move { identity.authentication_ends(&creds, peer_until).await };
                 self.serve_conn(tls, AppProtocol::Http2, conn, ends).await
             }

@@ -109,7 +109,12 @@ impl Connector {
             None => builder.with_no_client_auth(),
             Some(identity) => {
                 identity.ready().await;
-                let creds = identity.current().expect("ready means a certificate");
+                let creds = identity.current().ok_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::NotConnected,
+                        "no certificate yet for the control plane",
+                    )
+                })?;
                 builder
                     .with_client_auth_cert(creds.chain.clone(), creds.key())
                     .map_err(io::Error::other)?

@@ -1,0 +1,293 @@
+use super::*;
+use crate::testing::documents;
+
+fn service(name: &str, addrs: &[&str]) -> String {
+    let eps: String = addrs
+        .iter()
+        .map(|a| format!("    - address: {a}\n      proxy: 127.0.0.1:4143\n"))
+        .collect();
+    format!(
+        "apiVersion: weft.dev/v1alpha1\nkind: MeshService\nmetadata: {{name: {name}, namespace: demo}}\nspec:\n  endpoints:\n{eps}---\n"
+    )
+}
+
+fn endpoints(state: &DestinationState) -> Vec<String> {
+    match &state.view {
+        DestinationView::Found { endpoints, .. } => endpoints.keys().cloned().collect(),
+        DestinationView::NotFound => panic!("not found"),
+    }
+}
+
+#[test]
+fn target_names_resolve_like_kubernetes_dns() {
+    let index = Index::new(IndexConfig::default());
+    let svc = |ns: &str, name: &str, port| {
+        Some(Target::Service {
+            namespace: ns.into(),
+            name: name.into(),
+            port,
+        })
+    };
+    assert_eq!(index.parse_target("web", "demo"), svc("demo", "web", 80));
+    assert_eq!(index.parse_target("web:8080", "demo"), svc("demo", "web", 8080));
+    assert_eq!(index.parse_target("web.prod", "demo"), svc("prod", "web", 80));
+    assert_eq!(
+        index.parse_target("web.prod.svc.cluster.local:9", "demo"),
+        svc("prod", "web", 9)
+    );
+    assert_eq!(
+        index.parse_target("10.0.0.1:80", "demo"),
+        Some(Target::Address("10.0.0.1:80".parse().unwrap()))
+    );
+    assert_eq!(index.parse_target("www.example.com.au", "demo"), None);
+}
+
+#[tokio::test]
+async fn watchers_see_endpoints_come_and_go() {
+    let index = Index::new(IndexConfig::default());
+    let target = index.parse_target("backend", "demo").unwrap();
+    let mut rx = index.watch_destination(target);
+    assert_eq!(rx.borrow_and_update().view, DestinationView::NotFound);
+
+    index.apply(
+        "files",
+        documents(&service("backend", &["127.0.0.1:1", "127.0.0.1:2"])),
+    );
+    assert!(rx.has_changed().unwrap());
+    let state = rx.borrow_and_update().clone();
+    assert_eq!(endpoints(&state), ["127.0.0.1:1", "127.0.0.1:2"]);
+    let DestinationView::Found {
+        endpoints: eps,
+        service: svc_ref,
+        ..
+    } = &state.view
+    else {
+        panic!()
+    };
+    assert_eq!(
+        eps["127.0.0.1:1"].identity,
+        "spiffe://cluster.local/ns/demo/sa/backend"
+    );
+    assert_eq!(svc_ref.protocol, "http");
+
+    // The same documents again: no update.
+    index.apply(
+        "files",
+        documents(&service("backend", &["127.0.0.1:1", "127.0.0.1:2"])),
+    );
+    assert!(!rx.has_changed().unwrap());
+
+    index.apply("files", documents(&service("backend", &["127.0.0.1:2"])));
+    let state = rx.borrow_and_update().clone();
+    assert_eq!(endpoints(&state), ["127.0.0.1:2"]);
+    assert_eq!(state.version, 3);
+
+    index.apply("files", vec![]);
+    assert_eq!(rx.borrow_and_update().view, DestinationView::NotFound);
+}
+
+#[tokio::test]
+async fn routes_and_policies_ride_on_the_destination() {
+    let index = Index::new(IndexConfig::default());
+    let mut yaml = service("backend", &["127.0.0.1:1"]);
+    yaml.push_str(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: split, namespace: demo}\nspec:\n  parentRefs: [{name: backend}]\n  rules:\n    - matches: [{path: {type: PathPrefix, value: /api}}]\n      backendRefs: [{name: backend-v1, weight: 90}, {name: backend-v2, weight: 10}]\n      timeouts: {request: 2s}\n---\napiVersion: weft.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {name: tp, namespace: demo}\nspec:\n  targetRef: {name: backend}\n  loadBalancer: roundRobin\n  timeouts: {request: 5s}\n",
+    );
+    index.apply("files", documents(&yaml));
+    let rx = index.watch_destination(index.parse_target("backend.demo:80", "other").unwrap());
+    let state = rx.borrow().clone();
+    let DestinationView::Found { policy, .. } = &state.view else {
+        panic!()
+    };
+    assert_eq!(policy.routes.len(), 1);
+    let route = &policy.routes[0];
+    assert_eq!(route.timeout_ms, 2000);
+    assert_eq!(route.matches[0].path, "/api");
+    assert_eq!(
+        route.backends[0].authority,
+        "backend-v1.demo.svc.cluster.local:80"
+    );
+    assert_eq!(route.backends[1].weight, 10);
+    assert_eq!(policy.load_balancer, api::LoadBalancer::RoundRobin as i32);
+    assert_eq!(policy.timeouts.as_ref().unwrap().request_ms, 5000);
+}
+
+#[tokio::test]
+async fn each_endpoint_has_its_own_identity_and_mtls_can_be_required() {
+    const MIXED: &str = "apiVersion: weft.dev/v1alpha1\nkind: MeshService\nmetadata: {name: cart, namespace: shop}\nspec:\n  serviceAccount: cart\n  endpoints:\n    - {address: 10.0.0.1:8080, proxy: 10.0.0.1:4143}\n    - {address: 10.0.0.2:8080, proxy: 10.0.0.2:4143, serviceAccount: cart-canary}\n    - {address: 10.0.0.3:8080}\n";
+    let view = |index: &Arc<Index>| {
+        let rx = index.watch_destination(index.parse_target("cart.shop:80", "shop").unwrap());
+        let state = rx.borrow().clone();
+        let DestinationView::Found {
+            endpoints, policy, ..
+        } = &state.view
+        else {
+            panic!()
+        };
+        (endpoints.clone(), policy.clone())
+    };
+    let index = Index::new(IndexConfig::default());
+    index.apply("files", documents(MIXED));
+    let (eps, policy) = view(&index);
+    let ids: Vec<&str> = eps.values().map(|e| e.identity.as_str()).collect();
+    assert_eq!(
+        ids,
+        [
+            "spiffe://cluster.local/ns/shop/sa/cart",
+            "spiffe://cluster.local/ns/shop/sa/cart-canary",
+            "",
+        ]
+    );
+    assert!(!policy.require_mtls, "optional by default");
+
+    let required = format!("{MIXED}---\napiVersion: weft.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {{name: cart, namespace: shop}}\nspec:\n  targetRef: {{name: cart}}\n  mtls: required\n");
+    index.apply("files", documents(&required));
+    assert!(view(&index).1.require_mtls);
+
+    // The mesh-wide default, and a policy opting one service out.
+    let strict = Index::new(IndexConfig {
+        require_mtls: true,
+        ..IndexConfig::default()
+    });
+    strict.apply("files", documents(MIXED));
+    assert!(view(&strict).1.require_mtls);
+    strict.apply(
+        "files",
+        documents(&required.replace("mtls: required", "mtls: optional")),
+    );
+    assert!(!view(&strict).1.require_mtls);
+}
+
+#[tokio::test]
+async fn endpoint_address_lookup_and_inbound_policy() {
+    let index = Index::new(IndexConfig::default());
+    let mut yaml = service("backend", &["10.0.0.7:8080"]);
+    yaml.push_str("apiVersion: weft.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: ap, namespace: demo}\nspec:\n  targetRef: {name: backend, port: 80}\n  mtls: strict\n  rules:\n    - from: {namespaces: [demo]}\n      to: {methods: [GET]}\n  rateLimit: {requestsPerSecond: 100, burst: 10}\n");
+    index.apply("files", documents(&yaml));
+    let rx = index.watch_destination(Target::Address("10.0.0.7:8080".parse().unwrap()));
+    assert_eq!(endpoints(&rx.borrow()), ["10.0.0.7:8080"]);
+
+    // By the service port, and by the port its endpoint serves.
+    assert!(!index.watch_inbound("demo/backend", 8080).borrow().default_allow);
+    let mut inbound = index.watch_inbound("demo/backend", 80);
+    let policy = inbound.borrow_and_update().clone();
+    assert!(!policy.default_allow);
+    assert_eq!(policy.mtls, api::MtlsMode::Strict as i32);
+    assert_eq!(policy.rules[0].namespaces, ["demo"]);
+    assert_eq!(policy.rate_limit.as_ref().unwrap().total_rps, 100.0);
+    index.apply("files", documents(&service("backend", &["10.0.0.7:8080"])));
+    assert!(
+        inbound.borrow_and_update().default_allow,
+        "policy removed: default allow"
+    );
+}
+
+#[test]
+fn a_pod_ip_resolves_on_each_of_its_service_ports() {
+    let index = Index::new(IndexConfig::default());
+    let yaml = "apiVersion: weft.dev/v1alpha1\nkind: MeshService\nmetadata: {name: broker, namespace: demo}\nspec:\n  ports: [{port: 8080}, {port: 1883, protocol: tcp}]\n  endpoints:\n    - address: 10.0.0.7:8080\n      proxy: 10.0.0.7:4143\n";
+    index.apply("files", documents(yaml));
+    let rx = index.watch_destination(Target::Address("10.0.0.7:1883".parse().unwrap()));
+    let state = rx.borrow().clone();
+    let DestinationView::Found {
+        service, endpoints, ..
+    } = &state.view
+    else {
+        panic!("not found")
+    };
+    assert_eq!((service.name.as_str(), service.port), ("broker", 1883));
+    assert_eq!(service.protocol, "tcp");
+    let e = &endpoints["10.0.0.7:1883"];
+    assert_eq!(e.proxy_address, "10.0.0.7:4143");
+    assert_eq!(e.identity, "spiffe://cluster.local/ns/demo/sa/broker");
+    // A port the service does not have, or another IP: not the mesh's.
+    for other in ["10.0.0.7:9999", "10.0.0.8:1883"] {
+        let rx = index.watch_destination(Target::Address(other.parse().unwrap()));
+        assert_eq!(rx.borrow().view, DestinationView::NotFound, "{other}");
+    }
+}
+
+#[tokio::test]
+async fn synced_once_every_configured_source_applied() {
+    let index = Index::new(IndexConfig {
+        sources: vec!["files".into(), "kubernetes".into()],
+        ..IndexConfig::default()
+    });
+    let pending = || tokio::time::timeout(Duration::from_millis(20), index.synced());
+    assert!(!index.is_synced());
+    assert!(pending().await.is_err(), "not synced before any source");
+    index.apply("files", documents(&service("backend", &["127.0.0.1:1"])));
+    assert!(!index.is_synced(), "one of two sources");
+    assert_eq!(index.unsynced_sources(), ["kubernetes"]);
+    assert!(pending().await.is_err());
+    index.apply("kubernetes", vec![]);
+    assert!(index.is_synced());
+    assert!(pending().await.is_ok());
+    assert!(index.unsynced_sources().is_empty());
+    // Later applies never unsync it.
+    index.apply("kubernetes", vec![]);
+    assert!(index.is_synced());
+    assert!(
+        Index::new(IndexConfig::default()).is_synced(),
+        "no sources: synced at once"
+    );
+}
+
+fn deny_all(name: &str, target: &str, port: Option<u16>) -> Document {
+    Document {
+        meta: Metadata {
+            name: name.into(),
+            namespace: "demo".into(),
+            labels: BTreeMap::new(),
+            annotations: BTreeMap::new(),
+        },
+        spec: Spec::DenyAll(crate::model::DenyAll {
+            target: crate::model::TargetRef {
+                kind: "Service".into(),
+                name: target.into(),
+                port,
+            },
+            field: "metadata.name".into(),
+            reason: "bad name".into(),
+        }),
+    }
+}
+
+#[tokio::test]
+async fn a_deny_all_stand_in_closes_its_target_and_adds_no_rules() {
+    let index = Index::new(IndexConfig::default());
+    let mut docs = documents(&service("backend", &["10.0.0.7:8080"]));
+    docs.push(deny_all("bad", "backend", Some(80)));
+    index.apply("files", docs.clone());
+    let mut inbound = index.watch_inbound("demo/backend", 8080);
+    let policy = inbound.borrow_and_update().clone();
+    assert!(!policy.default_allow, "the invalid policy's port is not open");
+    assert!(policy.rules.is_empty(), "and admits no one");
+    assert_eq!(policy.mtls, api::MtlsMode::Strict as i32);
+    assert!(
+        policy.sources[0].starts_with("demo/bad (invalid `metadata.name`"),
+        "{:?}",
+        policy.sources
+    );
+    // Another port of the service is not its target.
+    assert!(index.watch_inbound("demo/backend", 9999).borrow().default_allow);
+
+    // Beside a valid policy on the port: only the valid one's rules.
+    docs.extend(documents("apiVersion: weft.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: good, namespace: demo}\nspec:\n  targetRef: {name: backend}\n  rules: [{from: {namespaces: [web]}}]\n"));
+    index.apply("files", docs);
+    let policy = inbound.borrow_and_update().clone();
+    assert!(!policy.default_allow);
+    assert_eq!(policy.rules.len(), 1);
+    assert_eq!(policy.rules[0].namespaces, ["web"]);
+    assert_eq!(policy.mtls, api::MtlsMode::Strict as i32);
+}
+
+#[test]
+fn unwatched_destinations_are_forgotten() {
+    let index = Index::new(IndexConfig::default());
+    let rx = index.watch_destination(index.parse_target("a", "demo").unwrap());
+    assert_eq!(index.stats().watched_destinations, 1);
+    drop(rx);
+    index.apply("files", vec![]);
+    assert_eq!(index.stats().watched_destinations, 0);
+}
