@@ -2,7 +2,7 @@
 //! `genSignedCertWithKey`, `genPrivateKey`), used as weft-control uses
 //! them: the issuer CA signs, and the injector serves its certificate to a
 //! client that trusts only the webhook's `caBundle` and checks the name
-//! the API server dials. tests/tests/identity.rs checks a CA made by
+//! the API server dials. tests/tests/identity/main.rs checks a CA made by
 //! rcgen the way Sprig makes one; these are Helm's own.
 
 use std::net::SocketAddr;
