@@ -260,6 +260,23 @@ pub async fn collect(rsp: Response<Incoming>) -> (StatusCode, HeaderMap, Bytes, 
     (parts.status, parts.headers, collected.to_bytes(), trailers)
 }
 
+/// `GET /` with `Host: host` through a client proxy's `outbound` listener,
+/// on a fresh connection: the status, and which [`echo_app`] served it.
+pub async fn get_echo(outbound: SocketAddr, host: &str) -> (StatusCode, Option<String>) {
+    let mut c = h1_client(outbound).await;
+    let req = Request::get("/")
+        .header("host", host)
+        .body(full(Bytes::new()))
+        .unwrap();
+    let (status, headers, _, _) = collect(c.send_request(req).await.unwrap()).await;
+    (
+        status,
+        headers
+            .get("x-echo-server")
+            .map(|v| v.to_str().unwrap().to_string()),
+    )
+}
+
 /// Writes `request` on a fresh connection and reads until the server closes
 /// (or 5 s pass). Returns what came back.
 pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {

@@ -74,18 +74,7 @@ fn client_proxy(control: &ControlProc) -> ProxyProc {
 
 /// GET http://echo/ through `outbound`; returns status and the serving app.
 async fn call(outbound: SocketAddr, host: &str) -> (StatusCode, Option<String>) {
-    let mut c = h1_client(outbound).await;
-    let req = Request::get("/")
-        .header("host", host)
-        .body(full(Bytes::new()))
-        .unwrap();
-    let (status, headers, _, _) = collect(c.send_request(req).await.unwrap()).await;
-    (
-        status,
-        headers
-            .get("x-echo-server")
-            .map(|v| v.to_str().unwrap().to_string()),
-    )
+    get_echo(outbound, host).await
 }
 
 /// Which apps served 20 calls.

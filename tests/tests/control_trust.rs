@@ -89,18 +89,7 @@ async fn no_token_crosses_the_control_channel_in_the_clear() {
 }
 
 async fn call(outbound: SocketAddr) -> (StatusCode, Option<String>) {
-    let mut c = h1_client(outbound).await;
-    let req = Request::get("/")
-        .header("host", "echo")
-        .body(full(Bytes::new()))
-        .unwrap();
-    let (status, headers, _, _) = collect(c.send_request(req).await.unwrap()).await;
-    (
-        status,
-        headers
-            .get("x-echo-server")
-            .map(|v| v.to_str().unwrap().to_string()),
-    )
+    get_echo(outbound, "echo").await
 }
 
 fn echo_service(app: SocketAddr) -> String {
