@@ -48,7 +48,7 @@ struct H2Slot {
     /// earlier of the two certificates' expiry) and the trust anchors it
     /// was checked under. Past that, or once the anchors change, the
     /// connection is not reused; dropping it lets its streams finish.
-    authenticated: Option<(SystemTime, Vec<Vec<u8>>)>,
+    authenticated: Option<(SystemTime, Arc<[Vec<u8>]>)>,
     /// Held while connecting, so a burst of requests opens one connection.
     connecting: Arc<tokio::sync::Mutex<()>>,
 }
@@ -106,7 +106,7 @@ impl Clients {
         addr: SocketAddr,
         identity: Option<&str>,
         alpn: &[u8],
-    ) -> Result<(BoxIo, Option<(SystemTime, Vec<Vec<u8>>)>), ProxyError> {
+    ) -> Result<(BoxIo, Option<(SystemTime, Arc<[Vec<u8>]>)>), ProxyError> {
         let tcp = self.connect(addr).await?;
         let (Some(expected), Some(me)) = (identity, &self.identity) else {
             return Ok((Box::new(tcp), None));
@@ -240,7 +240,7 @@ impl Clients {
             .filter(|c| !fresh && !c.is_closed() && c.is_ready())?;
         if let Some((until, anchors)) = &slot.authenticated {
             let current = self.identity.as_ref().and_then(|i| i.current());
-            if SystemTime::now() >= *until || current.is_none_or(|c| c.anchors != *anchors) {
+            if SystemTime::now() >= *until || current.is_none_or(|c| !Arc::ptr_eq(&c.anchors, anchors)) {
                 return None;
             }
         }

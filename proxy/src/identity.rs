@@ -47,8 +47,10 @@ pub struct Creds {
     /// The certificate and its intermediates, as sent to peers.
     pub chain: Vec<CertificateDer<'static>>,
     key: PrivatePkcs8KeyDer<'static>,
-    /// The trust anchors (DER) peers are checked against.
-    pub anchors: Vec<Vec<u8>>,
+    /// The trust anchors (DER) peers are checked against. A renewal that
+    /// brings the same anchors shares this allocation, so "did the anchors
+    /// change" is a pointer comparison ([`Arc::ptr_eq`]) on the data path.
+    pub anchors: Arc<[Vec<u8>]>,
 }
 
 impl Creds {
@@ -202,7 +204,7 @@ impl Identity {
                     if changed.is_err() {
                         return;
                     }
-                    if self.current().is_some_and(|c| c.anchors != creds.anchors) {
+                    if self.current().is_some_and(|c| !Arc::ptr_eq(&c.anchors, &creds.anchors)) {
                         return;
                     }
                 }
@@ -348,7 +350,10 @@ impl Identity {
             valid_until: SystemTime::UNIX_EPOCH + Duration::from_secs(rsp.valid_until.max(0) as u64),
             chain,
             key: pkcs8,
-            anchors: rsp.trust_anchors,
+            anchors: match self.current() {
+                Some(prev) if *prev.anchors == rsp.trust_anchors[..] => prev.anchors.clone(),
+                _ => rsp.trust_anchors.into(),
+            },
         })
     }
 }
