@@ -172,6 +172,46 @@ fn bad_config_exits_64_naming_file_field_and_expectation() {
     assert!(err.contains("not valid YAML"), "{err}");
 }
 
+/// A control plane is trusted only over TLS, by its trust anchors, with a
+/// token for the first certificate: each missing piece stops the proxy at
+/// start (exit 64) with the field named, never a plaintext channel.
+#[test]
+fn a_control_plane_without_tls_or_trust_anchors_is_refused_at_start() {
+    let dir = TempDir::new();
+    let token = dir.write("token", "a-token-0123456789");
+    let not_pem = dir.write("anchors.pem", "not a certificate");
+    for (config, field, says) in [
+        (
+            "controlPlane: http://127.0.0.1:8086\n".to_string(),
+            "controlPlane",
+            "always TLS",
+        ),
+        (
+            format!("controlPlane: https://127.0.0.1:8086\nidentityTokenFile: {}\n", token.display()),
+            "trustAnchors",
+            "trust anchors",
+        ),
+        (
+            format!(
+                "controlPlane: https://127.0.0.1:8086\nidentityTokenFile: {}\ntrustAnchors: {}\n",
+                token.display(),
+                not_pem.display()
+            ),
+            "trustAnchors",
+            "PEM certificate",
+        ),
+        (
+            format!("controlPlane: https://127.0.0.1:8086\ntrustAnchors: {}\n", not_pem.display()),
+            "identityTokenFile",
+            "token file",
+        ),
+    ] {
+        let (code, err) = run_proxy_with(&config);
+        assert_eq!(code, Some(64), "{config}: {err}");
+        assert!(err.contains(field) && err.contains(says), "{config}: {err}");
+    }
+}
+
 #[test]
 fn bad_endpoints_file_exits_64_naming_it() {
     let dir = TempDir::new();
