@@ -408,13 +408,7 @@ async fn weft_control_in_kubernetes_mode_serves_grpc_watchers() {
     let api = FakeApi::start().await;
     seed(&api);
     let dir = TempDir::new();
-    let kubeconfig = dir.write(
-        "kubeconfig",
-        &format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: http://{}\ncontexts:\n- name: test\n  context: {{cluster: test, user: test, namespace: shop}}\ncurrent-context: test\nusers:\n- name: test\n  user: {{}}\n",
-            api.addr
-        ),
-    );
+    let kubeconfig = kubeconfig(&api, &dir);
     let grpc = TcpListener::bind("127.0.0.1:0")
         .await
         .unwrap()
@@ -425,7 +419,7 @@ async fn weft_control_in_kubernetes_mode_serves_grpc_watchers() {
         "- {namespace: web, serviceAccount: default, token: web-token-0123456789}\n",
     );
     let anchors = dir.path().join("trust-anchors.pem");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_weft-control"))
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_weft-control"))
         .args([
             "--kubernetes",
             "--grpc-listen",
@@ -443,17 +437,7 @@ async fn weft_control_in_kubernetes_mode_serves_grpc_watchers() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _guard = Kill(std::mem::replace(
-        &mut child,
-        std::process::Command::new("true").spawn().unwrap(),
-    ));
+    let _guard = Child(child);
 
     // As a proxy does: a certificate over server-authenticated TLS, then
     // the watch over mutual TLS.
@@ -562,13 +546,7 @@ async fn slow_lists_keep_weft_control_unready_and_watches_waiting() {
     api.state.lock().unwrap().list_delay = LIST_DELAY;
 
     let dir = TempDir::new();
-    let kubeconfig = dir.write(
-        "kubeconfig",
-        &format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: http://{}\ncontexts:\n- name: test\n  context: {{cluster: test, user: test, namespace: shop}}\ncurrent-context: test\nusers:\n- name: test\n  user: {{}}\n",
-            api.addr
-        ),
-    );
+    let kubeconfig = kubeconfig(&api, &dir);
     let (grpc, admin) = (free_port(), free_port());
     let started = tokio::time::Instant::now();
     let tokens = dir.write(
@@ -589,14 +567,7 @@ async fn slow_lists_keep_weft_control_unready_and_watches_waiting() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _guard = Kill(child);
+    let _guard = Child(child);
 
     // Up, and not ready: the lists have not answered.
     let mut ready = None;

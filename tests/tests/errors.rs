@@ -187,7 +187,10 @@ fn a_control_plane_without_tls_or_trust_anchors_is_refused_at_start() {
             "always TLS",
         ),
         (
-            format!("controlPlane: https://127.0.0.1:8086\nidentityTokenFile: {}\n", token.display()),
+            format!(
+                "controlPlane: https://127.0.0.1:8086\nidentityTokenFile: {}\n",
+                token.display()
+            ),
             "trustAnchors",
             "trust anchors",
         ),
@@ -201,7 +204,10 @@ fn a_control_plane_without_tls_or_trust_anchors_is_refused_at_start() {
             "PEM certificate",
         ),
         (
-            format!("controlPlane: https://127.0.0.1:8086\ntrustAnchors: {}\n", not_pem.display()),
+            format!(
+                "controlPlane: https://127.0.0.1:8086\ntrustAnchors: {}\n",
+                not_pem.display()
+            ),
             "identityTokenFile",
             "token file",
         ),
