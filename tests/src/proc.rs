@@ -217,6 +217,16 @@ impl ProxyProc {
         self.proc.pid()
     }
 
+    /// Waits (up to 15 s) until `/ready` answers 200: started, and holding
+    /// a fresh certificate when it has an identity. Before that its inbound
+    /// listener refuses mesh TLS.
+    pub async fn ready(&self) {
+        crate::eventually(Duration::from_secs(15), "the proxy is ready", || async {
+            (crate::apps::admin_get(self.addrs.admin, "/ready").await.0 == http::StatusCode::OK).then_some(())
+        })
+        .await;
+    }
+
     pub fn logs(&self) -> String {
         self.proc.logs()
     }

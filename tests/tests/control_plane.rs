@@ -26,6 +26,7 @@ async fn workload(control: &ControlProc) -> Workload {
         app.addr.port(),
         control.proxy_config("demo", "echo")
     ));
+    proxy.ready().await;
     Workload { app, proxy }
 }
 
@@ -68,8 +69,10 @@ fn mesh_service(name: &str, replicas: &[&Workload]) -> String {
     )
 }
 
-fn client_proxy(control: &ControlProc) -> ProxyProc {
-    ProxyProc::start(&control.proxy_config("demo", "default"))
+async fn client_proxy(control: &ControlProc) -> ProxyProc {
+    let proxy = ProxyProc::start(&control.proxy_config("demo", "default"));
+    proxy.ready().await;
+    proxy
 }
 
 /// GET http://echo/ through `outbound`; returns status and the serving app.
@@ -95,7 +98,7 @@ async fn endpoints_follow_the_yaml_file_without_losing_requests() {
     let control = ControlProc::start(dir.path(), "127.0.0.1:0".parse().unwrap());
     let (a, b) = (workload(&control).await, workload(&control).await);
     publish(&control, &file, &mesh_service("echo", &[&a]), 1).await;
-    let client = client_proxy(&control);
+    let client = client_proxy(&control).await;
     let out = client.addrs.outbound;
     let (a_addr, b_addr) = (a.app.addr.to_string(), b.app.addr.to_string());
 
@@ -148,7 +151,7 @@ async fn proxy_rides_out_a_control_plane_restart() {
     let mut control = ControlProc::start(dir.path(), "127.0.0.1:0".parse().unwrap());
     let (a, b) = (workload(&control).await, workload(&control).await);
     publish(&control, &file, &mesh_service("echo", &[&a]), 1).await;
-    let client = client_proxy(&control);
+    let client = client_proxy(&control).await;
     let out = client.addrs.outbound;
     assert_eq!(call(out, "echo").await.0, StatusCode::OK);
 
@@ -181,7 +184,7 @@ async fn invalid_change_is_rejected_and_the_last_good_state_served() {
     let mut control = ControlProc::start(dir.path(), "127.0.0.1:0".parse().unwrap());
     let (a, b) = (workload(&control).await, workload(&control).await);
     publish(&control, &file, &mesh_service("echo", &[&a]), 1).await;
-    let client = client_proxy(&control);
+    let client = client_proxy(&control).await;
     let out = client.addrs.outbound;
     assert_eq!(call(out, "echo").await.0, StatusCode::OK);
 
@@ -226,7 +229,7 @@ async fn unknown_names_fall_back_to_dns() {
     let dir = TempDir::new();
     dir.write("mesh.yaml", "");
     let control = ControlProc::start(dir.path(), "127.0.0.1:0".parse().unwrap());
-    let client = client_proxy(&control);
+    let client = client_proxy(&control).await;
     let (status, server) = call(client.addrs.outbound, &format!("localhost:{}", app.addr.port())).await;
     assert_eq!(status, StatusCode::OK, "{}", client.logs());
     assert_eq!(server.unwrap(), app.addr.to_string());
@@ -289,7 +292,7 @@ async fn service_names_the_mesh_does_not_know_never_go_to_dns() {
     let dir = TempDir::new();
     dir.write("mesh.yaml", "");
     let control = ControlProc::start(dir.path(), "127.0.0.1:0".parse().unwrap());
-    let client = client_proxy(&control);
+    let client = client_proxy(&control).await;
     for name in ["ghost.demo.svc.cluster.local", "ghost.demo.svc"] {
         let mut c = h1_client(client.addrs.outbound).await;
         let req = Request::get("/")

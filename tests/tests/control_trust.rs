@@ -53,13 +53,6 @@ async fn recording_relay(to: SocketAddr) -> (SocketAddr, Arc<Mutex<Vec<u8>>>) {
     (addr, seen)
 }
 
-async fn ready(proxy: &ProxyProc) {
-    eventually(Duration::from_secs(15), "the proxy is ready", || async {
-        (admin_get(proxy.addrs.admin, "/ready").await.0 == StatusCode::OK).then_some(())
-    })
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_token_crosses_the_control_channel_in_the_clear() {
     let dir = TempDir::new();
@@ -69,7 +62,7 @@ async fn no_token_crosses_the_control_channel_in_the_clear() {
         .proxy_config("demo", "web")
         .replace(&control.grpc.to_string(), &relay.to_string());
     let proxy = ProxyProc::start(&config);
-    ready(&proxy).await;
+    proxy.ready().await;
     let token = std::fs::read(control.secrets.path().join("demo.web.token")).unwrap();
     let seen = seen.lock().unwrap().clone();
     assert!(
@@ -111,7 +104,7 @@ async fn impostor_is_refused(rogue_flags: impl Fn(&ControlProc) -> Vec<String>) 
         "{}destinationIdleTimeout: 60s\n",
         real.proxy_config("demo", "web")
     ));
-    ready(&client).await;
+    client.ready().await;
     let (status, server) = eventually(Duration::from_secs(5), "echo is served", || async {
         let r = call(client.addrs.outbound).await;
         (r.0 == StatusCode::OK).then_some(r)
@@ -239,8 +232,8 @@ async fn while_the_control_plane_is_away_nothing_opens() {
     };
     std::fs::write(&file, mesh(&[(&app, &server)])).unwrap();
     let client = ProxyProc::start(&control.proxy_config("demo", "web"));
-    ready(&server).await;
-    ready(&client).await;
+    server.ready().await;
+    client.ready().await;
     eventually(Duration::from_secs(5), "echo is served over mTLS", || async {
         (call(client.addrs.outbound).await.0 == StatusCode::OK).then_some(())
     })
@@ -285,8 +278,8 @@ async fn while_the_control_plane_is_away_nothing_opens() {
     // Back: the late proxies get certificates and policy and join in.
     std::fs::write(&file, mesh(&[(&app, &server), (&app2, &replica)])).unwrap();
     control.restart(&[]);
-    ready(&replica).await;
-    ready(&late_client).await;
+    replica.ready().await;
+    late_client.ready().await;
     eventually(
         Duration::from_secs(10),
         "the replica serves over mTLS",
@@ -338,8 +331,8 @@ async fn mixed_services_dial_each_endpoint_as_what_it_is_and_mtls_can_be_require
     );
     let plain = format!("    - {{address: {}}}\n", plain_app.addr);
     std::fs::write(&file, service(&format!("{meshed}{plain}"), "optional")).unwrap();
-    ready(&server).await;
-    ready(&client).await;
+    server.ready().await;
+    client.ready().await;
     let served = |n: usize| {
         let out = client.addrs.outbound;
         async move {

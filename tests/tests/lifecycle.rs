@@ -14,10 +14,7 @@ async fn admin_endpoints() {
     let mesh = Mesh::start("echo", app.addr, "");
     let admin = mesh.client.addrs.admin;
     assert_eq!(admin_get(admin, "/live").await.0, StatusCode::OK);
-    eventually(Duration::from_secs(5), "the client proxy is ready", || async {
-        (admin_get(admin, "/ready").await.0 == StatusCode::OK).then_some(())
-    })
-    .await;
+    mesh.client.ready().await;
 
     let (status, config) = admin_get(admin, "/config").await;
     assert_eq!(status, StatusCode::OK);

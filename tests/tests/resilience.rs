@@ -579,10 +579,7 @@ async fn per_identity_rate_limits_isolate_callers() {
     let noisy = proxy("web", "web.token", "");
     let quiet = proxy("echo", "echo.token", "");
     for p in [&server, &noisy, &quiet] {
-        eventually(Duration::from_secs(15), "the proxy is ready", || async {
-            (admin_get(p.addrs.admin, "/ready").await.0 == StatusCode::OK).then_some(())
-        })
-        .await;
+        p.ready().await;
     }
     eventually(Duration::from_secs(5), "the server has the limit", || async {
         let (_, config) = admin_get(server.addrs.admin, "/config").await;
