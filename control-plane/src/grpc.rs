@@ -30,7 +30,7 @@ use tonic::{Request, Response, Status};
 use weft_api::v1 as api;
 use weft_api::v1::destination_update::Kind;
 
-use crate::index::{DestinationState, DestinationView, Index};
+use crate::index::{DestinationState, DestinationView, Index, WorkloadRef};
 use crate::metrics::{ApiLabels, ControlMetrics};
 use crate::tls::{caller, Caller};
 
@@ -370,7 +370,9 @@ impl api::inbound_server::Inbound for InboundService {
         let deny = |s| self.metrics.denied("inbound", s);
         let who = caller(&request, &self.trust_domain).map_err(deny)?;
         let req = request.into_inner();
-        bounded("workload", &req.workload, 63 + 1 + MAX_NAME).map_err(deny)?;
+        bounded("workload", &req.workload, 63 + 1 + MAX_NAME)
+            .and(bounded("pod", &req.pod, MAX_NAME))
+            .map_err(deny)?;
         let port = u16::try_from(req.port).ok().filter(|p| *p != 0).ok_or_else(|| {
             deny(Status::invalid_argument(format!(
                 "port: expected 1..=65535, got {}",
@@ -398,9 +400,22 @@ impl api::inbound_server::Inbound for InboundService {
         if namespace != who.namespace {
             return Err(not_yours());
         }
-        // Which services run as the caller's account is known once the
-        // index is synced: checked then, in the stream.
-        let (name, account) = (name.to_string(), who.service_account.clone());
+        let workload = if req.pod.is_empty() {
+            WorkloadRef::Named {
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+            }
+        } else {
+            WorkloadRef::Pod {
+                namespace: namespace.to_string(),
+                name: req.pod.clone(),
+            }
+        };
+        // Which services (or pods) run as the caller's account is known
+        // once the index is synced (or has the pod): checked then, in the
+        // stream, and again with every policy (a pod may be replaced by
+        // one of the same name).
+        let account = who.service_account.clone();
         let refusal = not_yours();
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         let guard = WatcherGuard::new(&self.metrics, "inbound");
@@ -412,17 +427,20 @@ impl api::inbound_server::Inbound for InboundService {
             if !wait_synced(&index, &tx, &closing).await {
                 return;
             }
-            if !index.serves_as(&who.namespace, &name, &account) {
-                let _ = tx.send(Err(refusal)).await;
-                return;
-            }
-            let mut policies = index.watch_inbound(&req.workload, port);
+            let mut policies = index.watch_inbound(&workload, port);
             loop {
+                // `None`: a pod not known yet; nothing to say until it is.
                 let current = policies.borrow_and_update().clone();
-                if tx.send(Ok((*current).clone())).await.is_err() {
-                    return;
+                if let Some(policy) = current {
+                    if index.serves_as(&workload, &account) == Some(false) {
+                        let _ = tx.send(Err(refusal)).await;
+                        return;
+                    }
+                    if tx.send(Ok((*policy).clone())).await.is_err() {
+                        return;
+                    }
+                    metrics.update_sent("inbound", "policy");
                 }
-                metrics.update_sent("inbound", "policy");
                 tokio::select! {
                     changed = policies.changed() => if changed.is_err() { return },
                     () = tx.closed() => return,
@@ -584,6 +602,7 @@ mod tests {
         let ask = |workload: &str| api::InboundRequest {
             workload: workload.into(),
             port: 8080,
+            ..Default::default()
         };
         // No client certificate: nothing but Certify is served.
         assert_eq!(
@@ -716,6 +735,7 @@ mod tests {
                 api::InboundRequest {
                     workload: "shop/api".into(),
                     port: 8080,
+                    ..Default::default()
                 },
             ))
             .await

@@ -214,6 +214,7 @@ async fn only_certify_is_served_without_a_mesh_certificate() {
         .watch(api::InboundRequest {
             workload: "shop/api".into(),
             port: 8080,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -240,6 +241,7 @@ async fn callers_see_and_change_only_what_their_certificate_allows() {
         let req = api::InboundRequest {
             workload: workload.into(),
             port: 8080,
+            ..Default::default()
         };
         async move {
             let mut stream = c.watch(req).await?.into_inner();

@@ -13,7 +13,7 @@ use common::*;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use weft_control::index::{DestinationView, Index, IndexConfig, Target};
+use weft_control::index::{DestinationView, Index, IndexConfig, Target, WorkloadRef};
 use weft_control::kubernetes::{KubernetesSource, TokenReviewer};
 use weft_control::metrics::ControlMetrics;
 use weft_control::testing::TempDir;
@@ -58,9 +58,11 @@ fn pod(name: &str, ip: &str, sa: &str, injected: bool) -> Value {
     if injected {
         annotations["weft.dev/injected"] = json!("true");
     }
+    // `api-1` is an `app: api` pod, as Deployments label them.
+    let app = name.rsplit_once('-').map_or(name, |(app, _)| app);
     json!({
         "metadata": {"name": name, "namespace": "shop", "uid": format!("uid-{name}"),
-                     "labels": {"app": "api"}, "annotations": annotations},
+                     "labels": {"app": app}, "annotations": annotations},
         "spec": {"serviceAccountName": sa, "nodeName": "node-1",
                  "containers": [{"name": "app", "image": "registry.example/api:1.4",
                                  "ports": [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]}]},
@@ -182,9 +184,13 @@ async fn list_watch_churn_bookmarks_and_410_relist_reach_the_index() {
     let by_ip = index.watch_destination(Target::Address("10.96.0.20:80".parse().unwrap()));
     assert_eq!(endpoints_of(&by_ip.borrow().view), Some(first.clone()));
 
-    // An AuthorizationPolicy on the service reaches its pods' proxies,
-    // which name their workload by service account.
-    let inbound = index.watch_inbound("shop/api-sa", 8080);
+    // An AuthorizationPolicy on the service reaches the proxies of the
+    // pods it selects.
+    let api_1 = WorkloadRef::Pod {
+        namespace: "shop".into(),
+        name: "api-1".into(),
+    };
+    let inbound = index.watch_inbound(&api_1, 8080);
     api.apply(
         AUTHZ,
         json!({"metadata": {"name": "api", "namespace": "shop", "generation": 1},
@@ -194,11 +200,14 @@ async fn list_watch_churn_bookmarks_and_410_relist_reach_the_index() {
     let mut inbound = inbound;
     let strict = tokio::time::timeout(
         Duration::from_secs(10),
-        inbound.wait_for(|p| p.mtls == weft_api::v1::MtlsMode::Strict as i32),
+        inbound.wait_for(|p| {
+            p.as_ref()
+                .is_some_and(|p| p.mtls == weft_api::v1::MtlsMode::Strict as i32)
+        }),
     )
     .await;
     assert!(strict.is_ok_and(|r| r.is_ok()), "{:?}", *inbound.borrow());
-    assert_eq!(inbound.borrow().rules[0].namespaces, ["web"]);
+    assert_eq!(inbound.borrow().as_ref().unwrap().rules[0].namespaces, ["web"]);
 
     // Endpoint churn through watch events: a new ready pod, one going away.
     api.apply(PODS, pod("api-2", "10.244.4.1", "api-sa", true));
@@ -609,16 +618,17 @@ async fn slow_lists_keep_weft_control_unready_and_watches_waiting() {
             weft_api::v1::inbound_client::InboundClient::new(channel),
         );
     }
-    let watch = |workload: &str| {
+    let watch = |workload: &str, pod: &str| {
         let req = weft_api::v1::InboundRequest {
             workload: workload.into(),
             port: 8080,
+            pod: pod.into(),
         };
         let mut client = clients[workload].clone();
         async move { client.watch(req).await.unwrap().into_inner() }
     };
-    let mut api_policy = watch("shop/api-sa").await;
-    let mut payments_policy = watch("shop/payments-sa").await;
+    let mut api_policy = watch("shop/api-sa", "api-1").await;
+    let mut payments_policy = watch("shop/payments-sa", "payments-1").await;
 
     // Nothing during the window: no allow-all from the empty index.
     let early = tokio::time::timeout(Duration::from_millis(500), api_policy.message()).await;
@@ -673,4 +683,143 @@ async fn slow_lists_keep_weft_control_unready_and_watches_waiting() {
         message.contains("metadata.name") && message.contains("denies every caller"),
         "{message}"
     );
+}
+
+/// weft-control in Kubernetes mode against `api`, with a tokens file for
+/// `(namespace, service account)` pairs (token `<sa>-token-0123456789`);
+/// and a mesh channel per pair once it answers, as a proxy holds one.
+async fn control_with_clients(
+    api: &FakeApi,
+    dir: &TempDir,
+    accounts: &[(&str, &str)],
+) -> (Child, Vec<tonic::transport::Channel>) {
+    let kubeconfig = kubeconfig(api, dir);
+    let grpc = free_port();
+    let tokens: String = accounts
+        .iter()
+        .map(|(ns, sa)| {
+            format!("- {{namespace: {ns}, serviceAccount: {sa}, token: {sa}-token-0123456789}}\n")
+        })
+        .collect();
+    let tokens = dir.write("tokens.yaml", &tokens);
+    let anchors = dir.path().join("trust-anchors.pem");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_weft-control"))
+        .args(["--kubernetes", "--grpc-listen", &grpc.to_string()])
+        .args(["--admin-listen", "127.0.0.1:0"])
+        .arg("--tokens")
+        .arg(&tokens)
+        .arg("--trust-anchors-out")
+        .arg(&anchors)
+        .env("KUBECONFIG", &kubeconfig)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let child = Child(child);
+    use weft_control::testing::client;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let bootstrap = loop {
+        if anchors.exists() {
+            if let Ok(c) = client::channel(grpc, client::tls(&anchors, None)).await {
+                break c;
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "weft-control answers");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut channels = Vec::new();
+    for (ns, sa) in accounts {
+        let cert = client::certify(bootstrap.clone(), ns, sa, &format!("{sa}-token-0123456789"))
+            .await
+            .unwrap();
+        channels.push(
+            client::channel(grpc, client::tls(&anchors, Some(&cert)))
+                .await
+                .unwrap(),
+        );
+    }
+    (child, channels)
+}
+
+/// `cart` and `payments` both run as service account `default`: each pod's
+/// proxy gets the policy of the Services selecting that pod, not "the
+/// first Service whose pods use the account". A pod the control plane
+/// does not know yet gets nothing until it does; a proxy running as
+/// another account may not watch the pod.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_pod_gets_the_policy_of_the_services_selecting_it() {
+    let api = FakeApi::start().await;
+    for (name, ip) in [("cart", "10.96.0.40"), ("payments", "10.96.0.41")] {
+        api.apply(SERVICES, service(name, ip));
+    }
+    api.apply(PODS, pod("cart-1", "10.244.7.1", "default", true));
+    api.apply(PODS, pod("payments-1", "10.244.7.2", "default", true));
+    api.apply(
+        AUTHZ,
+        json!({"metadata": {"name": "cart", "namespace": "shop", "generation": 1},
+               "spec": {"targetRef": {"name": "cart"}, "rules": [{"from": {"namespaces": ["web"]}}]}}),
+    );
+    api.apply(
+        AUTHZ,
+        json!({"metadata": {"name": "payments", "namespace": "shop", "generation": 1},
+               "spec": {"targetRef": {"name": "payments", "port": 80}, "mtls": "strict",
+                        "rules": [{"from": {"identities": ["spiffe://cluster.local/ns/shop/sa/cart"]}}]}}),
+    );
+    let dir = TempDir::new();
+    let (_control, channels) =
+        control_with_clients(&api, &dir, &[("shop", "default"), ("shop", "intruder")]).await;
+    let watch = |channel: &tonic::transport::Channel, pod: &str| {
+        let mut client = weft_api::v1::inbound_client::InboundClient::new(channel.clone());
+        let req = weft_api::v1::InboundRequest {
+            workload: "shop/default".into(),
+            port: 8080,
+            pod: pod.into(),
+        };
+        async move { client.watch(req).await.unwrap().into_inner() }
+    };
+    let first = |mut stream: tonic::Streaming<weft_api::v1::ServerPolicy>| async move {
+        tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .expect("an answer in time")
+    };
+
+    let cart = first(watch(&channels[0], "cart-1").await).await.unwrap().unwrap();
+    assert_eq!(cart.sources, ["shop/cart"]);
+    assert_eq!(cart.rules[0].namespaces, ["web"]);
+    assert_eq!(cart.mtls, weft_api::v1::MtlsMode::Permissive as i32);
+    let payments = first(watch(&channels[0], "payments-1").await)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(payments.sources, ["shop/payments"]);
+    assert_eq!(payments.mtls, weft_api::v1::MtlsMode::Strict as i32);
+    assert_eq!(
+        payments.rules[0].identities,
+        ["spiffe://cluster.local/ns/shop/sa/cart"]
+    );
+
+    // Another account may not read (or learn the shape of) the pod's policy.
+    let mut client = weft_api::v1::inbound_client::InboundClient::new(channels[1].clone());
+    let denied = client
+        .watch(weft_api::v1::InboundRequest {
+            workload: "shop/intruder".into(),
+            port: 8080,
+            pod: "cart-1".into(),
+        })
+        .await;
+    let code = match denied {
+        Err(status) => status.code(),
+        Ok(rsp) => first(rsp.into_inner()).await.unwrap_err().code(),
+    };
+    assert_eq!(code, tonic::Code::PermissionDenied);
+
+    // A pod that is not there yet: silence (never a default allow-all),
+    // then its policy once the pod appears.
+    let mut late = watch(&channels[0], "cart-2").await;
+    let early = tokio::time::timeout(Duration::from_millis(500), late.message()).await;
+    assert!(early.is_err(), "an answer for an unknown pod: {early:?}");
+    api.apply(PODS, pod("cart-2", "10.244.7.3", "default", true));
+    let policy = first(late).await.unwrap().unwrap();
+    assert_eq!(policy.sources, ["shop/cart"]);
 }

@@ -18,7 +18,7 @@ use crate::admin::Admin;
 use crate::client::Clients;
 use crate::config::{Config, ConfigError, LogFormat, Overrides};
 use crate::control::{
-    watch_inbound, ControlClient, ControlDiscover, ControlMetrics, ControlSettings, ControlTls,
+    ControlClient, ControlDiscover, ControlMetrics, ControlSettings, ControlTls, InboundWatcher,
 };
 use crate::discover::{Discover, StaticEndpoints};
 use crate::drain;
@@ -26,7 +26,7 @@ use crate::identity::{Identity, TokenFile};
 use crate::inbound::{Inbound, Workload};
 use crate::metrics::Metrics;
 use crate::outbound::Outbound;
-use crate::policy::Policies;
+use crate::policy::{Policies, PortWatcher};
 use crate::readiness::Readiness;
 use crate::server::HttpSettings;
 use crate::telemetry::{AccessLog, Telemetry};
@@ -207,12 +207,24 @@ impl Proxy {
             self.control_metrics.register(&mut registry);
         }
         let (signal, watch) = drain::channel();
+        // Never forwarded to the app as "its" ports.
+        let own_ports: Vec<u16> = [&self.inbound, &self.outbound, &self.admin]
+            .iter()
+            .filter_map(|l| l.local_addr().ok().map(|a| a.port()))
+            .collect();
         let policies = Arc::new(match (&self.control, &config.workload) {
-            (Some(control), Some(workload)) => Policies::watched(watch_inbound(
-                control,
-                &format!("{}/{workload}", config.namespace),
-                &config.app_ports,
-            )),
+            (Some(control), Some(workload)) => {
+                let watcher = InboundWatcher::new(
+                    control,
+                    format!("{}/{workload}", config.namespace),
+                    config.pod.clone(),
+                );
+                let declared = watcher.watch_all(&config.app_ports);
+                let any_port: Option<PortWatcher> = config
+                    .inbound_any_port
+                    .then(|| Box::new(move |port| watcher.watch(port)) as PortWatcher);
+                Policies::watched(declared, any_port)
+            }
             _ => Policies::allow_all(),
         });
         policies.register(&mut registry);
@@ -276,6 +288,8 @@ impl Proxy {
             app_ip: config.app_ip,
             app_to_pod_ip: config.inbound_to_pod_ip,
             app_ports: config.app_ports.clone(),
+            any_port: config.inbound_any_port,
+            own_ports,
             clients,
             telemetry: telemetry.clone(),
             http,

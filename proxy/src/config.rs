@@ -70,9 +70,18 @@ pub struct Config {
     /// listener bound to loopback only is not reachable from other pods).
     /// Default `false`; the injector sets it.
     pub inbound_to_pod_ip: bool,
-    /// The app's ports. Inbound traffic may only reach these; the first is
-    /// where traffic goes when the caller names no port. Empty: this workload
-    /// serves nothing and inbound connections are refused.
+    /// Transparent mode: inbound traffic for a port that is not in
+    /// `appPorts` goes to the app too, when the app listens on that port
+    /// on the pod IP or every address (never loopback only), and never to
+    /// this proxy's own ports; its policy is watched on first use. Needs
+    /// `inboundToPodIp`. Default `false`; the injector sets it, so pods
+    /// that declare no `containerPort` are reachable.
+    pub inbound_any_port: bool,
+    /// The app's ports: their policies are known before the proxy is
+    /// ready; the first is where traffic goes when the caller names no
+    /// port. Unless `inboundAnyPort`, inbound traffic may only reach these,
+    /// and empty means this workload serves nothing (inbound connections
+    /// are refused).
     pub app_ports: Vec<u16>,
     /// Static endpoints (service name → addresses), for running without a
     /// control plane. See [`crate::discover::StaticEndpoints`].
@@ -92,9 +101,14 @@ pub struct Config {
     /// This workload's namespace: short names resolve in it. Default
     /// `default`.
     pub namespace: String,
-    /// The service this proxy fronts (its `MeshService` name): the
-    /// `service` label of inbound metrics, and whose server policy applies.
+    /// The service this proxy fronts (its `MeshService` name, or the
+    /// `workload` its endpoints name): the `service` label of inbound
+    /// metrics, and whose server policy applies.
     pub workload: Option<String>,
+    /// In Kubernetes, the pod this proxy runs in (the injector sets it):
+    /// the inbound policy is then that of every Service selecting the pod,
+    /// and waits until the control plane knows the pod.
+    pub pod: Option<String>,
     /// The service account this workload runs as: with `namespace` and
     /// `trustDomain`, its SPIFFE ID. Default: `workload`, else `default`.
     pub service_account: Option<String>,
@@ -171,6 +185,7 @@ impl Default for Config {
             admin_listen: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 4191)),
             app_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             inbound_to_pod_ip: false,
+            inbound_any_port: false,
             app_ports: Vec::new(),
             endpoints_file: None,
             control_plane: None,
@@ -178,6 +193,7 @@ impl Default for Config {
             control_plane_identity: None,
             namespace: "default".into(),
             workload: None,
+            pod: None,
             service_account: None,
             trust_domain: "cluster.local".into(),
             cluster_domain: "cluster.local".into(),
@@ -215,6 +231,10 @@ pub struct Overrides {
     /// mode).
     #[arg(long, env = "WEFT_INBOUND_TO_POD_IP")]
     pub inbound_to_pod_ip: Option<bool>,
+    /// Forward inbound traffic for any port the app listens on, not only
+    /// the app ports (needs `inboundToPodIp`).
+    #[arg(long, env = "WEFT_INBOUND_ANY_PORT")]
+    pub inbound_any_port: Option<bool>,
     /// The app's ports (repeat, or comma-separate in the env var).
     #[arg(long = "app-port", env = "WEFT_APP_PORTS", value_delimiter = ',')]
     pub app_ports: Vec<u16>,
@@ -234,6 +254,9 @@ pub struct Overrides {
     /// The service this proxy fronts (its MeshService name).
     #[arg(long, env = "WEFT_WORKLOAD")]
     pub workload: Option<String>,
+    /// The pod this proxy runs in (Kubernetes).
+    #[arg(long, env = "WEFT_POD_NAME")]
+    pub pod: Option<String>,
     #[arg(long, env = "WEFT_SERVICE_ACCOUNT")]
     pub service_account: Option<String>,
     /// SPIFFE trust domain.
@@ -335,6 +358,9 @@ impl Config {
         if !o.app_ports.is_empty() {
             self.app_ports = o.app_ports.clone();
         }
+        if let Some(b) = o.inbound_any_port {
+            self.inbound_any_port = b;
+        }
         if let Some(b) = o.inbound_to_pod_ip {
             self.inbound_to_pod_ip = b;
         }
@@ -355,6 +381,9 @@ impl Config {
         }
         if let Some(w) = &o.workload {
             self.workload = Some(w.clone());
+        }
+        if let Some(p) = &o.pod {
+            self.pod = Some(p.clone());
         }
         if let Some(sa) = &o.service_account {
             self.service_account = Some(sa.clone());
@@ -402,6 +431,12 @@ impl Config {
             if !seen.insert(port) {
                 return err(&format!("appPorts[{i}]"), format!("port {port} is listed twice"));
             }
+        }
+        if self.inbound_any_port && !self.inbound_to_pod_ip {
+            return err(
+                "inboundAnyPort",
+                "needs inboundToPodIp: true (transparent mode); forwarding any port to appIp would open every loopback listener on the machine".into(),
+            );
         }
         for (i, port) in self.opaque_ports.iter().enumerate() {
             if *port == 0 {

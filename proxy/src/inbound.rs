@@ -27,6 +27,10 @@ use crate::tcp;
 use crate::telemetry::{Observation, Target, Telemetry};
 use std::time::Duration;
 
+/// How long the first connection to an undeclared app port waits for the
+/// control plane's policy for it; pending after that, it is denied.
+const FIRST_POLICY_WAIT: Duration = Duration::from_secs(5);
+
 /// The workload this proxy fronts, from its own config: the `service` and
 /// `namespace` labels of inbound metrics (callers cannot mint them).
 #[derive(Debug, Clone, Default)]
@@ -56,6 +60,11 @@ pub struct Inbound {
     pub app_to_pod_ip: bool,
     /// The app's ports; the first is the default.
     pub app_ports: Vec<u16>,
+    /// Forward other ports too, when the app listens on them off loopback
+    /// (`inboundAnyPort`); their policies are watched on first use.
+    pub any_port: bool,
+    /// This proxy's listeners: never an app port.
+    pub own_ports: Vec<u16>,
     pub clients: Clients,
     pub telemetry: Arc<Telemetry>,
     pub http: HttpSettings,
@@ -76,10 +85,22 @@ impl Inbound {
 
     /// The app address for `port` (the default port when `None`) on a
     /// connection `conn`: the pod IP the caller reached when `app_to_pod_ip`
-    /// (transparent mode), else `app_ip`.
-    fn app_addr(&self, port: Option<u16>, conn: &ConnInfo) -> Result<SocketAddr, ProxyError> {
+    /// (transparent mode), else `app_ip`. An undeclared port the app
+    /// listens on (with `any_port`) is watched first, so its policy is
+    /// known (or pending, which denies) when the caller is checked.
+    async fn app_addr(&self, port: Option<u16>, conn: &ConnInfo) -> Result<SocketAddr, ProxyError> {
         let port = match port {
             Some(p) if self.app_ports.contains(&p) => p,
+            Some(p) if self.any_port && p != 0 && !self.own_ports.contains(&p) => {
+                // Only ports with a listener: a port scan opens no watches.
+                if !self.policies.is_watched(p) && !app_listens(p) {
+                    return Err(ProxyError::UnknownAppPort(p));
+                }
+                if !self.policies.watch_port(p, FIRST_POLICY_WAIT).await {
+                    return Err(ProxyError::UnknownAppPort(p));
+                }
+                p
+            }
             Some(p) => return Err(ProxyError::UnknownAppPort(p)),
             None => *self.app_ports.first().ok_or(ProxyError::UnknownAppPort(0))?,
         };
@@ -223,7 +244,7 @@ impl Inbound {
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let addr = match self.app_addr(port, conn) {
+        let addr = match self.app_addr(port, conn).await {
             Ok(a) => a,
             Err(e) => {
                 tracing::info!(%peer, error = %e, "inbound TCP refused");
@@ -260,7 +281,7 @@ impl Inbound {
             peer_identity: conn.caller.as_deref().unwrap_or_default().to_string(),
             ..Target::default()
         };
-        let (target, result) = match self.app_target(&mut req, proto, &conn) {
+        let (target, result) = match self.app_target(&mut req, proto, &conn).await {
             Ok(app) => (
                 Target {
                     upstream: Some(app.addr),
@@ -281,7 +302,7 @@ impl Inbound {
 
     /// Where a request goes: the app protocol and port a peer's mesh
     /// headers name (which are removed), else what the connection says.
-    fn app_target(
+    async fn app_target(
         &self,
         req: &mut Request<Body>,
         conn: AppProtocol,
@@ -297,7 +318,7 @@ impl Inbound {
             .and_then(|v| v.to_str().ok()?.parse::<u16>().ok());
         Ok(AppTarget {
             protocol,
-            addr: self.app_addr(port.or(caller.target_port), caller)?,
+            addr: self.app_addr(port.or(caller.target_port), caller).await?,
         })
     }
 
@@ -374,5 +395,86 @@ impl Inbound {
         let mut rsp = rsp.map(incoming);
         strip_hop_by_hop(rsp.headers_mut());
         Ok(rsp)
+    }
+}
+
+/// Whether something in this network namespace (the pod's: the sidecar
+/// shares it with the app) listens on TCP `port` on an address other
+/// pods can reach, per `/proc/net/tcp` and `/proc/net/tcp6`. A listener
+/// bound to loopback only does not count.
+fn app_listens(port: u16) -> bool {
+    ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|table| {
+        std::fs::read_to_string(table).is_ok_and(|t| t.lines().skip(1).any(|line| listens_on(line, port)))
+    })
+}
+
+/// One line of `/proc/net/tcp{,6}`: `sl local rem st …`, the local address
+/// as hex 32-bit words in host byte order, then `:` and the port in hex.
+fn listens_on(line: &str, port: u16) -> bool {
+    const LISTEN: &str = "0A";
+    let mut fields = line.split_whitespace();
+    let (Some(_), Some(local), Some(_), Some(state)) =
+        (fields.next(), fields.next(), fields.next(), fields.next())
+    else {
+        return false;
+    };
+    let Some((ip, p)) = local.split_once(':') else {
+        return false;
+    };
+    if state != LISTEN || u16::from_str_radix(p, 16) != Ok(port) {
+        return false;
+    }
+    let mut octets = Vec::with_capacity(16);
+    for word in ip.as_bytes().chunks(8) {
+        let Ok(word) = std::str::from_utf8(word).map(|w| u32::from_str_radix(w, 16)) else {
+            return false;
+        };
+        let Ok(word) = word else { return false };
+        octets.extend_from_slice(&word.to_ne_bytes());
+    }
+    let ip = match octets.len() {
+        4 => IpAddr::from(<[u8; 4]>::try_from(octets).expect("4 octets")),
+        16 => IpAddr::from(<[u8; 16]>::try_from(octets).expect("16 octets")).to_canonical(),
+        _ => return false,
+    };
+    !ip.is_loopback()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn only_listeners_other_pods_can_reach_count() {
+        let open = TcpListener::bind("0.0.0.0:0").await.unwrap();
+        let open6 = TcpListener::bind("[::]:0").await.ok();
+        let local = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = |l: &TcpListener| l.local_addr().unwrap().port();
+        assert!(app_listens(port(&open)));
+        if let Some(l) = &open6 {
+            assert!(app_listens(port(l)), "an IPv6 wildcard listener");
+        }
+        assert!(!app_listens(port(&local)), "loopback only");
+        let gone = port(&local);
+        drop(local);
+        assert!(!app_listens(gone), "nothing listens");
+    }
+
+    #[test]
+    fn proc_net_tcp_lines() {
+        let v4 =
+            "   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1";
+        let v4_any =
+            "   1: 00000000:1F91 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 2 1";
+        let established =
+            "   2: 00000000:1F92 0100007F:A000 01 00000000:00000000 00:00000000 00000000     0        0 3 1";
+        let v6_loopback =
+            "   0: 00000000000000000000000001000000:1F93 00000000000000000000000000000000:0000 0A 0:0 00:0 0 0 0 4 1";
+        assert!(!listens_on(v4, 8080), "127.0.0.1");
+        assert!(listens_on(v4_any, 8081));
+        assert!(!listens_on(v4_any, 8080), "another port");
+        assert!(!listens_on(established, 8082), "not listening");
+        assert!(!listens_on(v6_loopback, 8083), "::1");
+        assert!(!listens_on("garbage", 1));
     }
 }

@@ -2,12 +2,15 @@
 //! authorization check made on every inbound request and TCP stream.
 //!
 //! A watched port is [`PortPolicy::Pending`] until the control plane's
-//! first answer (`Inbound.Watch`, [`crate::control::watch_inbound`]), and
+//! first answer (`Inbound.Watch`, [`crate::control::InboundWatcher`]), and
 //! pending denies everything (fail closed), so a restarted proxy never
 //! serves a `strict` port openly. The last known policy stays in force
-//! while the control plane is unreachable. A port nobody watches (no
-//! control plane, or no workload) has the default policy: permissive mTLS,
-//! allow all, the same as when no `AuthorizationPolicy` selects it.
+//! while the control plane is unreachable. With a control plane, a port
+//! nobody watches is pending too; the app's declared ports are watched
+//! from the start and, with `inboundAnyPort`, any other is watched on
+//! first use ([`Policies::watch_port`]). Without a control plane (or a
+//! workload) every port has the default policy: permissive mTLS, allow
+//! all, the same as when no `AuthorizationPolicy` selects it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -148,10 +151,26 @@ struct DecisionLabels {
     kind: &'static str,
 }
 
+/// The most ports watched on first use: each is a stream to the control
+/// plane, and only ports the app listens on are (see
+/// [`crate::inbound`]), so this is a backstop.
+pub const MAX_DYNAMIC_PORTS: usize = 256;
+
+/// Starts a watch for one port (see [`crate::control::InboundWatcher`]).
+pub type PortWatcher = Box<dyn Fn(u16) -> watch::Receiver<PortPolicy> + Send + Sync>;
+
+/// Ports watched on first use.
+struct Dynamic {
+    watch: PortWatcher,
+    ports: Mutex<HashMap<u16, watch::Receiver<PortPolicy>>>,
+}
+
 /// The server policy of every app port.
 pub struct Policies {
+    /// The declared app ports: read on every request without a lock.
     ports: HashMap<u16, watch::Receiver<PortPolicy>>,
-    /// The policy of ports not in `ports`.
+    dynamic: Option<Dynamic>,
+    /// The policy of ports not watched.
     unwatched: PortPolicy,
     decisions: Family<DecisionLabels, Counter>,
     /// Per port, made from the policy's `rate_limit` and kept while it
@@ -162,18 +181,75 @@ pub struct Policies {
 impl Policies {
     /// Static default policies (no control plane).
     pub fn allow_all() -> Self {
-        Self::watched(HashMap::new())
-    }
-
-    /// Each port in `ports` follows its receiver; any other port has the
-    /// default policy.
-    pub fn watched(ports: HashMap<u16, watch::Receiver<PortPolicy>>) -> Self {
         Self {
-            ports,
+            ports: HashMap::new(),
+            dynamic: None,
             unwatched: PortPolicy::Known(Arc::new(ServerPolicy::allow_all())),
             decisions: Family::default(),
             limiters: Mutex::default(),
         }
+    }
+
+    /// Each port in `ports` follows its receiver; with `dynamic`, other
+    /// ports can be watched on first use ([`Self::watch_port`]); a port
+    /// not watched is pending (denies).
+    pub fn watched(ports: HashMap<u16, watch::Receiver<PortPolicy>>, dynamic: Option<PortWatcher>) -> Self {
+        Self {
+            ports,
+            dynamic: dynamic.map(|watch| Dynamic {
+                watch,
+                ports: Mutex::default(),
+            }),
+            unwatched: PortPolicy::Pending,
+            decisions: Family::default(),
+            limiters: Mutex::default(),
+        }
+    }
+
+    /// Whether `port` has a policy watch (declared, or started on first
+    /// use).
+    pub fn is_watched(&self, port: u16) -> bool {
+        self.ports.contains_key(&port)
+            || self
+                .dynamic
+                .as_ref()
+                .is_some_and(|d| d.ports.lock().expect("policy lock").contains_key(&port))
+    }
+
+    /// Makes sure `port` is watched (starting a watch when this proxy
+    /// watches ports on first use), and waits up to `wait` for its first
+    /// policy. False: it cannot be watched (no first-use watches, or
+    /// [`MAX_DYNAMIC_PORTS`] reached); the port then stays pending.
+    pub async fn watch_port(&self, port: u16, wait: std::time::Duration) -> bool {
+        if self.ports.contains_key(&port) {
+            return true;
+        }
+        let Some(dynamic) = &self.dynamic else {
+            return false;
+        };
+        let mut rx = {
+            let mut ports = dynamic.ports.lock().expect("policy lock");
+            match ports.get(&port) {
+                Some(rx) => rx.clone(),
+                None if ports.len() >= MAX_DYNAMIC_PORTS => {
+                    tracing::warn!(
+                        port,
+                        max = MAX_DYNAMIC_PORTS,
+                        "too many app ports to watch; this one is denied"
+                    );
+                    return false;
+                }
+                None => {
+                    tracing::debug!(port, "watching the policy of an undeclared app port");
+                    let rx = (dynamic.watch)(port);
+                    ports.insert(port, rx.clone());
+                    rx
+                }
+            }
+        };
+        // Pending after the wait: the checks deny, as for any pending port.
+        let _ = tokio::time::timeout(wait, rx.wait_for(PortPolicy::is_known)).await;
+        true
     }
 
     pub fn register(&self, registry: &mut Registry) {
@@ -193,9 +269,14 @@ impl Policies {
     }
 
     pub fn policy(&self, port: u16) -> PortPolicy {
-        self.ports
-            .get(&port)
-            .map_or_else(|| self.unwatched.clone(), |rx| rx.borrow().clone())
+        if let Some(rx) = self.ports.get(&port) {
+            return rx.borrow().clone();
+        }
+        let dynamic = self.dynamic.as_ref().and_then(|d| {
+            let ports = d.ports.lock().expect("policy lock");
+            ports.get(&port).map(|rx| rx.borrow().clone())
+        });
+        dynamic.unwrap_or_else(|| self.unwatched.clone())
     }
 
     /// Checks one request (`http: Some((method, path))`) or TCP stream
@@ -240,11 +321,19 @@ impl Policies {
 
     /// For `/config`.
     pub fn dump(&self) -> serde_json::Value {
-        let ports: BTreeMap<String, serde_json::Value> = self
+        let mut ports: BTreeMap<String, serde_json::Value> = self
             .ports
             .iter()
             .map(|(port, rx)| (port.to_string(), dump_port(&rx.borrow())))
             .collect();
+        if let Some(d) = &self.dynamic {
+            let dynamic = d.ports.lock().expect("policy lock");
+            ports.extend(
+                dynamic
+                    .iter()
+                    .map(|(port, rx)| (port.to_string(), dump_port(&rx.borrow()))),
+            );
+        }
         serde_json::json!(ports)
     }
 }
@@ -441,18 +530,72 @@ mod tests {
         assert!(check(&default, &conn(false, None), None).is_ok());
     }
 
+    #[tokio::test]
+    async fn undeclared_ports_are_watched_on_first_use_up_to_a_bound() {
+        let started = Arc::new(Mutex::new(Vec::new()));
+        let log = started.clone();
+        let watcher: PortWatcher = Box::new(move |port| {
+            log.lock().unwrap().push(port);
+            let (tx, rx) = watch::channel(PortPolicy::Pending);
+            // The control plane answers a little later; port 7 never.
+            if port != 7 {
+                tokio::spawn(async move {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    tx.send_replace(known(ServerPolicy::allow_all()));
+                    tx.closed().await;
+                });
+            }
+            rx
+        });
+        let policies = Policies::watched(HashMap::new(), Some(watcher));
+        let caller = conn(true, Some(WEB));
+        let wait = std::time::Duration::from_secs(2);
+        assert!(
+            policies.authorize(8080, &caller, None).is_err(),
+            "before its watch"
+        );
+        assert!(policies.watch_port(8080, wait).await);
+        assert!(
+            policies.authorize(8080, &caller, None).is_ok(),
+            "its first policy arrived"
+        );
+        assert!(policies.watch_port(8080, wait).await);
+        assert_eq!(*started.lock().unwrap(), [8080], "one watch per port");
+        assert_eq!(policies.dump()["8080"]["defaultAllow"], true);
+
+        // No answer within the wait: watched, and denied meanwhile.
+        assert!(policies.watch_port(7, std::time::Duration::from_millis(50)).await);
+        assert!(policies.authorize(7, &caller, None).is_err());
+
+        for port in 10..(10 + MAX_DYNAMIC_PORTS as u16 - 2) {
+            assert!(policies.watch_port(port, std::time::Duration::ZERO).await);
+        }
+        assert!(!policies.watch_port(60000, wait).await, "the bound");
+        assert!(policies.authorize(60000, &caller, None).is_err());
+        assert!(
+            !Policies::watched(HashMap::new(), None)
+                .watch_port(8080, wait)
+                .await,
+            "declared ports only"
+        );
+    }
+
     #[test]
     fn a_watched_port_is_pending_until_its_first_policy() {
         let (tx, rx) = watch::channel(PortPolicy::Pending);
-        let policies = Policies::watched(HashMap::from([(8080, rx)]));
+        let policies = Policies::watched(HashMap::from([(8080, rx)]), None);
         let caller = conn(true, Some(WEB));
         assert!(
             policies.authorize(8080, &caller, Some(("GET", "/"))).is_err(),
             "fail closed"
         );
         assert!(
-            policies.authorize(9090, &caller, None).is_ok(),
-            "an unwatched port"
+            policies.authorize(9090, &caller, None).is_err(),
+            "a port nobody watches, with a control plane"
+        );
+        assert!(
+            Policies::allow_all().authorize(9090, &caller, None).is_ok(),
+            "without one"
         );
         assert!(
             policies.ready().now_or_never().is_none(),

@@ -348,3 +348,79 @@ async fn without_an_answer_from_the_control_plane_nothing_is_sent() {
     );
     assert!(!metrics.contains("weft_dns_fallback_total{"), "{metrics}");
 }
+
+/// `cart` and `payments` both run as service account `default` (as most
+/// Deployments do): each proxy enforces its own service's
+/// AuthorizationPolicy, never the other's, and a second workload named by
+/// a MeshService's endpoints (`workload: cart-canary`) gets cart's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workloads_sharing_a_service_account_each_enforce_their_own_policy() {
+    let dir = TempDir::new();
+    let file = dir.write("mesh.yaml", "");
+    let control = ControlProc::start(dir.path(), "127.0.0.1:0".parse().unwrap());
+    let mut workloads = Vec::new();
+    for name in ["cart", "payments", "cart-canary"] {
+        let app = echo_app().await;
+        let proxy = ProxyProc::start(&format!(
+            "appPorts: [{}]\nworkload: {name}\n{}",
+            app.addr.port(),
+            control.proxy_config("shop", "default")
+        ));
+        workloads.push((app, proxy));
+    }
+    let endpoint = |i: usize, extra: &str| {
+        format!(
+            "    - {{address: '{}', proxy: '{}'{extra}}}\n",
+            workloads[i].0.addr, workloads[i].1.addrs.inbound
+        )
+    };
+    let yaml = format!(
+        "apiVersion: weft.dev/v1alpha1\nkind: MeshService\nmetadata: {{name: cart, namespace: shop}}\nspec:\n  serviceAccount: default\n  endpoints:\n{}{}---\napiVersion: weft.dev/v1alpha1\nkind: MeshService\nmetadata: {{name: payments, namespace: shop}}\nspec:\n  serviceAccount: default\n  endpoints:\n{}---\napiVersion: weft.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {{name: cart, namespace: shop}}\nspec:\n  targetRef: {{name: cart}}\n  rules: [{{from: {{namespaces: [web]}}}}]\n---\napiVersion: weft.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {{name: payments, namespace: shop}}\nspec:\n  targetRef: {{name: payments}}\n  rules: [{{from: {{identities: ['spiffe://cluster.local/ns/shop/sa/default']}}}}]\n",
+        endpoint(0, ""),
+        endpoint(2, ", workload: cart-canary"),
+        endpoint(1, ""),
+    );
+    publish(&control, &file, &yaml, 3).await;
+    // Ready once their services are published: until then the control
+    // plane does not let them watch a workload it cannot tie to their
+    // account.
+    for (_, proxy) in &workloads {
+        proxy.ready().await;
+    }
+    let web = ProxyProc::start(&control.proxy_config("web", "web"));
+    let shop = ProxyProc::start(&control.proxy_config("shop", "default"));
+    web.ready().await;
+    shop.ready().await;
+
+    // Each side's policy, checked by the proxy in front of each app.
+    let statuses = |out: SocketAddr, host: &'static str| async move {
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..10 {
+            seen.insert(call(out, host).await.0);
+        }
+        seen
+    };
+    let ok = std::collections::BTreeSet::from([StatusCode::OK]);
+    let forbidden = std::collections::BTreeSet::from([StatusCode::FORBIDDEN]);
+    eventually(Duration::from_secs(10), "both policies in force", || async {
+        (statuses(web.addrs.outbound, "cart.shop").await == ok
+            && statuses(web.addrs.outbound, "payments.shop").await == forbidden)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        statuses(shop.addrs.outbound, "payments").await,
+        ok,
+        "payments admits shop/default"
+    );
+    assert_eq!(
+        statuses(shop.addrs.outbound, "cart").await,
+        forbidden,
+        "cart (and its canary) admit namespace web only"
+    );
+    for (i, (_, proxy)) in workloads.iter().enumerate() {
+        let (_, config) = admin_get(proxy.addrs.admin, "/config").await;
+        let want = ["shop/cart", "shop/payments", "shop/cart"][i];
+        assert!(config.contains(want), "workload {i} enforces {want}: {config}");
+    }
+}

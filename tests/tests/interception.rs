@@ -108,7 +108,7 @@ impl Bed {
             let config = bed.dir.write(
                 &format!("{workload}.yaml"),
                 &format!(
-                    "outboundListen: 127.0.0.1:4140\ninboundListen: 0.0.0.0:4143\nadminListen: 0.0.0.0:4191\ncontrolPlane: {control_plane}\ntrustAnchors: {}\nnamespace: demo\nworkload: {workload}\nidentityTokenFile: {}\nappPorts: {ports}\ndetectTimeout: 10s\ninboundToPodIp: true\n",
+                    "outboundListen: 127.0.0.1:4140\ninboundListen: 0.0.0.0:4143\nadminListen: 0.0.0.0:4191\ncontrolPlane: {control_plane}\ntrustAnchors: {}\nnamespace: demo\nworkload: {workload}\nidentityTokenFile: {}\nappPorts: {ports}\ndetectTimeout: 10s\ninboundToPodIp: true\ninboundAnyPort: true\n",
                     anchors.display(),
                     bed.dir.path().join(format!("{workload}.token")).display()
                 ),
@@ -497,4 +497,68 @@ fn a_loopback_only_listener_is_not_reachable_from_another_pod() {
         out.contains(&format!("served GET /public got= by={}", addr(&b, 8080))),
         "{out}"
     );
+}
+
+/// A port pod B never declared (not among its proxy's app ports, as for a
+/// pod with no `containerPort`) is reached through the mesh when B's app
+/// listens on it, under the policies of the services that name it: a
+/// MeshService whose endpoint names B's workload. Undeclared ports with a
+/// loopback-only listener, or none, stay closed.
+#[test]
+fn undeclared_ports_the_app_listens_on_are_meshed_under_their_policy() {
+    if !Node::available(&[]) {
+        return;
+    }
+    let mut bed = Bed::start();
+    let (a, b, c) = (bed.a.clone(), bed.b.clone(), bed.c.clone());
+    let mut extra = bed.node.spawn(
+        &b,
+        None,
+        &bin("weft-netapp"),
+        &["serve", "http=0.0.0.0:9400", "http=127.0.0.1:9401"],
+    );
+    extra.wait_line(&["ready"], Duration::from_secs(10));
+    bed.procs.push(extra);
+    bed.dir.write(
+        "mesh/quiet.yaml",
+        &format!(
+            "apiVersion: weft.dev/v1alpha1\nkind: MeshService\nmetadata: {{name: quiet, namespace: demo}}\nspec:\n  serviceAccount: echo\n  ports: [{{port: 9400}}]\n  endpoints:\n    - {{address: '{b}:9400', proxy: '{b}:4143', workload: echo}}\n---\napiVersion: weft.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {{name: quiet, namespace: demo}}\nspec:\n  targetRef: {{name: quiet}}\n  mtls: strict\n  rules:\n    - from: {{namespaces: [demo]}}\n",
+            b = b.ip
+        ),
+    );
+    let undeclared = addr(&b, 9400);
+    // The unmeshed pod is refused once B enforces quiet's strict policy
+    // on the port (before that, B has no watch for it: also refused).
+    let refused = Node::eventually(Duration::from_secs(10), "quiet's policy applies", || {
+        let (ok, out) = bed.node.netapp(&c, &["http", "GET", &undeclared, "/"]);
+        (!ok && out.contains("403")).then_some(out)
+    });
+    assert!(!refused.contains("served"), "{refused}");
+    let out = Node::eventually(Duration::from_secs(10), "A reaches the undeclared port", || {
+        let (ok, out) = bed.node.netapp(&a, &["http", "GET", &undeclared, "/undeclared"]);
+        ok.then_some(out)
+    });
+    assert!(
+        out.contains(&format!("served GET /undeclared got= by={undeclared}")),
+        "{out}"
+    );
+    let a_metrics = bed.metrics(&a);
+    assert!(
+        a_metrics
+            .lines()
+            .any(|l| l.contains(r#"service="quiet""#) && l.contains(r#"tls="true""#)),
+        "over mTLS: {a_metrics}"
+    );
+    let (_, config) = bed.node.netapp(&b, &["http", "GET", "127.0.0.1:4191", "/config"]);
+    assert!(
+        config.contains("demo/quiet"),
+        "B watches port 9400's policy: {config}"
+    );
+
+    for closed in [9401, 9402] {
+        let (ok, out) = bed
+            .node
+            .netapp(&a, &["http", "GET", &addr(&b, closed), "/closed"]);
+        assert!(!ok && !out.contains("served"), "port {closed}: {out}");
+    }
 }

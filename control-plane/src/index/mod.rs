@@ -23,7 +23,7 @@ use weft_api::v1 as api;
 
 use crate::model::{
     AppProtocol, AuthorizationPolicySpec, Document, HttpRouteSpec, LoadBalancer, MeshServiceSpec, Metadata,
-    MtlsMode, ServicePort, Spec, TrafficPolicySpec,
+    MtlsMode, ServicePort, Spec, TrafficPolicySpec, WorkloadSpec,
 };
 
 /// What a proxy can watch.
@@ -131,9 +131,24 @@ struct Inner {
     routes: BTreeMap<(String, String), Vec<RouteEntry>>,
     /// By target service.
     authz: BTreeMap<(String, String), Vec<AuthzEntry>>,
+    /// Pods, by (namespace, name).
+    workloads: BTreeMap<(String, String), WorkloadSpec>,
     destinations: HashMap<Target, watch::Sender<Arc<DestinationState>>>,
-    inbound: HashMap<(String, u16), watch::Sender<Arc<api::ServerPolicy>>>,
+    inbound: HashMap<(WorkloadRef, u16), watch::Sender<InboundState>>,
 }
+
+/// Whose inbound policy a proxy watches.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum WorkloadRef {
+    /// A MeshService, or the workload its endpoints name (file mode).
+    Named { namespace: String, name: String },
+    /// A pod (Kubernetes): every Service selecting it.
+    Pod { namespace: String, name: String },
+}
+
+/// The server policy of one workload port; `None` while the workload is a
+/// pod the index does not know.
+pub type InboundState = Option<Arc<api::ServerPolicy>>;
 
 /// Counts for metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -200,14 +215,14 @@ impl Index {
                 true
             });
         }
-        let keys: Vec<(String, u16)> = inner.inbound.keys().cloned().collect();
+        let keys: Vec<(WorkloadRef, u16)> = inner.inbound.keys().cloned().collect();
         for key in keys {
             let policy = inner.server_policy(&key.0, key.1);
             inner.inbound[&key].send_if_modified(|current| {
-                if **current == policy {
+                if current.as_deref() == policy.as_ref() {
                     return false;
                 }
-                *current = Arc::new(policy);
+                *current = policy.map(Arc::new);
                 true
             });
         }
@@ -271,38 +286,46 @@ impl Index {
         rx
     }
 
-    /// Subscribes to the server policy of `workload` (`namespace/name`) on
-    /// `port`.
-    pub fn watch_inbound(&self, workload: &str, port: u16) -> watch::Receiver<Arc<api::ServerPolicy>> {
+    /// Subscribes to the server policy of `workload` on `port`. The value
+    /// is `None` while `workload` is a pod the index does not know.
+    pub fn watch_inbound(&self, workload: &WorkloadRef, port: u16) -> watch::Receiver<InboundState> {
         let mut inner = self.inner.lock().expect("index lock poisoned");
-        let key = (workload.to_string(), port);
+        let key = (workload.clone(), port);
         if let Some(sender) = inner.inbound.get(&key) {
             return sender.subscribe();
         }
-        let (tx, rx) = watch::channel(Arc::new(inner.server_policy(workload, port)));
+        let (tx, rx) = watch::channel(inner.server_policy(workload, port).map(Arc::new));
         inner.inbound.insert(key, tx);
         rx
     }
 
-    /// Whether a proxy running as `service_account` in `namespace` may
-    /// watch the inbound policy of workload `name` there: its own service
-    /// account's name, or a service whose pods (or one of whose
-    /// endpoints) run as that account.
-    pub fn serves_as(&self, namespace: &str, name: &str, service_account: &str) -> bool {
-        if name == service_account {
-            return true;
-        }
+    /// Whether a proxy running as `service_account` (in the workload's
+    /// namespace) may watch the inbound policy of `workload`: a pod that
+    /// runs as that account; or a name that is the account's own, or a
+    /// service whose pods (or one of whose endpoints) run as it. `None`: a
+    /// pod the index does not know (yet).
+    pub fn serves_as(&self, workload: &WorkloadRef, service_account: &str) -> Option<bool> {
         let inner = self.inner.lock().expect("index lock poisoned");
-        inner
-            .services
-            .get(&(namespace.to_string(), name.to_string()))
-            .is_some_and(|s| {
-                s.spec.service_account.as_deref() == Some(service_account)
-                    || s.spec
-                        .endpoints
-                        .iter()
-                        .any(|e| e.service_account.as_deref() == Some(service_account))
-            })
+        let (namespace, name) = match workload {
+            WorkloadRef::Pod { namespace, name } => {
+                let pod = inner.workloads.get(&(namespace.clone(), name.clone()))?;
+                return Some(pod.service_account == service_account);
+            }
+            WorkloadRef::Named { namespace, name } => (namespace, name),
+        };
+        if name == service_account {
+            return Some(true);
+        }
+        let runs_as = |s: &ServiceEntry, e: &crate::model::MeshEndpoint| {
+            e.service_account.as_deref().or(s.spec.service_account.as_deref()) == Some(service_account)
+        };
+        Some(inner.services.iter().any(|((ns, n), s)| {
+            ns == namespace
+                && (s.spec.service_account.as_deref() == Some(service_account) && n == name
+                    || s.spec.endpoints.iter().any(|e| {
+                        (n == name || e.workload.as_deref() == Some(name.as_str())) && runs_as(s, e)
+                    }))
+        }))
     }
 
     pub fn stats(&self) -> IndexStats {
@@ -344,6 +367,7 @@ impl Inner {
         self.traffic.clear();
         self.routes.clear();
         self.authz.clear();
+        self.workloads.clear();
         for doc in self.sources.values().flatten() {
             let key = (doc.meta.namespace.clone(), doc.meta.name.clone());
             let full_name = format!("{}/{}", doc.meta.namespace, doc.meta.name);
@@ -392,6 +416,9 @@ impl Inner {
                                 rate_limit: None,
                             },
                         });
+                }
+                Spec::Workload(spec) => {
+                    self.workloads.entry(key).or_insert_with(|| spec.clone());
                 }
                 Spec::HttpRoute(spec) => {
                     for parent in &spec.parent_refs {
@@ -604,82 +631,134 @@ impl Inner {
         policy
     }
 
-    fn server_policy(&self, workload: &str, port: u16) -> api::ServerPolicy {
-        let (namespace, name) = workload.split_once('/').unwrap_or(("default", workload));
-        let mut key = (namespace.to_string(), name.to_string());
-        if !self.services.contains_key(&key) {
-            // In a cluster, proxies name their workload by service account:
-            // the service whose pods run as it.
-            if let Some(((ns, svc), _)) = self
-                .services
-                .iter()
-                .find(|((ns, _), s)| ns == namespace && s.spec.service_account.as_deref() == Some(name))
-            {
-                key = (ns.clone(), svc.clone());
+    /// The services whose policies apply to `workload`, each with its
+    /// service ports that reach the workload's `port`. `None`: a pod the
+    /// index does not know (yet).
+    fn selected(&self, workload: &WorkloadRef, port: u16) -> Option<Vec<(&ServiceEntry, Vec<u16>)>> {
+        let key = |ns: &str, name: &str| (ns.to_string(), name.to_string());
+        match workload {
+            WorkloadRef::Pod { namespace, name } => {
+                let pod = self.workloads.get(&key(namespace, name))?;
+                Some(
+                    pod.services
+                        .iter()
+                        .filter_map(|s| {
+                            let svc = self.services.get(&key(namespace, &s.name))?;
+                            let reaching = s.ports.iter().filter(|(_, t)| *t == port).map(|(p, _)| *p);
+                            Some((svc, reaching.collect()))
+                        })
+                        .collect(),
+                )
             }
+            WorkloadRef::Named { namespace, name } => Some(
+                self.services
+                    .iter()
+                    .filter(|((ns, n), s)| {
+                        ns == namespace
+                            && (n == name
+                                || s.spec
+                                    .endpoints
+                                    .iter()
+                                    .any(|e| e.workload.as_deref() == Some(name.as_str())))
+                    })
+                    .map(|(_, svc)| {
+                        // A service port reaches `port` when it targets it,
+                        // or when one of its endpoints serves on it.
+                        let reaching = default_ports(&svc.spec)
+                            .iter()
+                            .filter(|sp| {
+                                sp.target_port == Some(port)
+                                    || svc.spec.endpoints.iter().any(|e| e.address.port() == port)
+                            })
+                            .map(|sp| sp.port)
+                            .collect();
+                        (svc, reaching)
+                    })
+                    .collect(),
+            ),
         }
-        let protocol = self
-            .services
-            .get(&key)
-            .and_then(|s| {
-                default_ports(&s.spec)
+    }
+
+    /// The server policy of `workload` on `port`: every AuthorizationPolicy
+    /// on a selected service that names no port, `port` itself, or a
+    /// service port reaching it, merged. `None`: a pod not known yet.
+    fn server_policy(&self, workload: &WorkloadRef, port: u16) -> Option<api::ServerPolicy> {
+        let selected = self.selected(workload, port)?;
+        let protocol = selected
+            .iter()
+            .find_map(|(svc, reaching)| {
+                default_ports(&svc.spec)
                     .into_iter()
-                    .find(|p| p.port == port || p.target_port == Some(port))
+                    .find(|p| p.port == port || reaching.contains(&p.port))
             })
             .map_or("http", |p| p.protocol.as_str());
         let mut policy = api::ServerPolicy {
             protocol: protocol.into(),
             default_allow: true,
+            mtls: api::MtlsMode::Permissive as i32,
             ..Default::default()
         };
-        policy.mtls = api::MtlsMode::Permissive as i32;
-        // `port` is what the proxy serves (an app port); a policy may name
-        // it, or the service port clients call (which its endpoints serve).
-        let service = self.services.get(&key);
-        let selects = |p: u16| {
-            p == port
-                || service.is_some_and(|s| {
-                    default_ports(&s.spec).iter().any(|sp| {
-                        sp.port == p
-                            && (sp.target_port == Some(port)
-                                || s.spec.endpoints.iter().any(|e| e.address.port() == port))
-                    })
-                })
-        };
-        for AuthzEntry { full_name, spec } in self.authz.get(&key).into_iter().flatten() {
-            if spec
-                .target_ref
-                .as_ref()
-                .and_then(|t| t.port)
-                .is_some_and(|p| !selects(p))
-            {
-                continue;
-            }
-            policy.default_allow = false;
-            policy.sources.push(full_name.clone());
-            if spec.mtls == MtlsMode::Strict {
-                policy.mtls = api::MtlsMode::Strict as i32;
-            }
-            for rule in &spec.rules {
-                let from = rule.from.clone().unwrap_or_default();
-                let to = rule.to.clone().unwrap_or_default();
-                policy.rules.push(api::AuthorizationRule {
-                    identities: from.identities,
-                    namespaces: from.namespaces,
-                    path_prefixes: to.paths,
-                    methods: to.methods,
-                });
-            }
-            if let Some(r) = &spec.rate_limit {
-                policy.rate_limit = Some(api::RateLimit {
-                    total_rps: r.requests_per_second,
-                    total_burst: r.burst,
-                    per_identity_rps: r.per_identity.as_ref().map_or(0.0, |p| p.requests_per_second),
-                    per_identity_burst: r.per_identity.as_ref().map_or(0, |p| p.burst),
-                });
+        for (svc, reaching) in &selected {
+            let key = (svc.meta.namespace.clone(), svc.meta.name.clone());
+            for AuthzEntry { full_name, spec } in self.authz.get(&key).into_iter().flatten() {
+                let selects = |p: u16| p == port || reaching.contains(&p);
+                if spec
+                    .target_ref
+                    .as_ref()
+                    .and_then(|t| t.port)
+                    .is_some_and(|p| !selects(p))
+                {
+                    continue;
+                }
+                policy.default_allow = false;
+                policy.sources.push(full_name.clone());
+                if spec.mtls == MtlsMode::Strict {
+                    policy.mtls = api::MtlsMode::Strict as i32;
+                }
+                for rule in &spec.rules {
+                    let from = rule.from.clone().unwrap_or_default();
+                    let to = rule.to.clone().unwrap_or_default();
+                    policy.rules.push(api::AuthorizationRule {
+                        identities: from.identities,
+                        namespaces: from.namespaces,
+                        path_prefixes: to.paths,
+                        methods: to.methods,
+                    });
+                }
+                if let Some(r) = &spec.rate_limit {
+                    let limit = api::RateLimit {
+                        total_rps: r.requests_per_second,
+                        total_burst: r.burst,
+                        per_identity_rps: r.per_identity.as_ref().map_or(0.0, |p| p.requests_per_second),
+                        per_identity_burst: r.per_identity.as_ref().map_or(0, |p| p.burst),
+                    };
+                    policy.rate_limit = Some(strictest(policy.rate_limit.take(), limit));
+                }
             }
         }
-        policy
+        Some(policy)
+    }
+}
+
+/// Two services' rate limits on one port: the lower non-zero rate of each
+/// kind (0 is unlimited), with its burst.
+fn strictest(current: Option<api::RateLimit>, new: api::RateLimit) -> api::RateLimit {
+    let Some(cur) = current else { return new };
+    let lower = |a: (f64, u32), b: (f64, u32)| match (a.0 > 0.0, b.0 > 0.0) {
+        (true, true) if b.0 < a.0 => b,
+        (true, _) => a,
+        (false, _) => b,
+    };
+    let (total_rps, total_burst) = lower((cur.total_rps, cur.total_burst), (new.total_rps, new.total_burst));
+    let (per_identity_rps, per_identity_burst) = lower(
+        (cur.per_identity_rps, cur.per_identity_burst),
+        (new.per_identity_rps, new.per_identity_burst),
+    );
+    api::RateLimit {
+        total_rps,
+        total_burst,
+        per_identity_rps,
+        per_identity_burst,
     }
 }
 

@@ -1,4 +1,5 @@
 use super::*;
+use crate::model::{Metadata, WorkloadSpec};
 use crate::testing::documents;
 
 fn service(name: &str, addrs: &[&str]) -> String {
@@ -168,16 +169,23 @@ async fn endpoint_address_lookup_and_inbound_policy() {
     assert_eq!(endpoints(&rx.borrow()), ["10.0.0.7:8080"]);
 
     // By the service port, and by the port its endpoint serves.
-    assert!(!index.watch_inbound("demo/backend", 8080).borrow().default_allow);
-    let mut inbound = index.watch_inbound("demo/backend", 80);
-    let policy = inbound.borrow_and_update().clone();
+    assert!(
+        !index
+            .watch_inbound(&named("demo/backend"), 8080)
+            .borrow()
+            .as_ref()
+            .unwrap()
+            .default_allow
+    );
+    let mut inbound = index.watch_inbound(&named("demo/backend"), 80);
+    let policy = inbound.borrow_and_update().clone().unwrap();
     assert!(!policy.default_allow);
     assert_eq!(policy.mtls, api::MtlsMode::Strict as i32);
     assert_eq!(policy.rules[0].namespaces, ["demo"]);
     assert_eq!(policy.rate_limit.as_ref().unwrap().total_rps, 100.0);
     index.apply("files", documents(&service("backend", &["10.0.0.7:8080"])));
     assert!(
-        inbound.borrow_and_update().default_allow,
+        inbound.borrow_and_update().as_ref().unwrap().default_allow,
         "policy removed: default allow"
     );
 }
@@ -259,8 +267,8 @@ async fn a_deny_all_stand_in_closes_its_target_and_adds_no_rules() {
     let mut docs = documents(&service("backend", &["10.0.0.7:8080"]));
     docs.push(deny_all("bad", "backend", Some(80)));
     index.apply("files", docs.clone());
-    let mut inbound = index.watch_inbound("demo/backend", 8080);
-    let policy = inbound.borrow_and_update().clone();
+    let mut inbound = index.watch_inbound(&named("demo/backend"), 8080);
+    let policy = inbound.borrow_and_update().clone().unwrap();
     assert!(!policy.default_allow, "the invalid policy's port is not open");
     assert!(policy.rules.is_empty(), "and admits no one");
     assert_eq!(policy.mtls, api::MtlsMode::Strict as i32);
@@ -270,12 +278,19 @@ async fn a_deny_all_stand_in_closes_its_target_and_adds_no_rules() {
         policy.sources
     );
     // Another port of the service is not its target.
-    assert!(index.watch_inbound("demo/backend", 9999).borrow().default_allow);
+    assert!(
+        index
+            .watch_inbound(&named("demo/backend"), 9999)
+            .borrow()
+            .as_ref()
+            .unwrap()
+            .default_allow
+    );
 
     // Beside a valid policy on the port: only the valid one's rules.
     docs.extend(documents("apiVersion: weft.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: good, namespace: demo}\nspec:\n  targetRef: {name: backend}\n  rules: [{from: {namespaces: [web]}}]\n"));
     index.apply("files", docs);
-    let policy = inbound.borrow_and_update().clone();
+    let policy = inbound.borrow_and_update().clone().unwrap();
     assert!(!policy.default_allow);
     assert_eq!(policy.rules.len(), 1);
     assert_eq!(policy.rules[0].namespaces, ["web"]);
@@ -290,4 +305,123 @@ fn unwatched_destinations_are_forgotten() {
     drop(rx);
     index.apply("files", vec![]);
     assert_eq!(index.stats().watched_destinations, 0);
+}
+
+/// `namespace/name` as a proxy without a pod names its workload.
+fn named(workload: &str) -> WorkloadRef {
+    let (namespace, name) = workload.split_once('/').unwrap();
+    WorkloadRef::Named {
+        namespace: namespace.into(),
+        name: name.into(),
+    }
+}
+
+fn pod(name: &str, service_account: &str, services: &[(&str, &[(u16, u16)])]) -> Document {
+    Document {
+        meta: Metadata {
+            name: name.into(),
+            namespace: "shop".into(),
+            labels: BTreeMap::new(),
+            annotations: BTreeMap::new(),
+        },
+        spec: Spec::Workload(WorkloadSpec {
+            service_account: service_account.into(),
+            services: services
+                .iter()
+                .map(|(name, ports)| crate::model::WorkloadService {
+                    name: (*name).into(),
+                    ports: ports.to_vec(),
+                })
+                .collect(),
+        }),
+    }
+}
+
+const SHOP: &str = "apiVersion: weft.dev/v1alpha1\nkind: MeshService\nmetadata: {name: cart, namespace: shop}\nspec:\n  serviceAccount: default\n  ports: [{port: 80, targetPort: 8080}]\n---\napiVersion: weft.dev/v1alpha1\nkind: MeshService\nmetadata: {name: payments, namespace: shop}\nspec:\n  serviceAccount: default\n  ports: [{port: 80, targetPort: 8080}, {port: 9090, targetPort: 9000, protocol: grpc}]\n---\napiVersion: weft.dev/v1alpha1\nkind: MeshService\nmetadata: {name: admin, namespace: shop}\nspec:\n  ports: [{port: 8443, targetPort: 8080}]\n---\napiVersion: weft.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: cart, namespace: shop}\nspec:\n  targetRef: {name: cart}\n  rules: [{from: {namespaces: [web]}}]\n---\napiVersion: weft.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: payments, namespace: shop}\nspec:\n  targetRef: {name: payments, port: 80}\n  mtls: strict\n  rules: [{from: {identities: ['spiffe://cluster.local/ns/shop/sa/cart']}}]\n  rateLimit: {requestsPerSecond: 50}\n---\napiVersion: weft.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: admin, namespace: shop}\nspec:\n  targetRef: {name: admin}\n  rules: [{from: {namespaces: [ops]}}]\n  rateLimit: {requestsPerSecond: 5}\n";
+
+fn pod_ref(name: &str) -> WorkloadRef {
+    WorkloadRef::Pod {
+        namespace: "shop".into(),
+        name: name.into(),
+    }
+}
+
+#[test]
+fn each_pod_enforces_the_policies_of_the_services_selecting_it() {
+    let index = Index::new(IndexConfig::default());
+    let mut docs = documents(SHOP);
+    docs.push(pod("cart-1", "default", &[("cart", &[(80, 8080)])]));
+    docs.push(pod(
+        "payments-1",
+        "default",
+        &[("payments", &[(80, 8080), (9090, 9000)])],
+    ));
+    // Selected by two Services: both their policies, merged.
+    docs.push(pod(
+        "both-1",
+        "ops",
+        &[("admin", &[(8443, 8080)]), ("cart", &[(80, 8080)])],
+    ));
+    index.apply("files", docs.clone());
+
+    let policy = |pod: &str, port: u16| index.watch_inbound(&pod_ref(pod), port).borrow().clone().unwrap();
+    // Same service account, each its own policy.
+    let cart = policy("cart-1", 8080);
+    assert_eq!(cart.sources, ["shop/cart"]);
+    assert_eq!(cart.rules[0].namespaces, ["web"]);
+    assert_eq!(cart.mtls, api::MtlsMode::Permissive as i32);
+    let payments = policy("payments-1", 8080);
+    assert_eq!(payments.sources, ["shop/payments"]);
+    assert_eq!(payments.mtls, api::MtlsMode::Strict as i32);
+    assert_eq!(payments.rate_limit.unwrap().total_rps, 50.0);
+    // Its other port: the policy names service port 80 only.
+    let grpc = policy("payments-1", 9000);
+    assert!(grpc.default_allow, "{grpc:?}");
+    assert_eq!(grpc.protocol, "grpc");
+
+    let both = policy("both-1", 8080);
+    assert_eq!(both.sources, ["shop/admin", "shop/cart"]);
+    assert_eq!(both.rules.len(), 2, "either service's callers");
+    assert_eq!(both.rate_limit.unwrap().total_rps, 5.0, "the stricter limit");
+    // A port no Service targets: policies without a port still select it.
+    assert_eq!(policy("both-1", 7000).sources, ["shop/admin", "shop/cart"]);
+
+    assert_eq!(index.serves_as(&pod_ref("cart-1"), "default"), Some(true));
+    assert_eq!(index.serves_as(&pod_ref("cart-1"), "cart"), Some(false));
+    assert_eq!(index.serves_as(&pod_ref("cart-9"), "default"), None);
+
+    // A pod not known yet: nothing, until it is.
+    let mut late = index.watch_inbound(&pod_ref("cart-2"), 8080);
+    assert_eq!(*late.borrow_and_update(), None);
+    docs.push(pod("cart-2", "default", &[("cart", &[(80, 8080)])]));
+    index.apply("files", docs);
+    assert!(late.has_changed().unwrap());
+    assert_eq!(late.borrow_and_update().as_ref().unwrap().sources, ["shop/cart"]);
+}
+
+#[test]
+fn a_file_workload_is_every_service_whose_endpoints_name_it() {
+    let index = Index::new(IndexConfig::default());
+    let yaml = "apiVersion: weft.dev/v1alpha1\nkind: MeshService\nmetadata: {name: cart, namespace: shop}\nspec:\n  serviceAccount: default\n  ports: [{port: 80, targetPort: 8080}]\n  endpoints:\n    - {address: 127.0.0.1:8080, proxy: 127.0.0.1:4143, workload: cart-main}\n---\napiVersion: weft.dev/v1alpha1\nkind: MeshService\nmetadata: {name: payments, namespace: shop}\nspec:\n  serviceAccount: default\n  ports: [{port: 80, targetPort: 8080}]\n  endpoints:\n    - {address: 127.0.0.1:8081, proxy: 127.0.0.1:4144}\n---\napiVersion: weft.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: cart, namespace: shop}\nspec:\n  targetRef: {name: cart}\n  rules: [{from: {namespaces: [web]}}]\n---\napiVersion: weft.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: payments, namespace: shop}\nspec:\n  targetRef: {name: payments}\n  rules: [{from: {namespaces: [cart]}}]\n";
+    index.apply("files", documents(yaml));
+    let policy = |name: &str| {
+        let workload = WorkloadRef::Named {
+            namespace: "shop".into(),
+            name: name.into(),
+        };
+        index.watch_inbound(&workload, 8080).borrow().clone().unwrap()
+    };
+    assert_eq!(policy("cart-main").sources, ["shop/cart"]);
+    assert_eq!(policy("payments").sources, ["shop/payments"]);
+    assert_eq!(policy("cart").sources, ["shop/cart"], "by the service's own name");
+    assert!(
+        policy("nothing").default_allow,
+        "no service: no policy selects it"
+    );
+    let named = |n: &str| WorkloadRef::Named {
+        namespace: "shop".into(),
+        name: n.into(),
+    };
+    assert_eq!(index.serves_as(&named("cart-main"), "default"), Some(true));
+    assert_eq!(index.serves_as(&named("cart-main"), "payments"), Some(false));
 }

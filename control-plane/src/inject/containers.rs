@@ -71,6 +71,8 @@ pub fn proxy_container(cfg: &InjectConfig, o: &Overrides, app_ports: &[u16]) -> 
         ("WEFT_NAMESPACE", field("metadata.namespace")),
         ("WEFT_SERVICE_ACCOUNT", field("spec.serviceAccountName")),
         ("WEFT_WORKLOAD", field("spec.serviceAccountName")),
+        // Its inbound policy: that of every Service selecting this pod.
+        ("WEFT_POD_NAME", field("metadata.name")),
         ("WEFT_PROXY_ID", field("metadata.name")),
         ("WEFT_IDENTITY_TOKEN_FILE", json!(TOKEN_FILE)),
         (
@@ -86,6 +88,9 @@ pub fn proxy_container(cfg: &InjectConfig, o: &Overrides, app_ports: &[u16]) -> 
         // Inbound goes to the pod IP, as the caller dialled it: a listener
         // the app bound to loopback only stays private to the pod.
         ("WEFT_INBOUND_TO_POD_IP", json!("true")),
+        // Every port the app listens on is reachable through the mesh, as
+        // without it, declared as a containerPort or not.
+        ("WEFT_INBOUND_ANY_PORT", json!("true")),
     ];
     if !app_ports.is_empty() {
         env.push(("WEFT_APP_PORTS", json!(join(app_ports))));

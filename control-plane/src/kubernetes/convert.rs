@@ -15,7 +15,8 @@ use kube::core::DynamicObject;
 use kube::ResourceExt;
 
 use crate::model::{
-    parse_object, AppProtocol, DocError, Document, MeshEndpoint, MeshServiceSpec, Metadata, ServicePort, Spec,
+    parse_object, AppProtocol, DocError, Document, MeshEndpoint, MeshServiceSpec, Metadata, ServicePort,
+    Spec, WorkloadService, WorkloadSpec,
 };
 
 /// The inbound listener of an injected proxy.
@@ -128,6 +129,7 @@ pub fn documents(objects: &ClusterObjects) -> (Vec<Document>, Vec<DocError>) {
             docs.push(doc);
         }
     }
+    docs.extend(workloads(objects));
     for obj in &objects.policies {
         let Some(types) = &obj.types else { continue };
         let value = serde_json::json!({
@@ -145,6 +147,93 @@ pub fn documents(objects: &ClusterObjects) -> (Vec<Document>, Vec<DocError>) {
         }
     }
     (docs, errors)
+}
+
+/// A [`Spec::Workload`] per meshed pod that is not finished: the Services
+/// selecting it by label (ready or not, so that a starting pod already
+/// enforces its policy), with their TCP ports as it serves them.
+fn workloads(objects: &ClusterObjects) -> Vec<Document> {
+    let mut by_namespace: HashMap<String, Vec<&Service>> = HashMap::new();
+    for svc in &objects.services {
+        by_namespace
+            .entry(svc.namespace().unwrap_or_default())
+            .or_default()
+            .push(svc);
+    }
+    let mut docs = Vec::new();
+    for pod in &objects.pods {
+        let finished = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.phase.as_deref())
+            .is_some_and(|p| p == "Succeeded" || p == "Failed");
+        if finished || !is_meshed(pod) {
+            continue;
+        }
+        let namespace = pod.namespace().unwrap_or_default();
+        let labels = pod.labels();
+        let mut services = by_namespace
+            .get(&namespace)
+            .into_iter()
+            .flatten()
+            .filter_map(|svc| {
+                let spec = svc.spec.as_ref()?;
+                let selector = spec.selector.as_ref().filter(|s| !s.is_empty())?;
+                if !selector.iter().all(|(k, v)| labels.get(k) == Some(v)) {
+                    return None;
+                }
+                let ports = spec
+                    .ports
+                    .iter()
+                    .flatten()
+                    .filter(|p| p.protocol.as_deref().is_none_or(|proto| proto == "TCP"))
+                    .filter_map(|p| {
+                        let port = u16::try_from(p.port).ok()?;
+                        let target = match &p.target_port {
+                            None => port,
+                            Some(IntOrString::Int(t)) => u16::try_from(*t).ok()?,
+                            Some(IntOrString::String(name)) => container_port(pod, name)?,
+                        };
+                        Some((port, target))
+                    })
+                    .collect();
+                Some(WorkloadService {
+                    name: svc.name_any(),
+                    ports,
+                })
+            })
+            .collect::<Vec<_>>();
+        // In a stable order: the policy's `sources` follow it.
+        services.sort_by(|a, b| a.name.cmp(&b.name));
+        docs.push(Document {
+            meta: Metadata {
+                name: pod.name_any(),
+                namespace,
+                labels: BTreeMap::new(),
+                annotations: BTreeMap::new(),
+            },
+            spec: Spec::Workload(WorkloadSpec {
+                service_account: pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.service_account_name.clone())
+                    .unwrap_or_else(|| "default".into()),
+                services,
+            }),
+        });
+    }
+    docs
+}
+
+/// The TCP container port of `pod` named `name`.
+fn container_port(pod: &Pod, name: &str) -> Option<u16> {
+    pod.spec
+        .as_ref()?
+        .containers
+        .iter()
+        .flat_map(|c| c.ports.iter().flatten())
+        .find(|p| p.name.as_deref() == Some(name) && p.protocol.as_deref().is_none_or(|proto| proto == "TCP"))
+        .and_then(|p| u16::try_from(p.container_port).ok())
 }
 
 fn mesh_service(
@@ -237,6 +326,7 @@ fn mesh_service(
                     address,
                     proxy: meshed.then(|| SocketAddr::new(ip, PROXY_INBOUND_PORT)),
                     service_account,
+                    workload: None,
                     weight: 1,
                     labels,
                 },
@@ -308,8 +398,10 @@ mod tests {
             pods: vec![
                 from_json(serde_json::json!({
                     "apiVersion": "v1", "kind": "Pod",
-                    "metadata": {"name": "api-1", "namespace": "shop", "annotations": {"weft.dev/injected": "true"}},
-                    "spec": {"serviceAccountName": "api-sa", "containers": [{"name": "app", "image": "api:1"}]},
+                    "metadata": {"name": "api-1", "namespace": "shop", "labels": {"app": "api", "track": "stable"},
+                                 "annotations": {"weft.dev/injected": "true"}},
+                    "spec": {"serviceAccountName": "api-sa", "containers": [{"name": "app", "image": "api:1",
+                             "ports": [{"name": "grpc-port", "containerPort": 9000, "protocol": "TCP"}]}]},
                     "status": {"podIP": "10.244.1.5"}
                 })),
                 from_json(serde_json::json!({
@@ -380,6 +472,65 @@ mod tests {
     }
 
     #[test]
+    fn each_meshed_pod_is_a_workload_of_the_services_selecting_it() {
+        let mut objects = sample();
+        let pod = |name: &str, labels: serde_json::Value, phase: &str| -> Arc<Pod> {
+            from_json(serde_json::json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": name, "namespace": "shop", "labels": labels,
+                             "annotations": {"weft.dev/injected": "true"}},
+                "spec": {"containers": [{"name": "app", "image": "x:1"}]},
+                "status": {"phase": phase}
+            }))
+        };
+        // Starting (not in any EndpointSlice yet) but selected; selected by
+        // nothing; finished.
+        objects
+            .pods
+            .push(pod("api-3", serde_json::json!({"app": "api"}), "Pending"));
+        objects
+            .pods
+            .push(pod("batch-1", serde_json::json!({"app": "batch"}), "Running"));
+        objects
+            .pods
+            .push(pod("api-job", serde_json::json!({"app": "api"}), "Succeeded"));
+        let (docs, _) = documents(&objects);
+        let workloads: BTreeMap<&str, &WorkloadSpec> = docs
+            .iter()
+            .filter_map(|d| match &d.spec {
+                Spec::Workload(w) => Some((d.meta.name.as_str(), w)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            workloads.keys().copied().collect::<Vec<_>>(),
+            ["api-1", "api-3", "batch-1"],
+            "meshed pods that are not finished; the unmeshed legacy-1 is none"
+        );
+        let api_1 = workloads["api-1"];
+        assert_eq!(api_1.service_account, "api-sa");
+        assert_eq!(
+            api_1.services,
+            [WorkloadService {
+                name: "api".into(),
+                ports: vec![(80, 8080), (9090, 9000)],
+            }],
+            "a named targetPort resolves through the pod's own container ports"
+        );
+        let api_3 = workloads["api-3"];
+        assert_eq!(api_3.service_account, "default");
+        assert_eq!(
+            api_3.services,
+            [WorkloadService {
+                name: "api".into(),
+                ports: vec![(80, 8080)],
+            }],
+            "a pod without the named port serves only the numbered one"
+        );
+        assert!(workloads["batch-1"].services.is_empty());
+    }
+
+    #[test]
     fn bad_policies_are_errors_not_failures() {
         let mut objects = sample();
         let policy = |name: &str, spec: serde_json::Value| -> Arc<DynamicObject> {
@@ -401,7 +552,7 @@ mod tests {
             ),
         ];
         let (docs, errors) = documents(&objects);
-        assert_eq!(docs.len(), 2, "the service and the good policy");
+        assert_eq!(docs.len(), 3, "the service, its meshed pod and the good policy");
         assert_eq!(errors.len(), 1);
         let e = errors[0].to_string();
         assert!(

@@ -35,6 +35,9 @@ pub enum Spec {
     /// Stands in for an AuthorizationPolicy that failed validation and
     /// has no last good version: never parsed, made by the sources.
     DenyAll(DenyAll),
+    /// A pod, as its proxy's inbound policy needs it: never parsed, made
+    /// by the Kubernetes source.
+    Workload(WorkloadSpec),
 }
 
 impl Spec {
@@ -44,6 +47,7 @@ impl Spec {
             Spec::TrafficPolicy(_) => "TrafficPolicy",
             Spec::AuthorizationPolicy(_) | Spec::DenyAll(_) => "AuthorizationPolicy",
             Spec::HttpRoute(_) => "HTTPRoute",
+            Spec::Workload(_) => "Pod",
         }
     }
 }
@@ -144,6 +148,26 @@ pub struct RejectedAuthz {
     /// The service (and port) it names, when `spec.targetRef.name` is a
     /// string; a port that is not a valid one widens it to every port.
     pub target: Option<TargetRef>,
+}
+
+/// A pod of the cluster (document name: the pod's name): who it runs as and
+/// which Services select it, with their ports as this pod serves them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkloadSpec {
+    pub service_account: String,
+    /// Every Service in the pod's namespace whose selector matches its
+    /// labels, whether or not the pod is ready.
+    pub services: Vec<WorkloadService>,
+}
+
+/// One Service selecting a pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkloadService {
+    pub name: String,
+    /// (service port, the pod's port it targets), for the TCP ports whose
+    /// target resolves on this pod (a named `targetPort` through its
+    /// containers' ports).
+    pub ports: Vec<(u16, u16)>,
 }
 
 /// Denies every caller of `target` (mTLS strict, no allow rules): what an
@@ -328,6 +352,11 @@ pub struct MeshEndpoint {
     /// own pod's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_account: Option<String>,
+    /// The workload (its proxy's `workload`) this replica belongs to: that
+    /// proxy's inbound policy includes this service's policies. A proxy
+    /// whose workload is the service's own name needs none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<String>,
     #[serde(default = "one")]
     pub weight: u32,
     #[serde(default)]

@@ -194,8 +194,9 @@ pub(super) fn validate(doc: &Document) -> Result<(), FieldError> {
                 )?;
             }
         }
-        // Made by the sources for an invalid policy, never parsed.
-        Spec::DenyAll(_) => {}
+        // Made by the sources (for an invalid policy; from a pod), never
+        // parsed.
+        Spec::DenyAll(_) | Spec::Workload(_) => {}
         Spec::HttpRoute(r) => {
             check(
                 !r.parent_refs.is_empty(),

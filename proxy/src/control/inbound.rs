@@ -17,25 +17,42 @@ use weft_api::v1::inbound_client::InboundClient;
 use super::{Backoff, ControlClient};
 use crate::policy::{PortPolicy, ServerPolicy};
 
-/// Watches `workload` (`namespace/name`) on each of `ports`, for
-/// [`crate::policy::Policies::watched`]. Every port starts pending.
-pub fn watch_inbound(
-    control: &ControlClient,
-    workload: &str,
-    ports: &[u16],
-) -> HashMap<u16, watch::Receiver<PortPolicy>> {
-    ports
-        .iter()
-        .map(|&port| {
-            let (tx, rx) = watch::channel(PortPolicy::Pending);
-            let request = api::InboundRequest {
-                workload: workload.to_string(),
-                port: u32::from(port),
-            };
-            tokio::spawn(run_watch(control.inbound(), request, tx));
-            (port, rx)
-        })
-        .collect()
+/// Watches the inbound policy of one workload, port by port.
+#[derive(Clone)]
+pub struct InboundWatcher {
+    control: ControlClient,
+    workload: String,
+    pod: String,
+}
+
+impl InboundWatcher {
+    /// `workload` is `namespace/name`; `pod`, in Kubernetes, the pod this
+    /// proxy runs in.
+    pub fn new(control: &ControlClient, workload: String, pod: Option<String>) -> Self {
+        Self {
+            control: control.clone(),
+            workload,
+            pod: pod.unwrap_or_default(),
+        }
+    }
+
+    /// Starts watching `port`; the receiver is [`PortPolicy::Pending`]
+    /// until the first policy arrives. Needs a Tokio runtime.
+    pub fn watch(&self, port: u16) -> watch::Receiver<PortPolicy> {
+        let (tx, rx) = watch::channel(PortPolicy::Pending);
+        let request = api::InboundRequest {
+            workload: self.workload.clone(),
+            port: u32::from(port),
+            pod: self.pod.clone(),
+        };
+        tokio::spawn(run_watch(self.control.inbound(), request, tx));
+        rx
+    }
+
+    /// Watches each of `ports`, for [`crate::policy::Policies::watched`].
+    pub fn watch_all(&self, ports: &[u16]) -> HashMap<u16, watch::Receiver<PortPolicy>> {
+        ports.iter().map(|&port| (port, self.watch(port))).collect()
+    }
 }
 
 async fn run_watch(

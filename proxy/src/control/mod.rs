@@ -34,7 +34,7 @@ use weft_api::v1::inbound_client::InboundClient;
 
 pub use connect::ControlTls;
 pub use destination::{ControlDiscover, ControlMetrics, ControlSettings, EXTERNAL_SERVICE};
-pub use inbound::watch_inbound;
+pub use inbound::InboundWatcher;
 
 /// The gRPC channels to the control plane: `mesh` (mutual TLS with the
 /// proxy's certificate) for every call but the first certificate request,
