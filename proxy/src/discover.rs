@@ -138,8 +138,13 @@ impl Destination {
         if prev.shared.fits(&self.policy) {
             self.shared = prev.shared.clone();
         }
-        let old: HashMap<SocketAddr, &Arc<EndpointStats>> =
-            prev.endpoints.iter().map(|e| (e.addr, &e.stats)).collect();
+        // An endpoint is its address and its proxy: replicas that share an
+        // app address behind different proxies keep their own stats.
+        let old: HashMap<(SocketAddr, Option<SocketAddr>), &Arc<EndpointStats>> = prev
+            .endpoints
+            .iter()
+            .map(|e| ((e.addr, e.proxy), &e.stats))
+            .collect();
         if old.is_empty() {
             return;
         }
@@ -147,7 +152,9 @@ impl Destination {
             .endpoints
             .iter()
             .map(|e| Endpoint {
-                stats: old.get(&e.addr).map_or_else(|| e.stats.clone(), |s| (*s).clone()),
+                stats: old
+                    .get(&(e.addr, e.proxy))
+                    .map_or_else(|| e.stats.clone(), |s| (*s).clone()),
                 ..e.clone()
             })
             .collect();
@@ -359,6 +366,23 @@ mod tests {
         assert_eq!(&*s.resolve("web", 80).await.unwrap().endpoints, &[a]);
         assert_eq!(&*s.resolve("WEB", 8080).await.unwrap().endpoints, &[b]);
         assert_eq!(s.resolve("other", 80).await.unwrap_err(), Unresolved::Unknown);
+    }
+
+    #[test]
+    fn carried_over_stats_follow_address_and_proxy() {
+        let app: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let behind = |proxy: &str| Endpoint {
+            proxy: Some(proxy.parse().unwrap()),
+            ..Endpoint::unmeshed(app)
+        };
+        let prev =
+            Destination::from_endpoints("web", vec![behind("127.0.0.1:1"), behind("127.0.0.1:2")].into());
+        let mut next =
+            Destination::from_endpoints("web", vec![behind("127.0.0.1:2"), behind("127.0.0.1:1")].into());
+        next.carry_over(&prev);
+        // Replicas sharing an app address keep their own stats.
+        assert!(Arc::ptr_eq(&next.endpoints[0].stats, &prev.endpoints[1].stats));
+        assert!(Arc::ptr_eq(&next.endpoints[1].stats, &prev.endpoints[0].stats));
     }
 
     #[test]

@@ -152,11 +152,22 @@ async fn tries<U: Upstream>(
             Err(e) => return Called::failed(e, last),
         };
         let endpoint = last.insert(picked.endpoint);
-        let in_try = InTry::start(endpoint, picked.probe);
+        let mut in_try = InTry::start(endpoint, picked.probe);
         let result = match within(call.deadline, attempt(upstream, call, endpoint, &mut body)).await {
             Ok(result) => result,
-            // Out of time: the call ends here, without a verdict.
-            Err(timeout) => return Called::failed(timeout, last),
+            // Out of time: the call ends here. The try took at least this
+            // long and did not answer: a failure for the latency estimate
+            // and the breaker, so a replica slower than the deadline is
+            // learned and ejected (not left "unmeasured").
+            Err(timeout) => {
+                let cut_off = Verdict {
+                    failure: Some(true),
+                    report_now: true,
+                    retry: false,
+                };
+                in_try.book(dest, cut_off, metrics);
+                return Called::failed(timeout, last);
+            }
         };
         let tried = TryResult::of(&result);
         let verdict = judge(
@@ -209,19 +220,37 @@ struct InTry {
     in_flight: InFlight,
     probe: ProbeGuard,
     sent: Instant,
+    unbooked: Unbooked,
+}
+
+/// A try dropped before its verdict (the caller went away) still tells how
+/// long the endpoint took at least ([`EndpointStats::observe_at_least`]),
+/// as tower's PeakEwma does when its handle drops. Not a breaker failure:
+/// callers that give up must not eject a healthy endpoint.
+struct Unbooked(Option<(Arc<EndpointStats>, Instant)>);
+
+impl Drop for Unbooked {
+    fn drop(&mut self) {
+        if let Some((stats, sent)) = self.0.take() {
+            stats.observe_at_least(sent.elapsed(), Instant::now());
+        }
+    }
 }
 
 impl InTry {
     fn start(endpoint: &Endpoint, probe: bool) -> Self {
+        let sent = Instant::now();
         InTry {
             in_flight: endpoint.stats.start(),
             probe: ProbeGuard(probe.then(|| endpoint.stats.clone())),
-            sent: Instant::now(),
+            sent,
+            unbooked: Unbooked(Some((endpoint.stats.clone(), sent))),
         }
     }
 
     /// The verdict's latency and breaker bookkeeping.
-    fn book(&self, dest: &Destination, verdict: Verdict, metrics: &ResilienceMetrics) {
+    fn book(&mut self, dest: &Destination, verdict: Verdict, metrics: &ResilienceMetrics) {
+        self.unbooked.0 = None;
         let stats = self.in_flight.stats();
         match verdict.failure {
             Some(true) => stats.observe_failure(self.sent.elapsed(), Instant::now()),

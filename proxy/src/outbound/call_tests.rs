@@ -517,16 +517,39 @@ async fn an_ejected_endpoint_is_skipped_then_probed_back() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_probe_that_ends_without_a_verdict_lets_another_probe() {
+async fn a_probe_cut_off_by_the_deadline_is_a_failed_probe() {
     let script = Script::default().on(1, &[Step::Answer(500), Step::Slow(Duration::from_secs(10), 200)]);
     let d = dest(2, eject_after_one());
     let m = ResilienceMetrics::default();
     run(&script, &d, get(), None, &m).await;
     tokio::time::advance(Duration::from_secs(1)).await;
-    // The probe runs into the caller's deadline.
+    // The probe runs into the caller's deadline: the endpoint did not
+    // answer in time, so it stays ejected (for longer).
     let r = run(&script, &d, get(), Some(Duration::from_millis(200)), &m).await;
     assert_eq!(r.error().reason(), "timeout");
     assert_eq!(r.called.last.as_ref().map(|e| e.addr), Some(addr(1)));
+    assert!(d.endpoints[0].stats.breaker.is_open(), "re-ejected");
+    let r = run(&script, &d, get(), None, &m).await;
+    assert_eq!(r.called.last.as_ref().map(|e| e.addr), Some(addr(2)));
+    // Later probes again, and a good answer closes it.
+    tokio::time::advance(Duration::from_secs(4)).await;
+    let r = run(&script, &d, get(), None, &m).await;
+    assert_eq!(r.called.last.as_ref().map(|e| e.addr), Some(addr(1)));
+    assert_eq!(r.status(), 200);
+    assert!(!d.endpoints[0].stats.breaker.is_open());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_probe_whose_caller_goes_away_lets_another_probe() {
+    let script = Script::default().on(1, &[Step::Answer(500), Step::Slow(Duration::from_secs(10), 200)]);
+    let d = dest(2, eject_after_one());
+    let m = ResilienceMetrics::default();
+    run(&script, &d, get(), None, &m).await;
+    tokio::time::advance(Duration::from_secs(1)).await;
+    // The caller gives up on the probe: no verdict on the endpoint.
+    let gone = tokio::time::timeout(Duration::from_millis(200), run(&script, &d, get(), None, &m)).await;
+    assert!(gone.is_err());
+    assert_eq!(script.tried(), [1, 1]);
     // Not stuck "probing": the next request probes again.
     let r = run(&script, &d, get(), None, &m).await;
     assert_eq!(r.called.last.as_ref().map(|e| e.addr), Some(addr(1)));
@@ -604,4 +627,44 @@ async fn a_retry_avoids_the_proxy_it_comes_from_even_when_replicas_share_an_app_
             "round {round}: the retry went to the other proxy"
         );
     }
+}
+
+/// A replica slower than the request deadline (and no per-try timeout):
+/// each try it gets is cut off by the deadline, and still counts against
+/// it, so the breaker ejects it and traffic goes to the others.
+#[tokio::test(start_paused = true)]
+async fn a_replica_slower_than_the_deadline_is_learned_and_ejected() {
+    let slow = [Step::Slow(Duration::from_secs(2), 200); 50];
+    let script = Script::default().on(1, &slow);
+    let d = dest(
+        3,
+        Policy {
+            circuit_breaker: BreakerPolicy {
+                consecutive_failures: 3,
+                base_ejection: Duration::from_secs(30),
+                ..BreakerPolicy::default()
+            },
+            ..policy(RetryPolicy::default())
+        },
+    );
+    let m = ResilienceMetrics::default();
+    let mut timeouts = 0;
+    for _ in 0..30 {
+        let r = run(&script, &d, get(), Some(Duration::from_millis(300)), &m).await;
+        if r.called.result.is_err() {
+            assert!(matches!(r.error(), ProxyError::Timeout(_)), "{}", r.error());
+            timeouts += 1;
+        }
+    }
+    assert_eq!(timeouts, 3, "three cut-off tries eject it; then no more");
+    assert!(d.endpoints[0].stats.breaker.is_open());
+    let to_slow = script.tried().iter().filter(|i| **i == 1).count();
+    assert_eq!(to_slow, 3);
+    assert_eq!(
+        m.ejections
+            .get_or_create(&ResilienceMetrics::service("web", ""))
+            .get(),
+        1,
+        "the ejection is counted"
+    );
 }

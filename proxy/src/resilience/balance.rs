@@ -109,6 +109,20 @@ impl EndpointStats {
         self.observe(rtt.max(cost.max(DEFAULT_RTT) * FAILURE_PENALTY), now);
     }
 
+    /// Records a try that ended without an answer after `elapsed` (its
+    /// caller went away): the answer would have taken at least that long,
+    /// so a longer wait than the estimate raises it (peak), a shorter one
+    /// says nothing.
+    pub fn observe_at_least(&self, elapsed: Duration, now: Instant) {
+        let mut e = self.ewma.lock().expect("ewma lock");
+        e.decay(now);
+        let elapsed = elapsed.as_nanos() as f64;
+        if elapsed > e.cost_ns || !e.measured {
+            e.cost_ns = e.cost_ns.max(elapsed);
+            e.measured = true;
+        }
+    }
+
     /// The decayed latency estimate in nanoseconds; `None` before the
     /// first response.
     fn ewma_cost(&self, now: Instant) -> Option<f64> {
@@ -333,6 +347,25 @@ mod tests {
         let counts = share(&eps, LoadBalancer::PeakEwma, 3000, Instant::now());
         // The slow one wins only when drawn twice... which P2C avoids.
         assert!(counts[2] < 300, "slow endpoint got {counts:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_abandoned_wait_raises_the_estimate_to_at_least_its_length() {
+        let stats = EndpointStats::default();
+        let now = Instant::now();
+        stats.observe(Duration::from_millis(10), now);
+        stats.observe_at_least(Duration::from_millis(2), now);
+        assert_eq!(stats.ewma_cost(now), Some(10e6), "a shorter wait says nothing");
+        stats.observe_at_least(Duration::from_millis(500), now);
+        assert_eq!(stats.ewma_cost(now), Some(500e6), "a longer one is a peak");
+        let fresh = EndpointStats::default();
+        fresh.observe_at_least(Duration::from_millis(1), now);
+        assert_eq!(
+            fresh.ewma_cost(now),
+            Some(DEFAULT_RTT.as_nanos() as f64),
+            "unmeasured: at least the default, and now measured"
+        );
+        assert!(!stats.breaker.is_open() && !fresh.breaker.is_open());
     }
 
     #[tokio::test(start_paused = true)]
