@@ -3,7 +3,7 @@
 //! annotations that become those flags), so an annotation the injector
 //! accepts is one `weft-proxy init` accepts too.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 /// A port (`8080`) or a range (`9000:9100`, also `9000-9100`), normalised
 /// to iptables' `low:high` form.
@@ -25,16 +25,31 @@ pub fn parse_port_range(s: &str) -> Result<String, String> {
     }
 }
 
-/// An IPv4 network (`10.0.0.0/8`; a bare address is a `/32`).
+/// An IPv4 or IPv6 network (`10.0.0.0/8`, `fd00::/8`; a bare address is
+/// a `/32` or a `/128`), normalised (`FD00:0::/8` becomes `fd00::/8`).
+/// `weft-proxy init` hands IPv4 networks to iptables and IPv6 networks to
+/// ip6tables ([`is_ipv6_cidr`]).
 pub fn parse_cidr(s: &str) -> Result<String, String> {
-    let bad = || format!("expected an IPv4 network such as `10.0.0.0/8`, got `{s}`");
-    let (ip, len) = s.split_once('/').unwrap_or((s, "32"));
-    let ip: Ipv4Addr = ip.parse().map_err(|_| bad())?;
-    let len: u8 = len.parse().map_err(|_| bad())?;
-    if len > 32 {
+    let bad = || format!("expected an IPv4 or IPv6 network such as `10.0.0.0/8` or `fd00::/8`, got `{s}`");
+    let (ip, len) = match s.split_once('/') {
+        Some((ip, len)) => (ip, Some(len)),
+        None => (s, None),
+    };
+    let ip: IpAddr = ip.parse().map_err(|_| bad())?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let len: u8 = match len {
+        Some(len) => len.parse().map_err(|_| bad())?,
+        None => max,
+    };
+    if len > max {
         return Err(bad());
     }
     Ok(format!("{ip}/{len}"))
+}
+
+/// Whether a network [`parse_cidr`] returned is an IPv6 one.
+pub fn is_ipv6_cidr(cidr: &str) -> bool {
+    cidr.contains(':')
 }
 
 #[cfg(test)]
@@ -52,6 +67,11 @@ mod tests {
         assert_eq!(parse_cidr("10.0.0.0/8").unwrap(), "10.0.0.0/8");
         assert_eq!(parse_cidr("10.1.2.3").unwrap(), "10.1.2.3/32");
         assert!(parse_cidr("10.0.0.0/33").is_err());
-        assert!(parse_cidr("fd00::/8").is_err());
+        assert_eq!(parse_cidr("fd00::/8").unwrap(), "fd00::/8");
+        assert_eq!(parse_cidr("FD00:0::1").unwrap(), "fd00::1/128");
+        assert!(parse_cidr("fd00::/129").is_err());
+        assert!(parse_cidr("[fd00::]/8").is_err());
+        assert!(is_ipv6_cidr(&parse_cidr("::ffff:10.0.0.0/104").unwrap()));
+        assert!(!is_ipv6_cidr(&parse_cidr("10.0.0.0/8").unwrap()));
     }
 }

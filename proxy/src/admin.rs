@@ -6,13 +6,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use crate::listener::Listener;
 use bytes::Bytes;
 use http::{header, Method, Response, StatusCode};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::registry::Registry;
-use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
 use crate::http::{full_body, Body};
@@ -30,7 +30,7 @@ pub struct Admin {
 }
 
 impl Admin {
-    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+    pub async fn serve(self: Arc<Self>, mut listener: Listener) {
         loop {
             let (stream, peer) = match listener.accept().await {
                 Ok(a) => a,

@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use clap::Parser;
 use prometheus_client::registry::Registry;
-use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
 use crate::admin::Admin;
@@ -24,6 +23,7 @@ use crate::discover::{Discover, StaticEndpoints};
 use crate::drain;
 use crate::identity::{Identity, TokenFile};
 use crate::inbound::{Inbound, Workload};
+use crate::listener::Listener;
 use crate::metrics::Metrics;
 use crate::outbound::Outbound;
 use crate::policy::{Policies, PortWatcher};
@@ -62,12 +62,14 @@ pub struct Proxy {
     control: Option<ControlClient>,
     /// Only with a control plane: it issues the certificates.
     identity: Option<Arc<Identity>>,
-    outbound: TcpListener,
-    inbound: TcpListener,
-    admin: TcpListener,
+    outbound: Listener,
+    inbound: Listener,
+    admin: Listener,
 }
 
-/// Where a bound proxy listens.
+/// Where a bound proxy listens: the configured (IPv4 or IPv6) addresses,
+/// ports filled in. Each IPv4 wildcard or loopback listener also has an
+/// IPv6 twin on the same port where the node has IPv6 ([`Proxy::ipv6_addrs`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Addrs {
     pub outbound: SocketAddr,
@@ -79,11 +81,10 @@ pub struct Addrs {
 pub enum BuildError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("cannot listen on {addr} ({which}): {source}")]
+    #[error("cannot listen on {} ({which}): {}", .source.addr, .source.source)]
     Bind {
         which: &'static str,
-        addr: SocketAddr,
-        source: std::io::Error,
+        source: crate::listener::BindError,
     },
 }
 
@@ -91,9 +92,9 @@ impl Proxy {
     /// Loads the endpoints and binds every listener.
     pub async fn bind(config: Config) -> Result<Self, BuildError> {
         let listen = |which, addr| async move {
-            TcpListener::bind(addr)
+            Listener::bind(addr)
                 .await
-                .map_err(|source| BuildError::Bind { which, addr, source })
+                .map_err(|source| BuildError::Bind { which, source })
         };
         let outbound = listen("outbound", config.outbound_listen).await?;
         let inbound = listen("inbound", config.inbound_listen).await?;
@@ -168,12 +169,21 @@ impl Proxy {
     }
 
     pub fn addrs(&self) -> Addrs {
-        let addr = |l: &TcpListener| l.local_addr().expect("bound listener has an address");
+        let addr = |l: &Listener| l.local_addr().expect("bound listener has an address");
         Addrs {
             outbound: addr(&self.outbound),
             inbound: addr(&self.inbound),
             admin: addr(&self.admin),
         }
+    }
+
+    /// The IPv6 twins of the listeners that have one.
+    pub fn ipv6_addrs(&self) -> [Option<SocketAddr>; 3] {
+        [
+            self.outbound.ipv6_addr(),
+            self.inbound.ipv6_addr(),
+            self.admin.ipv6_addr(),
+        ]
     }
 
     /// Serves until `shutdown` resolves or `POST /shutdown` arrives, then
@@ -389,6 +399,11 @@ where
         };
         let a = proxy.addrs();
         tracing::info!(outbound = %a.outbound, inbound = %a.inbound, admin = %a.admin, "listening");
+        let [outbound, inbound, admin] = proxy.ipv6_addrs().map(|a| a.map(|a| a.to_string()).unwrap_or_default());
+        if !(outbound.is_empty() && inbound.is_empty() && admin.is_empty()) {
+            // Not "listening": tests find the line above by that word.
+            tracing::info!(ipv6_outbound = %outbound, ipv6_inbound = %inbound, ipv6_admin = %admin, "also on IPv6");
+        }
         proxy.run(shutdown_signal()).await;
         ExitCode::SUCCESS
     })

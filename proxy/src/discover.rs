@@ -258,6 +258,17 @@ impl RouteMatch {
     }
 }
 
+/// `host:port` as a destination target: an IPv6 address in brackets
+/// (`[fd00::2]:8080`), so the control plane reads it as an address rather
+/// than a name with colons in it.
+pub fn target(host: &str, port: u16) -> String {
+    if host.parse::<std::net::Ipv6Addr>().is_ok() {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
 /// Why a name did not resolve.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unresolved {
@@ -327,7 +338,7 @@ impl StaticEndpoints {
     fn lookup(&self, host: &str, port: u16) -> Option<Arc<Destination>> {
         let host = host.to_ascii_lowercase();
         self.services
-            .get(&format!("{host}:{port}"))
+            .get(&target(&host, port))
             .or_else(|| self.services.get(&host))
             .cloned()
     }
@@ -383,6 +394,21 @@ mod tests {
         // Replicas sharing an app address keep their own stats.
         assert!(Arc::ptr_eq(&next.endpoints[0].stats, &prev.endpoints[1].stats));
         assert!(Arc::ptr_eq(&next.endpoints[1].stats, &prev.endpoints[0].stats));
+    }
+
+    #[test]
+    fn ipv6_targets_are_bracketed() {
+        assert_eq!(target("fd00::2", 8080), "[fd00::2]:8080");
+        assert_eq!(target("10.0.0.2", 8080), "10.0.0.2:8080");
+        assert_eq!(target("echo.demo", 80), "echo.demo:80");
+    }
+
+    #[tokio::test]
+    async fn an_ipv6_address_resolves_as_itself() {
+        let a = Endpoint::unmeshed("[fd00::2]:8080".parse().unwrap());
+        let s = StaticEndpoints::from_map(HashMap::from([("[fd00::2]:8080".to_string(), vec![a.clone()])]));
+        // As outbound/lookup.rs asks: the bare address, brackets stripped.
+        assert_eq!(&*s.resolve("fd00::2", 8080).await.unwrap().endpoints, &[a]);
     }
 
     #[test]

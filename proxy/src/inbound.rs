@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use http::{Request, Response, Version};
 use hyper::body::Incoming;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 use crate::client::Clients;
 use crate::detect::{detect, Protocol};
@@ -19,6 +19,7 @@ use crate::errors::ProxyError;
 use crate::http::{absolute_uri, authority, incoming, is_upgrade, strip_hop_by_hop, AppProtocol, Body};
 use crate::http::{WEFT_PORT, WEFT_PROTO};
 use crate::identity::{spiffe_id_of, Identity, ALPN_H2, ALPN_TCP};
+use crate::listener::Listener;
 use crate::metrics::{Detected, Direction};
 use crate::policy::{ConnInfo, Policies};
 use crate::resilience::metrics::ResilienceMetrics;
@@ -75,7 +76,7 @@ pub struct Inbound {
 }
 
 impl Inbound {
-    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+    pub async fn serve(self: Arc<Self>, listener: Listener) {
         let drain = self.drain.clone();
         accept_loop(listener, &drain, "inbound", move |stream, peer| {
             self.clone().connection(stream, peer)
@@ -117,9 +118,12 @@ impl Inbound {
         let listener_port = stream.local_addr().map_or(0, |a| a.port());
         let orig_dst = crate::orig_dst::original_dst(&stream);
         let target_port = orig_dst.map(|d| d.port()).filter(|p| *p != listener_port);
+        // The pod address the caller reached, of its family: an IPv6
+        // caller's app connection goes to the pod's IPv6 address.
         let local_ip = orig_dst
             .map(|d| d.ip())
-            .or_else(|| stream.local_addr().ok().map(|a| a.ip()));
+            .or_else(|| stream.local_addr().ok().map(|a| a.ip()))
+            .map(|ip| ip.to_canonical());
         let plaintext = ConnInfo {
             target_port,
             local_ip,
@@ -443,6 +447,7 @@ fn listens_on(line: &str, port: u16) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::net::TcpListener;
 
     #[tokio::test]
     async fn only_listeners_other_pods_can_reach_count() {

@@ -30,6 +30,7 @@ pub mod identity;
 pub mod inbound;
 pub mod init;
 pub mod io;
+pub mod listener;
 pub mod metrics;
 pub mod orig_dst;
 pub mod outbound;

@@ -35,7 +35,7 @@ where
             return None;
         }
     };
-    redirected(local, orig)
+    redirected(local, crate::listener::canonical(orig))
 }
 
 /// `orig` when it differs from the address the connection arrived at.

@@ -112,7 +112,7 @@ pub async fn serve_http<I, F, Fut>(
 /// Accepts until the drain starts, then drops the listener so new
 /// connections are refused. Each connection is a task the drain waits for.
 pub async fn accept_loop<F, Fut>(
-    listener: tokio::net::TcpListener,
+    mut listener: crate::listener::Listener,
     drain: &drain::Watch,
     name: &str,
     handle: F,

@@ -6,8 +6,13 @@
 //! ```text
 //!             node namespace <id>n: bridge br0 (no IP)
 //!          ┌───────────┬───────────┬──────────┐
-//!   pod <id>-a      pod <id>-b   pod <id>-c  …   eth0 10.213.<x>.2, .3, …/24, lo up
+//!   pod <id>-a      pod <id>-b   pod <id>-c  …   eth0 10.213.<x>.2, .3, …/24
+//!                                                     fd00:213:<x>::2, ::3, …/64, lo up
 //! ```
+//!
+//! Every pod is dual-stack: an IPv4 address and an IPv6 ULA one (added
+//! `nodad`, so it is usable at once rather than after duplicate address
+//! detection).
 //!
 //! Names start with `wft` and a random suffix, so parallel tests (and a
 //! crashed earlier run) never collide. [`Node`] owns everything it creates:
@@ -16,10 +21,11 @@
 //! takes their links with them. Processes started through [`Node::spawn`]
 //! are also [`Proc`]s, killed when their handle drops.
 //!
-//! Needs root, `ip` (iproute2), `iptables` and `setpriv` (util-linux):
+//! Needs root, `ip` (iproute2), `iptables`, `ip6tables` and `setpriv`
+//! (util-linux):
 //! [`Node::available`] says whether the tests can run here.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 use std::process::Command;
 use std::sync::Mutex;
@@ -33,7 +39,8 @@ pub const PROXY_UID: u32 = 2102;
 /// A bridge in its own namespace, and the pods attached to it.
 pub struct Node {
     id: String,
-    /// The third octet of the pods' 10.213.<x>.0/24.
+    /// The third octet of the pods' 10.213.<x>.0/24 (and the third group
+    /// of their fd00:213:<x>::/64).
     subnet: u8,
     node_ns: String,
     namespaces: Mutex<Vec<String>>,
@@ -45,6 +52,7 @@ pub struct Node {
 pub struct Pod {
     pub ns: String,
     pub ip: Ipv4Addr,
+    pub ip6: Ipv6Addr,
 }
 
 fn run(args: &[&str]) -> Result<String, String> {
@@ -91,7 +99,7 @@ fn suffix() -> String {
 
 impl Node {
     /// Whether this machine can build nodes: root, and `ip`, `iptables`,
-    /// `setpriv` and every command in `extra` installed. When it cannot,
+    /// `ip6tables`, `setpriv` and every command in `extra` installed. When it cannot,
     /// prints why and returns false, or under `CI=true` panics, so CI never
     /// skips silently.
     pub fn available(extra: &[&str]) -> bool {
@@ -99,7 +107,7 @@ impl Node {
         if !is_root() {
             missing.push("root (network namespaces and iptables)".into());
         }
-        for c in ["ip", "iptables", "setpriv"].iter().chain(extra) {
+        for c in ["ip", "iptables", "ip6tables", "setpriv"].iter().chain(extra) {
             if !command_exists(c) {
                 missing.push(format!("`{c}`"));
             }
@@ -153,7 +161,7 @@ impl Node {
     }
 
     /// A new pod: its namespace, a veth pair to the bridge (`eth0` inside),
-    /// the next address of the node's /24, loopback up.
+    /// the next address of the node's /24 and of its /64, loopback up.
     pub fn pod(&self, name: &str) -> Pod {
         let host = {
             let mut next = self.next_host.lock().unwrap();
@@ -166,6 +174,8 @@ impl Node {
         let ip = Ipv4Addr::new(10, 213, self.subnet, host);
         let veth = format!("veth{host}");
         let cidr = format!("{ip}/24");
+        let ip6 = Ipv6Addr::new(0xfd00, 0x213, u16::from(self.subnet), 0, 0, 0, 0, u16::from(host));
+        let cidr6 = format!("{ip6}/64");
         let node = self.node_ns.as_str();
         for cmd in [
             &[
@@ -173,12 +183,24 @@ impl Node {
             ][..],
             &["ip", "-n", node, "link", "set", &veth, "master", "br0", "up"],
             &["ip", "-n", &ns, "addr", "add", &cidr, "dev", "eth0"],
+            &[
+                "ip", "-n", &ns, "-6", "addr", "add", &cidr6, "dev", "eth0", "nodad",
+            ],
             &["ip", "-n", &ns, "link", "set", "eth0", "up"],
             &["ip", "-n", &ns, "link", "set", "lo", "up"],
         ] {
             run(cmd).unwrap_or_else(|e| panic!("building pod {name}: {e}"));
         }
-        Pod { ns, ip }
+        Pod { ns, ip, ip6 }
+    }
+
+    /// The node's own namespace as a [`Pod`], to run a capture there.
+    pub fn node_pod(&self) -> Pod {
+        Pod {
+            ns: self.node_ns.clone(),
+            ip: Ipv4Addr::UNSPECIFIED,
+            ip6: Ipv6Addr::UNSPECIFIED,
+        }
     }
 
     /// Runs `program args` inside `pod` (as `uid` when given, with no
@@ -197,8 +219,9 @@ impl Node {
         Proc::spawn(cmd)
     }
 
-    /// `weft-proxy init` in `pod`, with the test bed's proxy uid.
-    pub fn init(&self, pod: &Pod, extra: &[&str]) {
+    /// `weft-proxy init` in `pod`, with the test bed's proxy uid; returns
+    /// what it reported (stderr).
+    pub fn init(&self, pod: &Pod, extra: &[&str]) -> String {
         let uid = PROXY_UID.to_string();
         let mut args = vec!["init", "--proxy-uid", &uid];
         args.extend_from_slice(extra);
@@ -209,6 +232,7 @@ impl Node {
             pod.ns,
             String::from_utf8_lossy(&out.stderr)
         );
+        String::from_utf8_lossy(&out.stderr).into_owned()
     }
 
     /// `weft-netapp` in `pod` (as root, so its traffic is intercepted);

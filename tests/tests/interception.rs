@@ -3,6 +3,10 @@
 //! iptables rules, its app (running as root, so intercepted) and its proxy
 //! (running as its own uid, so not), and the control plane in a pod of its
 //! own. Apps call each other by pod IP and know nothing of the mesh.
+//! Every pod is dual-stack: the tests that matter most run once over IPv4
+//! and once over IPv6 (`weft-proxy init` installs ip6tables rules too, the
+//! proxies listen on both families, and the echo service has an endpoint
+//! per family, as a dual-stack cluster's EndpointSlices do).
 //!
 //! Need root, iptables, iproute2 and util-linux (plus tcpdump / mosquitto
 //! for the tests that use them): skipped with a message elsewhere, failed
@@ -19,8 +23,9 @@ const WEB: &str = "spiffe://cluster.local/ns/demo/sa/web";
 const ECHO: &str = "spiffe://cluster.local/ns/demo/sa/echo";
 
 /// The node: `cp` (control plane), `a` (app `web`, meshed), `b` (app
-/// `echo`, meshed: HTTP on 8080, TCP echo on 7000, a greeter on 5432, and
-/// a broker on 1883 when a test starts one), `c` (not meshed).
+/// `echo`, meshed: HTTP on 8080, TCP echo on 7000, a greeter on 5432, all
+/// dual-stack, and a broker on 1883 when a test starts one), `c` (not
+/// meshed).
 struct Bed {
     // Declared first, dropped first: processes before the node.
     procs: Vec<Proc>,
@@ -31,7 +36,7 @@ struct Bed {
     node: Node,
 }
 
-const ECHO_SERVICE: &str = "apiVersion: weft.dev/v1alpha1\nkind: MeshService\nmetadata: {name: echo, namespace: demo}\nspec:\n  serviceAccount: echo\n  ports: [{port: 8080}, {port: 7000, protocol: tcp}, {port: 5432, protocol: tcp}, {port: 1883, protocol: tcp}]\n  endpoints:\n    - address: B:8080\n      proxy: B:4143\n";
+const ECHO_SERVICE: &str = "apiVersion: weft.dev/v1alpha1\nkind: MeshService\nmetadata: {name: echo, namespace: demo}\nspec:\n  serviceAccount: echo\n  ports: [{port: 8080}, {port: 7000, protocol: tcp}, {port: 5432, protocol: tcp}, {port: 1883, protocol: tcp}]\n  endpoints:\n    - address: B:8080\n      proxy: B:4143\n    - address: \"[B6]:8080\"\n      proxy: \"[B6]:4143\"\n";
 
 impl Bed {
     fn start() -> Self {
@@ -45,7 +50,9 @@ impl Bed {
         std::fs::create_dir_all(dir.path().join("mesh")).unwrap();
         dir.write(
             "mesh/echo.yaml",
-            &ECHO_SERVICE.replace("B:", &format!("{}:", b.ip)),
+            &ECHO_SERVICE
+                .replace("B:", &format!("{}:", b.ip))
+                .replace("B6", &b.ip6.to_string()),
         );
         let mut procs = Vec::new();
 
@@ -80,12 +87,7 @@ impl Bed {
             &b,
             None,
             &bin("weft-netapp"),
-            &[
-                "serve",
-                "http=0.0.0.0:8080",
-                "echo=0.0.0.0:7000",
-                "banner=0.0.0.0:5432",
-            ],
+            &["serve", "http=[::]:8080", "echo=[::]:7000", "banner=[::]:5432"],
         );
         app.wait_line(&["ready"], Duration::from_secs(10));
         procs.push(app);
@@ -155,6 +157,14 @@ fn addr(pod: &Pod, port: u16) -> String {
     format!("{}:{port}", pod.ip)
 }
 
+/// `pod`'s IPv6 address and `port`: `[fd00:213:<x>::<n>]:port`.
+fn addr6(pod: &Pod, port: u16) -> String {
+    format!("[{}]:{port}", pod.ip6)
+}
+
+/// How a test dials a pod: [`addr`] (IPv4) or [`addr6`].
+type Dial = fn(&Pod, u16) -> String;
+
 /// The value of the first sample whose line starts with `series`.
 fn sample(metrics: &str, series: &str) -> f64 {
     metrics
@@ -167,15 +177,24 @@ fn sample(metrics: &str, series: &str) -> f64 {
 
 #[test]
 fn plain_http_between_pods_is_mtls_on_the_wire_with_the_callers_identity() {
+    meshed_http_is_mtls_on_the_wire(addr);
+}
+
+#[test]
+fn ipv6_plain_http_between_pods_is_mtls_on_the_wire_with_the_callers_identity() {
+    meshed_http_is_mtls_on_the_wire(addr6);
+}
+
+/// A calls B by pod IP (`dial`'s family): intercepted on both sides, mTLS
+/// on the wire, B's proxy sees A's identity, B's app is reached at the pod
+/// address A dialled; C's unmeshed call is intercepted by B in plaintext.
+fn meshed_http_is_mtls_on_the_wire(dial: Dial) {
     if !Node::available(&["tcpdump"]) {
         return;
     }
     let mut bed = Bed::start();
     let capture = bed.dir.path().join("bridge.pcap");
-    let node_pod = Pod {
-        ns: bed.node.node_ns().to_string(),
-        ip: std::net::Ipv4Addr::UNSPECIFIED,
-    };
+    let node_pod = bed.node.node_pod();
     let mut tcpdump = bed.node.spawn(
         &node_pod,
         None,
@@ -202,14 +221,21 @@ fn plain_http_between_pods_is_mtls_on_the_wire_with_the_callers_identity() {
     let (a, b, c) = (bed.a.clone(), bed.b.clone(), bed.c.clone());
     let out = bed.call(
         &a,
-        &["http", "POST", &addr(&b, 8080), "/hello", "SECRET-BODY-7f3a"],
+        &["http", "POST", &dial(&b, 8080), "/hello", "SECRET-BODY-7f3a"],
     );
-    assert!(out.contains("served POST /hello got=SECRET-BODY-7f3a"), "{out}");
+    // B's proxy forwarded to the pod address of the caller's family.
+    assert!(
+        out.contains(&format!(
+            "served POST /hello got=SECRET-BODY-7f3a by={}",
+            dial(&b, 8080)
+        )),
+        "{out}"
+    );
     // Permissive (the default): a pod without a proxy gets through, in
     // plaintext, which also proves the capture sees the bridge.
     let out = bed.call(
         &c,
-        &["http", "POST", &addr(&b, 8080), "/plain", "PLAIN-CONTROL-9c1e"],
+        &["http", "POST", &dial(&b, 8080), "/plain", "PLAIN-CONTROL-9c1e"],
     );
     assert!(out.contains("got=PLAIN-CONTROL-9c1e"), "{out}");
 
@@ -258,7 +284,7 @@ fn plain_http_between_pods_is_mtls_on_the_wire_with_the_callers_identity() {
         "{a_metrics}"
     );
     // The admin port is not intercepted on B's side.
-    let ready = bed.call(&a, &["http", "GET", &addr(&b, 4191), "/ready"]);
+    let ready = bed.call(&a, &["http", "GET", &dial(&b, 4191), "/ready"]);
     assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
     bed.procs.push(tcpdump);
 }
@@ -317,12 +343,21 @@ fn opaque_tcp_server_first_protocols_and_unmeshed_destinations_pass() {
 
 #[test]
 fn an_unmeshed_pod_is_refused_once_the_port_is_strict() {
+    unmeshed_is_refused_once_strict(addr);
+}
+
+#[test]
+fn an_unmeshed_ipv6_caller_is_refused_once_the_port_is_strict() {
+    unmeshed_is_refused_once_strict(addr6);
+}
+
+fn unmeshed_is_refused_once_strict(dial: Dial) {
     if !Node::available(&[]) {
         return;
     }
     let bed = Bed::start();
     let (a, b, c) = (bed.a.clone(), bed.b.clone(), bed.c.clone());
-    let target = addr(&b, 8080);
+    let target = dial(&b, 8080);
     bed.call(&c, &["http", "GET", &target, "/"]);
 
     bed.dir.write(
@@ -561,4 +596,172 @@ fn undeclared_ports_the_app_listens_on_are_meshed_under_their_policy() {
             .netapp(&a, &["http", "GET", &addr(&b, closed), "/closed"]);
         assert!(!ok && !out.contains("served"), "port {closed}: {out}");
     }
+}
+
+/// The `WEFT` lines of `binary -t nat -S` in `pod`.
+fn weft_rules(node: &Node, pod: &Pod, binary: &str) -> String {
+    let out = node.exec(pod, None, Path::new(binary), &["-t", "nat", "-S"]);
+    assert!(
+        out.status.success(),
+        "{binary} -t nat -S: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("WEFT"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `weft-proxy init` in a pod of its own: the ip6tables rules mirror the
+/// iptables ones (IPv6's loopback, and only the IPv6 skip networks), a
+/// second run changes neither, `--dry-run` prints both families,
+/// `--uninstall` removes both (and finds nothing the second time).
+#[test]
+fn init_mirrors_its_rules_in_ip6tables_idempotently() {
+    if !Node::available(&[]) {
+        return;
+    }
+    let node = Node::new();
+    let pod = node.pod("init");
+    let flags = [
+        "--skip-outbound-cidrs",
+        "10.96.0.0/12,fd00:10:96::/112",
+        "--skip-inbound-ports",
+        "22",
+    ];
+    let said = node.init(&pod, &flags);
+    assert!(said.contains("rules installed (IPv4 and IPv6)"), "{said}");
+    let (v4, v6) = (
+        weft_rules(&node, &pod, "iptables"),
+        weft_rules(&node, &pod, "ip6tables"),
+    );
+    for rule in [
+        "-A PREROUTING -j WEFT_INBOUND",
+        "-A OUTPUT -j WEFT_OUTPUT",
+        "-A WEFT_INBOUND_REDIRECT -p tcp -j REDIRECT --to-ports 4143",
+        "-A WEFT_OUTPUT_REDIRECT -p tcp -j REDIRECT --to-ports 4140",
+        "-A WEFT_OUTPUT -m owner --uid-owner 2102 -j RETURN",
+        "-A WEFT_OUTPUT -d ::1/128 -j RETURN",
+        "-A WEFT_OUTPUT -d fd00:10:96::/112 -j RETURN",
+    ] {
+        assert!(v6.contains(rule), "{rule} in\n{v6}");
+    }
+    assert!(
+        !v6.contains("10.96.0.0") && !v4.contains("fd00:"),
+        "{v4}\n----\n{v6}"
+    );
+    // Otherwise the same rules, in the same order.
+    let mirror = |rules: &str| -> Vec<String> {
+        rules
+            .lines()
+            .filter(|l| !l.contains("10.96.0.0/12") && !l.contains("fd00:10:96::/112"))
+            .map(|l| l.replace("127.0.0.0/8", "::1/128"))
+            .collect()
+    };
+    assert_eq!(mirror(&v4), mirror(&v6));
+
+    node.init(&pod, &flags);
+    assert_eq!(
+        weft_rules(&node, &pod, "iptables"),
+        v4,
+        "a second run changes nothing"
+    );
+    assert_eq!(
+        weft_rules(&node, &pod, "ip6tables"),
+        v6,
+        "a second run changes nothing"
+    );
+
+    for (extra, expected) in [
+        (
+            None,
+            [
+                "iptables -t nat -A WEFT_OUTPUT -d 127.0.0.0/8 -j RETURN",
+                "ip6tables -t nat -A WEFT_OUTPUT -d ::1/128 -j RETURN",
+            ],
+        ),
+        (
+            Some("--uninstall"),
+            [
+                "iptables -t nat -X WEFT_OUTPUT",
+                "ip6tables -t nat -X WEFT_OUTPUT",
+            ],
+        ),
+    ] {
+        let mut args = vec!["init", "--proxy-uid", "2102", "--dry-run"];
+        args.extend(extra);
+        let out = node.exec(&pod, None, &bin("weft-proxy"), &args);
+        let printed = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{printed}");
+        for line in expected {
+            assert!(printed.lines().any(|l| l == line), "{line} in\n{printed}");
+        }
+    }
+    assert_eq!(
+        weft_rules(&node, &pod, "ip6tables"),
+        v6,
+        "--dry-run changes nothing"
+    );
+
+    let said = node.init(&pod, &["--uninstall"]);
+    assert!(said.contains("rules removed (IPv4 and IPv6)"), "{said}");
+    assert_eq!(weft_rules(&node, &pod, "iptables"), "");
+    assert_eq!(weft_rules(&node, &pod, "ip6tables"), "");
+    node.init(&pod, &["--uninstall"]);
+}
+
+/// A pod with IPv6 turned off: `weft-proxy init` says so and installs the
+/// IPv4 rules only, and the proxy starts and serves on IPv4 (its loopback
+/// listener finds no `::1` and stays IPv4 only).
+#[test]
+fn a_pod_without_ipv6_gets_ipv4_rules_and_a_working_proxy() {
+    if !Node::available(&["sysctl"]) {
+        return;
+    }
+    let node = Node::new();
+    let pod = node.pod("v4only");
+    let out = node.exec(
+        &pod,
+        None,
+        Path::new("sysctl"),
+        &["-w", "net.ipv6.conf.all.disable_ipv6=1"],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let said = node.init(&pod, &[]);
+    assert!(
+        said.contains(
+            "no IPv6 on this node (IPv6 is disabled: net.ipv6.conf.all.disable_ipv6 = 1); IPv4 rules only"
+        ),
+        "{said}"
+    );
+    assert!(said.contains("rules installed (IPv4 only)"), "{said}");
+    assert!(weft_rules(&node, &pod, "iptables").contains("-A OUTPUT -j WEFT_OUTPUT"));
+    assert_eq!(weft_rules(&node, &pod, "ip6tables"), "");
+
+    let mut proxy = node.spawn(
+        &pod,
+        Some(PROXY_UID),
+        &bin("weft-proxy"),
+        &[
+            "--outbound-listen",
+            "127.0.0.1:4140",
+            "--inbound-listen",
+            "0.0.0.0:4143",
+            "--admin-listen",
+            "0.0.0.0:4191",
+        ],
+    );
+    let line = proxy.wait_line(&["listening", "outbound="], Duration::from_secs(30));
+    assert!(line.contains("outbound=127.0.0.1:4140"), "{line}");
+    assert!(
+        proxy.logs().contains("no IPv6 here: this listener is IPv4 only"),
+        "{}",
+        proxy.logs()
+    );
+    Node::eventually(Duration::from_secs(10), "the proxy answers on IPv4", || {
+        node.netapp(&pod, &["http", "GET", &addr(&pod, 4191), "/ready"])
+            .0
+            .then_some(())
+    });
 }

@@ -215,6 +215,34 @@ fn a_pod_ip_resolves_on_each_of_its_service_ports() {
     }
 }
 
+/// A dual-stack pod: one endpoint per family. An IPv6 original
+/// destination, as a proxy sends it (`[ip]:port`), finds the IPv6 one.
+#[test]
+fn an_ipv6_pod_ip_resolves_as_the_meshed_endpoint() {
+    let index = Index::new(IndexConfig::default());
+    let yaml = "apiVersion: weft.dev/v1alpha1\nkind: MeshService\nmetadata: {name: echo, namespace: demo}\nspec:\n  ports: [{port: 8080}, {port: 7000, protocol: tcp}]\n  endpoints:\n    - address: 10.0.0.7:8080\n      proxy: 10.0.0.7:4143\n    - address: \"[fd00::7]:8080\"\n      proxy: \"[fd00::7]:4143\"\n";
+    index.apply("files", documents(yaml));
+    for (target, key) in [
+        ("[fd00::7]:8080", "[fd00::7]:8080"),
+        ("[fd00::7]:7000", "[fd00::7]:7000"),
+    ] {
+        let target = index.parse_target(target, "demo").unwrap();
+        assert!(matches!(target, Target::Address(a) if a.is_ipv6()), "{target:?}");
+        let rx = index.watch_destination(target);
+        let state = rx.borrow().clone();
+        let DestinationView::Found { endpoints, .. } = &state.view else {
+            panic!("{key}: not found")
+        };
+        assert_eq!(endpoints[key].proxy_address, "[fd00::7]:4143");
+        assert_eq!(endpoints[key].identity, "spiffe://cluster.local/ns/demo/sa/echo");
+    }
+    // Unbracketed, the port cannot be told from the address: not an address.
+    assert!(!matches!(
+        index.parse_target("fd00::7:8080", "demo"),
+        Some(Target::Address(_))
+    ));
+}
+
 #[tokio::test]
 async fn synced_once_every_configured_source_applied() {
     let index = Index::new(IndexConfig {

@@ -21,7 +21,8 @@ pub const OPAQUE_PORTS: &str = "weft.dev/opaque-ports";
 pub const SKIP_INBOUND_PORTS: &str = "weft.dev/skip-inbound-ports";
 /// Outbound destination ports not redirected: `443,9000:9100`.
 pub const SKIP_OUTBOUND_PORTS: &str = "weft.dev/skip-outbound-ports";
-/// Outbound destination networks not redirected: `10.0.0.0/8,169.254.169.254/32`.
+/// Outbound destination networks not redirected (IPv4 or IPv6):
+/// `10.0.0.0/8,169.254.169.254/32,fd00:ec2::254/128`.
 pub const SKIP_OUTBOUND_CIDRS: &str = "weft.dev/skip-outbound-cidrs";
 pub const PROXY_CPU_REQUEST: &str = "weft.dev/proxy-cpu-request";
 pub const PROXY_MEMORY_REQUEST: &str = "weft.dev/proxy-memory-request";
@@ -169,7 +170,7 @@ mod tests {
             OPAQUE_PORTS: "7000",
             SKIP_INBOUND_PORTS: "22,9000-9100",
             SKIP_OUTBOUND_PORTS: "443,5000:5010",
-            SKIP_OUTBOUND_CIDRS: "10.0.0.0/8,169.254.169.254",
+            SKIP_OUTBOUND_CIDRS: "10.0.0.0/8,169.254.169.254,fd00:ec2::254",
             PROXY_CPU_REQUEST: "250m",
             PROXY_MEMORY_REQUEST: "128Mi",
             PROXY_CPU_LIMIT: "1",
@@ -180,7 +181,10 @@ mod tests {
         assert_eq!(o.opaque_ports, Some(vec![7000]));
         assert_eq!(o.skip_inbound_ports, ["22", "9000:9100"]);
         assert_eq!(o.skip_outbound_ports, ["443", "5000:5010"]);
-        assert_eq!(o.skip_outbound_cidrs, ["10.0.0.0/8", "169.254.169.254/32"]);
+        assert_eq!(
+            o.skip_outbound_cidrs,
+            ["10.0.0.0/8", "169.254.169.254/32", "fd00:ec2::254/128"]
+        );
         assert_eq!(o.cpu_request.as_deref(), Some("250m"));
         assert_eq!(o.memory_limit.as_deref(), Some("1Gi"));
         // An empty list is a list: no app ports.
@@ -197,8 +201,8 @@ mod tests {
             (INBOUND_PORTS, json!("0"), "1..=65535"),
             (OPAQUE_PORTS, json!(7000), "expected a string value, got 7000"),
             (SKIP_INBOUND_PORTS, json!("9100:9000"), "low <= high"),
-            (SKIP_OUTBOUND_CIDRS, json!("10.0.0.0/33"), "IPv4 network"),
-            (SKIP_OUTBOUND_CIDRS, json!("fd00::/8"), "IPv4 network"),
+            (SKIP_OUTBOUND_CIDRS, json!("10.0.0.0/33"), "IPv4 or IPv6 network"),
+            (SKIP_OUTBOUND_CIDRS, json!("fd00::/129"), "IPv4 or IPv6 network"),
             (PROXY_MEMORY_LIMIT, json!("lots"), "Kubernetes quantity"),
             (PROXY_CPU_REQUEST, json!("100 m"), "Kubernetes quantity"),
         ];

@@ -227,7 +227,7 @@ impl ControlDiscover {
     }
 
     async fn lookup(&self, host: &str, port: u16) -> Resolution {
-        let entry = self.entry(&format!("{host}:{port}"));
+        let entry = self.entry(&crate::discover::target(host, port));
         let mut rx = entry.rx.clone();
         let state = match tokio::time::timeout(
             self.settings.first_update_timeout,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::call::{self, Call, Called, Deadline};
@@ -19,6 +19,7 @@ use crate::discover::Endpoint;
 use crate::errors::ProxyError;
 use crate::grpc;
 use crate::http::{incoming, AppProtocol, Body};
+use crate::listener::Listener;
 use crate::metrics::{Detected, Direction, UNKNOWN_SERVICE};
 use crate::server::{accept_loop, serve_http};
 use crate::telemetry::{Observation, Target};
@@ -26,7 +27,7 @@ use crate::telemetry::{Observation, Target};
 impl Outbound {
     /// Accepts until the drain starts, then drops the listener so new
     /// connections are refused.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+    pub async fn serve(self: Arc<Self>, listener: Listener) {
         let drain = self.drain.clone();
         accept_loop(listener, &drain, "outbound", move |stream, peer| {
             self.clone().connection(stream, peer)

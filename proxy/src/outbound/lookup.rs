@@ -77,7 +77,7 @@ impl Outbound {
     /// The destination `host:port` names; none is an error.
     pub(super) async fn resolve(&self, host: &str, port: u16) -> Result<Arc<Destination>, ProxyError> {
         self.discover.resolve(host, port).await.map_err(|e| {
-            let target = format!("{host}:{port}");
+            let target = crate::discover::target(host, port);
             match e {
                 Unresolved::Unknown => ProxyError::NoEndpoints(target),
                 Unresolved::Pending => ProxyError::DiscoveryUnavailable(target),

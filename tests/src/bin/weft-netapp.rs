@@ -2,13 +2,14 @@
 //! (`tests/src/netns.rs`), std only, so one binary can run inside any pod.
 //!
 //! ```text
-//! weft-netapp serve http=ADDR echo=ADDR banner=ADDR …   servers, until killed
+//! weft-netapp serve http=ADDR echo=ADDR banner=ADDR …   servers, until killed (`[::]:port` is dual-stack)
 //! weft-netapp http METHOD ADDR PATH [BODY [HOST]]       one HTTP/1.1 request (Host: ADDR unless given); prints status line and body
 //! weft-netapp echo ADDR MESSAGE                         client-first TCP: prints what comes back
 //! weft-netapp banner ADDR MESSAGE                       server-speaks-first TCP: prints the greeting, its delay, then the echo
 //! ```
 //!
-//! Clients exit 0 on success (HTTP: status 200), 1 otherwise, and give up
+//! ADDR is a socket address, IPv4 (`10.213.1.2:8080`) or IPv6
+//! (`[fd00:213:1::2]:8080`). Clients exit 0 on success (HTTP: status 200), 1 otherwise, and give up
 //! after 10 s of silence.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -112,7 +113,12 @@ fn serve_http(conn: TcpStream) -> std::io::Result<()> {
             body.resize(length, 0);
             reader.read_exact(&mut body)?;
         }
-        let by = conn.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        // As the caller reached us; an IPv4 caller of a dual-stack `[::]`
+        // listener as plain IPv4.
+        let by = conn
+            .local_addr()
+            .map(|a| std::net::SocketAddr::new(a.ip().to_canonical(), a.port()).to_string())
+            .unwrap_or_default();
         let reply = format!(
             "served {method} {path} got={} by={by}\n",
             String::from_utf8_lossy(&body)

@@ -1,8 +1,9 @@
-//! `weft-proxy init`: the iptables rules that send a pod's TCP through its
-//! proxy, installed in the current network namespace as a mesh init
-//! container does (modelled on Linkerd's proxy-init).
+//! `weft-proxy init`: the iptables and ip6tables rules that send a pod's
+//! TCP through its proxy, installed in the current network namespace as a
+//! mesh init container does (modelled on Linkerd's proxy-init).
 //!
-//! Everything lives in the `nat` table, in chains of our own:
+//! Everything lives in the `nat` table, in chains of our own, the same for
+//! both families (IPv6: `::1/128` for `127/8`, IPv6 skip networks only):
 //!
 //! ```text
 //! PREROUTING ─► WEFT_INBOUND ── admin port, skip ports ─► RETURN
@@ -14,14 +15,18 @@
 //! The proxy's own connections (its uid) escape, so it never loops into
 //! itself. Installing flushes and refills our chains and adds each jump
 //! only when `iptables -C` says it is absent, so running twice changes
-//! nothing. The rules are a pure function of [`Settings`] ([`plan`]),
-//! tested without iptables; [`Iptables`] runs them through the `iptables`
-//! binary (the nft backend on Debian).
+//! nothing. The rules are a pure function of [`Settings`] and the
+//! [`Family`] ([`plan`]), tested without iptables; [`Iptables`] runs them
+//! through the `iptables` / `ip6tables` binaries (the nft backend on
+//! Debian). Whether IPv6 gets rules is [`ipv6`]'s decision: a node without
+//! IPv6 is said so and gets the IPv4 rules only.
+
+pub mod ipv6;
 
 use std::process::{Command, ExitCode};
 
 use clap::Args;
-use weft_api::init_args::{parse_cidr, parse_port_range};
+use weft_api::init_args::{is_ipv6_cidr, parse_cidr, parse_port_range};
 
 pub const INBOUND: &str = "WEFT_INBOUND";
 pub const INBOUND_REDIRECT: &str = "WEFT_INBOUND_REDIRECT";
@@ -49,10 +54,11 @@ pub struct InitArgs {
     /// Outbound destination ports not redirected (`443`, or `9000:9100`).
     #[arg(long, value_delimiter = ',', value_parser = parse_port_range)]
     pub skip_outbound_ports: Vec<String>,
-    /// Outbound destination networks not redirected (`10.0.0.0/8`).
+    /// Outbound destination networks not redirected (`10.0.0.0/8`,
+    /// `fd00::/8`): IPv4 ones in iptables, IPv6 ones in ip6tables.
     #[arg(long, value_delimiter = ',', value_parser = parse_cidr)]
     pub skip_outbound_cidrs: Vec<String>,
-    /// Print the iptables commands instead of running them.
+    /// Print the iptables and ip6tables commands instead of running them.
     #[arg(long)]
     pub dry_run: bool,
     /// Remove the rules (and our chains) instead of installing them.
@@ -61,6 +67,31 @@ pub struct InitArgs {
     /// The iptables binary.
     #[arg(long, default_value = "iptables", env = "WEFT_IPTABLES")]
     pub iptables: String,
+    /// The ip6tables binary.
+    #[arg(long, default_value = "ip6tables", env = "WEFT_IP6TABLES")]
+    pub ip6tables: String,
+}
+
+/// The address family a plan is for: iptables or ip6tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    /// The loopback network, never redirected.
+    fn loopback(self) -> &'static str {
+        match self {
+            Family::V4 => "127.0.0.0/8",
+            Family::V6 => "::1/128",
+        }
+    }
+
+    /// Whether a network (as [`parse_cidr`] returns it) is this family's.
+    fn holds(self, cidr: &str) -> bool {
+        is_ipv6_cidr(cidr) == (self == Family::V6)
+    }
 }
 
 /// What the rules depend on.
@@ -120,9 +151,9 @@ fn strings(s: &[&str]) -> Vec<String> {
     s.iter().map(|s| (*s).to_string()).collect()
 }
 
-/// The install, in order: our chains first, filled, then the jumps into
-/// them (so traffic never meets a half-built chain).
-pub fn plan(s: &Settings) -> Vec<Step> {
+/// The install for one family, in order: our chains first, filled, then
+/// the jumps into them (so traffic never meets a half-built chain).
+pub fn plan(s: &Settings, family: Family) -> Vec<Step> {
     let rule = |chain: &str, rest: &[&str]| {
         let mut v = vec![chain.to_string()];
         v.extend(rest.iter().map(|r| (*r).to_string()));
@@ -157,11 +188,11 @@ pub fn plan(s: &Settings) -> Vec<Step> {
         &["-m", "owner", "--uid-owner", &uid, "-j", "RETURN"],
     ));
     steps.push(rule(OUTPUT, &["-o", "lo", "-j", "RETURN"]));
-    steps.push(rule(OUTPUT, &["-d", "127.0.0.0/8", "-j", "RETURN"]));
+    steps.push(rule(OUTPUT, &["-d", family.loopback(), "-j", "RETURN"]));
     for port in &s.skip_outbound_ports {
         steps.push(rule(OUTPUT, &["-p", "tcp", "--dport", port, "-j", "RETURN"]));
     }
-    for cidr in &s.skip_outbound_cidrs {
+    for cidr in s.skip_outbound_cidrs.iter().filter(|c| family.holds(c)) {
         steps.push(rule(OUTPUT, &["-d", cidr, "-j", "RETURN"]));
     }
     steps.push(rule(OUTPUT, &["-p", "tcp", "-j", OUTPUT_REDIRECT]));
@@ -197,9 +228,11 @@ pub enum InitError {
         stderr: String,
         hint: &'static str,
     },
+    #[error("IPv6: {why}")]
+    Ipv6 { why: String },
 }
 
-/// Runs `iptables -t nat …` commands.
+/// Runs `iptables -t nat …` (or `ip6tables -t nat …`) commands.
 pub struct Iptables {
     pub binary: String,
 }
@@ -278,6 +311,11 @@ impl Iptables {
     /// about one missing chain, iptables-nft 1.8.9 answers "incompatible"
     /// rather than "no such chain".
     fn chain_exists(&self, chain: &str) -> Result<bool, InitError> {
+        Ok(has_chain(&self.listing()?, chain))
+    }
+
+    /// `-t nat -S`: the nat table's chains and rules.
+    fn listing(&self) -> Result<String, InitError> {
         let args = strings(&["-t", "nat", "-S"]);
         let out = Command::new(&self.binary)
             .args(&args)
@@ -294,7 +332,7 @@ impl Iptables {
             };
             return Err(self.failure(&args, o));
         }
-        Ok(has_chain(&String::from_utf8_lossy(&out.stdout), chain))
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// Installs (idempotently) the rules of `steps`.
@@ -350,46 +388,69 @@ fn has_chain(listing: &str, chain: &str) -> bool {
         .any(|l| l.strip_prefix("-N ").is_some_and(|c| c.trim() == chain))
 }
 
-/// `weft-proxy init`: install (or with `--uninstall`, remove) the rules;
-/// with `--dry-run`, print them.
+/// `weft-proxy init`: install (or with `--uninstall`, remove) the rules,
+/// IPv4 and, where the node has IPv6, IPv6; with `--dry-run`, print both
+/// families' commands (as a fresh namespace with IPv6 runs them).
 pub fn run(args: &InitArgs) -> ExitCode {
-    let iptables = Iptables {
+    let v4 = Iptables {
         binary: args.iptables.clone(),
     };
+    let v6 = Iptables {
+        binary: args.ip6tables.clone(),
+    };
+    let settings = Settings::from(args);
     if args.dry_run {
-        if args.uninstall {
-            let (jumps, chains) = uninstall_plan();
-            for (from, to) in jumps {
-                println!("{} -t nat -D {from} -j {to}", iptables.binary);
-            }
-            for c in &chains {
-                println!("{} -t nat -F {c}", iptables.binary);
-            }
-            for c in &chains {
-                println!("{} -t nat -X {c}", iptables.binary);
-            }
-        } else {
-            for step in plan(&Settings::from(args)) {
-                println!("{}", iptables.command_line(&step.args()));
+        for (iptables, family) in [(&v4, Family::V4), (&v6, Family::V6)] {
+            if args.uninstall {
+                let (jumps, chains) = uninstall_plan();
+                for (from, to) in jumps {
+                    println!("{} -t nat -D {from} -j {to}", iptables.binary);
+                }
+                for c in &chains {
+                    println!("{} -t nat -F {c}", iptables.binary);
+                }
+                for c in &chains {
+                    println!("{} -t nat -X {c}", iptables.binary);
+                }
+            } else {
+                for step in plan(&settings, family) {
+                    println!("{}", iptables.command_line(&step.args()));
+                }
             }
         }
         return ExitCode::SUCCESS;
     }
-    let result = if args.uninstall {
-        iptables.uninstall()
-    } else {
-        iptables.install(&plan(&Settings::from(args)))
+    let apply = |iptables: &Iptables, family| {
+        if args.uninstall {
+            iptables.uninstall()
+        } else {
+            iptables.install(&plan(&settings, family))
+        }
     };
+    let probe = ipv6::Probe::gather(&v6);
+    let ipv6 = if args.uninstall {
+        ipv6::decide_uninstall(&probe)
+    } else {
+        ipv6::decide(&probe)
+    };
+    let result = ipv6.and_then(|ipv6| {
+        apply(&v4, Family::V4)?;
+        match ipv6 {
+            ipv6::Ipv6::Intercept => apply(&v6, Family::V6).map(|()| "IPv4 and IPv6"),
+            ipv6::Ipv6::Absent(why) => {
+                eprintln!("weft-proxy init: no IPv6 on this node ({why}); IPv4 rules only");
+                Ok("IPv4 only")
+            }
+        }
+    });
     match result {
-        Ok(()) => {
-            eprintln!(
-                "weft-proxy init: {}",
-                if args.uninstall {
-                    "rules removed"
-                } else {
-                    "rules installed"
-                }
-            );
+        Ok(families) => {
+            let done = if args.uninstall {
+                "rules removed"
+            } else {
+                "rules installed"
+            };
+            eprintln!("weft-proxy init: {done} ({families})");
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -411,7 +472,7 @@ mod tests {
             admin_port: 4191,
             skip_inbound_ports: vec!["22".into()],
             skip_outbound_ports: vec!["9000:9100".into()],
-            skip_outbound_cidrs: vec!["10.96.0.0/12".into()],
+            skip_outbound_cidrs: vec!["10.96.0.0/12".into(), "fd00:10:96::/112".into()],
         }
     }
 
@@ -422,7 +483,7 @@ mod tests {
     #[test]
     fn rules_redirect_inbound_and_outbound_with_their_exceptions() {
         assert_eq!(
-            lines(&plan(&settings())),
+            lines(&plan(&settings(), Family::V4)),
             [
                 "-t nat -N WEFT_INBOUND_REDIRECT",
                 "-t nat -N WEFT_INBOUND",
@@ -446,10 +507,38 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_mirrors_the_chains_with_its_loopback_and_its_own_networks() {
+        let v4 = lines(&plan(&settings(), Family::V4));
+        let v6 = lines(&plan(&settings(), Family::V6));
+        let mirrored: Vec<String> = v4
+            .iter()
+            .filter(|l| !l.contains("10.96.0.0/12"))
+            .map(|l| l.replace("127.0.0.0/8", "::1/128"))
+            .collect();
+        let expected: Vec<String> = v6
+            .iter()
+            .filter(|l| !l.contains("fd00:10:96::/112"))
+            .cloned()
+            .collect();
+        assert_eq!(mirrored, expected);
+        assert!(
+            v6.contains(&"-t nat -A WEFT_OUTPUT -d fd00:10:96::/112 -j RETURN".to_string()),
+            "{v6:#?}"
+        );
+        assert!(!v4.iter().any(|l| l.contains("fd00:")), "{v4:#?}");
+        assert!(
+            !v6.iter().any(|l| l.contains("10.96.") || l.contains("127.0.0.0")),
+            "{v6:#?}"
+        );
+    }
+
+    #[test]
     fn jumps_come_after_the_chains_they_enter_are_filled() {
-        let steps = plan(&settings());
-        let first_jump = steps.iter().position(|s| matches!(s, Step::Jump { .. })).unwrap();
-        assert!(steps[first_jump..].iter().all(|s| matches!(s, Step::Jump { .. })));
+        for family in [Family::V4, Family::V6] {
+            let steps = plan(&settings(), family);
+            let first_jump = steps.iter().position(|s| matches!(s, Step::Jump { .. })).unwrap();
+            assert!(steps[first_jump..].iter().all(|s| matches!(s, Step::Jump { .. })));
+        }
     }
 
     #[test]
@@ -462,6 +551,7 @@ mod tests {
         assert_eq!(parse_cidr("10.0.0.0/8").unwrap(), "10.0.0.0/8");
         assert_eq!(parse_cidr("10.1.2.3").unwrap(), "10.1.2.3/32");
         assert!(parse_cidr("10.0.0.0/33").is_err());
+        assert_eq!(parse_cidr("fd00::/8").unwrap(), "fd00::/8");
         assert!(parse_cidr("example.com/8").is_err());
     }
 
@@ -470,7 +560,10 @@ mod tests {
         let ipt = Iptables {
             binary: "/nonexistent/iptables".into(),
         };
-        let e = ipt.install(&plan(&settings())).unwrap_err().to_string();
+        let e = ipt
+            .install(&plan(&settings(), Family::V4))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("cannot run `/nonexistent/iptables -t nat -S`"), "{e}");
     }
 
