@@ -12,6 +12,12 @@ use crate::resilience::retry::Outcome;
 
 /// Header naming why the proxy answered instead of the app.
 pub const WEFT_ERROR: &str = "weft-error";
+/// Set by a server-side proxy on its own error response when nothing
+/// reached the app (it could not connect to it): the client-side proxy
+/// may then send the request to another replica whatever its method. The
+/// server-side proxy removes it from the app's responses, and the client
+/// side honours it only from a peer proxy and never passes it on.
+pub const WEFT_UNSENT: &str = "weft-unsent";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -154,6 +160,15 @@ impl ProxyError {
     /// the latency estimate and the circuit breaker: the one place errors
     /// are classified. `None` for errors that say nothing about the
     /// endpoint (e.g. no certificate yet, no route).
+    /// Whether nothing of the request reached the server: the connection
+    /// to it could not be made.
+    pub fn nothing_sent(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::ConnectFailed { .. } | ProxyError::ConnectTimeout(_)
+        )
+    }
+
     pub fn outcome(&self) -> Option<Outcome> {
         match self {
             // Nothing reached the server: always safe to send again.

@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 use crate::client::Clients;
 use crate::detect::{detect, Protocol};
 use crate::drain;
-use crate::errors::ProxyError;
+use crate::errors::{ProxyError, WEFT_UNSENT};
 use crate::http::{absolute_uri, authority, incoming, is_upgrade, strip_hop_by_hop, AppProtocol, Body};
 use crate::http::{WEFT_PORT, WEFT_PROTO};
 use crate::identity::{spiffe_id_of, Identity, ALPN_H2, ALPN_TCP};
@@ -296,10 +296,19 @@ impl Inbound {
             Err(e) => (target, Err(e)),
         };
         match result {
-            Ok(rsp) => obs.respond(target, rsp, None),
+            Ok(mut rsp) => {
+                // Only this proxy says whether the app got the request.
+                rsp.headers_mut().remove(WEFT_UNSENT);
+                obs.respond(target, rsp, None)
+            }
             Err(e) => {
                 tracing::info!(error = %e, reason = e.reason(), "inbound request failed");
-                obs.respond(target, e.to_response(grpc), Some(e.reason()))
+                let mut rsp = e.to_response(grpc);
+                if e.nothing_sent() {
+                    rsp.headers_mut()
+                        .insert(WEFT_UNSENT, http::HeaderValue::from_static("1"));
+                }
+                obs.respond(target, rsp, Some(e.reason()))
             }
         }
     }

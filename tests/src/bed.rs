@@ -16,7 +16,7 @@ use crate::{eventually, ControlProc, ProxyProc, TempDir};
 /// published as MeshService `echo` in namespace `demo`, and a client proxy.
 pub struct Bed {
     pub dir: TempDir,
-    _control: ControlProc,
+    pub control: ControlProc,
     pub apps: Vec<FlakyApp>,
     pub servers: Vec<ProxyProc>,
     pub client: ProxyProc,
@@ -41,7 +41,7 @@ impl Bed {
         let client = ProxyProc::start(&control.proxy_config("demo", "default"));
         let bed = Self {
             dir,
-            _control: control,
+            control,
             apps,
             servers,
             client,
@@ -57,6 +57,16 @@ impl Bed {
 
     /// Publishes the endpoints with these weights.
     pub fn publish(&self, weights: &[u32]) {
+        self.publish_with(weights, &[]);
+    }
+
+    /// As [`publish`](Self::publish), plus `extra` endpoints (app address,
+    /// proxy address), weight 1.
+    pub fn publish_with(&self, weights: &[u32], extra: &[(SocketAddr, SocketAddr)]) {
+        let extra: String = extra
+            .iter()
+            .map(|(app, proxy)| format!("    - address: {app}\n      proxy: {proxy}\n"))
+            .collect();
         let eps: String = self
             .apps
             .iter()
@@ -72,7 +82,7 @@ impl Bed {
         self.dir.write(
             "mesh/echo.yaml",
             &format!(
-                "apiVersion: weft.dev/v1alpha1\nkind: MeshService\nmetadata: {{name: echo, namespace: demo}}\nspec:\n  endpoints:\n{eps}"
+                "apiVersion: weft.dev/v1alpha1\nkind: MeshService\nmetadata: {{name: echo, namespace: demo}}\nspec:\n  endpoints:\n{eps}{extra}"
             ),
         );
     }

@@ -651,3 +651,60 @@ async fn grpc_calls_are_retried_on_unavailable() {
     assert!(attempts > n, "some calls were retried: {attempts} attempts");
     assert!(bed.metric("weft_retries_total{").await >= 1.0);
 }
+
+/// One replica's app is dead behind its live proxy (nothing listens on its
+/// app port, as after a SIGKILL): that proxy answers `502 connect-failed`
+/// and says nothing reached the app, so the client proxy sends the request
+/// to another replica — GETs and POSTs alike, the POST's body intact — and
+/// counts the retries. No request fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_app_behind_a_live_proxy_costs_no_request() {
+    let _serial = SERIAL.lock().await;
+    let bed = Bed::start(2).await;
+    // A port nothing listens on: the dead app's.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let orphan = ProxyProc::start(&format!(
+        "appPorts: [{}]\nworkload: echo\n{}",
+        dead.port(),
+        bed.control.proxy_config("demo", "echo")
+    ));
+    orphan.ready().await;
+    bed.traffic_policy("  loadBalancer: roundRobin\n", "\"roundRobin\"")
+        .await;
+    bed.publish_with(&[1, 1], &[(dead, orphan.addrs.inbound)]);
+    bed.wait_config(&dead.to_string()).await;
+
+    let before = bed.counts();
+    let mut failed = Vec::new();
+    for i in 0..60 {
+        let mut c = h1_client(bed.client.addrs.outbound).await;
+        let body = format!("order {i}");
+        let req = if i % 2 == 0 {
+            Request::get("http://echo/").body(full(Bytes::new())).unwrap()
+        } else {
+            Request::post("http://echo/orders")
+                .body(full(body.clone()))
+                .unwrap()
+        };
+        let (status, headers, _, _) = collect(c.send_request(req).await.unwrap()).await;
+        if status != StatusCode::OK {
+            failed.push((i, status, headers.get("weft-error").cloned()));
+        }
+        assert!(!headers.contains_key("weft-unsent"), "never passed to the app");
+    }
+    assert!(failed.is_empty(), "{failed:?}\n{}", orphan.logs());
+    let served: usize = (0..2).map(|i| bed.share(i, &before)).sum();
+    assert_eq!(served, 60, "each request reached a live app exactly once");
+    // Retried until the breaker ejects the dead replica (5 failures in a
+    // row by default), and counted.
+    let retries = bed.metric("weft_retries_total").await;
+    assert!(retries >= 3.0, "retries counted: {retries}");
+    assert!(
+        orphan.logs().contains("connect-failed") || orphan.logs().contains("could not"),
+        "the orphan proxy was asked: {}",
+        orphan.logs()
+    );
+}

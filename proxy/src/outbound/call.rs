@@ -18,9 +18,9 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
 use super::upstream::{dialled, Upstream};
-use super::verdict::{judge, RequestBody, Retries, TryResult, Verdict};
+use super::verdict::{judge, NotDelivered, RequestBody, Retries, TryResult, Verdict};
 use crate::discover::{Destination, Endpoint};
-use crate::errors::ProxyError;
+use crate::errors::{ProxyError, WEFT_UNSENT};
 use crate::grpc;
 use crate::http::{strip_hop_by_hop, AppProtocol, Body};
 use crate::resilience::balance::{self, InFlight, NoEndpoint};
@@ -140,7 +140,7 @@ async fn tries<U: Upstream>(
     let retry_policy = policy
         .retry
         .for_request(&head.method, crate::grpc::is_grpc(&head.headers));
-    let replay = RequestBody::needs_replay(&retry_policy, &head.method);
+    let replay = RequestBody::needs_replay(&retry_policy, &head.method, dest.meshed);
     let mut body = RequestBody::new(Request::from_parts(head, body), replay);
     dest.shared.budget.deposit();
     let mut avoid = None;
@@ -325,6 +325,10 @@ async fn attempt<U: Upstream>(
         }
         let mut rsp = upstream.send(endpoint, call.app, call.authority, req).await?;
         strip_hop_by_hop(rsp.headers_mut());
+        // Only a peer proxy may say its app got nothing; never passed on.
+        if rsp.headers_mut().remove(WEFT_UNSENT).is_some() && endpoint.proxy.is_some() {
+            rsp.extensions_mut().insert(NotDelivered);
+        }
         Ok(rsp)
     };
     match timeouts.per_try {

@@ -24,6 +24,10 @@ pub struct TryResult {
 impl TryResult {
     pub fn of(result: &Result<Response<Body>, ProxyError>) -> Self {
         match result {
+            Ok(rsp) if rsp.extensions().get::<NotDelivered>().is_some() => TryResult {
+                outcome: Some(Outcome::NotDelivered),
+                status_in_trailers: false,
+            },
             Ok(rsp) => TryResult {
                 outcome: Some(Outcome::of_response(rsp.status(), rsp.headers())),
                 status_in_trailers: grpc::status_in_trailers(rsp.headers()),
@@ -35,6 +39,11 @@ impl TryResult {
         }
     }
 }
+
+/// Marks a response whose peer proxy said nothing reached its app
+/// ([`crate::errors::WEFT_UNSENT`]).
+#[derive(Debug, Clone, Copy)]
+pub struct NotDelivered;
 
 /// The retry side of a call so far.
 #[derive(Debug, Clone, Copy)]
@@ -85,35 +94,60 @@ pub enum RequestBody {
     Replay {
         head: http::request::Parts,
         body: ReplayBody,
+        /// The policy lets it be sent again after the server saw it;
+        /// otherwise it is kept only for [`Outcome::NotDelivered`].
+        after_seen: bool,
     },
 }
 
+/// When a request's body is kept for another try.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replay {
+    /// Never: nothing is retried once sent.
+    No,
+    /// Only when a peer proxy says nothing reached its app.
+    Undelivered,
+    /// Also after the server saw it (the retry policy allows its method).
+    AfterSeen,
+}
+
 impl RequestBody {
-    /// Keeps a copy of the body (and head) only when the request may be
-    /// retried after it was sent (`replay`).
-    pub fn new(req: Request<Body>, replay: bool) -> Self {
-        if !replay {
+    /// Keeps a copy of the body (and head) when the request may be
+    /// retried after it was sent.
+    pub fn new(req: Request<Body>, replay: Replay) -> Self {
+        if replay == Replay::No {
             return RequestBody::Once(Some(req));
         }
         let (head, body) = req.into_parts();
         RequestBody::Replay {
             head,
             body: ReplayBody::new(body),
+            after_seen: replay == Replay::AfterSeen,
         }
     }
 
-    /// Whether a request of this method may need replaying under `policy`.
-    pub fn needs_replay(policy: &RetryPolicy, method: &http::Method) -> bool {
-        policy.attempts > 0
-            && (!policy.on.connect_only() || !policy.grpc_codes.is_empty())
+    /// When a request of this method may need replaying under `policy`,
+    /// to a destination that is `meshed` (whose peer proxies can say that
+    /// nothing reached the app).
+    pub fn needs_replay(policy: &RetryPolicy, method: &http::Method, meshed: bool) -> Replay {
+        if policy.attempts == 0 {
+            Replay::No
+        } else if (!policy.on.connect_only() || !policy.grpc_codes.is_empty())
             && policy.method_allowed(method)
+        {
+            Replay::AfterSeen
+        } else if meshed && policy.retries(Outcome::NotDelivered) {
+            Replay::Undelivered
+        } else {
+            Replay::No
+        }
     }
 
     /// The request for the next try; `None` when it cannot be sent again.
     pub fn take_request(&mut self) -> Option<Request<Body>> {
         match self {
             RequestBody::Once(req) => req.take(),
-            RequestBody::Replay { head, body } => {
+            RequestBody::Replay { head, body, .. } => {
                 let mut req = Request::new(body.replay().boxed_unsync());
                 *req.method_mut() = head.method.clone();
                 *req.uri_mut() = head.uri.clone();
@@ -125,12 +159,17 @@ impl RequestBody {
     }
 
     /// Whether another try can carry the request after `outcome`: always
-    /// after a connection failure (nothing was sent), otherwise only a
-    /// replayable body still within its buffer.
+    /// after a connection failure (nothing was sent); after a peer said
+    /// its app got nothing, a body still within its buffer; otherwise such
+    /// a body only if the policy allows sending it again once seen.
     pub fn can_send_again(&self, outcome: Outcome) -> bool {
         match self {
             RequestBody::Once(req) => req.is_some(),
-            RequestBody::Replay { body, .. } => outcome == Outcome::ConnectFailure || body.can_replay(),
+            RequestBody::Replay { body, after_seen, .. } => match outcome {
+                Outcome::ConnectFailure => true,
+                Outcome::NotDelivered => body.can_replay(),
+                _ => *after_seen && body.can_replay(),
+            },
         }
     }
 }
@@ -169,7 +208,7 @@ mod tests {
     }
 
     fn replayable() -> RequestBody {
-        RequestBody::new(Request::new(crate::http::empty_body()), true)
+        RequestBody::new(Request::new(crate::http::empty_body()), Replay::AfterSeen)
     }
 
     fn left(policy: &RetryPolicy, done: u32) -> Retries<'_> {
@@ -273,7 +312,7 @@ mod tests {
             ..left(&p, 0)
         };
         assert!(!judge(response(503, None), late, &body).retry, "deadline passed");
-        let mut once = RequestBody::new(Request::new(crate::http::empty_body()), false);
+        let mut once = RequestBody::new(Request::new(crate::http::empty_body()), Replay::No);
         assert!(judge(err(Some(Outcome::ConnectFailure)), left(&p, 0), &once).retry);
         assert!(once.take_request().is_some());
         assert!(
@@ -284,7 +323,7 @@ mod tests {
             b'x';
             crate::resilience::retry::MAX_REPLAY + 1
         ]));
-        let big = RequestBody::new(Request::new(big), true);
+        let big = RequestBody::new(Request::new(big), Replay::AfterSeen);
         assert!(
             !judge(response(503, None), left(&p, 0), &big).retry,
             "too big to replay"
@@ -298,11 +337,56 @@ mod tests {
     #[test]
     fn only_retryable_methods_keep_a_copy() {
         let p = on_5xx();
-        assert!(RequestBody::needs_replay(&p, &http::Method::GET));
-        assert!(!RequestBody::needs_replay(&p, &http::Method::POST));
+        let replay =
+            |p: &RetryPolicy, m: http::Method, meshed: bool| RequestBody::needs_replay(p, &m, meshed);
+        assert_eq!(replay(&p, http::Method::GET, true), Replay::AfterSeen);
+        assert_eq!(
+            replay(&p, http::Method::POST, true),
+            Replay::Undelivered,
+            "a POST is kept only in case a peer says its app got nothing"
+        );
+        assert_eq!(
+            replay(&p, http::Method::POST, false),
+            Replay::No,
+            "no peer to say so"
+        );
+        let default = RetryPolicy::default();
+        assert_eq!(
+            replay(&default, http::Method::GET, true),
+            Replay::Undelivered,
+            "connect failures only"
+        );
+        assert_eq!(replay(&default, http::Method::GET, false), Replay::No);
+        let none = RetryPolicy {
+            attempts: 0,
+            ..RetryPolicy::default()
+        };
+        assert_eq!(replay(&none, http::Method::GET, true), Replay::No);
+    }
+
+    #[test]
+    fn a_request_its_peer_never_delivered_goes_elsewhere_whatever_its_method() {
+        let p = on_5xx();
+        let post = || {
+            RequestBody::new(
+                Request::new(crate::http::full_body(bytes::Bytes::from_static(b"order"))),
+                Replay::Undelivered,
+            )
+        };
+        let v = judge(err(Some(Outcome::NotDelivered)), left(&p, 0), &post());
+        assert!(v.retry && v.failure == Some(true), "{v:?}");
         assert!(
-            !RequestBody::needs_replay(&RetryPolicy::default(), &http::Method::GET),
-            "connect failures only: nothing to replay"
+            !judge(response(503, None), left(&p, 0), &post()).retry,
+            "a 5xx from the app: the POST may have been processed"
+        );
+        assert!(
+            judge(
+                err(Some(Outcome::NotDelivered)),
+                left(&RetryPolicy::default(), 0),
+                &post()
+            )
+            .retry,
+            "by default, like a connect failure"
         );
     }
 }

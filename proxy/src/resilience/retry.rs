@@ -108,6 +108,10 @@ pub enum Outcome {
     },
     /// Nothing reached the server (connect, TLS, identity).
     ConnectFailure,
+    /// The request reached the peer's proxy, which could not reach its
+    /// app ([`crate::errors::WEFT_UNSENT`]): safe to send elsewhere,
+    /// whatever the method, if its body can be replayed.
+    NotDelivered,
     /// Failed after the request was sent.
     Reset,
     PerTryTimeout,
@@ -130,7 +134,7 @@ impl Outcome {
             Outcome::Response { status, grpc } => {
                 status.is_server_error() || grpc.is_some_and(crate::grpc::is_endpoint_failure)
             }
-            Outcome::ConnectFailure | Outcome::Reset | Outcome::PerTryTimeout => true,
+            Outcome::ConnectFailure | Outcome::NotDelivered | Outcome::Reset | Outcome::PerTryTimeout => true,
         }
     }
 }
@@ -141,7 +145,9 @@ impl RetryPolicy {
     pub fn retries(&self, outcome: Outcome) -> bool {
         let on = &self.on;
         match outcome {
-            Outcome::ConnectFailure => on.connect_failure || on.five_xx || on.gateway_error,
+            Outcome::ConnectFailure | Outcome::NotDelivered => {
+                on.connect_failure || on.five_xx || on.gateway_error
+            }
             Outcome::Reset => on.reset || on.five_xx || on.gateway_error,
             // A per-try timeout exists to be retried.
             Outcome::PerTryTimeout => true,
