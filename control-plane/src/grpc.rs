@@ -328,7 +328,7 @@ impl api::destination_server::Destination for DestinationService {
             if !wait_synced(&index, &tx, &closing).await {
                 return;
             }
-            let mut states = index.watch_destination(target);
+            let mut states = index.watch_destination(target, &req.namespace);
             let mut last: Option<Arc<DestinationState>> = None;
             loop {
                 let current = states.borrow_and_update().clone();

@@ -155,11 +155,14 @@ async fn list_watch_churn_bookmarks_and_410_relist_reach_the_index() {
 
     // Initial list: the service with its two ready endpoints; the injected
     // pod over its proxy, the other directly; the valid policy in force.
-    let mut rx = index.watch_destination(Target::Service {
-        namespace: "shop".into(),
-        name: "api".into(),
-        port: 80,
-    });
+    let mut rx = index.watch_destination(
+        Target::Service {
+            namespace: "shop".into(),
+            name: "api".into(),
+            port: 80,
+        },
+        "web",
+    );
     let first = eps(&[("10.244.1.5:8080", "10.244.1.5:4143"), ("10.244.3.9:8080", "")]);
     wait_for(&mut rx, "the initial list", |v| {
         endpoints_of(v) == Some(first.clone())
@@ -181,7 +184,7 @@ async fn list_watch_churn_bookmarks_and_410_relist_reach_the_index() {
         other => panic!("{other:?}"),
     }
     // The ClusterIP leads to the same service.
-    let by_ip = index.watch_destination(Target::Address("10.96.0.20:80".parse().unwrap()));
+    let by_ip = index.watch_destination(Target::Address("10.96.0.20:80".parse().unwrap()), "web");
     assert_eq!(endpoints_of(&by_ip.borrow().view), Some(first.clone()));
 
     // An AuthorizationPolicy on the service reaches the proxies of the

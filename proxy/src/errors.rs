@@ -53,6 +53,11 @@ pub enum ProxyError {
     UnknownAppPort(u16),
     #[error("no route of {0} matches the request")]
     NoRoute(String),
+    /// A route rule picked a backend the control plane could not resolve
+    /// (another namespace's Service without a ReferenceGrant): 500, as the
+    /// Gateway API specifies.
+    #[error("route rule {0} picked a backend that is not permitted or does not exist")]
+    UnresolvedBackend(String),
     #[error("no response within {0:?}")]
     Timeout(std::time::Duration),
     /// One try took longer than the per-try timeout (and no retry helped).
@@ -108,6 +113,7 @@ impl ProxyError {
             ProxyError::Upstream { .. } => "upstream-failed",
             ProxyError::UnknownAppPort(_) => "unknown-app-port",
             ProxyError::NoRoute(_) => "no-route",
+            ProxyError::UnresolvedBackend(_) => "unresolved-backend",
             ProxyError::Timeout(_) | ProxyError::PerTryTimeout(_) => "timeout",
             ProxyError::IdentityMismatch { .. } => "identity-mismatch",
             ProxyError::NoIdentity(_) => "no-identity",
@@ -133,6 +139,7 @@ impl ProxyError {
                 StatusCode::GATEWAY_TIMEOUT
             }
             ProxyError::NoRoute(_) => StatusCode::NOT_FOUND,
+            ProxyError::UnresolvedBackend(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::IdentityMismatch { .. } | ProxyError::Tls { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::NoIdentity(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Unauthorized(_) => StatusCode::FORBIDDEN,
@@ -150,7 +157,7 @@ impl ProxyError {
             ProxyError::Unauthorized(_) => Code::PermissionDenied,
             ProxyError::RateLimited { .. } => Code::ResourceExhausted,
             ProxyError::NoRoute(_) => Code::Unimplemented,
-            ProxyError::NoAuthority => Code::Internal,
+            ProxyError::NoAuthority | ProxyError::UnresolvedBackend(_) => Code::Internal,
             ProxyError::FaultInjected(s) => grpc::from_http(*s),
             _ => Code::Unavailable,
         }

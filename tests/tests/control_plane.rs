@@ -424,3 +424,89 @@ async fn workloads_sharing_a_service_account_each_enforce_their_own_policy() {
         assert!(config.contains(want), "workload {i} enforces {want}: {config}");
     }
 }
+
+/// A meshed app in `ns` running as service account `name`, published as
+/// MeshService `name` there.
+async fn service_in(control: &ControlProc, ns: &str, name: &str) -> (Workload, String) {
+    let app = echo_app().await;
+    let proxy = ProxyProc::start(&format!(
+        "appPorts: [{}]\nworkload: {name}\n{}",
+        app.addr.port(),
+        control.proxy_config(ns, name)
+    ));
+    let doc = format!(
+        "apiVersion: weft.dev/v1alpha1\nkind: MeshService\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  endpoints:\n    - {{address: '{}', proxy: '{}'}}\n---\n",
+        app.addr, proxy.addrs.inbound
+    );
+    (Workload { app, proxy }, doc)
+}
+
+/// The Gateway API mesh model (GEP-1426): an HTTPRoute in namespace
+/// `evil` whose parent is `payments.shop` is a consumer route. It applies
+/// to clients in `evil` only; a client in `web` still reaches payments. A
+/// route's backend in another namespace needs a ReferenceGrant there:
+/// without one it is unresolved (500), with one it is reached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_from_another_namespace_cannot_take_over_a_service() {
+    let dir = TempDir::new();
+    let file = dir.write("mesh.yaml", "");
+    let control = ControlProc::start(dir.path(), "127.0.0.1:0".parse().unwrap());
+    let (payments, mut yaml) = service_in(&control, "shop", "payments").await;
+    let (thief, doc) = service_in(&control, "evil", "thief").await;
+    yaml.push_str(&doc);
+    let (ledger, doc) = service_in(&control, "finance", "ledger").await;
+    yaml.push_str(&doc);
+    yaml.push_str("apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: takeover, namespace: evil}\nspec:\n  parentRefs: [{kind: Service, name: payments, namespace: shop, port: 80}]\n  rules: [{backendRefs: [{name: thief, port: 80}]}]\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: books, namespace: shop}\nspec:\n  parentRefs: [{kind: Service, name: payments, port: 80}]\n  rules:\n    - matches: [{path: {type: PathPrefix, value: /books}}]\n      backendRefs: [{name: ledger, namespace: finance, port: 80}]\n    - backendRefs: [{name: payments, port: 80}]\n");
+    publish(&control, &file, &yaml, 3).await;
+    for w in [&payments, &thief, &ledger] {
+        w.proxy.ready().await;
+    }
+    let web = ProxyProc::start(&control.proxy_config("web", "web"));
+    let evil = ProxyProc::start(&control.proxy_config("evil", "client"));
+    web.ready().await;
+    evil.ready().await;
+    let served_by = |w: &Workload| Some(w.app.addr.to_string());
+    let get = |out: SocketAddr, path: &'static str| async move {
+        let mut c = h1_client(out).await;
+        let req = Request::get(format!("http://payments.shop{path}"))
+            .body(full(Bytes::new()))
+            .unwrap();
+        let (status, headers, _, _) = collect(c.send_request(req).await.unwrap()).await;
+        let server = headers
+            .get("x-echo-server")
+            .map(|v| v.to_str().unwrap().to_string());
+        (status, server, headers.get("weft-error").cloned())
+    };
+
+    for _ in 0..10 {
+        let (status, server, _) = get(web.addrs.outbound, "/").await;
+        assert_eq!(
+            (status, server),
+            (StatusCode::OK, served_by(&payments)),
+            "web reaches payments"
+        );
+        let (status, server, _) = get(evil.addrs.outbound, "/").await;
+        assert_eq!(
+            (status, server),
+            (StatusCode::OK, served_by(&thief)),
+            "evil's own consumer route"
+        );
+    }
+    // The producer route's cross-namespace backend, without a grant.
+    let (status, server, error) = get(web.addrs.outbound, "/books").await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(server, None, "nothing was sent to finance");
+    assert_eq!(error.unwrap(), "unresolved-backend");
+
+    yaml.push_str("---\napiVersion: gateway.networking.k8s.io/v1beta1\nkind: ReferenceGrant\nmetadata: {name: shop-routes, namespace: finance}\nspec:\n  from: [{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: shop}]\n  to: [{group: '', kind: Service, name: ledger}]\n");
+    std::fs::write(&file, &yaml).unwrap();
+    eventually(
+        Duration::from_secs(5),
+        "the grant lets the route use ledger",
+        || async {
+            let (status, server, _) = get(web.addrs.outbound, "/books").await;
+            (status == StatusCode::OK && server == served_by(&ledger)).then_some(())
+        },
+    )
+    .await;
+}

@@ -133,7 +133,11 @@ struct Inner {
     authz: BTreeMap<(String, String), Vec<AuthzEntry>>,
     /// Pods, by (namespace, name).
     workloads: BTreeMap<(String, String), WorkloadSpec>,
-    destinations: HashMap<Target, watch::Sender<Arc<DestinationState>>>,
+    /// ReferenceGrants, by their namespace (what they grant access to).
+    grants: BTreeMap<String, Vec<crate::model::ReferenceGrantSpec>>,
+    /// By target and the namespace of the clients watching it: consumer
+    /// routes make a destination's view depend on who asks.
+    destinations: HashMap<(Target, String), watch::Sender<Arc<DestinationState>>>,
     inbound: HashMap<(WorkloadRef, u16), watch::Sender<InboundState>>,
 }
 
@@ -200,9 +204,9 @@ impl Index {
         inner.sources.insert(source.to_string(), docs);
         inner.unsynced.remove(source);
         inner.rebuild();
-        let keys: Vec<Target> = inner.destinations.keys().cloned().collect();
+        let keys: Vec<(Target, String)> = inner.destinations.keys().cloned().collect();
         for key in keys {
-            let view = inner.destination_view(&key, &self.config);
+            let view = inner.destination_view(&key.0, &key.1, &self.config);
             let sender = &inner.destinations[&key];
             sender.send_if_modified(|state| {
                 if state.view == view {
@@ -274,15 +278,22 @@ impl Index {
         })
     }
 
-    /// Subscribes to a destination; the receiver holds its current state.
-    pub fn watch_destination(&self, target: Target) -> watch::Receiver<Arc<DestinationState>> {
+    /// Subscribes to a destination as clients in `client_namespace` see
+    /// it (their consumer routes apply); the receiver holds its current
+    /// state.
+    pub fn watch_destination(
+        &self,
+        target: Target,
+        client_namespace: &str,
+    ) -> watch::Receiver<Arc<DestinationState>> {
         let mut inner = self.inner.lock().expect("index lock poisoned");
-        if let Some(sender) = inner.destinations.get(&target) {
+        let key = (target, client_namespace.to_string());
+        if let Some(sender) = inner.destinations.get(&key) {
             return sender.subscribe();
         }
-        let view = inner.destination_view(&target, &self.config);
+        let view = inner.destination_view(&key.0, &key.1, &self.config);
         let (tx, rx) = watch::channel(Arc::new(DestinationState { version: 1, view }));
-        inner.destinations.insert(target, tx);
+        inner.destinations.insert(key, tx);
         rx
     }
 
@@ -368,6 +379,7 @@ impl Inner {
         self.routes.clear();
         self.authz.clear();
         self.workloads.clear();
+        self.grants.clear();
         for doc in self.sources.values().flatten() {
             let key = (doc.meta.namespace.clone(), doc.meta.name.clone());
             let full_name = format!("{}/{}", doc.meta.namespace, doc.meta.name);
@@ -417,6 +429,12 @@ impl Inner {
                             },
                         });
                 }
+                Spec::ReferenceGrant(spec) => {
+                    self.grants
+                        .entry(doc.meta.namespace.clone())
+                        .or_default()
+                        .push(spec.clone());
+                }
                 Spec::Workload(spec) => {
                     self.workloads.entry(key).or_insert_with(|| spec.clone());
                 }
@@ -465,7 +483,12 @@ impl Inner {
         }
     }
 
-    fn destination_view(&self, target: &Target, config: &IndexConfig) -> DestinationView {
+    fn destination_view(
+        &self,
+        target: &Target,
+        client_namespace: &str,
+        config: &IndexConfig,
+    ) -> DestinationView {
         match target {
             Target::Service {
                 namespace,
@@ -498,7 +521,7 @@ impl Inner {
                         protocol: sp.protocol.as_str().into(),
                     },
                     endpoints,
-                    policy: self.client_policy(namespace, name, *port, config),
+                    policy: self.client_policy(namespace, name, *port, client_namespace, config),
                 }
             }
             Target::Address(addr) => {
@@ -513,7 +536,7 @@ impl Inner {
                         name: svc.meta.name.clone(),
                         port: addr.port(),
                     };
-                    return self.destination_view(&service, config);
+                    return self.destination_view(&service, client_namespace, config);
                 }
                 // The endpoint serving exactly there; else a pod (an
                 // endpoint's IP) called on one of its service's ports, as
@@ -559,20 +582,54 @@ impl Inner {
         }
     }
 
+    /// The HTTPRoutes on service `namespace/name` port `port` that apply to
+    /// clients in `client_namespace` (GEP-1426): the consumer routes of
+    /// the client's own namespace when it has any, else the producer
+    /// routes (those in the service's namespace). A route in any other
+    /// namespace applies to no one else.
+    fn routes_for(&self, namespace: &str, name: &str, port: u16, client_namespace: &str) -> Vec<&RouteEntry> {
+        let on_port: Vec<&RouteEntry> = self
+            .routes
+            .get(&(namespace.to_string(), name.to_string()))
+            .into_iter()
+            .flatten()
+            .filter(|r| r.parent_port.is_none_or(|p| p == port))
+            .collect();
+        let consumer: Vec<&RouteEntry> = on_port
+            .iter()
+            .copied()
+            .filter(|r| r.namespace == client_namespace && client_namespace != namespace)
+            .collect();
+        if !consumer.is_empty() {
+            return consumer;
+        }
+        on_port.into_iter().filter(|r| r.namespace == namespace).collect()
+    }
+
+    /// Whether a route in `route_namespace` may send to Service
+    /// `namespace/name`: its own namespace, or a ReferenceGrant there.
+    fn backend_permitted(&self, route_namespace: &str, namespace: &str, name: &str) -> bool {
+        namespace == route_namespace
+            || self
+                .grants
+                .get(namespace)
+                .into_iter()
+                .flatten()
+                .any(|g| g.lets_route_use_service(route_namespace, name))
+    }
+
     fn client_policy(
         &self,
         namespace: &str,
         name: &str,
         port: u16,
+        client_namespace: &str,
         config: &IndexConfig,
     ) -> api::ClientPolicy {
         let mut policy = api::ClientPolicy::default();
         let key = (namespace.to_string(), name.to_string());
-        if let Some(routes) = self.routes.get(&key) {
-            for route in routes {
-                if route.parent_port.is_some_and(|p| p != port) {
-                    continue;
-                }
+        {
+            for route in self.routes_for(namespace, name, port, client_namespace) {
                 for (i, rule) in route.spec.rules.iter().enumerate() {
                     policy.routes.push(api::Route {
                         name: format!(
@@ -599,17 +656,27 @@ impl Inner {
                         backends: rule
                             .backend_refs
                             .iter()
-                            .map(|b| api::Backend {
-                                authority: format!(
-                                    "{}.{}.svc.{}:{}",
-                                    b.name,
-                                    // Gateway API: a backendRef without a
-                                    // namespace is in the route's.
-                                    b.namespace.as_deref().unwrap_or(&route.namespace),
-                                    config.cluster_domain,
-                                    b.port.unwrap_or(port)
-                                ),
-                                weight: b.weight,
+                            .map(|b| {
+                                // Gateway API: a backendRef without a
+                                // namespace is in the route's.
+                                let ns = b.namespace.as_deref().unwrap_or(&route.namespace);
+                                // Without a ReferenceGrant, another
+                                // namespace's Service is unresolved: an
+                                // empty authority, answered 500.
+                                let authority = if self.backend_permitted(&route.namespace, ns, &b.name) {
+                                    format!(
+                                        "{}.{ns}.svc.{}:{}",
+                                        b.name,
+                                        config.cluster_domain,
+                                        b.port.unwrap_or(port)
+                                    )
+                                } else {
+                                    String::new()
+                                };
+                                api::Backend {
+                                    authority,
+                                    weight: b.weight,
+                                }
                             })
                             .collect(),
                         timeout_ms: ms(rule.timeouts.as_ref().and_then(|t| t.request)),

@@ -47,7 +47,7 @@ fn target_names_resolve_like_kubernetes_dns() {
 async fn watchers_see_endpoints_come_and_go() {
     let index = Index::new(IndexConfig::default());
     let target = index.parse_target("backend", "demo").unwrap();
-    let mut rx = index.watch_destination(target);
+    let mut rx = index.watch_destination(target, "demo");
     assert_eq!(rx.borrow_and_update().view, DestinationView::NotFound);
 
     index.apply(
@@ -95,7 +95,7 @@ async fn routes_and_policies_ride_on_the_destination() {
         "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: split, namespace: demo}\nspec:\n  parentRefs: [{name: backend}]\n  rules:\n    - matches: [{path: {type: PathPrefix, value: /api}}]\n      backendRefs: [{name: backend-v1, weight: 90}, {name: backend-v2, weight: 10}]\n      timeouts: {request: 2s}\n---\napiVersion: weft.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {name: tp, namespace: demo}\nspec:\n  targetRef: {name: backend}\n  loadBalancer: roundRobin\n  timeouts: {request: 5s}\n",
     );
     index.apply("files", documents(&yaml));
-    let rx = index.watch_destination(index.parse_target("backend.demo:80", "other").unwrap());
+    let rx = index.watch_destination(index.parse_target("backend.demo:80", "other").unwrap(), "other");
     let state = rx.borrow().clone();
     let DestinationView::Found { policy, .. } = &state.view else {
         panic!()
@@ -117,7 +117,7 @@ async fn routes_and_policies_ride_on_the_destination() {
 async fn each_endpoint_has_its_own_identity_and_mtls_can_be_required() {
     const MIXED: &str = "apiVersion: weft.dev/v1alpha1\nkind: MeshService\nmetadata: {name: cart, namespace: shop}\nspec:\n  serviceAccount: cart\n  endpoints:\n    - {address: 10.0.0.1:8080, proxy: 10.0.0.1:4143}\n    - {address: 10.0.0.2:8080, proxy: 10.0.0.2:4143, serviceAccount: cart-canary}\n    - {address: 10.0.0.3:8080}\n";
     let view = |index: &Arc<Index>| {
-        let rx = index.watch_destination(index.parse_target("cart.shop:80", "shop").unwrap());
+        let rx = index.watch_destination(index.parse_target("cart.shop:80", "shop").unwrap(), "shop");
         let state = rx.borrow().clone();
         let DestinationView::Found {
             endpoints, policy, ..
@@ -165,7 +165,7 @@ async fn endpoint_address_lookup_and_inbound_policy() {
     let mut yaml = service("backend", &["10.0.0.7:8080"]);
     yaml.push_str("apiVersion: weft.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: ap, namespace: demo}\nspec:\n  targetRef: {name: backend, port: 80}\n  mtls: strict\n  rules:\n    - from: {namespaces: [demo]}\n      to: {methods: [GET]}\n  rateLimit: {requestsPerSecond: 100, burst: 10}\n");
     index.apply("files", documents(&yaml));
-    let rx = index.watch_destination(Target::Address("10.0.0.7:8080".parse().unwrap()));
+    let rx = index.watch_destination(Target::Address("10.0.0.7:8080".parse().unwrap()), "demo");
     assert_eq!(endpoints(&rx.borrow()), ["10.0.0.7:8080"]);
 
     // By the service port, and by the port its endpoint serves.
@@ -195,7 +195,7 @@ fn a_pod_ip_resolves_on_each_of_its_service_ports() {
     let index = Index::new(IndexConfig::default());
     let yaml = "apiVersion: weft.dev/v1alpha1\nkind: MeshService\nmetadata: {name: broker, namespace: demo}\nspec:\n  ports: [{port: 8080}, {port: 1883, protocol: tcp}]\n  endpoints:\n    - address: 10.0.0.7:8080\n      proxy: 10.0.0.7:4143\n";
     index.apply("files", documents(yaml));
-    let rx = index.watch_destination(Target::Address("10.0.0.7:1883".parse().unwrap()));
+    let rx = index.watch_destination(Target::Address("10.0.0.7:1883".parse().unwrap()), "demo");
     let state = rx.borrow().clone();
     let DestinationView::Found {
         service, endpoints, ..
@@ -210,7 +210,7 @@ fn a_pod_ip_resolves_on_each_of_its_service_ports() {
     assert_eq!(e.identity, "spiffe://cluster.local/ns/demo/sa/broker");
     // A port the service does not have, or another IP: not the mesh's.
     for other in ["10.0.0.7:9999", "10.0.0.8:1883"] {
-        let rx = index.watch_destination(Target::Address(other.parse().unwrap()));
+        let rx = index.watch_destination(Target::Address(other.parse().unwrap()), "demo");
         assert_eq!(rx.borrow().view, DestinationView::NotFound, "{other}");
     }
 }
@@ -228,7 +228,7 @@ fn an_ipv6_pod_ip_resolves_as_the_meshed_endpoint() {
     ] {
         let target = index.parse_target(target, "demo").unwrap();
         assert!(matches!(target, Target::Address(a) if a.is_ipv6()), "{target:?}");
-        let rx = index.watch_destination(target);
+        let rx = index.watch_destination(target, "demo");
         let state = rx.borrow().clone();
         let DestinationView::Found { endpoints, .. } = &state.view else {
             panic!("{key}: not found")
@@ -328,7 +328,7 @@ async fn a_deny_all_stand_in_closes_its_target_and_adds_no_rules() {
 #[test]
 fn unwatched_destinations_are_forgotten() {
     let index = Index::new(IndexConfig::default());
-    let rx = index.watch_destination(index.parse_target("a", "demo").unwrap());
+    let rx = index.watch_destination(index.parse_target("a", "demo").unwrap(), "demo");
     assert_eq!(index.stats().watched_destinations, 1);
     drop(rx);
     index.apply("files", vec![]);
@@ -452,4 +452,85 @@ fn a_file_workload_is_every_service_whose_endpoints_name_it() {
     };
     assert_eq!(index.serves_as(&named("cart-main"), "default"), Some(true));
     assert_eq!(index.serves_as(&named("cart-main"), "payments"), Some(false));
+}
+
+/// The routes (name → backend authorities) clients in `client` see on
+/// `payments.shop:80`.
+fn routes_seen(index: &Index, client: &str) -> Vec<(String, Vec<String>)> {
+    let rx = index.watch_destination(index.parse_target("payments.shop:80", client).unwrap(), client);
+    let state = rx.borrow().clone();
+    let DestinationView::Found { policy, .. } = &state.view else {
+        panic!("not found")
+    };
+    policy
+        .routes
+        .iter()
+        .map(|r| {
+            (
+                r.name.clone(),
+                r.backends.iter().map(|b| b.authority.clone()).collect(),
+            )
+        })
+        .collect()
+}
+
+const PAYMENTS: &str = "apiVersion: weft.dev/v1alpha1\nkind: MeshService\nmetadata: {name: payments, namespace: shop}\nspec:\n  endpoints: [{address: 10.0.0.1:8080}]\n---\napiVersion: weft.dev/v1alpha1\nkind: MeshService\nmetadata: {name: thief, namespace: evil}\nspec:\n  endpoints: [{address: 10.0.9.9:8080}]\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: takeover, namespace: evil}\nspec:\n  parentRefs: [{kind: Service, name: payments, namespace: shop}]\n  rules: [{backendRefs: [{name: thief, port: 80}]}]\n";
+
+#[test]
+fn a_route_in_another_namespace_is_a_consumer_route_for_that_namespace_only() {
+    let index = Index::new(IndexConfig::default());
+    index.apply("files", documents(PAYMENTS));
+    assert_eq!(routes_seen(&index, "web"), [], "clients elsewhere: untouched");
+    assert_eq!(routes_seen(&index, "shop"), [], "nor the producer's own");
+    assert_eq!(
+        routes_seen(&index, "evil"),
+        [(
+            "evil/takeover/0".to_string(),
+            vec!["thief.evil.svc.cluster.local:80".to_string()]
+        )],
+        "the route's own namespace gets it"
+    );
+
+    // A producer route applies to everyone but a namespace with its own
+    // consumer route, which takes precedence there.
+    let producer = "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: split, namespace: shop}\nspec:\n  parentRefs: [{kind: Service, name: payments}]\n  rules: [{backendRefs: [{name: payments, port: 80}]}]\n";
+    index.apply("files", documents(&format!("{PAYMENTS}{producer}")));
+    for client in ["web", "shop"] {
+        assert_eq!(
+            routes_seen(&index, client),
+            [(
+                "shop/split/0".to_string(),
+                vec!["payments.shop.svc.cluster.local:80".to_string()]
+            )],
+            "{client}"
+        );
+    }
+    assert_eq!(routes_seen(&index, "evil")[0].0, "evil/takeover/0");
+}
+
+#[test]
+fn a_backend_in_another_namespace_needs_a_reference_grant() {
+    let index = Index::new(IndexConfig::default());
+    let route = "apiVersion: weft.dev/v1alpha1\nkind: MeshService\nmetadata: {name: payments, namespace: shop}\nspec:\n  endpoints: [{address: 10.0.0.1:8080}]\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: ledger, namespace: shop}\nspec:\n  parentRefs: [{kind: Service, name: payments}]\n  rules: [{backendRefs: [{name: ledger, namespace: finance, port: 80}]}]\n";
+    index.apply("files", documents(route));
+    assert_eq!(
+        routes_seen(&index, "web")[0].1,
+        [""],
+        "no grant: unresolved (the proxy answers 500)"
+    );
+    let grant = |from_ns: &str, to_name: &str| {
+        format!("---\napiVersion: gateway.networking.k8s.io/v1beta1\nkind: ReferenceGrant\nmetadata: {{name: routes, namespace: finance}}\nspec:\n  from: [{{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: {from_ns}}}]\n  to: [{{group: '', kind: Service{to_name}}}]\n")
+    };
+    for (g, want) in [
+        (grant("shop", ""), "ledger.finance.svc.cluster.local:80"),
+        (
+            grant("shop", ", name: ledger"),
+            "ledger.finance.svc.cluster.local:80",
+        ),
+        (grant("other", ""), ""),
+        (grant("shop", ", name: vault"), ""),
+    ] {
+        index.apply("files", documents(&format!("{route}{g}")));
+        assert_eq!(routes_seen(&index, "web")[0].1, [want], "{g}");
+    }
 }

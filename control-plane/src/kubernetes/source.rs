@@ -38,6 +38,15 @@ pub fn http_route_resource() -> ApiResource {
     )
 }
 
+/// Gateway API ReferenceGrant (`gateway.networking.k8s.io/v1beta1`): what
+/// cross-namespace `backendRefs` need.
+pub fn reference_grant_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("gateway.networking.k8s.io", "v1beta1", "ReferenceGrant"),
+        "referencegrants",
+    )
+}
+
 /// Counts kinds that finished their first list.
 struct Synced {
     kinds: AtomicUsize,
@@ -73,6 +82,7 @@ impl KubernetesSource {
             ApiResource::erase::<TrafficPolicy>(&()),
             ApiResource::erase::<AuthorizationPolicy>(&()),
             http_route_resource(),
+            reference_grant_resource(),
         ]
         .into_iter()
         .map(|ar| {
@@ -88,7 +98,7 @@ impl KubernetesSource {
             pods,
             policies,
             synced,
-            kinds: 6,
+            kinds: 7,
         }
     }
 

@@ -16,6 +16,10 @@ use serde::{Deserialize, Serialize};
 
 pub const WEFT_API_VERSION: &str = "weft.dev/v1alpha1";
 pub const GATEWAY_API_VERSION: &str = "gateway.networking.k8s.io/v1";
+/// ReferenceGrant's API version (it is not in v1).
+pub const GATEWAY_API_BETA_VERSION: &str = "gateway.networking.k8s.io/v1beta1";
+/// The API group of HTTPRoutes, as a ReferenceGrant's `from` names it.
+pub const GATEWAY_API_GROUP: &str = "gateway.networking.k8s.io";
 
 /// A validated document.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,6 +36,7 @@ pub enum Spec {
     TrafficPolicy(TrafficPolicySpec),
     AuthorizationPolicy(AuthorizationPolicySpec),
     HttpRoute(HttpRouteSpec),
+    ReferenceGrant(ReferenceGrantSpec),
     /// Stands in for an AuthorizationPolicy that failed validation and
     /// has no last good version: never parsed, made by the sources.
     DenyAll(DenyAll),
@@ -47,6 +52,7 @@ impl Spec {
             Spec::TrafficPolicy(_) => "TrafficPolicy",
             Spec::AuthorizationPolicy(_) | Spec::DenyAll(_) => "AuthorizationPolicy",
             Spec::HttpRoute(_) => "HTTPRoute",
+            Spec::ReferenceGrant(_) => "ReferenceGrant",
             Spec::Workload(_) => "Pod",
         }
     }
@@ -631,6 +637,50 @@ pub struct PerIdentityLimit {
     pub requests_per_second: f64,
     #[serde(default)]
     pub burst: u32,
+}
+
+/// `ReferenceGrant` (gateway.networking.k8s.io/v1beta1), in the namespace
+/// of what it grants: lets the listed kinds in other namespaces refer to
+/// it. The mesh reads grants from `HTTPRoute`s to `Service`s, which a
+/// route's `backendRefs` into another namespace need.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ReferenceGrantSpec {
+    pub from: Vec<GrantFrom>,
+    pub to: Vec<GrantTo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct GrantFrom {
+    pub group: String,
+    pub kind: String,
+    pub namespace: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct GrantTo {
+    /// `""`: the core group (Services).
+    #[serde(default)]
+    pub group: String,
+    pub kind: String,
+    /// `None`: every object of the kind in the namespace.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+impl ReferenceGrantSpec {
+    /// Whether an HTTPRoute in `route_namespace` may name Service `name`
+    /// (in the grant's namespace) as a backend.
+    pub fn lets_route_use_service(&self, route_namespace: &str, name: &str) -> bool {
+        self.from
+            .iter()
+            .any(|f| f.group == GATEWAY_API_GROUP && f.kind == "HTTPRoute" && f.namespace == route_namespace)
+            && self.to.iter().any(|t| {
+                t.group.is_empty() && t.kind == "Service" && t.name.as_deref().is_none_or(|n| n == name)
+            })
+    }
 }
 
 /// `HTTPRoute` (gateway.networking.k8s.io/v1), the subset the mesh uses

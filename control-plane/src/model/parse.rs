@@ -166,11 +166,12 @@ fn parse_document(value: serde_json::Value) -> Result<Document, FieldError> {
     let expected_api = match raw.kind.as_str() {
         "MeshService" | "TrafficPolicy" | "AuthorizationPolicy" => WEFT_API_VERSION,
         "HTTPRoute" => GATEWAY_API_VERSION,
+        "ReferenceGrant" => GATEWAY_API_BETA_VERSION,
         other => {
             return Err((
                 "kind".into(),
                 format!(
-                "expected one of MeshService, TrafficPolicy, AuthorizationPolicy, HTTPRoute, got `{other}`"
+                "expected one of MeshService, TrafficPolicy, AuthorizationPolicy, HTTPRoute, ReferenceGrant, got `{other}`"
             ),
             ))
         }
@@ -196,6 +197,7 @@ fn parse_document(value: serde_json::Value) -> Result<Document, FieldError> {
         "MeshService" => Spec::MeshService(typed(body, "spec")?),
         "TrafficPolicy" => Spec::TrafficPolicy(typed(body, "spec")?),
         "AuthorizationPolicy" => Spec::AuthorizationPolicy(typed(body, "spec")?),
+        "ReferenceGrant" => Spec::ReferenceGrant(typed(body, "spec")?),
         _ => Spec::HttpRoute(typed(body, "spec")?),
     };
     let doc = Document {

@@ -197,6 +197,17 @@ pub(super) fn validate(doc: &Document) -> Result<(), FieldError> {
         // Made by the sources (for an invalid policy; from a pod), never
         // parsed.
         Spec::DenyAll(_) | Spec::Workload(_) => {}
+        Spec::ReferenceGrant(g) => {
+            check(!g.from.is_empty(), "spec.from", "expected at least one entry")?;
+            check(!g.to.is_empty(), "spec.to", "expected at least one entry")?;
+            for (i, f) in g.from.iter().enumerate() {
+                check(
+                    is_dns_label(&f.namespace),
+                    format!("spec.from[{i}].namespace"),
+                    "expected a namespace (a DNS label)",
+                )?;
+            }
+        }
         Spec::HttpRoute(r) => {
             check(
                 !r.parent_refs.is_empty(),

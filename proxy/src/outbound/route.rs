@@ -59,6 +59,10 @@ pub fn plan<B>(req: &Request<B>, named: Named) -> Result<Plan, ProxyError> {
         let backend = rule
             .pick_backend()
             .ok_or_else(|| ProxyError::NoEndpoints(rule.name.clone()))?;
+        // The control plane sends an unresolved backend without a name.
+        if backend.host.is_empty() {
+            return Err(ProxyError::UnresolvedBackend(rule.name.clone()));
+        }
         timeout = rule.timeout.or(timeout);
         route = Some(rule.name.clone());
         To::Backend {
@@ -125,6 +129,14 @@ mod tests {
             To::Backend { host, port } => (host, *port),
             To::Destination(d) => panic!("no backend: {}", d.service),
         }
+    }
+
+    #[test]
+    fn an_unresolved_backend_is_a_500() {
+        let rules = vec![rule("shop/r/0", None, &[("", 1)])];
+        let e = plan(&get("/"), named(rules, None)).unwrap_err();
+        assert_eq!(e.reason(), "unresolved-backend");
+        assert_eq!(e.status(), http::StatusCode::INTERNAL_SERVER_ERROR);
     }
 
     #[test]
