@@ -309,6 +309,8 @@ struct Shared {
     trailers: Option<HeaderMap>,
     ended: bool,
     size_hint: SizeHint,
+    /// A copy has read from `inner`.
+    polled: bool,
 }
 
 impl ReplayBody {
@@ -325,6 +327,7 @@ impl ReplayBody {
                 trailers: None,
                 ended,
                 size_hint,
+                polled: false,
             })),
             pos: 0,
             trailers_sent: false,
@@ -359,24 +362,32 @@ impl http_body::Body for ReplayBody {
         let this = &mut *self;
         let mut s = this.shared.lock().expect("replay lock");
         if !this.passthrough {
-            if this.pos < s.frames.len() {
-                let data = s.frames[this.pos].clone();
-                this.pos += 1;
-                return Poll::Ready(Some(Ok(Frame::data(data))));
-            }
-            if s.ended {
-                if !this.trailers_sent {
-                    this.trailers_sent = true;
-                    if let Some(t) = s.trailers.clone() {
-                        return Poll::Ready(Some(Ok(Frame::trailers(t))));
-                    }
-                }
-                return Poll::Ready(None);
-            }
             if s.overflow {
-                return Poll::Ready(Some(Err("request body too large to replay".into())));
+                if s.polled {
+                    // What was read is gone: never a silently short body.
+                    return Poll::Ready(Some(Err("request body too large to replay".into())));
+                }
+                // Too large to keep (its size said so), but nothing was
+                // read yet: this first copy simply streams it.
+                this.passthrough = true;
+            } else {
+                if this.pos < s.frames.len() {
+                    let data = s.frames[this.pos].clone();
+                    this.pos += 1;
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                if s.ended {
+                    if !this.trailers_sent {
+                        this.trailers_sent = true;
+                        if let Some(t) = s.trailers.clone() {
+                            return Poll::Ready(Some(Ok(Frame::trailers(t))));
+                        }
+                    }
+                    return Poll::Ready(None);
+                }
             }
         }
+        s.polled = true;
         let Some(inner) = s.inner.as_mut() else {
             return Poll::Ready(None);
         };
@@ -530,6 +541,10 @@ mod tests {
         let big = crate::http::full_body(Bytes::from(vec![b'x'; MAX_REPLAY + 1]));
         let first = ReplayBody::new(big);
         assert!(!first.can_replay(), "known length over the limit");
+        // The copy a try takes still carries it, once.
+        let sent = first.replay().collect().await.unwrap().to_bytes();
+        assert_eq!(sent.len(), MAX_REPLAY + 1, "the first copy streams it");
+        assert!(first.replay().collect().await.is_err(), "no second copy");
         let (mut tx, body) = http_body_util::channel::Channel::<Bytes, BoxError>::new(4);
         let streamed = ReplayBody::new(body.boxed_unsync());
         tokio::spawn(async move {
