@@ -347,8 +347,14 @@ async fn serve_admin(
     proxies: Arc<Proxies>,
 ) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            // Out of file descriptors, say: wait instead of spinning.
+            Err(e) => {
+                tracing::warn!(error = %e, "admin: accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
         };
         let (registry, metrics, index, proxies) =
             (registry.clone(), metrics.clone(), index.clone(), proxies.clone());

@@ -50,30 +50,53 @@ pub struct FileSource {
     files: BTreeMap<PathBuf, FileState>,
 }
 
-/// Every YAML file under `roots` (directories are walked), sorted.
+/// Every YAML file under `roots` (directories are walked), sorted. Symbolic
+/// links are followed, as a mounted ConfigMap needs, but each directory
+/// is walked once and each file listed once (by its real path, under the
+/// shortest name that reaches it), so a link loop ends the walk instead of
+/// overflowing the stack, and a ConfigMap's `..data` links do not list a
+/// document three times.
 pub fn list_files(roots: &[PathBuf]) -> std::io::Result<Vec<PathBuf>> {
-    fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    use std::collections::{HashMap, HashSet};
+    fn walk(dir: &Path, seen: &mut HashSet<PathBuf>, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+        if !seen.insert(std::fs::canonicalize(dir)?) {
+            tracing::debug!(dir = %dir.display(), "already walked (a symbolic link back to it); skipped");
+            return Ok(());
+        }
         for entry in std::fs::read_dir(dir)? {
             let path = entry?.path();
             if path.is_dir() {
-                walk(&path, out)?;
+                walk(&path, seen, out)?;
             } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
                 out.push(path);
             }
         }
         Ok(())
     }
-    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    let mut found = Vec::new();
     for root in roots {
         if root.is_dir() {
-            walk(root, &mut out)?;
+            walk(root, &mut seen, &mut found)?;
         } else {
             std::fs::metadata(root)?;
-            out.push(root.clone());
+            found.push(root.clone());
         }
     }
+    let mut by_target: HashMap<PathBuf, PathBuf> = HashMap::new();
+    for path in found {
+        // A dangling link is listed as itself (reading it reports the error).
+        let target = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
+        let shorter = |old: &PathBuf| (path.components().count(), &path) < (old.components().count(), old);
+        match by_target.get(&target) {
+            Some(old) if !shorter(old) => {}
+            _ => {
+                by_target.insert(target, path);
+            }
+        }
+    }
+    let mut out: Vec<PathBuf> = by_target.into_values().collect();
     out.sort();
-    out.dedup();
     Ok(out)
 }
 
@@ -334,6 +357,30 @@ mod tests {
 
     fn names(src: &FileSource) -> Vec<String> {
         src.documents().into_iter().map(|d| d.meta.name).collect()
+    }
+
+    #[test]
+    fn symbolic_link_loops_end_and_configmap_links_list_each_file_once() {
+        use std::os::unix::fs::symlink;
+        let d = TempDir::new();
+        let root = d.path().join("mesh");
+        std::fs::create_dir_all(root.join("sub")).unwrap();
+        std::fs::write(root.join("sub/a.yaml"), SVC.replace("NAME", "a")).unwrap();
+        // A loop: mesh/sub/back -> mesh.
+        symlink(&root, root.join("sub/back")).unwrap();
+        // A ConfigMap volume: ..2026_12_02/b.yaml, ..data -> it, b.yaml -> ..data/b.yaml.
+        std::fs::create_dir_all(root.join("..2026_12_02")).unwrap();
+        std::fs::write(root.join("..2026_12_02/b.yaml"), SVC.replace("NAME", "b")).unwrap();
+        symlink(root.join("..2026_12_02"), root.join("..data")).unwrap();
+        symlink(root.join("..data/b.yaml"), root.join("b.yaml")).unwrap();
+        let files = list_files(std::slice::from_ref(&root)).unwrap();
+        assert_eq!(files, [root.join("b.yaml"), root.join("sub/a.yaml")]);
+        let mut src = FileSource::new(vec![root]);
+        let report = src.reload();
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        let mut got = names(&src);
+        got.sort();
+        assert_eq!(got, ["a", "b"], "each document once, no duplicate-name error");
     }
 
     #[test]

@@ -266,6 +266,32 @@ spec:
     }
 
     #[test]
+    fn rate_limits_outside_what_a_proxy_can_count_are_refused() {
+        let doc = |rate: &str, per_identity: &str| {
+            format!("apiVersion: weft.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {{name: a, namespace: demo}}\nspec:\n  targetRef: {{name: api}}\n  rules: [{{}}]\n  rateLimit: {{requestsPerSecond: {rate}, perIdentity: {{requestsPerSecond: {per_identity}}}}}\n")
+        };
+        for (rate, per, field) in [
+            ("1e-20", "1", "spec.rateLimit.requestsPerSecond"),
+            ("-1", "1", "spec.rateLimit.requestsPerSecond"),
+            ("1e12", "1", "spec.rateLimit.requestsPerSecond"),
+            ("10", "1e-20", "spec.rateLimit.perIdentity.requestsPerSecond"),
+        ] {
+            let (_, errors) = parse_file("p.yaml", &doc(rate, per));
+            assert_eq!(errors.len(), 1, "{rate} / {per}");
+            assert_eq!(errors[0].field, field);
+            assert!(
+                errors[0].problem.contains("between 0.001 and 1e9"),
+                "{}",
+                errors[0]
+            );
+        }
+        for (rate, per) in [("0", "0"), ("0.001", "2.5"), ("1000000", "1")] {
+            let (docs, errors) = parse_file("p.yaml", &doc(rate, per));
+            assert!(errors.is_empty() && docs.len() == 1, "{rate} / {per}: {errors:?}");
+        }
+    }
+
+    #[test]
     fn errors_name_file_document_field_and_expectation() {
         let bad = GOOD.replace("address: 127.0.0.1:8081", "address: localhost");
         let (docs, errors) = parse_file("mesh.yaml", &bad);

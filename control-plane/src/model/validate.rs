@@ -21,6 +21,17 @@ fn check(ok: bool, field: impl Into<String>, problem: impl Into<String>) -> Resu
     }
 }
 
+/// A rate limit: 0 (none), or between one request per 1,000 s and a
+/// billion per second. Smaller positive rates would make the proxy's
+/// `Retry-After` arithmetic overflow.
+fn check_rate(v: f64, field: &str) -> Result<(), FieldError> {
+    check(
+        v == 0.0 || (0.001..=1e9).contains(&v),
+        field,
+        format!("expected 0 (no limit) or a rate between 0.001 and 1e9 requests per second, got {v}"),
+    )
+}
+
 fn check_percent(v: f64, field: &str) -> Result<(), FieldError> {
     check(
         (0.0..=100.0).contains(&v),
@@ -187,11 +198,13 @@ pub(super) fn validate(doc: &Document) -> Result<(), FieldError> {
                 }
             }
             if let Some(r) = &p.rate_limit {
-                check(
-                    r.requests_per_second >= 0.0,
-                    "spec.rateLimit.requestsPerSecond",
-                    "expected a non-negative rate",
-                )?;
+                check_rate(r.requests_per_second, "spec.rateLimit.requestsPerSecond")?;
+                if let Some(pi) = &r.per_identity {
+                    check_rate(
+                        pi.requests_per_second,
+                        "spec.rateLimit.perIdentity.requestsPerSecond",
+                    )?;
+                }
             }
         }
         // Made by the sources (for an invalid policy; from a pod), never

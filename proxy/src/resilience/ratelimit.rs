@@ -20,6 +20,9 @@ pub struct TokenBucket {
     last: Instant,
 }
 
+/// The longest `Retry-After` a limit answers with.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
+
 impl TokenBucket {
     /// `rate` tokens per second, holding at most `burst` (0: one second's
     /// worth, at least 1).
@@ -50,7 +53,11 @@ impl TokenBucket {
             self.tokens -= 1.0;
             Ok(())
         } else {
-            Err(Duration::from_secs_f64((1.0 - self.tokens) / self.rate))
+            // Never a panic, whatever rate the policy carries: an
+            // unrepresentable wait is a day.
+            let wait =
+                Duration::try_from_secs_f64((1.0 - self.tokens) / self.rate).unwrap_or(MAX_RETRY_AFTER);
+            Err(wait.min(MAX_RETRY_AFTER))
         }
     }
 
@@ -165,6 +172,22 @@ mod tests {
 
     fn admitted(l: &RateLimiter, caller: Option<&str>, n: usize) -> usize {
         (0..n).filter(|_| l.check(caller, Instant::now()).is_ok()).count()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_vanishing_rate_answers_a_bounded_retry_after_and_never_panics() {
+        // Whatever reaches the proxy (the control plane refuses such rates).
+        let l = RateLimiter::new(&RateLimitParams {
+            total_rps: 1e-20,
+            total_burst: 1,
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(l.check(None, Instant::now()).is_ok(), "the burst");
+        for _ in 0..3 {
+            let e = l.check(None, Instant::now()).unwrap_err();
+            assert_eq!(e.retry_after, MAX_RETRY_AFTER);
+        }
     }
 
     #[tokio::test(start_paused = true)]
