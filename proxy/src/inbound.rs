@@ -243,6 +243,19 @@ impl Inbound {
         }
     }
 
+    fn count_limited(&self, limited: &crate::resilience::ratelimit::Limited) {
+        self.telemetry
+            .metrics
+            .resilience
+            .rate_limited
+            .get_or_create(&ResilienceMetrics::reason(
+                &self.workload.name,
+                &self.workload.namespace,
+                limited.scope.as_str(),
+            ))
+            .inc();
+    }
+
     /// Opaque bytes to the app port (`None`: the default port).
     async fn tcp<I>(&self, io: I, port: Option<u16>, conn: &ConnInfo, peer: SocketAddr)
     where
@@ -257,6 +270,13 @@ impl Inbound {
         };
         if let Err(why) = self.policies.authorize(addr.port(), conn, None) {
             tracing::info!(%peer, caller = conn.caller.as_deref().unwrap_or("-"), %why, "inbound TCP denied; closing");
+            return;
+        }
+        // A TCP stream (a WEFT-TCP tunnel, CONNECT, opaque bytes) takes one
+        // token of the port's rate limit, as one request does.
+        if let Err(limited) = self.policies.rate_limit(addr.port(), conn.caller.as_deref()) {
+            self.count_limited(&limited);
+            tracing::info!(%peer, caller = conn.caller.as_deref().unwrap_or("-"), scope = limited.scope.as_str(), "inbound TCP rate limited; closing");
             return;
         }
         match self.clients.connect(addr).await {
@@ -354,16 +374,7 @@ impl Inbound {
         self.policies
             .rate_limit(addr.port(), caller.caller.as_deref())
             .map_err(|limited| {
-                self.telemetry
-                    .metrics
-                    .resilience
-                    .rate_limited
-                    .get_or_create(&ResilienceMetrics::reason(
-                        &self.workload.name,
-                        &self.workload.namespace,
-                        limited.scope.as_str(),
-                    ))
-                    .inc();
+                self.count_limited(&limited);
                 ProxyError::RateLimited {
                     scope: limited.scope.as_str(),
                     retry_after: limited.retry_after,

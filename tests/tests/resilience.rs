@@ -708,3 +708,59 @@ async fn a_dead_app_behind_a_live_proxy_costs_no_request() {
         orphan.logs()
     );
 }
+
+/// A TCP stream to a rate-limited port (here a CONNECT tunnel, carried to
+/// the server proxy as a WEFT-TCP tunnel over mTLS) takes a token as a
+/// request does: past the burst, new tunnels are closed before reaching
+/// the app, and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_tunnels_are_rate_limited_like_requests() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _serial = SERIAL.lock().await;
+    let bed = Bed::start(1).await;
+    bed.dir.write(
+        "mesh/authz.yaml",
+        "apiVersion: weft.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: echo, namespace: demo}\nspec:\n  targetRef: {name: echo}\n  rules: [{}]\n  rateLimit: {requestsPerSecond: 0.001, burst: 3}\n",
+    );
+    eventually(
+        Duration::from_secs(5),
+        "the server has the rate limit",
+        || async {
+            let (_, config) = admin_get(bed.servers[0].addrs.admin, "/config").await;
+            let compact: String = config.split_whitespace().collect();
+            compact.contains("\"totalBurst\":3").then_some(())
+        },
+    )
+    .await;
+    let before = bed.counts();
+    let mut answered = 0;
+    for _ in 0..8 {
+        let mut s = tokio::net::TcpStream::connect(bed.client.addrs.outbound)
+            .await
+            .unwrap();
+        s.write_all(b"CONNECT echo:80 HTTP/1.1\r\nHost: echo:80\r\n\r\n")
+            .await
+            .unwrap();
+        let mut head = vec![0u8; 512];
+        let n = s.read(&mut head).await.unwrap();
+        assert!(String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 200"));
+        // Pipelined HTTP inside the tunnel: one tunnel, one token.
+        s.write_all(b"GET /a HTTP/1.1\r\nHost: echo\r\n\r\nGET /b HTTP/1.1\r\nHost: echo\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut rsp = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rsp)).await;
+        let rsp = String::from_utf8_lossy(&rsp);
+        if rsp.contains("HTTP/1.1 200") {
+            assert_eq!(rsp.matches("HTTP/1.1 200").count(), 2, "{rsp}");
+            answered += 1;
+        }
+    }
+    assert_eq!(answered, 3, "the burst, then closed");
+    assert_eq!(
+        bed.share(0, &before),
+        6,
+        "only the admitted tunnels' requests reached the app"
+    );
+    assert!(metric_sum(bed.servers[0].addrs.admin, "weft_rate_limited_total").await >= 5.0);
+}
