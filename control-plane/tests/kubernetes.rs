@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use weft_control::index::{DestinationView, Index, IndexConfig, Target, WorkloadRef};
 use weft_control::kubernetes::{KubernetesSource, TokenReviewer};
@@ -420,54 +419,10 @@ async fn weft_control_in_kubernetes_mode_serves_grpc_watchers() {
     let api = FakeApi::start().await;
     seed(&api);
     let dir = TempDir::new();
-    let kubeconfig = kubeconfig(&api, &dir);
-    let grpc = TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let tokens = dir.write(
-        "tokens.yaml",
-        "- {namespace: web, serviceAccount: default, token: web-token-0123456789}\n",
-    );
-    let anchors = dir.path().join("trust-anchors.pem");
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_weft-control"))
-        .args([
-            "--kubernetes",
-            "--grpc-listen",
-            &grpc.to_string(),
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--tokens")
-        .arg(&tokens)
-        .arg("--trust-anchors-out")
-        .arg(&anchors)
-        .env("KUBECONFIG", &kubeconfig)
-        .env_remove("KUBERNETES_SERVICE_HOST")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let _guard = Child(child);
-
     // As a proxy does: a certificate over server-authenticated TLS, then
     // the watch over mutual TLS.
-    use weft_control::testing::client;
-    let bootstrap = loop {
-        if anchors.exists() {
-            if let Ok(c) = client::channel(grpc, client::tls(&anchors, None)).await {
-                break c;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let cert = client::certify(bootstrap, "web", "default", "web-token-0123456789")
-        .await
-        .unwrap();
-    let channel = client::channel(grpc, client::tls(&anchors, Some(&cert)))
-        .await
-        .unwrap();
+    let (_control, mut channels) = control_with_clients(&api, &dir, &[("web", "default")]).await;
+    let channel = channels.remove(0);
     let mut client = weft_api::v1::destination_client::DestinationClient::new(channel);
     let mut stream = client
         .watch(weft_api::v1::DestinationRequest {

@@ -100,6 +100,28 @@ impl Bed {
         self.wait_config(marker).await;
     }
 
+    /// Writes an AuthorizationPolicy for `echo` admitting everyone under
+    /// this `rateLimit` (flow YAML), and waits until the first server
+    /// proxy shows `marker` in its `/config`.
+    pub async fn rate_limit(&self, limit: &str, marker: &str) {
+        self.dir.write(
+            "mesh/authz.yaml",
+            &format!(
+                "apiVersion: weft.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {{name: echo, namespace: demo}}\nspec:\n  targetRef: {{name: echo}}\n  rules: [{{}}]\n  rateLimit: {limit}\n"
+            ),
+        );
+        eventually(
+            Duration::from_secs(5),
+            "the server has the rate limit",
+            || async {
+                let (_, config) = admin_get(self.servers[0].addrs.admin, "/config").await;
+                let compact: String = config.split_whitespace().collect();
+                compact.contains(marker).then_some(())
+            },
+        )
+        .await;
+    }
+
     pub async fn wait_config(&self, marker: &str) {
         // The watch exists once a request went through.
         let _ = call(self.client.addrs.outbound, "/", &[]).await;

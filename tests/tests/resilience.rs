@@ -493,20 +493,8 @@ async fn policy_changes_apply_within_a_second_without_failed_requests() {
 async fn rate_limit_admits_the_rate_and_answers_429_with_retry_after() {
     let _serial = SERIAL.lock().await;
     let bed = Bed::start(1).await;
-    bed.dir.write(
-        "mesh/authz.yaml",
-        "apiVersion: weft.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: echo, namespace: demo}\nspec:\n  targetRef: {name: echo}\n  rules: [{}]\n  rateLimit: {requestsPerSecond: 20, burst: 10}\n",
-    );
-    eventually(
-        Duration::from_secs(5),
-        "the server has the rate limit",
-        || async {
-            let (_, config) = admin_get(bed.servers[0].addrs.admin, "/config").await;
-            let compact: String = config.split_whitespace().collect();
-            compact.contains("\"totalRps\":20").then_some(())
-        },
-    )
-    .await;
+    bed.rate_limit("{requestsPerSecond: 20, burst: 10}", "\"totalRps\":20")
+        .await;
     tokio::time::sleep(Duration::from_millis(600)).await; // a full bucket
     let start = Instant::now();
     let replies = load(bed.client.addrs.outbound, 100, 2).await;
@@ -718,20 +706,8 @@ async fn tcp_tunnels_are_rate_limited_like_requests() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let _serial = SERIAL.lock().await;
     let bed = Bed::start(1).await;
-    bed.dir.write(
-        "mesh/authz.yaml",
-        "apiVersion: weft.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: echo, namespace: demo}\nspec:\n  targetRef: {name: echo}\n  rules: [{}]\n  rateLimit: {requestsPerSecond: 0.001, burst: 3}\n",
-    );
-    eventually(
-        Duration::from_secs(5),
-        "the server has the rate limit",
-        || async {
-            let (_, config) = admin_get(bed.servers[0].addrs.admin, "/config").await;
-            let compact: String = config.split_whitespace().collect();
-            compact.contains("\"totalBurst\":3").then_some(())
-        },
-    )
-    .await;
+    bed.rate_limit("{requestsPerSecond: 0.001, burst: 3}", "\"totalBurst\":3")
+        .await;
     let before = bed.counts();
     let mut answered = 0;
     for _ in 0..8 {
