@@ -24,11 +24,11 @@ use crate::drain;
 use crate::identity::{Identity, TokenFile};
 use crate::inbound::{Inbound, Workload};
 use crate::listener::Listener;
-use crate::metrics::Metrics;
+use crate::metrics::{Direction, Metrics};
 use crate::outbound::Outbound;
 use crate::policy::{Policies, PortWatcher};
 use crate::readiness::Readiness;
-use crate::server::HttpSettings;
+use crate::server::Limits;
 use crate::telemetry::{AccessLog, Telemetry};
 
 /// Exit code for bad configuration (EX_USAGE).
@@ -253,9 +253,15 @@ impl Proxy {
             tokio::spawn(id.clone().run(control.clone()));
         }
         let clients = Clients::new(config.connect_timeout, identity.clone());
-        let http = HttpSettings {
+        let limits = |direction| Limits {
+            max_connections: config.max_connections,
             max_header_bytes: config.max_header_bytes,
-            header_read_timeout: Duration::from_secs(30),
+            head_timeout: config.request_head_timeout,
+            idle_timeout: config.http_idle_timeout,
+            tcp_idle_timeout: Some(config.tcp_idle_timeout).filter(|t| !t.is_zero()),
+            long_lived_ports: config.long_lived_ports.clone().into(),
+            metrics: telemetry.metrics.clone(),
+            direction,
         };
 
         let ready = Arc::new(Readiness::new(identity.clone()));
@@ -282,7 +288,7 @@ impl Proxy {
             discover: self.discover.clone(),
             clients: clients.clone(),
             telemetry: telemetry.clone(),
-            http: http.clone(),
+            limits: limits(Direction::Outbound),
             detect_timeout: config.detect_timeout,
             drain: watch.clone(),
             interception: interception.clone(),
@@ -302,7 +308,7 @@ impl Proxy {
             own_ports,
             clients,
             telemetry: telemetry.clone(),
-            http,
+            limits: limits(Direction::Inbound),
             detect_timeout: config.detect_timeout,
             drain: watch,
             interception,

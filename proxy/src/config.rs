@@ -152,6 +152,26 @@ pub struct Config {
     /// Largest request head accepted (HTTP/1 head, HTTP/2 header list); a
     /// larger HTTP/1 head is answered 431. Default 65536.
     pub max_header_bytes: usize,
+    /// Connections each listener (inbound, outbound) holds at once; more
+    /// are closed as they arrive, and counted. Default 10000.
+    pub max_connections: usize,
+    /// An HTTP/1 request head must be complete this long after its first
+    /// byte, or the connection is answered 408 and closed (slowloris).
+    /// Default `10s`.
+    #[serde(with = "duration")]
+    pub request_head_timeout: Duration,
+    /// An HTTP connection (either listener) with no request in progress
+    /// for this long is closed; HTTP/2 with GOAWAY. Default `5m`.
+    #[serde(with = "duration")]
+    pub http_idle_timeout: Duration,
+    /// A TCP stream (opaque, CONNECT, WebSocket) that moves no byte either
+    /// way for this long is closed. `0s`: never. Default `1h`.
+    #[serde(with = "duration")]
+    pub tcp_idle_timeout: Duration,
+    /// Ports whose TCP streams are long-lived and may be quiet for longer
+    /// (a database's pooled connections, a broker's subscriptions): no
+    /// TCP idle timeout.
+    pub long_lived_ports: Vec<u16>,
     /// Log format: `text` or `json`.
     pub log_format: LogFormat,
     /// Write one JSON line per request and per TCP connection to stdout.
@@ -206,6 +226,11 @@ impl Default for Config {
             connect_timeout: Duration::from_secs(3),
             shutdown_grace: Duration::from_secs(30),
             max_header_bytes: 64 * 1024,
+            max_connections: 10_000,
+            request_head_timeout: Duration::from_secs(10),
+            http_idle_timeout: Duration::from_secs(300),
+            tcp_idle_timeout: Duration::from_secs(3600),
+            long_lived_ports: Vec::new(),
             log_format: LogFormat::Text,
             access_log: false,
             create_trace_context: true,
@@ -490,6 +515,37 @@ impl Config {
                 "maxHeaderBytes",
                 format!("expected 1024..=1048576 bytes, got {}", self.max_header_bytes),
             );
+        }
+        if !(1..=1_000_000).contains(&self.max_connections) {
+            return err(
+                "maxConnections",
+                format!("expected 1..=1000000, got {}", self.max_connections),
+            );
+        }
+        if self.request_head_timeout < Duration::from_millis(100)
+            || self.request_head_timeout > Duration::from_secs(300)
+        {
+            return err(
+                "requestHeadTimeout",
+                format!(
+                    "expected a duration between 100ms and 5m, got {:?}",
+                    self.request_head_timeout
+                ),
+            );
+        }
+        if self.http_idle_timeout < Duration::from_millis(100) {
+            return err(
+                "httpIdleTimeout",
+                format!("expected at least 100ms, got {:?}", self.http_idle_timeout),
+            );
+        }
+        for (i, port) in self.long_lived_ports.iter().enumerate() {
+            if *port == 0 {
+                return err(
+                    &format!("longLivedPorts[{i}]"),
+                    "expected a port in 1..=65535, got 0".into(),
+                );
+            }
         }
         if !(1..=64).contains(&self.worker_threads) {
             return err(

@@ -44,27 +44,49 @@ enum Decision {
 /// Reads from `io` until the protocol is known, the timeout passes (opaque)
 /// or the peer closes. Returns the protocol and the I/O with the read bytes
 /// ready to be replayed.
-pub async fn detect<I: AsyncRead + Unpin>(
-    mut io: I,
-    timeout: Duration,
-) -> io::Result<(Protocol, PrefixedIo<I>)> {
+pub async fn detect<I: AsyncRead + Unpin>(io: I, timeout: Duration) -> io::Result<(Protocol, PrefixedIo<I>)> {
+    let (until, io) = detect_until(io, tokio::time::sleep(timeout)).await?;
+    let protocol = match until {
+        Until::Decided(p) => p,
+        Until::Stopped(()) => Protocol::Opaque,
+    };
+    Ok((protocol, io))
+}
+
+/// How [`detect_until`] ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Until<T> {
+    /// The bytes (or the peer's close) decided.
+    Decided(Protocol),
+    /// `stop` resolved first, with this.
+    Stopped(T),
+}
+
+/// Reads from `io` until the protocol is known, the peer closes (opaque),
+/// or `stop` resolves. Returns how it ended and the I/O with the read
+/// bytes ready to be replayed.
+pub async fn detect_until<I, S>(mut io: I, stop: S) -> io::Result<(Until<S::Output>, PrefixedIo<I>)>
+where
+    I: AsyncRead + Unpin,
+    S: std::future::Future,
+{
     let mut buf = BytesMut::with_capacity(1024);
     let read = async {
         loop {
             if let Decision::Done(p) = classify(&buf) {
-                return Ok(p);
+                return Ok::<_, io::Error>(p);
             }
             if io.read_buf(&mut buf).await? == 0 {
                 return Ok(Protocol::Opaque);
             }
         }
     };
-    let protocol = match tokio::time::timeout(timeout, read).await {
-        Ok(Ok(p)) => p,
-        Ok(Err(e)) => return Err(e),
-        Err(_elapsed) => Protocol::Opaque,
+    let until = tokio::select! {
+        biased;
+        r = read => Until::Decided(r?),
+        s = stop => Until::Stopped(s),
     };
-    Ok((protocol, PrefixedIo::new(buf.freeze(), io)))
+    Ok((until, PrefixedIo::new(buf.freeze(), io)))
 }
 
 fn classify(buf: &[u8]) -> Decision {

@@ -12,18 +12,19 @@ use http::{Request, Response, Version};
 use hyper::body::Incoming;
 use tokio::net::TcpStream;
 
+use crate::bounds::{Admission, Admitted};
 use crate::client::Clients;
-use crate::detect::{detect, Protocol};
+use crate::detect::{detect, detect_until, Protocol, Until};
 use crate::drain;
 use crate::errors::{ProxyError, WEFT_UNSENT};
 use crate::http::{absolute_uri, authority, incoming, is_upgrade, strip_hop_by_hop, AppProtocol, Body};
 use crate::http::{WEFT_PORT, WEFT_PROTO};
 use crate::identity::{spiffe_id_of, Identity, ALPN_H2, ALPN_TCP};
 use crate::listener::Listener;
-use crate::metrics::{Detected, Direction};
+use crate::metrics::{Detected, Direction, LimitReason};
 use crate::policy::{ConnInfo, Policies};
 use crate::resilience::metrics::ResilienceMetrics;
-use crate::server::{accept_loop, serve_http, HttpSettings};
+use crate::server::{accept_loop, serve_http, Limits};
 use crate::tcp;
 use crate::telemetry::{Observation, Target, Telemetry};
 use std::time::Duration;
@@ -38,6 +39,29 @@ const FIRST_POLICY_WAIT: Duration = Duration::from_secs(5);
 pub struct Workload {
     pub name: String,
     pub namespace: String,
+}
+
+/// What a TCP stream to an app port may carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Payload {
+    /// Bytes the proxy cannot read (the client's own TLS) or must not
+    /// wait on (a server-first port): spliced as they are.
+    Opaque,
+    /// Possibly HTTP: classified first.
+    Sniff,
+}
+
+/// Who spoke first on a sniffed stream, when it was not the caller.
+enum Spoke {
+    App,
+    Nobody,
+}
+
+async fn sleep_or_never(d: Option<Duration>) {
+    match d {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The app a request is for.
@@ -68,7 +92,7 @@ pub struct Inbound {
     pub own_ports: Vec<u16>,
     pub clients: Clients,
     pub telemetry: Arc<Telemetry>,
-    pub http: HttpSettings,
+    pub limits: Limits,
     pub detect_timeout: std::time::Duration,
     pub drain: drain::Watch,
     /// Ports whose redirected connections skip detection.
@@ -78,7 +102,9 @@ pub struct Inbound {
 impl Inbound {
     pub async fn serve(self: Arc<Self>, listener: Listener) {
         let drain = self.drain.clone();
-        accept_loop(listener, &drain, "inbound", move |stream, peer| {
+        let admission = Admission::new(self.limits.max_connections);
+        let limits = self.limits.clone();
+        accept_loop(listener, &drain, &admission, &limits, move |stream, peer| {
             self.clone().connection(stream, peer)
         })
         .await;
@@ -112,17 +138,17 @@ impl Inbound {
         Ok(SocketAddr::new(ip, port))
     }
 
-    async fn connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
-        let _ = stream.set_nodelay(true);
+    async fn connection(self: Arc<Self>, stream: Admitted<TcpStream>, peer: SocketAddr) {
+        let _ = stream.get_ref().set_nodelay(true);
         // Peers dial the inbound listener's port: not an app port.
-        let listener_port = stream.local_addr().map_or(0, |a| a.port());
-        let orig_dst = crate::orig_dst::original_dst(&stream);
+        let listener_port = stream.get_ref().local_addr().map_or(0, |a| a.port());
+        let orig_dst = crate::orig_dst::original_dst(stream.get_ref());
         let target_port = orig_dst.map(|d| d.port()).filter(|p| *p != listener_port);
         // The pod address the caller reached, of its family: an IPv6
         // caller's app connection goes to the pod's IPv6 address.
         let local_ip = orig_dst
             .map(|d| d.ip())
-            .or_else(|| stream.local_addr().ok().map(|a| a.ip()))
+            .or_else(|| stream.get_ref().local_addr().ok().map(|a| a.ip()))
             .map(|ip| ip.to_canonical());
         let plaintext = ConnInfo {
             target_port,
@@ -133,7 +159,7 @@ impl Inbound {
         if let Some(port) = target_port.filter(|p| self.interception.is_opaque_port(*p)) {
             guard.detected(Detected::Opaque);
             let io = guard.meter(stream);
-            return self.tcp(io, Some(port), &plaintext, peer).await;
+            return self.tcp(io, Some(port), &plaintext, peer, Payload::Opaque).await;
         }
         let (protocol, mut io) = match detect(guard.meter(stream), self.detect_timeout).await {
             Ok(d) => d,
@@ -146,7 +172,7 @@ impl Inbound {
             // TLS to an app port: the client's own, not the mesh's.
             Protocol::Tls if target_port.is_some() => {
                 guard.detected(Detected::Opaque);
-                self.tcp(io, target_port, &plaintext, peer).await;
+                self.tcp(io, target_port, &plaintext, peer, Payload::Opaque).await;
             }
             Protocol::Tls => {
                 guard.detected(Detected::Tls);
@@ -165,11 +191,12 @@ impl Inbound {
                 guard.detected(Detected::MeshTcp);
                 let line = io.prefix().iter().position(|&b| b == b'\n').map_or(0, |i| i + 1);
                 io.consume_prefix(line);
-                self.tcp(io, Some(port), &plaintext, peer).await;
+                self.tcp(io, Some(port), &plaintext, peer, Payload::Sniff).await;
             }
             Protocol::Opaque => {
                 guard.detected(Detected::Opaque);
-                self.tcp(io, target_port, &plaintext, peer).await;
+                // Undecided bytes (or none yet) may still turn into HTTP.
+                self.tcp(io, target_port, &plaintext, peer, Payload::Sniff).await;
             }
         }
     }
@@ -184,7 +211,7 @@ impl Inbound {
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let this = self.clone();
-        serve_http(io, app, &self.http, &self.drain, ends, move |req| {
+        serve_http(io, app, &self.limits, &self.drain, ends, move |req| {
             this.clone().request(req, app, conn.clone())
         })
         .await;
@@ -235,7 +262,7 @@ impl Inbound {
                 Ok((Protocol::MeshTcp { port }, mut io)) => {
                     let line = io.prefix().iter().position(|&b| b == b'\n').map_or(0, |i| i + 1);
                     io.consume_prefix(line);
-                    self.tcp(io, Some(port), &conn, peer).await;
+                    self.tcp(io, Some(port), &conn, peer, Payload::Sniff).await;
                 }
                 _ => tracing::info!(%peer, "TCP tunnel without its preamble; closing"),
             },
@@ -256,9 +283,18 @@ impl Inbound {
             .inc();
     }
 
-    /// Opaque bytes to the app port (`None`: the default port).
-    async fn tcp<I>(&self, io: I, port: Option<u16>, conn: &ConnInfo, peer: SocketAddr)
-    where
+    /// Opaque bytes to the app port (`None`: the default port). With
+    /// [`Payload::Sniff`], HTTP inside the stream is served as HTTP, each
+    /// request authorized and rate-limited on its own: a tunnel cannot
+    /// carry requests past the port's per-request policy.
+    async fn tcp<I>(
+        self: &Arc<Self>,
+        io: I,
+        port: Option<u16>,
+        conn: &ConnInfo,
+        peer: SocketAddr,
+        payload: Payload,
+    ) where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let addr = match self.app_addr(port, conn).await {
@@ -272,19 +308,73 @@ impl Inbound {
             tracing::info!(%peer, caller = conn.caller.as_deref().unwrap_or("-"), %why, "inbound TCP denied; closing");
             return;
         }
-        // A TCP stream (a WEFT-TCP tunnel, CONNECT, opaque bytes) takes one
-        // token of the port's rate limit, as one request does.
-        if let Err(limited) = self.policies.rate_limit(addr.port(), conn.caller.as_deref()) {
-            self.count_limited(&limited);
-            tracing::info!(%peer, caller = conn.caller.as_deref().unwrap_or("-"), scope = limited.scope.as_str(), "inbound TCP rate limited; closing");
+        // An opaque TCP stream (a WEFT-TCP tunnel, CONNECT, opaque bytes)
+        // takes one token of the port's rate limit, as one request does;
+        // HTTP inside a stream is charged per request instead.
+        let admit = || match self.policies.rate_limit(addr.port(), conn.caller.as_deref()) {
+            Ok(()) => true,
+            Err(limited) => {
+                self.count_limited(&limited);
+                tracing::info!(%peer, caller = conn.caller.as_deref().unwrap_or("-"), scope = limited.scope.as_str(), "inbound TCP rate limited; closing");
+                false
+            }
+        };
+        let sniff = payload == Payload::Sniff && !self.interception.is_opaque_port(addr.port());
+        if !sniff && !admit() {
             return;
         }
-        match self.clients.connect(addr).await {
-            Ok(app) => {
-                tcp::splice(io, app).await;
+        let app = match self.clients.connect(addr).await {
+            Ok(app) => app,
+            Err(e) => {
+                tracing::info!(%peer, error = %e, "inbound TCP could not reach the app");
+                return;
             }
-            Err(e) => tracing::info!(%peer, error = %e, "inbound TCP could not reach the app"),
+        };
+        if !sniff {
+            return tcp::splice(io, app, &self.limits, addr.port()).await;
         }
+        // Whoever speaks first decides: an app that sends first (a
+        // server-first protocol) is no HTTP server, so the bytes are
+        // opaque; bytes from the caller are classified. The app is
+        // already connected, so a banner is not delayed.
+        let idle = self.limits.tcp_idle(addr.port());
+        let stop = async {
+            tokio::select! {
+                _ = app.readable() => Spoke::App,
+                () = sleep_or_never(idle) => Spoke::Nobody,
+            }
+        };
+        let (until, io) = match detect_until(io, stop).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "inbound TCP stream failed");
+                return;
+            }
+        };
+        let http = match until {
+            Until::Decided(Protocol::Http1) => AppProtocol::Http1,
+            Until::Decided(Protocol::Http2) => AppProtocol::Http2,
+            Until::Decided(_) | Until::Stopped(Spoke::App) => {
+                if admit() {
+                    tcp::splice(io, app, &self.limits, addr.port()).await;
+                }
+                return;
+            }
+            Until::Stopped(Spoke::Nobody) => {
+                self.limits
+                    .metrics
+                    .count_limited(Direction::Inbound, LimitReason::TcpIdleTimeout);
+                tracing::debug!(%peer, "inbound TCP stream idle before its first byte; closed");
+                return;
+            }
+        };
+        drop(app);
+        tracing::debug!(%peer, port = addr.port(), "HTTP inside a TCP stream: served as HTTP");
+        let conn = ConnInfo {
+            target_port: Some(addr.port()),
+            ..conn.clone()
+        };
+        self.serve_conn(io, http, conn, std::future::pending()).await;
     }
 
     async fn request(
@@ -392,7 +482,7 @@ impl Inbound {
                 return Err(ProxyError::Unauthorized("h2c upgrades are not proxied".into()));
             }
             let io = self.clients.connect(addr).await?;
-            return tcp::upgrade(req, io, addr, &self.drain).await;
+            return tcp::upgrade(req, io, addr, &self.limits, &self.drain).await;
         }
         let authority = authority(&req);
         strip_hop_by_hop(req.headers_mut());

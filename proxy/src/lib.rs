@@ -17,6 +17,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod bounds;
 pub mod client;
 pub mod config;
 pub mod control;

@@ -88,6 +88,36 @@ impl EncodeLabelValue for Detected {
     }
 }
 
+/// Why the proxy refused or closed a connection to keep its bounds.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum LimitReason {
+    /// The listener held its maximum of connections.
+    MaxConnections,
+    /// An HTTP/1 request head was not complete in time (answered 408).
+    HeadTimeout,
+    /// An HTTP connection had no request in progress for the idle timeout.
+    IdleTimeout,
+    /// A TCP stream moved no byte for the TCP idle timeout.
+    TcpIdleTimeout,
+}
+
+impl EncodeLabelValue for LimitReason {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        encoder.write_str(match self {
+            LimitReason::MaxConnections => "max_connections",
+            LimitReason::HeadTimeout => "head_timeout",
+            LimitReason::IdleTimeout => "idle_timeout",
+            LimitReason::TcpIdleTimeout => "tcp_idle_timeout",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    pub direction: Direction,
+    pub reason: LimitReason,
+}
+
 /// Whether a response counts as a success for SLOs: not a 5xx, not made up
 /// by the proxy, and (gRPC) `grpc-status` 0.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
@@ -233,6 +263,7 @@ pub struct Metrics {
     pub tcp_open: Family<DirectionLabels, Gauge>,
     pub tcp_read_bytes: Family<DirectionLabels, Counter>,
     pub tcp_written_bytes: Family<DirectionLabels, Counter>,
+    pub tcp_limited: Family<LimitLabels, Counter>,
     pub access_log_dropped: Counter,
     pub resilience: crate::resilience::metrics::ResilienceMetrics,
     tracked_requests: Arc<Tracked<RequestLabels>>,
@@ -250,6 +281,7 @@ impl Default for Metrics {
             tcp_open: Family::default(),
             tcp_read_bytes: Family::default(),
             tcp_written_bytes: Family::default(),
+            tcp_limited: Family::default(),
             access_log_dropped: Counter::default(),
             resilience: Default::default(),
             tracked_requests: Arc::default(),
@@ -294,6 +326,11 @@ impl Metrics {
             "weft_tcp_written_bytes",
             "Bytes written to accepted connections",
             self.tcp_written_bytes.clone(),
+        );
+        registry.register(
+            "weft_tcp_connections_limited",
+            "Connections refused or closed to keep the proxy's bounds, by reason",
+            self.tcp_limited.clone(),
         );
         registry.register(
             "weft_access_log_dropped",
@@ -357,6 +394,13 @@ impl Metrics {
             keep
         });
         removed
+    }
+
+    /// Counts one connection refused or closed by a bound.
+    pub fn count_limited(&self, direction: Direction, reason: LimitReason) {
+        self.tcp_limited
+            .get_or_create(&LimitLabels { direction, reason })
+            .inc();
     }
 
     /// Counts one accepted connection; the guard counts its close and bytes.

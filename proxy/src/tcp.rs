@@ -9,25 +9,41 @@ use http::{HeaderValue, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
+use crate::bounds::IdleClock;
 use crate::client::{BoxIo, Clients};
 use crate::detect::MESH_TCP_PREFIX;
 use crate::drain;
 use crate::errors::ProxyError;
 use crate::http::{incoming, origin_form, strip_hop_by_hop, Body};
+use crate::metrics::LimitReason;
+use crate::server::Limits;
 
 /// Copies both ways until both sides are done. When one side finishes
 /// writing, the other side's write half is shut down (half-close), and
-/// reading continues the other way.
-pub async fn splice<A, B>(mut a: A, mut b: B) -> (u64, u64)
+/// reading continues the other way. A stream to `port` that moves no byte
+/// for the limits' TCP idle timeout is closed (and counted).
+pub async fn splice<A, B>(a: A, b: B, limits: &Limits, port: u16)
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    match tokio::io::copy_bidirectional(&mut a, &mut b).await {
-        Ok(counts) => counts,
-        Err(e) => {
-            tracing::debug!(error = %e, "TCP stream ended with an error");
-            (0, 0)
+    let clock = IdleClock::new();
+    let (mut a, mut b) = (clock.wrap(a), clock.wrap(b));
+    let idle = async {
+        match limits.tcp_idle(port) {
+            Some(timeout) => clock.idle_for(timeout).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        r = tokio::io::copy_bidirectional(&mut a, &mut b) => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "TCP stream ended with an error");
+            }
+        }
+        () = idle => {
+            limits.metrics.count_limited(limits.direction, LimitReason::TcpIdleTimeout);
+            tracing::debug!(port, "TCP stream idle; closed");
         }
     }
 }
@@ -54,15 +70,22 @@ pub async fn connect_mesh(
 
 /// Answers a CONNECT: the upstream is already connected, so reply 200 and
 /// splice the tunnel once the client's side is upgraded.
-pub fn tunnel<U>(mut req: Request<Body>, upstream: U, drain: &drain::Watch) -> Response<Body>
+pub fn tunnel<U>(
+    mut req: Request<Body>,
+    upstream: U,
+    port: u16,
+    limits: &Limits,
+    drain: &drain::Watch,
+) -> Response<Body>
 where
     U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let on_upgrade = hyper::upgrade::on(&mut req);
+    let limits = limits.clone();
     drain.spawn(async move {
         match on_upgrade.await {
             Ok(downstream) => {
-                splice(TokioIo::new(downstream), upstream).await;
+                splice(TokioIo::new(downstream), upstream, &limits, port).await;
             }
             Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
         }
@@ -76,6 +99,7 @@ pub async fn upgrade<I>(
     mut req: Request<Body>,
     io: I,
     addr: SocketAddr,
+    limits: &Limits,
     drain: &drain::Watch,
 ) -> Result<Response<Body>, ProxyError>
 where
@@ -110,10 +134,11 @@ where
         .map_err(fail)?;
     if rsp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let upstream = hyper::upgrade::on(&mut rsp);
+        let limits = limits.clone();
         drain.spawn(async move {
             match tokio::try_join!(downstream, upstream) {
                 Ok((d, u)) => {
-                    splice(TokioIo::new(d), TokioIo::new(u)).await;
+                    splice(TokioIo::new(d), TokioIo::new(u), &limits, addr.port()).await;
                 }
                 Err(e) => tracing::debug!(error = %e, "upgrade failed"),
             }

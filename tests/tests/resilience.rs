@@ -699,8 +699,9 @@ async fn a_dead_app_behind_a_live_proxy_costs_no_request() {
 
 /// A TCP stream to a rate-limited port (here a CONNECT tunnel, carried to
 /// the server proxy as a WEFT-TCP tunnel over mTLS) takes a token as a
-/// request does: past the burst, new tunnels are closed before reaching
-/// the app, and counted.
+/// request does when it carries opaque bytes: past the burst, new tunnels
+/// are closed before reaching the app, and counted. HTTP inside a tunnel
+/// is served as HTTP and charged per request, pipelined or not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_tunnels_are_rate_limited_like_requests() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -708,9 +709,9 @@ async fn tcp_tunnels_are_rate_limited_like_requests() {
     let bed = Bed::start(1).await;
     bed.rate_limit("{requestsPerSecond: 0.001, burst: 3}", "\"totalBurst\":3")
         .await;
-    let before = bed.counts();
-    let mut answered = 0;
-    for _ in 0..8 {
+    // Opens a CONNECT tunnel through the client proxy, sends `payload`,
+    // and returns what came back before the tunnel closed.
+    let through_tunnel = |payload: &'static [u8]| async move {
         let mut s = tokio::net::TcpStream::connect(bed.client.addrs.outbound)
             .await
             .unwrap();
@@ -720,23 +721,34 @@ async fn tcp_tunnels_are_rate_limited_like_requests() {
         let mut head = vec![0u8; 512];
         let n = s.read(&mut head).await.unwrap();
         assert!(String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 200"));
-        // Pipelined HTTP inside the tunnel: one tunnel, one token.
-        s.write_all(b"GET /a HTTP/1.1\r\nHost: echo\r\n\r\nGET /b HTTP/1.1\r\nHost: echo\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
+        s.write_all(payload).await.unwrap();
         let mut rsp = Vec::new();
         let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rsp)).await;
-        let rsp = String::from_utf8_lossy(&rsp);
-        if rsp.contains("HTTP/1.1 200") {
-            assert_eq!(rsp.matches("HTTP/1.1 200").count(), 2, "{rsp}");
-            answered += 1;
+        String::from_utf8_lossy(&rsp).into_owned()
+    };
+    // Opaque bytes: one token per tunnel. The echo app answers the
+    // garbage with its own 400, which shows the tunnel reached it.
+    let mut reached = 0;
+    for _ in 0..8 {
+        if through_tunnel(b"PING\r\n\r\n").await.starts_with("HTTP/1.1 400") {
+            reached += 1;
         }
     }
-    assert_eq!(answered, 3, "the burst, then closed");
-    assert_eq!(
-        bed.share(0, &before),
-        6,
-        "only the admitted tunnels' requests reached the app"
-    );
-    assert!(metric_sum(bed.servers[0].addrs.admin, "weft_rate_limited_total").await >= 5.0);
+    assert_eq!(reached, 3, "the burst of opaque tunnels, then closed");
+
+    bed.rate_limit("{requestsPerSecond: 0.001, burst: 4}", "\"totalBurst\":4")
+        .await;
+    let before = bed.counts();
+    let (mut ok, mut limited) = (0, 0);
+    for _ in 0..8 {
+        let rsp = through_tunnel(
+            b"GET /a HTTP/1.1\r\nHost: echo\r\n\r\nGET /b HTTP/1.1\r\nHost: echo\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        ok += rsp.matches("HTTP/1.1 200").count();
+        limited += rsp.matches("HTTP/1.1 429").count();
+    }
+    assert_eq!((ok, limited), (4, 12), "each pipelined request took a token");
+    assert_eq!(bed.share(0, &before), 4, "only admitted requests reached the app");
+    assert!(metric_sum(bed.servers[0].addrs.admin, "weft_rate_limited_total").await >= 17.0);
 }

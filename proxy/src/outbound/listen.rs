@@ -14,6 +14,7 @@ use super::call::{self, Call, Called, Deadline};
 use super::route::{self, Plan, To};
 use super::upstream::{dialled, Upstream};
 use super::Outbound;
+use crate::bounds::{Admission, Admitted};
 use crate::detect::{detect, Protocol};
 use crate::discover::Endpoint;
 use crate::errors::ProxyError;
@@ -29,15 +30,17 @@ impl Outbound {
     /// connections are refused.
     pub async fn serve(self: Arc<Self>, listener: Listener) {
         let drain = self.drain.clone();
-        accept_loop(listener, &drain, "outbound", move |stream, peer| {
+        let admission = Admission::new(self.limits.max_connections);
+        let limits = self.limits.clone();
+        accept_loop(listener, &drain, &admission, &limits, move |stream, peer| {
             self.clone().connection(stream, peer)
         })
         .await;
     }
 
-    async fn connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
-        let _ = stream.set_nodelay(true);
-        let orig_dst = crate::orig_dst::original_dst(&stream);
+    async fn connection(self: Arc<Self>, stream: Admitted<TcpStream>, peer: SocketAddr) {
+        let _ = stream.get_ref().set_nodelay(true);
+        let orig_dst = crate::orig_dst::original_dst(stream.get_ref());
         let mut guard = self.telemetry.connection(Direction::Outbound, peer);
         if let Some(dst) = orig_dst.filter(|d| self.interception.is_opaque_port(d.port())) {
             // Server-speaks-first: nothing to detect.
@@ -71,7 +74,7 @@ impl Outbound {
         serve_http(
             io,
             app,
-            &self.http,
+            &self.limits,
             &self.drain,
             std::future::pending(),
             move |req| this.clone().request(req, app, orig_dst),

@@ -27,7 +27,7 @@ use crate::client::Clients;
 use crate::config::Interception;
 use crate::discover::Discover;
 use crate::drain;
-use crate::server::HttpSettings;
+use crate::server::Limits;
 use crate::telemetry::Telemetry;
 
 pub mod call;
@@ -47,7 +47,7 @@ pub struct Outbound {
     pub discover: Arc<dyn Discover>,
     pub clients: Clients,
     pub telemetry: Arc<Telemetry>,
-    pub http: HttpSettings,
+    pub limits: Limits,
     pub detect_timeout: std::time::Duration,
     pub drain: drain::Watch,
     /// Redirected connections (`weft-proxy init`).

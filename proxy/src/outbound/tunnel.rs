@@ -73,9 +73,10 @@ impl Outbound {
             }
         };
         let result = if req.method() == Method::CONNECT {
-            Ok(tcp::tunnel(req, io, &self.drain))
+            let port = req.uri().port_u16().unwrap_or(0);
+            Ok(tcp::tunnel(req, io, port, &self.limits, &self.drain))
         } else {
-            tcp::upgrade(req, io, upstream, &self.drain).await
+            tcp::upgrade(req, io, upstream, &self.limits, &self.drain).await
         };
         Called { result, last }
     }
@@ -110,7 +111,7 @@ impl Outbound {
         match self.connect(&endpoint).await {
             Ok(upstream) => {
                 tracing::debug!(%dst, via = ?endpoint.proxy, service = %dest.service, "forwarding outbound TCP");
-                tcp::splice(io, upstream).await;
+                tcp::splice(io, upstream, &self.limits, dst.port()).await;
             }
             Err(e) => tracing::info!(%dst, error = %e, "outbound TCP could not connect; closing"),
         }
