@@ -28,6 +28,11 @@ impl<I> PrefixedIo<I> {
     /// Drops the first `n` replayed bytes (e.g. a preamble meant for us).
     pub fn consume_prefix(&mut self, n: usize) {
         self.prefix.advance(n.min(self.prefix.len()));
+        if self.prefix.is_empty() {
+            // Let go of the detection buffer: a long-lived connection
+            // should not keep it.
+            self.prefix = Bytes::new();
+        }
     }
 
     pub fn get_ref(&self) -> &I {
@@ -44,7 +49,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for PrefixedIo<I> {
         if !self.prefix.is_empty() {
             let n = self.prefix.len().min(buf.remaining());
             buf.put_slice(&self.prefix[..n]);
-            self.prefix.advance(n);
+            self.consume_prefix(n);
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.inner).poll_read(cx, buf)

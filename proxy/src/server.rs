@@ -91,7 +91,9 @@ pub async fn serve_http<I, F, Fut>(
     let svc = service_fn(move |req| {
         notify.notify_one();
         let guard = tracker.start();
-        let rsp = handler(req);
+        // Boxed: the connection's task then carries a request's state only
+        // while the request runs, not for as long as the connection lives.
+        let rsp = Box::pin(handler(req));
         async move { Ok::<_, Infallible>(rsp.await.map(|b| Tracked::new(b, guard))) }
     });
     let idle = activity.idle_for(limits.idle_timeout);
