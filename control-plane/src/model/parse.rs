@@ -408,13 +408,21 @@ spec:
         assert_eq!(e.field, "spec.retries.true");
     }
 
+    #[test]
+    fn the_real_files_parse() {
+        for file in props::FILES {
+            let (docs, errors) = parse_file("mesh.yaml", file);
+            assert!(errors.is_empty() && !docs.is_empty(), "{errors:?}");
+        }
+    }
+
     mod props {
         use proptest::prelude::*;
 
         use super::super::*;
 
         /// Real documents: the examples and the demo mesh.
-        const FILES: &[&str] = &[
+        pub(super) const FILES: &[&str] = &[
             include_str!("../../../config/examples/mesh-service.yaml"),
             include_str!("../../../config/examples/traffic-policy.yaml"),
             include_str!("../../../config/examples/authorization-policy.yaml"),
@@ -475,14 +483,6 @@ spec:
                 }
                 lines.join("\n")
             })
-        }
-
-        #[test]
-        fn the_real_files_parse() {
-            for file in FILES {
-                let (docs, errors) = parse_file("mesh.yaml", file);
-                assert!(errors.is_empty() && !docs.is_empty(), "{errors:?}");
-            }
         }
 
         proptest! {
