@@ -74,4 +74,51 @@ mod tests {
         assert!(is_ipv6_cidr(&parse_cidr("::ffff:10.0.0.0/104").unwrap()));
         assert!(!is_ipv6_cidr(&parse_cidr("10.0.0.0/8").unwrap()));
     }
+
+    mod props {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        proptest! {
+            #[test]
+            fn a_port_range_is_accepted_only_in_range_and_comes_out_canonical(
+                s in prop_oneof!["[+]?[0-9]{1,6}([:-][+]?[0-9]{0,6})?", "[ -~]{0,14}"],
+            ) {
+                match parse_port_range(&s) {
+                    Ok(out) => {
+                        let ports: Vec<u32> = out.split(':').map(|p| p.parse().unwrap()).collect();
+                        prop_assert!(ports.iter().all(|p| (1..=65535).contains(p)), "{} -> {}", s, out);
+                        prop_assert!(ports.windows(2).all(|w| w[0] <= w[1]) && ports.len() <= 2);
+                        prop_assert!(out.bytes().all(|b| b.is_ascii_digit() || b == b':'), "iptables form: {}", out);
+                        prop_assert_eq!(parse_port_range(&out), Ok(out.clone()), "canonical");
+                    }
+                    Err(e) => prop_assert!(e.contains(&format!("`{s}`")), "the error quotes the value: {}", e),
+                }
+            }
+
+            #[test]
+            fn a_network_comes_out_canonical_and_in_its_family(
+                s in prop_oneof![
+                    "[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,3}(/[+]?[0-9]{1,3})?",
+                    "[0-9a-fA-F:]{2,20}(/[0-9]{1,3})?",
+                    "[ -~]{0,20}",
+                ],
+            ) {
+                match parse_cidr(&s) {
+                    Ok(out) => {
+                        let (ip, len) = out.split_once('/').unwrap();
+                        let ip: IpAddr = ip.parse().unwrap();
+                        let len: u8 = len.parse().unwrap();
+                        let max = if ip.is_ipv4() { 32 } else { 128 };
+                        prop_assert!(len <= max, "{}", out);
+                        prop_assert_eq!(is_ipv6_cidr(&out), ip.is_ipv6());
+                        prop_assert_eq!(parse_cidr(&out), Ok(out.clone()), "canonical");
+                        prop_assert_eq!(format!("{ip}/{len}"), out);
+                    }
+                    Err(e) => prop_assert!(e.contains(&format!("`{s}`")), "the error quotes the value: {}", e),
+                }
+            }
+        }
+    }
 }

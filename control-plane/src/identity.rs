@@ -540,4 +540,65 @@ mod tests {
             Err(Refusal::BadCsr(_))
         ));
     }
+
+    mod props {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        fn spki(der: &[u8]) -> Vec<u8> {
+            let (_, cert) = x509_parser::parse_x509_certificate(der).unwrap();
+            cert.public_key().raw.to_vec()
+        }
+
+        fn csr_spki(der: &[u8]) -> Vec<u8> {
+            use x509_parser::prelude::FromDer;
+            let (_, csr) =
+                x509_parser::certification_request::X509CertificationRequest::from_der(der).unwrap();
+            csr.certification_request_info.subject_pki.raw.to_vec()
+        }
+
+        proptest! {
+            #[test]
+            fn a_damaged_csr_is_refused_or_signed_for_exactly_its_own_key_and_identity(
+                flips in prop::collection::vec((any::<prop::sample::Index>(), 1..=255u8), 1..4),
+                cut in prop::option::weighted(0.2, any::<prop::sample::Index>()),
+                pem in any::<bool>(),
+            ) {
+                // One CA and CSR for all cases: key generation is the slow part.
+                thread_local!(static FIXTURE: (Ca, Vec<u8>) = (ca(), csr(&[WEB])));
+                FIXTURE.with(|(ca, good)| {
+                    let mut bad = good.clone();
+                    for (at, x) in &flips {
+                        let i = at.index(bad.len());
+                        bad[i] ^= x;
+                    }
+                    if let Some(cut) = cut {
+                        bad.truncate(cut.index(bad.len()));
+                    }
+                    if pem {
+                        // A PEM CSR where DER is expected.
+                        bad = pem_certificate(&bad).replace("CERTIFICATE", "CERTIFICATE REQUEST").into_bytes();
+                    }
+                    match ca.certify(WEB, &bad, "web-token-0123456789") {
+                        Err(Refusal::BadCsr(e)) => prop_assert!(!e.is_empty()),
+                        Err(Refusal::CsrIdentity { expected }) => prop_assert_eq!(expected, WEB),
+                        Err(other) => prop_assert!(false, "unexpected refusal {:?}", other),
+                        Ok(rsp) => {
+                            // Only what the signature covers can have changed
+                            // without a refusal: then it is still this key.
+                            prop_assert_eq!(spki(&rsp.certificate), csr_spki(good));
+                            let (_, cert) = x509_parser::parse_x509_certificate(&rsp.certificate).unwrap();
+                            let san = cert.subject_alternative_name().unwrap().unwrap();
+                            prop_assert_eq!(
+                                format!("{:?}", san.value.general_names),
+                                format!("{:?}", vec![x509_parser::extensions::GeneralName::URI(WEB)])
+                            );
+                        }
+                    }
+                    Ok(())
+                })?;
+            }
+        }
+    }
 }

@@ -446,3 +446,185 @@ fn read_pair(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, String> {
         })?;
     Ok(Arc::new(certified))
 }
+
+/// Property tests (`bench/fuzz.sh` runs them long).
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// An AdmissionReview for a Pod CREATE, as the API server sends it.
+    fn review_of(pod: Value) -> Value {
+        json!({
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
+                "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "namespace": "shop",
+                "operation": "CREATE",
+                "object": pod,
+            },
+        })
+    }
+
+    fn pod() -> Value {
+        json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "web-0", "labels": {"app": "web"},
+                         "annotations": {"weft.dev/inject": "enabled", "weft.dev/skip-inbound-ports": "22"}},
+            "spec": {
+                "serviceAccountName": "web",
+                "containers": [{"name": "web", "image": "web:1", "ports": [{"containerPort": 8080}]}],
+            },
+        })
+    }
+
+    /// Odd JSON values to put where a field was.
+    fn odd_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            "[ -~]{0,12}".prop_map(Value::from),
+            Just(json!("enabled")),
+            Just(json!("Pod")),
+            Just(json!("CREATE")),
+            Just(json!("99999,0,-1,http")),
+        ];
+        leaf.prop_recursive(2, 8, 3, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..3).prop_map(Value::from),
+                prop::collection::btree_map("[a-z]{1,6}", inner, 0..3)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// JSON pointers into a review: the fields the webhook reads.
+    const FIELDS: &[&str] = &[
+        "/apiVersion",
+        "/kind",
+        "/request",
+        "/request/uid",
+        "/request/kind",
+        "/request/kind/kind",
+        "/request/kind/group",
+        "/request/operation",
+        "/request/subResource",
+        "/request/namespace",
+        "/request/object",
+        "/request/object/metadata",
+        "/request/object/metadata/annotations",
+        "/request/object/metadata/annotations/weft.dev~1inject",
+        "/request/object/metadata/annotations/weft.dev~1skip-inbound-ports",
+        "/request/object/metadata/labels",
+        "/request/object/spec",
+        "/request/object/spec/containers",
+        "/request/object/spec/containers/0",
+        "/request/object/spec/containers/0/ports",
+        "/request/object/spec/containers/0/ports/0/containerPort",
+        "/request/object/spec/initContainers",
+        "/request/object/spec/serviceAccountName",
+    ];
+
+    /// Replaces the value at `pointer` (or removes it when `value` is
+    /// `None`), when its parent exists.
+    fn mutate(v: &mut Value, pointer: &str, value: Option<Value>) {
+        let (parent, key) = pointer.rsplit_once('/').unwrap();
+        let key = key.replace("~1", "/");
+        match (v.pointer_mut(parent), value) {
+            (Some(Value::Object(m)), Some(x)) => {
+                m.insert(key, x);
+            }
+            (Some(Value::Object(m)), None) => {
+                m.remove(&key);
+            }
+            (Some(Value::Array(a)), x) => {
+                if let Ok(i) = key.parse::<usize>() {
+                    if i < a.len() {
+                        match x {
+                            Some(x) => a[i] = x,
+                            None => drop(a.remove(i)),
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn bodies() -> impl Strategy<Value = Vec<u8>> {
+        let mutations = prop::collection::vec(
+            (
+                prop::sample::select(FIELDS),
+                prop::option::weighted(0.8, odd_value()),
+            ),
+            0..4,
+        );
+        prop_oneof![
+            4 => mutations.prop_map(|m| {
+                let mut review = review_of(pod());
+                for (pointer, value) in m {
+                    mutate(&mut review, pointer, value);
+                }
+                serde_json::to_vec(&review).unwrap()
+            }),
+            1 => (any::<prop::sample::Index>(), any::<u8>()).prop_map(|(at, b)| {
+                let mut body = serde_json::to_vec(&review_of(pod())).unwrap();
+                let i = at.index(body.len());
+                body[i] = b;
+                body
+            }),
+            1 => prop::collection::vec(any::<u8>(), 0..64),
+        ]
+    }
+
+    /// Whether `body` is what `review` must answer: an AdmissionReview v1
+    /// with a non-empty string `request.uid`.
+    fn answerable(body: &[u8]) -> Option<String> {
+        let v: Value = serde_json::from_slice(body).ok()?;
+        (v["apiVersion"] == "admission.k8s.io/v1" && v["kind"] == "AdmissionReview").then_some(())?;
+        v.pointer("/request/uid")?
+            .as_str()
+            .filter(|u| !u.is_empty())
+            .map(str::to_string)
+    }
+
+    proptest! {
+        #[test]
+        fn every_review_is_answered_allowed_with_a_patch_that_applies(
+            body in bodies(),
+            opted_in in any::<bool>(),
+        ) {
+            let mode = if opted_in { Mode::OptedIn } else { Mode::All };
+            let answer = review(&InjectConfig::default(), mode, &body);
+            let Some(uid) = answerable(&body) else {
+                prop_assert!(answer.is_err(), "{:?}", answer);
+                return Ok(());
+            };
+            let answer = answer.unwrap();
+            prop_assert_eq!(&answer["apiVersion"], "admission.k8s.io/v1");
+            prop_assert_eq!(&answer["kind"], "AdmissionReview");
+            let response = &answer["response"];
+            prop_assert_eq!(response["uid"].as_str(), Some(uid.as_str()));
+            prop_assert_eq!(&response["allowed"], true, "never refused: a pod without the proxy beats no pod");
+            if let Some(patch) = response.get("patch") {
+                prop_assert_eq!(&response["patchType"], "JSONPatch");
+                let patch = base64::engine::general_purpose::STANDARD.decode(patch.as_str().unwrap()).unwrap();
+                let patch: json_patch::Patch = serde_json::from_slice(&patch).unwrap();
+                let request: Value = serde_json::from_slice::<Value>(&body).unwrap()["request"].clone();
+                let mut pod = request["object"].clone();
+                prop_assert!(json_patch::patch(&mut pod, &patch).is_ok(), "the patch applies to the pod sent");
+                prop_assert!(
+                    pod.pointer("/spec/initContainers").and_then(Value::as_array)
+                        .is_some_and(|c| c.iter().any(|c| c["name"] == "weft-proxy")),
+                    "a patch injects the proxy"
+                );
+            }
+        }
+    }
+}

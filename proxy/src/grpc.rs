@@ -64,7 +64,7 @@ pub fn code_by_name(name: &str) -> Option<Code> {
 /// Parses a `grpc-timeout` value: at most 8 digits and a unit.
 pub fn parse_timeout(v: &[u8]) -> Option<Duration> {
     let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
-    if digits.is_empty() || digits.len() > 8 {
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
     let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
@@ -147,5 +147,74 @@ mod tests {
         assert_eq!(code_by_name("RESOURCE_EXHAUSTED"), Some(Code::ResourceExhausted));
         assert_eq!(code_by_name("14"), Some(Code::Unavailable));
         assert_eq!(code_by_name("nope"), None);
+    }
+
+    /// Found by `props::parse_timeout_accepts_exactly_the_spec_grammar`:
+    /// `u64::from_str` takes a leading `+`, the spec's grammar does not.
+    #[test]
+    fn a_signed_timeout_is_refused() {
+        assert_eq!(parse_timeout(b"+5S"), None);
+        assert_eq!(parse_timeout(b"-5S"), None);
+    }
+
+    mod props {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        /// The largest value the grammar can state: 8 digits of hours.
+        const CAP: Duration = Duration::from_secs(99_999_999 * 3600);
+
+        fn unit(u: u8) -> Option<Duration> {
+            Some(match u {
+                b'H' => Duration::from_secs(3600),
+                b'M' => Duration::from_secs(60),
+                b'S' => Duration::from_secs(1),
+                b'm' => Duration::from_millis(1),
+                b'u' => Duration::from_micros(1),
+                b'n' => Duration::from_nanos(1),
+                _ => return None,
+            })
+        }
+
+        proptest! {
+            #[test]
+            fn parse_timeout_accepts_exactly_the_spec_grammar(
+                v in prop_oneof!["[+-]?[0-9]{0,10}[HMSmunx ]?", "[0-9]{1,8}[HMSmun]", ".{0,12}"],
+            ) {
+                let b = v.as_bytes();
+                let spec = match b.split_last() {
+                    Some((&u, digits))
+                        if (1..=8).contains(&digits.len()) && digits.iter().all(u8::is_ascii_digit) =>
+                    {
+                        unit(u).map(|unit| unit * v[..digits.len()].parse::<u32>().unwrap())
+                    }
+                    _ => None,
+                };
+                let parsed = parse_timeout(b);
+                prop_assert_eq!(parsed, spec, "{:?}", v);
+                if let Some(d) = parsed {
+                    prop_assert!(d <= CAP);
+                }
+            }
+
+            #[test]
+            fn format_timeout_rounds_down_within_its_unit_and_parses_back(
+                d in prop_oneof![
+                    any::<u64>().prop_map(Duration::from_nanos),
+                    (any::<u64>(), 0..1_000_000_000u32).prop_map(|(s, n)| Duration::new(s, n)),
+                ],
+            ) {
+                let v = format_timeout(d);
+                let (digits, u) = v.split_at(v.len() - 1);
+                prop_assert!((1..=8).contains(&digits.len()), "{}", v);
+                let back = parse_timeout(v.as_bytes()).unwrap();
+                prop_assert!(back <= d.min(CAP), "{:?} became {} ({:?})", d, v, back);
+                if d <= CAP {
+                    prop_assert!(d - back < unit(u.as_bytes()[0]).unwrap(), "{:?} became {}", d, v);
+                }
+                prop_assert_eq!(parse_timeout(format_timeout(back).as_bytes()), Some(back), "a round trip is stable");
+            }
+        }
     }
 }

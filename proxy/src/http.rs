@@ -86,7 +86,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
     headers.remove("keep-alive");
     headers.remove("proxy-connection");
-    let te_trailers = headers.get(header::TE).is_some_and(|v| {
+    let te_trailers = headers.get_all(header::TE).iter().any(|v| {
         v.to_str()
             .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")))
     });
@@ -209,5 +209,84 @@ mod tests {
         assert!(is_upgrade(&req));
         let req = Request::get("/").header("upgrade", "websocket").body(()).unwrap();
         assert!(!is_upgrade(&req));
+    }
+
+    /// Found by `props::stripping_leaves_no_hop_by_hop_header_and_everything_else`:
+    /// only the first `te` field was read, so `trailers` in a second one
+    /// was dropped (and gRPC needs it end to end).
+    #[test]
+    fn te_trailers_in_any_te_field_stays() {
+        let mut h = HeaderMap::new();
+        h.append(header::TE, HeaderValue::from_static(""));
+        h.append(header::TE, HeaderValue::from_static("gzip,trailers"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.get_all(header::TE).iter().collect::<Vec<_>>(), ["trailers"]);
+    }
+
+    mod props {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        const HOP_BY_HOP: &[&str] = &[
+            "connection",
+            "transfer-encoding",
+            "upgrade",
+            "proxy-authorization",
+            "proxy-authenticate",
+            "keep-alive",
+            "proxy-connection",
+        ];
+
+        fn headers() -> impl Strategy<Value = Vec<(String, String)>> {
+            let name = prop_oneof![
+                Just("connection".to_string()),
+                Just("te".to_string()),
+                Just("keep-alive".to_string()),
+                Just("upgrade".to_string()),
+                Just("x-a".to_string()),
+                Just("x-b".to_string()),
+                "[a-z-]{1,6}",
+            ];
+            let value = prop_oneof![
+                "((x-a|x-b|te|keep-alive|Upgrade|close| |,|\t){0,4})",
+                "(gzip|trailers|TRAILERS|deflate)(, ?(gzip|trailers|chunked))*",
+                "[ -~]{0,12}",
+            ];
+            prop::collection::vec((name, value), 0..8)
+        }
+
+        proptest! {
+            #[test]
+            fn stripping_leaves_no_hop_by_hop_header_and_everything_else(headers in headers()) {
+                let mut h = HeaderMap::new();
+                for (name, value) in &headers {
+                    h.append(HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_str(value).unwrap());
+                }
+                let listed: Vec<String> = headers
+                    .iter()
+                    .filter(|(n, _)| n == "connection")
+                    .flat_map(|(_, v)| v.split(',').map(|t| t.trim().to_ascii_lowercase()).collect::<Vec<_>>())
+                    .filter(|t| !t.is_empty())
+                    .collect();
+                let trailers = headers.iter().any(|(n, v)| n == "te" && v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
+                let before = h.clone();
+                strip_hop_by_hop(&mut h);
+                for name in HOP_BY_HOP.iter().copied().chain(listed.iter().map(String::as_str).filter(|n| *n != "te")) {
+                    prop_assert!(!h.contains_key(name), "{} is left in {:?}", name, h);
+                }
+                match h.get_all(header::TE).iter().collect::<Vec<_>>().as_slice() {
+                    [] => prop_assert!(!trailers),
+                    [v] => prop_assert!(trailers && *v == "trailers", "te: {:?}", v),
+                    more => prop_assert!(false, "te: {:?}", more),
+                }
+                for (name, value) in &before {
+                    let gone = HOP_BY_HOP.contains(&name.as_str()) || name == header::TE || listed.iter().any(|l| l == name.as_str());
+                    if !gone {
+                        prop_assert!(h.get_all(name).iter().any(|v| v == value), "{}: {:?} was dropped", name, value);
+                    }
+                }
+            }
+        }
     }
 }

@@ -431,16 +431,9 @@ impl Inbound {
         conn: AppProtocol,
         caller: &ConnInfo,
     ) -> Result<AppTarget, ProxyError> {
-        let headers = req.headers_mut();
-        let protocol = headers
-            .remove(WEFT_PROTO)
-            .and_then(|v| AppProtocol::from_header(&v))
-            .unwrap_or(conn);
-        let port = headers
-            .remove(WEFT_PORT)
-            .and_then(|v| v.to_str().ok()?.parse::<u16>().ok());
+        let (protocol, port) = take_mesh_headers(req.headers_mut());
         Ok(AppTarget {
-            protocol,
+            protocol: protocol.unwrap_or(conn),
             addr: self.app_addr(port.or(caller.target_port), caller).await?,
         })
     }
@@ -510,6 +503,19 @@ impl Inbound {
         strip_hop_by_hop(rsp.headers_mut());
         Ok(rsp)
     }
+}
+
+/// Removes the mesh headers a peer proxy set (every value of each) and
+/// returns what they said: the app protocol and the app port, each `None`
+/// when absent or not understood.
+fn take_mesh_headers(headers: &mut http::HeaderMap) -> (Option<AppProtocol>, Option<u16>) {
+    let protocol = headers
+        .remove(WEFT_PROTO)
+        .and_then(|v| AppProtocol::from_header(&v));
+    let port = headers
+        .remove(WEFT_PORT)
+        .and_then(|v| v.to_str().ok()?.parse::<u16>().ok());
+    (protocol, port)
 }
 
 /// Whether something in this network namespace (the pod's: the sidecar
@@ -591,5 +597,48 @@ mod tests {
         assert!(!listens_on(established, 8082), "not listening");
         assert!(!listens_on(v6_loopback, 8083), "::1");
         assert!(!listens_on("garbage", 1));
+    }
+
+    mod props {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        fn mesh_headers() -> impl Strategy<Value = Vec<(&'static str, String)>> {
+            let name = prop_oneof![
+                Just("weft-proto"),
+                Just("weft-port"),
+                Just("Weft-Port"),
+                Just("x-app")
+            ];
+            let value = prop_oneof![
+                "(http/1\\.1|h2|h2c|HTTP/1\\.1| h2)",
+                "[+-]?[0-9]{0,6}",
+                "[ -~]{0,12}"
+            ];
+            prop::collection::vec((name, value), 0..6)
+        }
+
+        proptest! {
+            #[test]
+            fn mesh_headers_are_all_taken_and_read_from_their_first_value(headers in mesh_headers()) {
+                let mut h = http::HeaderMap::new();
+                for (name, value) in &headers {
+                    h.append(*name, http::HeaderValue::from_str(value).unwrap());
+                }
+                let first = |n: &str| headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(n)).map(|(_, v)| v.as_str());
+                let apps = h.get_all("x-app").iter().count();
+                let (protocol, port) = take_mesh_headers(&mut h);
+                prop_assert!(!h.contains_key(WEFT_PROTO) && !h.contains_key(WEFT_PORT), "{:?}", h);
+                prop_assert_eq!(h.get_all("x-app").iter().count(), apps, "other headers stay");
+                let expected_protocol = match first("weft-proto") {
+                    Some("http/1.1") => Some(AppProtocol::Http1),
+                    Some("h2") => Some(AppProtocol::Http2),
+                    _ => None,
+                };
+                prop_assert_eq!(protocol, expected_protocol);
+                prop_assert_eq!(port, first("weft-port").and_then(|v| v.parse::<u16>().ok()));
+            }
+        }
     }
 }

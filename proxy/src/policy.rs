@@ -631,4 +631,109 @@ mod tests {
             })
         );
     }
+
+    mod props {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// The path an app might act on: percent-decoded once, backslashes
+        /// as slashes, `;` parameters dropped, dot segments resolved
+        /// (RFC 3986 5.2.4) and empty segments merged.
+        fn app_view(path: &str) -> String {
+            let b = path.as_bytes();
+            let mut decoded = Vec::with_capacity(b.len());
+            let mut i = 0;
+            while i < b.len() {
+                let hex = b
+                    .get(i + 1..i + 3)
+                    .and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok());
+                match (b[i], hex) {
+                    (b'%', Some(v)) => {
+                        decoded.push(v);
+                        i += 3;
+                    }
+                    (c, _) => {
+                        decoded.push(c);
+                        i += 1;
+                    }
+                }
+            }
+            let decoded = String::from_utf8_lossy(&decoded).replace('\\', "/");
+            let mut out: Vec<&str> = Vec::new();
+            for seg in decoded.split('/').skip(1) {
+                match seg.split(';').next().unwrap_or("") {
+                    "" | "." => {}
+                    ".." => {
+                        out.pop();
+                    }
+                    s => out.push(s),
+                }
+            }
+            format!("/{}", out.join("/"))
+        }
+
+        fn paths() -> impl Strategy<Value = String> {
+            let segment = prop_oneof![
+                Just("api"),
+                Just("admin"),
+                Just("a"),
+                Just("b"),
+                Just(".."),
+                Just("."),
+                Just(""),
+                Just("%2e%2e"),
+                Just("%2E."),
+                Just(".%2e"),
+                Just("%2f"),
+                Just("api%2Fadmin"),
+                Just("%5c"),
+                Just("..\\"),
+                Just("\\..\\admin"),
+                Just(";x"),
+                Just("api;x"),
+                Just("%252e%252e"),
+                Just("x%00"),
+                Just("apix"),
+                Just("..."),
+            ];
+            prop::collection::vec(segment, 0..6).prop_map(|segs| format!("/{}", segs.join("/")))
+        }
+
+        fn policy(prefix: &str) -> PortPolicy {
+            known(ServerPolicy {
+                mtls: MtlsMode::Permissive,
+                default_allow: false,
+                rules: vec![AuthorizationRule {
+                    path_prefixes: vec![PathPrefix::new(prefix)],
+                    ..Default::default()
+                }],
+                rate_limit: None,
+                sources: vec!["demo/ap".into()],
+            })
+        }
+
+        proptest! {
+            #[test]
+            fn an_allowed_path_is_under_the_prefix_however_the_app_reads_it(
+                path in prop_oneof![paths(), "/[ -~]{0,24}"],
+                prefix in prop_oneof![Just("/api"), Just("/api/"), Just("/a/b"), Just("/")],
+            ) {
+                let allowed = check(&policy(prefix), &conn(false, None), Some(("GET", &path))).is_ok();
+                let seen = app_view(&path);
+                if allowed {
+                    prop_assert!(crate::http::has_path_prefix(&seen, prefix), "{:?} allowed under {:?}, but the app reads {:?}", path, prefix, seen);
+                    prop_assert!(!path.split('/').any(|s| s == ".." || s.eq_ignore_ascii_case("%2e%2e")));
+                }
+            }
+
+            #[test]
+            fn a_plain_path_under_the_prefix_is_allowed(segs in prop::collection::vec("[a-z0-9_-]{1,8}", 0..5)) {
+                let path = format!("/api/{}", segs.join("/"));
+                prop_assert!(check(&policy("/api"), &conn(false, None), Some(("GET", &path))).is_ok(), "{}", path);
+                let beside = format!("/apix/{}", segs.join("/"));
+                prop_assert!(check(&policy("/api"), &conn(false, None), Some(("GET", &beside))).is_err());
+            }
+        }
+    }
 }

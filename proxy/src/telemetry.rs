@@ -455,4 +455,56 @@ mod tests {
         let id = trace_context(&mut h, true).unwrap();
         assert_ne!(id, "00000000000000000000000000000000");
     }
+
+    mod props {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        fn hex_ok(s: &str, n: usize) -> bool {
+            s.len() == n
+                && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+                && s.bytes().any(|b| b != b'0')
+        }
+
+        /// Values shaped like a `traceparent` (right and wrong lengths,
+        /// cases, versions, zero ids, blanks around), and arbitrary text.
+        fn traceparents() -> impl Strategy<Value = String> {
+            prop_oneof![
+                "[ \t]?(00|01|ff)-[0-9a-fA-F]{31,33}-[0-9a-f]{15,17}-[0-9a-f]{2}[ \t]?",
+                "00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}",
+                "00-0{32}-[0-9a-f]{16}-01",
+                "00-[0-9a-f]{32}-0{16}-01",
+                "00-[0-9a-f]{32}-[0-9a-f]{16}-01-[a-z]{0,3}",
+                "[ -~]{0,60}",
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn a_valid_traceparent_is_kept_and_anything_else_replaced(v in traceparents(), create in any::<bool>()) {
+                let Ok(value) = http::HeaderValue::from_str(&v) else { return Ok(()) };
+                let parts: Vec<&str> = v.trim().split('-').collect();
+                let valid = matches!(parts.as_slice(), [version, trace, span, flags]
+                    if *version == "00" && hex_ok(trace, 32) && hex_ok(span, 16)
+                        && flags.len() == 2 && flags.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+                let mut h = HeaderMap::new();
+                h.insert(TRACEPARENT, value.clone());
+                let id = trace_context(&mut h, create);
+                if valid {
+                    prop_assert_eq!(id.as_deref(), Some(parts[1]));
+                    prop_assert_eq!(&h[TRACEPARENT], &value, "propagated as is");
+                } else if create {
+                    let id = id.unwrap();
+                    let now = h[TRACEPARENT].to_str().unwrap();
+                    prop_assert_eq!(parse_traceparent(now), Some(id.clone()), "a valid one replaced it: {}", now);
+                    let head = format!("00-{id}-");
+                    prop_assert!(now.starts_with(&head) && now.len() == 55, "{}", now);
+                } else {
+                    prop_assert_eq!(id, None);
+                    prop_assert_eq!(&h[TRACEPARENT], &value, "left alone");
+                }
+            }
+        }
+    }
 }

@@ -407,4 +407,105 @@ spec:
         let e = parse_object("kubernetes", object).unwrap_err();
         assert_eq!(e.field, "spec.retries.true");
     }
+
+    #[test]
+    fn the_real_files_parse() {
+        for file in props::FILES {
+            let (docs, errors) = parse_file("mesh.yaml", file);
+            assert!(errors.is_empty() && !docs.is_empty(), "{errors:?}");
+        }
+    }
+
+    mod props {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        /// Real documents: the examples and the demo mesh.
+        pub(super) const FILES: &[&str] = &[
+            include_str!("../../../config/examples/mesh-service.yaml"),
+            include_str!("../../../config/examples/traffic-policy.yaml"),
+            include_str!("../../../config/examples/authorization-policy.yaml"),
+            include_str!("../../../config/examples/http-route.yaml"),
+            include_str!("../../../config/demo/services.yaml"),
+            include_str!("../../../config/demo/routes.yaml"),
+        ];
+
+        /// Scalars to put where a value was.
+        const ODD: &[&str] = &[
+            "-1",
+            "0",
+            "1e999",
+            "-0.0",
+            ".nan",
+            ".inf",
+            "null",
+            "~",
+            "''",
+            "[]",
+            "{}",
+            "[",
+            "{a: [}",
+            "*x",
+            "&x a",
+            "!!binary aGk=",
+            "0x10",
+            "99999999999999999999",
+            "yes",
+            "\"\\u0000\"",
+            "é",
+            "a: b: c",
+            "- x",
+            "@",
+        ];
+
+        /// A real file, with lines dropped, repeated, re-indented, and
+        /// values replaced by odd scalars.
+        fn documents() -> impl Strategy<Value = String> {
+            let edit = (0..4u8, any::<prop::sample::Index>(), prop::sample::select(ODD));
+            (prop::sample::select(FILES), prop::collection::vec(edit, 0..5)).prop_map(|(file, edits)| {
+                let mut lines: Vec<String> = file.lines().map(str::to_string).collect();
+                for (op, at, odd) in edits {
+                    if lines.is_empty() {
+                        break;
+                    }
+                    let i = at.index(lines.len());
+                    match op {
+                        0 => drop(lines.remove(i)),
+                        1 => lines.insert(i, lines[i].clone()),
+                        2 => lines[i] = format!(" {}", lines[i]),
+                        _ => {
+                            if let Some((key, _)) = lines[i].split_once(": ") {
+                                lines[i] = format!("{key}: {odd}");
+                            }
+                        }
+                    }
+                }
+                lines.join("\n")
+            })
+        }
+
+        proptest! {
+            #[test]
+            fn every_document_is_read_or_refused_with_file_document_and_field(
+                text in prop_oneof![4 => documents(), 1 => "[ -~\n]{0,80}"],
+            ) {
+                let (docs, errors) = parse_file("mesh.yaml", &text);
+                let Ok(values) = yaml_documents(&text) else {
+                    prop_assert!(docs.is_empty() && errors.len() == 1 && errors[0].field == "(yaml)", "{:?}", errors);
+                    prop_assert!(errors[0].to_string().starts_with("mesh.yaml: document 0"), "{}", errors[0]);
+                    return Ok(());
+                };
+                let present = values.iter().filter(|v| !v.is_null()).count();
+                prop_assert_eq!(docs.len() + errors.len(), present, "each document is read or refused, once");
+                for e in &errors {
+                    prop_assert!(e.doc.index < values.len(), "{}", e);
+                    prop_assert!(!e.field.is_empty() && !e.problem.is_empty(), "{}", e);
+                    let head = format!("mesh.yaml: document {}", e.doc.index);
+                    let shown = e.to_string();
+                    prop_assert!(shown.starts_with(&head) && shown.contains(&e.field), "{}", shown);
+                }
+            }
+        }
+    }
 }

@@ -592,4 +592,64 @@ mod tests {
         assert!(e.contains("`iptables -t nat -N WEFT_INBOUND` failed"), "{e}");
         assert!(e.contains("NET_ADMIN"), "{e}");
     }
+
+    mod props {
+        use clap::Parser;
+        use proptest::prelude::*;
+
+        use super::*;
+
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            init: InitArgs,
+        }
+
+        fn argv() -> impl Strategy<Value = Vec<String>> {
+            let flag = prop_oneof![
+                Just("--proxy-uid"),
+                Just("--inbound-port"),
+                Just("--skip-inbound-ports"),
+                Just("--skip-outbound-ports"),
+                Just("--skip-outbound-cidrs"),
+                Just("--dry-run"),
+                Just("--bogus"),
+            ];
+            let value = prop_oneof![
+                "[0-9]{1,6}",
+                "[0-9]{1,5}[:-][0-9]{1,5}(,[0-9]{1,5})?",
+                "10\\.[0-9]{1,3}\\.0\\.0/[0-9]{1,2}",
+                "fd00::/[0-9]{1,3}(,::1)?",
+                "[ -~]{0,10}",
+            ];
+            prop::collection::vec((flag, value), 0..6).prop_map(|pairs| {
+                let mut v = vec!["init".to_string()];
+                for (f, val) in pairs {
+                    v.push(f.to_string());
+                    v.push(val);
+                }
+                v
+            })
+        }
+
+        proptest! {
+            #[test]
+            fn accepted_flags_hold_only_canonical_values(argv in argv()) {
+                let Ok(cli) = Cli::try_parse_from(&argv) else { return Ok(()) };
+                let s = Settings::from(&cli.init);
+                for p in s.skip_inbound_ports.iter().chain(&s.skip_outbound_ports) {
+                    prop_assert_eq!(parse_port_range(p), Ok(p.clone()), "{:?}", argv);
+                }
+                for c in &s.skip_outbound_cidrs {
+                    prop_assert_eq!(parse_cidr(c), Ok(c.clone()), "{:?}", argv);
+                }
+                for family in [Family::V4, Family::V6] {
+                    let rules = plan(&s, family).iter().map(|step| step.args().join(" ")).collect::<Vec<_>>().join("\n");
+                    for c in &s.skip_outbound_cidrs {
+                        prop_assert_eq!(rules.contains(&format!("-d {c} ")), family.holds(c), "{}", rules);
+                    }
+                }
+            }
+        }
+    }
 }
