@@ -120,12 +120,17 @@ pub fn parse(text: &str, into: &mut BTreeMap<Key, Counts>) {
         if sample.labels.get("direction") != Some("outbound") {
             continue;
         }
-        let Some(service) = sample.labels.get("service") else {
+        let Some(service) = sample.labels.get("destination_service_name") else {
             continue;
         };
         let key = Key {
             service: service.to_string(),
-            namespace: sample.labels.get("namespace").unwrap_or_default().to_string(),
+            namespace: sample
+                .labels
+                .get("destination_service_namespace")
+                .filter(|ns| *ns != "unknown")
+                .unwrap_or_default()
+                .to_string(),
             route: sample.labels.get("route").unwrap_or_default().to_string(),
         };
         let entry = into.entry(key).or_default();
@@ -138,7 +143,7 @@ pub fn parse(text: &str, into: &mut BTreeMap<Key, Counts>) {
                 if sample.labels.get("classification") == Some("failure") {
                     entry.failures += v;
                 }
-                if sample.labels.get("tls") == Some("true") {
+                if sample.labels.get("connection_security_policy") == Some("mutual_tls") {
                     entry.tls += v;
                 }
             }
@@ -260,17 +265,17 @@ mod tests {
 
     const SCRAPE: &str = r#"# HELP weft_requests HTTP requests completed.
 # TYPE weft_requests counter
-weft_requests_total{direction="outbound",service="web",status_code="200",classification="success",error=""} 90
-weft_requests_total{direction="outbound",service="web",status_code="503",classification="failure",error="no-endpoints"} 10
-weft_requests_total{direction="inbound",service="web",status_code="200",classification="success",error=""} 1000
+weft_requests_total{direction="outbound",destination_service_name="web",response_code="200",classification="success",error=""} 90
+weft_requests_total{direction="outbound",destination_service_name="web",response_code="503",classification="failure",error="no-endpoints"} 10
+weft_requests_total{direction="inbound",destination_service_name="web",response_code="200",classification="success",error=""} 1000
 # HELP weft_response_latency_seconds Time to response headers.
 # TYPE weft_response_latency_seconds histogram
-weft_response_latency_seconds_sum{direction="outbound",service="web"} 1.0
-weft_response_latency_seconds_count{direction="outbound",service="web"} 100
-weft_response_latency_seconds_bucket{le="0.005",direction="outbound",service="web"} 50
-weft_response_latency_seconds_bucket{le="0.01",direction="outbound",service="web"} 90
-weft_response_latency_seconds_bucket{le="0.1",direction="outbound",service="web"} 100
-weft_response_latency_seconds_bucket{le="+Inf",direction="outbound",service="web"} 100
+weft_response_latency_seconds_sum{direction="outbound",destination_service_name="web"} 1.0
+weft_response_latency_seconds_count{direction="outbound",destination_service_name="web"} 100
+weft_response_latency_seconds_bucket{le="0.005",direction="outbound",destination_service_name="web"} 50
+weft_response_latency_seconds_bucket{le="0.01",direction="outbound",destination_service_name="web"} 90
+weft_response_latency_seconds_bucket{le="0.1",direction="outbound",destination_service_name="web"} 100
+weft_response_latency_seconds_bucket{le="+Inf",direction="outbound",destination_service_name="web"} 100
 # EOF
 "#;
 

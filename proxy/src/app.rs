@@ -194,7 +194,13 @@ impl Proxy {
         let mut registry = Registry::default();
         let metrics = Metrics::default();
         metrics.register(&mut registry);
+        let me = crate::telemetry::Party::new(
+            &config.metrics_workload(),
+            &config.namespace,
+            &self.identity.as_ref().map(|i| i.id.clone()).unwrap_or_default(),
+        );
         let telemetry = Arc::new(Telemetry {
+            me,
             access_log: config
                 .access_log
                 .then(|| AccessLog::spawn(metrics.access_log_dropped.clone())),
@@ -252,7 +258,13 @@ impl Proxy {
             );
             tokio::spawn(id.clone().run(control.clone()));
         }
-        let clients = Clients::new(config.connect_timeout, identity.clone());
+        // This proxy's workload in the `weft-*workload` headers, when it is
+        // a valid label value.
+        let workload_header = http::HeaderValue::from_str(&config.metrics_workload())
+            .ok()
+            .filter(|v| crate::telemetry::workload_name(v).is_some());
+        let clients = Clients::new(config.connect_timeout, identity.clone())
+            .with_source_workload(workload_header.clone());
         let limits = |direction| Limits {
             max_connections: config.max_connections,
             max_header_bytes: config.max_header_bytes,
@@ -301,6 +313,7 @@ impl Proxy {
                 name: config.workload.clone().unwrap_or_default(),
                 namespace: config.namespace.clone(),
             },
+            workload_header,
             app_ip: config.app_ip,
             app_to_pod_ip: config.inbound_to_pod_ip,
             app_ports: config.app_ports.clone(),

@@ -36,6 +36,9 @@ pub struct Clients {
     /// By peer address and the identity it must present.
     h2: Arc<Mutex<HashMap<PoolKey, H2Slot>>>,
     h1: LegacyClient<HttpConnector, Body>,
+    /// This proxy's workload, sent to peer proxies as
+    /// `weft-source-workload`.
+    pub(crate) source_workload: Option<http::HeaderValue>,
 }
 
 /// A peer address and the identity it must present (if mTLS).
@@ -68,7 +71,14 @@ impl Clients {
             identity,
             h2: Default::default(),
             h1,
+            source_workload: None,
         }
+    }
+
+    /// Names this proxy's workload to peer proxies on mesh requests.
+    pub fn with_source_workload(mut self, workload: Option<http::HeaderValue>) -> Self {
+        self.source_workload = workload;
+        self
     }
 
     /// Opens a TCP connection, bounded by the connect timeout.

@@ -105,6 +105,12 @@ pub struct Config {
     /// `workload` its endpoints name): the `service` label of inbound
     /// metrics, and whose server policy applies.
     pub workload: Option<String>,
+    /// This proxy's workload in metrics (`source_workload` of its outbound
+    /// requests, `destination_workload` of its inbound ones). In
+    /// Kubernetes the injector sets the pod's owner: its Deployment,
+    /// StatefulSet, DaemonSet or Job, so a canary and its primary differ.
+    /// Default: `workload`, else the service account.
+    pub workload_name: Option<String>,
     /// In Kubernetes, the pod this proxy runs in (the injector sets it):
     /// the inbound policy is then that of every Service selecting the pod,
     /// and waits until the control plane knows the pod.
@@ -213,6 +219,7 @@ impl Default for Config {
             control_plane_identity: None,
             namespace: "default".into(),
             workload: None,
+            workload_name: None,
             pod: None,
             service_account: None,
             trust_domain: "cluster.local".into(),
@@ -279,6 +286,9 @@ pub struct Overrides {
     /// The service this proxy fronts (its MeshService name).
     #[arg(long, env = "WEFT_WORKLOAD")]
     pub workload: Option<String>,
+    /// This proxy's workload in metrics (Kubernetes: the pod's owner).
+    #[arg(long, env = "WEFT_WORKLOAD_NAME")]
+    pub workload_name: Option<String>,
     /// The pod this proxy runs in (Kubernetes).
     #[arg(long, env = "WEFT_POD_NAME")]
     pub pod: Option<String>,
@@ -406,6 +416,9 @@ impl Config {
         }
         if let Some(w) = &o.workload {
             self.workload = Some(w.clone());
+        }
+        if let Some(w) = &o.workload_name {
+            self.workload_name = Some(w.clone());
         }
         if let Some(p) = &o.pod {
             self.pod = Some(p.clone());
@@ -655,6 +668,15 @@ impl Config {
         self.control_plane_identity
             .clone()
             .unwrap_or_else(|| format!("spiffe://{}/ns/weft-system/sa/weft-control", self.trust_domain))
+    }
+
+    /// This proxy's workload in metrics.
+    pub fn metrics_workload(&self) -> String {
+        self.workload_name
+            .clone()
+            .or_else(|| self.workload.clone())
+            .or_else(|| self.service_account.clone())
+            .unwrap_or_default()
     }
 
     /// This workload's SPIFFE ID.

@@ -22,6 +22,14 @@ pub const WEFT_PROTO: HeaderName = HeaderName::from_static("weft-proto");
 /// Set by the client proxy: the app port the request is for. Stripped by the
 /// server proxy.
 pub const WEFT_PORT: HeaderName = HeaderName::from_static("weft-port");
+/// Set by the client proxy on mesh requests: its workload, for the server
+/// proxy's `source_workload` label. Read only over mTLS; stripped by the
+/// server proxy.
+pub const WEFT_SOURCE_WORKLOAD: HeaderName = HeaderName::from_static("weft-source-workload");
+/// Set by the server proxy on responses to mesh peers: its workload, for
+/// the client proxy's `destination_workload` label. Read only over mTLS;
+/// stripped by the client proxy.
+pub const WEFT_WORKLOAD: HeaderName = HeaderName::from_static("weft-workload");
 
 pub fn full_body(bytes: Bytes) -> Body {
     Full::new(bytes).map_err(|never| match never {}).boxed_unsync()

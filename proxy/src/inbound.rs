@@ -18,7 +18,7 @@ use crate::detect::{detect, detect_until, Protocol, Until};
 use crate::drain;
 use crate::errors::{ProxyError, WEFT_UNSENT};
 use crate::http::{absolute_uri, authority, incoming, is_upgrade, strip_hop_by_hop, AppProtocol, Body};
-use crate::http::{WEFT_PORT, WEFT_PROTO};
+use crate::http::{WEFT_PORT, WEFT_PROTO, WEFT_SOURCE_WORKLOAD, WEFT_WORKLOAD};
 use crate::identity::{spiffe_id_of, Identity, ALPN_H2, ALPN_TCP};
 use crate::listener::Listener;
 use crate::metrics::{Detected, Direction, LimitReason};
@@ -26,7 +26,7 @@ use crate::policy::{ConnInfo, Policies};
 use crate::resilience::metrics::ResilienceMetrics;
 use crate::server::{accept_loop, serve_http, Limits};
 use crate::tcp;
-use crate::telemetry::{Observation, Target, Telemetry};
+use crate::telemetry::{workload_name, Observation, Target, Telemetry};
 use std::time::Duration;
 
 /// How long the first connection to an undeclared app port waits for the
@@ -78,6 +78,9 @@ pub struct Inbound {
     pub identity: Option<Arc<Identity>>,
     /// The workload this proxy fronts, for metrics.
     pub workload: Workload,
+    /// This proxy's workload as sent to mesh peers in `weft-workload`
+    /// (`None` when it has none that is a valid label value).
+    pub workload_header: Option<http::HeaderValue>,
     pub app_ip: IpAddr,
     /// Forward to the pod IP the caller reached instead of `app_ip`, so
     /// the app sees a non-loopback peer and a listener bound to loopback
@@ -388,11 +391,18 @@ impl Inbound {
         let obs = Observation::start(&self.telemetry, Direction::Inbound, &mut req);
         // The service this proxy fronts, from its own config: callers
         // cannot mint label values.
+        // The caller's workload as its proxy said it: believed (as a label
+        // value) only over mTLS; never passed to the app.
+        let said = req.headers_mut().remove(WEFT_SOURCE_WORKLOAD);
         let target = Target {
             service: self.workload.name.clone(),
             namespace: self.workload.namespace.clone(),
             tls: conn.tls,
             peer_identity: conn.caller.as_deref().unwrap_or_default().to_string(),
+            peer_workload: said
+                .filter(|_| conn.tls)
+                .and_then(|v| workload_name(&v))
+                .unwrap_or_default(),
             ..Target::default()
         };
         let (target, result) = match self.app_target(&mut req, proto, &conn).await {
@@ -405,11 +415,13 @@ impl Inbound {
             ),
             Err(e) => (target, Err(e)),
         };
-        match result {
+        let (mut rsp, error) = match result {
             Ok(mut rsp) => {
-                // Only this proxy says whether the app got the request.
+                // Only this proxy says whether the app got the request, and
+                // which workload answered.
                 rsp.headers_mut().remove(WEFT_UNSENT);
-                obs.respond(target, rsp, None)
+                rsp.headers_mut().remove(WEFT_WORKLOAD);
+                (rsp, None)
             }
             Err(e) => {
                 tracing::info!(error = %e, reason = e.reason(), "inbound request failed");
@@ -418,9 +430,13 @@ impl Inbound {
                     rsp.headers_mut()
                         .insert(WEFT_UNSENT, http::HeaderValue::from_static("1"));
                 }
-                obs.respond(target, rsp, Some(e.reason()))
+                (rsp, Some(e.reason()))
             }
+        };
+        if let (true, Some(me)) = (conn.tls, &self.workload_header) {
+            rsp.headers_mut().insert(WEFT_WORKLOAD, me.clone());
         }
+        obs.respond(target, rsp, error)
     }
 
     /// Where a request goes: the app protocol and port a peer's mesh

@@ -1,9 +1,10 @@
 //! The proxy's Prometheus metrics: one struct, registered into one registry
 //! at construction, served at `admin:/metrics`. See docs/metrics.md.
 //!
-//! Cardinality is bounded by construction: the `service` label is a name
-//! discovery knows, or one of `unknown` / `external` / `unmeshed`; series
-//! that see no traffic for `idle` are removed by [`Metrics::expire_idle`].
+//! Cardinality is bounded by construction: the destination service is a
+//! name discovery knows (or `unknown` / `external`), workloads and
+//! principals are the mesh's; series that see no traffic for `idle` are
+//! removed by [`Metrics::expire_idle`].
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -135,38 +136,41 @@ impl EncodeLabelValue for Classification {
     }
 }
 
-/// `true` / `false`.
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
-pub struct Flag(pub bool);
-
-impl EncodeLabelValue for Flag {
-    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
-        encoder.write_str(if self.0 { "true" } else { "false" })
-    }
-}
-
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DirectionLabels {
     pub direction: Direction,
 }
 
-/// Who a request went to and how it went.
+/// Who called whom, and how it went: Istio's standard-metric labels (so
+/// tools written for them need only the metric name changed), none named
+/// like a target label Kubernetes scrape configs add (`namespace`, `pod`,
+/// `service`, `container`, `endpoint`, `job`, `instance`, `node`), plus
+/// Weft's `direction`, `route`, `classification` and `error`. Values that
+/// are not known are `unknown`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     pub direction: Direction,
-    /// Outbound: the destination service (the backend a route chose);
-    /// `unknown` when discovery has no such name, `external` for DNS names.
-    /// Inbound: the service the peer called, or `unmeshed`.
-    pub service: String,
-    pub namespace: String,
+    pub source_workload: String,
+    pub source_workload_namespace: String,
+    /// The caller's SPIFFE ID.
+    pub source_principal: String,
+    pub destination_workload: String,
+    pub destination_workload_namespace: String,
+    /// The SPIFFE ID the server proved.
+    pub destination_principal: String,
+    /// Outbound: the destination service routing chose (the backend of an
+    /// HTTPRoute rule); `unknown` when discovery has no such name,
+    /// `external` for DNS names. Inbound: the service this proxy fronts.
+    pub destination_service_name: String,
+    pub destination_service_namespace: String,
     /// `namespace/name/rule` of the HTTPRoute rule, or empty.
     pub route: String,
-    pub status_code: u16,
+    pub response_code: u16,
+    /// The gRPC status code (`0`, `14`, …), empty for plain HTTP.
+    pub grpc_response_status: String,
+    pub request_protocol: RequestProtocol,
+    pub connection_security_policy: SecurityPolicy,
     pub classification: Classification,
-    /// Whether the hop between proxies was mTLS.
-    pub tls: Flag,
-    /// The SPIFFE ID of the other proxy, when known.
-    pub peer_identity: String,
     /// The `weft-error` reason when the proxy answered itself, else empty.
     pub error: &'static str,
 }
@@ -175,23 +179,61 @@ impl RequestLabels {
     fn latency(&self) -> LatencyLabels {
         LatencyLabels {
             direction: self.direction,
-            service: self.service.clone(),
-            namespace: self.namespace.clone(),
+            source_workload: self.source_workload.clone(),
+            source_workload_namespace: self.source_workload_namespace.clone(),
+            destination_workload: self.destination_workload.clone(),
+            destination_workload_namespace: self.destination_workload_namespace.clone(),
+            destination_service_name: self.destination_service_name.clone(),
+            destination_service_namespace: self.destination_service_namespace.clone(),
             route: self.route.clone(),
+            request_protocol: self.request_protocol,
+            connection_security_policy: self.connection_security_policy,
             classification: self.classification,
-            tls: self.tls,
         }
     }
 }
 
+/// The labels of the latency and size histograms: the request labels
+/// without principals, codes and error.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LatencyLabels {
     pub direction: Direction,
-    pub service: String,
-    pub namespace: String,
+    pub source_workload: String,
+    pub source_workload_namespace: String,
+    pub destination_workload: String,
+    pub destination_workload_namespace: String,
+    pub destination_service_name: String,
+    pub destination_service_namespace: String,
     pub route: String,
+    pub request_protocol: RequestProtocol,
+    pub connection_security_policy: SecurityPolicy,
     pub classification: Classification,
-    pub tls: Flag,
+}
+
+/// `http` or `grpc`.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum RequestProtocol {
+    Http,
+    Grpc,
+}
+
+impl EncodeLabelValue for RequestProtocol {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        encoder.write_str(match self {
+            RequestProtocol::Http => "http",
+            RequestProtocol::Grpc => "grpc",
+        })
+    }
+}
+
+/// Whether the hop between proxies was mutual TLS: `mutual_tls` or `none`.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub struct SecurityPolicy(pub bool);
+
+impl EncodeLabelValue for SecurityPolicy {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        encoder.write_str(if self.0 { "mutual_tls" } else { "none" })
+    }
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -199,6 +241,11 @@ pub struct ProtocolLabels {
     pub direction: Direction,
     pub protocol: Detected,
 }
+
+/// Request and response size buckets, bytes: 64 B to 16 MiB, ×4.
+pub const SIZE_BUCKETS: [f64; 10] = [
+    64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 16777216.0,
+];
 
 /// Response latency buckets, seconds: sub-millisecond to 10 s.
 pub const LATENCY_BUCKETS: [f64; 15] = [
@@ -258,6 +305,8 @@ impl<L: Clone + Hash + Eq> Tracked<L> {
 pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
     pub latency: Family<LatencyLabels, Histogram, fn() -> Histogram>,
+    pub request_size: Family<LatencyLabels, Histogram, fn() -> Histogram>,
+    pub response_size: Family<LatencyLabels, Histogram, fn() -> Histogram>,
     pub tcp_opened: Family<ProtocolLabels, Counter>,
     pub tcp_closed: Family<ProtocolLabels, Counter>,
     pub tcp_open: Family<DirectionLabels, Gauge>,
@@ -276,6 +325,8 @@ impl Default for Metrics {
         Self {
             requests: Family::default(),
             latency: Family::new_with_constructor(|| Histogram::new(LATENCY_BUCKETS)),
+            request_size: Family::new_with_constructor(|| Histogram::new(SIZE_BUCKETS)),
+            response_size: Family::new_with_constructor(|| Histogram::new(SIZE_BUCKETS)),
             tcp_opened: Family::default(),
             tcp_closed: Family::default(),
             tcp_open: Family::default(),
@@ -294,13 +345,23 @@ impl Metrics {
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
             "weft_requests",
-            "HTTP requests completed, by destination, route, status, classification, TLS and peer",
+            "HTTP requests completed, by source, destination, route, status, protocol, security and classification",
             self.requests.clone(),
         );
         registry.register(
             "weft_response_latency_seconds",
             "Time from request to response headers",
             self.latency.clone(),
+        );
+        registry.register(
+            "weft_request_bytes",
+            "Request body sizes",
+            self.request_size.clone(),
+        );
+        registry.register(
+            "weft_response_bytes",
+            "Response body sizes",
+            self.response_size.clone(),
         );
         registry.register(
             "weft_tcp_connections_opened",
@@ -348,9 +409,16 @@ impl Metrics {
         registry.register_collector(Box::new(weft_api::exposition::ProcessCollector::new()));
     }
 
-    /// Records one finished request.
-    pub fn request(&self, labels: RequestLabels, latency: Duration) {
+    /// Records one finished request: its latency to the response headers
+    /// and the bytes of its request and response bodies.
+    pub fn request(&self, labels: RequestLabels, latency: Duration, sizes: (u64, u64)) {
         let latency_labels = labels.latency();
+        self.request_size
+            .get_or_create(&latency_labels)
+            .observe(sizes.0 as f64);
+        self.response_size
+            .get_or_create(&latency_labels)
+            .observe(sizes.1 as f64);
         if self.latency.get(&latency_labels).is_none() {
             self.latency_series
                 .lock()
@@ -389,6 +457,8 @@ impl Metrics {
             let keep = live.contains(l);
             if !keep {
                 self.latency.remove(l);
+                self.request_size.remove(l);
+                self.response_size.remove(l);
                 removed += 1;
             }
             keep
@@ -479,15 +549,23 @@ mod tests {
     use super::*;
 
     fn labels(service: &str) -> RequestLabels {
+        let unknown = || "unknown".to_string();
         RequestLabels {
             direction: Direction::Outbound,
-            service: service.into(),
-            namespace: "demo".into(),
+            source_workload: "web".into(),
+            source_workload_namespace: "demo".into(),
+            source_principal: unknown(),
+            destination_workload: unknown(),
+            destination_workload_namespace: unknown(),
+            destination_principal: unknown(),
+            destination_service_name: service.into(),
+            destination_service_namespace: "demo".into(),
             route: String::new(),
-            status_code: 200,
+            response_code: 200,
+            grpc_response_status: String::new(),
+            request_protocol: RequestProtocol::Http,
+            connection_security_policy: SecurityPolicy(false),
             classification: Classification::Success,
-            tls: Flag(false),
-            peer_identity: String::new(),
             error: "",
         }
     }
@@ -495,11 +573,11 @@ mod tests {
     #[test]
     fn idle_series_expire_and_busy_ones_stay() {
         let m = Metrics::default();
-        m.request(labels("busy"), Duration::from_millis(1));
-        m.request(labels("idle"), Duration::from_millis(1));
+        m.request(labels("busy"), Duration::from_millis(1), (0, 2));
+        m.request(labels("idle"), Duration::from_millis(1), (0, 2));
         // First sweep records the values; nothing is idle for 0s... yet.
         assert_eq!(m.expire_idle(Duration::from_secs(3600)), 0);
-        m.request(labels("busy"), Duration::from_millis(1));
+        m.request(labels("busy"), Duration::from_millis(1), (0, 2));
         // "idle" has not moved since the last sweep; with a zero idle time it goes.
         let removed = m.expire_idle(Duration::ZERO);
         assert!(removed >= 2, "the idle request and latency series: {removed}");

@@ -21,28 +21,102 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::grpc::{self, Code};
 use crate::http::{Body, BoxError};
-use crate::metrics::{Classification, Detected, Direction, Flag, Metrics, RequestLabels};
+use crate::metrics::{
+    Classification, Detected, Direction, Metrics, RequestLabels, RequestProtocol, SecurityPolicy,
+};
 
 /// The W3C trace-context header.
 pub const TRACEPARENT: &str = "traceparent";
 
+/// The label value of what is not known.
+pub const UNKNOWN: &str = "unknown";
+
 /// Shared by every request of a proxy.
 pub struct Telemetry {
     pub metrics: Metrics,
+    /// This proxy's workload: the source of its outbound requests, the
+    /// destination of its inbound ones.
+    pub me: Party,
     pub access_log: Option<AccessLog>,
     /// Create a `traceparent` when a request has none.
     pub create_trace_context: bool,
 }
 
-/// Where a request went, as far as routing got.
+/// One end of a request: a workload, its namespace and its SPIFFE ID
+/// (each `unknown` when not known).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Party {
+    pub workload: String,
+    pub namespace: String,
+    pub principal: String,
+}
+
+impl Party {
+    /// A party from what may be missing: empty values become `unknown`.
+    pub fn new(workload: &str, namespace: &str, principal: &str) -> Self {
+        let or_unknown = |v: &str| {
+            if v.is_empty() {
+                UNKNOWN.to_string()
+            } else {
+                v.to_string()
+            }
+        };
+        Self {
+            workload: or_unknown(workload),
+            namespace: or_unknown(namespace),
+            principal: or_unknown(principal),
+        }
+    }
+}
+
+/// Where a request went (outbound) or came from (inbound), as far as
+/// routing got.
 #[derive(Debug, Clone, Default)]
 pub struct Target {
+    /// The destination service and its namespace.
     pub service: String,
     pub namespace: String,
     pub route: String,
     pub upstream: Option<SocketAddr>,
     pub tls: bool,
+    /// The other proxy's SPIFFE ID (proven over mTLS), or empty.
     pub peer_identity: String,
+    /// The other proxy's workload as it said over mTLS (the
+    /// `weft-source-workload` / `weft-workload` headers), or empty.
+    pub peer_workload: String,
+}
+
+impl Target {
+    /// The other end: its workload and SPIFFE ID as proven over mTLS,
+    /// its namespace from that ID (outbound, else the service's).
+    fn peer(&self, direction: Direction) -> Party {
+        let namespace = spiffe_namespace(&self.peer_identity)
+            .or((direction == Direction::Outbound).then_some(self.namespace.as_str()))
+            .unwrap_or_default();
+        Party::new(&self.peer_workload, namespace, &self.peer_identity)
+    }
+}
+
+/// The namespace in a Kubernetes-style SPIFFE ID
+/// (`spiffe://<trust domain>/ns/<namespace>/sa/<service account>`).
+pub fn spiffe_namespace(id: &str) -> Option<&str> {
+    let path = id.strip_prefix("spiffe://")?.split_once('/')?.1;
+    let mut parts = path.split('/');
+    match (parts.next(), parts.next()) {
+        (Some("ns"), Some(ns)) if !ns.is_empty() => Some(ns),
+        _ => None,
+    }
+}
+
+/// A workload name as a peer proxy sent it, when it is one (a DNS label
+/// or subdomain of at most 63 bytes): anything else is not a label value.
+pub fn workload_name(value: &http::HeaderValue) -> Option<String> {
+    let v = value.to_str().ok()?;
+    let ok = !v.is_empty()
+        && v.len() <= 63
+        && v.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+    ok.then(|| v.to_string())
 }
 
 /// One request in flight.
@@ -50,6 +124,7 @@ pub struct Observation {
     telemetry: Arc<Telemetry>,
     direction: Direction,
     start: Instant,
+    grpc: bool,
     method: String,
     authority: String,
     path: String,
@@ -78,6 +153,7 @@ impl Observation {
             telemetry: telemetry.clone(),
             direction,
             start: Instant::now(),
+            grpc: grpc::is_grpc(req.headers()),
             method: req.method().to_string(),
             authority: crate::http::authority(req)
                 .map(|a| a.to_string())
@@ -127,19 +203,46 @@ impl Observation {
             Classification::Success
         };
         let t = &self.telemetry;
+        let peer = self.target.peer(self.direction);
+        let (source, destination) = match self.direction {
+            Direction::Outbound => (&t.me, &peer),
+            Direction::Inbound => (&peer, &t.me),
+        };
+        let service = |v: &str| {
+            if v.is_empty() {
+                UNKNOWN.to_string()
+            } else {
+                v.to_string()
+            }
+        };
         t.metrics.request(
             RequestLabels {
                 direction: self.direction,
-                service: self.target.service.clone(),
-                namespace: self.target.namespace.clone(),
+                source_workload: source.workload.clone(),
+                source_workload_namespace: source.namespace.clone(),
+                source_principal: source.principal.clone(),
+                destination_workload: destination.workload.clone(),
+                destination_workload_namespace: destination.namespace.clone(),
+                destination_principal: destination.principal.clone(),
+                destination_service_name: service(&self.target.service),
+                destination_service_namespace: service(&self.target.namespace),
                 route: self.target.route.clone(),
-                status_code: self.status,
+                response_code: self.status,
+                grpc_response_status: self
+                    .grpc_status
+                    .map(|c| (c as i32).to_string())
+                    .unwrap_or_default(),
+                request_protocol: if self.grpc {
+                    RequestProtocol::Grpc
+                } else {
+                    RequestProtocol::Http
+                },
+                connection_security_policy: SecurityPolicy(self.target.tls),
                 classification,
-                tls: Flag(self.target.tls),
-                peer_identity: self.target.peer_identity.clone(),
                 error: self.error.unwrap_or(""),
             },
             self.headers_after,
+            (self.request_bytes.load(Ordering::Relaxed), self.response_bytes),
         );
         if let Some(log) = &t.access_log {
             log.write(serde_json::json!({

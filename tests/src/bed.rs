@@ -31,7 +31,8 @@ impl Bed {
     pub async fn start_with(n: usize, flags: &[&str]) -> Self {
         let dir = TempDir::new();
         std::fs::create_dir_all(dir.path().join("mesh")).unwrap();
-        let control = ControlProc::start_with(&dir.path().join("mesh"), "127.0.0.1:0".parse().unwrap(), flags);
+        let control =
+            ControlProc::start_with(&dir.path().join("mesh"), "127.0.0.1:0".parse().unwrap(), flags);
         let mut apps = Vec::new();
         let mut servers = Vec::new();
         for _ in 0..n {

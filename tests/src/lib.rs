@@ -81,3 +81,23 @@ pub fn require(command: &str, why: &str) -> bool {
     }
     found
 }
+
+/// The sum of the `metric` series in a scrape (text format) that carry
+/// every one of `labels`; `None` when no series does.
+pub fn series_sum(text: &str, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let wanted: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+    let values: Vec<f64> = text
+        .lines()
+        .filter(|l| l.starts_with(&format!("{metric}{{")))
+        .filter(|l| {
+            let set = l
+                .split_once('{')
+                .and_then(|(_, rest)| rest.rsplit_once('}'))
+                .map_or("", |(s, _)| s);
+            let pairs: Vec<&str> = set.split("\",").map(|p| p.trim_end_matches('"')).collect();
+            wanted.iter().all(|w| pairs.contains(&w.trim_end_matches('"')))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}

@@ -202,10 +202,18 @@ async fn rolling_restart_loses_no_request() {
         let new = replacement(&bed, i).await;
         let mut old = std::mem::replace(&mut bed.servers[i], new);
         old.sigterm();
-        let pairs: Vec<_> = bed.apps.iter().zip(&bed.servers).map(|(a, s)| (a.addr, s.addrs.inbound)).collect();
+        let pairs: Vec<_> = bed
+            .apps
+            .iter()
+            .zip(&bed.servers)
+            .map(|(a, s)| (a.addr, s.addrs.inbound))
+            .collect();
         publish(&bed, &pairs);
         bed.wait_config(&bed.servers[i].addrs.inbound.to_string()).await;
-        assert!(old.wait_exit(Duration::from_secs(10)).success(), "the old proxy drained and exited 0");
+        assert!(
+            old.wait_exit(Duration::from_secs(10)).success(),
+            "the old proxy drained and exited 0"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -310,7 +318,10 @@ async fn certificate_rotation_under_load_loses_no_request() {
     let report = load.finish().await;
     let last = renewals(&bed).await;
     report.print("certificate rotation every ~2 s", &bed.client);
-    assert!(last > first + 4.0, "the client proxy renewed during the load ({first} → {last})");
+    assert!(
+        last > first + 4.0,
+        "the client proxy renewed during the load ({first} → {last})"
+    );
     assert!(report.samples.len() > 500, "load ran: {}", report.samples.len());
     assert!(report.failed().is_empty(), "failed: {:?}", report.failed());
 }
@@ -340,7 +351,9 @@ async fn a_connection_storm_and_a_slow_replica_cost_almost_nothing() {
     let out = bed.client.addrs.outbound;
     let mut storm = Vec::new();
     for _ in 0..50 {
-        let batch: Vec<_> = (0..100).map(|_| tokio::spawn(tokio::net::TcpStream::connect(out))).collect();
+        let batch: Vec<_> = (0..100)
+            .map(|_| tokio::spawn(tokio::net::TcpStream::connect(out)))
+            .collect();
         for c in batch {
             if let Ok(Ok(s)) = c.await {
                 storm.push(s);
@@ -356,8 +369,15 @@ async fn a_connection_storm_and_a_slow_replica_cost_almost_nothing() {
         .iter()
         .filter(|s| s.at > slow_at + Duration::from_secs(2))
         .collect();
-    let failed_after = learned.iter().filter(|s| s.status != Some(StatusCode::OK)).count();
-    assert!(learned.len() > 500, "load ran after the replica slowed: {}", learned.len());
+    let failed_after = learned
+        .iter()
+        .filter(|s| s.status != Some(StatusCode::OK))
+        .count();
+    assert!(
+        learned.len() > 500,
+        "load ran after the replica slowed: {}",
+        learned.len()
+    );
     assert!(
         failed_after * 1000 < learned.len(),
         "{failed_after} of {} requests failed after the slow replica was learned: {:?}",

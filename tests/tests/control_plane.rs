@@ -241,9 +241,21 @@ async fn unknown_names_fall_back_to_dns() {
         "{metrics}"
     );
     assert!(
-        metrics.contains(
-            r#"weft_requests_total{direction="outbound",service="external",namespace="",route="",status_code="200",classification="success",tls="false",peer_identity="",error=""} 1"#
-        ),
+        weft_tests::series_sum(
+            &metrics,
+            "weft_requests_total",
+            &[
+                ("direction", "outbound"),
+                ("destination_workload", "unknown"),
+                ("destination_principal", "unknown"),
+                ("destination_service_name", "external"),
+                ("destination_service_namespace", "unknown"),
+                ("response_code", "200"),
+                ("connection_security_policy", "none"),
+                ("classification", "success"),
+                ("error", ""),
+            ]
+        ) == Some(1.0),
         "{metrics}"
     );
 }

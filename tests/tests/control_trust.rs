@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http::{Request, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use weft_tests::apps::*;
-use weft_tests::{eventually, ControlProc, ProxyProc, TempDir};
+use weft_tests::{eventually, series_sum, ControlProc, ProxyProc, TempDir};
 
 /// A TCP relay to `to` that keeps every byte the client sent.
 async fn recording_relay(to: SocketAddr) -> (SocketAddr, Arc<Mutex<Vec<u8>>>) {
@@ -180,8 +180,8 @@ async fn plaintext_served(proxy: &ProxyProc) -> f64 {
         .filter(|l| {
             l.starts_with("weft_requests_total{")
                 && l.contains(r#"direction="inbound""#)
-                && l.contains(r#"tls="false""#)
-                && l.contains(r#"status_code="2"#)
+                && l.contains(r#"connection_security_policy="none""#)
+                && l.contains(r#"response_code="2"#)
         })
         .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
         .sum()
@@ -355,7 +355,15 @@ async fn mixed_services_dial_each_endpoint_as_what_it_is_and_mtls_can_be_require
     );
     let (_, metrics) = admin_get(server.addrs.admin, "/metrics").await;
     assert!(
-        metrics.contains(r#"tls="true",peer_identity="spiffe://cluster.local/ns/demo/sa/web""#),
+        series_sum(
+            &metrics,
+            "weft_requests_total",
+            &[
+                ("connection_security_policy", "mutual_tls"),
+                ("source_principal", "spiffe://cluster.local/ns/demo/sa/web"),
+            ]
+        )
+        .is_some(),
         "the meshed replica was called over mTLS: {metrics}"
     );
 

@@ -6,7 +6,7 @@ use std::process::Command;
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use weft_tests::apps::*;
-use weft_tests::{bin, Mesh, TempDir};
+use weft_tests::{bin, series_sum, Mesh, TempDir};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_and_oversized_requests() {
@@ -78,15 +78,33 @@ async fn unknown_service_and_unreachable_endpoints() {
 
     let (_, metrics) = admin_get(mesh.client.addrs.admin, "/metrics").await;
     assert!(
-        metrics.contains(
-            r#"weft_requests_total{direction="outbound",service="unknown",namespace="",route="",status_code="503",classification="failure",tls="false",peer_identity="",error="no-endpoints"} 2"#
-        ),
+        series_sum(
+            &metrics,
+            "weft_requests_total",
+            &[
+                ("direction", "outbound"),
+                ("destination_service_name", "unknown"),
+                ("destination_service_namespace", "unknown"),
+                ("response_code", "503"),
+                ("classification", "failure"),
+                ("connection_security_policy", "none"),
+                ("error", "no-endpoints"),
+            ]
+        ) == Some(2.0),
         "{metrics}"
     );
     assert!(
-        metrics.contains(
-            r#"weft_requests_total{direction="outbound",service="unreachable",namespace="",route="",status_code="502",classification="failure",tls="false",peer_identity="",error="connect-failed"} 1"#
-        ),
+        series_sum(
+            &metrics,
+            "weft_requests_total",
+            &[
+                ("direction", "outbound"),
+                ("destination_service_name", "unreachable"),
+                ("response_code", "502"),
+                ("classification", "failure"),
+                ("error", "connect-failed"),
+            ]
+        ) == Some(1.0),
         "{metrics}"
     );
 }

@@ -261,16 +261,53 @@ fn meshed_http_is_mtls_on_the_wire(dial: Dial) {
 
     let b_metrics = bed.metrics(&b);
     assert!(
-        b_metrics.contains(&format!(r#"direction="inbound",service="echo",namespace="demo",route="",status_code="200",classification="success",tls="true",peer_identity="{WEB}""#)),
+        weft_tests::series_sum(
+            &b_metrics,
+            "weft_requests_total",
+            &[
+                ("direction", "inbound"),
+                ("source_principal", WEB),
+                ("source_workload_namespace", "demo"),
+                ("destination_service_name", "echo"),
+                ("destination_service_namespace", "demo"),
+                ("response_code", "200"),
+                ("connection_security_policy", "mutual_tls"),
+            ]
+        )
+        .is_some(),
         "B's proxy saw A's SPIFFE ID over mTLS: {b_metrics}"
     );
     assert!(
-        b_metrics.contains(r#"direction="inbound",service="echo",namespace="demo",route="",status_code="200",classification="success",tls="false",peer_identity="""#),
+        weft_tests::series_sum(
+            &b_metrics,
+            "weft_requests_total",
+            &[
+                ("direction", "inbound"),
+                ("source_workload", "unknown"),
+                ("source_principal", "unknown"),
+                ("destination_service_name", "echo"),
+                ("response_code", "200"),
+                ("connection_security_policy", "none"),
+            ]
+        )
+        .is_some(),
         "B's proxy also intercepted C's plaintext call: {b_metrics}"
     );
     let a_metrics = bed.metrics(&a);
     assert!(
-        a_metrics.contains(&format!(r#"direction="outbound",service="echo",namespace="demo",route="",status_code="200",classification="success",tls="true",peer_identity="{ECHO}""#)),
+        weft_tests::series_sum(
+            &a_metrics,
+            "weft_requests_total",
+            &[
+                ("direction", "outbound"),
+                ("destination_principal", ECHO),
+                ("destination_service_name", "echo"),
+                ("destination_service_namespace", "demo"),
+                ("response_code", "200"),
+                ("connection_security_policy", "mutual_tls"),
+            ]
+        )
+        .is_some(),
         "A's proxy intercepted the call and verified B: {a_metrics}"
     );
     // One app connection, one outbound connection: the proxy's own
@@ -500,7 +537,15 @@ fn the_dialled_address_decides_not_the_host_header() {
     );
     let a_metrics = bed.metrics(&a);
     assert!(
-        a_metrics.contains(r#"service="echo""#) && a_metrics.contains(r#"tls="true""#),
+        weft_tests::series_sum(
+            &a_metrics,
+            "weft_requests_total",
+            &[
+                ("destination_service_name", "echo"),
+                ("connection_security_policy", "mutual_tls"),
+            ]
+        )
+        .is_some(),
         "{a_metrics}"
     );
 }
@@ -579,9 +624,15 @@ fn undeclared_ports_the_app_listens_on_are_meshed_under_their_policy() {
     );
     let a_metrics = bed.metrics(&a);
     assert!(
-        a_metrics
-            .lines()
-            .any(|l| l.contains(r#"service="quiet""#) && l.contains(r#"tls="true""#)),
+        weft_tests::series_sum(
+            &a_metrics,
+            "weft_requests_total",
+            &[
+                ("destination_service_name", "quiet"),
+                ("connection_security_policy", "mutual_tls"),
+            ]
+        )
+        .is_some(),
         "over mTLS: {a_metrics}"
     );
     let (_, config) = bed.node.netapp(&b, &["http", "GET", "127.0.0.1:4191", "/config"]);

@@ -34,7 +34,19 @@ async fn admin_endpoints() {
     assert_eq!(c.send_request(req).await.unwrap().status(), StatusCode::OK);
     let (_, client_metrics) = admin_get(admin, "/metrics").await;
     assert!(
-        client_metrics.contains(r#"weft_requests_total{direction="outbound",service="echo",namespace="",route="",status_code="200",classification="success",tls="false",peer_identity="",error=""} 1"#),
+        weft_tests::series_sum(
+            &client_metrics,
+            "weft_requests_total",
+            &[
+                ("direction", "outbound"),
+                ("destination_service_name", "echo"),
+                ("destination_service_namespace", "unknown"),
+                ("response_code", "200"),
+                ("classification", "success"),
+                ("connection_security_policy", "none"),
+                ("error", ""),
+            ]
+        ) == Some(1.0),
         "{client_metrics}"
     );
     assert!(
@@ -51,7 +63,19 @@ async fn admin_endpoints() {
         .unwrap_or(0.0);
     assert!(read > 0.0, "live byte counts: {server_metrics}");
     assert!(
-        server_metrics.contains(r#"weft_requests_total{direction="inbound",service="echo",namespace="default",route="",status_code="200",classification="success""#),
+        weft_tests::series_sum(
+            &server_metrics,
+            "weft_requests_total",
+            &[
+                ("direction", "inbound"),
+                ("destination_workload", "echo"),
+                ("destination_service_name", "echo"),
+                ("destination_service_namespace", "default"),
+                ("response_code", "200"),
+                ("classification", "success"),
+            ]
+        )
+        .is_some(),
         "{server_metrics}"
     );
     assert!(

@@ -222,13 +222,9 @@ async fn retries_hide_a_flaky_endpoint_and_the_budget_caps_them() {
     assert!((extra as f64) <= allowed, "{extra} retries > budget {allowed}");
     assert!(extra >= 150, "the budget was used ({extra})");
     assert!(
-        bed.metric("weft_retries_total{namespace=\"demo\",result=\"budget_exhausted\"")
+        bed.metric("weft_retries_total{destination_service_name=\"echo\",destination_service_namespace=\"demo\",result=\"budget_exhausted\"")
             .await
             > 0.0
-            || bed
-                .metric("weft_retries_total{service=\"echo\",namespace=\"demo\",result=\"budget_exhausted\"")
-                .await
-                > 0.0
     );
 }
 
@@ -590,7 +586,7 @@ async fn per_identity_rate_limits_isolate_callers() {
     assert!(
         metric_sum(
             server.addrs.admin,
-            "weft_rate_limited_total{service=\"echo\",namespace=\"demo\",reason=\"identity\"}"
+            "weft_rate_limited_total{destination_service_name=\"echo\",destination_service_namespace=\"demo\",reason=\"identity\"}"
         )
         .await
             >= 30.0

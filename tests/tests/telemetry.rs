@@ -158,7 +158,7 @@ async fn prometheus_scrapes_known_traffic_and_weft_stat_agrees() {
         get(mesh.client.addrs.outbound, path).await;
     }
 
-    let total = r#"sum(weft_requests_total{direction="outbound",service="echo"})"#;
+    let total = r#"sum(weft_requests_total{direction="outbound",destination_service_name="echo"})"#;
     eventually(
         Duration::from_secs(20),
         "Prometheus scraped all 100 requests",
@@ -166,12 +166,12 @@ async fn prometheus_scrapes_known_traffic_and_weft_stat_agrees() {
     )
     .await;
     let success = prometheus
-        .query(r#"sum(weft_requests_total{direction="outbound",service="echo",classification="success"}) / sum(weft_requests_total{direction="outbound",service="echo"})"#)
+        .query(r#"sum(weft_requests_total{direction="outbound",destination_service_name="echo",classification="success"}) / sum(weft_requests_total{direction="outbound",destination_service_name="echo"})"#)
         .await
         .unwrap();
     assert!((success - 0.8).abs() < 1e-9, "success rate {success}");
     // The two proxies are scraped independently: wait for the server's too.
-    let inbound = r#"sum(weft_requests_total{direction="inbound",service="echo"})"#;
+    let inbound = r#"sum(weft_requests_total{direction="inbound",destination_service_name="echo"})"#;
     eventually(
         Duration::from_secs(20),
         "the server proxy's 100 requests scraped",
@@ -179,12 +179,12 @@ async fn prometheus_scrapes_known_traffic_and_weft_stat_agrees() {
     )
     .await;
     let p50 = prometheus
-        .query(r#"histogram_quantile(0.5, sum by (le) (weft_response_latency_seconds_bucket{direction="outbound",service="echo"}))"#)
+        .query(r#"histogram_quantile(0.5, sum by (le) (weft_response_latency_seconds_bucket{direction="outbound",destination_service_name="echo"}))"#)
         .await
         .unwrap();
     assert!((0.025..=0.05).contains(&p50), "p50 {p50}s for ~30 ms responses");
     let p99 = prometheus
-        .query(r#"histogram_quantile(0.99, sum by (le) (weft_response_latency_seconds_bucket{direction="outbound",service="echo"}))"#)
+        .query(r#"histogram_quantile(0.99, sum by (le) (weft_response_latency_seconds_bucket{direction="outbound",destination_service_name="echo"}))"#)
         .await
         .unwrap();
 
@@ -405,7 +405,8 @@ async fn unknown_authorities_do_not_grow_the_series() {
     );
     let (_, text) = admin_get(proxy.addrs.admin, "/metrics").await;
     assert!(
-        text.contains(r#"service="unknown""#) && text.contains("error=\"no-endpoints\"} 10000"),
+        text.contains(r#"destination_service_name="unknown""#)
+            && text.contains("error=\"no-endpoints\"} 10000"),
         "{text}"
     );
 }

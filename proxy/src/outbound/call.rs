@@ -394,8 +394,8 @@ pub(super) fn record(dest: &Destination, stats: &EndpointStats, failure: bool, m
 
 fn retry_labels(dest: &Destination, result: &'static str) -> RetryLabels {
     RetryLabels {
-        service: dest.service.clone(),
-        namespace: dest.namespace.clone(),
+        destination_service_name: dest.service.clone(),
+        destination_service_namespace: dest.namespace.clone(),
         result,
     }
 }

@@ -266,8 +266,8 @@ fn retries(metrics: &ResilienceMetrics, result: &'static str) -> u64 {
     metrics
         .retries
         .get_or_create(&RetryLabels {
-            service: "web".into(),
-            namespace: String::new(),
+            destination_service_name: "web".into(),
+            destination_service_namespace: String::new(),
             result,
         })
         .get()

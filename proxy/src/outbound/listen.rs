@@ -19,11 +19,11 @@ use crate::detect::{detect, Protocol};
 use crate::discover::Endpoint;
 use crate::errors::ProxyError;
 use crate::grpc;
-use crate::http::{incoming, AppProtocol, Body};
+use crate::http::{incoming, AppProtocol, Body, WEFT_WORKLOAD};
 use crate::listener::Listener;
 use crate::metrics::{Detected, Direction, UNKNOWN_SERVICE};
 use crate::server::{accept_loop, serve_http};
-use crate::telemetry::{Observation, Target};
+use crate::telemetry::{workload_name, Observation, Target};
 
 impl Outbound {
     /// Accepts until the drain starts, then drops the listener so new
@@ -93,9 +93,18 @@ impl Outbound {
         let mut req = req.map(incoming);
         let grpc = grpc::is_grpc(req.headers());
         let obs = Observation::start(&self.telemetry, Direction::Outbound, &mut req);
-        let (target, result) = self.route_and_call(req, app, orig_dst).await;
+        let (mut target, result) = self.route_and_call(req, app, orig_dst).await;
         match result {
-            Ok(rsp) => obs.respond(target, rsp, None),
+            Ok(mut rsp) => {
+                // The workload that answered, as its proxy said: believed
+                // only over mTLS; never passed to the app.
+                if let Some(said) = rsp.headers_mut().remove(WEFT_WORKLOAD) {
+                    if target.tls {
+                        target.peer_workload = workload_name(&said).unwrap_or_default();
+                    }
+                }
+                obs.respond(target, rsp, None)
+            }
             Err(e) => {
                 tracing::info!(error = %e, reason = e.reason(), "outbound request failed");
                 obs.respond(target, e.to_response(grpc), Some(e.reason()))

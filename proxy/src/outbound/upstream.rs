@@ -10,7 +10,7 @@ use http::{Request, Response, Version};
 use crate::client::Clients;
 use crate::discover::Endpoint;
 use crate::errors::ProxyError;
-use crate::http::{absolute_uri, incoming, AppProtocol, Body, WEFT_PORT, WEFT_PROTO};
+use crate::http::{absolute_uri, incoming, AppProtocol, Body, WEFT_PORT, WEFT_PROTO, WEFT_SOURCE_WORKLOAD};
 
 /// Sends requests to endpoints.
 pub trait Upstream: Send + Sync {
@@ -71,6 +71,10 @@ impl Upstream for Clients {
                 let headers = req.headers_mut();
                 headers.insert(WEFT_PROTO, app.header_value());
                 headers.insert(WEFT_PORT, endpoint.addr.port().into());
+                match &self.source_workload {
+                    Some(me) => headers.insert(WEFT_SOURCE_WORKLOAD, me.clone()),
+                    None => headers.remove(WEFT_SOURCE_WORKLOAD),
+                };
                 *req.uri_mut() = absolute_uri(authority, req.uri());
                 *req.version_mut() = Version::HTTP_2;
                 self.send_h2(peer, endpoint.identity.as_deref(), req).await?

@@ -1,4 +1,6 @@
-//! Counters for each resilience mechanism (see docs/metrics.md).
+//! Counters for each resilience mechanism (see docs/metrics.md), labelled
+//! by the destination service as the request metrics are (inbound, for
+//! rate limits: the service this proxy fronts).
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -7,8 +9,8 @@ use prometheus_client::registry::Registry;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RetryLabels {
-    pub service: String,
-    pub namespace: String,
+    pub destination_service_name: String,
+    pub destination_service_namespace: String,
     /// `success`, `failure` (the retry's own outcome) or `budget_exhausted`
     /// (a retry the budget refused).
     pub result: &'static str,
@@ -16,14 +18,14 @@ pub struct RetryLabels {
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ServiceLabels {
-    pub service: String,
-    pub namespace: String,
+    pub destination_service_name: String,
+    pub destination_service_namespace: String,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
-    pub service: String,
-    pub namespace: String,
+    pub destination_service_name: String,
+    pub destination_service_namespace: String,
     pub reason: &'static str,
 }
 
@@ -70,15 +72,15 @@ impl ResilienceMetrics {
 
     pub fn service(service: &str, namespace: &str) -> ServiceLabels {
         ServiceLabels {
-            service: service.to_string(),
-            namespace: namespace.to_string(),
+            destination_service_name: service.to_string(),
+            destination_service_namespace: namespace.to_string(),
         }
     }
 
     pub fn reason(service: &str, namespace: &str, reason: &'static str) -> ReasonLabels {
         ReasonLabels {
-            service: service.to_string(),
-            namespace: namespace.to_string(),
+            destination_service_name: service.to_string(),
+            destination_service_namespace: namespace.to_string(),
             reason,
         }
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use weft_tests::apps::*;
-use weft_tests::{eventually, ControlProc, ProxyProc, TempDir, TokenReviewApi};
+use weft_tests::{eventually, series_sum, ControlProc, ProxyProc, TempDir, TokenReviewApi};
 
 const TOKENS: &str = "- {namespace: demo, serviceAccount: web, token: web-token-0123456789}\n- {namespace: demo, serviceAccount: echo, token: echo-token-0123456789}\n";
 const WEB: &str = "spiffe://cluster.local/ns/demo/sa/web";
@@ -106,12 +106,45 @@ async fn requests_between_proxies_are_mtls_with_verified_identities() {
 
     let (_, server_metrics) = admin_get(server.addrs.admin, "/metrics").await;
     assert!(
-        server_metrics.contains(&format!(r#"direction="inbound",service="echo",namespace="demo",route="",status_code="200",classification="success",tls="true",peer_identity="{WEB}""#)),
+        series_sum(
+            &server_metrics,
+            "weft_requests_total",
+            &[
+                ("direction", "inbound"),
+                ("source_workload", "web"),
+                ("source_workload_namespace", "demo"),
+                ("source_principal", WEB),
+                ("destination_workload", "echo"),
+                ("destination_principal", ECHO),
+                ("destination_service_name", "echo"),
+                ("destination_service_namespace", "demo"),
+                ("response_code", "200"),
+                ("connection_security_policy", "mutual_tls"),
+                ("classification", "success"),
+            ]
+        )
+        .is_some(),
         "the server proxy saw the client's SPIFFE ID over mTLS: {server_metrics}"
     );
     let (_, client_metrics) = admin_get(client.addrs.admin, "/metrics").await;
     assert!(
-        client_metrics.contains(&format!(r#"direction="outbound",service="echo",namespace="demo",route="",status_code="200",classification="success",tls="true",peer_identity="{ECHO}""#)),
+        series_sum(
+            &client_metrics,
+            "weft_requests_total",
+            &[
+                ("direction", "outbound"),
+                ("source_workload", "web"),
+                ("source_principal", WEB),
+                ("destination_workload", "echo"),
+                ("destination_workload_namespace", "demo"),
+                ("destination_principal", ECHO),
+                ("destination_service_name", "echo"),
+                ("destination_service_namespace", "demo"),
+                ("response_code", "200"),
+                ("connection_security_policy", "mutual_tls"),
+            ]
+        )
+        .is_some(),
         "the client proxy verified the server's SPIFFE ID: {client_metrics}"
     );
     assert!(
@@ -360,7 +393,15 @@ async fn the_ca_kind_the_helm_chart_generates_carries_mtls() {
     assert_eq!(status, StatusCode::OK);
     let (_, metrics) = admin_get(server.addrs.admin, "/metrics").await;
     assert!(
-        metrics.contains(&format!(r#"tls="true",peer_identity="{WEB}""#)),
+        series_sum(
+            &metrics,
+            "weft_requests_total",
+            &[
+                ("connection_security_policy", "mutual_tls"),
+                ("source_principal", WEB)
+            ]
+        )
+        .is_some(),
         "mTLS with the Ed25519-signed certificates: {metrics}"
     );
 }
