@@ -80,18 +80,32 @@ struct Prometheus {
 
 impl Prometheus {
     fn start(targets: &[std::net::SocketAddr]) -> Self {
+        let list: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
+        Self::start_with(
+            &format!(
+                "  - job_name: weft\n    static_configs:\n      - targets: [{}]\n",
+                list.join(", ")
+            ),
+            |_| {},
+        )
+    }
+
+    /// Prometheus scraping every second with these `scrape_configs`
+    /// entries (`$DIR` is its directory); `files` writes what they refer
+    /// to there.
+    fn start_with(scrape_configs: &str, files: impl FnOnce(&TempDir)) -> Self {
         let dir = TempDir::new();
+        files(&dir);
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let list: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
         let config = dir.write(
             "prometheus.yml",
             &format!(
-                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: weft\n    static_configs:\n      - targets: [{}]\n",
-                list.join(", ")
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n{}",
+                scrape_configs.replace("$DIR", &dir.path().display().to_string())
             ),
         );
         let mut cmd = Command::new("prometheus");
@@ -115,28 +129,38 @@ impl Prometheus {
 
     /// One instant-query result as a number (`None` for an empty result).
     async fn query(&self, promql: &str) -> Option<f64> {
+        let result = self.query_all(promql).await;
+        result.first()?["value"][1].as_str()?.parse().ok()
+    }
+
+    /// Every series an instant query returns (the query must be valid).
+    async fn query_all(&self, promql: &str) -> Vec<serde_json::Value> {
+        let v = self.api(&format!("query?query={}", url_encode(promql))).await;
+        assert_eq!(v["status"], "success", "{promql}: {v}");
+        v["data"]["result"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// A GET of `/api/v1/<path>`, as JSON.
+    async fn api(&self, path: &str) -> serde_json::Value {
         let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .build_http::<http_body_util::Empty<Bytes>>();
-        let q: String = promql
-            .bytes()
-            .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
-                _ => format!("%{b:02X}"),
-            })
-            .collect();
-        let uri: http::Uri = format!("http://{}/api/v1/query?query={q}", self.url)
-            .parse()
-            .unwrap();
+        let uri: http::Uri = format!("http://{}/api/v1/{path}", self.url).parse().unwrap();
         let rsp = client.get(uri).await.unwrap();
         let body = http_body_util::BodyExt::collect(rsp.into_body())
             .await
             .unwrap()
             .to_bytes();
-        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        assert_eq!(v["status"], "success", "{promql}: {v}");
-        let result = v["data"]["result"].as_array()?.first()?.clone();
-        result["value"][1].as_str()?.parse().ok()
+        serde_json::from_slice(&body).unwrap()
     }
+}
+
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -409,4 +433,231 @@ async fn unknown_authorities_do_not_grow_the_series() {
             && text.contains("error=\"no-endpoints\"} 10000"),
         "{text}"
     );
+}
+
+/// The proxies scraped as Kubernetes scrapes them: the standard
+/// `kubernetes-pods` job (the injector's `prometheus.io/*` annotations),
+/// fed through `file_sd_configs` targets carrying the `__meta_kubernetes_*`
+/// labels a pod would have. No Weft label is renamed `exported_*`; the
+/// golden signals by destination service and namespace, by source
+/// workload, and a latency quantile answer for the traffic sent; every
+/// PromQL expression in docs/metrics.md and the dashboard is valid, and the
+/// request ones return data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_scrape_keeps_every_label() {
+    if !require("prometheus", "Debian package prometheus") {
+        return;
+    }
+    let bed = weft_tests::bed::Bed::start(1).await;
+    let pod = |addr: std::net::SocketAddr, name: &str, app: &str| {
+        serde_json::json!({
+            "targets": [addr.to_string()],
+            "labels": {
+                "__meta_kubernetes_namespace": "demo",
+                "__meta_kubernetes_pod_name": name,
+                "__meta_kubernetes_pod_label_app": app,
+                "__meta_kubernetes_pod_annotation_prometheus_io_scrape": "true",
+                "__meta_kubernetes_pod_annotation_prometheus_io_port": addr.port().to_string(),
+                "__meta_kubernetes_pod_annotation_prometheus_io_path": "/metrics",
+            }
+        })
+    };
+    let targets = serde_json::json!([
+        pod(bed.client.addrs.admin, "web-6d4cf56db6-x2x7q", "web"),
+        pod(bed.servers[0].addrs.admin, "echo-7b9f8c6b5-k8s0p", "echo"),
+    ]);
+    // The relabelling docs/metrics.md gives (Prometheus's own example job).
+    let job = r#"  - job_name: kubernetes-pods
+    file_sd_configs:
+      - files: ['$DIR/pods.json']
+    relabel_configs:
+      - source_labels: [__meta_kubernetes_pod_annotation_prometheus_io_scrape]
+        action: keep
+        regex: "true"
+      - source_labels: [__meta_kubernetes_pod_annotation_prometheus_io_path]
+        action: replace
+        target_label: __metrics_path__
+        regex: (.+)
+      - source_labels: [__address__, __meta_kubernetes_pod_annotation_prometheus_io_port]
+        action: replace
+        regex: ([^:]+)(?::\d+)?;(\d+)
+        replacement: $1:$2
+        target_label: __address__
+      - action: labelmap
+        regex: __meta_kubernetes_pod_label_(.+)
+      - source_labels: [__meta_kubernetes_namespace]
+        action: replace
+        target_label: namespace
+      - source_labels: [__meta_kubernetes_pod_name]
+        action: replace
+        target_label: pod
+"#;
+    let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/metrics.md")).unwrap();
+    assert!(
+        docs.contains(&job.replace(
+            "file_sd_configs:\n      - files: ['$DIR/pods.json']",
+            "kubernetes_sd_configs:\n      - role: pod"
+        )),
+        "docs/metrics.md gives the same job"
+    );
+    let prometheus = Prometheus::start_with(job, |dir| {
+        dir.write("pods.json", &targets.to_string());
+    });
+
+    // Until the client knows echo; what that cost is read back from the
+    // proxies, so the numbers below are exact.
+    eventually(Duration::from_secs(10), "the client reaches echo", || async {
+        (get(bed.client.addrs.outbound, "/").await == StatusCode::OK).then_some(())
+    })
+    .await;
+    let own = |admin: std::net::SocketAddr, labels: &'static [(&'static str, &'static str)]| async move {
+        let (_, text) = admin_get(admin, "/metrics").await;
+        weft_tests::series_sum(&text, "weft_requests_total", labels).unwrap_or(0.0)
+    };
+    let out_before = own(
+        bed.client.addrs.admin,
+        &[("direction", "outbound"), ("destination_service_name", "echo")],
+    )
+    .await;
+    let ok_before = own(
+        bed.client.addrs.admin,
+        &[
+            ("direction", "outbound"),
+            ("destination_service_name", "echo"),
+            ("classification", "success"),
+        ],
+    )
+    .await;
+    let in_before = own(
+        bed.servers[0].addrs.admin,
+        &[("direction", "inbound"), ("source_workload", "default")],
+    )
+    .await;
+    // 54 requests, 4 of them failing (the app answers 503; fewer than the
+    // breaker's 5 in a row, so every one reaches the server proxy).
+    for _ in 0..50 {
+        assert_eq!(get(bed.client.addrs.outbound, "/").await, StatusCode::OK);
+    }
+    bed.apps[0].set(Behaviour {
+        fail_ratio: 1.0,
+        ..Default::default()
+    });
+    for _ in 0..4 {
+        get(bed.client.addrs.outbound, "/").await;
+    }
+    let by_service = r#"sum(weft_requests_total{direction="outbound",destination_service_name="echo",destination_service_namespace="demo",namespace="demo",pod="web-6d4cf56db6-x2x7q"})"#;
+    eventually(
+        Duration::from_secs(20),
+        "Prometheus scraped the client's requests",
+        || async { (prometheus.query(by_service).await == Some(out_before + 54.0)).then_some(()) },
+    )
+    .await;
+    let by_source = r#"sum(weft_requests_total{direction="inbound",source_workload="default",source_workload_namespace="demo",destination_workload="echo",connection_security_policy="mutual_tls",pod="echo-7b9f8c6b5-k8s0p"})"#;
+    eventually(
+        Duration::from_secs(20),
+        "Prometheus scraped the server's requests",
+        || async { (prometheus.query(by_source).await == Some(in_before + 54.0)).then_some(()) },
+    )
+    .await;
+    let success = prometheus
+        .query(r#"sum(weft_requests_total{direction="outbound",destination_service_name="echo",classification="success"}) / sum(weft_requests_total{direction="outbound",destination_service_name="echo"})"#)
+        .await
+        .unwrap();
+    let expected = (ok_before + 50.0) / (out_before + 54.0);
+    assert!(
+        (success - expected).abs() < 1e-9,
+        "success rate {success}, expected {expected}"
+    );
+    let answered_by = prometheus
+        .query(r#"sum(weft_requests_total{direction="outbound",destination_workload="echo",destination_principal="spiffe://cluster.local/ns/demo/sa/echo"})"#)
+        .await;
+    assert_eq!(
+        answered_by,
+        Some(in_before + 54.0),
+        "the client proxy knows which workload answered (every request the server saw)"
+    );
+    let p99 = prometheus
+        .query(r#"histogram_quantile(0.99, sum by (le) (weft_response_latency_seconds_bucket{direction="outbound",destination_service_name="echo"}))"#)
+        .await
+        .unwrap();
+    assert!(p99 > 0.0 && p99 < 1.0, "p99 {p99}");
+    eprintln!(
+        "kubernetes-pods scrape: {} requests to echo.demo, success rate {success}, p99 {p99}s",
+        out_before + 54.0
+    );
+
+    // No label was renamed because it clashed with a target label.
+    let labels = prometheus.api("labels").await;
+    let names: Vec<&str> = labels["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert!(names.iter().all(|n| !n.starts_with("exported_")), "{names:?}");
+    assert!(
+        names.contains(&"destination_service_name") && names.contains(&"pod"),
+        "{names:?}"
+    );
+
+    // Every PromQL expression the docs and the dashboard give, once each
+    // series has samples enough for rate().
+    eventually(
+        Duration::from_secs(20),
+        "three samples of every series",
+        || async {
+            let q = r#"min(count_over_time(weft_requests_total[1m])) >= 3"#;
+            prometheus.query(q).await.map(|_| ())
+        },
+    )
+    .await;
+    let dashboard = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../config/grafana/weft-golden-signals.json"
+    ))
+    .unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&dashboard).unwrap();
+    let mut exprs: Vec<String> = docs
+        .split("```promql\n")
+        .skip(1)
+        .filter_map(|b| b.split("```").next())
+        .map(str::to_string)
+        .collect();
+    fn collect_exprs(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                if let Some(serde_json::Value::String(e)) = m.get("expr") {
+                    out.push(e.clone());
+                }
+                m.values().for_each(|v| collect_exprs(v, out));
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|v| collect_exprs(v, out)),
+            _ => {}
+        }
+    }
+    collect_exprs(&dashboard, &mut exprs);
+    assert!(exprs.len() > 20, "{} expressions found", exprs.len());
+    let mut empty = Vec::new();
+    for e in &exprs {
+        let q = e
+            .replace("$__rate_interval", "1m")
+            .replace("$direction", "outbound")
+            .replace("$namespace", ".*")
+            .replace("$service", ".*");
+        let result = prometheus.query_all(&q).await;
+        // Request queries must find the traffic, except those about what
+        // this traffic has none of (routes, gRPC, the docs' `backend`).
+        let about_requests = [
+            "weft_requests_total",
+            "weft_response_latency_seconds",
+            "weft_response_bytes",
+        ]
+        .iter()
+        .any(|m| q.contains(m));
+        let none_sent = ["route!=", "grpc", "backend"].iter().any(|m| q.contains(m));
+        if about_requests && !none_sent && result.is_empty() {
+            empty.push(q);
+        }
+    }
+    assert!(empty.is_empty(), "request queries that found no data: {empty:#?}");
 }
