@@ -15,8 +15,10 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::registry::Registry;
 use tokio::sync::Notify;
 
+use crate::admin_merge::{merge, AppMetrics};
 use crate::http::{full_body, Body};
 use crate::readiness::Readiness;
+use prometheus_client::metrics::counter::Counter;
 
 /// What the admin endpoints read and trigger.
 pub struct Admin {
@@ -27,6 +29,10 @@ pub struct Admin {
     pub config: Box<dyn Fn() -> serde_json::Value + Send + Sync>,
     /// Notified by `POST /shutdown`.
     pub shutdown: Arc<Notify>,
+    /// The app's own metrics, merged into `/metrics`.
+    pub app_metrics: Option<AppMetrics>,
+    /// Scrapes whose app metrics could not be fetched.
+    pub app_metrics_errors: Counter,
 }
 
 impl Admin {
@@ -43,13 +49,24 @@ impl Admin {
             let this = self.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req| {
-                    let rsp = this.handle(
-                        req.method(),
-                        req.uri().path(),
-                        req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()),
-                        peer,
-                    );
-                    async move { Ok::<_, Infallible>(rsp) }
+                    let this = this.clone();
+                    let merging = this.app_metrics.is_some()
+                        && req.method() == Method::GET
+                        && req.uri().path() == "/metrics";
+                    let rsp = (!merging).then(|| {
+                        this.handle(
+                            req.method(),
+                            req.uri().path(),
+                            req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()),
+                            peer,
+                        )
+                    });
+                    async move {
+                        Ok::<_, Infallible>(match rsp {
+                            Some(rsp) => rsp,
+                            None => this.merged_metrics().await,
+                        })
+                    }
                 });
                 let conn = http1::Builder::new()
                     .timer(TokioTimer::new())
@@ -60,6 +77,31 @@ impl Admin {
                 }
             });
         }
+    }
+
+    /// `/metrics` with the app's own metrics after the proxy's, in the
+    /// text format. Without the app's (it is down, slow or refuses), the
+    /// proxy's alone, and the failure counted.
+    async fn merged_metrics(&self) -> Response<Body> {
+        use weft_api::exposition;
+        let ours = || exposition::openmetrics_to_text(&crate::metrics::render(&self.registry));
+        let body = match self.app_metrics.as_ref().map(AppMetrics::fetch) {
+            Some(fetch) => match fetch.await {
+                Ok(app) => merge(&ours(), &app),
+                Err(e) => {
+                    self.app_metrics_errors.inc();
+                    tracing::debug!(error = %e, "the app's metrics could not be fetched");
+                    ours()
+                }
+            },
+            None => ours(),
+        };
+        let mut rsp = text(StatusCode::OK, body);
+        rsp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static(exposition::TEXT_CONTENT_TYPE),
+        );
+        rsp
     }
 
     fn handle(&self, method: &Method, path: &str, accept: Option<&str>, peer: SocketAddr) -> Response<Body> {
@@ -134,6 +176,8 @@ mod tests {
             registry: Arc::new(Registry::default()),
             config: Box::new(|| serde_json::json!({"ok": true})),
             shutdown: Arc::new(Notify::new()),
+            app_metrics: None,
+            app_metrics_errors: Counter::default(),
         }
     }
 

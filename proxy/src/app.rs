@@ -281,7 +281,21 @@ impl Proxy {
         let discover = self.discover.clone();
         let dump_config = config.clone();
         let dump_policies = policies.clone();
+        let app_metrics_errors = prometheus_client::metrics::counter::Counter::default();
+        let app_metrics = config.app_metrics_port.map(|port| {
+            registry.register(
+                "weft_app_metrics_scrape_errors",
+                "Scrapes of /metrics whose merged app metrics could not be fetched",
+                app_metrics_errors.clone(),
+            );
+            crate::admin_merge::AppMetrics {
+                addr: SocketAddr::new(config.app_ip, port),
+                path: config.app_metrics_path.clone(),
+            }
+        });
         let admin = Arc::new(Admin {
+            app_metrics,
+            app_metrics_errors,
             ready: ready.clone(),
             registry: Arc::new(registry),
             config: Box::new(move || {

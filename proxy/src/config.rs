@@ -178,6 +178,13 @@ pub struct Config {
     /// (a database's pooled connections, a broker's subscriptions): no
     /// TCP idle timeout.
     pub long_lived_ports: Vec<u16>,
+    /// The app's own metrics endpoint (port on `appIp`), merged into the
+    /// proxy's `/metrics` (the injector sets it when the pod's
+    /// `prometheus.io/*` annotations named one). Merged output is the
+    /// Prometheus text format.
+    pub app_metrics_port: Option<u16>,
+    /// The path of the app's metrics. Default `/metrics`.
+    pub app_metrics_path: String,
     /// Log format: `text` or `json`.
     pub log_format: LogFormat,
     /// Write one JSON line per request and per TCP connection to stdout.
@@ -238,6 +245,8 @@ impl Default for Config {
             http_idle_timeout: Duration::from_secs(300),
             tcp_idle_timeout: Duration::from_secs(3600),
             long_lived_ports: Vec::new(),
+            app_metrics_port: None,
+            app_metrics_path: "/metrics".into(),
             log_format: LogFormat::Text,
             access_log: false,
             create_trace_context: true,
@@ -289,6 +298,12 @@ pub struct Overrides {
     /// This proxy's workload in metrics (Kubernetes: the pod's owner).
     #[arg(long, env = "WEFT_WORKLOAD_NAME")]
     pub workload_name: Option<String>,
+    /// The app's metrics port, merged into the proxy's `/metrics`.
+    #[arg(long, env = "WEFT_APP_METRICS_PORT")]
+    pub app_metrics_port: Option<u16>,
+    /// The app's metrics path. Default `/metrics`.
+    #[arg(long, env = "WEFT_APP_METRICS_PATH")]
+    pub app_metrics_path: Option<String>,
     /// The pod this proxy runs in (Kubernetes).
     #[arg(long, env = "WEFT_POD_NAME")]
     pub pod: Option<String>,
@@ -419,6 +434,12 @@ impl Config {
         }
         if let Some(w) = &o.workload_name {
             self.workload_name = Some(w.clone());
+        }
+        if let Some(p) = o.app_metrics_port {
+            self.app_metrics_port = Some(p);
+        }
+        if let Some(p) = &o.app_metrics_path {
+            self.app_metrics_path = p.clone();
         }
         if let Some(p) = &o.pod {
             self.pod = Some(p.clone());
@@ -559,6 +580,15 @@ impl Config {
                     "expected a port in 1..=65535, got 0".into(),
                 );
             }
+        }
+        if self.app_metrics_port == Some(0) {
+            return err("appMetricsPort", "expected a port in 1..=65535, got 0".into());
+        }
+        if !self.app_metrics_path.starts_with('/') {
+            return err(
+                "appMetricsPath",
+                format!("expected a path starting with /, got {:?}", self.app_metrics_path),
+            );
         }
         if !(1..=64).contains(&self.worker_threads) {
             return err(

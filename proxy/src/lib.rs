@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod admin_merge;
 pub mod app;
 pub mod bounds;
 pub mod client;

@@ -661,3 +661,89 @@ async fn kubernetes_scrape_keeps_every_label() {
     }
     assert!(empty.is_empty(), "request queries that found no data: {empty:#?}");
 }
+
+/// An app that serves its own metrics (here `orders_created_total` and a
+/// clashing `process_cpu_seconds_total`, as Go and Java clients export).
+async fn app_with_metrics() -> std::net::SocketAddr {
+    use hyper::service::service_fn;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc = service_fn(|req: Request<hyper::body::Incoming>| async move {
+                    let body = if req.uri().path() == "/actuator/prometheus" {
+                        "# HELP orders_created_total Orders created.\n# TYPE orders_created_total counter\norders_created_total{shop=\"eu\"} 7\n# HELP process_cpu_seconds_total The app's CPU.\n# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total 99\n"
+                    } else {
+                        ""
+                    };
+                    Ok::<_, std::convert::Infallible>(http::Response::new(full(Bytes::from_static(
+                        body.as_bytes(),
+                    ))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// Metrics merging: a proxy told where the app serves its metrics (as the
+/// injector tells it when the pod's `prometheus.io/*` annotations named
+/// them) serves them after its own, leaving out the app's family that
+/// clashes with one of its own; the merged text passes promtool, a real
+/// Prometheus scraping only the proxy gets both, and an app that is down
+/// costs only its own series (counted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_apps_own_metrics_are_merged_into_the_proxys() {
+    let app = app_with_metrics().await;
+    let proxy = ProxyProc::start(&format!(
+        "appPorts: [{}]\nappMetricsPort: {}\nappMetricsPath: /actuator/prometheus\n",
+        app.port(),
+        app.port()
+    ));
+    let (status, text) = admin_get(proxy.addrs.admin, "/metrics").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(text.contains("orders_created_total{shop=\"eu\"} 7\n"), "{text}");
+    assert!(text.contains("weft_build_info"), "{text}");
+    assert_eq!(
+        text.matches("# TYPE process_cpu_seconds_total").count(),
+        1,
+        "{text}"
+    );
+    assert!(
+        !text.contains("process_cpu_seconds_total 99"),
+        "the app's clashing family is left out"
+    );
+    if require("promtool", "Debian package prometheus") {
+        let (ok, out) = promtool_check(&text);
+        assert!(ok, "promtool on the merged metrics: {out}");
+    }
+    if require("prometheus", "Debian package prometheus") {
+        let prometheus = Prometheus::start(&[proxy.addrs.admin]);
+        eventually(
+            Duration::from_secs(20),
+            "the app's and the proxy's series scraped",
+            || async {
+                let app = prometheus.query(r#"orders_created_total{shop="eu"}"#).await;
+                let own = prometheus.query("weft_build_info").await;
+                (app == Some(7.0) && own == Some(1.0)).then_some(())
+            },
+        )
+        .await;
+    }
+    // The app's metrics gone: the proxy's still served, the miss counted.
+    let down = ProxyProc::start("appMetricsPort: 1\n");
+    let (status, text) = admin_get(down.addrs.admin, "/metrics").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(text.contains("weft_build_info"), "{text}");
+    let (_, text) = admin_get(down.addrs.admin, "/metrics").await;
+    let misses: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("weft_app_metrics_scrape_errors_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    assert!(misses >= 1.0, "{text}");
+}

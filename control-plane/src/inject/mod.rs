@@ -258,8 +258,16 @@ pub fn inject_manifest(cfg: &InjectConfig, doc: &mut Value) -> Result<Outcome, I
         .unwrap_or("default")
         .to_string();
     let field = pointer.trim_start_matches('/').replace('/', ".");
+    // A template's workload is the object that holds it.
+    let owner = (kind != "Pod")
+        .then(|| {
+            doc.pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
+        .flatten();
     match doc.pointer_mut(pointer) {
-        Some(template @ Value::Object(_)) => inject_pod(cfg, &namespace, template),
+        Some(template @ Value::Object(_)) => inject_pod_of(cfg, &namespace, owner.as_deref(), template),
         _ => Err(field_error(field, "expected the pod template (an object)")),
     }
 }
@@ -267,6 +275,81 @@ pub fn inject_manifest(cfg: &InjectConfig, doc: &mut Value) -> Result<Outcome, I
 /// Injects a Pod or pod template (`{metadata, spec}`) in `namespace`, in
 /// place. Skipped pods are left untouched; so are pods on error.
 pub fn inject_pod(cfg: &InjectConfig, namespace: &str, pod: &mut Value) -> Result<Outcome, InjectError> {
+    inject_pod_of(cfg, namespace, None, pod)
+}
+
+/// The workload a pod belongs to, for metrics: its controller (a
+/// ReplicaSet's Deployment, found by stripping the `pod-template-hash`; a
+/// Job's CronJob, by stripping the schedule suffix; a StatefulSet, a
+/// DaemonSet, …), else its `app.kubernetes.io/name` or `app` label, else
+/// its name (or `generateName`).
+pub fn workload_of(pod: &Value) -> Option<String> {
+    let label = |k: &str| {
+        pod.pointer(&format!("/metadata/labels/{}", k.replace('/', "~1")))
+            .and_then(Value::as_str)
+    };
+    let controller = pod
+        .pointer("/metadata/ownerReferences")
+        .and_then(Value::as_array)
+        .and_then(|owners| {
+            owners
+                .iter()
+                .find(|o| o.get("controller").and_then(Value::as_bool) == Some(true))
+                .or(owners.first())
+        });
+    if let Some(owner) = controller {
+        let kind = owner.get("kind").and_then(Value::as_str).unwrap_or("");
+        if let Some(name) = owner.get("name").and_then(Value::as_str) {
+            let name = match (kind, label("pod-template-hash")) {
+                ("ReplicaSet", Some(hash)) => name.strip_suffix(&format!("-{hash}")).unwrap_or(name),
+                // A CronJob names its Jobs `<cronjob>-<minutes since epoch>`.
+                ("Job", _) => match name.rsplit_once('-') {
+                    Some((cron, n)) if n.len() >= 8 && n.bytes().all(|b| b.is_ascii_digit()) => cron,
+                    _ => name,
+                },
+                _ => name,
+            };
+            return Some(name.to_string());
+        }
+    }
+    label("app.kubernetes.io/name")
+        .or_else(|| label("app"))
+        .or_else(|| pod.pointer("/metadata/name").and_then(Value::as_str))
+        .or_else(|| {
+            pod.pointer("/metadata/generateName")
+                .and_then(Value::as_str)
+                .map(|g| g.trim_end_matches('-'))
+        })
+        .filter(|n| !n.is_empty())
+        .map(str::to_string)
+}
+
+/// Where the app serves its own metrics, from the pod's
+/// `prometheus.io/*` annotations before injection points them at the
+/// proxy: `(port, path)`.
+fn app_metrics(cfg: &InjectConfig, annotations: &Map<String, Value>) -> Option<(u16, String)> {
+    let get = |k: &str| annotations.get(k).and_then(Value::as_str);
+    if get("prometheus.io/scrape") != Some("true") {
+        return None;
+    }
+    let port: u16 = get("prometheus.io/port")?
+        .parse()
+        .ok()
+        .filter(|p| *p != 0 && *p != cfg.admin_port)?;
+    let path = get("prometheus.io/path")
+        .filter(|p| p.starts_with('/'))
+        .unwrap_or("/metrics");
+    Some((port, path.to_string()))
+}
+
+/// As [`inject_pod`], for a pod template held by `owner` (the workload's
+/// name, for metrics).
+pub fn inject_pod_of(
+    cfg: &InjectConfig,
+    namespace: &str,
+    owner: Option<&str>,
+    pod: &mut Value,
+) -> Result<Outcome, InjectError> {
     let empty = Map::new();
     let annotations = match pod.pointer("/metadata/annotations") {
         None | Some(Value::Null) => &empty,
@@ -307,14 +390,24 @@ pub fn inject_pod(cfg: &InjectConfig, namespace: &str, pod: &mut Value) -> Resul
         None => container_ports(cfg, pod)?,
     };
 
+    let mut proxy = containers::proxy_container(cfg, &overrides, &app_ports);
+    let mut env = Vec::new();
+    if let Some(workload) = owner.map(str::to_string).or_else(|| workload_of(pod)) {
+        env.push(json!({"name": "WEFT_WORKLOAD_NAME", "value": workload}));
+    }
+    if let Some((port, path)) = app_metrics(cfg, annotations) {
+        env.push(json!({"name": "WEFT_APP_METRICS_PORT", "value": port.to_string()}));
+        env.push(json!({"name": "WEFT_APP_METRICS_PATH", "value": path}));
+    }
+    if let Some(Value::Array(list)) = proxy.get_mut("env") {
+        list.extend(env);
+    }
+
     let spec = match pod.get_mut("spec") {
         Some(Value::Object(spec)) => spec,
         _ => return Err(field_error("spec", "expected the pod spec (an object)")),
     };
-    let mut init = vec![
-        containers::init_container(cfg, &overrides),
-        containers::proxy_container(cfg, &overrides, &app_ports),
-    ];
+    let mut init = vec![containers::init_container(cfg, &overrides), proxy];
     match spec.remove("initContainers") {
         None | Some(Value::Null) => {}
         Some(Value::Array(existing)) => init.extend(existing),

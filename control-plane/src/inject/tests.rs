@@ -341,3 +341,72 @@ fn opted_in_reads_annotation_or_label() {
     p["metadata"]["annotations"] = json!({"weft.dev/inject": "enabled"});
     assert!(opted_in(&p));
 }
+
+#[test]
+fn the_workload_is_the_pods_controller() {
+    let owned = |kind: &str, name: &str, labels: Value| {
+        json!({"metadata": {
+            "generateName": format!("{name}-"),
+            "labels": labels,
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": kind, "name": name, "controller": true}],
+        }})
+    };
+    let deployment = owned(
+        "ReplicaSet",
+        "web-7c5ddbdf54",
+        json!({"pod-template-hash": "7c5ddbdf54"}),
+    );
+    assert_eq!(workload_of(&deployment).as_deref(), Some("web"));
+    // The canary's own Deployment: told apart from the primary.
+    let canary = owned(
+        "ReplicaSet",
+        "web-canary-5f6d7c8b9",
+        json!({"pod-template-hash": "5f6d7c8b9"}),
+    );
+    assert_eq!(workload_of(&canary).as_deref(), Some("web-canary"));
+    assert_eq!(
+        workload_of(&owned("StatefulSet", "db", json!({}))).as_deref(),
+        Some("db")
+    );
+    assert_eq!(
+        workload_of(&owned("Job", "nightly-29163840", json!({}))).as_deref(),
+        Some("nightly"),
+        "a CronJob's Job"
+    );
+    assert_eq!(
+        workload_of(&owned("Job", "migrate-v2", json!({}))).as_deref(),
+        Some("migrate-v2")
+    );
+    let bare = json!({"metadata": {"name": "debug", "labels": {"app.kubernetes.io/name": "toolbox"}}});
+    assert_eq!(workload_of(&bare).as_deref(), Some("toolbox"));
+    assert_eq!(
+        workload_of(&json!({"metadata": {"name": "debug"}})).as_deref(),
+        Some("debug")
+    );
+}
+
+#[test]
+fn the_apps_own_scrape_annotations_are_kept_for_the_proxy_to_merge() {
+    let mut p = pod();
+    p["metadata"]["annotations"] = json!({
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": "8080",
+        "prometheus.io/path": "/actuator/prometheus",
+    });
+    inject(&mut p).unwrap();
+    let proxy = &p["spec"]["initContainers"][1];
+    assert_eq!(env(proxy, "WEFT_APP_METRICS_PORT").unwrap()["value"], "8080");
+    assert_eq!(
+        env(proxy, "WEFT_APP_METRICS_PATH").unwrap()["value"],
+        "/actuator/prometheus"
+    );
+    assert_eq!(
+        p["metadata"]["annotations"]["prometheus.io/port"], "4191",
+        "the proxy is scraped"
+    );
+    assert_eq!(p["metadata"]["annotations"]["prometheus.io/path"], "/metrics");
+    // No annotations of its own (or scraping off): nothing to merge.
+    let mut plain = pod();
+    inject(&mut plain).unwrap();
+    assert!(env(&plain["spec"]["initContainers"][1], "WEFT_APP_METRICS_PORT").is_none());
+}
