@@ -26,12 +26,14 @@ pub enum Output {
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
-    /// A proxy's admin address (repeat).
-    #[arg(long = "proxy", value_name = "ADDR")]
-    pub proxies: Vec<SocketAddr>,
-    /// The control plane's admin address: read every connected proxy.
-    #[arg(long, value_name = "ADDR")]
-    pub control_plane: Option<SocketAddr>,
+    /// A proxy's admin address, `host:port` (repeat).
+    #[arg(long = "proxy", value_name = "HOST:PORT", value_parser = host_port)]
+    pub proxies: Vec<String>,
+    /// The control plane's admin address, `host:port` (a DNS name such as
+    /// `weft-control.weft-system:9990` or an IP): read every connected
+    /// proxy.
+    #[arg(long, value_name = "HOST:PORT", value_parser = host_port)]
+    pub control_plane: Option<String>,
     /// Window over which rates are computed.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub interval: Duration,
@@ -78,9 +80,25 @@ async fn get(client: &HttpClient, url: String) -> Result<Bytes, String> {
         .to_bytes())
 }
 
-async fn proxies(client: &HttpClient, args: &Args) -> Result<Vec<SocketAddr>, String> {
+/// An address to dial: `host:port`, the host a DNS name or an IP
+/// (`[v6]` in brackets).
+fn host_port(s: &str) -> Result<String, String> {
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Ok(addr.to_string());
+    }
+    match s.parse::<http::uri::Authority>() {
+        Ok(a) if a.port_u16().is_some_and(|p| p != 0) && !a.host().is_empty() && !s.contains('@') => {
+            Ok(s.to_string())
+        }
+        _ => Err(format!(
+            "expected HOST:PORT (e.g. weft-control.weft-system:9990 or 127.0.0.1:4191), got {s:?}"
+        )),
+    }
+}
+
+async fn proxies(client: &HttpClient, args: &Args) -> Result<Vec<String>, String> {
     let mut out = args.proxies.clone();
-    if let Some(cp) = args.control_plane {
+    if let Some(cp) = &args.control_plane {
         let body = get(client, format!("http://{cp}/proxies")).await?;
         let list: Vec<serde_json::Value> =
             serde_json::from_slice(&body).map_err(|e| format!("the control plane's /proxies: {e}"))?;
@@ -88,9 +106,9 @@ async fn proxies(client: &HttpClient, args: &Args) -> Result<Vec<SocketAddr>, St
             if let Some(addr) = p
                 .get("admin")
                 .and_then(|a| a.as_str())
-                .and_then(|a| a.parse().ok())
+                .and_then(|a| a.parse::<SocketAddr>().ok())
             {
-                out.push(addr);
+                out.push(addr.to_string());
             }
         }
     }
@@ -120,7 +138,7 @@ async fn stat(args: Args) -> Result<(), String> {
         match args.output {
             Output::Json => {
                 let doc = serde_json::json!({
-                    "proxies": admins.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+                    "proxies": admins,
                     "window_seconds": window,
                     "rows": rows,
                 });
@@ -136,6 +154,31 @@ async fn stat(args: Args) -> Result<(), String> {
         }
         if !args.watch || args.since_start {
             return Ok(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_port;
+
+    #[test]
+    fn addresses_are_host_and_port() {
+        assert_eq!(
+            host_port("weft-control.weft-system:9990").as_deref(),
+            Ok("weft-control.weft-system:9990")
+        );
+        assert_eq!(host_port("127.0.0.1:4191").as_deref(), Ok("127.0.0.1:4191"));
+        assert_eq!(host_port("[::1]:4191").as_deref(), Ok("[::1]:4191"));
+        for bad in [
+            "weft-control",
+            "weft-control:0",
+            ":9990",
+            "user@host:1",
+            "http://x:1",
+        ] {
+            let err = host_port(bad).unwrap_err();
+            assert!(err.contains("HOST:PORT"), "{bad}: {err}");
         }
     }
 }

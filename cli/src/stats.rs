@@ -162,7 +162,7 @@ pub async fn scrape(
         hyper_util::client::legacy::connect::HttpConnector,
         http_body_util::Empty<bytes::Bytes>,
     >,
-    admins: &[std::net::SocketAddr],
+    admins: &[impl std::fmt::Display],
 ) -> BTreeMap<Key, Counts> {
     use http_body_util::BodyExt;
     let mut all = BTreeMap::new();

@@ -264,7 +264,8 @@ async fn weft_stat_finds_proxies_through_the_control_plane() {
         }
     });
     let stat = tokio::task::spawn_blocking({
-        let cp = control.admin.to_string();
+        // By DNS name, as the docs show it (`weft-control.weft-system:9990`).
+        let cp = format!("localhost:{}", control.admin.port());
         move || {
             Command::new(bin("weft"))
                 .args(["stat", "--interval", "1s", "--control-plane", &cp])
