@@ -232,6 +232,9 @@ impl Control {
         let metrics = Arc::new(ControlMetrics::default());
         let mut registry = Registry::default();
         metrics.register(&mut registry);
+        let (ca_expiry, anchors_expiry) = self.ca.expiry();
+        metrics.ca_expiry.set(ca_expiry.unwrap_or(0));
+        metrics.trust_anchor_expiry.set(anchors_expiry.unwrap_or(0));
         let registry = Arc::new(registry);
         let proxies = Arc::new(Proxies::default());
         let (closing, closing_rx) = tokio::sync::watch::channel(false);
@@ -268,7 +271,7 @@ impl Control {
             .map(TokenReviewer::new);
         let webhook = self.webhook.map(|w| {
             tracing::info!(addr = %w.local_addr(), "admission webhook listening");
-            tokio::spawn(w.serve())
+            tokio::spawn(w.serve(metrics.clone()))
         });
         tokio::spawn(serve_admin(
             self.admin,

@@ -371,6 +371,18 @@ impl Ca {
             .collect()
     }
 
+    /// When the CA's certificate expires, and when the first of the trust
+    /// anchors does (Unix seconds).
+    pub fn expiry(&self) -> (Option<i64>, Option<i64>) {
+        let not_after = |der: &[u8]| {
+            x509_parser::parse_x509_certificate(der)
+                .ok()
+                .map(|(_, c)| c.validity().not_after.timestamp())
+        };
+        let anchors = self.trust_anchors.iter().filter_map(|a| not_after(a)).min();
+        (not_after(&self.ca_der), anchors)
+    }
+
     fn anchors_hold_the_ca(&self) -> bool {
         self.trust_anchors.iter().any(|a| *a == *self.ca_der)
     }
@@ -412,6 +424,19 @@ mod tests {
                 service_account: "web".into(),
                 token: "web-token-0123456789".into(),
             }])
+    }
+
+    #[test]
+    fn the_ca_and_its_anchors_say_when_they_expire() {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let (ca_until, anchors_until) = ca().expiry();
+        let ca_until = ca_until.expect("the CA's expiry");
+        // The dev CA lives a year; its certificate is the one anchor.
+        assert!((ca_until - now - 365 * 86_400).abs() < 120, "{ca_until} vs {now}");
+        assert_eq!(anchors_until, Some(ca_until));
     }
 
     fn csr(sans: &[&str]) -> Vec<u8> {

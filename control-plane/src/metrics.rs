@@ -76,7 +76,19 @@ pub struct PublishLabels {
     pub result: &'static str,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookLabels {
+    /// `injected`, `skipped` (not for injection: opted out, already
+    /// injected, not a pod…), `failed` (injection refused with a warning;
+    /// the pod was admitted without a proxy) or `bad_request` (not an
+    /// AdmissionReview).
+    pub result: &'static str,
+}
+
+/// Webhook review latency buckets, seconds.
+const WEBHOOK_BUCKETS: [f64; 8] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0];
+
+#[derive(Debug)]
 pub struct ControlMetrics {
     /// gRPC connections closed before any RPC, by reason.
     pub grpc_refused: Family<RefusedLabels, Counter>,
@@ -93,11 +105,60 @@ pub struct ControlMetrics {
     invalid_seen: std::sync::Mutex<std::collections::HashSet<InvalidLabels>>,
     /// The `weft-trust-anchors` ConfigMaps published (Kubernetes).
     pub trust_anchors: Family<PublishLabels, Counter>,
+    /// Admission reviews answered, by result, and how long each took.
+    pub webhook_reviews: Family<WebhookLabels, Counter>,
+    pub webhook_duration: prometheus_client::metrics::histogram::Histogram,
+    /// When the issuing CA's certificate expires (Unix seconds).
+    pub ca_expiry: Gauge,
+    /// When the first of the trust anchors handed out expires.
+    pub trust_anchor_expiry: Gauge,
+}
+
+impl Default for ControlMetrics {
+    fn default() -> Self {
+        Self {
+            grpc_refused: Family::default(),
+            grpc_denied: Family::default(),
+            certificates: Family::default(),
+            watchers: Family::default(),
+            updates: Family::default(),
+            reloads: Family::default(),
+            config_errors: Counter::default(),
+            index: Family::default(),
+            invalid: Family::default(),
+            invalid_seen: Default::default(),
+            trust_anchors: Family::default(),
+            webhook_reviews: Family::default(),
+            webhook_duration: prometheus_client::metrics::histogram::Histogram::new(WEBHOOK_BUCKETS),
+            ca_expiry: Gauge::default(),
+            trust_anchor_expiry: Gauge::default(),
+        }
+    }
 }
 
 impl ControlMetrics {
     pub fn register(&self, registry: &mut Registry) {
         registry.register_collector(Box::new(weft_api::exposition::ProcessCollector::new()));
+        registry.register(
+            "weft_control_webhook_reviews",
+            "Admission reviews answered, by result (failed: admitted without a proxy)",
+            self.webhook_reviews.clone(),
+        );
+        registry.register(
+            "weft_control_webhook_review_duration_seconds",
+            "Time to answer one admission review",
+            self.webhook_duration.clone(),
+        );
+        registry.register(
+            "weft_control_ca_expiration_timestamp_seconds",
+            "When the issuing CA's certificate expires (Unix time)",
+            self.ca_expiry.clone(),
+        );
+        registry.register(
+            "weft_control_trust_anchor_expiration_timestamp_seconds",
+            "When the first of the trust anchors expires (Unix time)",
+            self.trust_anchor_expiry.clone(),
+        );
         registry.register(
             "weft_control_certificates",
             "Certificate requests, by result",

@@ -168,8 +168,8 @@ impl Webhook {
         self.listener.local_addr().expect("bound")
     }
 
-    /// Serves until the task is dropped.
-    pub async fn serve(self) {
+    /// Serves until the task is dropped, counting reviews in `metrics`.
+    pub async fn serve(self, metrics: Arc<crate::metrics::ControlMetrics>) {
         let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         loop {
             let (stream, peer) = match self.listener.accept().await {
@@ -184,7 +184,7 @@ impl Webhook {
                 tracing::warn!(%peer, max = MAX_CONNECTIONS, "webhook: too many connections; closing this one");
                 continue;
             };
-            let (tls, inject) = (self.tls.clone(), self.inject.clone());
+            let (tls, inject, metrics) = (self.tls.clone(), self.inject.clone(), metrics.clone());
             tokio::spawn(async move {
                 let _slot = slot;
                 let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
@@ -196,8 +196,19 @@ impl Webhook {
                     Err(_) => return,
                 };
                 let svc = service_fn(move |req| {
-                    let inject = inject.clone();
-                    async move { Ok::<_, Infallible>(handle(&inject, req).await) }
+                    let (inject, metrics) = (inject.clone(), metrics.clone());
+                    async move {
+                        let started = std::time::Instant::now();
+                        let (rsp, result) = handle(&inject, req).await;
+                        if let Some(result) = result {
+                            metrics
+                                .webhook_reviews
+                                .get_or_create(&crate::metrics::WebhookLabels { result })
+                                .inc();
+                            metrics.webhook_duration.observe(started.elapsed().as_secs_f64());
+                        }
+                        Ok::<_, Infallible>(rsp)
+                    }
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .http1()
@@ -213,52 +224,85 @@ impl Webhook {
     }
 }
 
-async fn handle(inject: &InjectConfig, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+/// Answers one request to the webhook, and what a review's result was for
+/// the metrics (`None`: not a review, e.g. a wrong path).
+async fn handle(
+    inject: &InjectConfig,
+    req: Request<hyper::body::Incoming>,
+) -> (Response<Full<Bytes>>, Option<&'static str>) {
     let mode = match req.uri().path() {
         "/inject" => Mode::All,
         "/inject/opted-in" => Mode::OptedIn,
         _ => {
-            return text(
-                StatusCode::NOT_FOUND,
-                "not found; POST /inject or /inject/opted-in\n",
+            return (
+                text(
+                    StatusCode::NOT_FOUND,
+                    "not found; POST /inject or /inject/opted-in\n",
+                ),
+                None,
             )
         }
     };
     if req.method() != Method::POST {
-        return text(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "expected POST with an AdmissionReview\n",
+        return (
+            text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "expected POST with an AdmissionReview\n",
+            ),
+            None,
         );
     }
     let body =
         match tokio::time::timeout(BODY_TIMEOUT, Limited::new(req.into_body(), MAX_BODY).collect()).await {
             Ok(Ok(b)) => b.to_bytes(),
             Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-                return text(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    &format!("expected an AdmissionReview of at most {MAX_BODY} bytes\n"),
+                return (
+                    text(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        &format!("expected an AdmissionReview of at most {MAX_BODY} bytes\n"),
+                    ),
+                    Some("bad_request"),
                 )
             }
-            Ok(Err(e)) => return text(StatusCode::BAD_REQUEST, &format!("cannot read the body: {e}\n")),
+            Ok(Err(e)) => {
+                return (
+                    text(StatusCode::BAD_REQUEST, &format!("cannot read the body: {e}\n")),
+                    Some("bad_request"),
+                )
+            }
             Err(_) => {
-                return text(
-                    StatusCode::REQUEST_TIMEOUT,
-                    &format!("the body did not arrive within {BODY_TIMEOUT:?}\n"),
+                return (
+                    text(
+                        StatusCode::REQUEST_TIMEOUT,
+                        &format!("the body did not arrive within {BODY_TIMEOUT:?}\n"),
+                    ),
+                    Some("bad_request"),
                 )
             }
         };
     match review(inject, mode, &body) {
         Ok(answer) => {
+            let response = &answer["response"];
+            let result = if response.get("patch").is_some() {
+                "injected"
+            } else if response.get("warnings").is_some() {
+                "failed"
+            } else {
+                "skipped"
+            };
             let mut rsp = Response::new(Full::new(Bytes::from(answer.to_string())));
             rsp.headers_mut().insert(
                 http::header::CONTENT_TYPE,
                 http::HeaderValue::from_static("application/json"),
             );
-            rsp
+            (rsp, Some(result))
         }
         Err(e) => {
             tracing::warn!(error = %e, "webhook: not an AdmissionReview");
-            text(StatusCode::BAD_REQUEST, &format!("{e}\n"))
+            (
+                text(StatusCode::BAD_REQUEST, &format!("{e}\n")),
+                Some("bad_request"),
+            )
         }
     }
 }

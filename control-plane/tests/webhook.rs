@@ -315,12 +315,13 @@ async fn call(
 }
 
 /// A webhook serving a fresh self-signed certificate (in `dir`, trusted
-/// as `root`) on `addr`.
+/// as `root`) on `addr`, counting into the metrics returned last.
 async fn serve_webhook() -> (
     TempDir,
     rustls_pki_types::CertificateDer<'static>,
     SocketAddr,
     tokio::task::JoinHandle<()>,
+    std::sync::Arc<weft_control::metrics::ControlMetrics>,
 ) {
     let dir = TempDir::new();
     let root = write_cert(dir.path());
@@ -333,12 +334,19 @@ async fn serve_webhook() -> (
     .await
     .unwrap();
     let addr = webhook.local_addr();
-    (dir, root, addr, tokio::spawn(webhook.serve()))
+    let metrics = std::sync::Arc::new(weft_control::metrics::ControlMetrics::default());
+    (
+        dir,
+        root,
+        addr,
+        tokio::spawn(webhook.serve(metrics.clone())),
+        metrics,
+    )
 }
 
 #[tokio::test]
 async fn over_https_the_api_server_gets_a_patch_and_the_certificate_reloads() {
-    let (dir, root, addr, server) = serve_webhook().await;
+    let (dir, root, addr, server, metrics) = serve_webhook().await;
 
     let review_json = pod_create();
     let body = review_json.to_string().into_bytes();
@@ -393,6 +401,29 @@ async fn over_https_the_api_server_gets_a_patch_and_the_certificate_reloads() {
         old.unwrap_err().contains("handshake"),
         "the old certificate is gone"
     );
+    // Every review counted by its result; wrong paths and methods are not
+    // reviews.
+    let reviews = |result| {
+        metrics
+            .webhook_reviews
+            .get_or_create(&weft_control::metrics::WebhookLabels { result })
+            .get()
+    };
+    assert_eq!(
+        (reviews("injected"), reviews("skipped"), reviews("bad_request")),
+        (4, 1, 1)
+    );
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &{
+        let mut r = prometheus_client::registry::Registry::default();
+        metrics.register(&mut r);
+        r
+    })
+    .unwrap();
+    assert!(
+        text.contains("weft_control_webhook_review_duration_seconds_count 6"),
+        "{text}"
+    );
     server.abort();
 }
 
@@ -401,7 +432,7 @@ async fn over_https_the_api_server_gets_a_patch_and_the_certificate_reloads() {
 /// the first ones stay usable.
 #[tokio::test]
 async fn the_webhook_bounds_bodies_and_connections() {
-    let (_dir, root, addr, server) = serve_webhook().await;
+    let (_dir, root, addr, server, _) = serve_webhook().await;
     let (status, msg) = call(addr, &root, true, "POST", "/inject", vec![b'x'; 5 * 1024 * 1024])
         .await
         .unwrap();

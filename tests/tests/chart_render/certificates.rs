@@ -89,7 +89,7 @@ async fn the_generated_webhook_certificate_serves_to_a_client_trusting_the_ca_bu
     .await
     .expect("weft-control's webhook loads the generated certificate and key");
     let addr = webhook.local_addr();
-    let server = tokio::spawn(webhook.serve());
+    let server = tokio::spawn(webhook.serve(Default::default()));
 
     // What the API server trusts: the caBundle of each webhook (the same
     // CA as the Secret's ca.crt).
