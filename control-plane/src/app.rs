@@ -236,7 +236,7 @@ impl Control {
         metrics.ca_expiry.set(ca_expiry.unwrap_or(0));
         metrics.trust_anchor_expiry.set(anchors_expiry.unwrap_or(0));
         let registry = Arc::new(registry);
-        let proxies = Arc::new(Proxies::default());
+        let proxies = Arc::new(Proxies::new(metrics.clone()));
         let (closing, closing_rx) = tokio::sync::watch::channel(false);
         let shutdown = async move {
             shutdown.await;
@@ -253,7 +253,7 @@ impl Control {
             self.config.debounce,
         ));
         let cluster = self.kube.clone().map(|client| {
-            let source = KubernetesSource::start(client);
+            let source = KubernetesSource::start(client, metrics.clone());
             tokio::spawn(source.run(index.clone(), metrics.clone(), self.config.debounce))
         });
         let anchors = self
@@ -268,7 +268,7 @@ impl Control {
             .kube
             .clone()
             .filter(|_| self.config.token_review)
-            .map(TokenReviewer::new);
+            .map(|client| TokenReviewer::new(client, metrics.clone()));
         let webhook = self.webhook.map(|w| {
             tracing::info!(addr = %w.local_addr(), "admission webhook listening");
             tokio::spawn(w.serve(metrics.clone()))

@@ -96,7 +96,16 @@ async fn wait_synced<T>(
 /// the id it reports, so one workload can never replace another's entry.
 #[derive(Debug, Default)]
 pub struct Proxies {
-    by_id: std::sync::Mutex<std::collections::BTreeMap<ProxyKey, (String, usize)>>,
+    by_id: std::sync::Mutex<std::collections::BTreeMap<ProxyKey, Registered>>,
+    /// Where `connected_proxies` by version is kept current.
+    metrics: Option<Arc<ControlMetrics>>,
+}
+
+#[derive(Debug)]
+struct Registered {
+    admin: String,
+    version: String,
+    streams: usize,
 }
 
 /// (SPIFFE ID, proxy id)
@@ -109,19 +118,47 @@ pub struct ConnectedProxy {
     /// The SPIFFE ID its certificate proves.
     pub identity: String,
     pub admin: String,
+    /// The version it reports (empty from proxies older than the field).
+    pub version: String,
     pub streams: usize,
 }
 
 impl Proxies {
-    fn register(self: &Arc<Self>, identity: String, id: String, admin: String) -> ProxyGuard {
+    /// An empty list that keeps `metrics.connected_proxies` current.
+    pub fn new(metrics: Arc<ControlMetrics>) -> Self {
+        Self {
+            by_id: Default::default(),
+            metrics: Some(metrics),
+        }
+    }
+
+    fn register(
+        self: &Arc<Self>,
+        identity: String,
+        id: String,
+        admin: String,
+        version: String,
+    ) -> ProxyGuard {
         let key = (identity, id);
         let mut by_id = self.by_id.lock().expect("proxies lock");
-        let entry = by_id.entry(key.clone()).or_insert((admin.clone(), 0));
-        entry.0 = admin;
-        entry.1 += 1;
+        let entry = by_id.entry(key.clone()).or_insert(Registered {
+            admin: String::new(),
+            version: String::new(),
+            streams: 0,
+        });
+        entry.admin = admin;
+        entry.version = version;
+        entry.streams += 1;
+        self.count_versions(&by_id);
         ProxyGuard {
             proxies: self.clone(),
             key,
+        }
+    }
+
+    fn count_versions(&self, by_id: &std::collections::BTreeMap<ProxyKey, Registered>) {
+        if let Some(metrics) = &self.metrics {
+            metrics.connected_proxies(by_id.values().map(|r| r.version.as_str()));
         }
     }
 
@@ -130,11 +167,12 @@ impl Proxies {
             .lock()
             .expect("proxies lock")
             .iter()
-            .map(|((identity, id), (admin, streams))| ConnectedProxy {
+            .map(|((identity, id), r)| ConnectedProxy {
                 id: id.clone(),
                 identity: identity.clone(),
-                admin: admin.clone(),
-                streams: *streams,
+                admin: r.admin.clone(),
+                version: r.version.clone(),
+                streams: r.streams,
             })
             .collect()
     }
@@ -149,11 +187,27 @@ impl Drop for ProxyGuard {
     fn drop(&mut self) {
         let mut by_id = self.proxies.by_id.lock().expect("proxies lock");
         if let Some(entry) = by_id.get_mut(&self.key) {
-            entry.1 -= 1;
-            if entry.1 == 0 {
+            entry.streams -= 1;
+            if entry.streams == 0 {
                 by_id.remove(&self.key);
+                self.proxies.count_versions(&by_id);
             }
         }
+    }
+}
+
+/// A reported version: at most 32 characters of `[0-9A-Za-z.+-]` (what
+/// semantic versions use), since it becomes a label value.
+fn version_like(v: &str) -> Result<(), Status> {
+    let ok = v.len() <= 32
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(Status::invalid_argument(
+            "proxy_version: at most 32 characters of 0-9 A-Z a-z . + -",
+        ))
     }
 }
 
@@ -287,6 +341,7 @@ impl api::destination_server::Destination for DestinationService {
             .and(bounded("namespace", &req.namespace, 63))
             .and(bounded("proxy_id", &req.proxy_id, MAX_NAME))
             .and(bounded("admin_address", &req.admin_address, 64))
+            .and(version_like(&req.proxy_version))
             .map_err(deny)?;
         if !req.namespace.is_empty() && req.namespace != namespace {
             return Err(deny(Status::permission_denied(format!(
@@ -298,7 +353,10 @@ impl api::destination_server::Destination for DestinationService {
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         let proxy = match admin_address(&req.admin_address, Some(remote)) {
             Some(admin) if !req.proxy_id.is_empty() => {
-                Some(self.proxies.register(identity, req.proxy_id.clone(), admin))
+                Some(
+                    self.proxies
+                        .register(identity, req.proxy_id.clone(), admin, req.proxy_version.clone()),
+                )
             }
             _ => None,
         };

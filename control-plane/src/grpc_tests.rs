@@ -141,6 +141,7 @@ async fn callers_see_only_what_their_identity_may() {
         namespace: ns.into(),
         proxy_id: "p-1".into(),
         admin_address: "0.0.0.0:4191".into(),
+        proxy_version: String::new(),
     };
     assert_eq!(
         code(destinations.watch(from("web", "default", asks_for("shop"))).await),
@@ -207,6 +208,73 @@ async fn oversized_fields_are_invalid_arguments() {
         tonic::Code::InvalidArgument
     );
     assert!(destinations.proxies.list().is_empty());
+    let made_up = api::DestinationRequest {
+        target: "api:80".into(),
+        proxy_id: "p".into(),
+        proxy_version: "1.0\n# HELP".into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        code(destinations.watch(from("shop", "default", made_up)).await),
+        tonic::Code::InvalidArgument
+    );
+}
+
+#[test]
+fn connected_proxies_are_counted_by_version_and_bounded() {
+    let metrics = Arc::new(ControlMetrics::default());
+    let proxies = Arc::new(Proxies::new(metrics.clone()));
+    let gauge = |v: &str| {
+        metrics
+            .connected_proxies
+            .get_or_create(&crate::metrics::VersionLabels { version: v.into() })
+            .get()
+    };
+    let join = |id: &str, version: &str| {
+        proxies.register(
+            "spiffe://t/ns/a/sa/b".into(),
+            id.into(),
+            "10.0.0.1:4191".into(),
+            version.into(),
+        )
+    };
+    let a = join("a", "0.1.0");
+    let b = join("b", "0.1.0");
+    let b_again = join("b", "0.1.0");
+    let old = join("c", "");
+    assert_eq!(
+        (gauge("0.1.0"), gauge("unknown")),
+        (2, 1),
+        "one proxy, two streams, counts once"
+    );
+    assert_eq!(proxies.list()[0].version, "0.1.0");
+    drop((a, b));
+    assert_eq!(gauge("0.1.0"), 1, "b still has a stream");
+    drop(b_again);
+    let mut registry = prometheus_client::registry::Registry::default();
+    metrics.register(&mut registry);
+    let text = || {
+        let mut t = String::new();
+        prometheus_client::encoding::text::encode(&mut t, &registry).unwrap();
+        t
+    };
+    assert!(
+        !text().contains("weft_control_connected_proxies{version=\"0.1.0\"}"),
+        "a version nobody runs goes away:\n{}",
+        text()
+    );
+    // Made-up versions beyond MAX_VERSIONS share one series.
+    let many: Vec<_> = (0..40)
+        .map(|i| join(&format!("m{i}"), &format!("9.{i}.0")))
+        .collect();
+    let series = text()
+        .lines()
+        .filter(|l| l.starts_with("weft_control_connected_proxies{"))
+        .count();
+    assert_eq!(series, crate::metrics::MAX_VERSIONS + 1, "{}", text());
+    assert!(gauge("other") > 0);
+    drop((many, old));
+    assert!(!text().contains("weft_control_connected_proxies{"), "{}", text());
 }
 
 const POLICY: &str = "apiVersion: weft.dev/v1alpha1\nkind: MeshService\nmetadata: {name: api, namespace: shop}\nspec:\n  endpoints: [{address: 10.0.0.7:8080, proxy: 10.0.0.7:4143}]\n---\napiVersion: weft.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: api, namespace: shop}\nspec:\n  targetRef: {name: api}\n  rules: [{from: {namespaces: [web]}}]\n";

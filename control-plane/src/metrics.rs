@@ -85,6 +85,33 @@ pub struct WebhookLabels {
     pub result: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WatchLabels {
+    /// The watched resource (`services`, `endpointslices`, `pods`,
+    /// `trafficpolicies`, `authorizationpolicies`, `httproutes`,
+    /// `referencegrants`).
+    pub resource: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReviewLabels {
+    /// `cache_hit` (no call made), `authenticated`, `rejected` (the API
+    /// server said no, or named no service account) or `error` (the call
+    /// failed: the certificate request is refused as unavailable).
+    pub result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabels {
+    /// The version the proxy reports (`unknown` when it reports none,
+    /// `other` past [`MAX_VERSIONS`] distinct ones).
+    pub version: String,
+}
+
+/// Distinct proxy versions given their own series; a fleet mid-upgrade has
+/// two or three, so more means a client making them up.
+pub const MAX_VERSIONS: usize = 16;
+
 /// Webhook review latency buckets, seconds.
 const WEBHOOK_BUCKETS: [f64; 8] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0];
 
@@ -103,6 +130,8 @@ pub struct ControlMetrics {
     pub invalid: Family<InvalidLabels, Gauge>,
     /// The label sets `invalid` has, to zero the ones that went away.
     invalid_seen: std::sync::Mutex<std::collections::HashSet<InvalidLabels>>,
+    /// The versions `connected_proxies` has series for.
+    versions_seen: std::sync::Mutex<Vec<String>>,
     /// The `weft-trust-anchors` ConfigMaps published (Kubernetes).
     pub trust_anchors: Family<PublishLabels, Counter>,
     /// Admission reviews answered, by result, and how long each took.
@@ -112,6 +141,18 @@ pub struct ControlMetrics {
     pub ca_expiry: Gauge,
     /// When the first of the trust anchors handed out expires.
     pub trust_anchor_expiry: Gauge,
+    /// Per watched Kubernetes resource: listed and watching (1) or not
+    /// (0: listing, relisting or failing), when the last event arrived,
+    /// relists after the first list, and list or watch errors.
+    pub watch_synced: Family<WatchLabels, Gauge>,
+    pub watch_last_event: Family<WatchLabels, Gauge>,
+    pub watch_relists: Family<WatchLabels, Counter>,
+    pub watch_errors: Family<WatchLabels, Counter>,
+    /// TokenReviews by result, and how long the calls made took.
+    pub token_reviews: Family<ReviewLabels, Counter>,
+    pub token_review_duration: prometheus_client::metrics::histogram::Histogram,
+    /// Proxies with an open Destination stream, by the version they report.
+    pub connected_proxies: Family<VersionLabels, Gauge>,
 }
 
 impl Default for ControlMetrics {
@@ -127,11 +168,19 @@ impl Default for ControlMetrics {
             index: Family::default(),
             invalid: Family::default(),
             invalid_seen: Default::default(),
+            versions_seen: Default::default(),
             trust_anchors: Family::default(),
             webhook_reviews: Family::default(),
             webhook_duration: prometheus_client::metrics::histogram::Histogram::new(WEBHOOK_BUCKETS),
             ca_expiry: Gauge::default(),
             trust_anchor_expiry: Gauge::default(),
+            watch_synced: Family::default(),
+            watch_last_event: Family::default(),
+            watch_relists: Family::default(),
+            watch_errors: Family::default(),
+            token_reviews: Family::default(),
+            token_review_duration: prometheus_client::metrics::histogram::Histogram::new(WEBHOOK_BUCKETS),
+            connected_proxies: Family::default(),
         }
     }
 }
@@ -158,6 +207,41 @@ impl ControlMetrics {
             "weft_control_trust_anchor_expiration_timestamp_seconds",
             "When the first of the trust anchors expires (Unix time)",
             self.trust_anchor_expiry.clone(),
+        );
+        registry.register(
+            "weft_control_kubernetes_watch_synced",
+            "1 while the resource is listed and watched, 0 while it lists, relists or fails",
+            self.watch_synced.clone(),
+        );
+        registry.register(
+            "weft_control_kubernetes_watch_last_event_timestamp_seconds",
+            "When the last list or watch event of the resource arrived (Unix time)",
+            self.watch_last_event.clone(),
+        );
+        registry.register(
+            "weft_control_kubernetes_watch_relists",
+            "Lists of the resource after the first (a watch expired or failed)",
+            self.watch_relists.clone(),
+        );
+        registry.register(
+            "weft_control_kubernetes_watch_errors",
+            "Failed lists and watches of the resource (each retried with backoff)",
+            self.watch_errors.clone(),
+        );
+        registry.register(
+            "weft_control_token_reviews",
+            "Service-account tokens checked, by result (cache_hit: answered without a TokenReview; error: the API server could not be asked)",
+            self.token_reviews.clone(),
+        );
+        registry.register(
+            "weft_control_token_review_duration_seconds",
+            "Time a TokenReview call to the API server took",
+            self.token_review_duration.clone(),
+        );
+        registry.register(
+            "weft_control_connected_proxies",
+            "Proxies with an open Destination stream, by the version they report",
+            self.connected_proxies.clone(),
         );
         registry.register(
             "weft_control_certificates",
@@ -291,6 +375,69 @@ impl ControlMetrics {
         }
     }
 
+    /// Records one event (or error) of the watch on `resource`.
+    pub fn watch_event(&self, resource: &str, event: WatchEvent) {
+        let labels = WatchLabels {
+            resource: resource.to_string(),
+        };
+        self.watch_last_event
+            .get_or_create(&labels)
+            .set(crate::metrics::unix_now());
+        match event {
+            WatchEvent::Listing { relist } => {
+                self.watch_synced.get_or_create(&labels).set(0);
+                if relist {
+                    self.watch_relists.get_or_create(&labels).inc();
+                }
+            }
+            WatchEvent::Synced => {
+                self.watch_synced.get_or_create(&labels).set(1);
+            }
+            WatchEvent::Changed => {}
+            WatchEvent::Failed => {
+                self.watch_synced.get_or_create(&labels).set(0);
+                self.watch_errors.get_or_create(&labels).inc();
+            }
+        }
+    }
+
+    /// Counts one token checked: `cache_hit`, `authenticated`, `rejected`
+    /// or `error`; `took` is the API call's time (none for a cache hit).
+    pub fn token_review(&self, result: &'static str, took: Option<std::time::Duration>) {
+        self.token_reviews.get_or_create(&ReviewLabels { result }).inc();
+        if let Some(took) = took {
+            self.token_review_duration.observe(took.as_secs_f64());
+        }
+    }
+
+    /// Sets the connected proxies by version from `versions` (one entry
+    /// per connected proxy), removing the versions no proxy reports any
+    /// more.
+    pub fn connected_proxies<'a>(&self, versions: impl Iterator<Item = &'a str>) {
+        let mut counts: std::collections::BTreeMap<String, i64> = Default::default();
+        for v in versions {
+            let v = if v.is_empty() { "unknown" } else { v };
+            let known = counts.len() < MAX_VERSIONS || counts.contains_key(v);
+            *counts
+                .entry(if known { v } else { "other" }.to_string())
+                .or_default() += 1;
+        }
+        let mut seen = self.versions_seen.lock().expect("metrics lock");
+        for gone in seen.iter().filter(|v| !counts.contains_key(*v)) {
+            self.connected_proxies.remove(&VersionLabels {
+                version: gone.clone(),
+            });
+        }
+        for (version, n) in &counts {
+            self.connected_proxies
+                .get_or_create(&VersionLabels {
+                    version: version.clone(),
+                })
+                .set(*n);
+        }
+        *seen = counts.into_keys().collect();
+    }
+
     pub fn index_stats(&self, s: IndexStats) {
         for (kind, n) in [
             ("services", s.services),
@@ -302,4 +449,24 @@ impl ControlMetrics {
             self.index.get_or_create(&IndexLabels { kind }).set(n as i64);
         }
     }
+}
+
+/// What happened on one Kubernetes watch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchEvent {
+    /// A list began: the first, or a relist.
+    Listing { relist: bool },
+    /// The list completed (or the resource is not served: listed, empty).
+    Synced,
+    /// An object was added, changed or deleted.
+    Changed,
+    /// A list or watch failed.
+    Failed,
+}
+
+/// Now, Unix seconds.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }

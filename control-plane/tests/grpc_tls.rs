@@ -272,6 +272,7 @@ async fn callers_see_and_change_only_what_their_certificate_allows() {
             namespace: namespace.into(),
             proxy_id: "shared-id".into(),
             admin_address: admin.into(),
+            proxy_version: String::new(),
         };
         async move { c.watch(req).await.map(|r| r.into_inner()) }
     };

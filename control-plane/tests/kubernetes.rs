@@ -145,7 +145,7 @@ async fn list_watch_churn_bookmarks_and_410_relist_reach_the_index() {
     let api = FakeApi::start().await;
     seed(&api);
     let index = Index::new(IndexConfig::default());
-    let source = KubernetesSource::start(api.client());
+    let source = KubernetesSource::start(api.client(), Default::default());
     tokio::spawn(source.run(
         index.clone(),
         Arc::new(ControlMetrics::default()),
@@ -303,6 +303,15 @@ async fn list_watch_churn_bookmarks_and_410_relist_reach_the_index() {
     );
 }
 
+/// Waits up to 20 s for `ok`.
+async fn eventually(what: &str, ok: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !ok() {
+        assert!(tokio::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A JWT-shaped token expiring at `exp` (seconds since the epoch).
 fn jwt(exp: u64, sub: &str) -> String {
     use base64::Engine as _;
@@ -332,8 +341,15 @@ async fn accepted_reviews_are_cached_within_the_tokens_life_refusals_never() {
             .tokens
             .insert(t.clone(), "system:serviceaccount:shop:api-sa".into());
     }
-    let reviewer = TokenReviewer::new(api.client());
+    let metrics = Arc::new(ControlMetrics::default());
+    let reviewer = TokenReviewer::new(api.client(), metrics.clone());
     let reviews = || api.state.lock().unwrap().reviews;
+    let counted = |result| {
+        metrics
+            .token_reviews
+            .get_or_create(&weft_control::metrics::ReviewLabels { result })
+            .get()
+    };
     for _ in 0..5 {
         assert_eq!(
             reviewer.review(&long).await.unwrap(),
@@ -355,6 +371,102 @@ async fn accepted_reviews_are_cached_within_the_tokens_life_refusals_never() {
         assert!(reviewer.review(&jwt(now + 3600, "forged")).await.is_err());
     }
     assert_eq!(reviews(), before + 3);
+
+    // The metrics tell the same story: 5 calls made and accepted, 4 hits,
+    // 3 refusals; and an API server that cannot be reached is an error.
+    assert_eq!(
+        (
+            counted("authenticated"),
+            counted("cache_hit"),
+            counted("rejected")
+        ),
+        (5, 4, 3)
+    );
+    let mut registry = prometheus_client::registry::Registry::default();
+    metrics.register(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    assert!(
+        text.contains("weft_control_token_review_duration_seconds_count 8\n"),
+        "only calls made are timed:\n{text}"
+    );
+    let nobody = kube::Config::new(format!("http://{}", free_port()).parse().unwrap());
+    let gone = TokenReviewer::new(kube::Client::try_from(nobody).unwrap(), metrics.clone());
+    assert!(matches!(
+        gone.review(&jwt(now + 60, "system:serviceaccount:shop:other"))
+            .await,
+        Err(weft_control::identity::Refusal::Unavailable(_))
+    ));
+    assert_eq!(counted("error"), 1);
+}
+
+/// Every watched resource reports its state: synced once listed, a relist
+/// after the API server compacted its history away (410 Gone) counted,
+/// and the time of the last event moving with the cluster's changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_metrics_show_sync_relists_and_events_per_resource() {
+    use weft_control::metrics::WatchLabels;
+    let api = FakeApi::start().await;
+    seed(&api);
+    let metrics = Arc::new(ControlMetrics::default());
+    let index = Index::new(IndexConfig::default());
+    let source = KubernetesSource::start(api.client(), metrics.clone());
+    tokio::spawn(source.run(index.clone(), metrics.clone(), Duration::from_millis(20)));
+    let of = |resource: &str| WatchLabels {
+        resource: resource.to_string(),
+    };
+    let resources = [
+        "services",
+        "endpointslices",
+        "pods",
+        "trafficpolicies",
+        "authorizationpolicies",
+        "httproutes",
+        "referencegrants",
+    ];
+    eventually("every resource synced", || {
+        resources
+            .iter()
+            .all(|r| metrics.watch_synced.get_or_create(&of(r)).get() == 1)
+    })
+    .await;
+    for r in resources {
+        assert_eq!(metrics.watch_relists.get_or_create(&of(r)).get(), 0, "{r}");
+        assert!(metrics.watch_last_event.get_or_create(&of(r)).get() > 0, "{r}");
+    }
+
+    // Compacted history and cut watches: pods relist, and say so.
+    // (A change the watch misses, then compacted away.)
+    api.mute.store(true, std::sync::atomic::Ordering::SeqCst);
+    api.apply(PODS, pod("api-3", "10.244.5.5", "api-sa", true));
+    api.compact_and_cut_kinds(&[PODS]);
+    api.mute.store(false, std::sync::atomic::Ordering::SeqCst);
+    eventually("pods relisted", || {
+        metrics.watch_relists.get_or_create(&of("pods")).get() >= 1
+            && metrics.watch_synced.get_or_create(&of("pods")).get() == 1
+    })
+    .await;
+    assert_eq!(metrics.watch_relists.get_or_create(&of("services")).get(), 0);
+
+    // A change moves the last-event time (whole seconds).
+    let before = metrics.watch_last_event.get_or_create(&of("services")).get();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    api.apply(SERVICES, service("late", "10.96.0.99"));
+    eventually("the event seen", || {
+        metrics.watch_last_event.get_or_create(&of("services")).get() > before
+    })
+    .await;
+
+    // And the whole set is in the exposition, by resource.
+    let mut registry = prometheus_client::registry::Registry::default();
+    metrics.register(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    for r in resources {
+        let line = format!("weft_control_kubernetes_watch_synced{{resource=\"{r}\"}} 1");
+        assert!(text.contains(&line), "{line} in\n{text}");
+    }
+    assert!(text.contains("weft_control_kubernetes_watch_relists_total{resource=\"pods\"} "));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -364,7 +476,7 @@ async fn token_review_round_trip_decides_certify() {
         "eyJhbGciOiJSUzI1NiJ9.good".into(),
         "system:serviceaccount:shop:api-sa".into(),
     );
-    let reviewer = TokenReviewer::new(api.client());
+    let reviewer = TokenReviewer::new(api.client(), Default::default());
     assert_eq!(
         reviewer.review("eyJhbGciOiJSUzI1NiJ9.good").await.unwrap(),
         ("shop".to_string(), "api-sa".to_string())

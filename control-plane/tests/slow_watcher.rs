@@ -93,6 +93,7 @@ async fn a_watcher_that_never_reads_stays_bounded_and_is_caught_up() {
             namespace: "demo".into(),
             proxy_id: format!("p{i}"),
             admin_address: String::new(),
+            proxy_version: String::new(),
         };
         streams.push(client.watch(req).await.unwrap().into_inner());
     }

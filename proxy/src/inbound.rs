@@ -334,7 +334,10 @@ impl Inbound {
             }
         };
         if !sniff {
-            return tcp::splice(io, app, &self.limits, addr.port()).await;
+            let stream = self
+                .telemetry
+                .stream(Direction::Inbound, &self.stream_target(conn));
+            return tcp::splice(io, app, &self.limits, addr.port(), stream).await;
         }
         // Whoever speaks first decides: an app that sends first (a
         // server-first protocol) is no HTTP server, so the bytes are
@@ -359,7 +362,10 @@ impl Inbound {
             Until::Decided(Protocol::Http2) => AppProtocol::Http2,
             Until::Decided(_) | Until::Stopped(Spoke::App) => {
                 if admit() {
-                    tcp::splice(io, app, &self.limits, addr.port()).await;
+                    let stream = self
+                        .telemetry
+                        .stream(Direction::Inbound, &self.stream_target(conn));
+                    tcp::splice(io, app, &self.limits, addr.port(), stream).await;
                 }
                 return;
             }
@@ -439,6 +445,19 @@ impl Inbound {
         obs.respond(target, rsp, error)
     }
 
+    /// Who a TCP stream from `conn` connects, for its metrics: the caller
+    /// as its certificate proves it (a byte stream carries no workload
+    /// header), and the service this proxy fronts.
+    fn stream_target(&self, conn: &ConnInfo) -> Target {
+        Target {
+            service: self.workload.name.clone(),
+            namespace: self.workload.namespace.clone(),
+            tls: conn.tls,
+            peer_identity: conn.caller.as_deref().unwrap_or_default().to_string(),
+            ..Target::default()
+        }
+    }
+
     /// Where a request goes: the app protocol and port a peer's mesh
     /// headers name (which are removed), else what the connection says.
     async fn app_target(
@@ -491,7 +510,9 @@ impl Inbound {
                 return Err(ProxyError::Unauthorized("h2c upgrades are not proxied".into()));
             }
             let io = self.clients.connect(addr).await?;
-            return tcp::upgrade(req, io, addr, &self.limits, &self.drain).await;
+            let (telemetry, target) = (self.telemetry.clone(), self.stream_target(caller));
+            let stream = move || telemetry.stream(Direction::Inbound, &target);
+            return tcp::upgrade(req, io, addr, &self.limits, &self.drain, stream).await;
         }
         let authority = authority(&req);
         strip_hop_by_hop(req.headers_mut());

@@ -236,6 +236,23 @@ impl EncodeLabelValue for SecurityPolicy {
     }
 }
 
+/// Who a TCP stream connects (the proxy carried its bytes without
+/// reading them: opaque TCP, mesh TCP, CONNECT and upgrade tunnels,
+/// passthrough): the request labels that a byte stream has.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StreamLabels {
+    pub direction: Direction,
+    pub source_workload: String,
+    pub source_workload_namespace: String,
+    pub source_principal: String,
+    pub destination_workload: String,
+    pub destination_workload_namespace: String,
+    pub destination_principal: String,
+    pub destination_service_name: String,
+    pub destination_service_namespace: String,
+    pub connection_security_policy: SecurityPolicy,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProtocolLabels {
     pub direction: Direction,
@@ -278,13 +295,17 @@ impl<L: Clone + Hash + Eq> Tracked<L> {
             .or_insert((0, Instant::now()));
     }
 
-    /// Removes series whose value has not moved for `idle`.
+    /// Removes series whose value has not moved for `idle`; `value` is
+    /// `None` for a series in use (kept whatever its value).
     fn expire(&self, idle: Duration, value: impl Fn(&L) -> Option<u64>, remove: impl Fn(&L)) -> usize {
         let now = Instant::now();
         let mut series = self.series.lock().expect("metrics lock");
         let before = series.len();
         series.retain(|labels, (last, since)| {
-            let v = value(labels).unwrap_or(0);
+            let Some(v) = value(labels) else {
+                *since = now;
+                return true;
+            };
             if v != *last {
                 *last = v;
                 *since = now;
@@ -313,6 +334,13 @@ pub struct Metrics {
     pub tcp_read_bytes: Family<DirectionLabels, Counter>,
     pub tcp_written_bytes: Family<DirectionLabels, Counter>,
     pub tcp_limited: Family<LimitLabels, Counter>,
+    /// TCP streams by who they connect: opened, closed, and bytes the
+    /// connecting side sent (received) and got back (sent), counted live.
+    pub streams_opened: Family<StreamLabels, Counter>,
+    pub streams_closed: Family<StreamLabels, Counter>,
+    pub stream_received_bytes: Family<StreamLabels, Counter>,
+    pub stream_sent_bytes: Family<StreamLabels, Counter>,
+    tracked_streams: Arc<Tracked<StreamLabels>>,
     pub access_log_dropped: Counter,
     pub resilience: crate::resilience::metrics::ResilienceMetrics,
     tracked_requests: Arc<Tracked<RequestLabels>>,
@@ -333,6 +361,11 @@ impl Default for Metrics {
             tcp_read_bytes: Family::default(),
             tcp_written_bytes: Family::default(),
             tcp_limited: Family::default(),
+            streams_opened: Family::default(),
+            streams_closed: Family::default(),
+            stream_received_bytes: Family::default(),
+            stream_sent_bytes: Family::default(),
+            tracked_streams: Arc::default(),
             access_log_dropped: Counter::default(),
             resilience: Default::default(),
             tracked_requests: Arc::default(),
@@ -394,6 +427,26 @@ impl Metrics {
             self.tcp_limited.clone(),
         );
         registry.register(
+            "weft_tcp_streams_opened",
+            "TCP streams carried as bytes (opaque, mesh TCP, tunnels, passthrough), by source and destination",
+            self.streams_opened.clone(),
+        );
+        registry.register(
+            "weft_tcp_streams_closed",
+            "TCP streams carried as bytes that ended, by source and destination",
+            self.streams_closed.clone(),
+        );
+        registry.register(
+            "weft_tcp_stream_received_bytes",
+            "Bytes of TCP streams from the connecting side, by source and destination",
+            self.stream_received_bytes.clone(),
+        );
+        registry.register(
+            "weft_tcp_stream_sent_bytes",
+            "Bytes of TCP streams back to the connecting side, by source and destination",
+            self.stream_sent_bytes.clone(),
+        );
+        registry.register(
             "weft_access_log_dropped",
             "Access-log lines dropped because the writer fell behind",
             self.access_log_dropped.clone(),
@@ -440,7 +493,7 @@ impl Metrics {
         let requests = &self.requests;
         let mut removed = self.tracked_requests.expire(
             idle,
-            |l| requests.get(l).map(|c| c.get()),
+            |l| Some(requests.get(l).map_or(0, |c| c.get())),
             |l| {
                 requests.remove(l);
             },
@@ -453,6 +506,26 @@ impl Metrics {
             .keys()
             .map(RequestLabels::latency)
             .collect();
+        let (opened, closed) = (&self.streams_opened, &self.streams_closed);
+        removed += self.tracked_streams.expire(
+            idle,
+            |l| {
+                let count = |f: &Family<StreamLabels, Counter>| f.get(l).map_or(0, |c| c.get());
+                let (o, c) = (count(opened), count(closed));
+                // An open stream keeps its series, however quiet.
+                (o == c).then_some(c)
+            },
+            |l| {
+                for f in [
+                    &self.streams_opened,
+                    &self.streams_closed,
+                    &self.stream_received_bytes,
+                    &self.stream_sent_bytes,
+                ] {
+                    f.remove(l);
+                }
+            },
+        );
         self.latency_series.lock().expect("metrics lock").retain(|l| {
             let keep = live.contains(l);
             if !keep {
@@ -471,6 +544,24 @@ impl Metrics {
         self.tcp_limited
             .get_or_create(&LimitLabels { direction, reason })
             .inc();
+    }
+
+    /// Counts one TCP stream opened between the parties of `labels`; the
+    /// guard counts its bytes (through [`StreamGuard::meter`]) and close.
+    pub fn stream(&self, labels: StreamLabels) -> StreamGuard {
+        if self.streams_opened.get(&labels).is_none() {
+            self.tracked_streams.add(&labels);
+        }
+        self.streams_opened.get_or_create(&labels).inc();
+        let bytes = Arc::new(crate::io::ByteCounts {
+            read_total: self.stream_received_bytes.get_or_create(&labels).clone(),
+            written_total: self.stream_sent_bytes.get_or_create(&labels).clone(),
+            ..Default::default()
+        });
+        StreamGuard {
+            closed: self.streams_closed.get_or_create(&labels).clone(),
+            bytes,
+        }
     }
 
     /// Counts one accepted connection; the guard counts its close and bytes.
@@ -535,6 +626,26 @@ impl Drop for ConnectionGuard {
     }
 }
 
+/// One TCP stream from open to close.
+#[derive(Debug)]
+pub struct StreamGuard {
+    closed: Counter,
+    bytes: Arc<crate::io::ByteCounts>,
+}
+
+impl StreamGuard {
+    /// The connecting side's I/O, its bytes counted into the stream's.
+    pub fn meter<I>(&self, io: I) -> crate::io::Metered<I> {
+        crate::io::Metered::new(io, self.bytes.clone())
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.closed.inc();
+    }
+}
+
 /// Renders the registry in the text format.
 pub fn render(registry: &Registry) -> String {
     let mut out = String::with_capacity(4096);
@@ -586,6 +697,33 @@ mod tests {
             m.requests.get(&labels("busy")).is_some(),
             "moved since the last sweep"
         );
+    }
+
+    #[test]
+    fn quiet_open_streams_keep_their_series_closed_ones_expire() {
+        let m = Metrics::default();
+        let labels = |service: &str| StreamLabels {
+            direction: Direction::Inbound,
+            source_workload: "unknown".into(),
+            source_workload_namespace: "web".into(),
+            source_principal: "spiffe://cluster.local/ns/web/sa/web".into(),
+            destination_workload: "db".into(),
+            destination_workload_namespace: "shop".into(),
+            destination_principal: "spiffe://cluster.local/ns/shop/sa/db".into(),
+            destination_service_name: service.into(),
+            destination_service_namespace: "shop".into(),
+            connection_security_policy: SecurityPolicy(true),
+        };
+        let open = m.stream(labels("long"));
+        drop(m.stream(labels("short")));
+        assert_eq!(m.streams_closed.get(&labels("short")).map(|c| c.get()), Some(1));
+        m.expire_idle(Duration::ZERO);
+        m.expire_idle(Duration::ZERO);
+        assert!(m.streams_opened.get(&labels("short")).is_none(), "closed and idle: gone");
+        assert!(m.stream_sent_bytes.get(&labels("short")).is_none());
+        assert!(m.streams_opened.get(&labels("long")).is_some(), "open, however quiet");
+        drop(open);
+        assert_eq!(m.streams_closed.get(&labels("long")).map(|c| c.get()), Some(1));
     }
 
     #[test]

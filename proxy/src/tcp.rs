@@ -15,20 +15,21 @@ use crate::detect::MESH_TCP_PREFIX;
 use crate::drain;
 use crate::errors::ProxyError;
 use crate::http::{incoming, origin_form, strip_hop_by_hop, Body};
-use crate::metrics::LimitReason;
+use crate::metrics::{LimitReason, StreamGuard};
 use crate::server::Limits;
 
 /// Copies both ways until both sides are done. When one side finishes
 /// writing, the other side's write half is shut down (half-close), and
 /// reading continues the other way. A stream to `port` that moves no byte
-/// for the limits' TCP idle timeout is closed (and counted).
-pub async fn splice<A, B>(a: A, b: B, limits: &Limits, port: u16)
+/// for the limits' TCP idle timeout is closed (and counted). `a` is the
+/// connecting side: `stream` counts its bytes, and the close when done.
+pub async fn splice<A, B>(a: A, b: B, limits: &Limits, port: u16, stream: StreamGuard)
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
     let clock = IdleClock::new();
-    let (mut a, mut b) = (clock.wrap(a), clock.wrap(b));
+    let (mut a, mut b) = (clock.wrap(stream.meter(a)), clock.wrap(b));
     let idle = async {
         match limits.tcp_idle(port) {
             Some(timeout) => clock.idle_for(timeout).await,
@@ -69,13 +70,15 @@ pub async fn connect_mesh(
 }
 
 /// Answers a CONNECT: the upstream is already connected, so reply 200 and
-/// splice the tunnel once the client's side is upgraded.
+/// splice the tunnel once the client's side is upgraded (when `stream`
+/// opens its metrics).
 pub fn tunnel<U>(
     mut req: Request<Body>,
     upstream: U,
     port: u16,
     limits: &Limits,
     drain: &drain::Watch,
+    stream: impl FnOnce() -> StreamGuard + Send + 'static,
 ) -> Response<Body>
 where
     U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -85,7 +88,7 @@ where
     drain.spawn(async move {
         match on_upgrade.await {
             Ok(downstream) => {
-                splice(TokioIo::new(downstream), upstream, &limits, port).await;
+                splice(TokioIo::new(downstream), upstream, &limits, port, stream()).await;
             }
             Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
         }
@@ -94,13 +97,15 @@ where
 }
 
 /// Sends an HTTP/1.1 upgrade request over its own connection `io` and, if
-/// the upstream switches protocols, splices the two upgraded streams.
+/// the upstream switches protocols, splices the two upgraded streams
+/// (opening `stream`'s metrics then).
 pub async fn upgrade<I>(
     mut req: Request<Body>,
     io: I,
     addr: SocketAddr,
     limits: &Limits,
     drain: &drain::Watch,
+    stream: impl FnOnce() -> StreamGuard + Send + 'static,
 ) -> Result<Response<Body>, ProxyError>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -138,7 +143,7 @@ where
         drain.spawn(async move {
             match tokio::try_join!(downstream, upstream) {
                 Ok((d, u)) => {
-                    splice(TokioIo::new(d), TokioIo::new(u), &limits, addr.port()).await;
+                    splice(TokioIo::new(d), TokioIo::new(u), &limits, addr.port(), stream()).await;
                 }
                 Err(e) => tracing::debug!(error = %e, "upgrade failed"),
             }

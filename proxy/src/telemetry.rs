@@ -23,6 +23,7 @@ use crate::grpc::{self, Code};
 use crate::http::{Body, BoxError};
 use crate::metrics::{
     Classification, Detected, Direction, Metrics, RequestLabels, RequestProtocol, SecurityPolicy,
+    StreamGuard, StreamLabels,
 };
 
 /// The W3C trace-context header.
@@ -479,6 +480,29 @@ pub struct ConnectionObservation {
 }
 
 impl Telemetry {
+    /// Counts a TCP stream between this proxy's workload and `target`'s
+    /// peer (the stream metrics); the guard counts its bytes and close.
+    pub fn stream(&self, direction: Direction, target: &Target) -> StreamGuard {
+        let peer = target.peer(direction);
+        let (source, destination) = match direction {
+            Direction::Outbound => (&self.me, &peer),
+            Direction::Inbound => (&peer, &self.me),
+        };
+        let service = |v: &str| if v.is_empty() { UNKNOWN } else { v }.to_string();
+        self.metrics.stream(StreamLabels {
+            direction,
+            source_workload: source.workload.clone(),
+            source_workload_namespace: source.namespace.clone(),
+            source_principal: source.principal.clone(),
+            destination_workload: destination.workload.clone(),
+            destination_workload_namespace: destination.namespace.clone(),
+            destination_principal: destination.principal.clone(),
+            destination_service_name: service(&target.service),
+            destination_service_namespace: service(&target.namespace),
+            connection_security_policy: SecurityPolicy(target.tls),
+        })
+    }
+
     pub fn connection(self: &Arc<Self>, direction: Direction, client: SocketAddr) -> ConnectionObservation {
         ConnectionObservation {
             guard: self.metrics.connection(direction),

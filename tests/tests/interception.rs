@@ -491,6 +491,38 @@ fn a_real_broker_carries_messages_over_mtls() {
         sample(&b_metrics, r#"weft_tcp_read_bytes_total{direction="inbound"}"#) > 20.0,
         "{b_metrics}"
     );
+    // The streams by who they connect, on both sides: A's proxy names the
+    // destination service and the identity B proved; B's names the
+    // caller's identity, and the service it fronts.
+    let stream = |text: &str, metric: &str, direction: &str| {
+        let mut labels = vec![
+            ("direction", direction),
+            ("destination_service_name", "echo"),
+            ("destination_service_namespace", "demo"),
+            ("connection_security_policy", "mutual_tls"),
+            ("source_principal", WEB),
+            ("source_workload_namespace", "demo"),
+        ];
+        if direction == "outbound" {
+            labels.push(("source_workload", "web"));
+        }
+        weft_tests::series_sum(text, metric, &labels).unwrap_or(0.0)
+    };
+    for (text, direction) in [(&a_metrics, "outbound"), (&b_metrics, "inbound")] {
+        assert!(
+            stream(text, "weft_tcp_streams_opened_total", direction) >= 2.0,
+            "{direction}: {text}"
+        );
+        for metric in [
+            "weft_tcp_stream_received_bytes_total",
+            "weft_tcp_stream_sent_bytes_total",
+        ] {
+            assert!(
+                stream(text, metric, direction) > 10.0,
+                "{direction} {metric}: {text}"
+            );
+        }
+    }
 }
 
 /// Transparent mode goes where the app dialled, whatever its Host says:

@@ -135,6 +135,7 @@ async fn main() {
                 namespace: "load".into(),
                 proxy_id: format!("load-{i}"),
                 admin_address: String::new(),
+                proxy_version: String::new(),
             };
             let mut stream = client.watch(req).await.expect("watch").into_inner();
             let first = stream

@@ -24,7 +24,7 @@ use tokio::sync::Notify;
 
 use super::convert::{documents, ClusterObjects, LastGood};
 use crate::index::Index;
-use crate::metrics::ControlMetrics;
+use crate::metrics::{ControlMetrics, WatchEvent};
 use crate::model::{AuthorizationPolicy, InForce, TrafficPolicy};
 
 /// The name the cluster's documents are registered under in the index.
@@ -64,20 +64,20 @@ pub struct KubernetesSource {
 }
 
 impl KubernetesSource {
-    /// Starts the reflectors (cluster-wide) on `client`'s runtime.
-    pub fn start(client: Client) -> Self {
+    /// Starts the reflectors (cluster-wide) on `client`'s runtime; each
+    /// records its state in `metrics`.
+    pub fn start(client: Client, metrics: Arc<ControlMetrics>) -> Self {
         let synced = Arc::new(Synced {
             kinds: AtomicUsize::new(0),
             changed: Notify::new(),
         });
-        let services = reflect(Api::<Service>::all(client.clone()), (), "services", &synced);
-        let slices = reflect(
-            Api::<EndpointSlice>::all(client.clone()),
-            (),
-            "endpointslices",
-            &synced,
-        );
-        let pods = reflect(Api::<Pod>::all(client.clone()), (), "pods", &synced);
+        let watch = Watch {
+            synced: synced.clone(),
+            metrics,
+        };
+        let services = watch.reflect(Api::<Service>::all(client.clone()), (), "services");
+        let slices = watch.reflect(Api::<EndpointSlice>::all(client.clone()), (), "endpointslices");
+        let pods = watch.reflect(Api::<Pod>::all(client.clone()), (), "pods");
         let policies = [
             ApiResource::erase::<TrafficPolicy>(&()),
             ApiResource::erase::<AuthorizationPolicy>(&()),
@@ -88,7 +88,7 @@ impl KubernetesSource {
         .map(|ar| {
             let api = Api::<DynamicObject>::all_with(client.clone(), &ar);
             let what = ar.plural.clone();
-            reflect(api, ar, &what, &synced)
+            watch.reflect(api, ar, &what)
         })
         .collect();
         Self {
@@ -213,52 +213,75 @@ fn rfc3339_now() -> String {
         .unwrap_or_default()
 }
 
-/// A reflector for one kind, driven by its own task; every event wakes the
-/// source. A kind the API server does not serve (404: CRD not installed)
-/// counts as listed and empty, and is retried with backoff.
-fn reflect<K>(api: Api<K>, dyntype: K::DynamicType, what: &str, synced: &Arc<Synced>) -> Store<K>
-where
-    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
-    K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
-{
-    let writer = reflector::store::Writer::new(dyntype);
-    let store = writer.as_reader();
-    let synced = synced.clone();
-    let what = what.to_string();
-    let config = watcher::Config::default().any_semantic();
-    tokio::spawn(async move {
-        let mut listed = false;
-        let mark_listed = |listed: &mut bool| {
-            if !*listed {
-                *listed = true;
-                synced.kinds.fetch_add(1, Ordering::AcqRel);
-            }
-        };
-        let mut stream = watcher(api, config).default_backoff().reflect(writer).boxed();
-        while let Some(event) = stream.next().await {
-            match event {
-                Ok(watcher::Event::InitDone) => {
-                    tracing::debug!(kind = %what, "listed");
-                    mark_listed(&mut listed);
+/// What every reflector reports to.
+struct Watch {
+    synced: Arc<Synced>,
+    metrics: Arc<ControlMetrics>,
+}
+
+impl Watch {
+    /// A reflector for one kind, driven by its own task; every event wakes
+    /// the source and is counted in the watch metrics. A kind the API
+    /// server does not serve (404: CRD not installed) counts as listed and
+    /// empty, and is retried with backoff.
+    fn reflect<K>(&self, api: Api<K>, dyntype: K::DynamicType, what: &str) -> Store<K>
+    where
+        K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+        K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
+    {
+        let writer = reflector::store::Writer::new(dyntype);
+        let store = writer.as_reader();
+        let synced = self.synced.clone();
+        let metrics = self.metrics.clone();
+        let what = what.to_string();
+        let config = watcher::Config::default().any_semantic();
+        tokio::spawn(async move {
+            let mut listed = false;
+            let mut lists = 0u64;
+            let mark_listed = |listed: &mut bool| {
+                if !*listed {
+                    *listed = true;
+                    synced.kinds.fetch_add(1, Ordering::AcqRel);
                 }
-                Ok(_) => {}
-                Err(watcher::Error::InitialListFailed(kube::Error::Api(status))) if status.code == 404 => {
-                    if !listed {
-                        tracing::info!(kind = %what, "not served by this cluster (CRD not installed?); treated as empty");
+            };
+            let mut stream = watcher(api, config).default_backoff().reflect(writer).boxed();
+            while let Some(event) = stream.next().await {
+                match event {
+                    Ok(watcher::Event::Init) => {
+                        metrics.watch_event(&what, WatchEvent::Listing { relist: lists > 0 });
+                        lists += 1;
                     }
-                    mark_listed(&mut listed);
+                    Ok(watcher::Event::InitDone) => {
+                        tracing::debug!(kind = %what, "listed");
+                        metrics.watch_event(&what, WatchEvent::Synced);
+                        mark_listed(&mut listed);
+                    }
+                    Ok(_) => metrics.watch_event(&what, WatchEvent::Changed),
+                    Err(watcher::Error::InitialListFailed(kube::Error::Api(status)))
+                        if status.code == 404 =>
+                    {
+                        if !listed {
+                            tracing::info!(kind = %what, "not served by this cluster (CRD not installed?); treated as empty");
+                        }
+                        metrics.watch_event(&what, WatchEvent::Synced);
+                        mark_listed(&mut listed);
+                    }
+                    Err(e) => {
+                        metrics.watch_event(&what, WatchEvent::Failed);
+                        if listed {
+                            tracing::warn!(kind = %what, error = %e, "Kubernetes watch failed; retrying with backoff")
+                        } else {
+                            tracing::warn!(
+                                kind = %what,
+                                error = %e,
+                                "Kubernetes list failed; retrying with backoff. weft-control stays unready, and its watches unanswered, until every kind has listed"
+                            )
+                        }
+                    }
                 }
-                Err(e) if !listed => tracing::warn!(
-                    kind = %what,
-                    error = %e,
-                    "Kubernetes list failed; retrying with backoff. weft-control stays unready, and its watches unanswered, until every kind has listed"
-                ),
-                Err(e) => {
-                    tracing::warn!(kind = %what, error = %e, "Kubernetes watch failed; retrying with backoff")
-                }
+                synced.changed.notify_waiters();
             }
-            synced.changed.notify_waiters();
-        }
-    });
-    store
+        });
+        store
+    }
 }

@@ -9,6 +9,7 @@ use kube::{Api, Client};
 
 use super::review_cache::ReviewCache;
 use crate::identity::Refusal;
+use crate::metrics::ControlMetrics;
 
 /// The audience injected proxies' tokens are minted for.
 pub const AUDIENCE: &str = "weft";
@@ -20,14 +21,16 @@ pub struct TokenReviewer {
     /// Accepted reviews, reused for up to a minute (never past the token's
     /// expiry).
     cache: std::sync::Arc<ReviewCache>,
+    metrics: std::sync::Arc<ControlMetrics>,
 }
 
 impl TokenReviewer {
-    pub fn new(client: Client) -> Self {
+    pub fn new(client: Client, metrics: std::sync::Arc<ControlMetrics>) -> Self {
         Self {
             client,
             audience: AUDIENCE.into(),
             cache: Default::default(),
+            metrics,
         }
     }
 
@@ -35,9 +38,18 @@ impl TokenReviewer {
     /// asked of the API server (and then cached).
     pub async fn review(&self, token: &str) -> Result<(String, String), Refusal> {
         if let Some(hit) = self.cache.get(token, std::time::SystemTime::now()) {
+            self.metrics.token_review("cache_hit", None);
             return Ok(hit);
         }
-        let (ns, sa) = self.ask(token).await?;
+        let start = std::time::Instant::now();
+        let answer = self.ask(token).await;
+        let result = match &answer {
+            Ok(_) => "authenticated",
+            Err(Refusal::Unavailable(_)) => "error",
+            Err(_) => "rejected",
+        };
+        self.metrics.token_review(result, Some(start.elapsed()));
+        let (ns, sa) = answer?;
         self.cache.insert(token, &ns, &sa, std::time::SystemTime::now());
         Ok((ns, sa))
     }

@@ -209,6 +209,7 @@ impl ControlDiscover {
             namespace: self.settings.namespace.clone(),
             proxy_id: self.settings.proxy_id.clone(),
             admin_address: self.settings.admin_address.clone(),
+            proxy_version: env!("CARGO_PKG_VERSION").to_string(),
         };
         let task = tokio::spawn(run_watch(
             self.control.destination(),

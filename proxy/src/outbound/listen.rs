@@ -176,7 +176,7 @@ impl Outbound {
     }
 
     /// Adds the endpoint a request went to, for telemetry.
-    fn describe(&self, target: Target, endpoint: Option<&Endpoint>) -> Target {
+    pub(super) fn describe(&self, target: Target, endpoint: Option<&Endpoint>) -> Target {
         let Some(endpoint) = endpoint else {
             return target;
         };

@@ -18,12 +18,23 @@ use crate::client::BoxIo;
 use crate::discover::{Destination, Endpoint};
 use crate::errors::ProxyError;
 use crate::http::Body;
-use crate::metrics::Detected;
+use crate::metrics::{Detected, Direction};
 use crate::resilience::retry::Outcome;
 use crate::tcp;
-use crate::telemetry::ConnectionObservation;
+use crate::telemetry::{ConnectionObservation, Target};
 
 impl Outbound {
+    /// Who a stream to `dest` (through `endpoint`) connects to, for its
+    /// metrics.
+    fn stream_target(&self, dest: &Destination, endpoint: Option<&Endpoint>) -> Target {
+        let target = Target {
+            service: dest.service.clone(),
+            namespace: dest.namespace.clone(),
+            ..Target::default()
+        };
+        self.describe(target, endpoint)
+    }
+
     /// Opens a byte stream to one endpoint.
     async fn connect(&self, endpoint: &Endpoint) -> Result<BoxIo, ProxyError> {
         match endpoint.proxy {
@@ -72,11 +83,14 @@ impl Outbound {
                 }
             }
         };
+        let target = self.stream_target(dest, last.as_ref());
+        let telemetry = self.telemetry.clone();
+        let stream = move || telemetry.stream(Direction::Outbound, &target);
         let result = if req.method() == Method::CONNECT {
             let port = req.uri().port_u16().unwrap_or(0);
-            Ok(tcp::tunnel(req, io, port, &self.limits, &self.drain))
+            Ok(tcp::tunnel(req, io, port, &self.limits, &self.drain, stream))
         } else {
-            tcp::upgrade(req, io, upstream, &self.limits, &self.drain).await
+            tcp::upgrade(req, io, upstream, &self.limits, &self.drain, stream).await
         };
         Called { result, last }
     }
@@ -111,7 +125,10 @@ impl Outbound {
         match self.connect(&endpoint).await {
             Ok(upstream) => {
                 tracing::debug!(%dst, via = ?endpoint.proxy, service = %dest.service, "forwarding outbound TCP");
-                tcp::splice(io, upstream, &self.limits, dst.port()).await;
+                let stream = self
+                    .telemetry
+                    .stream(Direction::Outbound, &self.stream_target(&dest, Some(&endpoint)));
+                tcp::splice(io, upstream, &self.limits, dst.port(), stream).await;
             }
             Err(e) => tracing::info!(%dst, error = %e, "outbound TCP could not connect; closing"),
         }
