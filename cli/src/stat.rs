@@ -34,9 +34,15 @@ pub struct Args {
     /// proxy.
     #[arg(long, value_name = "HOST:PORT", value_parser = host_port)]
     pub control_plane: Option<String>,
-    /// Window over which rates are computed.
-    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
-    pub interval: Duration,
+    /// Read the same numbers from a Prometheus server
+    /// (`http://HOST:PORT`, e.g. through `kubectl port-forward`) with the
+    /// PromQL docs/metrics.md gives, instead of scraping proxies.
+    #[arg(long, value_name = "URL", value_parser = prometheus_url, conflicts_with_all = ["proxies", "control_plane"])]
+    pub prometheus: Option<String>,
+    /// Window over which rates are computed (default 1s from proxies, 1m
+    /// from Prometheus, which needs at least two scrapes in it).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub interval: Option<Duration>,
     /// Totals since the proxies started instead of a window (no rates).
     #[arg(long)]
     pub since_start: bool,
@@ -122,13 +128,17 @@ async fn proxies(client: &HttpClient, args: &Args) -> Result<Vec<String>, String
 
 async fn stat(args: Args) -> Result<(), String> {
     let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    if let Some(url) = &args.prometheus {
+        return stat_prometheus(&client, url, &args).await;
+    }
+    let interval = args.interval.unwrap_or(Duration::from_secs(1));
     let admins = proxies(&client, &args).await?;
     let mut previous = (Instant::now(), stats::scrape(&client, &admins).await);
     loop {
         let (rows, window) = if args.since_start {
             (stats::rows(&previous.1, 0.0), None)
         } else {
-            tokio::time::sleep(args.interval).await;
+            tokio::time::sleep(interval).await;
             let now = stats::scrape(&client, &admins).await;
             let seconds = previous.0.elapsed().as_secs_f64();
             let rows = stats::rows(&stats::window(&now, &previous.1), seconds);
@@ -156,6 +166,100 @@ async fn stat(args: Args) -> Result<(), String> {
             return Ok(());
         }
     }
+}
+
+/// `--prometheus`: one query per column, over the window (or since the
+/// series began with `--since-start`); with `--watch`, again every window.
+async fn stat_prometheus(client: &HttpClient, url: &str, args: &Args) -> Result<(), String> {
+    let window = args.interval.unwrap_or(Duration::from_secs(60));
+    loop {
+        let rows = prometheus_rows(client, url, (!args.since_start).then_some(window)).await?;
+        match args.output {
+            Output::Json => {
+                let doc = serde_json::json!({
+                    "prometheus": url,
+                    "window_seconds": (!args.since_start).then_some(window.as_secs_f64()),
+                    "rows": rows,
+                });
+                println!("{}", serde_json::to_string(&doc).expect("rows serialize"));
+            }
+            Output::Table => {
+                if args.watch {
+                    print!("\x1b[2J\x1b[H");
+                }
+                let span = if args.since_start {
+                    "since the series began".to_string()
+                } else {
+                    format!("over {}", humantime::format_duration(window))
+                };
+                println!("{url}, {span}\n{}", stats::render(&rows, true));
+            }
+        }
+        if !args.watch || args.since_start {
+            return Ok(());
+        }
+        tokio::time::sleep(window).await;
+    }
+}
+
+/// The PromQL `weft stat --prometheus` runs for `window` (`None`: totals
+/// since the series began), by destination service and route: requests,
+/// failures, mTLS requests, then p50, p95, p99.
+pub fn promql(window: Option<Duration>) -> [String; 6] {
+    const BY: &str = "destination_service_namespace, destination_service_name, route";
+    let over = |series: &str, f: &str| match window {
+        Some(w) => format!("{f}({series}[{}s])", w.as_secs().max(1)),
+        None => series.to_string(),
+    };
+    let requests = |extra: &str| {
+        let series = format!("weft_requests_total{{direction=\"outbound\"{extra}}}");
+        format!("sum by ({BY}) ({})", over(&series, "increase"))
+    };
+    let quantile = |q: &str| {
+        let series = r#"weft_response_latency_seconds_bucket{direction="outbound"}"#;
+        format!(
+            "histogram_quantile({q}, sum by ({BY}, le) ({}))",
+            over(series, "rate")
+        )
+    };
+    [
+        requests(""),
+        requests(r#",classification="failure""#),
+        requests(r#",connection_security_policy="mutual_tls""#),
+        quantile("0.5"),
+        quantile("0.95"),
+        quantile("0.99"),
+    ]
+}
+
+/// Rows from Prometheus: each column one instant query.
+async fn prometheus_rows(
+    client: &HttpClient,
+    url: &str,
+    window: Option<Duration>,
+) -> Result<Vec<stats::Row>, String> {
+    let mut columns = Vec::new();
+    for query in promql(window) {
+        let q = form_urlencoded::Serializer::new(String::new())
+            .append_pair("query", &query)
+            .finish();
+        let body = get(client, format!("{}/api/v1/query?{q}", url.trim_end_matches('/'))).await?;
+        columns.push(stats::prometheus_vector(&body).map_err(|e| format!("{url}: {query}: {e}"))?);
+    }
+    let seconds = window.map_or(0.0, |w| w.as_secs_f64());
+    Ok(stats::prometheus_rows(&columns, seconds))
+}
+
+/// `http://HOST:PORT` with an optional path prefix (Prometheus behind a
+/// `--web.route-prefix`).
+fn prometheus_url(s: &str) -> Result<String, String> {
+    let uri: http::Uri = s.parse().map_err(|e| format!("{s:?}: {e}"))?;
+    if uri.scheme_str() != Some("http") || uri.authority().is_none() || uri.query().is_some() {
+        return Err(format!(
+            "expected http://HOST:PORT[/prefix] (e.g. http://127.0.0.1:9090), got {s:?}"
+        ));
+    }
+    Ok(s.trim_end_matches('/').to_string())
 }
 
 #[cfg(test)]

@@ -216,6 +216,69 @@ pub fn rows(window: &BTreeMap<Key, Counts>, seconds: f64) -> Vec<Row> {
         .collect()
 }
 
+/// An instant-query answer of the Prometheus HTTP API
+/// (`{"status":"success","data":{"resultType":"vector","result":[{"metric":{…},"value":[t,"1.5"]}]}}`)
+/// by key; NaN samples (a quantile of nothing) are left out.
+pub fn prometheus_vector(body: &[u8]) -> Result<BTreeMap<Key, f64>, String> {
+    let doc: serde_json::Value = serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
+    if doc["status"] != "success" {
+        return Err(format!(
+            "query failed: {}",
+            doc["error"].as_str().unwrap_or("no reason given")
+        ));
+    }
+    if doc["data"]["resultType"] != "vector" {
+        return Err(format!("expected a vector, got {}", doc["data"]["resultType"]));
+    }
+    let mut out = BTreeMap::new();
+    for sample in doc["data"]["result"].as_array().into_iter().flatten() {
+        let label = |name: &str| sample["metric"][name].as_str().unwrap_or_default().to_string();
+        let value = sample["value"][1]
+            .as_str()
+            .and_then(|v| v.parse::<f64>().ok())
+            .filter(|v| !v.is_nan());
+        let Some(value) = value else { continue };
+        let namespace = label("destination_service_namespace");
+        let key = Key {
+            service: label("destination_service_name"),
+            namespace: if namespace == "unknown" {
+                String::new()
+            } else {
+                namespace
+            },
+            route: label("route"),
+        };
+        *out.entry(key).or_default() += value;
+    }
+    Ok(out)
+}
+
+/// Rows from the columns `weft stat --prometheus` queries (requests,
+/// failures, mTLS requests, p50, p95, p99), over `seconds` (0: totals).
+pub fn prometheus_rows(columns: &[BTreeMap<Key, f64>], seconds: f64) -> Vec<Row> {
+    let [requests, failures, tls, p50, p95, p99] = columns else {
+        return Vec::new();
+    };
+    requests
+        .iter()
+        .map(|(k, &n)| {
+            let of = |c: &BTreeMap<Key, f64>| c.get(k).copied();
+            Row {
+                service: k.service.clone(),
+                namespace: k.namespace.clone(),
+                route: k.route.clone(),
+                requests: n,
+                rps: if seconds > 0.0 { n / seconds } else { 0.0 },
+                success_rate: (n > 0.0).then(|| 1.0 - of(failures).unwrap_or(0.0) / n),
+                p50_seconds: of(p50),
+                p95_seconds: of(p95),
+                p99_seconds: of(p99),
+                mtls_share: (n > 0.0).then(|| of(tls).unwrap_or(0.0) / n),
+            }
+        })
+        .collect()
+}
+
 fn ms(v: Option<f64>) -> String {
     v.map_or_else(|| "-".into(), |s| format!("{:.1}ms", s * 1000.0))
 }

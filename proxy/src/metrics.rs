@@ -719,9 +719,15 @@ mod tests {
         assert_eq!(m.streams_closed.get(&labels("short")).map(|c| c.get()), Some(1));
         m.expire_idle(Duration::ZERO);
         m.expire_idle(Duration::ZERO);
-        assert!(m.streams_opened.get(&labels("short")).is_none(), "closed and idle: gone");
+        assert!(
+            m.streams_opened.get(&labels("short")).is_none(),
+            "closed and idle: gone"
+        );
         assert!(m.stream_sent_bytes.get(&labels("short")).is_none());
-        assert!(m.streams_opened.get(&labels("long")).is_some(), "open, however quiet");
+        assert!(
+            m.streams_opened.get(&labels("long")).is_some(),
+            "open, however quiet"
+        );
         drop(open);
         assert_eq!(m.streams_closed.get(&labels("long")).map(|c| c.get()), Some(1));
     }

@@ -245,6 +245,69 @@ async fn prometheus_scrapes_known_traffic_and_weft_stat_agrees() {
         Some(0.0),
         "plaintext until the identity work"
     );
+
+    // And `weft stat --prometheus` reads the same numbers from Prometheus.
+    let url = format!("http://{}", prometheus.url);
+    let out = Command::new(bin("weft"))
+        .args(["stat", "--since-start", "-o", "json", "--prometheus", &url])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let from_prometheus = doc["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["service"] == "echo")
+        .unwrap_or_else(|| panic!("an echo row: {doc}"))
+        .clone();
+    for column in [
+        "requests",
+        "success_rate",
+        "p50_seconds",
+        "p99_seconds",
+        "mtls_share",
+    ] {
+        let (a, b) = (
+            row[column].as_f64().unwrap(),
+            from_prometheus[column].as_f64().unwrap(),
+        );
+        assert!((a - b).abs() < 1e-9, "{column}: proxies {a}, Prometheus {b}");
+    }
+    // Over a window, rates: 20 more requests, seen by Prometheus after the
+    // first 100 (an increase needs two samples of the series).
+    for _ in 0..20 {
+        get(mesh.client.addrs.outbound, "/slow?ms=1").await;
+    }
+    eventually(
+        Duration::from_secs(20),
+        "Prometheus scraped all 120 requests",
+        || async { (prometheus.query(total).await == Some(120.0)).then_some(()) },
+    )
+    .await;
+    let out = Command::new(bin("weft"))
+        .args(["stat", "--interval", "5m", "-o", "json", "--prometheus", &url])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["window_seconds"].as_f64(), Some(300.0), "{doc}");
+    let windowed = doc["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["service"] == "echo");
+    assert!(
+        windowed.is_some_and(|r| r["rps"].as_f64().is_some_and(|v| v > 0.0)),
+        "{doc}"
+    );
+    // A Prometheus that is not there is an error, not an empty table.
+    let out = Command::new(bin("weft"))
+        .args(["stat", "--prometheus", "http://127.0.0.1:9", "-o", "json"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("127.0.0.1:9"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
