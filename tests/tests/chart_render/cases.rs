@@ -281,6 +281,19 @@ webhook:
             "no scrape annotations",
             &["--set", "metrics.podAnnotations=false"],
         ),
+        case(
+            "Prometheus Operator monitors",
+            &[
+                "--set",
+                "metrics.podMonitor.enabled=true",
+                "--set",
+                "metrics.serviceMonitor.enabled=true",
+                "--set",
+                "metrics.interval=15s",
+                "--set",
+                "metrics.monitorLabels.release=kube-prometheus",
+            ],
+        ),
     ];
     out.push(case(
         "production (values file)",

@@ -476,3 +476,87 @@ fn the_cases_set_every_value() {
         .collect();
     assert!(unset.is_empty(), "values no case sets: {unset:?}");
 }
+
+/// What no schema here can check of the Prometheus Operator objects: the
+/// PodMonitor scrapes the port the injector names on every proxy (read
+/// from `weft inject`'s golden output), across namespaces; the
+/// ServiceMonitor selects the control plane's Service in the release
+/// namespace by its labels and names a port it has; both carry the extra
+/// labels and interval given. Off by default.
+#[test]
+fn the_monitors_select_the_proxies_and_the_control_plane() {
+    let Some(renders) = renders() else { return };
+    let injected = std::fs::read_to_string(repo().join("cli/tests/inject/golden/deployment.yaml")).unwrap();
+    let injected: Value = serde_saphyr::from_str(&injected).unwrap();
+    // A native sidecar: an init container that keeps running.
+    let pod = &injected["spec"]["template"]["spec"];
+    let proxy = ["containers", "initContainers"]
+        .iter()
+        .flat_map(|k| pod[*k].as_array().into_iter().flatten())
+        .find(|c| c["name"] == "weft-proxy")
+        .expect("an injected proxy")
+        .clone();
+    let admin_port = proxy["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["containerPort"] == 4191)
+        .expect("the admin port")["name"]
+        .clone();
+    let mut checked = 0;
+    for r in renders {
+        let (pods, services) = (of_kind(&r.docs, "PodMonitor"), of_kind(&r.docs, "ServiceMonitor"));
+        if r.case.name != "Prometheus Operator monitors" {
+            assert!(
+                pods.is_empty() && services.is_empty(),
+                "{}: off by default",
+                r.label()
+            );
+            continue;
+        }
+        checked += 1;
+        let [pod_monitor] = pods[..] else {
+            panic!("{}: one PodMonitor", r.label())
+        };
+        let [service_monitor] = services[..] else {
+            panic!("{}: one ServiceMonitor", r.label())
+        };
+        for m in [pod_monitor, service_monitor] {
+            assert_eq!(m["apiVersion"], "monitoring.coreos.com/v1");
+            assert_eq!(m["metadata"]["labels"]["release"], "kube-prometheus", "{m}");
+        }
+        assert_eq!(pod_monitor["spec"]["namespaceSelector"]["any"], true);
+        let endpoint = &pod_monitor["spec"]["podMetricsEndpoints"][0];
+        assert_eq!(endpoint["port"], admin_port, "the injector's admin port name");
+        assert_eq!(
+            (&endpoint["path"], &endpoint["interval"]),
+            (&"/metrics".into(), &"15s".into())
+        );
+
+        let [service] = of_kind(&r.docs, "Service")[..] else {
+            panic!("{}: one Service", r.label())
+        };
+        let namespace = &service["metadata"]["namespace"];
+        assert_eq!(
+            &service_monitor["spec"]["namespaceSelector"]["matchNames"][0],
+            namespace
+        );
+        let selector = service_monitor["spec"]["selector"]["matchLabels"]
+            .as_object()
+            .unwrap();
+        assert!(!selector.is_empty());
+        for (k, v) in selector {
+            assert_eq!(&service["metadata"]["labels"][k], v, "the Service has label {k}");
+        }
+        let port = &service_monitor["spec"]["endpoints"][0]["port"];
+        assert!(
+            service["spec"]["ports"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| &p["name"] == port),
+            "the Service has port {port}"
+        );
+    }
+    assert_eq!(checked, 2, "the monitors case, for both Kubernetes versions");
+}
