@@ -98,6 +98,11 @@ impl Target {
     }
 }
 
+/// A service label value: `unknown` when empty.
+fn service_label(v: &str) -> String {
+    if v.is_empty() { UNKNOWN } else { v }.to_string()
+}
+
 /// The namespace in a Kubernetes-style SPIFFE ID
 /// (`spiffe://<trust domain>/ns/<namespace>/sa/<service account>`).
 pub fn spiffe_namespace(id: &str) -> Option<&str> {
@@ -205,17 +210,8 @@ impl Observation {
         };
         let t = &self.telemetry;
         let peer = self.target.peer(self.direction);
-        let (source, destination) = match self.direction {
-            Direction::Outbound => (&t.me, &peer),
-            Direction::Inbound => (&peer, &t.me),
-        };
-        let service = |v: &str| {
-            if v.is_empty() {
-                UNKNOWN.to_string()
-            } else {
-                v.to_string()
-            }
-        };
+        let (source, destination) = t.ends(self.direction, &peer);
+        let service = service_label;
         t.metrics.request(
             RequestLabels {
                 direction: self.direction,
@@ -480,15 +476,21 @@ pub struct ConnectionObservation {
 }
 
 impl Telemetry {
+    /// (source, destination) of a call in `direction` whose far end is
+    /// `peer`: this proxy's workload is the other.
+    fn ends<'a>(&'a self, direction: Direction, peer: &'a Party) -> (&'a Party, &'a Party) {
+        match direction {
+            Direction::Outbound => (&self.me, peer),
+            Direction::Inbound => (peer, &self.me),
+        }
+    }
+
     /// Counts a TCP stream between this proxy's workload and `target`'s
     /// peer (the stream metrics); the guard counts its bytes and close.
     pub fn stream(&self, direction: Direction, target: &Target) -> StreamGuard {
         let peer = target.peer(direction);
-        let (source, destination) = match direction {
-            Direction::Outbound => (&self.me, &peer),
-            Direction::Inbound => (&peer, &self.me),
-        };
-        let service = |v: &str| if v.is_empty() { UNKNOWN } else { v }.to_string();
+        let (source, destination) = self.ends(direction, &peer);
+        let service = service_label;
         self.metrics.stream(StreamLabels {
             direction,
             source_workload: source.workload.clone(),
