@@ -177,7 +177,7 @@ impl Clients {
                 Ok(rsp) => return Ok(rsp),
                 Err(mut e) => match e.take_message() {
                     Some(unsent) if attempt == 0 => req = unsent,
-                    _ => return Err(upstream(addr, e.into_error())),
+                    _ => return Err(h2_failure(addr, e.into_error())),
                 },
             }
         }
@@ -282,9 +282,113 @@ impl Clients {
     }
 }
 
+/// A failed HTTP/2 request. h2 tells a stream the peer provably did not
+/// process: reset with `REFUSED_STREAM`, or failed by the peer's graceful
+/// GOAWAY (h2 gives that error only to streams above its last stream id
+/// and to streams opened after it; a GOAWAY with an error code fails all
+/// streams, processed or not, and is an ordinary failure).
+fn h2_failure(addr: SocketAddr, e: hyper::Error) -> ProxyError {
+    let unprocessed = std::error::Error::source(&e)
+        .and_then(|s| s.downcast_ref::<h2::Error>())
+        .is_some_and(|h2| {
+            h2.reason() == Some(h2::Reason::REFUSED_STREAM)
+                || (h2.is_go_away() && h2.is_remote() && h2.reason() == Some(h2::Reason::NO_ERROR))
+        });
+    if unprocessed {
+        ProxyError::Unprocessed {
+            addr,
+            source: e.into(),
+        }
+    } else {
+        upstream(addr, e)
+    }
+}
+
 fn upstream(addr: SocketAddr, e: impl Into<BoxError>) -> ProxyError {
     ProxyError::Upstream {
         addr,
         source: e.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::full_body;
+
+    /// An HTTP/2 server (plain, as an endpoint without identity is
+    /// reached) that treats each connection with `act`.
+    async fn h2_server<F>(act: F) -> SocketAddr
+    where
+        F: Fn(h2::server::Connection<TcpStream, bytes::Bytes>) -> tokio::task::JoinHandle<()>
+            + Send
+            + 'static,
+    {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                if let Ok(conn) = h2::server::handshake(tcp).await {
+                    act(conn);
+                }
+            }
+        });
+        addr
+    }
+
+    fn post() -> Request<Body> {
+        Request::post("http://web/orders")
+            .body(full_body(bytes::Bytes::from_static(b"order")))
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_refused_stream_is_unprocessed() {
+        let addr = h2_server(|mut conn| {
+            tokio::spawn(async move {
+                while let Some(Ok((_, mut respond))) = conn.accept().await {
+                    respond.send_reset(h2::Reason::REFUSED_STREAM);
+                }
+            })
+        })
+        .await;
+        let clients = Clients::new(Duration::from_secs(1), None);
+        let e = clients.send_h2(addr, None, post()).await.unwrap_err();
+        assert!(matches!(e, ProxyError::Unprocessed { .. }), "{e}");
+        assert_eq!(e.outcome(), Some(crate::resilience::retry::Outcome::NotDelivered));
+        assert_eq!(e.status(), http::StatusCode::BAD_GATEWAY);
+    }
+
+    #[tokio::test]
+    async fn a_graceful_goaway_before_the_stream_is_unprocessed_an_error_goaway_is_not() {
+        // GOAWAY(NO_ERROR) before any stream: whatever the client sends is
+        // above its last stream id.
+        let graceful = h2_server(|mut conn| {
+            tokio::spawn(async move {
+                conn.abrupt_shutdown(h2::Reason::NO_ERROR);
+                while conn.accept().await.is_some() {}
+                // Keep the socket open a while, as a draining server does:
+                // closing it with the request unread would reset it.
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            })
+        })
+        .await;
+        let clients = Clients::new(Duration::from_secs(1), None);
+        let e = clients.send_h2(graceful, None, post()).await.unwrap_err();
+        assert!(matches!(e, ProxyError::Unprocessed { .. }), "{e}");
+        // A request the server took, then a GOAWAY with an error: it may
+        // have been processed.
+        let failing = h2_server(|mut conn| {
+            tokio::spawn(async move {
+                if let Some(Ok(_stream)) = conn.accept().await {
+                    conn.abrupt_shutdown(h2::Reason::INTERNAL_ERROR);
+                    while conn.accept().await.is_some() {}
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            })
+        })
+        .await;
+        let e = clients.send_h2(failing, None, post()).await.unwrap_err();
+        assert!(matches!(e, ProxyError::Upstream { .. }), "{e}");
     }
 }

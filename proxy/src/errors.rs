@@ -48,6 +48,14 @@ pub enum ProxyError {
         addr: SocketAddr,
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The HTTP/2 peer provably did not process the request (RFC 9113
+    /// §8.7: `REFUSED_STREAM`, or a stream above a graceful GOAWAY's last
+    /// stream id): safe to send again, whatever the method.
+    #[error("upstream {addr} did not process the request: {source}")]
+    Unprocessed {
+        addr: SocketAddr,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// Inbound traffic for a port the app does not serve.
     #[error("port {0} is not one of this workload's app ports")]
     UnknownAppPort(u16),
@@ -110,7 +118,7 @@ impl ProxyError {
             ProxyError::DiscoveryUnavailable(_) => "discovery-unavailable",
             ProxyError::ConnectFailed { .. } => "connect-failed",
             ProxyError::ConnectTimeout(_) => "connect-timeout",
-            ProxyError::Upstream { .. } => "upstream-failed",
+            ProxyError::Upstream { .. } | ProxyError::Unprocessed { .. } => "upstream-failed",
             ProxyError::UnknownAppPort(_) => "unknown-app-port",
             ProxyError::NoRoute(_) => "no-route",
             ProxyError::UnresolvedBackend(_) => "unresolved-backend",
@@ -134,6 +142,7 @@ impl ProxyError {
             }
             ProxyError::ConnectFailed { .. }
             | ProxyError::Upstream { .. }
+            | ProxyError::Unprocessed { .. }
             | ProxyError::UnknownAppPort(_) => StatusCode::BAD_GATEWAY,
             ProxyError::ConnectTimeout(_) | ProxyError::Timeout(_) | ProxyError::PerTryTimeout(_) => {
                 StatusCode::GATEWAY_TIMEOUT
@@ -184,6 +193,7 @@ impl ProxyError {
             | ProxyError::Tls { .. }
             | ProxyError::IdentityMismatch { .. } => Some(Outcome::ConnectFailure),
             ProxyError::Upstream { .. } => Some(Outcome::Reset),
+            ProxyError::Unprocessed { .. } => Some(Outcome::NotDelivered),
             ProxyError::PerTryTimeout(_) => Some(Outcome::PerTryTimeout),
             _ => None,
         }

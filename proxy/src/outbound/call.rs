@@ -27,6 +27,7 @@ use crate::resilience::balance::{self, InFlight, NoEndpoint};
 use crate::resilience::body::{ResponseBody, TrailersVerdict};
 use crate::resilience::bulkhead::Shed;
 use crate::resilience::metrics::{ReasonLabels, ResilienceMetrics, RetryLabels};
+use crate::resilience::retry::ReplayBody;
 use crate::resilience::EndpointStats;
 
 /// One request on its way to one destination.
@@ -77,6 +78,24 @@ async fn within<F: Future>(deadline: Option<Deadline>, f: F) -> Result<F::Output
             .await
             .map_err(|_| ProxyError::Timeout(d.after)),
         None => Ok(f.await),
+    }
+}
+
+/// Runs a probe's try `f`, cut off at `cut`'s instant (`None`) if the
+/// body is still kept for another try then; otherwise to its end.
+async fn cut_probe<F: Future>(cut: Option<(Instant, ReplayBody)>, f: F) -> Option<F::Output> {
+    let Some((at, kept)) = cut else {
+        return Some(f.await);
+    };
+    tokio::pin!(f);
+    tokio::select! {
+        out = &mut f => return Some(out),
+        () = tokio::time::sleep_until(at) => {}
+    }
+    if kept.can_replay() {
+        None
+    } else {
+        Some(f.await)
     }
 }
 
@@ -146,25 +165,49 @@ async fn tries<U: Upstream>(
     let mut avoid = None;
     let mut retries = 0;
     let mut last = None;
+    let cut_off = Verdict {
+        failure: Some(true),
+        report_now: true,
+        retry: false,
+    };
     loop {
-        let picked = match pick(dest, avoid) {
+        // A request that may still be sent elsewhere after a server saw
+        // it can afford a breaker probe; others probe only when one is
+        // overdue (see `Breaker::admit`).
+        let recoverable = retries < retry_policy.attempts && body.replays_after_seen();
+        let picked = match pick(dest, avoid, recoverable) {
             Ok(p) => p,
             Err(e) => return Called::failed(e, last),
         };
+        // A probe gets half the time left, so that when the endpoint is
+        // still slow the request has time to be answered elsewhere.
+        let probe_cut = call
+            .deadline
+            .filter(|_| picked.probe && recoverable)
+            .and_then(|d| {
+                let now = Instant::now();
+                Some((now + d.at.saturating_duration_since(now) / 2, body.kept()?))
+            });
         let endpoint = last.insert(picked.endpoint);
         let mut in_try = InTry::start(endpoint, picked.probe);
-        let result = match within(call.deadline, attempt(upstream, call, endpoint, &mut body)).await {
-            Ok(result) => result,
+        let tried = cut_probe(probe_cut, attempt(upstream, call, endpoint, &mut body));
+        let result = match within(call.deadline, tried).await {
+            Ok(Some(result)) => result,
+            // The probe outlived its share: a failed probe (the endpoint
+            // stays out, for longer), and the request goes elsewhere. At
+            // most one per ejection, so outside the retry budget.
+            Ok(None) => {
+                in_try.book(dest, cut_off, metrics);
+                retries += 1;
+                avoid = Some(dialled(endpoint));
+                tracing::debug!(endpoint = %endpoint.addr, "probe too slow; sending the request elsewhere");
+                continue;
+            }
             // Out of time: the call ends here. The try took at least this
             // long and did not answer: a failure for the latency estimate
             // and the breaker, so a replica slower than the deadline is
             // learned and ejected (not left "unmeasured").
             Err(timeout) => {
-                let cut_off = Verdict {
-                    failure: Some(true),
-                    report_now: true,
-                    retry: false,
-                };
                 in_try.book(dest, cut_off, metrics);
                 return Called::failed(timeout, last);
             }
@@ -347,13 +390,18 @@ pub(super) struct Picked {
 }
 
 /// The destination's next endpoint, avoiding `avoid` when another is
-/// usable; no endpoint is an error.
-pub(super) fn pick(dest: &Destination, avoid: Option<SocketAddr>) -> Result<Picked, ProxyError> {
+/// usable (`recoverable`: see [`balance::pick`]); no endpoint is an error.
+pub(super) fn pick(
+    dest: &Destination,
+    avoid: Option<SocketAddr>,
+    recoverable: bool,
+) -> Result<Picked, ProxyError> {
     balance::pick(
         dest.policy.load_balancer,
         &dest.endpoints,
         &dest.shared.rr,
         avoid,
+        recoverable,
         Instant::now(),
     )
     .map(|(e, probe)| Picked {

@@ -510,7 +510,9 @@ async fn an_ejected_endpoint_is_skipped_then_probed_back() {
         assert_eq!(run(&script, &d, get(), None, &m).await.status(), 200);
     }
     assert_eq!(script.tried(), [1, 2, 2, 2, 2], "skipped while ejected");
-    tokio::time::advance(Duration::from_secs(1)).await;
+    // Out for 0.5–1 s; a GET the policy would not send again probes once
+    // that has passed twice over.
+    tokio::time::advance(Duration::from_secs(2)).await;
     let r = run(&script, &d, get(), None, &m).await;
     assert_eq!(r.called.last.as_ref().map(|e| e.addr), Some(addr(1)), "the probe");
     assert!(!d.endpoints[0].stats.breaker.is_open(), "a good probe closes it");
@@ -522,7 +524,7 @@ async fn a_probe_cut_off_by_the_deadline_is_a_failed_probe() {
     let d = dest(2, eject_after_one());
     let m = ResilienceMetrics::default();
     run(&script, &d, get(), None, &m).await;
-    tokio::time::advance(Duration::from_secs(1)).await;
+    tokio::time::advance(Duration::from_secs(2)).await;
     // The probe runs into the caller's deadline: the endpoint did not
     // answer in time, so it stays ejected (for longer).
     let r = run(&script, &d, get(), Some(Duration::from_millis(200)), &m).await;
@@ -532,11 +534,53 @@ async fn a_probe_cut_off_by_the_deadline_is_a_failed_probe() {
     let r = run(&script, &d, get(), None, &m).await;
     assert_eq!(r.called.last.as_ref().map(|e| e.addr), Some(addr(2)));
     // Later probes again, and a good answer closes it.
-    tokio::time::advance(Duration::from_secs(4)).await;
+    tokio::time::advance(Duration::from_secs(5)).await;
     let r = run(&script, &d, get(), None, &m).await;
     assert_eq!(r.called.last.as_ref().map(|e| e.addr), Some(addr(1)));
     assert_eq!(r.status(), 200);
     assert!(!d.endpoints[0].stats.breaker.is_open());
+}
+
+/// A request the policy may send again takes the probe as soon as it is
+/// due, and gets half its time for it: a still-slow endpoint costs it
+/// that half, not the request. One it may not send again waits for an
+/// overdue probe instead.
+#[tokio::test(start_paused = true)]
+async fn a_slow_probe_gets_half_the_time_then_the_request_goes_elsewhere() {
+    let slow = [Step::Answer(500), Step::Slow(Duration::from_secs(10), 200)];
+    let script = Script::default().on(1, &slow);
+    let d = dest(
+        2,
+        Policy {
+            retry: on(&["5xx"], 1),
+            ..eject_after_one()
+        },
+    );
+    let m = ResilienceMetrics::default();
+    let r = run(&script, &d, get(), None, &m).await;
+    assert_eq!(r.status(), 200, "the 500 was retried");
+    assert!(d.endpoints[0].stats.breaker.is_open());
+    tokio::time::advance(Duration::from_secs(1)).await;
+    // Due: a POST (not sent again once seen) leaves the probe to others.
+    let r = run(
+        &script,
+        &d,
+        with_body("POST", b"order"),
+        Some(Duration::from_millis(300)),
+        &m,
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(script.tried(), [1, 2, 2]);
+    let r = run(&script, &d, get(), Some(Duration::from_millis(300)), &m).await;
+    assert_eq!(r.status(), 200, "answered elsewhere");
+    assert_eq!(script.tried(), [1, 2, 2, 1, 2], "probed, then the other");
+    assert_eq!(r.took, Duration::from_millis(150), "half the time on the probe");
+    assert!(
+        d.endpoints[0].stats.breaker.is_open(),
+        "a failed probe: still out"
+    );
+    assert_eq!(retries(&m, "success"), 2, "the first 500's and the probe's");
 }
 
 #[tokio::test(start_paused = true)]
@@ -545,7 +589,7 @@ async fn a_probe_whose_caller_goes_away_lets_another_probe() {
     let d = dest(2, eject_after_one());
     let m = ResilienceMetrics::default();
     run(&script, &d, get(), None, &m).await;
-    tokio::time::advance(Duration::from_secs(1)).await;
+    tokio::time::advance(Duration::from_secs(2)).await;
     // The caller gives up on the probe: no verdict on the endpoint.
     let gone = tokio::time::timeout(Duration::from_millis(200), run(&script, &d, get(), None, &m)).await;
     assert!(gone.is_err());

@@ -62,7 +62,8 @@ impl Outbound {
         let mut avoid = None;
         let mut last = None;
         let (io, upstream) = loop {
-            let endpoint = match pick(dest, avoid) {
+            // A failed connect is tried once elsewhere: the first may probe.
+            let endpoint = match pick(dest, avoid, avoid.is_none()) {
                 Ok(p) => last.insert(p.endpoint),
                 Err(e) => return Called { result: Err(e), last },
             };
@@ -109,7 +110,7 @@ impl Outbound {
                 return;
             }
         };
-        let endpoint = match pick(&dest, None) {
+        let endpoint = match pick(&dest, None, false) {
             Ok(p) => p.endpoint,
             Err(e) => {
                 guard.detected(Detected::Opaque);

@@ -158,6 +158,25 @@ impl RequestBody {
         }
     }
 
+    /// Whether the request can be sent again even after a server saw it
+    /// (the policy allows its method, and its body is still buffered).
+    pub fn replays_after_seen(&self) -> bool {
+        matches!(self, RequestBody::Replay { body, after_seen: true, .. } if body.can_replay())
+    }
+
+    /// A handle on the kept body while [`Self::replays_after_seen`]: it
+    /// tells later whether the body is still kept.
+    pub fn kept(&self) -> Option<ReplayBody> {
+        match self {
+            RequestBody::Replay {
+                body,
+                after_seen: true,
+                ..
+            } if body.can_replay() => Some(body.replay()),
+            _ => None,
+        }
+    }
+
     /// Whether another try can carry the request after `outcome`: always
     /// after a connection failure (nothing was sent); after a peer said
     /// its app got nothing, a body still within its buffer; otherwise such

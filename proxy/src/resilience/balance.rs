@@ -186,12 +186,14 @@ pub enum NoEndpoint {
 
 /// The endpoint for the next request, and whether it is a breaker probe.
 /// `avoid` (the endpoint a retry comes from) is skipped when another is
-/// available. `rr` is the destination's round-robin counter.
+/// available; `recoverable`: the request survives a failed probe (see
+/// [`Breaker::admit`]). `rr` is the destination's round-robin counter.
 pub fn pick<'a, E: Candidate>(
     lb: LoadBalancer,
     endpoints: &'a [E],
     rr: &AtomicUsize,
     avoid: Option<SocketAddr>,
+    recoverable: bool,
     now: Instant,
 ) -> Result<(&'a E, bool), NoEndpoint> {
     if endpoints.is_empty() {
@@ -204,7 +206,7 @@ pub fn pick<'a, E: Candidate>(
     // Slow path: some endpoint is ejected, or a retry avoids one.
     let mut usable = Vec::with_capacity(endpoints.len());
     for (i, e) in endpoints.iter().enumerate() {
-        match e.stats().breaker.admit(now) {
+        match e.stats().breaker.admit(now, recoverable) {
             // An ejected endpoint whose backoff has passed gets this
             // request as its probe.
             Admit::Probe => return Ok((e, true)),
@@ -330,7 +332,7 @@ mod tests {
         let rr = AtomicUsize::new(0);
         let mut counts = vec![0; eps.len()];
         for _ in 0..n {
-            let (e, _) = pick(lb, eps, &rr, None, now).unwrap();
+            let (e, _) = pick(lb, eps, &rr, None, true, now).unwrap();
             counts[eps.iter().position(|x| x.addr == e.addr).unwrap()] += 1;
         }
         counts
@@ -451,14 +453,14 @@ mod tests {
         assert_eq!(counts, [0, 10]);
         tokio::time::advance(Duration::from_secs(2)).await;
         let rr = AtomicUsize::new(0);
-        let (e, probe) = pick(LoadBalancer::PeakEwma, &eps, &rr, None, Instant::now()).unwrap();
+        let (e, probe) = pick(LoadBalancer::PeakEwma, &eps, &rr, None, true, Instant::now()).unwrap();
         assert!(probe && e.addr == eps[0].addr);
-        let (e, probe) = pick(LoadBalancer::PeakEwma, &eps, &rr, None, Instant::now()).unwrap();
+        let (e, probe) = pick(LoadBalancer::PeakEwma, &eps, &rr, None, true, Instant::now()).unwrap();
         assert!(!probe && e.addr == eps[1].addr, "only one probe at a time");
         // Everything ejected: no endpoint.
         assert!(eps[1].stats.breaker.failure(&policy, Instant::now(), || true));
         assert_eq!(
-            pick(LoadBalancer::PeakEwma, &eps, &rr, None, Instant::now()).unwrap_err(),
+            pick(LoadBalancer::PeakEwma, &eps, &rr, None, true, Instant::now()).unwrap_err(),
             NoEndpoint::AllEjected
         );
     }
@@ -473,6 +475,7 @@ mod tests {
                 &eps,
                 &rr,
                 Some(eps[0].addr),
+                true,
                 Instant::now(),
             )
             .unwrap();
@@ -484,6 +487,7 @@ mod tests {
             &one,
             &rr,
             Some(one[0].addr),
+            true,
             Instant::now(),
         )
         .unwrap();

@@ -1,7 +1,11 @@
 //! Circuit breaking per endpoint: consecutive failures eject it for a
 //! backoff that doubles with each ejection (with jitter, up to a maximum);
 //! when the backoff has passed, one probe request decides whether it comes
-//! back (half-open) or stays out for longer.
+//! back (half-open) or stays out for longer. A probe is taken by a request
+//! that can survive its failure (one that may be sent again elsewhere, see
+//! `outbound::call`); any request may probe once the backoff has passed
+//! twice over, so an endpoint only non-idempotent traffic reaches still
+//! comes back.
 //!
 //! The state lives in the endpoint's [`EndpointStats`](super::balance::EndpointStats),
 //! so it survives control-plane updates of the endpoint list. The share of
@@ -82,6 +86,9 @@ struct Open {
     /// Ejections in a row (reset by a successful probe).
     ejections: u32,
     until: Option<Instant>,
+    /// How long this ejection lasts: after `until` plus this, any request
+    /// may probe.
+    length: Duration,
     probing: bool,
 }
 
@@ -91,8 +98,10 @@ impl Breaker {
     }
 
     /// Closed: yes. Ejected: a probe once the backoff has passed and no
-    /// other probe is out, else no.
-    pub fn admit(&self, now: Instant) -> Admit {
+    /// other probe is out, else no. A request that cannot survive a failed
+    /// probe (`!recoverable`) probes only once the backoff has passed
+    /// twice over.
+    pub fn admit(&self, now: Instant, recoverable: bool) -> Admit {
         if !self.is_open() {
             return Admit::Yes;
         }
@@ -100,7 +109,8 @@ impl Breaker {
         if !self.is_open() {
             return Admit::Yes;
         }
-        if !s.probing && s.until.is_none_or(|u| now >= u) {
+        let due = s.until.map(|u| if recoverable { u } else { u + s.length });
+        if !s.probing && due.is_none_or(|u| now >= u) {
             s.probing = true;
             return Admit::Probe;
         }
@@ -131,7 +141,8 @@ impl Breaker {
                 // The probe failed: out again, for longer.
                 s.probing = false;
                 s.ejections = s.ejections.saturating_add(1);
-                s.until = Some(now + policy.ejection(s.ejections));
+                s.length = policy.ejection(s.ejections);
+                s.until = Some(now + s.length);
                 return true;
             }
             return false;
@@ -147,7 +158,8 @@ impl Breaker {
         self.consecutive.store(0, Ordering::Relaxed);
         s.ejections = 1;
         s.probing = false;
-        s.until = Some(now + policy.ejection(1));
+        s.length = policy.ejection(1);
+        s.until = Some(now + s.length);
         self.open.store(true, Ordering::Release);
         true
     }
@@ -183,20 +195,52 @@ mod tests {
         assert!(!b.failure(&p, Instant::now(), || true));
         assert!(!b.failure(&p, Instant::now(), || true));
         assert!(b.failure(&p, Instant::now(), || true), "third in a row ejects");
-        assert_eq!(b.admit(Instant::now()), Admit::No);
+        assert_eq!(b.admit(Instant::now(), true), Admit::No);
 
         tokio::time::advance(Duration::from_millis(1001)).await;
-        assert_eq!(b.admit(Instant::now()), Admit::Probe);
-        assert_eq!(b.admit(Instant::now()), Admit::No, "one probe at a time");
+        assert_eq!(b.admit(Instant::now(), true), Admit::Probe);
+        assert_eq!(b.admit(Instant::now(), true), Admit::No, "one probe at a time");
         // The probe fails: out again, for 1–2 s (base · 2, jittered).
         assert!(b.failure(&p, Instant::now(), || true));
         tokio::time::advance(Duration::from_millis(999)).await;
-        assert_eq!(b.admit(Instant::now()), Admit::No);
+        assert_eq!(b.admit(Instant::now(), true), Admit::No);
         tokio::time::advance(Duration::from_millis(1002)).await;
-        assert_eq!(b.admit(Instant::now()), Admit::Probe);
+        assert_eq!(b.admit(Instant::now(), true), Admit::Probe);
         b.success();
-        assert_eq!(b.admit(Instant::now()), Admit::Yes);
+        assert_eq!(b.admit(Instant::now(), true), Admit::Yes);
         assert!(!b.is_open());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_that_cannot_survive_a_failed_probe_probes_only_when_overdue() {
+        let p = policy();
+        let ejected = || {
+            let b = Breaker::default();
+            for _ in 0..3 {
+                b.failure(&p, Instant::now(), || true);
+            }
+            b
+        };
+        // Each ejects for 0.5–1 s (jittered).
+        let (any, recoverable) = (ejected(), ejected());
+        tokio::time::advance(Duration::from_millis(999)).await;
+        assert_eq!(
+            any.admit(Instant::now(), false),
+            Admit::No,
+            "not before twice the ejection"
+        );
+        tokio::time::advance(Duration::from_millis(2)).await;
+        assert_eq!(
+            recoverable.admit(Instant::now(), true),
+            Admit::Probe,
+            "due once it passed"
+        );
+        tokio::time::advance(Duration::from_millis(1000)).await;
+        assert_eq!(
+            any.admit(Instant::now(), false),
+            Admit::Probe,
+            "overdue: any request probes"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -206,7 +250,7 @@ mod tests {
         for _ in 0..10 {
             assert!(!b.failure(&p, Instant::now(), || false));
         }
-        assert_eq!(b.admit(Instant::now()), Admit::Yes);
+        assert_eq!(b.admit(Instant::now(), true), Admit::Yes);
     }
 
     #[test]
