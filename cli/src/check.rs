@@ -1,5 +1,7 @@
 //! `weft check PATH…`: validates config documents the way the control plane
-//! does, prints ✔/✘ per document, exits non-zero on any error.
+//! does, prints ✔/✘ per document, exits non-zero on any error. With
+//! `--cluster` or `--pre` it checks an installation or a cluster instead
+//! ([`crate::cluster::checks`]).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -11,11 +13,45 @@ use weft_control::model::parse_file;
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
     /// Files or directories of YAML documents.
-    #[arg(required = true)]
+    #[arg(required_unless_present_any = ["cluster", "pre"], conflicts_with_all = ["cluster", "pre"])]
     pub paths: Vec<PathBuf>,
+    /// Check the installation in the cluster instead: CRDs, control plane,
+    /// webhook, certificates, proxy versions.
+    #[arg(long, conflicts_with = "pre")]
+    pub cluster: bool,
+    /// Check the cluster before installing: version, permissions.
+    #[arg(long)]
+    pub pre: bool,
+    /// The control plane's namespace (with --cluster or --pre).
+    #[arg(short = 'n', long, default_value = "weft-system")]
+    pub namespace: String,
+    #[command(flatten)]
+    pub target: crate::cluster::Cluster,
 }
 
 pub fn run(args: Args) -> ExitCode {
+    if args.cluster || args.pre {
+        return crate::cluster::block_on(async {
+            let client = match crate::cluster::client(args.target.context.as_deref()).await {
+                Ok(c) => c,
+                Err(e) => {
+                    println!("✘ kubernetes-api: {e}");
+                    println!("    hint: set KUBECONFIG or --context");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let results = if args.pre {
+                crate::cluster::checks::pre(&client, &args.namespace).await
+            } else {
+                crate::cluster::checks::cluster(&client, &args.namespace).await
+            };
+            if crate::cluster::checks::print(&results) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        });
+    }
     let files = match list_files(&args.paths) {
         Ok(f) => f,
         Err(e) => {

@@ -371,6 +371,10 @@ async fn serve_admin(
                 );
                 let (status, body) = match path.as_str() {
                     "/live" => (StatusCode::OK, "live\n".to_string()),
+                    "/version" => (
+                        StatusCode::OK,
+                        format!("{{\"version\":\"{}\"}}\n", env!("CARGO_PKG_VERSION")),
+                    ),
                     "/proxies" => (
                         StatusCode::OK,
                         serde_json::to_string_pretty(&proxies.list()).unwrap_or_default() + "\n",
@@ -395,7 +399,7 @@ async fn serve_admin(
                     }
                     _ => (
                         StatusCode::NOT_FOUND,
-                        "not found; try /live /ready /metrics /proxies\n".to_string(),
+                        "not found; try /live /ready /metrics /proxies /version\n".to_string(),
                     ),
                 };
                 let mut rsp = Response::new(Full::new(Bytes::from(body)));
@@ -404,7 +408,7 @@ async fn serve_admin(
                     exposition::TEXT_CONTENT_TYPE
                 } else if path == "/metrics" {
                     exposition::OPENMETRICS_CONTENT_TYPE
-                } else if path == "/proxies" {
+                } else if path == "/proxies" || path == "/version" {
                     "application/json"
                 } else {
                     "text/plain; charset=utf-8"

@@ -7,8 +7,12 @@
 //! `{"type":"ADDED|MODIFIED|DELETED|BOOKMARK|ERROR","object":..}`), `410
 //! Gone` for a resource version that was compacted away, 404 for a kind the
 //! cluster does not serve, TokenReview creation, status patches, field
-//! selectors (`metadata.name=…`) and server-side apply of ConfigMaps
-//! (`PATCH` with `application/apply-patch+yaml`).
+//! selectors (`metadata.name=…`), namespaced paths and single objects
+//! (`/apis/apps/v1/namespaces/weft-system/deployments/weft-control`),
+//! server-side apply of ConfigMaps (`PATCH` with
+//! `application/apply-patch+yaml`), `/version`, SelfSubjectAccessReviews,
+//! and the `services/…/proxy` and `pods/…/proxy` subresources (forwarded to
+//! a real server the test names, or 503 as when nothing backs them).
 // Each test file uses part of it.
 #![allow(dead_code)]
 
@@ -62,6 +66,14 @@ pub struct State {
     pub refuse_applies: std::collections::HashSet<String>,
     /// (path, fieldSelector) of every list and watch with a selector.
     pub selectors: Vec<(String, String)>,
+    /// `services/<ns>/<name>:<port>` or `pods/<ns>/<name>:<port>` → the
+    /// address its `…/proxy/…` requests go to.
+    pub forwards: HashMap<String, SocketAddr>,
+    /// Resources (`customresourcedefinitions`, …) a
+    /// SelfSubjectAccessReview says the caller may not create.
+    pub denied: std::collections::HashSet<String>,
+    /// `gitVersion` at `/version`.
+    pub version: String,
 }
 
 /// One server-side apply request, as received.
@@ -93,7 +105,55 @@ pub const TRAFFIC: &str = "/apis/weft.dev/v1alpha1/trafficpolicies";
 pub const AUTHZ: &str = "/apis/weft.dev/v1alpha1/authorizationpolicies";
 pub const NAMESPACES: &str = "/api/v1/namespaces";
 pub const CONFIGMAPS: &str = "/api/v1/configmaps";
-const KINDS: [&str; 7] = [SERVICES, SLICES, PODS, TRAFFIC, AUTHZ, NAMESPACES, CONFIGMAPS];
+pub const SECRETS: &str = "/api/v1/secrets";
+pub const CRDS: &str = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions";
+pub const DEPLOYMENTS: &str = "/apis/apps/v1/deployments";
+pub const WEBHOOKS: &str = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations";
+const KINDS: [&str; 11] = [
+    SERVICES,
+    SLICES,
+    PODS,
+    TRAFFIC,
+    AUTHZ,
+    NAMESPACES,
+    CONFIGMAPS,
+    SECRETS,
+    CRDS,
+    DEPLOYMENTS,
+    WEBHOOKS,
+];
+
+/// Which kind a request path names: the kind's cluster-wide path, the
+/// namespace (`…/namespaces/<ns>/<plural>`) and the object's name, if any.
+fn resolve(path: &str) -> Option<(&'static str, Option<String>, Option<String>)> {
+    for kind in KINDS {
+        if path == kind {
+            return Some((kind, None, None));
+        }
+        let (prefix, plural) = kind.rsplit_once('/').unwrap();
+        let Some(rest) = path.strip_prefix(prefix).and_then(|r| r.strip_prefix('/')) else {
+            continue;
+        };
+        let segs: Vec<&str> = rest.split('/').collect();
+        match segs[..] {
+            ["namespaces", ns, p] if p == plural => return Some((kind, Some(ns.into()), None)),
+            ["namespaces", ns, p, name] if p == plural => {
+                return Some((kind, Some(ns.into()), Some(name.into())))
+            }
+            [p, name] if p == plural => return Some((kind, None, Some(name.into()))),
+            _ => {}
+        }
+    }
+    None
+}
+
+fn not_found(message: &str) -> Response<Body> {
+    json_response(
+        StatusCode::NOT_FOUND,
+        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "message": message, "reason": "NotFound", "details": {}, "code": 404}),
+    )
+}
 
 /// A namespace as the API server shows it.
 pub fn namespace(name: &str) -> Value {
@@ -148,6 +208,7 @@ impl FakeApi {
     pub async fn start() -> Self {
         let mut state = State {
             rv: 100,
+            version: "v1.33.2".into(),
             ..State::default()
         };
         for (path, api_version, list_kind) in [
@@ -158,6 +219,14 @@ impl FakeApi {
             (AUTHZ, "weft.dev/v1alpha1", "AuthorizationPolicyList"),
             (NAMESPACES, "v1", "NamespaceList"),
             (CONFIGMAPS, "v1", "ConfigMapList"),
+            (SECRETS, "v1", "SecretList"),
+            (CRDS, "apiextensions.k8s.io/v1", "CustomResourceDefinitionList"),
+            (DEPLOYMENTS, "apps/v1", "DeploymentList"),
+            (
+                WEBHOOKS,
+                "admissionregistration.k8s.io/v1",
+                "MutatingWebhookConfigurationList",
+            ),
             // No Gateway API CRDs in this cluster: HTTPRoutes are 404.
         ] {
             state.kinds.insert(
@@ -487,22 +556,59 @@ impl FakeApi {
                 .push((path, body.clone()));
             return json_response(StatusCode::OK, &body);
         }
-        let Some(kind_path) = KINDS.into_iter().find(|p| *p == path) else {
+        if path == "/version" {
+            let git = self.state.lock().unwrap().version.clone();
+            let (major, minor) = git.trim_start_matches('v').split_once('.').unwrap_or(("1", "0"));
+            let minor = minor.split('.').next().unwrap_or("0");
             return json_response(
-                StatusCode::NOT_FOUND,
-                &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                        "message": "the server could not find the requested resource", "reason": "NotFound",
-                        "details": {}, "code": 404}),
+                StatusCode::OK,
+                &json!({"major": major, "minor": minor, "gitVersion": git, "platform": "linux/amd64"}),
             );
+        }
+        if req.method() == Method::POST && path == "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews" {
+            let mut review: Value =
+                serde_json::from_slice(&req.into_body().collect().await.unwrap().to_bytes()).unwrap();
+            let resource = review["spec"]["resourceAttributes"]["resource"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            let allowed = !self.state.lock().unwrap().denied.contains(&resource);
+            review["status"] = json!({"allowed": allowed});
+            return json_response(StatusCode::CREATED, &review);
+        }
+        if let Some(rsp) = self.forward_proxy(&req).await {
+            return rsp;
+        }
+        let Some((kind_path, in_namespace, name)) = resolve(&path) else {
+            return not_found("the server could not find the requested resource");
         };
+        if let Some(name) = name {
+            let s = self.state.lock().unwrap();
+            let kind = &s.kinds[kind_path];
+            let key = (in_namespace.unwrap_or_default(), name.clone());
+            return match kind.objects.get(&key) {
+                Some(obj) => json_response(StatusCode::OK, obj),
+                None => {
+                    let plural = kind_path.rsplit('/').next().unwrap();
+                    not_found(&format!("{plural} \"{name}\" not found"))
+                }
+            };
+        }
         let watching = query.get("watch").is_some_and(|w| w == "true" || w == "1");
-        let selector = query.get("fieldSelector").cloned();
+        let mut selector = query.get("fieldSelector").cloned();
         if let Some(sel) = &selector {
             self.state
                 .lock()
                 .unwrap()
                 .selectors
                 .push((path.clone(), sel.clone()));
+        }
+        if let Some(ns) = in_namespace {
+            let term = format!("metadata.namespace={ns}");
+            selector = Some(match selector {
+                Some(sel) => format!("{sel},{term}"),
+                None => term,
+            });
         }
         if !watching {
             let delay = self.state.lock().unwrap().list_delay;
@@ -591,6 +697,83 @@ impl FakeApi {
             .header("content-type", "application/json")
             .body(BodyExt::boxed(body))
             .unwrap()
+    }
+}
+
+impl FakeApi {
+    /// Sends `…/proxy/…` requests of `key` (`services/<ns>/<name>:<port>`
+    /// or `pods/<ns>/<name>:<port>`) to `addr`.
+    pub fn forward(&self, key: &str, addr: SocketAddr) {
+        self.state.lock().unwrap().forwards.insert(key.into(), addr);
+    }
+
+    /// A SelfSubjectAccessReview for `resource` is answered "not allowed".
+    pub fn deny(&self, resource: &str) {
+        self.state.lock().unwrap().denied.insert(resource.into());
+    }
+
+    /// The `services/…/proxy` and `pods/…/proxy` subresources: a GET
+    /// forwarded to the address the test gave, or 503 as the API server
+    /// answers when nothing backs it. `None`: not such a path.
+    async fn forward_proxy(&self, req: &Request<Incoming>) -> Option<Response<Body>> {
+        let path = req.uri().path();
+        let rest = path.strip_prefix("/api/v1/namespaces/")?;
+        let mut segs = rest.splitn(5, '/');
+        let (ns, what, target, proxy) = (segs.next()?, segs.next()?, segs.next()?, segs.next()?);
+        if proxy != "proxy" || !(what == "services" || what == "pods") {
+            return None;
+        }
+        let tail = segs.next().unwrap_or("");
+        let key = format!("{what}/{ns}/{target}");
+        let addr = self.state.lock().unwrap().forwards.get(&key).copied();
+        let Some(addr) = addr else {
+            return Some(json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                        "message": format!("no endpoints available for {} \"{target}\"", what.trim_end_matches('s')),
+                        "reason": "ServiceUnavailable", "code": 503}),
+            ));
+        };
+        let query = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
+        let url = format!("http://{addr}/{tail}{query}");
+        let (status, body) = http_get(&url).await;
+        Some(
+            Response::builder()
+                .status(status)
+                .body(BodyExt::boxed(Full::new(body)))
+                .unwrap(),
+        )
+    }
+}
+
+/// A plain HTTP/1.1 GET: status and body (502 when it cannot connect).
+async fn http_get(url: &str) -> (StatusCode, Bytes) {
+    let uri: http::Uri = url.parse().unwrap();
+    let addr = uri.authority().unwrap().as_str().to_string();
+    let Ok(tcp) = tokio::net::TcpStream::connect(&addr).await else {
+        return (StatusCode::BAD_GATEWAY, Bytes::from_static(b"connection refused"));
+    };
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get(uri.path_and_query().unwrap().as_str())
+        .header("host", addr)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    match send.send_request(req).await {
+        Ok(rsp) => {
+            let status = rsp.status();
+            (
+                status,
+                rsp.into_body()
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default(),
+            )
+        }
+        Err(_) => (StatusCode::BAD_GATEWAY, Bytes::new()),
     }
 }
 
