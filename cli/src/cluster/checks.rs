@@ -74,84 +74,59 @@ pub fn print(results: &[Checked]) -> bool {
     failed == 0
 }
 
+fn checked(name: &'static str, result: Result<String, Problem>) -> Checked {
+    Checked { name, result }
+}
+
 /// Checks an installation whose control plane runs in `namespace`.
 pub async fn cluster(client: &kube::Client, namespace: &str) -> Vec<Checked> {
-    let mut out = vec![Checked {
-        name: "kubernetes-api",
-        result: kubernetes_version(client).await,
-    }];
-    if out[0].result.is_err() {
-        return out;
+    let api = checked("kubernetes-api", kubernetes_version(client).await);
+    if api.result.is_err() {
+        return vec![api];
     }
-    out.push(Checked {
-        name: "crds",
-        result: crds(client, false).await,
-    });
-    let cp = ControlPlane::find(client, namespace).await;
-    let cp = match cp {
+    let mut out = vec![api, checked("crds", crds(client, false).await)];
+    let cp = match ControlPlane::find(client, namespace).await {
         Ok(cp) => cp,
         Err(e) => {
-            out.push(Checked {
-                name: "control-plane",
-                result: Err(problem(e, format!("install it: helm install weft charts/weft -n {namespace} --create-namespace (or pass -n NAMESPACE)"))),
-            });
+            let hint = format!(
+                "install it: helm install weft charts/weft -n {namespace} --create-namespace (or pass -n NAMESPACE)"
+            );
+            out.push(checked("control-plane", Err(problem(e, hint))));
             return out;
         }
     };
-    out.push(Checked {
-        name: "control-plane",
-        result: control_plane_ready(client, &cp).await,
-    });
-    out.push(Checked {
-        name: "webhook",
-        result: webhook(client, &cp).await,
-    });
-    out.push(Checked {
-        name: "trust-anchors",
-        result: trust_anchors(client, &cp).await,
-    });
-    out.push(Checked {
-        name: "issuer",
-        result: issuer(client, &cp).await,
-    });
-    out.push(Checked {
-        name: "proxy-versions",
-        result: proxy_versions(client, &cp).await,
-    });
+    out.extend([
+        checked("control-plane", control_plane_ready(client, &cp).await),
+        checked("webhook", webhook(client, &cp).await),
+        checked("trust-anchors", trust_anchors(client, &cp).await),
+        checked("issuer", issuer(client, &cp).await),
+        checked("proxy-versions", proxy_versions(client, &cp).await),
+    ]);
     out
 }
 
 /// Checks a cluster before installing into `namespace`.
 pub async fn pre(client: &kube::Client, namespace: &str) -> Vec<Checked> {
-    let mut out = vec![Checked {
-        name: "kubernetes-api",
-        result: kubernetes_version(client).await,
-    }];
-    if out[0].result.is_err() {
-        return out;
+    let api = checked("kubernetes-api", kubernetes_version(client).await);
+    if api.result.is_err() {
+        return vec![api];
     }
-    out.push(Checked {
-        name: "permissions",
-        result: permissions(client, namespace).await,
-    });
-    out.push(Checked {
-        name: "no-control-plane-yet",
-        result: match ControlPlane::find(client, namespace).await {
-            Ok(cp) => Err(problem(
-                format!(
-                    "weft is already installed here (Deployment {}/{})",
-                    cp.namespace, cp.name
-                ),
-                "check the installation with weft check --cluster; upgrade with helm upgrade",
-            )),
-            Err(_) => Ok(format!("no weft control plane in namespace {namespace}")),
-        },
-    });
-    out.push(Checked {
-        name: "crds",
-        result: crds(client, true).await,
-    });
-    out
+    let existing = match ControlPlane::find(client, namespace).await {
+        Ok(cp) => Err(problem(
+            format!(
+                "weft is already installed here (Deployment {}/{})",
+                cp.namespace, cp.name
+            ),
+            "check the installation with weft check --cluster; upgrade with helm upgrade",
+        )),
+        Err(_) => Ok(format!("no weft control plane in namespace {namespace}")),
+    };
+    vec![
+        api,
+        checked("permissions", permissions(client, namespace).await),
+        checked("no-control-plane-yet", existing),
+        checked("crds", crds(client, true).await),
+    ]
 }
 
 #[derive(Deserialize)]
