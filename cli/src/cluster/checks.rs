@@ -358,53 +358,35 @@ async fn issuer(client: &kube::Client, cp: &ControlPlane) -> Result<String, Prob
     Ok(format!("Secret {secret}, not expiring within 60 days"))
 }
 
-#[derive(Deserialize)]
-struct Connected {
-    identity: String,
-    #[serde(default)]
-    version: String,
-}
-
-#[derive(Deserialize)]
-struct ControlVersion {
-    version: String,
-}
-
 /// The proxies connected to the control plane run its version.
 async fn proxy_versions(client: &kube::Client, cp: &ControlPlane) -> Result<String, Problem> {
     let hint = format!("kubectl -n {} logs deploy/{}", cp.namespace, cp.name);
-    let ours: ControlVersion = control_plane_get(client, cp, "/version")
+    let ours = cp
+        .version(client)
         .await
-        .and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string()))
-        .map_err(|e| problem(format!("the control plane's /version: {e}"), hint.clone()))?;
-    let proxies: Vec<Connected> = control_plane_get(client, cp, "/proxies")
+        .map_err(|e| problem(format!("the control plane's {e}"), hint.clone()))?;
+    let proxies = cp
+        .proxies(client)
         .await
-        .and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string()))
-        .map_err(|e| problem(format!("the control plane's /proxies: {e}"), hint))?;
+        .map_err(|e| problem(format!("the control plane's {e}"), hint))?;
     let mut other: BTreeMap<String, Vec<&str>> = BTreeMap::new();
     for p in &proxies {
-        if p.version != ours.version {
-            let v = if p.version.is_empty() {
-                "unknown"
-            } else {
-                &p.version
-            };
-            other.entry(v.to_string()).or_default().push(&p.identity);
+        if p.version != ours {
+            other
+                .entry(p.version().to_string())
+                .or_default()
+                .push(&p.identity);
         }
     }
     if other.is_empty() {
-        return Ok(format!(
-            "{} connected proxies, all at {}",
-            proxies.len(),
-            ours.version
-        ));
+        return Ok(format!("{} connected proxies, all at {ours}", proxies.len()));
     }
     let listed: Vec<String> = other
         .iter()
         .map(|(v, ids)| format!("{} at {v} (e.g. {})", ids.len(), ids[0]))
         .collect();
     Err(problem(
-        format!("control plane at {}; proxies {}", ours.version, listed.join(", ")),
+        format!("control plane at {ours}; proxies {}", listed.join(", ")),
         "restart those workloads so the injector gives them the current proxy: kubectl rollout restart deploy/NAME -n NAMESPACE",
     ))
 }

@@ -5,9 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
-
-use super::{control_plane_get, get_text, ControlPlane};
+use super::{get_text, ControlPlane};
 
 /// The proxy's admin port as the injector sets it.
 pub const ADMIN_PORT: u16 = 4191;
@@ -26,12 +24,6 @@ pub async fn proxy_admin(
     })
 }
 
-#[derive(Deserialize)]
-struct Connected {
-    #[serde(default)]
-    version: String,
-}
-
 /// `weft version`: lines of `what: version`. Parts that cannot be
 /// reached say why instead; the client's version always prints.
 pub async fn versions(client: Option<&kube::Client>, namespace: &str) -> Vec<String> {
@@ -46,32 +38,16 @@ pub async fn versions(client: Option<&kube::Client>, namespace: &str) -> Vec<Str
             return out;
         }
     };
-    match control_plane_get(client, &cp, "/version")
-        .await
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).map_err(|e| e.to_string()))
-    {
-        Ok(v) => out.push(format!(
-            "control plane: {} ({}/{})",
-            v["version"].as_str().unwrap_or("unknown"),
-            cp.namespace,
-            cp.name
-        )),
+    match cp.version(client).await {
+        Ok(v) => out.push(format!("control plane: {v} ({}/{})", cp.namespace, cp.name)),
         Err(e) => out.push(format!("control plane: unavailable ({e})")),
     }
-    match control_plane_get(client, &cp, "/proxies")
-        .await
-        .and_then(|t| serde_json::from_str::<Vec<Connected>>(&t).map_err(|e| e.to_string()))
-    {
+    match cp.proxies(client).await {
         Ok(proxies) if proxies.is_empty() => out.push("proxies: none connected".into()),
         Ok(proxies) => {
             let mut by_version: BTreeMap<&str, usize> = BTreeMap::new();
             for p in &proxies {
-                let v = if p.version.is_empty() {
-                    "unknown"
-                } else {
-                    &p.version
-                };
-                *by_version.entry(v).or_default() += 1;
+                *by_version.entry(p.version()).or_default() += 1;
             }
             let listed: Vec<String> = by_version.iter().map(|(v, n)| format!("{v} ×{n}")).collect();
             out.push(format!("proxies: {}", listed.join(", ")));

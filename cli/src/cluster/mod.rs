@@ -151,6 +151,45 @@ impl ControlPlane {
     }
 }
 
+impl ControlPlane {
+    /// The version the control plane reports at `/version`.
+    pub async fn version(&self, client: &kube::Client) -> Result<String, String> {
+        #[derive(serde::Deserialize)]
+        struct Version {
+            version: String,
+        }
+        let text = control_plane_get(client, self, "/version").await?;
+        serde_json::from_str::<Version>(&text)
+            .map(|v| v.version)
+            .map_err(|e| format!("/version: unexpected answer: {e}"))
+    }
+
+    /// The proxies connected to it (`/proxies`).
+    pub async fn proxies(&self, client: &kube::Client) -> Result<Vec<Connected>, String> {
+        let text = control_plane_get(client, self, "/proxies").await?;
+        serde_json::from_str(&text).map_err(|e| format!("/proxies: unexpected answer: {e}"))
+    }
+}
+
+/// A proxy connected to the control plane, as `/proxies` lists it.
+#[derive(serde::Deserialize)]
+pub struct Connected {
+    pub identity: String,
+    /// Empty from proxies older than the field.
+    #[serde(default)]
+    pub version: String,
+}
+
+impl Connected {
+    pub fn version(&self) -> &str {
+        if self.version.is_empty() {
+            "unknown"
+        } else {
+            &self.version
+        }
+    }
+}
+
 pub enum VolumeSource {
     Secret(String),
     ConfigMap(String),
