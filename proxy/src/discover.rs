@@ -11,13 +11,13 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::config::{parse_yaml, ConfigError};
 use crate::resilience::balance::Candidate;
 use crate::resilience::{EndpointStats, Policy, Shared};
+pub use crate::routes::{Backend, PathMatch, Route, RouteMatch};
 
 /// The `service` label of destinations the mesh does not know (found
 /// through DNS, or an original destination address).
@@ -159,102 +159,6 @@ impl Destination {
             })
             .collect();
         self.endpoints = endpoints.into();
-    }
-}
-
-/// One HTTPRoute rule.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Route {
-    pub name: String,
-    /// Any match selects the route; no matches: every request.
-    pub matches: Vec<RouteMatch>,
-    pub backends: Vec<Backend>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub timeout: Option<Duration>,
-}
-
-/// A route's backend service, parsed when the route arrives.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Backend {
-    /// The service name as discovery knows it (`name.ns.svc.cluster.local`).
-    pub host: String,
-    /// `None`: the port the request was sent to.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub port: Option<u16>,
-    pub weight: u32,
-}
-
-impl Backend {
-    /// From an authority `host[:port]` (an unparsable port leaves the
-    /// whole string as the host, which then resolves to nothing).
-    pub fn new(authority: &str, weight: u32) -> Self {
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) => match p.parse() {
-                Ok(p) => (h, Some(p)),
-                Err(_) => (authority, None),
-            },
-            None => (authority, None),
-        };
-        Self {
-            host: host.to_string(),
-            port,
-            weight,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct RouteMatch {
-    pub path: Option<PathMatch>,
-    pub method: Option<String>,
-    pub headers: Vec<(String, String)>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub enum PathMatch {
-    Exact(String),
-    Prefix(String),
-}
-
-impl Route {
-    pub fn matches<B>(&self, req: &http::Request<B>) -> bool {
-        self.matches.is_empty() || self.matches.iter().any(|m| m.matches(req))
-    }
-
-    /// A backend chosen by weight; `None` when every weight is 0.
-    pub fn pick_backend(&self) -> Option<&Backend> {
-        let total: u64 = self.backends.iter().map(|b| u64::from(b.weight)).sum();
-        if total == 0 {
-            return None;
-        }
-        let mut n = rand::random_range(0..total);
-        for b in &self.backends {
-            if n < u64::from(b.weight) {
-                return Some(b);
-            }
-            n -= u64::from(b.weight);
-        }
-        None
-    }
-}
-
-impl RouteMatch {
-    fn matches<B>(&self, req: &http::Request<B>) -> bool {
-        let path = req.uri().path();
-        let path_ok = match &self.path {
-            None => true,
-            Some(PathMatch::Exact(p)) => path == p,
-            Some(PathMatch::Prefix(p)) => crate::http::has_path_prefix(path, p),
-        };
-        path_ok
-            && self
-                .method
-                .as_deref()
-                .is_none_or(|m| m.eq_ignore_ascii_case(req.method().as_str()))
-            && self
-                .headers
-                .iter()
-                .all(|(k, v)| req.headers().get(k).is_some_and(|h| h.as_bytes() == v.as_bytes()))
     }
 }
 
@@ -421,83 +325,5 @@ mod tests {
         assert_eq!(e.field, "web[1].addr");
         assert!(e.source_name.ends_with("endpoints.yaml"));
         std::fs::remove_dir_all(dir).unwrap();
-    }
-}
-
-#[cfg(test)]
-mod route_tests {
-    use super::*;
-
-    #[test]
-    fn route_matching() {
-        let route = Route {
-            name: "r".into(),
-            matches: vec![RouteMatch {
-                path: Some(PathMatch::Prefix("/api/".into())),
-                method: Some("GET".into()),
-                headers: vec![("x-canary".into(), "1".into())],
-            }],
-            backends: vec![Backend::new("a:80", 1)],
-            timeout: None,
-        };
-        let req = |path: &str, canary: bool| {
-            let mut b = http::Request::get(path);
-            if canary {
-                b = b.header("x-canary", "1");
-            }
-            b.body(()).unwrap()
-        };
-        assert!(route.matches(&req("/api", true)));
-        assert!(route.matches(&req("/api/users", true)));
-        assert!(
-            !route.matches(&req("/apix", true)),
-            "prefixes match whole segments"
-        );
-        assert!(!route.matches(&req("/api/users", false)));
-        let any = Route {
-            matches: vec![],
-            ..route.clone()
-        };
-        assert!(any.matches(&req("/whatever", false)));
-    }
-
-    #[test]
-    fn backends_follow_weights() {
-        let route = Route {
-            name: "split".into(),
-            matches: vec![],
-            backends: vec![
-                Backend::new("v1:80", 90),
-                Backend::new("v2:80", 10),
-                Backend::new("v3", 0),
-            ],
-            timeout: None,
-        };
-        let mut v2 = 0;
-        for _ in 0..10_000 {
-            match route.pick_backend().unwrap().host.as_str() {
-                "v2" => v2 += 1,
-                "v1" => {}
-                other => panic!("weight 0 picked: {other}"),
-            }
-        }
-        assert!((700..1300).contains(&v2), "about 10% to v2, got {v2}");
-        let none = Route {
-            backends: vec![Backend::new("v1:80", 0)],
-            ..route
-        };
-        assert!(none.pick_backend().is_none());
-    }
-
-    #[test]
-    fn backends_are_parsed_once() {
-        let b = |host: &str, port| Backend {
-            host: host.into(),
-            port,
-            weight: 1,
-        };
-        assert_eq!(Backend::new("web.demo:8080", 1), b("web.demo", Some(8080)));
-        assert_eq!(Backend::new("web", 1), b("web", None));
-        assert_eq!(Backend::new("web:http", 1), b("web:http", None));
     }
 }

@@ -66,6 +66,14 @@ pub enum ProxyError {
     /// Gateway API specifies.
     #[error("route rule {0} picked a backend that is not permitted or does not exist")]
     UnresolvedBackend(String),
+    /// A route rule with no backend to send to (none listed, or every
+    /// weight 0): 500, as the Gateway API specifies.
+    #[error("route rule {0} has no backend with a weight above 0")]
+    NoBackend(String),
+    /// A route rule with a filter this proxy cannot apply: 500 rather
+    /// than routing without it.
+    #[error("route rule {0} has a filter this proxy cannot apply")]
+    UnsupportedFilter(String),
     #[error("no response within {0:?}")]
     Timeout(std::time::Duration),
     /// One try took longer than the per-try timeout (and no retry helped).
@@ -122,6 +130,8 @@ impl ProxyError {
             ProxyError::UnknownAppPort(_) => "unknown-app-port",
             ProxyError::NoRoute(_) => "no-route",
             ProxyError::UnresolvedBackend(_) => "unresolved-backend",
+            ProxyError::NoBackend(_) => "no-backend",
+            ProxyError::UnsupportedFilter(_) => "unsupported-filter",
             ProxyError::Timeout(_) | ProxyError::PerTryTimeout(_) => "timeout",
             ProxyError::IdentityMismatch { .. } => "identity-mismatch",
             ProxyError::NoIdentity(_) => "no-identity",
@@ -148,7 +158,9 @@ impl ProxyError {
                 StatusCode::GATEWAY_TIMEOUT
             }
             ProxyError::NoRoute(_) => StatusCode::NOT_FOUND,
-            ProxyError::UnresolvedBackend(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ProxyError::UnresolvedBackend(_)
+            | ProxyError::NoBackend(_)
+            | ProxyError::UnsupportedFilter(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::IdentityMismatch { .. } | ProxyError::Tls { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::NoIdentity(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Unauthorized(_) => StatusCode::FORBIDDEN,
@@ -166,7 +178,10 @@ impl ProxyError {
             ProxyError::Unauthorized(_) => Code::PermissionDenied,
             ProxyError::RateLimited { .. } => Code::ResourceExhausted,
             ProxyError::NoRoute(_) => Code::Unimplemented,
-            ProxyError::NoAuthority | ProxyError::UnresolvedBackend(_) => Code::Internal,
+            ProxyError::NoAuthority
+            | ProxyError::UnresolvedBackend(_)
+            | ProxyError::NoBackend(_)
+            | ProxyError::UnsupportedFilter(_) => Code::Internal,
             ProxyError::FaultInjected(s) => grpc::from_http(*s),
             _ => Code::Unavailable,
         }

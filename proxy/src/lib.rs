@@ -39,6 +39,7 @@ pub mod outbound;
 pub mod policy;
 pub mod readiness;
 pub mod resilience;
+pub mod routes;
 pub mod server;
 pub mod tcp;
 pub mod telemetry;

@@ -109,6 +109,9 @@ struct RouteEntry {
     full_name: String,
     /// The parent port the route is bound to; `None`: every port.
     parent_port: Option<u16>,
+    /// `metadata.creationTimestamp`: the older of two routes whose
+    /// matches tie wins.
+    created: Option<String>,
     spec: HttpRouteSpec,
 }
 
@@ -451,6 +454,7 @@ impl Inner {
                                 namespace: doc.meta.namespace.clone(),
                                 full_name: full_name.clone(),
                                 parent_port: parent.port,
+                                created: doc.meta.creation_timestamp.clone(),
                                 spec: spec.clone(),
                             });
                     }
@@ -628,62 +632,7 @@ impl Inner {
     ) -> api::ClientPolicy {
         let mut policy = api::ClientPolicy::default();
         let key = (namespace.to_string(), name.to_string());
-        {
-            for route in self.routes_for(namespace, name, port, client_namespace) {
-                for (i, rule) in route.spec.rules.iter().enumerate() {
-                    policy.routes.push(api::Route {
-                        name: format!(
-                            "{}/{}",
-                            route.full_name,
-                            rule.name.clone().unwrap_or_else(|| i.to_string())
-                        ),
-                        matches: rule
-                            .matches
-                            .iter()
-                            .map(|m| api::RouteMatch {
-                                path_type: m.path.as_ref().map_or(String::new(), |p| {
-                                    if p.kind == "Exact" { "exact" } else { "prefix" }.to_string()
-                                }),
-                                path: m.path.as_ref().map_or(String::new(), |p| p.value.clone()),
-                                method: m.method.clone().unwrap_or_default(),
-                                headers: m
-                                    .headers
-                                    .iter()
-                                    .map(|h| (h.name.to_ascii_lowercase(), h.value.clone()))
-                                    .collect(),
-                            })
-                            .collect(),
-                        backends: rule
-                            .backend_refs
-                            .iter()
-                            .map(|b| {
-                                // Gateway API: a backendRef without a
-                                // namespace is in the route's.
-                                let ns = b.namespace.as_deref().unwrap_or(&route.namespace);
-                                // Without a ReferenceGrant, another
-                                // namespace's Service is unresolved: an
-                                // empty authority, answered 500.
-                                let authority = if self.backend_permitted(&route.namespace, ns, &b.name) {
-                                    format!(
-                                        "{}.{ns}.svc.{}:{}",
-                                        b.name,
-                                        config.cluster_domain,
-                                        b.port.unwrap_or(port)
-                                    )
-                                } else {
-                                    String::new()
-                                };
-                                api::Backend {
-                                    authority,
-                                    weight: b.weight,
-                                }
-                            })
-                            .collect(),
-                        timeout_ms: ms(rule.timeouts.as_ref().and_then(|t| t.request)),
-                    });
-                }
-            }
-        }
+        policy.routes = self.flat_routes(namespace, name, port, client_namespace, config);
         policy.require_mtls = config.require_mtls;
         if let Some(tp) = self.traffic.get(&key) {
             if tp
@@ -745,5 +694,6 @@ fn apply_traffic_policy(policy: &mut api::ClientPolicy, tp: &TrafficPolicySpec) 
 }
 
 mod inbound;
+mod routes;
 #[cfg(test)]
 mod tests;

@@ -276,6 +276,7 @@ fn deny_all(name: &str, target: &str, port: Option<u16>) -> Document {
             namespace: "demo".into(),
             labels: BTreeMap::new(),
             annotations: BTreeMap::new(),
+            creation_timestamp: None,
         },
         spec: Spec::DenyAll(crate::model::DenyAll {
             target: crate::model::TargetRef {
@@ -351,6 +352,7 @@ fn pod(name: &str, service_account: &str, services: &[(&str, &[(u16, u16)])]) ->
             namespace: "shop".into(),
             labels: BTreeMap::new(),
             annotations: BTreeMap::new(),
+            creation_timestamp: None,
         },
         spec: Spec::Workload(WorkloadSpec {
             service_account: service_account.into(),

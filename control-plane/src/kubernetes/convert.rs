@@ -211,6 +211,7 @@ fn workloads(objects: &ClusterObjects) -> Vec<Document> {
                 namespace,
                 labels: BTreeMap::new(),
                 annotations: BTreeMap::new(),
+                creation_timestamp: None,
             },
             spec: Spec::Workload(WorkloadSpec {
                 service_account: pod
@@ -347,6 +348,7 @@ fn mesh_service(
             namespace,
             labels: BTreeMap::new(),
             annotations: BTreeMap::new(),
+            creation_timestamp: None,
         },
         spec: Spec::MeshService(MeshServiceSpec {
             ports,

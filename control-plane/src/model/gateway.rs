@@ -87,6 +87,8 @@ pub struct RouteRule {
     #[serde(default)]
     pub matches: Vec<RouteMatch>,
     #[serde(default)]
+    pub filters: Vec<RouteFilter>,
+    #[serde(default)]
     pub backend_refs: Vec<BackendRef>,
     #[serde(default)]
     pub timeouts: Option<RouteTimeouts>,
@@ -101,6 +103,8 @@ pub struct RouteMatch {
     pub method: Option<String>,
     #[serde(default)]
     pub headers: Vec<HeaderMatch>,
+    #[serde(default)]
+    pub query_params: Vec<HeaderMatch>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -138,6 +142,127 @@ pub struct BackendRef {
     pub port: Option<u16>,
     #[serde(default = "one")]
     pub weight: u32,
+    #[serde(default)]
+    pub filters: Vec<RouteFilter>,
+}
+
+/// An HTTPRoute filter: `type` names which of the other fields applies.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RouteFilter {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub request_header_modifier: Option<HeaderFilter>,
+    #[serde(default)]
+    pub response_header_modifier: Option<HeaderFilter>,
+    #[serde(default)]
+    pub request_redirect: Option<RedirectFilter>,
+    #[serde(default)]
+    pub url_rewrite: Option<RewriteFilter>,
+    #[serde(default)]
+    pub request_mirror: Option<MirrorFilter>,
+    /// Not supported by the mesh; read so the error can say so.
+    #[serde(default)]
+    #[schemars(with = "Option<serde_json::Value>")]
+    pub extension_ref: Option<serde_json::Value>,
+    /// Not supported by the mesh (CORS, GEP-1767); read so the error can
+    /// say so.
+    #[serde(default)]
+    #[schemars(with = "Option<serde_json::Value>")]
+    pub cors: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HeaderFilter {
+    #[serde(default)]
+    pub set: Vec<HttpHeader>,
+    #[serde(default)]
+    pub add: Vec<HttpHeader>,
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HttpHeader {
+    pub name: String,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RedirectFilter {
+    #[serde(default)]
+    pub scheme: Option<String>,
+    #[serde(default)]
+    pub hostname: Option<String>,
+    #[serde(default)]
+    pub path: Option<PathModifierSpec>,
+    #[serde(default)]
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub status_code: Option<u16>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RewriteFilter {
+    #[serde(default)]
+    pub hostname: Option<String>,
+    #[serde(default)]
+    pub path: Option<PathModifierSpec>,
+}
+
+/// `ReplaceFullPath` or `ReplacePrefixMatch`, as `type` says.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PathModifierSpec {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub replace_full_path: Option<String>,
+    #[serde(default)]
+    pub replace_prefix_match: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MirrorFilter {
+    pub backend_ref: MirrorBackendRef,
+    /// Percent of requests mirrored (0-100); with neither this nor
+    /// `fraction`, all.
+    #[serde(default)]
+    pub percent: Option<u32>,
+    #[serde(default)]
+    pub fraction: Option<Fraction>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MirrorBackendRef {
+    #[serde(default)]
+    pub group: Option<String>,
+    #[serde(default)]
+    pub kind: Option<String>,
+    pub name: String,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub port: Option<u16>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Fraction {
+    pub numerator: u32,
+    #[serde(default = "hundred")]
+    pub denominator: u32,
+}
+
+fn hundred() -> u32 {
+    100
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -68,6 +68,14 @@ pub struct Metadata {
     pub labels: BTreeMap<String, String>,
     #[serde(default)]
     pub annotations: BTreeMap<String, String>,
+    /// When the API server created the object (RFC 3339, as it writes
+    /// it): orders HTTPRoutes whose matches tie. Files rarely say.
+    #[serde(
+        default,
+        rename = "creationTimestamp",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub creation_timestamp: Option<String>,
 }
 
 /// `metadata` as read: [`Metadata`] plus the fields a Kubernetes API server
@@ -91,7 +99,7 @@ struct RawMetadata {
     #[serde(default, rename = "generation")]
     _generation: Option<serde::de::IgnoredAny>,
     #[serde(default, rename = "creationTimestamp")]
-    _creation_timestamp: Option<serde::de::IgnoredAny>,
+    creation_timestamp: Option<String>,
     #[serde(default, rename = "managedFields")]
     _managed_fields: Option<serde::de::IgnoredAny>,
 }
@@ -103,6 +111,7 @@ impl From<RawMetadata> for Metadata {
             namespace: m.namespace,
             labels: m.labels,
             annotations: m.annotations,
+            creation_timestamp: m.creation_timestamp,
         }
     }
 }
@@ -198,6 +207,7 @@ impl DocError {
                 namespace: authz.namespace.clone(),
                 labels: BTreeMap::new(),
                 annotations: BTreeMap::new(),
+                creation_timestamp: None,
             },
             spec: Spec::DenyAll(DenyAll {
                 target: authz.target.clone()?,

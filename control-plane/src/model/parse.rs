@@ -366,6 +366,44 @@ spec:
     /// `retries.on` was renamed `retryOn`; the old name, and the `true` a
     /// YAML 1.1 reader makes of it, are refused naming the new one.
     #[test]
+    fn http_route_matches_and_filters_are_read_and_checked() {
+        let route = |rule: &str| {
+            format!(
+                "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r, namespace: shop}}\nspec:\n  parentRefs: [{{kind: Service, name: web, port: 80}}]\n  rules:\n  - {rule}\n"
+            )
+        };
+        let good = [
+            "matches: [{path: {type: RegularExpression, value: '/v[0-9]+/.*'}, queryParams: [{name: tier, value: gold}], headers: [{type: RegularExpression, name: x-user, value: 'a.*'}]}]\n    backendRefs: [{name: web}]",
+            "name: moved\n    matches: [{path: {type: PathPrefix, value: /old}}]\n    filters: [{type: RequestRedirect, requestRedirect: {scheme: https, statusCode: 301, path: {type: ReplacePrefixMatch, replacePrefixMatch: /new}}}]",
+            "filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-a, value: '1'}], add: [{name: x-b, value: '2'}], remove: [x-c]}}, {type: ResponseHeaderModifier, responseHeaderModifier: {add: [{name: x-d, value: '3'}]}}, {type: RequestMirror, requestMirror: {backendRef: {name: audit, port: 80}, fraction: {numerator: 1, denominator: 10}}}, {type: URLRewrite, urlRewrite: {hostname: example.org, path: {type: ReplaceFullPath, replaceFullPath: /x}}}]\n    backendRefs: [{name: web, filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-e, value: '4'}]}}]}]\n    timeouts: {request: 2s, backendRequest: 500ms}",
+        ];
+        for rule in good {
+            let (docs, errors) = parse_file("r.yaml", &route(rule));
+            assert!(errors.is_empty() && docs.len() == 1, "{rule}: {errors:?}");
+        }
+        let bad = [
+            ("matches: [{path: {type: RegularExpression, value: '/(unclosed'}}]", "spec.rules[0].matches[0].path.value"),
+            ("matches: [{headers: [{name: 'bad header', value: x}]}]", "spec.rules[0].matches[0].headers[0].name"),
+            ("matches: [{method: FETCH}]", "spec.rules[0].matches[0].method"),
+            ("matches: [{queryParams: [{type: Glob, name: a, value: b}]}]", "spec.rules[0].matches[0].queryParams[0].type"),
+            ("filters: [{type: ExtensionRef, extensionRef: {group: x, kind: y, name: z}}]", "spec.rules[0].filters[0].type"),
+            ("filters: [{type: RequestRedirect}]", "spec.rules[0].filters[0].requestRedirect"),
+            ("filters: [{type: RequestRedirect, requestRedirect: {statusCode: 307}}]", "spec.rules[0].filters[0].requestRedirect.statusCode"),
+            ("matches: [{path: {type: Exact, value: /a}}]\n    filters: [{type: URLRewrite, urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /b}}}]", "spec.rules[0].filters[0].urlRewrite.path.type"),
+            ("filters: [{type: RequestMirror, requestMirror: {backendRef: {name: a}, percent: 101}}]", "spec.rules[0].filters[0].requestMirror.percent"),
+            ("filters: [{type: RequestMirror, requestMirror: {backendRef: {name: a}, fraction: {numerator: 3, denominator: 0}}}]", "spec.rules[0].filters[0].requestMirror.fraction"),
+            ("filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x, value: \"a\\nb\"}]}}]", "spec.rules[0].filters[0].requestHeaderModifier.set[0].value"),
+            ("backendRefs: [{name: web, filters: [{type: RequestRedirect, requestRedirect: {scheme: https}}]}]", "spec.rules[0].backendRefs[0].filters[0].type"),
+            ("filters: [{type: RequestRedirect, requestRedirect: {}}, {type: URLRewrite, urlRewrite: {}}]", "spec.rules[0].filters"),
+        ];
+        for (rule, field) in bad {
+            let (docs, errors) = parse_file("r.yaml", &route(rule));
+            assert!(docs.is_empty(), "{rule}: accepted");
+            assert_eq!(errors[0].field, field, "{rule}: {}", errors[0]);
+        }
+    }
+
+    #[test]
     fn retry_on_renamed() {
         let doc = |retries: &str| {
             format!("apiVersion: weft.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {{name: p, namespace: shop}}\nspec:\n  targetRef: {{name: web}}\n  retries:\n    attempts: 2\n    {retries}\n")

@@ -240,40 +240,287 @@ pub(super) fn validate(doc: &Document) -> Result<(), FieldError> {
                     "expected a DNS label",
                 )?;
             }
-            for (i, rule) in r.rules.iter().enumerate() {
+            http_route_rules(&r.rules)?;
+        }
+    }
+    Ok(())
+}
+
+/// An HTTPRoute's rules: backends, matches and filters the mesh can apply.
+fn http_route_rules(rules: &[RouteRule]) -> Result<(), FieldError> {
+    for (i, rule) in rules.iter().enumerate() {
+        let at = format!("spec.rules[{i}]");
+        if let Some(name) = &rule.name {
+            check(is_dns_label(name), format!("{at}.name"), "expected a DNS label")?;
+        }
+        for (j, b) in rule.backend_refs.iter().enumerate() {
+            check(
+                is_dns_label(&b.name),
+                format!("{at}.backendRefs[{j}].name"),
+                "expected a DNS label",
+            )?;
+            check(
+                b.weight <= 1_000_000,
+                format!("{at}.backendRefs[{j}].weight"),
+                format!("expected 0..=1000000, got {}", b.weight),
+            )?;
+            route_filters(
+                &b.filters,
+                &format!("{at}.backendRefs[{j}].filters"),
+                false,
+                false,
+            )?;
+        }
+        for (j, m) in rule.matches.iter().enumerate() {
+            let at = format!("{at}.matches[{j}]");
+            if let Some(p) = &m.path {
                 check(
-                    !rule.backend_refs.is_empty(),
-                    format!("spec.rules[{i}].backendRefs"),
-                    "expected at least one backend",
+                    matches!(p.kind.as_str(), "PathPrefix" | "Exact" | "RegularExpression"),
+                    format!("{at}.path.type"),
+                    format!(
+                        "expected `PathPrefix`, `Exact` or `RegularExpression`, got `{}`",
+                        p.kind
+                    ),
                 )?;
-                for (j, b) in rule.backend_refs.iter().enumerate() {
+                if p.kind == "RegularExpression" {
+                    check_regex(&p.value, &format!("{at}.path.value"))?;
+                } else {
                     check(
-                        is_dns_label(&b.name),
-                        format!("spec.rules[{i}].backendRefs[{j}].name"),
-                        "expected a DNS label",
-                    )?;
-                    check(
-                        b.weight <= 1_000_000,
-                        format!("spec.rules[{i}].backendRefs[{j}].weight"),
-                        format!("expected 0..=1000000, got {}", b.weight),
+                        p.value.starts_with('/'),
+                        format!("{at}.path.value"),
+                        "expected a path starting with `/`",
                     )?;
                 }
-                for (j, m) in rule.matches.iter().enumerate() {
-                    if let Some(p) = &m.path {
+            }
+            if let Some(method) = &m.method {
+                check(
+                    matches!(
+                        method.as_str(),
+                        "GET"
+                            | "HEAD"
+                            | "POST"
+                            | "PUT"
+                            | "DELETE"
+                            | "CONNECT"
+                            | "OPTIONS"
+                            | "TRACE"
+                            | "PATCH"
+                    ),
+                    format!("{at}.method"),
+                    format!("expected an HTTP method (GET, POST, ...), got `{method}`"),
+                )?;
+            }
+            for (list, field) in [(&m.headers, "headers"), (&m.query_params, "queryParams")] {
+                for (k, h) in list.iter().enumerate() {
+                    let at = format!("{at}.{field}[{k}]");
+                    let kind = h.kind.as_deref().unwrap_or("Exact");
+                    check(
+                        kind == "Exact" || kind == "RegularExpression",
+                        format!("{at}.type"),
+                        format!("expected `Exact` or `RegularExpression`, got `{kind}`"),
+                    )?;
+                    if field == "headers" {
+                        check_header_name(&h.name, &format!("{at}.name"))?;
+                    } else {
                         check(
-                            p.kind == "PathPrefix" || p.kind == "Exact",
-                            format!("spec.rules[{i}].matches[{j}].path.type"),
-                            format!("expected `PathPrefix` or `Exact`, got `{}`", p.kind),
+                            !h.name.is_empty(),
+                            format!("{at}.name"),
+                            "expected a parameter name",
                         )?;
-                        check(
-                            p.value.starts_with('/'),
-                            format!("spec.rules[{i}].matches[{j}].path.value"),
-                            "expected a path starting with `/`",
-                        )?;
+                    }
+                    if kind == "RegularExpression" {
+                        check_regex(&h.value, &format!("{at}.value"))?;
                     }
                 }
             }
         }
+        let prefix_only = !rule.matches.is_empty()
+            && rule
+                .matches
+                .iter()
+                .all(|m| m.path.as_ref().is_some_and(|p| p.kind == "PathPrefix"));
+        route_filters(
+            &rule.filters,
+            &format!("{at}.filters"),
+            true,
+            prefix_only || rule.matches.is_empty(),
+        )?;
     }
     Ok(())
+}
+
+/// `filters` of a rule (`on_rule`) or a backendRef. `prefix_matched`:
+/// every match of the rule is a `PathPrefix` (or it has none), which
+/// `ReplacePrefixMatch` needs.
+fn route_filters(
+    filters: &[RouteFilter],
+    at: &str,
+    on_rule: bool,
+    prefix_matched: bool,
+) -> Result<(), FieldError> {
+    let count = |kind: &str| filters.iter().filter(|f| f.kind == kind).count();
+    check(
+        count("RequestRedirect") == 0 || count("URLRewrite") == 0,
+        at,
+        "expected RequestRedirect or URLRewrite, not both",
+    )?;
+    for kind in [
+        "RequestHeaderModifier",
+        "ResponseHeaderModifier",
+        "RequestRedirect",
+        "URLRewrite",
+    ] {
+        check(count(kind) <= 1, at, format!("expected at most one {kind}"))?;
+    }
+    for (i, f) in filters.iter().enumerate() {
+        let at = format!("{at}[{i}]");
+        let field = |name: &str| format!("{at}.{name}");
+        let missing = |name: &str| (field(name), format!("expected `{name}` for type {}", f.kind));
+        match f.kind.as_str() {
+            "RequestHeaderModifier" | "ResponseHeaderModifier" => {
+                let (name, m) = if f.kind == "RequestHeaderModifier" {
+                    ("requestHeaderModifier", &f.request_header_modifier)
+                } else {
+                    ("responseHeaderModifier", &f.response_header_modifier)
+                };
+                let m = m.as_ref().ok_or_else(|| missing(name))?;
+                for (list, part) in [(&m.set, "set"), (&m.add, "add")] {
+                    for (j, h) in list.iter().enumerate() {
+                        check_header_name(&h.name, &format!("{at}.{name}.{part}[{j}].name"))?;
+                        check(
+                            http::HeaderValue::from_str(&h.value).is_ok(),
+                            format!("{at}.{name}.{part}[{j}].value"),
+                            "expected a header value (visible ASCII, spaces and tabs)",
+                        )?;
+                    }
+                }
+                for (j, h) in m.remove.iter().enumerate() {
+                    check_header_name(h, &format!("{at}.{name}.remove[{j}]"))?;
+                }
+            }
+            "RequestRedirect" => {
+                check(on_rule, field("type"), "expected RequestRedirect on a rule, not a backendRef")?;
+                let r = f.request_redirect.as_ref().ok_or_else(|| missing("requestRedirect"))?;
+                if let Some(scheme) = &r.scheme {
+                    check(
+                        scheme == "http" || scheme == "https",
+                        field("requestRedirect.scheme"),
+                        format!("expected `http` or `https`, got `{scheme}`"),
+                    )?;
+                }
+                if let Some(code) = r.status_code {
+                    check(
+                        code == 301 || code == 302,
+                        field("requestRedirect.statusCode"),
+                        format!("expected 301 or 302, got {code}"),
+                    )?;
+                }
+                if let Some(p) = &r.port {
+                    check(*p != 0, field("requestRedirect.port"), "expected 1..=65535")?;
+                }
+                if let Some(p) = &r.path {
+                    path_modifier(p, &field("requestRedirect.path"), prefix_matched)?;
+                }
+            }
+            "URLRewrite" => {
+                let r = f.url_rewrite.as_ref().ok_or_else(|| missing("urlRewrite"))?;
+                if let Some(p) = &r.path {
+                    path_modifier(p, &field("urlRewrite.path"), prefix_matched)?;
+                }
+            }
+            "RequestMirror" => {
+                let m = f.request_mirror.as_ref().ok_or_else(|| missing("requestMirror"))?;
+                check(
+                    is_dns_label(&m.backend_ref.name),
+                    field("requestMirror.backendRef.name"),
+                    "expected a DNS label",
+                )?;
+                check(
+                    m.percent.is_none() || m.fraction.is_none(),
+                    field("requestMirror"),
+                    "expected `percent` or `fraction`, not both",
+                )?;
+                if let Some(p) = m.percent {
+                    check(p <= 100, field("requestMirror.percent"), format!("expected 0..=100, got {p}"))?;
+                }
+                if let Some(fr) = &m.fraction {
+                    check(
+                        fr.denominator > 0 && fr.numerator <= fr.denominator,
+                        field("requestMirror.fraction"),
+                        "expected 0 <= numerator <= denominator and denominator > 0",
+                    )?;
+                }
+            }
+            other => {
+                return Err((
+                    field("type"),
+                    format!(
+                        "expected RequestHeaderModifier, ResponseHeaderModifier, RequestRedirect, URLRewrite or RequestMirror, got `{other}` (not supported by the mesh)"
+                    ),
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+fn path_modifier(p: &PathModifierSpec, at: &str, prefix_matched: bool) -> Result<(), FieldError> {
+    match p.kind.as_str() {
+        "ReplaceFullPath" => {
+            let v = p.replace_full_path.as_deref().ok_or_else(|| {
+                (
+                    format!("{at}.replaceFullPath"),
+                    "expected a path for ReplaceFullPath".to_string(),
+                )
+            })?;
+            check(
+                v.starts_with('/'),
+                format!("{at}.replaceFullPath"),
+                "expected a path starting with `/`",
+            )
+        }
+        "ReplacePrefixMatch" => {
+            check(
+                prefix_matched,
+                format!("{at}.type"),
+                "expected ReplacePrefixMatch only on a rule whose every match is a PathPrefix",
+            )?;
+            let v = p.replace_prefix_match.as_deref().ok_or_else(|| {
+                (
+                    format!("{at}.replacePrefixMatch"),
+                    "expected a path for ReplacePrefixMatch".to_string(),
+                )
+            })?;
+            check(
+                v.starts_with('/'),
+                format!("{at}.replacePrefixMatch"),
+                "expected a path starting with `/`",
+            )
+        }
+        other => Err((
+            format!("{at}.type"),
+            format!("expected `ReplaceFullPath` or `ReplacePrefixMatch`, got `{other}`"),
+        )),
+    }
+}
+
+fn check_regex(v: &str, at: &str) -> Result<(), FieldError> {
+    regex::RegexBuilder::new(v)
+        .size_limit(1 << 20)
+        .build()
+        .map(|_| ())
+        .map_err(|e| {
+            (
+                at.to_string(),
+                format!("expected a regular expression (RE2 syntax): {e}"),
+            )
+        })
+}
+
+fn check_header_name(v: &str, at: &str) -> Result<(), FieldError> {
+    check(
+        http::HeaderName::from_bytes(v.as_bytes()).is_ok(),
+        at,
+        format!("expected a header name, got `{v}`"),
+    )
 }

@@ -572,6 +572,7 @@ mod tests {
                     backends: vec![api::Backend {
                         authority: "v2:80".into(),
                         weight: 5,
+                        ..Default::default()
                     }],
                     timeout_ms: 1500,
                     ..Default::default()

@@ -12,11 +12,16 @@ use std::time::Duration;
 
 use weft_api::v1 as api;
 
+use http::header::{HeaderName, HeaderValue};
+
 use crate::discover::{Backend, Destination, Endpoint, PathMatch, Route, RouteMatch};
 use crate::policy::{AuthorizationRule, IdentityMatch, MtlsMode, PathPrefix, ServerPolicy};
 use crate::resilience::ratelimit::RateLimitParams;
 use crate::resilience::{
     retry, BreakerPolicy, ConcurrencyPolicy, FaultPolicy, LoadBalancer, Policy, RetryPolicy, Shared, Timeouts,
+};
+use crate::routes::{
+    Filter, HeaderModifier, Mirror, PathModifier, Pattern, Redirect, Rewrite, Value, ValueMatch,
 };
 
 /// A message the proxy cannot use.
@@ -101,27 +106,168 @@ impl From<&api::Route> for Route {
         Route {
             name: r.name.clone(),
             matches: r.matches.iter().map(RouteMatch::from).collect(),
-            backends: r
-                .backends
-                .iter()
-                .map(|b| Backend::new(&b.authority, b.weight))
-                .collect(),
+            backends: r.backends.iter().map(Backend::from).collect(),
             timeout: ms(r.timeout_ms),
+            backend_timeout: ms(r.backend_timeout_ms),
+            filters: r.filters.iter().map(Filter::from).collect(),
+        }
+    }
+}
+
+impl From<&api::Backend> for Backend {
+    fn from(b: &api::Backend) -> Self {
+        Backend {
+            filters: b.filters.iter().map(Filter::from).collect(),
+            ..Backend::new(&b.authority, b.weight)
         }
     }
 }
 
 impl From<&api::RouteMatch> for RouteMatch {
-    /// An unknown `path_type` (or none) matches any path.
+    /// A path type this proxy does not know, or an expression that does
+    /// not compile, matches nothing (never everything); likewise a header
+    /// or query expression.
     fn from(m: &api::RouteMatch) -> Self {
-        RouteMatch {
-            path: match m.path_type.as_str() {
-                "exact" => Some(PathMatch::Exact(m.path.clone())),
-                "prefix" => Some(PathMatch::Prefix(m.path.clone())),
-                _ => None,
+        let never = |why: String| Some(PathMatch::Never(why));
+        let value = |v: &api::ValueMatch| {
+            if v.regex {
+                Pattern::new(&v.value).map(Value::Regex).ok()
+            } else {
+                Some(Value::Exact(v.value.clone()))
+            }
+        };
+        let mut broken = None;
+        let mut values = |list: &[api::ValueMatch], lowercase: bool| -> Vec<ValueMatch> {
+            list.iter()
+                .filter_map(|v| match value(v) {
+                    Some(value) => Some(ValueMatch {
+                        name: if lowercase {
+                            v.name.to_ascii_lowercase()
+                        } else {
+                            v.name.clone()
+                        },
+                        value,
+                    }),
+                    None => {
+                        broken = Some(format!("invalid expression `{}`", v.value));
+                        None
+                    }
+                })
+                .collect()
+        };
+        let mut headers: Vec<ValueMatch> = m
+            .headers
+            .iter()
+            .map(|(k, v)| ValueMatch {
+                name: k.to_ascii_lowercase(),
+                value: Value::Exact(v.clone()),
+            })
+            .collect();
+        headers.extend(values(&m.header_matches, true));
+        let query = values(&m.query_params, false);
+        let path = match m.path_type.as_str() {
+            _ if broken.is_some() => never(broken.take().unwrap_or_default()),
+            "" => None,
+            "exact" => Some(PathMatch::Exact(m.path.clone())),
+            "prefix" => Some(PathMatch::Prefix(m.path.clone())),
+            "regex" => match Pattern::new(&m.path) {
+                Ok(p) => Some(PathMatch::Regex(p)),
+                Err(e) => never(format!("invalid expression `{}`: {e}", m.path)),
             },
+            other => never(format!("unknown path type `{other}`")),
+        };
+        RouteMatch {
+            path,
             method: non_empty(&m.method),
-            headers: m.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            headers,
+            query,
+        }
+    }
+}
+
+impl From<&api::HeaderModifier> for HeaderModifier {
+    /// Header names and values were validated by the control plane; one
+    /// that still does not parse makes the whole filter unusable, which
+    /// the caller turns into [`Filter::Unsupported`].
+    fn from(m: &api::HeaderModifier) -> Self {
+        let pair = |h: &api::Header| {
+            Some((
+                HeaderName::try_from(h.name.as_str()).ok()?,
+                HeaderValue::try_from(h.value.as_str()).ok()?,
+            ))
+        };
+        HeaderModifier {
+            set: m.set.iter().filter_map(pair).collect(),
+            add: m.add.iter().filter_map(pair).collect(),
+            remove: m
+                .remove
+                .iter()
+                .filter_map(|n| HeaderName::try_from(n.as_str()).ok())
+                .collect(),
+        }
+    }
+}
+
+fn header_modifier(m: &api::HeaderModifier) -> Option<HeaderModifier> {
+    let parsed = HeaderModifier::from(m);
+    (parsed.set.len() == m.set.len()
+        && parsed.add.len() == m.add.len()
+        && parsed.remove.len() == m.remove.len())
+    .then_some(parsed)
+}
+
+fn path_modifier(kind: &str, path: &str) -> Result<Option<PathModifier>, String> {
+    match kind {
+        "" => Ok(None),
+        "full" => Ok(Some(PathModifier::Full(path.to_string()))),
+        "prefix" => Ok(Some(PathModifier::Prefix(path.to_string()))),
+        other => Err(format!("unknown path modifier `{other}`")),
+    }
+}
+
+impl From<&api::Filter> for Filter {
+    /// A filter this proxy cannot apply as sent is [`Filter::Unsupported`]:
+    /// the rule then answers 500 rather than route without it.
+    fn from(f: &api::Filter) -> Self {
+        use api::filter::Kind;
+        let unsupported = |why: &str| Filter::Unsupported(why.to_string());
+        match &f.kind {
+            None => unsupported("a filter this proxy does not know"),
+            Some(Kind::RequestHeaderModifier(m)) => {
+                header_modifier(m).map_or_else(|| unsupported("invalid header"), Filter::RequestHeaders)
+            }
+            Some(Kind::ResponseHeaderModifier(m)) => {
+                header_modifier(m).map_or_else(|| unsupported("invalid header"), Filter::ResponseHeaders)
+            }
+            Some(Kind::RequestRedirect(r)) => {
+                let status = match r.status_code {
+                    0 | 302 => http::StatusCode::FOUND,
+                    301 => http::StatusCode::MOVED_PERMANENTLY,
+                    _ => return unsupported("redirect status other than 301 or 302"),
+                };
+                match path_modifier(&r.path_type, &r.path) {
+                    Ok(path) => Filter::Redirect(Redirect {
+                        scheme: non_empty(&r.scheme),
+                        hostname: non_empty(&r.hostname),
+                        port: u16::try_from(r.port).ok().filter(|p| *p != 0),
+                        path,
+                        status,
+                    }),
+                    Err(e) => unsupported(&e),
+                }
+            }
+            Some(Kind::UrlRewrite(r)) => match path_modifier(&r.path_type, &r.path) {
+                Ok(path) => Filter::Rewrite(Rewrite {
+                    hostname: non_empty(&r.hostname),
+                    path,
+                }),
+                Err(e) => unsupported(&e),
+            },
+            Some(Kind::RequestMirror(m)) => Filter::Mirror(Mirror {
+                backend: Backend::new(&m.authority, 1),
+                numerator: m.numerator,
+                denominator: m.denominator,
+            }),
         }
     }
 }
@@ -467,7 +613,17 @@ mod tests {
                     path_type: "prefix".into(),
                     path: "/api".into(),
                     method: "GET".into(),
-                    headers: [("x-canary".to_string(), "1".to_string())].into(),
+                    headers: [("X-Canary".to_string(), "1".to_string())].into(),
+                    header_matches: vec![api::ValueMatch {
+                        name: "X-User".into(),
+                        value: "a.*".into(),
+                        regex: true,
+                    }],
+                    query_params: vec![api::ValueMatch {
+                        name: "Tier".into(),
+                        value: "gold".into(),
+                        regex: false,
+                    }],
                 },
                 api::RouteMatch {
                     path_type: "exact".into(),
@@ -476,7 +632,7 @@ mod tests {
                 },
                 api::RouteMatch {
                     path_type: "regex".into(),
-                    path: ".*".into(),
+                    path: "/v[0-9]+".into(),
                     ..Default::default()
                 },
             ],
@@ -484,13 +640,17 @@ mod tests {
                 api::Backend {
                     authority: "v1:80".into(),
                     weight: 9,
+                    filters: vec![],
                 },
                 api::Backend {
                     authority: "v2:80".into(),
                     weight: 1,
+                    filters: vec![],
                 },
             ],
             timeout_ms: 0,
+            backend_timeout_ms: 250,
+            filters: vec![],
         });
         assert_eq!(route.name, "demo/split/0");
         assert_eq!(
@@ -499,17 +659,32 @@ mod tests {
                 RouteMatch {
                     path: Some(PathMatch::Prefix("/api".into())),
                     method: Some("GET".into()),
-                    headers: vec![("x-canary".into(), "1".into())],
+                    headers: vec![
+                        ValueMatch {
+                            name: "x-canary".into(),
+                            value: Value::Exact("1".into())
+                        },
+                        ValueMatch {
+                            name: "x-user".into(),
+                            value: Value::Regex(Pattern::new("a.*").unwrap())
+                        },
+                    ],
+                    query: vec![ValueMatch {
+                        name: "Tier".into(),
+                        value: Value::Exact("gold".into())
+                    }],
                 },
                 RouteMatch {
                     path: Some(PathMatch::Exact("/health".into())),
                     method: None,
                     headers: vec![],
+                    query: vec![],
                 },
                 RouteMatch {
-                    path: None,
+                    path: Some(PathMatch::Regex(Pattern::new("/v[0-9]+").unwrap())),
                     method: None,
                     headers: vec![],
+                    query: vec![],
                 },
             ]
         );
@@ -523,6 +698,62 @@ mod tests {
             "parsed when the route arrives"
         );
         assert_eq!(route.timeout, None, "0: the policy's timeout");
+        assert_eq!(route.backend_timeout, Some(Duration::from_millis(250)));
+    }
+
+    #[test]
+    fn what_a_proxy_cannot_evaluate_matches_nothing_and_fails_the_rule() {
+        let m = RouteMatch::from(&api::RouteMatch {
+            path_type: "glob".into(),
+            path: "/*".into(),
+            ..Default::default()
+        });
+        assert!(matches!(m.path, Some(PathMatch::Never(_))), "{m:?}");
+        let m = RouteMatch::from(&api::RouteMatch {
+            header_matches: vec![api::ValueMatch {
+                name: "x".into(),
+                value: "(".into(),
+                regex: true,
+            }],
+            ..Default::default()
+        });
+        assert!(
+            matches!(m.path, Some(PathMatch::Never(_))),
+            "a broken header expression: {m:?}"
+        );
+        assert!(matches!(
+            Filter::from(&api::Filter { kind: None }),
+            Filter::Unsupported(_)
+        ));
+        let bad_header = api::Filter {
+            kind: Some(api::filter::Kind::RequestHeaderModifier(api::HeaderModifier {
+                set: vec![api::Header {
+                    name: "bad header".into(),
+                    value: "v".into(),
+                }],
+                ..Default::default()
+            })),
+        };
+        assert!(matches!(Filter::from(&bad_header), Filter::Unsupported(_)));
+        let redirect = api::Filter {
+            kind: Some(api::filter::Kind::RequestRedirect(api::Redirect {
+                scheme: "https".into(),
+                status_code: 301,
+                path_type: "prefix".into(),
+                path: "/new".into(),
+                ..Default::default()
+            })),
+        };
+        assert_eq!(
+            Filter::from(&redirect),
+            Filter::Redirect(Redirect {
+                scheme: Some("https".into()),
+                hostname: None,
+                port: None,
+                path: Some(PathModifier::Prefix("/new".into())),
+                status: http::StatusCode::MOVED_PERMANENTLY,
+            })
+        );
     }
 
     #[test]

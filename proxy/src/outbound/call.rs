@@ -37,6 +37,9 @@ pub struct Call<'a> {
     pub app: AppProtocol,
     pub authority: &'a Authority,
     pub deadline: Option<Deadline>,
+    /// Each try's timeout, when the route sets one (else the destination
+    /// policy's).
+    pub per_try: Option<Duration>,
     /// A gRPC request: what is left of the deadline travels in
     /// `grpc-timeout`.
     pub grpc: bool,
@@ -338,6 +341,7 @@ async fn attempt<U: Upstream>(
     body: &mut RequestBody,
 ) -> Result<Response<Body>, ProxyError> {
     let timeouts = &call.dest.policy.timeouts;
+    let per_try = call.per_try.or(timeouts.per_try);
     let work = async {
         let ready = upstream.ready(endpoint, call.app);
         match timeouts.connect {
@@ -355,7 +359,7 @@ async fn attempt<U: Upstream>(
             let left = [
                 call.deadline
                     .map(|d| d.at.saturating_duration_since(Instant::now())),
-                timeouts.per_try,
+                per_try,
             ]
             .into_iter()
             .flatten()
@@ -374,7 +378,7 @@ async fn attempt<U: Upstream>(
         }
         Ok(rsp)
     };
-    match timeouts.per_try {
+    match per_try {
         Some(t) => tokio::time::timeout(t, work)
             .await
             .map_err(|_| ProxyError::PerTryTimeout(t))?,

@@ -253,6 +253,7 @@ async fn run(
         app: AppProtocol::Http1,
         authority: &authority,
         deadline: Deadline::new(start, timeout),
+        per_try: None,
         grpc: false,
     };
     let called = call(script, &c, req, metrics).await;

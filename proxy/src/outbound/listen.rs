@@ -11,7 +11,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::call::{self, Call, Called, Deadline};
-use super::route::{self, Plan, To};
+use super::route::{self, To};
 use super::upstream::{dialled, Upstream};
 use super::Outbound;
 use crate::bounds::{Admission, Admitted};
@@ -116,8 +116,8 @@ impl Outbound {
     /// destination → call (or tunnel). Returns where the request went as
     /// far as it got, for telemetry.
     async fn route_and_call(
-        &self,
-        req: Request<Body>,
+        self: &Arc<Self>,
+        mut req: Request<Body>,
         app: AppProtocol,
         orig_dst: Option<SocketAddr>,
     ) -> (Target, Result<Response<Body>, ProxyError>) {
@@ -130,48 +130,52 @@ impl Outbound {
             .lookup(crate::http::authority(&req), req.uri(), orig_dst)
             .await
         {
-            Ok(named) => route::plan(&req, named),
+            Ok(named) => route::plan(&mut req, named),
             Err(e) => Err(e),
         };
-        let Plan {
-            authority,
-            route,
-            to,
-            timeout,
-            tunnel,
-        } = match planned {
+        let plan = match planned {
             Ok(plan) => plan,
             Err(e) => return (target, Err(e)),
         };
         let target = Target {
-            route: route.unwrap_or_default(),
+            route: plan.route.clone().unwrap_or_default(),
             ..target
         };
-        let dest = match to {
-            To::Destination(dest) => dest,
-            To::Backend { host, port } => match self.resolve(&host, port).await {
+        let dest = match &plan.to {
+            To::Destination(dest) => dest.clone(),
+            To::Backend { host, port } => match self.resolve(host, *port).await {
                 Ok(dest) => dest,
                 Err(e) => return (target, Err(e)),
             },
+            To::Redirect { status, location } => return (target, Ok(redirect(*status, location))),
         };
         let target = Target {
             service: dest.service.clone(),
             namespace: dest.namespace.clone(),
             ..target
         };
-        let Called { result, last } = if tunnel {
+        let Called { mut result, last } = if plan.tunnel {
             self.tunnel(req, &dest).await
         } else {
+            if !plan.mirrors.is_empty() {
+                req = self.mirror(req, &plan, app);
+            }
             let grpc = grpc::is_grpc(req.headers());
             let call = Call {
                 dest: &dest,
                 app,
-                authority: &authority,
-                deadline: Deadline::new(start, timeout),
+                authority: &plan.authority,
+                deadline: Deadline::new(start, plan.timeout),
+                per_try: plan.try_timeout,
                 grpc,
             };
             call::call(&self.clients, &call, req, &self.telemetry.metrics.resilience).await
         };
+        if let Ok(rsp) = &mut result {
+            for m in &plan.response_headers {
+                m.apply(rsp.headers_mut());
+            }
+        }
         (self.describe(target, last.as_ref()), result)
     }
 
@@ -192,4 +196,17 @@ impl Outbound {
             ..target
         }
     }
+}
+
+/// The proxy's own answer to a `RequestRedirect`.
+fn redirect(status: http::StatusCode, location: &str) -> Response<Body> {
+    let mut rsp = Response::new(crate::http::empty_body());
+    *rsp.status_mut() = status;
+    match http::HeaderValue::from_str(location) {
+        Ok(v) => {
+            rsp.headers_mut().insert(http::header::LOCATION, v);
+        }
+        Err(_) => *rsp.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR,
+    }
+    rsp
 }

@@ -10,7 +10,10 @@
 //! ```text
 //! listen.rs   accept, detect → one HTTP request (or opaque TCP → tunnel.rs)
 //! lookup.rs   the authority it names (or the original destination) → Named
-//! route.rs    Named + request head → Plan (route, backend, timeout); pure
+//! route.rs    Named + request → Plan (route, backend, timeouts, filters);
+//!             applies the request's filters, no I/O
+//! mirror.rs   RequestMirror: a copy of the request, its body teed, sent
+//!             on the side
 //! call.rs     Plan's destination → Call: deadline, fault, bulkhead, then tries:
 //!               pick → one try (upstream.rs) → verdict.rs judges → retry?
 //! upstream.rs one try at one endpoint: the `Upstream` trait, which the
@@ -33,6 +36,7 @@ use crate::telemetry::Telemetry;
 pub mod call;
 mod listen;
 pub mod lookup;
+mod mirror;
 pub mod route;
 mod tunnel;
 pub mod upstream;
