@@ -65,6 +65,8 @@ pub struct EchoApp {
 /// HTTP/1.1 + HTTP/2 app:
 /// - any path: 200, streams the request body back (trailers included) and
 ///   reports what it saw in `x-echo-*` headers;
+/// - request headers named `x-header*` or `some-*` come back as
+///   `x-echo-req-<name>`;
 /// - `?ms=N`: waits N ms first; `?status=N`: answers status N;
 /// - gRPC (`content-type: application/grpc`): echoes each frame as it
 ///   arrives, then trailers `grpc-status: 0`; path `/test.Echo/Fail` answers
@@ -131,6 +133,19 @@ async fn echo(req: Request<Incoming>, me: SocketAddr) -> Result<Response<TestBod
         );
     if let Some(t) = req.headers().get("traceparent") {
         rsp = rsp.header("x-echo-traceparent", t);
+    }
+    // The headers the Gateway API conformance cases set and check, as
+    // the app received them (repeated ones joined with `,`).
+    for name in req.headers().keys() {
+        if name.as_str().starts_with("x-header") || name.as_str().starts_with("some-") {
+            let joined: Vec<&str> = req
+                .headers()
+                .get_all(name)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
+            rsp = rsp.header(format!("x-echo-req-{name}"), joined.join(","));
+        }
     }
     if let Some(t) = req.headers().get("trailer") {
         rsp = rsp.header("trailer", t);

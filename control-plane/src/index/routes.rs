@@ -74,6 +74,7 @@ impl Inner {
         config: &IndexConfig,
     ) -> Vec<api::Route> {
         let mut flat = Vec::new();
+        let parent = (namespace, name);
         for route in self.routes_for(namespace, name, port, client_namespace) {
             for (i, rule) in route.spec.rules.iter().enumerate() {
                 let rule_name = format!(
@@ -84,7 +85,7 @@ impl Inner {
                 let filters: Vec<api::Filter> = rule
                     .filters
                     .iter()
-                    .filter_map(|f| self.filter(route, f, port, config))
+                    .filter_map(|f| self.filter(route, parent, f, port, config))
                     .collect();
                 let backends: Vec<api::Backend> = rule
                     .backend_refs
@@ -92,6 +93,7 @@ impl Inner {
                     .map(|b| api::Backend {
                         authority: self.backend_authority(
                             route,
+                            parent,
                             &b.name,
                             b.namespace.as_deref(),
                             b.port,
@@ -102,7 +104,7 @@ impl Inner {
                         filters: b
                             .filters
                             .iter()
-                            .filter_map(|f| self.filter(route, f, port, config))
+                            .filter_map(|f| self.filter(route, parent, f, port, config))
                             .collect(),
                     })
                     .collect();
@@ -128,10 +130,15 @@ impl Inner {
 
     /// A backend's `host:port` authority, or empty when it is not
     /// permitted (another namespace's Service without a ReferenceGrant):
-    /// the proxy answers requests for it 500.
+    /// the proxy answers requests for it 500. The route's own parent
+    /// Service needs no grant: a consumer route that sends its clients on
+    /// to the Service they called gives them nothing they did not have
+    /// (the upstream case mesh-consumer-route relies on it).
+    #[allow(clippy::too_many_arguments)]
     fn backend_authority(
         &self,
         route: &RouteEntry,
+        parent: (&str, &str),
         name: &str,
         namespace: Option<&str>,
         backend_port: Option<u16>,
@@ -140,7 +147,7 @@ impl Inner {
     ) -> String {
         // Gateway API: a backendRef without a namespace is in the route's.
         let ns = namespace.unwrap_or(&route.namespace);
-        if self.backend_permitted(&route.namespace, ns, name) {
+        if (ns, name) == parent || self.backend_permitted(&route.namespace, ns, name) {
             format!(
                 "{name}.{ns}.svc.{}:{}",
                 config.cluster_domain,
@@ -156,6 +163,7 @@ impl Inner {
     fn filter(
         &self,
         route: &RouteEntry,
+        parent: (&str, &str),
         f: &RouteFilter,
         port: u16,
         config: &IndexConfig,
@@ -205,6 +213,7 @@ impl Inner {
                 Kind::RequestMirror(api::Mirror {
                     authority: self.backend_authority(
                         route,
+                        parent,
                         name,
                         namespace.as_deref(),
                         *mirror_port,

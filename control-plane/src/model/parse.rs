@@ -388,7 +388,7 @@ spec:
             ("matches: [{queryParams: [{type: Glob, name: a, value: b}]}]", "spec.rules[0].matches[0].queryParams[0].type"),
             ("filters: [{type: ExtensionRef, extensionRef: {group: x, kind: y, name: z}}]", "spec.rules[0].filters[0].type"),
             ("filters: [{type: RequestRedirect}]", "spec.rules[0].filters[0].requestRedirect"),
-            ("filters: [{type: RequestRedirect, requestRedirect: {statusCode: 307}}]", "spec.rules[0].filters[0].requestRedirect.statusCode"),
+            ("filters: [{type: RequestRedirect, requestRedirect: {statusCode: 304}}]", "spec.rules[0].filters[0].requestRedirect.statusCode"),
             ("matches: [{path: {type: Exact, value: /a}}]\n    filters: [{type: URLRewrite, urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /b}}}]", "spec.rules[0].filters[0].urlRewrite.path.type"),
             ("filters: [{type: RequestMirror, requestMirror: {backendRef: {name: a}, percent: 101}}]", "spec.rules[0].filters[0].requestMirror.percent"),
             ("filters: [{type: RequestMirror, requestMirror: {backendRef: {name: a}, fraction: {numerator: 3, denominator: 0}}}]", "spec.rules[0].filters[0].requestMirror.fraction"),

@@ -410,9 +410,9 @@ fn route_filters(
                 }
                 if let Some(code) = r.status_code {
                     check(
-                        code == 301 || code == 302,
+                        matches!(code, 301 | 302 | 303 | 307 | 308),
                         field("requestRedirect.statusCode"),
-                        format!("expected 301 or 302, got {code}"),
+                        format!("expected 301, 302, 303, 307 or 308, got {code}"),
                     )?;
                 }
                 if let Some(p) = &r.port {

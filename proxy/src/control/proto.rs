@@ -241,9 +241,12 @@ impl From<&api::Filter> for Filter {
             }
             Some(Kind::RequestRedirect(r)) => {
                 let status = match r.status_code {
-                    0 | 302 => http::StatusCode::FOUND,
-                    301 => http::StatusCode::MOVED_PERMANENTLY,
-                    _ => return unsupported("redirect status other than 301 or 302"),
+                    0 => http::StatusCode::FOUND,
+                    code @ (301 | 302 | 303 | 307 | 308) => u16::try_from(code)
+                        .ok()
+                        .and_then(|c| http::StatusCode::from_u16(c).ok())
+                        .unwrap_or(http::StatusCode::FOUND),
+                    _ => return unsupported("redirect status other than 301, 302, 303, 307 or 308"),
                 };
                 match path_modifier(&r.path_type, &r.path) {
                     Ok(path) => Filter::Redirect(Redirect {

@@ -85,7 +85,9 @@ pub fn plan<B>(req: &mut Request<B>, named: Named) -> Result<Plan, ProxyError> {
             _ => None,
         });
         if let Some(r) = redirect {
-            let location = r.location(req.uri(), &named.host, named.port, prefix);
+            // The host as the caller wrote it (for redirected traffic, not
+            // the address it dialled).
+            let location = r.location(req.uri(), named.authority.host(), named.port, prefix);
             plan.to = To::Redirect {
                 status: r.status,
                 location,

@@ -1,0 +1,701 @@
+//! The Gateway API mesh conformance cases, through real proxies.
+//!
+//! Upstream: kubernetes-sigs/gateway-api `conformance/tests/mesh/` at
+//! commit 4564255ac2c35d582249b3cdf261bdf51c8bca32. That suite needs a
+//! cluster, which these machines cannot run; so each case's manifests
+//! (`tests/gateway_api/<case>.yaml`, copied as they are) are read by the
+//! control plane's file source, next to the suite's base objects
+//! translated into MeshServices (`conformance/mesh/manifests.yaml`:
+//! Services `echo` (both versions, ports 80 and 8080), `echo-v1` and
+//! `echo-v2` in namespace `gateway-conformance-mesh`, and a consumer
+//! namespace). The assertions are written here from what each upstream
+//! case asserts (its Go code stays upstream): the request the suite's
+//! client sends, through a client proxy in the mesh namespace (or the
+//! consumer one), and the backend, status, headers, redirect or rewritten
+//! request it expects. Each test is named after its upstream case;
+//! docs/gateway-api.md lists every case with its status.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use weft_tests::apps::*;
+use weft_tests::bed::metric_sum;
+use weft_tests::{ControlProc, ProxyProc, TempDir};
+
+const NS: &str = "gateway-conformance-mesh";
+const CONSUMER_NS: &str = "gateway-conformance-mesh-consumer";
+
+/// An app and its proxy, serving as service account `sa`.
+struct Workload {
+    app: EchoApp,
+    proxy: ProxyProc,
+}
+
+/// The suite's base: `echo-v1` and `echo-v2` meshed, the three Services,
+/// a client proxy in the mesh namespace and one in the consumer namespace.
+struct Mesh {
+    _dir: TempDir,
+    file: std::path::PathBuf,
+    base: String,
+    v1: Workload,
+    v2: Workload,
+    client: ProxyProc,
+    consumer: ProxyProc,
+    control: ControlProc,
+}
+
+async fn workload(control: &ControlProc, sa: &str) -> Workload {
+    let app = echo_app().await;
+    let proxy = ProxyProc::start(&format!(
+        "appPorts: [{}]\nworkload: {sa}\n{}",
+        app.addr.port(),
+        control.proxy_config(NS, sa)
+    ));
+    Workload { app, proxy }
+}
+
+impl Mesh {
+    async fn start() -> Self {
+        let dir = TempDir::new();
+        let file = dir.write("mesh.yaml", "");
+        let control = ControlProc::start(dir.path(), "127.0.0.1:0".parse().unwrap());
+        let v1 = workload(&control, "echo-v1").await;
+        let v2 = workload(&control, "echo-v2").await;
+        let endpoint = |w: &Workload, sa: &str| {
+            format!(
+                "    - {{address: '{}', proxy: '{}', serviceAccount: {sa}}}\n",
+                w.app.addr, w.proxy.addrs.inbound
+            )
+        };
+        let service = |name: &str, eps: String| {
+            format!(
+                "apiVersion: weft.dev/v1alpha1\nkind: MeshService\nmetadata: {{name: {name}, namespace: {NS}}}\nspec:\n  ports: [{{port: 80}}, {{port: 8080}}]\n  endpoints:\n{eps}---\n"
+            )
+        };
+        let base = [
+            service("echo", endpoint(&v1, "echo-v1") + &endpoint(&v2, "echo-v2")),
+            service("echo-v1", endpoint(&v1, "echo-v1")),
+            service("echo-v2", endpoint(&v2, "echo-v2")),
+        ]
+        .concat();
+        std::fs::write(&file, &base).unwrap();
+        let client = ProxyProc::start(&control.proxy_config(NS, "client"));
+        let consumer = ProxyProc::start(&control.proxy_config(CONSUMER_NS, "client"));
+        for p in [&v1.proxy, &v2.proxy, &client, &consumer] {
+            p.ready().await;
+        }
+        let mesh = Self {
+            _dir: dir,
+            file,
+            base,
+            v1,
+            v2,
+            client,
+            consumer,
+            control,
+        };
+        for svc in ["echo-v1", "echo-v2"] {
+            mesh.until(&get("/").host(svc).to(svc), "the base services are known")
+                .await;
+        }
+        mesh
+    }
+
+    /// Waits until `probe` passes; on timeout, says how it last failed.
+    async fn until(&self, probe: &Probe, what: &str) {
+        self.until_times(probe, 1, what).await;
+    }
+
+    /// Waits until `probe` passes `times` times in a row.
+    async fn until_times(&self, probe: &Probe, times: usize, what: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut passed = 0;
+        while passed < times {
+            match self.check(probe).await {
+                Ok(()) => passed += 1,
+                Err(e) if std::time::Instant::now() > deadline => panic!("{what}: {e}"),
+                Err(_) => {
+                    passed = 0;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    /// Publishes the case's manifests and waits until `probe` passes (the
+    /// routes reached the proxies), as the suite waits for eventually
+    /// consistent responses.
+    async fn apply(&self, case: &str, probe: &Probe) {
+        let path = format!("{}/tests/gateway_api/{case}.yaml", env!("CARGO_MANIFEST_DIR"));
+        let routes = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        std::fs::write(&self.file, format!("{}{routes}", self.base)).unwrap();
+        // The control plane holds the case's routes (each case's route
+        // has one parent) ...
+        let want = format!(
+            "weft_control_index_objects{{kind=\"routes\"}} {}\n",
+            routes.matches("kind: HTTPRoute").count()
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !admin_get(self.control.admin, "/metrics").await.1.contains(&want) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{case}: the control plane never read the routes"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // ... and the client proxy answers as the case says, five times
+        // in a row (a probe the mesh without the routes could pass by
+        // chance does not pass five times).
+        self.until_times(probe, 5, &format!("{case}: the routes apply"))
+            .await;
+    }
+
+    fn backend(&self, server: Option<&str>) -> &'static str {
+        match server {
+            Some(s) if s == self.v1.app.addr.to_string() => "echo-v1",
+            Some(s) if s == self.v2.app.addr.to_string() => "echo-v2",
+            Some(_) => "another server",
+            None => "no backend",
+        }
+    }
+
+    async fn send(&self, p: &Probe) -> Answer {
+        let out = if p.consumer {
+            self.consumer.addrs.outbound
+        } else {
+            self.client.addrs.outbound
+        };
+        send(out, p).await
+    }
+
+    /// The probe's expectations, or what differed.
+    async fn check(&self, p: &Probe) -> Result<(), String> {
+        let a = self.send(p).await;
+        let h = |name: &str| a.headers.get(name).map(|v| v.to_str().unwrap_or("").to_string());
+        let fail = |what: String| Err(format!("{} {}: {what}", p.host, p.path));
+        if a.status != p.status {
+            return fail(format!(
+                "status {} (expected {}; weft-error {:?})",
+                a.status,
+                p.status,
+                h("weft-error")
+            ));
+        }
+        if let Some(want) = p.backend {
+            let got = self.backend(h("x-echo-server").as_deref());
+            if got != want {
+                return fail(format!("served by {got}, expected {want}"));
+            }
+        }
+        if let Some(want) = p.req_path {
+            if h("x-echo-path").as_deref() != Some(want) {
+                return fail(format!(
+                    "the backend saw path {:?}, expected {want}",
+                    h("x-echo-path")
+                ));
+            }
+        }
+        for (k, v) in &p.req_headers {
+            let got = h(&format!("x-echo-req-{}", k.to_ascii_lowercase()));
+            if got.as_deref() != Some(*v) {
+                return fail(format!("the backend saw {k}: {got:?}, expected {v}"));
+            }
+        }
+        for k in &p.req_absent {
+            if let Some(got) = h(&format!("x-echo-req-{}", k.to_ascii_lowercase())) {
+                return fail(format!("the backend saw {k}: {got}, expected none"));
+            }
+        }
+        for (k, v) in &p.rsp_headers {
+            if h(k).as_deref() != Some(*v) {
+                return fail(format!("response {k}: {:?}, expected {v}", h(k)));
+            }
+        }
+        for k in &p.rsp_absent {
+            if let Some(got) = h(k) {
+                return fail(format!("response {k}: {got}, expected none"));
+            }
+        }
+        if let Some(want) = p.location {
+            if h("location").as_deref() != Some(want) {
+                return fail(format!("Location {:?}, expected {want}", h("location")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks every probe; all must pass.
+    async fn expect(&self, probes: &[Probe]) {
+        let mut failed = Vec::new();
+        for p in probes {
+            if let Err(e) = self.check(p).await {
+                failed.push(e);
+            }
+        }
+        assert!(
+            failed.is_empty(),
+            "{} of {} failed:\n{}",
+            failed.len(),
+            probes.len(),
+            failed.join("\n")
+        );
+    }
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: http::HeaderMap,
+}
+
+async fn send(out: SocketAddr, p: &Probe) -> Answer {
+    let mut c = h1_client(out).await;
+    let mut req = Request::get(p.path).header("host", p.host);
+    for (k, v) in &p.headers {
+        req = req.header(*k, *v);
+    }
+    let rsp = c
+        .send_request(req.body(full(Bytes::new())).unwrap())
+        .await
+        .unwrap();
+    let (status, headers, _, _) = collect(rsp).await;
+    Answer { status, headers }
+}
+
+/// One request of a case and what the suite expects of it.
+#[derive(Clone)]
+struct Probe {
+    host: &'static str,
+    path: &'static str,
+    headers: Vec<(&'static str, &'static str)>,
+    consumer: bool,
+    status: StatusCode,
+    backend: Option<&'static str>,
+    req_path: Option<&'static str>,
+    req_headers: Vec<(&'static str, &'static str)>,
+    req_absent: Vec<&'static str>,
+    rsp_headers: Vec<(&'static str, &'static str)>,
+    rsp_absent: Vec<&'static str>,
+    location: Option<&'static str>,
+}
+
+/// `GET path` to Service `echo`, expecting 200.
+fn get(path: &'static str) -> Probe {
+    Probe {
+        host: "echo",
+        path,
+        headers: vec![],
+        consumer: false,
+        status: StatusCode::OK,
+        backend: None,
+        req_path: None,
+        req_headers: vec![],
+        req_absent: vec![],
+        rsp_headers: vec![],
+        rsp_absent: vec![],
+        location: None,
+    }
+}
+
+impl Probe {
+    fn host(mut self, host: &'static str) -> Self {
+        self.host = host;
+        self
+    }
+    fn header(mut self, k: &'static str, v: &'static str) -> Self {
+        self.headers.push((k, v));
+        self
+    }
+    fn sent_by_consumer(mut self) -> Self {
+        self.consumer = true;
+        self
+    }
+    fn to(mut self, backend: &'static str) -> Self {
+        self.backend = Some(backend);
+        self
+    }
+    fn status(mut self, code: u16) -> Self {
+        self.status = StatusCode::from_u16(code).unwrap();
+        self
+    }
+    fn seen_path(mut self, path: &'static str) -> Self {
+        self.req_path = Some(path);
+        self
+    }
+    fn seen_header(mut self, k: &'static str, v: &'static str) -> Self {
+        self.req_headers.push((k, v));
+        self
+    }
+    fn seen_without(mut self, k: &'static str) -> Self {
+        self.req_absent.push(k);
+        self
+    }
+    fn answer_header(mut self, k: &'static str, v: &'static str) -> Self {
+        self.rsp_headers.push((k, v));
+        self
+    }
+    fn answer_without(mut self, k: &'static str) -> Self {
+        self.rsp_absent.push(k);
+        self
+    }
+    fn redirect(mut self, code: u16, location: &'static str) -> Self {
+        self.status = StatusCode::from_u16(code).unwrap();
+        self.location = Some(location);
+        self
+    }
+}
+
+/// mesh-basic.go: a client reaches a Service without any route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesh_basic() {
+    let mesh = Mesh::start().await;
+    mesh.expect(&[
+        get("/").host("echo-v1").to("echo-v1"),
+        get("/").host("echo-v2").to("echo-v2"),
+    ])
+    .await;
+    let mut seen: Vec<&str> = Vec::new();
+    for _ in 0..20 {
+        let a = mesh.send(&get("/")).await;
+        seen.push(mesh.backend(a.headers.get("x-echo-server").and_then(|v| v.to_str().ok())));
+    }
+    assert!(
+        seen.contains(&"echo-v1") && seen.contains(&"echo-v2"),
+        "echo is both: {seen:?}"
+    );
+}
+
+/// mesh-split.go
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesh_split() {
+    let mesh = Mesh::start().await;
+    mesh.apply("mesh-split", &get("/v1").to("echo-v1")).await;
+    mesh.expect(&[get("/v1").to("echo-v1"), get("/v2").to("echo-v2")])
+        .await;
+}
+
+/// mesh-ports.go: a parentRef with a port applies to that port only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesh_ports() {
+    let mesh = Mesh::start().await;
+    let set_v1 = get("/")
+        .host("echo-v1")
+        .to("echo-v1")
+        .answer_header("x-header-set", "v1");
+    mesh.apply("mesh-ports", &set_v1).await;
+    mesh.expect(&[
+        set_v1.clone(),
+        get("/")
+            .host("echo-v1:8080")
+            .to("echo-v1")
+            .answer_without("x-header-set"),
+        get("/")
+            .host("echo-v2")
+            .to("echo-v2")
+            .answer_header("x-header-set", "v2"),
+        get("/")
+            .host("echo-v2:8080")
+            .to("echo-v2")
+            .answer_header("x-header-set", "v2"),
+    ])
+    .await;
+}
+
+/// mesh-consumer-route.go: a route in the consumer namespace applies to
+/// its clients only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesh_consumer_route() {
+    let mesh = Mesh::start().await;
+    let host = "echo-v1.gateway-conformance-mesh";
+    let consumer = get("/")
+        .host(host)
+        .sent_by_consumer()
+        .to("echo-v1")
+        .answer_header("x-header-set", "set");
+    mesh.apply("mesh-consumer-route", &consumer).await;
+    mesh.expect(&[
+        consumer.clone(),
+        get("/").host(host).to("echo-v1").answer_without("x-header-set"),
+    ])
+    .await;
+}
+
+/// httproute-matching.go
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn httproute_matching() {
+    let mesh = Mesh::start().await;
+    mesh.apply("httproute-matching", &get("/v2").to("echo-v2")).await;
+    mesh.expect(&[
+        get("/").to("echo-v1"),
+        get("/example").to("echo-v1"),
+        get("/").header("Version", "one").to("echo-v1"),
+        get("/v2").to("echo-v2"),
+        get("/v2/example").to("echo-v2"),
+        get("/").header("Version", "two").to("echo-v2"),
+        get("/v2/").to("echo-v2"),
+        get("/v2example").to("echo-v1"),
+        get("/foo/v2/example").to("echo-v1"),
+    ])
+    .await;
+}
+
+/// httproute-query-param-matching.go
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn httproute_query_param_matching() {
+    let mesh = Mesh::start().await;
+    mesh.apply(
+        "httproute-query-param-matching",
+        &get("/?animal=whale").to("echo-v1"),
+    )
+    .await;
+    mesh.expect(&[
+        get("/?animal=whale").to("echo-v1"),
+        get("/?animal=dolphin").to("echo-v2"),
+        get("/?animal=whale&otherparam=irrelevant").to("echo-v1"),
+        get("/?animal=dolphin&color=yellow").to("echo-v2"),
+        get("/?color=blue").status(404),
+        get("/?animal=dog").status(404),
+        get("/?animal=whaledolphin").status(404),
+        get("/").status(404),
+        get("/path1?animal=whale").to("echo-v1"),
+        get("/?animal=whale").header("version", "one").to("echo-v2"),
+        get("/path3?animal=shark").to("echo-v1"),
+        get("/path4?animal=kraken")
+            .header("version", "three")
+            .to("echo-v1"),
+        get("/?animal=shark").status(404),
+        get("/path4?animal=kraken").status(404),
+        get("/path5?animal=hydra").to("echo-v1"),
+    ])
+    .await;
+}
+
+/// httproute-named-rule.go: named and unnamed rules both route; the
+/// rule's name is the `route` label of the client proxy's metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn httproute_named_rule() {
+    let mesh = Mesh::start().await;
+    mesh.apply("httproute-named-rule", &get("/named").to("echo-v1"))
+        .await;
+    mesh.expect(&[
+        get("/named").to("echo-v1").seen_path("/named"),
+        get("/unnamed").to("echo-v2").seen_path("/unnamed"),
+    ])
+    .await;
+    let admin = mesh.client.addrs.admin;
+    let named = metric_sum(admin, "weft_requests_total{direction=\"outbound\"").await;
+    assert!(named > 0.0);
+    let metrics = admin_get(admin, "/metrics").await.1;
+    assert!(
+        metrics.contains("route=\"gateway-conformance-mesh/mesh-http-named-rules/named-rule\""),
+        "the named rule labels its requests"
+    );
+    assert!(
+        metrics.contains("route=\"gateway-conformance-mesh/mesh-http-named-rules/1\""),
+        "an unnamed rule is labelled by its index"
+    );
+}
+
+/// httproute-weight.go: 70/30 between echo-v1 and echo-v2 (the suite
+/// allows a 5 % deviation per backend over its samples; 500 here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn httproute_weight() {
+    let mesh = Mesh::start().await;
+    mesh.apply("httproute-weight", &get("/")).await;
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    let n = 500;
+    for _ in 0..n {
+        let a = mesh.send(&get("/")).await;
+        assert_eq!(a.status, StatusCode::OK);
+        *counts
+            .entry(mesh.backend(a.headers.get("x-echo-server").and_then(|v| v.to_str().ok())))
+            .or_default() += 1;
+    }
+    let share = |b: &str| counts.get(b).copied().unwrap_or(0) as f64 / n as f64;
+    assert!(
+        (share("echo-v1") - 0.7).abs() <= 0.05,
+        "echo-v1 {:.3} of {counts:?}",
+        share("echo-v1")
+    );
+    assert!(
+        (share("echo-v2") - 0.3).abs() <= 0.05,
+        "echo-v2 {:.3} of {counts:?}",
+        share("echo-v2")
+    );
+}
+
+/// httproute-redirect-path.go
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn httproute_redirect_path() {
+    let mesh = Mesh::start().await;
+    let first = get("/original-prefix/lemon").redirect(302, "http://echo/replacement-prefix/lemon");
+    mesh.apply("httproute-redirect-path", &first).await;
+    mesh.expect(&[
+        first.clone(),
+        get("/full/path/original").redirect(302, "http://echo/full-path-replacement"),
+        get("/path-and-host").redirect(302, "http://example.org/replacement-prefix"),
+        get("/path-and-status").redirect(301, "http://echo/replacement-prefix"),
+        get("/full-path-and-host").redirect(302, "http://example.org/replacement-full"),
+        get("/full-path-and-status").redirect(301, "http://echo/replacement-full"),
+    ])
+    .await;
+}
+
+/// httproute-redirect-host-and-status.go
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn httproute_redirect_host_and_status() {
+    let mesh = Mesh::start().await;
+    let first = get("/hostname-redirect").redirect(302, "http://example.org/hostname-redirect");
+    mesh.apply("httproute-redirect-host-and-status", &first).await;
+    mesh.expect(&[
+        first.clone(),
+        get("/host-and-status").redirect(301, "http://example.org/host-and-status"),
+    ])
+    .await;
+}
+
+/// httproute-redirect-port.go
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn httproute_redirect_port() {
+    let mesh = Mesh::start().await;
+    let first = get("/port").redirect(302, "http://echo:8083/port");
+    mesh.apply("httproute-redirect-port", &first).await;
+    mesh.expect(&[
+        first.clone(),
+        get("/port-and-host").redirect(302, "http://example.org:8083/port-and-host"),
+        get("/port-and-status").redirect(301, "http://echo:8083/port-and-status"),
+        get("/port-and-host-and-status").redirect(302, "http://example.org:8083/port-and-host-and-status"),
+    ])
+    .await;
+}
+
+/// httproute-redirect-scheme.go: a scheme change without a port goes to
+/// the scheme's well-known port, left out of the Location.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn httproute_redirect_scheme() {
+    let mesh = Mesh::start().await;
+    let first = get("/scheme").redirect(302, "https://echo/scheme");
+    mesh.apply("httproute-redirect-scheme", &first).await;
+    mesh.expect(&[
+        first.clone(),
+        get("/scheme-and-host").redirect(302, "https://example.org/scheme-and-host"),
+        get("/scheme-and-status").redirect(301, "https://echo/scheme-and-status"),
+        get("/scheme-and-host-and-status").redirect(302, "https://example.org/scheme-and-host-and-status"),
+    ])
+    .await;
+}
+
+/// httproute-303-redirect.go, httproute-307-redirect.go,
+/// httproute-308-redirect.go
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn httproute_303_307_308_redirect() {
+    let mesh = Mesh::start().await;
+    let cases = [
+        (
+            "httproute-303-redirect",
+            get("/redirect").redirect(303, "http://echo/redirect"),
+        ),
+        (
+            "httproute-307-redirect",
+            get("/temporary").redirect(307, "http://echo/temporary"),
+        ),
+        (
+            "httproute-308-redirect",
+            get("/permanent").redirect(308, "http://echo/permanent"),
+        ),
+    ];
+    for (case, probe) in cases {
+        mesh.apply(case, &probe).await;
+        mesh.expect(&[probe]).await;
+    }
+}
+
+/// httproute-rewrite-path.go
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn httproute_rewrite_path() {
+    let mesh = Mesh::start().await;
+    let first = get("/prefix/one/two").to("echo-v1").seen_path("/one/two");
+    mesh.apply("httproute-rewrite-path", &first).await;
+    let modified = |path: &'static str, seen: &'static str| {
+        get(path)
+            .header("X-Header-Remove", "remove-val")
+            .header("X-Header-Add-Append", "append-val-1")
+            .header("X-Header-Set", "set-val")
+            .to("echo-v1")
+            .seen_path(seen)
+            .seen_header("X-Header-Add", "header-val-1")
+            .seen_header("X-Header-Add-Append", "append-val-1,header-val-2")
+            .seen_header("X-Header-Set", "set-overwrites-values")
+            .seen_without("X-Header-Remove")
+    };
+    mesh.expect(&[
+        first.clone(),
+        get("/strip-prefix/three").to("echo-v1").seen_path("/three"),
+        get("/strip-prefix").to("echo-v1").seen_path("/"),
+        get("/full/one/two").to("echo-v1").seen_path("/one"),
+        modified("/full/rewrite-path-and-modify-headers/test", "/test"),
+        modified("/prefix/rewrite-path-and-modify-headers/one", "/prefix/one"),
+    ])
+    .await;
+}
+
+fn header_modifier_probes() -> Vec<Probe> {
+    vec![
+        get("/set")
+            .header("Some-Other-Header", "val")
+            .to("echo-v1")
+            .seen_header("Some-Other-Header", "val")
+            .seen_header("X-Header-Set", "set-overwrites-values"),
+        get("/set")
+            .header("Some-Other-Header", "val")
+            .header("X-Header-Set", "some-other-value")
+            .to("echo-v1")
+            .seen_header("X-Header-Set", "set-overwrites-values"),
+        get("/add")
+            .header("Some-Other-Header", "val")
+            .to("echo-v1")
+            .seen_header("X-Header-Add", "add-appends-values"),
+        get("/add")
+            .header("Some-Other-Header", "val")
+            .header("X-Header-Add", "some-other-value")
+            .to("echo-v1")
+            .seen_header("X-Header-Add", "some-other-value,add-appends-values"),
+        get("/remove")
+            .header("X-Header-Remove", "val")
+            .to("echo-v1")
+            .seen_without("X-Header-Remove"),
+    ]
+}
+
+/// httproute-request-header-modifier.go (the rule's filters)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn httproute_request_header_modifier() {
+    let mesh = Mesh::start().await;
+    let probes = header_modifier_probes();
+    mesh.apply("httproute-request-header-modifier", &probes[0]).await;
+    mesh.expect(&probes).await;
+}
+
+/// httproute-request-header-modifier.go with
+/// httproute-request-header-modifier-backend.yaml (the backendRefs'
+/// filters)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn httproute_request_header_modifier_backend() {
+    let mesh = Mesh::start().await;
+    let probes = header_modifier_probes();
+    mesh.apply("httproute-request-header-modifier-backend", &probes[0])
+        .await;
+    mesh.expect(&probes).await;
+}
+
+/// httproute-simple-same-namespace.go
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn httproute_simple_same_namespace() {
+    let mesh = Mesh::start().await;
+    mesh.apply("httproute-simple-same-namespace", &get("/").to("echo-v1"))
+        .await;
+    let probes: Vec<Probe> = (0..10).map(|_| get("/").to("echo-v1")).collect();
+    mesh.expect(&probes).await;
+}
