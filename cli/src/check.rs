@@ -69,6 +69,7 @@ pub fn run(args: Args) -> ExitCode {
     let mut ok = 0usize;
     let mut bad = 0usize;
     let mut defined: BTreeMap<(&'static str, String, String), String> = BTreeMap::new();
+    let mut applied = Vec::new();
     for file in &files {
         let name = file.display().to_string();
         let text = match std::fs::read_to_string(file) {
@@ -105,11 +106,47 @@ pub fn run(args: Args) -> ExitCode {
             println!("✘ {e}");
             bad += 1;
         }
+        if errors.is_empty() {
+            applied.extend(docs);
+        }
     }
-    println!("{ok} valid, {bad} invalid ({} files)", files.len());
+    let warnings = route_verdicts(applied);
+    println!(
+        "{ok} valid, {bad} invalid ({} files){}",
+        files.len(),
+        if warnings > 0 {
+            format!(", {warnings} route warnings")
+        } else {
+            String::new()
+        }
+    );
     if bad == 0 && !files.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// What the control plane (and Kubernetes route status) would say of the
+/// HTTPRoutes the files define, together: a parent Service that is not
+/// there, a backend that does not resolve. Valid config, so warnings (the
+/// route's requests get 500, or it applies to nothing); returns how many.
+fn route_verdicts(docs: Vec<weft_control::model::Document>) -> usize {
+    let index = weft_control::index::Index::new(weft_control::index::IndexConfig::default());
+    index.apply("files", docs);
+    let mut warnings = 0;
+    for (route, parents) in index.all_route_verdicts() {
+        for p in parents {
+            for (condition, v) in [("Accepted", &p.accepted), ("ResolvedRefs", &p.resolved_refs)] {
+                if !v.ok {
+                    println!(
+                        "! HTTPRoute {route}: parentRefs[{}]: {condition} False ({}): {}",
+                        p.parent_index, v.reason, v.message
+                    );
+                    warnings += 1;
+                }
+            }
+        }
+    }
+    warnings
 }

@@ -277,6 +277,9 @@ impl FileSource {
                 metrics.config_reloaded(report.errors.len());
                 index.apply(SOURCE, docs);
                 metrics.index_stats(index.stats());
+                let verdicts = index.all_route_verdicts();
+                log_route_verdicts(&verdicts);
+                metrics.route_verdicts(&verdicts);
                 tracing::info!(
                     files = report.changed_files.len(),
                     rejected = report.rejected_files.len(),
@@ -346,6 +349,29 @@ fn denials(file: &Path, good: &[Document], docs: &[Document], errors: &[DocError
         })
         .filter_map(|e| e.deny_all())
         .collect()
+}
+
+/// Says what Kubernetes route status would say, for each HTTPRoute parent
+/// that is not accepted or has a backend that does not resolve.
+fn log_route_verdicts(verdicts: &[(String, Vec<crate::index::ParentVerdict>)]) {
+    for (route, parents) in verdicts {
+        for p in parents {
+            for (condition, v) in [("Accepted", &p.accepted), ("ResolvedRefs", &p.resolved_refs)] {
+                if !v.ok {
+                    tracing::warn!(
+                        route = %route,
+                        parent = p.parent_index,
+                        condition,
+                        reason = v.reason,
+                        "HTTPRoute {route} parentRefs[{}]: {condition} False ({}): {}",
+                        p.parent_index,
+                        v.reason,
+                        v.message
+                    );
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

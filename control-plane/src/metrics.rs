@@ -34,6 +34,18 @@ pub struct IndexLabels {
     pub kind: &'static str,
 }
 
+/// An HTTPRoute parent's condition, as route status writes it.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteConditionLabels {
+    /// `Accepted` or `ResolvedRefs`.
+    pub condition: &'static str,
+    /// `True` or `False`.
+    pub status: &'static str,
+    /// The Gateway API reason (`Accepted`, `NoMatchingParent`,
+    /// `ResolvedRefs`, `BackendNotFound`, `RefNotPermitted`, `InvalidKind`).
+    pub reason: &'static str,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CertLabels {
     /// `issued`, or why it was refused (`bad_token`, `wrong_identity`,
@@ -127,6 +139,8 @@ pub struct ControlMetrics {
     pub reloads: Family<ReloadLabels, Counter>,
     pub config_errors: Counter,
     pub index: Family<IndexLabels, Gauge>,
+    /// HTTPRoute parents by condition, status and reason.
+    pub route_conditions: Family<RouteConditionLabels, Gauge>,
     pub invalid: Family<InvalidLabels, Gauge>,
     /// The label sets `invalid` has, to zero the ones that went away.
     invalid_seen: std::sync::Mutex<std::collections::HashSet<InvalidLabels>>,
@@ -166,6 +180,7 @@ impl Default for ControlMetrics {
             reloads: Family::default(),
             config_errors: Counter::default(),
             index: Family::default(),
+            route_conditions: Family::default(),
             invalid: Family::default(),
             invalid_seen: Default::default(),
             versions_seen: Default::default(),
@@ -287,6 +302,11 @@ impl ControlMetrics {
             "weft_control_index_objects",
             "Objects in the index, by kind",
             self.index.clone(),
+        );
+        registry.register(
+            "weft_control_httproute_parents",
+            "HTTPRoute parents the index holds, by condition (Accepted, ResolvedRefs), status and Gateway API reason",
+            self.route_conditions.clone(),
         );
         // A gauge fixed at 1 rather than an OpenMetrics `info`, which
         // the Prometheus text format (and promtool) does not know.
@@ -436,6 +456,29 @@ impl ControlMetrics {
                 .set(*n);
         }
         *seen = counts.into_keys().collect();
+    }
+
+    /// Sets the route condition gauges from the index's verdicts (series
+    /// that no route has any more go to 0).
+    pub fn route_verdicts(&self, verdicts: &[(String, Vec<crate::index::ParentVerdict>)]) {
+        let mut counts: std::collections::HashMap<RouteConditionLabels, i64> =
+            std::collections::HashMap::new();
+        for (_, parents) in verdicts {
+            for p in parents {
+                for (condition, v) in [("Accepted", &p.accepted), ("ResolvedRefs", &p.resolved_refs)] {
+                    let labels = RouteConditionLabels {
+                        condition,
+                        status: if v.ok { "True" } else { "False" },
+                        reason: v.reason,
+                    };
+                    *counts.entry(labels).or_default() += 1;
+                }
+            }
+        }
+        self.route_conditions.clear();
+        for (labels, n) in counts {
+            self.route_conditions.get_or_create(&labels).set(n);
+        }
     }
 
     pub fn index_stats(&self, s: IndexStats) {

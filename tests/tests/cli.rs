@@ -112,6 +112,41 @@ fn demo_runs_the_mesh_and_follows_yaml_edits() {
     }
 }
 
+/// `weft check` says what route status would: a backend that is not a
+/// Service the files define, or one in another namespace without a
+/// ReferenceGrant (valid config: warnings, and the check passes).
+#[test]
+fn check_warns_of_routes_whose_backends_do_not_resolve() {
+    let dir = TempDir::new();
+    dir.write(
+        "routes.yaml",
+        "apiVersion: weft.dev/v1alpha1\nkind: MeshService\nmetadata: {name: web, namespace: shop}\n---\napiVersion: weft.dev/v1alpha1\nkind: MeshService\nmetadata: {name: ledger, namespace: finance}\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, namespace: shop}\nspec:\n  parentRefs: [{kind: Service, name: web}]\n  rules:\n  - backendRefs: [{name: nope}]\n  - backendRefs: [{name: ledger, namespace: finance}]\n",
+    );
+    let out = Command::new(bin("weft"))
+        .arg("check")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("! HTTPRoute shop/r: parentRefs[0]: ResolvedRefs False (BackendNotFound): backend shop/nope: no such Service"),
+        "{text}"
+    );
+    assert!(text.contains("1 route warnings"), "{text}");
+    dir.write(
+        "routes.yaml",
+        "apiVersion: weft.dev/v1alpha1\nkind: MeshService\nmetadata: {name: web, namespace: shop}\n---\napiVersion: weft.dev/v1alpha1\nkind: MeshService\nmetadata: {name: ledger, namespace: finance}\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, namespace: shop}\nspec:\n  parentRefs: [{kind: Service, name: web}]\n  rules:\n  - backendRefs: [{name: ledger, namespace: finance}]\n",
+    );
+    let out = Command::new(bin("weft"))
+        .arg("check")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("ResolvedRefs False (RefNotPermitted)"), "{text}");
+}
+
 #[test]
 fn check_reports_each_document_and_fails_on_errors() {
     let good = Command::new(bin("weft"))

@@ -695,5 +695,6 @@ fn apply_traffic_policy(policy: &mut api::ClientPolicy, tp: &TrafficPolicySpec) 
 
 mod inbound;
 mod routes;
+pub use routes::{ParentVerdict, Verdict, CONTROLLER_NAME};
 #[cfg(test)]
 mod tests;

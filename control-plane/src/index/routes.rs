@@ -16,7 +16,7 @@ use std::cmp::Reverse;
 
 use weft_api::v1 as api;
 
-use super::{ms, IndexConfig, Inner, RouteEntry};
+use super::{ms, Index, IndexConfig, Inner, RouteEntry};
 use crate::model::{HeaderFilter, HeaderMatch, MirrorBackendRef, PathModifierSpec, RouteFilter, RouteMatch};
 
 /// Where one match stands: smaller sorts first.
@@ -227,6 +227,167 @@ impl Inner {
             _ => return None,
         };
         Some(api::Filter { kind: Some(kind) })
+    }
+}
+
+/// The controller name Weft writes in route status.
+pub const CONTROLLER_NAME: &str = "weft.dev/mesh";
+
+/// What the mesh made of one HTTPRoute for one of its parents: the
+/// `Accepted` and `ResolvedRefs` conditions the Gateway API defines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParentVerdict {
+    /// The route's `spec.parentRefs[i]`, as written.
+    pub parent_index: usize,
+    pub accepted: Verdict,
+    pub resolved_refs: Verdict,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub ok: bool,
+    /// The spec's reason (`Accepted`, `NoMatchingParent`, `ResolvedRefs`,
+    /// `BackendNotFound`, `RefNotPermitted`, `InvalidKind`).
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl Verdict {
+    fn ok(reason: &'static str, message: &str) -> Self {
+        Self {
+            ok: true,
+            reason,
+            message: message.to_string(),
+        }
+    }
+
+    fn failed(reason: &'static str, message: String) -> Self {
+        Self {
+            ok: false,
+            reason,
+            message,
+        }
+    }
+}
+
+impl Index {
+    /// The verdicts for HTTPRoute `namespace/name`, one per parent; `None`
+    /// when the index does not hold the route (rejected by validation, or
+    /// not read).
+    pub fn route_verdicts(&self, namespace: &str, name: &str) -> Option<Vec<ParentVerdict>> {
+        let inner = self.inner.lock().expect("index lock poisoned");
+        let full_name = format!("{namespace}/{name}");
+        let route = inner
+            .routes
+            .values()
+            .flatten()
+            .find(|r| r.full_name == full_name)?;
+        Some(inner.verdicts(route))
+    }
+
+    /// Every HTTPRoute the index holds, with its verdicts.
+    pub fn all_route_verdicts(&self) -> Vec<(String, Vec<ParentVerdict>)> {
+        let inner = self.inner.lock().expect("index lock poisoned");
+        let mut seen = std::collections::BTreeMap::new();
+        for route in inner.routes.values().flatten() {
+            seen.entry(route.full_name.clone())
+                .or_insert_with(|| inner.verdicts(route));
+        }
+        seen.into_iter().collect()
+    }
+}
+
+impl Inner {
+    fn verdicts(&self, route: &RouteEntry) -> Vec<ParentVerdict> {
+        let resolved_refs = self.resolved_refs(route);
+        route
+            .spec
+            .parent_refs
+            .iter()
+            .enumerate()
+            .map(|(i, parent)| {
+                let ns = parent.namespace.as_deref().unwrap_or(&route.namespace);
+                let accepted = if self.services.contains_key(&(ns.to_string(), parent.name.clone())) {
+                    Verdict::ok("Accepted", "attached to the Service")
+                } else {
+                    Verdict::failed("NoMatchingParent", format!("no Service {ns}/{}", parent.name))
+                };
+                ParentVerdict {
+                    parent_index: i,
+                    accepted,
+                    resolved_refs: resolved_refs.clone(),
+                }
+            })
+            .collect()
+    }
+
+    /// Whether every backendRef (and mirror) of the route resolves: a
+    /// Service, that exists, in the route's namespace or granted to it.
+    fn resolved_refs(&self, route: &RouteEntry) -> Verdict {
+        let parents: Vec<(String, String)> = route
+            .spec
+            .parent_refs
+            .iter()
+            .map(|p| {
+                (
+                    p.namespace.clone().unwrap_or_else(|| route.namespace.clone()),
+                    p.name.clone(),
+                )
+            })
+            .collect();
+        let mirrors = route.spec.rules.iter().flat_map(|r| {
+            r.filters
+                .iter()
+                .chain(r.backend_refs.iter().flat_map(|b| &b.filters))
+                .filter_map(|f| f.request_mirror.as_ref())
+                .map(|m| {
+                    let b = &m.backend_ref;
+                    (
+                        b.group.as_deref(),
+                        b.kind.as_deref(),
+                        &b.name,
+                        b.namespace.as_deref(),
+                    )
+                })
+        });
+        let refs = route
+            .spec
+            .rules
+            .iter()
+            .flat_map(|r| &r.backend_refs)
+            .map(|b| {
+                (
+                    b.group.as_deref(),
+                    b.kind.as_deref(),
+                    &b.name,
+                    b.namespace.as_deref(),
+                )
+            })
+            .chain(mirrors);
+        for (group, kind, name, namespace) in refs {
+            let kind = kind.unwrap_or("Service");
+            if group.is_some_and(|g| !g.is_empty() && g != "core") || kind != "Service" {
+                return Verdict::failed(
+                    "InvalidKind",
+                    format!("backend {name}: kind {kind} is not a Service"),
+                );
+            }
+            let ns = namespace.unwrap_or(&route.namespace);
+            let key = (ns.to_string(), name.clone());
+            if !parents.contains(&key) && !self.backend_permitted(&route.namespace, ns, name) {
+                return Verdict::failed(
+                    "RefNotPermitted",
+                    format!(
+                        "backend {ns}/{name}: no ReferenceGrant in {ns} lets HTTPRoutes from {} use it",
+                        route.namespace
+                    ),
+                );
+            }
+            if !self.services.contains_key(&key) {
+                return Verdict::failed("BackendNotFound", format!("backend {ns}/{name}: no such Service"));
+            }
+        }
+        Verdict::ok("ResolvedRefs", "every backend resolves")
     }
 }
 

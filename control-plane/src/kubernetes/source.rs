@@ -23,7 +23,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::Notify;
 
 use super::convert::{documents, ClusterObjects, LastGood};
-use crate::index::Index;
+use crate::index::{Index, Verdict, CONTROLLER_NAME};
 use crate::metrics::{ControlMetrics, WatchEvent};
 use crate::model::{AuthorizationPolicy, InForce, TrafficPolicy};
 
@@ -140,9 +140,11 @@ impl KubernetesSource {
                 tracing::warn!(error = %e, "Kubernetes object rejected");
                 metrics.config_errors.inc();
             }
-            self.report_status(&errors);
-            known_errors = errors;
             index.apply(SOURCE, docs);
+            self.report_status(&errors);
+            self.report_route_status(&index, &errors);
+            metrics.route_verdicts(&index.all_route_verdicts());
+            known_errors = errors;
             metrics.index_stats(index.stats());
             notified.await;
             // Let a burst of events (a rollout) settle into one rebuild.
@@ -204,6 +206,115 @@ impl KubernetesSource {
             }
         }
     }
+}
+
+impl KubernetesSource {
+    /// Writes `status.parents[]` of every HTTPRoute: for each parent, the
+    /// `Accepted` and `ResolvedRefs` conditions under controller
+    /// `weft.dev/mesh` (entries of other controllers are kept), when they
+    /// differ from what the object shows.
+    fn report_route_status(&self, index: &Index, errors: &std::collections::HashSet<String>) {
+        for obj in self.policies[2].state() {
+            let (Some(ns), name) = (obj.namespace(), obj.name_any()) else {
+                continue;
+            };
+            let generation = obj.metadata.generation;
+            let parent_refs: Vec<serde_json::Value> = obj
+                .data
+                .pointer("/spec/parentRefs")
+                .and_then(|p| p.as_array())
+                .cloned()
+                .unwrap_or_default();
+            let tag = format!("(HTTPRoute {ns}/{name})");
+            // A route refused by validation says why, even while its last
+            // good version stays in force.
+            let refused = errors.iter().find(|e| e.contains(&tag));
+            let ours: Vec<serde_json::Value> = match (refused, index.route_verdicts(&ns, &name)) {
+                (None, Some(verdicts)) => verdicts
+                    .iter()
+                    .map(|v| {
+                        route_parent_status(
+                            parent_refs.get(v.parent_index).cloned().unwrap_or_default(),
+                            &[("Accepted", &v.accepted), ("ResolvedRefs", &v.resolved_refs)],
+                            generation,
+                        )
+                    })
+                    .collect(),
+                (refused, _) => {
+                    let refused = Verdict {
+                        ok: false,
+                        reason: "UnsupportedValue",
+                        message: refused
+                            .cloned()
+                            .unwrap_or_else(|| "not read by the mesh".to_string()),
+                    };
+                    parent_refs
+                        .iter()
+                        .map(|p| route_parent_status(p.clone(), &[("Accepted", &refused)], generation))
+                        .collect()
+                }
+            };
+            let current: Vec<serde_json::Value> = obj
+                .data
+                .pointer("/status/parents")
+                .and_then(|p| p.as_array())
+                .cloned()
+                .unwrap_or_default();
+            let (mine, others): (Vec<_>, Vec<_>) = current
+                .into_iter()
+                .partition(|p| p["controllerName"] == CONTROLLER_NAME);
+            let comparable = |list: &[serde_json::Value]| -> Vec<serde_json::Value> {
+                list.iter()
+                    .map(|p| {
+                        let mut p = p.clone();
+                        if let Some(conditions) = p["conditions"].as_array_mut() {
+                            for c in conditions {
+                                if let Some(c) = c.as_object_mut() {
+                                    c.remove("lastTransitionTime");
+                                }
+                            }
+                        }
+                        p
+                    })
+                    .collect()
+            };
+            if comparable(&mine) == comparable(&ours) {
+                continue;
+            }
+            let parents: Vec<serde_json::Value> = others.into_iter().chain(ours).collect();
+            let patch = serde_json::json!({"status": {"parents": parents}});
+            let api = Api::<DynamicObject>::namespaced_with(self.client.clone(), &ns, &http_route_resource());
+            tokio::spawn(async move {
+                if let Err(e) = api
+                    .patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
+                    .await
+                {
+                    tracing::debug!(%name, error = %e, "could not write the route's status");
+                }
+            });
+        }
+    }
+}
+
+/// One `status.parents[]` entry.
+fn route_parent_status(
+    parent_ref: serde_json::Value,
+    conditions: &[(&str, &Verdict)],
+    generation: Option<i64>,
+) -> serde_json::Value {
+    let now = rfc3339_now();
+    serde_json::json!({
+        "parentRef": parent_ref,
+        "controllerName": CONTROLLER_NAME,
+        "conditions": conditions.iter().map(|(kind, v)| serde_json::json!({
+            "type": kind,
+            "status": if v.ok { "True" } else { "False" },
+            "reason": v.reason,
+            "message": v.message,
+            "observedGeneration": generation,
+            "lastTransitionTime": now,
+        })).collect::<Vec<_>>(),
+    })
 }
 
 /// Now, RFC 3339 (what `lastTransitionTime` holds).

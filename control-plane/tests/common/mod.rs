@@ -111,7 +111,9 @@ pub const SECRETS: &str = "/api/v1/secrets";
 pub const CRDS: &str = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions";
 pub const DEPLOYMENTS: &str = "/apis/apps/v1/deployments";
 pub const WEBHOOKS: &str = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations";
-const KINDS: [&str; 11] = [
+pub const HTTPROUTES: &str = "/apis/gateway.networking.k8s.io/v1/httproutes";
+pub const GRANTS: &str = "/apis/gateway.networking.k8s.io/v1beta1/referencegrants";
+const KINDS: [&str; 13] = [
     SERVICES,
     SLICES,
     PODS,
@@ -123,6 +125,8 @@ const KINDS: [&str; 11] = [
     CRDS,
     DEPLOYMENTS,
     WEBHOOKS,
+    HTTPROUTES,
+    GRANTS,
 ];
 
 /// Which kind a request path names: the kind's cluster-wide path, the
@@ -207,7 +211,17 @@ fn percent_decode(s: &str) -> String {
 }
 
 impl FakeApi {
+    /// A cluster without the Gateway API CRDs (HTTPRoutes are 404).
     pub async fn start() -> Self {
+        Self::start_with(false).await
+    }
+
+    /// A cluster with the Gateway API CRDs installed.
+    pub async fn start_with_gateway_api() -> Self {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(gateway_api: bool) -> Self {
         let mut state = State {
             rv: 100,
             version: "v1.33.2".into(),
@@ -229,8 +243,12 @@ impl FakeApi {
                 "admissionregistration.k8s.io/v1",
                 "MutatingWebhookConfigurationList",
             ),
-            // No Gateway API CRDs in this cluster: HTTPRoutes are 404.
+            (HTTPROUTES, "gateway.networking.k8s.io/v1", "HTTPRouteList"),
+            (GRANTS, "gateway.networking.k8s.io/v1beta1", "ReferenceGrantList"),
         ] {
+            if !gateway_api && (path == HTTPROUTES || path == GRANTS) {
+                continue;
+            }
             state.kinds.insert(
                 path,
                 Kind {
@@ -584,6 +602,10 @@ impl FakeApi {
         let Some((kind_path, in_namespace, name)) = resolve(&path) else {
             return not_found("the server could not find the requested resource");
         };
+        // A kind this cluster does not serve (its CRD is not installed).
+        if !self.state.lock().unwrap().kinds.contains_key(kind_path) {
+            return not_found("the server could not find the requested resource");
+        }
         if let Some(name) = name {
             let s = self.state.lock().unwrap();
             let kind = &s.kinds[kind_path];
