@@ -140,7 +140,7 @@ fn route_verdicts(docs: Vec<weft_control::model::Document>) -> usize {
             for (condition, v) in [("Accepted", &p.accepted), ("ResolvedRefs", &p.resolved_refs)] {
                 if !v.ok {
                     println!(
-                        "! HTTPRoute {route}: parentRefs[{}]: {condition} False ({}): {}",
+                        "! {route}: parentRefs[{}]: {condition} False ({}): {}",
                         p.parent_index, v.reason, v.message
                     );
                     warnings += 1;

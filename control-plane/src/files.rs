@@ -363,7 +363,7 @@ fn log_route_verdicts(verdicts: &[(String, Vec<crate::index::ParentVerdict>)]) {
                         parent = p.parent_index,
                         condition,
                         reason = v.reason,
-                        "HTTPRoute {route} parentRefs[{}]: {condition} False ({}): {}",
+                        "{route} parentRefs[{}]: {condition} False ({}): {}",
                         p.parent_index,
                         v.reason,
                         v.message

@@ -101,6 +101,14 @@ async fn route_status_says_whether_each_route_is_accepted_and_resolved() {
         route("invalid", 1, json!([{"filters": [{"type": "ExtensionRef", "extensionRef": {"group": "x", "kind": "y", "name": "z"}}],
                                      "backendRefs": [{"name": "api", "port": 80}]}])),
     );
+    let mut grpc = route(
+        "rpc",
+        2,
+        json!([{"matches": [{"method": {"service": "shop.Cart", "method": "Add"}}],
+                                            "backendRefs": [{"name": "nope", "port": 80}]}]),
+    );
+    grpc["apiVersion"] = json!("gateway.networking.k8s.io/v1");
+    api.apply(GRPCROUTES, grpc);
     let mut orphan = route("orphan", 1, backend("api", "shop"));
     orphan["spec"]["parentRefs"][0]["name"] = json!("gone");
     api.apply(HTTPROUTES, orphan);

@@ -39,8 +39,42 @@ pub fn empty_body() -> Body {
     Empty::new().map_err(|never| match never {}).boxed_unsync()
 }
 
+/// A body as received, passed on without its empty DATA frames: a peer
+/// that sends (or echoes) them is otherwise relayed frame for frame, and
+/// h2 closes a connection that receives more than 100 empty non-final DATA
+/// frames (`GOAWAY ENHANCE_YOUR_CALM`, "too_many_data_frames") — the
+/// pooled connection every request to that peer shares.
 pub fn incoming(body: Incoming) -> Body {
-    body.map_err(BoxError::from).boxed_unsync()
+    NoEmptyData(body).map_err(BoxError::from).boxed_unsync()
+}
+
+/// Skips empty data frames; everything else (trailers, errors, the end)
+/// as the inner body yields it.
+struct NoEmptyData<B>(B);
+
+impl<B: http_body::Body<Data = Bytes> + Unpin> http_body::Body for NoEmptyData<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, B::Error>>> {
+        loop {
+            match std::pin::Pin::new(&mut self.0).poll_frame(cx) {
+                std::task::Poll::Ready(Some(Ok(f))) if f.data_ref().is_some_and(Bytes::is_empty) => continue,
+                other => return other,
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.0.size_hint()
+    }
 }
 
 /// The app protocol of a request, as carried in [`WEFT_PROTO`].
@@ -177,6 +211,18 @@ pub fn origin_form(uri: &Uri) -> Uri {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn empty_data_frames_are_not_passed_on() {
+        let frames = ["a", "", "b", ""].map(|d| Ok::<_, BoxError>(http_body::Frame::data(Bytes::from(d))));
+        let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
+        let mut body = NoEmptyData(body);
+        let mut seen = Vec::new();
+        while let Some(frame) = body.frame().await {
+            seen.push(frame.unwrap().into_data().unwrap());
+        }
+        assert_eq!(seen, ["a", "b"]);
+    }
 
     #[test]
     fn hop_by_hop_headers_go_but_te_trailers_stays() {

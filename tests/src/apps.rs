@@ -104,7 +104,7 @@ async fn echo(req: Request<Incoming>, me: SocketAddr) -> Result<Response<TestBod
         .get("content-type")
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
     if grpc {
-        return Ok(grpc_echo(req));
+        return Ok(grpc_echo(req, me));
     }
     let mut rsp = Response::builder()
         .status(status)
@@ -156,7 +156,7 @@ async fn echo(req: Request<Incoming>, me: SocketAddr) -> Result<Response<TestBod
     Ok(rsp.body(req.into_body().map_err(Into::into).boxed()).unwrap())
 }
 
-fn grpc_echo(req: Request<Incoming>) -> Response<TestBody> {
+fn grpc_echo(req: Request<Incoming>, me: SocketAddr) -> Response<TestBody> {
     let mut trailers = HeaderMap::new();
     if req.uri().path() == "/test.Echo/Fail" {
         let rsp = Response::builder()
@@ -169,11 +169,28 @@ fn grpc_echo(req: Request<Incoming>) -> Response<TestBody> {
     }
     trailers.insert("grpc-status", HeaderValue::from_static("0"));
     trailers.insert("x-trailer", HeaderValue::from_static("kept"));
+    let mut rsp = Response::builder()
+        .header("content-type", "application/grpc")
+        .header("x-echo-server", me.to_string());
+    for name in req.headers().keys() {
+        if name.as_str().starts_with("x-header") {
+            let joined: Vec<&str> = req
+                .headers()
+                .get_all(name)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
+            rsp = rsp.header(format!("x-echo-req-{name}"), joined.join(","));
+        }
+    }
     let (tx, body) = channel_body();
     tokio::spawn(async move {
         let mut incoming = req.into_body();
         while let Some(Ok(frame)) = incoming.frame().await {
-            if let Ok(data) = frame.into_data() {
+            // Not the empty DATA frame an END_STREAM may come in: echoing
+            // it as a non-final one would be a peer h2 closes the
+            // connection of after 100.
+            if let Some(data) = frame.into_data().ok().filter(|d| !d.is_empty()) {
                 if tx.send(Frame::data(data)).await.is_err() {
                     return;
                 }
@@ -181,10 +198,7 @@ fn grpc_echo(req: Request<Incoming>) -> Response<TestBody> {
         }
         let _ = tx.send(Frame::trailers(trailers)).await;
     });
-    Response::builder()
-        .header("content-type", "application/grpc")
-        .body(body)
-        .unwrap()
+    rsp.body(body).unwrap()
 }
 
 /// A gRPC length-prefixed message.

@@ -72,7 +72,7 @@ impl Mesh {
         };
         let service = |name: &str, eps: String| {
             format!(
-                "apiVersion: weft.dev/v1alpha1\nkind: MeshService\nmetadata: {{name: {name}, namespace: {NS}}}\nspec:\n  ports: [{{port: 80}}, {{port: 8080}}]\n  endpoints:\n{eps}---\n"
+                "apiVersion: weft.dev/v1alpha1\nkind: MeshService\nmetadata: {{name: {name}, namespace: {NS}}}\nspec:\n  ports: [{{port: 80}}, {{port: 8080}}, {{port: 7070, protocol: grpc}}]\n  endpoints:\n{eps}---\n"
             )
         };
         let base = [
@@ -251,6 +251,22 @@ struct Answer {
 }
 
 async fn send(out: SocketAddr, p: &Probe) -> Answer {
+    if p.grpc {
+        // A unary call over HTTP/2, as a gRPC client makes it.
+        let mut c = h2_client(out).await;
+        let mut req = Request::post(format!("http://{}{}", p.host, p.path))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers");
+        for (k, v) in &p.headers {
+            req = req.header(*k, *v);
+        }
+        let rsp = c
+            .send_request(req.body(full(grpc_frame(b"ping"))).unwrap())
+            .await
+            .unwrap();
+        let (status, headers, _, _) = collect(rsp).await;
+        return Answer { status, headers };
+    }
     let mut c = h1_client(out).await;
     let mut req = Request::get(p.path).header("host", p.host);
     for (k, v) in &p.headers {
@@ -271,6 +287,8 @@ struct Probe {
     path: &'static str,
     headers: Vec<(&'static str, &'static str)>,
     consumer: bool,
+    /// Sent as a gRPC call (HTTP/2 `POST`) instead of an HTTP/1.1 `GET`.
+    grpc: bool,
     status: StatusCode,
     backend: Option<&'static str>,
     req_path: Option<&'static str>,
@@ -288,6 +306,7 @@ fn get(path: &'static str) -> Probe {
         path,
         headers: vec![],
         consumer: false,
+        grpc: false,
         status: StatusCode::OK,
         backend: None,
         req_path: None,
@@ -296,6 +315,14 @@ fn get(path: &'static str) -> Probe {
         rsp_headers: vec![],
         rsp_absent: vec![],
         location: None,
+    }
+}
+
+/// A gRPC call to `host` (with its port) and method path `path`.
+fn grpc(host: &'static str, path: &'static str) -> Probe {
+    Probe {
+        grpc: true,
+        ..get(path).host(host)
     }
 }
 
@@ -698,4 +725,79 @@ async fn httproute_simple_same_namespace() {
         .await;
     let probes: Vec<Probe> = (0..10).map(|_| get("/").to("echo-v1")).collect();
     mesh.expect(&probes).await;
+}
+
+/// grpcroute-weight.go: gRPC calls split 70/30 (a third backend at
+/// weight 0, and not even a Service, gets none).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcroute_weight() {
+    let mesh = Mesh::start().await;
+    let call = grpc("echo:7070", "/grpc.testing.TestService/UnaryCall");
+    mesh.apply("grpcroute-weight", &call).await;
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    let n = 500;
+    for _ in 0..n {
+        let a = mesh.send(&call).await;
+        assert_eq!(a.status, StatusCode::OK);
+        *counts
+            .entry(mesh.backend(a.headers.get("x-echo-server").and_then(|v| v.to_str().ok())))
+            .or_default() += 1;
+    }
+    let share = |b: &str| counts.get(b).copied().unwrap_or(0) as f64 / n as f64;
+    assert!(
+        (share("echo-v1") - 0.7).abs() <= 0.05,
+        "echo-v1 {:.3} of {counts:?}",
+        share("echo-v1")
+    );
+    assert!(
+        (share("echo-v2") - 0.3).abs() <= 0.05,
+        "echo-v2 {:.3} of {counts:?}",
+        share("echo-v2")
+    );
+}
+
+/// grpcroute-request-header-modifier.go
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcroute_request_header_modifier() {
+    let mesh = Mesh::start().await;
+    let call = |case: &'static str| {
+        grpc("echo:7070", "/grpc.testing.TestService/UnaryCall").header("x-test-case", case)
+    };
+    let set = call("set")
+        .header("some-other-header", "this-header-should-be-set")
+        .header("x-header-set", "this-value-should-be-overwritten")
+        .to("echo-v1")
+        .seen_header("x-header-set", "set-overwrites-values");
+    mesh.apply("grpcroute-request-header-modifier", &set).await;
+    mesh.expect(&[
+        set.clone(),
+        call("add")
+            .header("x-header-add", "this-value-should-be-appended")
+            .to("echo-v1")
+            .seen_header("x-header-add", "this-value-should-be-appended,add-appends-values"),
+        call("remove")
+            .header("x-header-remove", "this-should-be-removed")
+            .to("echo-v1")
+            .seen_without("x-header-remove"),
+        call("multi")
+            .header("x-header-set-2", "set-header-2")
+            .header("x-header-add-2", "add-header-2")
+            .header("x-header-remove-2", "should-be-removed-2")
+            .to("echo-v2")
+            .seen_header("x-header-set-1", "header-set-1")
+            .seen_header("x-header-set-2", "header-set-2")
+            .seen_header("x-header-add-1", "header-add-1")
+            .seen_header("x-header-add-2", "add-header-2,header-add-2")
+            .seen_without("x-header-remove-1")
+            .seen_without("x-header-remove-2"),
+    ])
+    .await;
+    // A call no rule matches: trailers-only UNIMPLEMENTED for a gRPC
+    // caller (HTTP 200), never an HTTP error page.
+    let none = mesh.send(&call("nothing")).await;
+    assert_eq!(none.status, StatusCode::OK);
+    assert_eq!(
+        none.headers.get("grpc-status").map(|v| v.to_str().unwrap()),
+        Some("12")
+    );
 }

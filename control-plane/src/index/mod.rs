@@ -102,6 +102,8 @@ pub struct Index {
 /// An HTTPRoute as attached to one parent service.
 #[derive(Debug, Clone)]
 struct RouteEntry {
+    /// `HTTPRoute` or `GRPCRoute` (held as the HTTPRoute it routes as).
+    kind: &'static str,
     /// The route's own namespace (where its backends without a namespace
     /// live).
     namespace: String,
@@ -156,6 +158,33 @@ pub enum WorkloadRef {
 /// The server policy of one workload port; `None` while the workload is a
 /// pod the index does not know.
 pub type InboundState = Option<Arc<api::ServerPolicy>>;
+
+/// A route, under each of its parent Services.
+fn add_route(
+    routes: &mut BTreeMap<(String, String), Vec<RouteEntry>>,
+    kind: &'static str,
+    doc: &Document,
+    full_name: &str,
+    spec: HttpRouteSpec,
+) {
+    for parent in &spec.parent_refs {
+        let ns = parent
+            .namespace
+            .clone()
+            .unwrap_or_else(|| doc.meta.namespace.clone());
+        routes
+            .entry((ns, parent.name.clone()))
+            .or_default()
+            .push(RouteEntry {
+                kind,
+                namespace: doc.meta.namespace.clone(),
+                full_name: full_name.to_string(),
+                parent_port: parent.port,
+                created: doc.meta.creation_timestamp.clone(),
+                spec: spec.clone(),
+            });
+    }
+}
 
 /// Counts for metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -442,22 +471,11 @@ impl Inner {
                     self.workloads.entry(key).or_insert_with(|| spec.clone());
                 }
                 Spec::HttpRoute(spec) => {
-                    for parent in &spec.parent_refs {
-                        let ns = parent
-                            .namespace
-                            .clone()
-                            .unwrap_or_else(|| doc.meta.namespace.clone());
-                        self.routes
-                            .entry((ns, parent.name.clone()))
-                            .or_default()
-                            .push(RouteEntry {
-                                namespace: doc.meta.namespace.clone(),
-                                full_name: full_name.clone(),
-                                parent_port: parent.port,
-                                created: doc.meta.creation_timestamp.clone(),
-                                spec: spec.clone(),
-                            });
-                    }
+                    add_route(&mut self.routes, "HTTPRoute", doc, &full_name, spec.clone())
+                }
+                // A GRPCRoute routes as the HTTPRoute it amounts to.
+                Spec::GrpcRoute(spec) => {
+                    add_route(&mut self.routes, "GRPCRoute", doc, &full_name, spec.as_http())
                 }
             }
         }
@@ -612,14 +630,14 @@ impl Inner {
 
     /// Whether a route in `route_namespace` may send to Service
     /// `namespace/name`: its own namespace, or a ReferenceGrant there.
-    fn backend_permitted(&self, route_namespace: &str, namespace: &str, name: &str) -> bool {
+    fn backend_permitted(&self, kind: &str, route_namespace: &str, namespace: &str, name: &str) -> bool {
         namespace == route_namespace
             || self
                 .grants
                 .get(namespace)
                 .into_iter()
                 .flatten()
-                .any(|g| g.lets_route_use_service(route_namespace, name))
+                .any(|g| g.lets_route_use_service(kind, route_namespace, name))
     }
 
     fn client_policy(

@@ -147,7 +147,7 @@ impl Inner {
     ) -> String {
         // Gateway API: a backendRef without a namespace is in the route's.
         let ns = namespace.unwrap_or(&route.namespace);
-        if (ns, name) == parent || self.backend_permitted(&route.namespace, ns, name) {
+        if (ns, name) == parent || self.backend_permitted(route.kind, &route.namespace, ns, name) {
             format!(
                 "{name}.{ns}.svc.{}:{}",
                 config.cluster_domain,
@@ -271,26 +271,27 @@ impl Verdict {
 }
 
 impl Index {
-    /// The verdicts for HTTPRoute `namespace/name`, one per parent; `None`
-    /// when the index does not hold the route (rejected by validation, or
-    /// not read).
-    pub fn route_verdicts(&self, namespace: &str, name: &str) -> Option<Vec<ParentVerdict>> {
+    /// The verdicts for route `kind` (`HTTPRoute`, `GRPCRoute`)
+    /// `namespace/name`, one per parent; `None` when the index does not
+    /// hold the route (rejected by validation, or not read).
+    pub fn route_verdicts(&self, kind: &str, namespace: &str, name: &str) -> Option<Vec<ParentVerdict>> {
         let inner = self.inner.lock().expect("index lock poisoned");
         let full_name = format!("{namespace}/{name}");
         let route = inner
             .routes
             .values()
             .flatten()
-            .find(|r| r.full_name == full_name)?;
+            .find(|r| r.kind == kind && r.full_name == full_name)?;
         Some(inner.verdicts(route))
     }
 
-    /// Every HTTPRoute the index holds, with its verdicts.
+    /// Every route the index holds (`Kind namespace/name`), with its
+    /// verdicts.
     pub fn all_route_verdicts(&self) -> Vec<(String, Vec<ParentVerdict>)> {
         let inner = self.inner.lock().expect("index lock poisoned");
         let mut seen = std::collections::BTreeMap::new();
         for route in inner.routes.values().flatten() {
-            seen.entry(route.full_name.clone())
+            seen.entry(format!("{} {}", route.kind, route.full_name))
                 .or_insert_with(|| inner.verdicts(route));
         }
         seen.into_iter().collect()
@@ -374,12 +375,12 @@ impl Inner {
             }
             let ns = namespace.unwrap_or(&route.namespace);
             let key = (ns.to_string(), name.clone());
-            if !parents.contains(&key) && !self.backend_permitted(&route.namespace, ns, name) {
+            if !parents.contains(&key) && !self.backend_permitted(route.kind, &route.namespace, ns, name) {
                 return Verdict::failed(
                     "RefNotPermitted",
                     format!(
-                        "backend {ns}/{name}: no ReferenceGrant in {ns} lets HTTPRoutes from {} use it",
-                        route.namespace
+                        "backend {ns}/{name}: no ReferenceGrant in {ns} lets {}s from {} use it",
+                        route.kind, route.namespace
                     ),
                 );
             }
@@ -458,6 +459,7 @@ mod tests {
 
     fn entry(name: &str, created: Option<&str>, rules: Vec<RouteRule>) -> RouteEntry {
         RouteEntry {
+            kind: "HTTPRoute",
             namespace: "shop".into(),
             full_name: format!("shop/{name}"),
             parent_port: None,

@@ -38,6 +38,14 @@ pub fn http_route_resource() -> ApiResource {
     )
 }
 
+/// Gateway API GRPCRoute (`gateway.networking.k8s.io/v1`).
+pub fn grpc_route_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "GRPCRoute"),
+        "grpcroutes",
+    )
+}
+
 /// Gateway API ReferenceGrant (`gateway.networking.k8s.io/v1beta1`): what
 /// cross-namespace `backendRefs` need.
 pub fn reference_grant_resource() -> ApiResource {
@@ -83,6 +91,7 @@ impl KubernetesSource {
             ApiResource::erase::<AuthorizationPolicy>(&()),
             http_route_resource(),
             reference_grant_resource(),
+            grpc_route_resource(),
         ]
         .into_iter()
         .map(|ar| {
@@ -98,7 +107,7 @@ impl KubernetesSource {
             pods,
             policies,
             synced,
-            kinds: 7,
+            kinds: 8,
         }
     }
 
@@ -209,12 +218,22 @@ impl KubernetesSource {
 }
 
 impl KubernetesSource {
-    /// Writes `status.parents[]` of every HTTPRoute: for each parent, the
-    /// `Accepted` and `ResolvedRefs` conditions under controller
-    /// `weft.dev/mesh` (entries of other controllers are kept), when they
-    /// differ from what the object shows.
+    /// Writes `status.parents[]` of every HTTPRoute and GRPCRoute: for
+    /// each parent, the `Accepted` and `ResolvedRefs` conditions under
+    /// controller `weft.dev/mesh` (entries of other controllers are kept),
+    /// when they differ from what the object shows.
     fn report_route_status(&self, index: &Index, errors: &std::collections::HashSet<String>) {
-        for obj in self.policies[2].state() {
+        let routes = self.policies[2]
+            .state()
+            .into_iter()
+            .map(|o| ("HTTPRoute", http_route_resource(), o))
+            .chain(
+                self.policies[4]
+                    .state()
+                    .into_iter()
+                    .map(|o| ("GRPCRoute", grpc_route_resource(), o)),
+            );
+        for (kind, resource, obj) in routes {
             let (Some(ns), name) = (obj.namespace(), obj.name_any()) else {
                 continue;
             };
@@ -225,11 +244,11 @@ impl KubernetesSource {
                 .and_then(|p| p.as_array())
                 .cloned()
                 .unwrap_or_default();
-            let tag = format!("(HTTPRoute {ns}/{name})");
+            let tag = format!("({kind} {ns}/{name})");
             // A route refused by validation says why, even while its last
             // good version stays in force.
             let refused = errors.iter().find(|e| e.contains(&tag));
-            let ours: Vec<serde_json::Value> = match (refused, index.route_verdicts(&ns, &name)) {
+            let ours: Vec<serde_json::Value> = match (refused, index.route_verdicts(kind, &ns, &name)) {
                 (None, Some(verdicts)) => verdicts
                     .iter()
                     .map(|v| {
@@ -283,7 +302,7 @@ impl KubernetesSource {
             }
             let parents: Vec<serde_json::Value> = others.into_iter().chain(ours).collect();
             let patch = serde_json::json!({"status": {"parents": parents}});
-            let api = Api::<DynamicObject>::namespaced_with(self.client.clone(), &ns, &http_route_resource());
+            let api = Api::<DynamicObject>::namespaced_with(self.client.clone(), &ns, &resource);
             tokio::spawn(async move {
                 if let Err(e) = api
                     .patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))

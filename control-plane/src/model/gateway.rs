@@ -1,5 +1,5 @@
-//! The Gateway API kinds the mesh reads: `HTTPRoute` (GAMMA: a Service
-//! parent) and `ReferenceGrant`.
+//! The Gateway API kinds the mesh reads: `HTTPRoute` and `GRPCRoute`
+//! (GAMMA: a Service parent) and `ReferenceGrant`.
 
 use std::time::Duration;
 
@@ -40,12 +40,13 @@ pub struct GrantTo {
 }
 
 impl ReferenceGrantSpec {
-    /// Whether an HTTPRoute in `route_namespace` may name Service `name`
-    /// (in the grant's namespace) as a backend.
-    pub fn lets_route_use_service(&self, route_namespace: &str, name: &str) -> bool {
+    /// Whether a route of `kind` (`HTTPRoute`, `GRPCRoute`) in
+    /// `route_namespace` may name Service `name` (in the grant's
+    /// namespace) as a backend.
+    pub fn lets_route_use_service(&self, kind: &str, route_namespace: &str, name: &str) -> bool {
         self.from
             .iter()
-            .any(|f| f.group == GATEWAY_API_GROUP && f.kind == "HTTPRoute" && f.namespace == route_namespace)
+            .any(|f| f.group == GATEWAY_API_GROUP && f.kind == kind && f.namespace == route_namespace)
             && self.to.iter().any(|t| {
                 t.group.is_empty() && t.kind == "Service" && t.name.as_deref().is_none_or(|n| n == name)
             })
@@ -274,4 +275,111 @@ pub struct RouteTimeouts {
     #[schemars(with = "Option<String>")]
     #[serde(with = "opt_duration", default, rename = "backendRequest")]
     pub backend_request: Option<Duration>,
+}
+
+/// `GRPCRoute` (gateway.networking.k8s.io/v1) with a Service parent. A gRPC
+/// call is an HTTP/2 `POST /<service>/<method>`, so the mesh routes it as
+/// the HTTPRoute [`GrpcRouteSpec::as_http`] makes of it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GrpcRouteSpec {
+    #[serde(default)]
+    pub parent_refs: Vec<ParentRef>,
+    #[serde(default)]
+    pub hostnames: Vec<String>,
+    #[serde(default)]
+    pub rules: Vec<GrpcRouteRule>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct GrpcRouteRule {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub matches: Vec<GrpcRouteMatch>,
+    #[serde(default)]
+    pub filters: Vec<RouteFilter>,
+    #[serde(default)]
+    pub backend_refs: Vec<BackendRef>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct GrpcRouteMatch {
+    #[serde(default)]
+    pub method: Option<GrpcMethodMatch>,
+    #[serde(default)]
+    pub headers: Vec<HeaderMatch>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct GrpcMethodMatch {
+    /// `Exact` (default) or `RegularExpression`.
+    #[serde(rename = "type", default)]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub service: Option<String>,
+    #[serde(default)]
+    pub method: Option<String>,
+}
+
+impl GrpcMethodMatch {
+    /// The path match of the calls this selects: `Exact` service and
+    /// method is the exact path, a service alone a `PathPrefix` (its
+    /// methods), a method alone an expression for it under any service;
+    /// `RegularExpression` parts an expression (a missing part: any).
+    pub fn as_path(&self) -> PathMatch {
+        let regex = self.kind.as_deref() == Some("RegularExpression");
+        let any = "[^/]+".to_string();
+        let (kind, value) = match (regex, self.service.as_deref(), self.method.as_deref()) {
+            (false, Some(s), Some(m)) => ("Exact", format!("/{s}/{m}")),
+            (false, Some(s), None) => ("PathPrefix", format!("/{s}")),
+            (false, None, Some(m)) => ("RegularExpression", format!("/{any}/{}", regex::escape(m))),
+            (true, s, m) => (
+                "RegularExpression",
+                format!(
+                    "/{}/{}",
+                    s.map_or(any.clone(), str::to_string),
+                    m.map_or(any.clone(), str::to_string)
+                ),
+            ),
+            (false, None, None) => ("PathPrefix", "/".to_string()),
+        };
+        PathMatch {
+            kind: kind.to_string(),
+            value,
+        }
+    }
+}
+
+impl GrpcRouteSpec {
+    /// The HTTPRoute this GRPCRoute routes as.
+    pub fn as_http(&self) -> HttpRouteSpec {
+        HttpRouteSpec {
+            parent_refs: self.parent_refs.clone(),
+            hostnames: self.hostnames.clone(),
+            rules: self
+                .rules
+                .iter()
+                .map(|r| RouteRule {
+                    name: r.name.clone(),
+                    matches: r
+                        .matches
+                        .iter()
+                        .map(|m| RouteMatch {
+                            path: m.method.as_ref().map(GrpcMethodMatch::as_path),
+                            method: None,
+                            headers: m.headers.clone(),
+                            query_params: Vec::new(),
+                        })
+                        .collect(),
+                    filters: r.filters.clone(),
+                    backend_refs: r.backend_refs.clone(),
+                    timeouts: None,
+                })
+                .collect(),
+        }
+    }
 }

@@ -36,6 +36,7 @@ pub enum Spec {
     TrafficPolicy(TrafficPolicySpec),
     AuthorizationPolicy(AuthorizationPolicySpec),
     HttpRoute(HttpRouteSpec),
+    GrpcRoute(GrpcRouteSpec),
     ReferenceGrant(ReferenceGrantSpec),
     /// Stands in for an AuthorizationPolicy that failed validation and
     /// has no last good version: never parsed, made by the sources.
@@ -52,6 +53,7 @@ impl Spec {
             Spec::TrafficPolicy(_) => "TrafficPolicy",
             Spec::AuthorizationPolicy(_) | Spec::DenyAll(_) => "AuthorizationPolicy",
             Spec::HttpRoute(_) => "HTTPRoute",
+            Spec::GrpcRoute(_) => "GRPCRoute",
             Spec::ReferenceGrant(_) => "ReferenceGrant",
             Spec::Workload(_) => "Pod",
         }

@@ -165,13 +165,13 @@ fn parse_document(value: serde_json::Value) -> Result<Document, FieldError> {
     })?;
     let expected_api = match raw.kind.as_str() {
         "MeshService" | "TrafficPolicy" | "AuthorizationPolicy" => WEFT_API_VERSION,
-        "HTTPRoute" => GATEWAY_API_VERSION,
+        "HTTPRoute" | "GRPCRoute" => GATEWAY_API_VERSION,
         "ReferenceGrant" => GATEWAY_API_BETA_VERSION,
         other => {
             return Err((
                 "kind".into(),
                 format!(
-                "expected one of MeshService, TrafficPolicy, AuthorizationPolicy, HTTPRoute, ReferenceGrant, got `{other}`"
+                "expected one of MeshService, TrafficPolicy, AuthorizationPolicy, HTTPRoute, GRPCRoute, ReferenceGrant, got `{other}`"
             ),
             ))
         }
@@ -198,6 +198,7 @@ fn parse_document(value: serde_json::Value) -> Result<Document, FieldError> {
         "TrafficPolicy" => Spec::TrafficPolicy(typed(body, "spec")?),
         "AuthorizationPolicy" => Spec::AuthorizationPolicy(typed(body, "spec")?),
         "ReferenceGrant" => Spec::ReferenceGrant(typed(body, "spec")?),
+        "GRPCRoute" => Spec::GrpcRoute(typed(body, "spec")?),
         _ => Spec::HttpRoute(typed(body, "spec")?),
     };
     let doc = Document {
@@ -398,6 +399,54 @@ spec:
         ];
         for (rule, field) in bad {
             let (docs, errors) = parse_file("r.yaml", &route(rule));
+            assert!(docs.is_empty(), "{rule}: accepted");
+            assert_eq!(errors[0].field, field, "{rule}: {}", errors[0]);
+        }
+    }
+
+    #[test]
+    fn grpc_routes_are_read_and_checked() {
+        let route = |rule: &str| {
+            format!(
+                "apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {{name: g, namespace: shop}}\nspec:\n  parentRefs: [{{kind: Service, name: cart, port: 7070}}]\n  rules:\n  - {rule}\n"
+            )
+        };
+        let good = "matches: [{method: {service: shop.Cart, method: Add}, headers: [{name: x-tenant, value: a}]}, {method: {type: RegularExpression, service: 'shop\\..*'}}]\n    filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-a, value: '1'}]}}]\n    backendRefs: [{name: cart, port: 7070}]";
+        let (docs, errors) = parse_file("g.yaml", &route(good));
+        assert!(errors.is_empty() && docs.len() == 1, "{errors:?}");
+        let Spec::GrpcRoute(g) = &docs[0].spec else {
+            panic!("not a GRPCRoute: {:?}", docs[0].spec)
+        };
+        let http = g.as_http();
+        let paths: Vec<_> = http.rules[0]
+            .matches
+            .iter()
+            .map(|m| m.path.as_ref().map(|p| (p.kind.as_str(), p.value.as_str())))
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                Some(("Exact", "/shop.Cart/Add")),
+                Some(("RegularExpression", "/shop\\..*/[^/]+"))
+            ]
+        );
+        let bad = [
+            ("matches: [{method: {}}]", "spec.rules[0].matches[0].method"),
+            (
+                "matches: [{method: {service: a/b}}]",
+                "spec.rules[0].matches[0].method.service",
+            ),
+            (
+                "matches: [{method: {type: RegularExpression, method: '('}}]",
+                "spec.rules[0].matches[0].method.method",
+            ),
+            (
+                "filters: [{type: URLRewrite, urlRewrite: {hostname: x}}]",
+                "spec.rules[0].filters[0].type",
+            ),
+        ];
+        for (rule, field) in bad {
+            let (docs, errors) = parse_file("g.yaml", &route(rule));
             assert!(docs.is_empty(), "{rule}: accepted");
             assert_eq!(errors[0].field, field, "{rule}: {}", errors[0]);
         }

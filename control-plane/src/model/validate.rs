@@ -222,25 +222,118 @@ pub(super) fn validate(doc: &Document) -> Result<(), FieldError> {
             }
         }
         Spec::HttpRoute(r) => {
-            check(
-                !r.parent_refs.is_empty(),
-                "spec.parentRefs",
-                "expected at least one parent Service",
-            )?;
-            for (i, p) in r.parent_refs.iter().enumerate() {
-                let kind = p.kind.as_deref().unwrap_or("Service");
+            parent_refs(&r.parent_refs)?;
+            http_route_rules(&r.rules)?;
+        }
+        Spec::GrpcRoute(r) => {
+            parent_refs(&r.parent_refs)?;
+            grpc_route_rules(&r.rules)?;
+        }
+    }
+    Ok(())
+}
+
+/// A route's parents: Services (the GAMMA mesh profile).
+fn parent_refs(parents: &[ParentRef]) -> Result<(), FieldError> {
+    check(
+        !parents.is_empty(),
+        "spec.parentRefs",
+        "expected at least one parent Service",
+    )?;
+    for (i, p) in parents.iter().enumerate() {
+        let kind = p.kind.as_deref().unwrap_or("Service");
+        check(
+            kind == "Service" || kind == "MeshService",
+            format!("spec.parentRefs[{i}].kind"),
+            format!("expected `Service` (the GAMMA mesh profile), got `{kind}`"),
+        )?;
+        check(
+            is_dns_label(&p.name),
+            format!("spec.parentRefs[{i}].name"),
+            "expected a DNS label",
+        )?;
+    }
+    Ok(())
+}
+
+/// A GRPCRoute's rules: method and header matches, the filters gRPC
+/// allows (header modifiers, mirror), backends.
+fn grpc_route_rules(rules: &[GrpcRouteRule]) -> Result<(), FieldError> {
+    for (i, rule) in rules.iter().enumerate() {
+        let at = format!("spec.rules[{i}]");
+        if let Some(name) = &rule.name {
+            check(is_dns_label(name), format!("{at}.name"), "expected a DNS label")?;
+        }
+        for (j, m) in rule.matches.iter().enumerate() {
+            let at = format!("{at}.matches[{j}]");
+            if let Some(method) = &m.method {
+                let kind = method.kind.as_deref().unwrap_or("Exact");
                 check(
-                    kind == "Service" || kind == "MeshService",
-                    format!("spec.parentRefs[{i}].kind"),
-                    format!("expected `Service` (the GAMMA mesh profile), got `{kind}`"),
+                    kind == "Exact" || kind == "RegularExpression",
+                    format!("{at}.method.type"),
+                    format!("expected `Exact` or `RegularExpression`, got `{kind}`"),
                 )?;
                 check(
-                    is_dns_label(&p.name),
-                    format!("spec.parentRefs[{i}].name"),
-                    "expected a DNS label",
+                    method.service.is_some() || method.method.is_some(),
+                    format!("{at}.method"),
+                    "expected `service`, `method` or both",
+                )?;
+                for (part, v) in [("service", &method.service), ("method", &method.method)] {
+                    let Some(v) = v else { continue };
+                    if kind == "RegularExpression" {
+                        check_regex(v, &format!("{at}.method.{part}"))?;
+                    } else {
+                        check(
+                            !v.is_empty() && !v.contains('/') && v.bytes().all(|b| b.is_ascii_graphic()),
+                            format!("{at}.method.{part}"),
+                            format!("expected a gRPC {part} name (no `/`), got `{v}`"),
+                        )?;
+                    }
+                }
+            }
+            for (k, h) in m.headers.iter().enumerate() {
+                let at = format!("{at}.headers[{k}]");
+                let kind = h.kind.as_deref().unwrap_or("Exact");
+                check(
+                    kind == "Exact" || kind == "RegularExpression",
+                    format!("{at}.type"),
+                    format!("expected `Exact` or `RegularExpression`, got `{kind}`"),
+                )?;
+                check_header_name(&h.name, &format!("{at}.name"))?;
+                if kind == "RegularExpression" {
+                    check_regex(&h.value, &format!("{at}.value"))?;
+                }
+            }
+        }
+        let grpc_filters = |filters: &[RouteFilter], at: &str| -> Result<(), FieldError> {
+            for (k, f) in filters.iter().enumerate() {
+                check(
+                    matches!(
+                        f.kind.as_str(),
+                        "RequestHeaderModifier" | "ResponseHeaderModifier" | "RequestMirror"
+                    ),
+                    format!("{at}[{k}].type"),
+                    format!(
+                        "expected RequestHeaderModifier, ResponseHeaderModifier or RequestMirror (what a GRPCRoute allows), got `{}`",
+                        f.kind
+                    ),
                 )?;
             }
-            http_route_rules(&r.rules)?;
+            route_filters(filters, at, true, false)
+        };
+        grpc_filters(&rule.filters, &format!("{at}.filters"))?;
+        for (j, b) in rule.backend_refs.iter().enumerate() {
+            check(
+                is_dns_label(&b.name),
+                format!("{at}.backendRefs[{j}].name"),
+                "expected a DNS label",
+            )?;
+            check(
+                b.weight <= 1_000_000,
+                format!("{at}.backendRefs[{j}].weight"),
+                format!("expected 0..=1000000, got {}", b.weight),
+            )?;
+            grpc_filters(&b.filters, &format!("{at}.backendRefs[{j}].filters"))?;
         }
     }
     Ok(())

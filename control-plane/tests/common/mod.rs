@@ -113,7 +113,8 @@ pub const DEPLOYMENTS: &str = "/apis/apps/v1/deployments";
 pub const WEBHOOKS: &str = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations";
 pub const HTTPROUTES: &str = "/apis/gateway.networking.k8s.io/v1/httproutes";
 pub const GRANTS: &str = "/apis/gateway.networking.k8s.io/v1beta1/referencegrants";
-const KINDS: [&str; 13] = [
+pub const GRPCROUTES: &str = "/apis/gateway.networking.k8s.io/v1/grpcroutes";
+const KINDS: [&str; 14] = [
     SERVICES,
     SLICES,
     PODS,
@@ -127,6 +128,7 @@ const KINDS: [&str; 13] = [
     WEBHOOKS,
     HTTPROUTES,
     GRANTS,
+    GRPCROUTES,
 ];
 
 /// Which kind a request path names: the kind's cluster-wide path, the
@@ -245,8 +247,9 @@ impl FakeApi {
             ),
             (HTTPROUTES, "gateway.networking.k8s.io/v1", "HTTPRouteList"),
             (GRANTS, "gateway.networking.k8s.io/v1beta1", "ReferenceGrantList"),
+            (GRPCROUTES, "gateway.networking.k8s.io/v1", "GRPCRouteList"),
         ] {
-            if !gateway_api && (path == HTTPROUTES || path == GRANTS) {
+            if !gateway_api && [HTTPROUTES, GRANTS, GRPCROUTES].contains(&path) {
                 continue;
             }
             state.kinds.insert(
