@@ -801,3 +801,114 @@ async fn grpcroute_request_header_modifier() {
         Some("12")
     );
 }
+
+/// Not an upstream mesh case (the suite's mirror cases are Gateway-only at
+/// this commit): a RequestMirror copy reaches the mirror's service while
+/// the caller's response comes from the backend, unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_mirror_sends_a_copy_and_answers_from_the_backend() {
+    let mesh = Mesh::start().await;
+    let routes = format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: mirror, namespace: {NS}}}\nspec:\n  parentRefs: [{{kind: Service, name: echo, port: 80}}]\n  rules:\n  - filters: [{{type: RequestMirror, requestMirror: {{backendRef: {{name: echo-v2, port: 80}}}}}}]\n    backendRefs: [{{name: echo-v1, port: 80}}]\n"
+    );
+    std::fs::write(&mesh.file, format!("{}{routes}", mesh.base)).unwrap();
+    mesh.until_times(&get("/mirrored").to("echo-v1"), 5, "the mirror route applies")
+        .await;
+    let inbound = |admin| metric_sum(admin, "weft_requests_total{direction=\"inbound\"");
+    let before = inbound(mesh.v2.proxy.addrs.admin).await;
+    for _ in 0..20 {
+        let a = mesh.send(&get("/mirrored").to("echo-v1")).await;
+        assert_eq!(a.status, StatusCode::OK);
+        assert_eq!(
+            mesh.backend(a.headers.get("x-echo-server").and_then(|v| v.to_str().ok())),
+            "echo-v1"
+        );
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let copies = inbound(mesh.v2.proxy.addrs.admin).await - before;
+        if copies >= 20.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "echo-v2 got {copies} of 20 copies"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Route changes under steady load (add a filter, shift the weights,
+/// delete a rule) apply within a second each, and no request fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_changes_under_load_apply_within_a_second_without_failures() {
+    let mesh = Mesh::start().await;
+    let route = |rules: &str| {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: live, namespace: {NS}}}\nspec:\n  parentRefs: [{{kind: Service, name: echo, port: 80}}]\n  rules:\n{rules}"
+        )
+    };
+    let publish = |rules: &str| std::fs::write(&mesh.file, format!("{}{}", mesh.base, route(rules))).unwrap();
+    let all_v1 = "  - matches: [{path: {type: PathPrefix, value: /api}}]\n    backendRefs: [{name: echo-v1, port: 80}]\n  - backendRefs: [{name: echo-v1, port: 80}]\n";
+    publish(all_v1);
+    mesh.until_times(&get("/").to("echo-v1"), 10, "the first route")
+        .await;
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let (out, stop) = (mesh.client.addrs.outbound, stop.clone());
+        load.push(tokio::spawn(async move {
+            let (mut sent, mut failed) = (0usize, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && sent < 5_000 {
+                let a = send(out, &get("/api/x")).await;
+                sent += 1;
+                if a.status != StatusCode::OK {
+                    failed.push(a.status);
+                }
+            }
+            (sent, failed)
+        }));
+    }
+    let changes = [
+        (
+            "a filter added",
+            "  - matches: [{path: {type: PathPrefix, value: /api}}]\n    filters: [{type: ResponseHeaderModifier, responseHeaderModifier: {set: [{name: x-header-set, value: live}]}}]\n    backendRefs: [{name: echo-v1, port: 80}]\n  - backendRefs: [{name: echo-v1, port: 80}]\n",
+            get("/api/x").to("echo-v1").answer_header("x-header-set", "live"),
+        ),
+        (
+            "the weights shifted",
+            "  - matches: [{path: {type: PathPrefix, value: /api}}]\n    backendRefs: [{name: echo-v2, port: 80}]\n  - backendRefs: [{name: echo-v1, port: 80}]\n",
+            get("/api/x").to("echo-v2"),
+        ),
+        (
+            "a rule deleted",
+            "  - backendRefs: [{name: echo-v2, port: 80}]\n",
+            get("/other").to("echo-v2"),
+        ),
+    ];
+    for (what, rules, probe) in changes {
+        let t = std::time::Instant::now();
+        publish(rules);
+        mesh.until_times(&probe, 3, what).await;
+        let took = t.elapsed();
+        eprintln!("{what}: applied in {took:?}");
+        assert!(
+            took < Duration::from_secs(1) + Duration::from_millis(200),
+            "{what} took {took:?}"
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut sent, mut failed) = (0, Vec::new());
+    for l in load {
+        let (s, f) = l.await.unwrap();
+        sent += s;
+        failed.extend(f);
+    }
+    assert!(sent > 100, "load ran: {sent} requests");
+    assert!(
+        failed.is_empty(),
+        "{} of {sent} requests failed: {failed:?}",
+        failed.len()
+    );
+}
