@@ -78,6 +78,10 @@ pub struct ParentRef {
     pub namespace: Option<String>,
     #[serde(default)]
     pub port: Option<u16>,
+    /// Not supported by the mesh (a Service port is chosen with `port`);
+    /// read so validation can refuse it rather than widen the route.
+    #[serde(default)]
+    pub section_name: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]

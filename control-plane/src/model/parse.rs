@@ -402,6 +402,11 @@ spec:
             assert!(docs.is_empty(), "{rule}: accepted");
             assert_eq!(errors[0].field, field, "{rule}: {}", errors[0]);
         }
+        // A parent's sectionName would narrow the route; refused, not
+        // ignored.
+        let section = route("backendRefs: [{name: web}]").replace("port: 80}", "sectionName: http}");
+        let (_, errors) = parse_file("r.yaml", &section);
+        assert_eq!(errors[0].field, "spec.parentRefs[0].sectionName", "{}", errors[0]);
     }
 
     #[test]

@@ -252,6 +252,11 @@ fn parent_refs(parents: &[ParentRef]) -> Result<(), FieldError> {
             format!("spec.parentRefs[{i}].name"),
             "expected a DNS label",
         )?;
+        check(
+            p.section_name.is_none(),
+            format!("spec.parentRefs[{i}].sectionName"),
+            "expected no sectionName (not supported by the mesh; choose the Service port with `port`)",
+        )?;
     }
     Ok(())
 }
