@@ -17,7 +17,45 @@ use std::cmp::Reverse;
 use weft_api::v1 as api;
 
 use super::{ms, Index, IndexConfig, Inner, RouteEntry};
-use crate::model::{HeaderFilter, HeaderMatch, MirrorBackendRef, PathModifierSpec, RouteFilter, RouteMatch};
+use crate::model::{
+    BackendRef, HeaderFilter, HeaderMatch, MirrorBackendRef, PathModifierSpec, RouteFilter, RouteMatch,
+};
+
+/// A backendRef or a mirror's backendRef.
+struct Ref<'a> {
+    group: Option<&'a str>,
+    kind: Option<&'a str>,
+    name: &'a str,
+    namespace: Option<&'a str>,
+    port: Option<u16>,
+}
+
+impl<'a> Ref<'a> {
+    fn backend(b: &'a BackendRef) -> Self {
+        Self {
+            group: b.group.as_deref(),
+            kind: b.kind.as_deref(),
+            name: &b.name,
+            namespace: b.namespace.as_deref(),
+            port: b.port,
+        }
+    }
+
+    fn mirror(b: &'a MirrorBackendRef) -> Self {
+        Self {
+            group: b.group.as_deref(),
+            kind: b.kind.as_deref(),
+            name: &b.name,
+            namespace: b.namespace.as_deref(),
+            port: b.port,
+        }
+    }
+
+    /// A core Service (the only backend kind the mesh has).
+    fn is_service(&self) -> bool {
+        self.group.is_none_or(|g| g.is_empty() || g == "core") && self.kind.is_none_or(|k| k == "Service")
+    }
+}
 
 /// Where one match stands: smaller sorts first.
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -91,15 +129,7 @@ impl Inner {
                     .backend_refs
                     .iter()
                     .map(|b| api::Backend {
-                        authority: self.backend_authority(
-                            route,
-                            parent,
-                            &b.name,
-                            b.namespace.as_deref(),
-                            b.port,
-                            port,
-                            config,
-                        ),
+                        authority: self.backend_authority(route, parent, &Ref::backend(b), port, config),
                         weight: b.weight,
                         filters: b
                             .filters
@@ -128,30 +158,32 @@ impl Inner {
         flat.into_iter().map(|(_, r)| r).collect()
     }
 
-    /// A backend's `host:port` authority, or empty when it is not
-    /// permitted (another namespace's Service without a ReferenceGrant):
-    /// the proxy answers requests for it 500. The route's own parent
-    /// Service needs no grant: a consumer route that sends its clients on
-    /// to the Service they called gives them nothing they did not have
-    /// (the upstream case mesh-consumer-route relies on it).
-    #[allow(clippy::too_many_arguments)]
+    /// A backend's `host:port` authority, or empty when it does not
+    /// resolve — not a Service, no such Service, or another namespace's
+    /// Service without a ReferenceGrant: the proxy answers requests for it
+    /// 500, as the spec says. The route's own parent Service needs no
+    /// grant: a consumer route that sends its clients on to the Service
+    /// they called gives them nothing they did not have (the upstream case
+    /// mesh-consumer-route relies on it).
     fn backend_authority(
         &self,
         route: &RouteEntry,
         parent: (&str, &str),
-        name: &str,
-        namespace: Option<&str>,
-        backend_port: Option<u16>,
+        r: &Ref<'_>,
         port: u16,
         config: &IndexConfig,
     ) -> String {
         // Gateway API: a backendRef without a namespace is in the route's.
-        let ns = namespace.unwrap_or(&route.namespace);
-        if (ns, name) == parent || self.backend_permitted(route.kind, &route.namespace, ns, name) {
+        let ns = r.namespace.unwrap_or(&route.namespace);
+        let permitted =
+            (ns, r.name) == parent || self.backend_permitted(route.kind, &route.namespace, ns, r.name);
+        let exists = self.services.contains_key(&(ns.to_string(), r.name.to_string()));
+        if r.is_service() && exists && permitted {
             format!(
-                "{name}.{ns}.svc.{}:{}",
+                "{}.{ns}.svc.{}:{}",
+                r.name,
                 config.cluster_domain,
-                backend_port.unwrap_or(port)
+                r.port.unwrap_or(port)
             )
         } else {
             String::new()
@@ -199,12 +231,6 @@ impl Inner {
             }
             "RequestMirror" => {
                 let m = f.request_mirror.as_ref()?;
-                let MirrorBackendRef {
-                    name,
-                    namespace,
-                    port: mirror_port,
-                    ..
-                } = &m.backend_ref;
                 let (numerator, denominator) = match (m.percent, &m.fraction) {
                     (Some(p), _) => (p, 100),
                     (None, Some(f)) => (f.numerator, f.denominator),
@@ -214,9 +240,7 @@ impl Inner {
                     authority: self.backend_authority(
                         route,
                         parent,
-                        name,
-                        namespace.as_deref(),
-                        *mirror_port,
+                        &Ref::mirror(&m.backend_ref),
                         port,
                         config,
                     ),
@@ -341,40 +365,29 @@ impl Inner {
                 .iter()
                 .chain(r.backend_refs.iter().flat_map(|b| &b.filters))
                 .filter_map(|f| f.request_mirror.as_ref())
-                .map(|m| {
-                    let b = &m.backend_ref;
-                    (
-                        b.group.as_deref(),
-                        b.kind.as_deref(),
-                        &b.name,
-                        b.namespace.as_deref(),
-                    )
-                })
+                .map(|m| Ref::mirror(&m.backend_ref))
         });
         let refs = route
             .spec
             .rules
             .iter()
             .flat_map(|r| &r.backend_refs)
-            .map(|b| {
-                (
-                    b.group.as_deref(),
-                    b.kind.as_deref(),
-                    &b.name,
-                    b.namespace.as_deref(),
-                )
-            })
+            .map(Ref::backend)
             .chain(mirrors);
-        for (group, kind, name, namespace) in refs {
-            let kind = kind.unwrap_or("Service");
-            if group.is_some_and(|g| !g.is_empty() && g != "core") || kind != "Service" {
+        for r in refs {
+            let name = r.name;
+            if !r.is_service() {
                 return Verdict::failed(
                     "InvalidKind",
-                    format!("backend {name}: kind {kind} is not a Service"),
+                    format!(
+                        "backend {name}: kind {} is not a Service",
+                        r.kind.unwrap_or("Service")
+                    ),
                 );
             }
+            let namespace = r.namespace;
             let ns = namespace.unwrap_or(&route.namespace);
-            let key = (ns.to_string(), name.clone());
+            let key = (ns.to_string(), name.to_string());
             if !parents.contains(&key) && !self.backend_permitted(route.kind, &route.namespace, ns, name) {
                 return Verdict::failed(
                     "RefNotPermitted",

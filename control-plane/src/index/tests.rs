@@ -91,6 +91,7 @@ async fn watchers_see_endpoints_come_and_go() {
 async fn routes_and_policies_ride_on_the_destination() {
     let index = Index::new(IndexConfig::default());
     let mut yaml = service("backend", &["127.0.0.1:1"]);
+    yaml.push_str(&service("backend-v1", &["127.0.0.1:2"]));
     yaml.push_str(
         "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: split, namespace: demo}\nspec:\n  parentRefs: [{name: backend}]\n  rules:\n    - matches: [{path: {type: PathPrefix, value: /api}}]\n      backendRefs: [{name: backend-v1, weight: 90}, {name: backend-v2, weight: 10}]\n      timeouts: {request: 2s}\n---\napiVersion: weft.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {name: tp, namespace: demo}\nspec:\n  targetRef: {name: backend}\n  loadBalancer: roundRobin\n  timeouts: {request: 5s}\n",
     );
@@ -109,6 +110,10 @@ async fn routes_and_policies_ride_on_the_destination() {
         "backend-v1.demo.svc.cluster.local:80"
     );
     assert_eq!(route.backends[1].weight, 10);
+    assert_eq!(
+        route.backends[1].authority, "",
+        "no such Service: unresolved, so its share is answered 500"
+    );
     assert_eq!(policy.load_balancer, api::LoadBalancer::RoundRobin as i32);
     assert_eq!(policy.timeouts.as_ref().unwrap().request_ms, 5000);
 }
@@ -513,7 +518,7 @@ fn a_route_in_another_namespace_is_a_consumer_route_for_that_namespace_only() {
 #[test]
 fn a_backend_in_another_namespace_needs_a_reference_grant() {
     let index = Index::new(IndexConfig::default());
-    let route = "apiVersion: weft.dev/v1alpha1\nkind: MeshService\nmetadata: {name: payments, namespace: shop}\nspec:\n  endpoints: [{address: 10.0.0.1:8080}]\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: ledger, namespace: shop}\nspec:\n  parentRefs: [{kind: Service, name: payments}]\n  rules: [{backendRefs: [{name: ledger, namespace: finance, port: 80}]}]\n";
+    let route = "apiVersion: weft.dev/v1alpha1\nkind: MeshService\nmetadata: {name: payments, namespace: shop}\nspec:\n  endpoints: [{address: 10.0.0.1:8080}]\n---\napiVersion: weft.dev/v1alpha1\nkind: MeshService\nmetadata: {name: ledger, namespace: finance}\nspec:\n  endpoints: [{address: 10.0.0.2:8080}]\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: ledger, namespace: shop}\nspec:\n  parentRefs: [{kind: Service, name: payments}]\n  rules: [{backendRefs: [{name: ledger, namespace: finance, port: 80}]}]\n";
     index.apply("files", documents(route));
     assert_eq!(
         routes_seen(&index, "web")[0].1,
