@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 
 use crate::admin::Admin;
 use crate::client::Clients;
-use crate::config::{Config, ConfigError, LogFormat, Overrides};
+use crate::config::{Config, ConfigError, LogFormat, Overrides, UpstreamListener};
 use crate::control::{
     ControlClient, ControlDiscover, ControlMetrics, ControlSettings, ControlTls, InboundWatcher,
 };
@@ -65,6 +65,8 @@ pub struct Proxy {
     outbound: Listener,
     inbound: Listener,
     admin: Listener,
+    /// Upstream listeners, each with the destination it is bound to.
+    upstreams: Vec<(Listener, UpstreamListener)>,
 }
 
 /// Where a bound proxy listens: the configured (IPv4 or IPv6) addresses,
@@ -99,6 +101,10 @@ impl Proxy {
         let outbound = listen("outbound", config.outbound_listen).await?;
         let inbound = listen("inbound", config.inbound_listen).await?;
         let admin = listen("admin", config.admin_listen).await?;
+        let mut upstreams = Vec::new();
+        for up in &config.upstreams {
+            upstreams.push((listen("upstream", up.listen).await?, up.clone()));
+        }
         let control_metrics = ControlMetrics::default();
         let identity = match &config.identity_token_file {
             Some(file) => {
@@ -160,6 +166,7 @@ impl Proxy {
             outbound,
             inbound,
             admin,
+            upstreams,
             config: Arc::new(config),
             discover,
             control_metrics,
@@ -175,6 +182,15 @@ impl Proxy {
             inbound: addr(&self.inbound),
             admin: addr(&self.admin),
         }
+    }
+
+    /// Where each upstream listener listens (ports filled in), with what
+    /// it is bound to, in the config's order.
+    pub fn upstream_addrs(&self) -> Vec<(SocketAddr, &UpstreamListener)> {
+        self.upstreams
+            .iter()
+            .map(|(l, up)| (l.local_addr().expect("bound listener has an address"), up))
+            .collect()
     }
 
     /// The IPv6 twins of the listeners that have one.
@@ -340,6 +356,9 @@ impl Proxy {
             drain: watch,
             interception,
         });
+        for (listener, up) in self.upstreams {
+            tokio::spawn(outbound.clone().serve_upstream(listener, up));
+        }
         tokio::spawn(outbound.serve(self.outbound));
         tokio::spawn(inbound.serve(self.inbound));
         // Started once listening, holding a first certificate (with an
@@ -436,6 +455,9 @@ where
         if !(outbound.is_empty() && inbound.is_empty() && admin.is_empty()) {
             // Not "listening": tests find the line above by that word.
             tracing::info!(ipv6_outbound = %outbound, ipv6_inbound = %inbound, ipv6_admin = %admin, "also on IPv6");
+        }
+        for (addr, up) in proxy.upstream_addrs() {
+            tracing::info!(upstream = %addr, service = %up.service, port = up.port, "upstream listener bound");
         }
         proxy.run(shutdown_signal()).await;
         ExitCode::SUCCESS

@@ -49,6 +49,40 @@ impl Interception {
     }
 }
 
+/// A local listener bound to one destination: whatever connects to
+/// `listen` goes to `service:port` (HTTP detected and routed as on the
+/// outbound listener, anything else carried as TCP), so a client that
+/// cannot name a service (a database or broker driver) is meshed without
+/// interception. Written `LISTEN=SERVICE:PORT` on the command line, e.g.
+/// `127.0.0.1:9191=db.shop:5432`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct UpstreamListener {
+    pub listen: SocketAddr,
+    /// As the outbound listener understands names: `name` (in this
+    /// proxy's namespace), `name.namespace`, or the full cluster name.
+    pub service: String,
+    pub port: u16,
+}
+
+impl std::str::FromStr for UpstreamListener {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let expected =
+            || format!("expected LISTEN=SERVICE:PORT (e.g. 127.0.0.1:9191=db.shop:5432), got `{s}`");
+        let (listen, target) = s.trim().split_once('=').ok_or_else(expected)?;
+        let listen = listen.parse().map_err(|_| expected())?;
+        let (service, port) = target.rsplit_once(':').ok_or_else(expected)?;
+        let port = port.parse().map_err(|_| expected())?;
+        Ok(Self {
+            listen,
+            service: service.to_string(),
+            port,
+        })
+    }
+}
+
 /// Everything `weft-proxy` needs to run. Every field has a default, so an
 /// empty file (or none) is a valid config.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -200,6 +234,8 @@ pub struct Config {
     /// Runtime worker threads. A sidecar shares its pod's CPU with the app,
     /// so this stays small. Default 2.
     pub worker_threads: usize,
+    /// Local listeners each bound to one destination. Default none.
+    pub upstreams: Vec<UpstreamListener>,
 }
 
 /// How log lines are written.
@@ -252,6 +288,7 @@ impl Default for Config {
             create_trace_context: true,
             metrics_idle_timeout: Duration::from_secs(600),
             worker_threads: 2,
+            upstreams: Vec::new(),
         }
     }
 }
@@ -319,6 +356,16 @@ pub struct Overrides {
     /// env var).
     #[arg(long = "opaque-port", env = "WEFT_OPAQUE_PORTS", value_delimiter = ',')]
     pub opaque_ports: Vec<u16>,
+    /// A local listener bound to one destination, `LISTEN=SERVICE:PORT`
+    /// (repeat, or comma-separate in the env var); replaces the file's
+    /// `upstreams`.
+    #[arg(
+        long = "upstream",
+        env = "WEFT_UPSTREAMS",
+        value_delimiter = ',',
+        value_name = "LISTEN=SERVICE:PORT"
+    )]
+    pub upstreams: Vec<UpstreamListener>,
     /// File holding this workload's identity token.
     #[arg(long, env = "WEFT_IDENTITY_TOKEN_FILE", value_name = "FILE")]
     pub identity_token_file: Option<PathBuf>,
@@ -456,6 +503,9 @@ impl Config {
         if !o.opaque_ports.is_empty() {
             self.opaque_ports = o.opaque_ports.clone();
         }
+        if !o.upstreams.is_empty() {
+            self.upstreams = o.upstreams.clone();
+        }
         if let Some(f) = &o.identity_token_file {
             self.identity_token_file = Some(f.clone());
         }
@@ -479,6 +529,36 @@ impl Config {
     /// Checks every value once; `source` names where the config came from.
     pub fn validate(&self, source: &str) -> Result<(), ConfigError> {
         let err = |field: &str, problem: String| Err(ConfigError::new(source, field, problem));
+        let mut listens = vec![self.outbound_listen, self.inbound_listen, self.admin_listen];
+        for (i, u) in self.upstreams.iter().enumerate() {
+            if u.port == 0 {
+                return err(
+                    &format!("upstreams[{i}].port"),
+                    "expected a port in 1..=65535, got 0".into(),
+                );
+            }
+            let name_ok = !u.service.is_empty()
+                && u.service.len() <= 253
+                && u.service
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+            if !name_ok {
+                return err(
+                    &format!("upstreams[{i}].service"),
+                    format!(
+                        "expected a service name (`name`, `name.namespace` or a full cluster name), got `{}`",
+                        u.service
+                    ),
+                );
+            }
+            if u.listen.port() != 0 && listens.contains(&u.listen) {
+                return err(
+                    &format!("upstreams[{i}].listen"),
+                    format!("expected an address no other listener uses, got {}", u.listen),
+                );
+            }
+            listens.push(u.listen);
+        }
         let mut seen = BTreeSet::new();
         for (i, port) in self.app_ports.iter().enumerate() {
             if *port == 0 {

@@ -80,3 +80,68 @@ fn server_first_ports_are_opaque() {
     assert!(c.is_opaque_port(6379) && c.is_opaque_port(5432) && c.is_opaque_port(9000));
     assert!(!c.is_opaque_port(8080));
 }
+
+#[test]
+fn upstream_listeners_from_flags_and_file_are_checked() {
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        o: Overrides,
+    }
+    let cli = <Cli as clap::Parser>::parse_from([
+        "p",
+        "--upstream",
+        "127.0.0.1:9191=db.shop:5432",
+        "--upstream",
+        "[::1]:1883=mqtt:1883,127.0.0.1:6380=cache.shop.svc.cluster.local:6379",
+    ]);
+    let mut c = Config::default();
+    c.apply(&cli.o);
+    let seen: Vec<(String, &str, u16)> = c
+        .upstreams
+        .iter()
+        .map(|u| (u.listen.to_string(), u.service.as_str(), u.port))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("127.0.0.1:9191".to_string(), "db.shop", 5432),
+            ("[::1]:1883".to_string(), "mqtt", 1883),
+            ("127.0.0.1:6380".to_string(), "cache.shop.svc.cluster.local", 6379),
+        ]
+    );
+    c.validate("flags").unwrap();
+    for bad in [
+        "9191=db:5432",
+        "127.0.0.1:9191",
+        "127.0.0.1:9191=db",
+        "127.0.0.1:9191=db:port",
+    ] {
+        let e = bad.parse::<UpstreamListener>().unwrap_err();
+        assert!(e.contains("LISTEN=SERVICE:PORT"), "{bad}: {e}");
+    }
+    let file: Config = parse_yaml(
+        "upstreams:\n  - {listen: '127.0.0.1:9191', service: db.shop, port: 5432}\n  - {listen: '127.0.0.1:9191', service: other, port: 80}\n",
+        "p.yaml",
+    )
+    .unwrap();
+    assert_eq!(
+        file.validate("p.yaml").unwrap_err().field,
+        "upstreams[1].listen",
+        "the same address twice"
+    );
+    let c = Config {
+        upstreams: vec!["127.0.0.1:4140=db:5432".parse().unwrap()],
+        ..Config::default()
+    };
+    assert_eq!(
+        c.validate("p.yaml").unwrap_err().field,
+        "upstreams[0].listen",
+        "the outbound listener's"
+    );
+    let c = Config {
+        upstreams: vec!["127.0.0.1:9000=Bad_Name:5432".parse().unwrap()],
+        ..Config::default()
+    };
+    assert_eq!(c.validate("p.yaml").unwrap_err().field, "upstreams[0].service");
+}

@@ -11,6 +11,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::call::{self, Call, Called, Deadline};
+use super::lookup::Via;
 use super::route::{self, To};
 use super::upstream::{dialled, Upstream};
 use super::Outbound;
@@ -77,23 +78,26 @@ impl Outbound {
             &self.limits,
             &self.drain,
             std::future::pending(),
-            move |req| this.clone().request(req, app, orig_dst),
+            move |req| {
+                let via = orig_dst.map_or(Via::Explicit, Via::Redirected);
+                this.clone().request(req, app, via)
+            },
         )
         .await;
     }
 
     /// One HTTP request: answered by the upstream, or by the proxy with
     /// the error's response; observed either way.
-    async fn request(
+    pub(super) async fn request(
         self: Arc<Self>,
         req: Request<Incoming>,
         app: AppProtocol,
-        orig_dst: Option<SocketAddr>,
+        via: Via,
     ) -> Response<Body> {
         let mut req = req.map(incoming);
         let grpc = grpc::is_grpc(req.headers());
         let obs = Observation::start(&self.telemetry, Direction::Outbound, &mut req);
-        let (mut target, result) = self.route_and_call(req, app, orig_dst).await;
+        let (mut target, result) = self.route_and_call(req, app, &via).await;
         match result {
             Ok(mut rsp) => {
                 // The workload that answered, as its proxy said: believed
@@ -119,17 +123,14 @@ impl Outbound {
         self: &Arc<Self>,
         mut req: Request<Body>,
         app: AppProtocol,
-        orig_dst: Option<SocketAddr>,
+        via: &Via,
     ) -> (Target, Result<Response<Body>, ProxyError>) {
         let start = Instant::now();
         let target = Target {
             service: UNKNOWN_SERVICE.into(),
             ..Target::default()
         };
-        let planned = match self
-            .lookup(crate::http::authority(&req), req.uri(), orig_dst)
-            .await
-        {
+        let planned = match self.lookup(crate::http::authority(&req), req.uri(), via).await {
             Ok(named) => route::plan(&mut req, named),
             Err(e) => Err(e),
         };

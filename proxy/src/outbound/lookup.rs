@@ -20,9 +20,24 @@ use http::uri::Authority;
 use http::Uri;
 
 use super::Outbound;
+use crate::config::UpstreamListener;
 use crate::discover::{Destination, Endpoint, Unresolved, EXTERNAL_SERVICE};
 use crate::errors::ProxyError;
 use crate::http::host_port;
+
+/// How a connection reached the outbound side, which decides where its
+/// requests go.
+#[derive(Debug, Clone)]
+pub enum Via {
+    /// The outbound listener, explicitly: each request names its
+    /// destination.
+    Explicit,
+    /// Redirected by `weft-proxy init`: the address the app dialled.
+    Redirected(SocketAddr),
+    /// An upstream listener: bound to one service and port, whatever the
+    /// request says.
+    Bound(Arc<UpstreamListener>),
+}
 
 /// The destination a request names, as discovery answered for it.
 #[derive(Debug, Clone)]
@@ -44,18 +59,36 @@ impl Outbound {
         &self,
         named: Option<Authority>,
         uri: &Uri,
-        orig_dst: Option<SocketAddr>,
+        via: &Via,
     ) -> Result<Named, ProxyError> {
-        let Some(dst) = orig_dst else {
-            let authority = named.ok_or(ProxyError::NoAuthority)?;
-            let (host, port) = host_port(&authority, uri);
-            let dest = self.resolve(&host, port).await?;
-            return Ok(Named {
-                authority,
-                host,
-                port,
-                dest,
-            });
+        let dst = match via {
+            Via::Redirected(dst) => *dst,
+            Via::Bound(up) => {
+                // The request's own authority travels unchanged (as the app
+                // wrote it); the listener decides where it goes.
+                let target = crate::discover::target(&up.service, up.port);
+                let authority = match named {
+                    Some(a) => a,
+                    None => target.parse().map_err(|_| ProxyError::NoAuthority)?,
+                };
+                return Ok(Named {
+                    authority,
+                    host: up.service.clone(),
+                    port: up.port,
+                    dest: self.resolve(&up.service, up.port).await?,
+                });
+            }
+            Via::Explicit => {
+                let authority = named.ok_or(ProxyError::NoAuthority)?;
+                let (host, port) = host_port(&authority, uri);
+                let dest = self.resolve(&host, port).await?;
+                return Ok(Named {
+                    authority,
+                    host,
+                    port,
+                    dest,
+                });
+            }
         };
         // Redirected: the address the app dialled decides, never its Host
         // header. A service's virtual IP or a mesh pod routes as that

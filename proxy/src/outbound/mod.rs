@@ -19,6 +19,8 @@
 //! upstream.rs one try at one endpoint: the `Upstream` trait, which the
 //!             connection pool implements
 //! tunnel.rs   CONNECT, upgrades and redirected TCP: one connect-to-endpoint
+//! bound.rs    upstream listeners: a local port bound to one destination,
+//!             HTTP through the stages above, anything else as TCP
 //! ```
 //!
 //! The order of the resilience mechanisms is explained in
@@ -33,6 +35,7 @@ use crate::drain;
 use crate::server::Limits;
 use crate::telemetry::Telemetry;
 
+mod bound;
 pub mod call;
 mod listen;
 pub mod lookup;

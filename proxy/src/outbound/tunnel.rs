@@ -98,24 +98,64 @@ impl Outbound {
 
     /// Forwards a redirected non-HTTP connection to its original
     /// destination (balanced per connection), until both sides are done.
-    pub(super) async fn forward<I>(&self, io: I, dst: SocketAddr, mut guard: ConnectionObservation)
+    pub(super) async fn forward<I>(&self, io: I, dst: SocketAddr, guard: ConnectionObservation)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let dest = match self.resolve_addr(dst).await {
+        let dest = self.resolve_addr(dst).await;
+        self.forward_to(io, dest, dst.port(), &dst.to_string(), guard)
+            .await;
+    }
+
+    /// Forwards a non-HTTP connection to `dest` (balanced per connection;
+    /// a connection failure tries one other endpoint), until both sides
+    /// are done. `what` names the destination in logs.
+    pub(super) async fn forward_to<I>(
+        &self,
+        io: I,
+        dest: Result<Arc<Destination>, ProxyError>,
+        port: u16,
+        what: &str,
+        mut guard: ConnectionObservation,
+    ) where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let dest = match dest {
             Ok(dest) => dest,
             Err(e) => {
                 guard.detected(Detected::Opaque);
-                tracing::info!(%dst, error = %e, "outbound TCP refused; closing");
+                tracing::info!(destination = what, error = %e, "outbound TCP refused; closing");
                 return;
             }
         };
-        let endpoint = match pick(&dest, None, false) {
-            Ok(p) => p.endpoint,
-            Err(e) => {
-                guard.detected(Detected::Opaque);
-                tracing::info!(%dst, error = %e, "outbound TCP has nowhere to go; closing");
-                return;
+        let metrics = &self.telemetry.metrics.resilience;
+        let mut avoid = None;
+        let (endpoint, upstream) = loop {
+            let endpoint = match pick(&dest, avoid, avoid.is_none()) {
+                Ok(p) => p.endpoint,
+                Err(e) => {
+                    guard.detected(Detected::Opaque);
+                    tracing::info!(destination = what, error = %e, "outbound TCP has nowhere to go; closing");
+                    return;
+                }
+            };
+            match self.connect(&endpoint).await {
+                Ok(upstream) => {
+                    record(&dest, &endpoint.stats, false, metrics);
+                    break (endpoint, upstream);
+                }
+                Err(e) => {
+                    let connect_failure = e.outcome() == Some(Outcome::ConnectFailure);
+                    if connect_failure {
+                        record(&dest, &endpoint.stats, true, metrics);
+                    }
+                    if avoid.is_some() || !connect_failure || dest.endpoints.len() < 2 {
+                        guard.detected(Detected::Opaque);
+                        tracing::info!(destination = what, error = %e, "outbound TCP could not connect; closing");
+                        return;
+                    }
+                    avoid = Some(dialled(&endpoint));
+                }
             }
         };
         guard.detected(if endpoint.proxy.is_some() {
@@ -123,15 +163,10 @@ impl Outbound {
         } else {
             Detected::Passthrough
         });
-        match self.connect(&endpoint).await {
-            Ok(upstream) => {
-                tracing::debug!(%dst, via = ?endpoint.proxy, service = %dest.service, "forwarding outbound TCP");
-                let stream = self
-                    .telemetry
-                    .stream(Direction::Outbound, &self.stream_target(&dest, Some(&endpoint)));
-                tcp::splice(io, upstream, &self.limits, dst.port(), stream).await;
-            }
-            Err(e) => tracing::info!(%dst, error = %e, "outbound TCP could not connect; closing"),
-        }
+        tracing::debug!(destination = what, via = ?endpoint.proxy, service = %dest.service, "forwarding outbound TCP");
+        let stream = self
+            .telemetry
+            .stream(Direction::Outbound, &self.stream_target(&dest, Some(&endpoint)));
+        tcp::splice(io, upstream, &self.limits, port, stream).await;
     }
 }
