@@ -28,6 +28,9 @@ pub const PROXY_CPU_REQUEST: &str = "weft.dev/proxy-cpu-request";
 pub const PROXY_MEMORY_REQUEST: &str = "weft.dev/proxy-memory-request";
 pub const PROXY_CPU_LIMIT: &str = "weft.dev/proxy-cpu-limit";
 pub const PROXY_MEMORY_LIMIT: &str = "weft.dev/proxy-memory-limit";
+/// Upstream listeners, `LISTEN=SERVICE:PORT` comma-separated
+/// (`WEFT_UPSTREAMS`).
+pub const UPSTREAMS: &str = "weft.dev/upstreams";
 
 /// What a pod's annotations change in the injection.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -43,6 +46,8 @@ pub struct Overrides {
     pub memory_request: Option<String>,
     pub cpu_limit: Option<String>,
     pub memory_limit: Option<String>,
+    /// `LISTEN=SERVICE:PORT`, as `weft-proxy --upstream` takes them.
+    pub upstreams: Vec<String>,
 }
 
 impl Overrides {
@@ -84,6 +89,7 @@ impl Overrides {
             memory_request: quantity(PROXY_MEMORY_REQUEST)?,
             cpu_limit: quantity(PROXY_CPU_LIMIT)?,
             memory_limit: quantity(PROXY_MEMORY_LIMIT)?,
+            upstreams: list(UPSTREAMS, parse_upstream)?,
         })
     }
 }
@@ -123,6 +129,24 @@ fn parse_port(s: &str) -> Result<u16, String> {
         Ok(0) | Err(_) => Err(format!("expected a port 1..=65535, got `{s}`")),
         Ok(p) => Ok(p),
     }
+}
+
+/// `LISTEN=SERVICE:PORT` (e.g. `127.0.0.1:15432=db.shop:5432`), checked
+/// as the proxy will read it.
+fn parse_upstream(s: &str) -> Result<String, String> {
+    let expected =
+        || format!("expected LISTEN=SERVICE:PORT such as `127.0.0.1:15432=db.shop:5432`, got `{s}`");
+    let (listen, target) = s.split_once('=').ok_or_else(expected)?;
+    listen.parse::<std::net::SocketAddr>().map_err(|_| expected())?;
+    let (service, port) = target.rsplit_once(':').ok_or_else(expected)?;
+    let service_ok = !service.is_empty()
+        && service
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+    if !service_ok || parse_port(port).is_err() {
+        return Err(expected());
+    }
+    Ok(s.to_string())
 }
 
 /// A Kubernetes resource quantity: a decimal number (`1`, `0.5`, `.5`),

@@ -98,6 +98,9 @@ pub fn proxy_container(cfg: &InjectConfig, o: &Overrides, app_ports: &[u16]) -> 
     if let Some(opaque) = o.opaque_ports.as_deref().filter(|p| !p.is_empty()) {
         env.push(("WEFT_OPAQUE_PORTS", json!(join(opaque))));
     }
+    if !o.upstreams.is_empty() {
+        env.push(("WEFT_UPSTREAMS", json!(o.upstreams.join(","))));
+    }
     let env: Vec<Value> = env
         .into_iter()
         .map(|(name, v)| match v {

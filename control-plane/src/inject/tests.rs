@@ -191,6 +191,7 @@ fn annotations_override_ports_and_resources() {
         "weft.dev/skip-outbound-cidrs": "169.254.169.254/32",
         "weft.dev/proxy-cpu-limit": "1",
         "weft.dev/proxy-memory-request": "32Mi",
+        "weft.dev/upstreams": "127.0.0.1:15432=db.shop:5432, 127.0.0.1:11883=mqtt:1883",
     });
     inject(&mut p).unwrap();
     let init = &p["spec"]["initContainers"][0]["args"];
@@ -214,6 +215,10 @@ fn annotations_override_ports_and_resources() {
     let proxy = &p["spec"]["initContainers"][1];
     assert_eq!(env(proxy, "WEFT_APP_PORTS").unwrap()["value"], "8080");
     assert_eq!(env(proxy, "WEFT_OPAQUE_PORTS").unwrap()["value"], "7000,7001");
+    assert_eq!(
+        env(proxy, "WEFT_UPSTREAMS").unwrap()["value"],
+        "127.0.0.1:15432=db.shop:5432,127.0.0.1:11883=mqtt:1883"
+    );
     assert_eq!(
         proxy["resources"]["requests"],
         json!({"cpu": "100m", "memory": "32Mi"})
@@ -240,6 +245,10 @@ fn errors_name_what_is_wrong_and_leave_the_pod_alone() {
         (
             json!({"weft.dev/proxy-cpu-request": "fast"}),
             "annotation `weft.dev/proxy-cpu-request`: expected a Kubernetes quantity",
+        ),
+        (
+            json!({"weft.dev/upstreams": "15432=db.shop:5432"}),
+            "annotation `weft.dev/upstreams`: expected LISTEN=SERVICE:PORT",
         ),
     ];
     for (annotations, expected) in cases {
