@@ -249,3 +249,125 @@ async fn an_unknown_service_fails_its_connections_and_the_others_work() {
         .unwrap();
     assert_eq!(got, b"pingbye");
 }
+
+/// A free loopback port (bound and released; the broker takes it next).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A real MQTT broker behind a meshed service, reached by the real
+/// clients through two upstream listeners (a subscriber's and a
+/// publisher's): 100 of 100 QoS 1 messages, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mosquitto_through_two_upstream_listeners_delivers_every_message_in_order() {
+    if !weft_tests::require("mosquitto", "the MQTT broker of the upstream-listener test")
+        || !weft_tests::require("mosquitto_sub", "the MQTT clients of the upstream-listener test")
+    {
+        return;
+    }
+    let dir = TempDir::new();
+    let port = free_port();
+    let conf = dir.write(
+        "mosquitto.conf",
+        &format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+    );
+    let mut broker = std::process::Command::new("mosquitto")
+        .arg("-c")
+        .arg(&conf)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start mosquitto");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        assert!(Instant::now() < deadline, "mosquitto did not listen");
+        assert!(broker.try_wait().unwrap().is_none(), "mosquitto exited");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _broker = Kill(broker);
+    let app: SocketAddr = ([127, 0, 0, 1], port).into();
+    let bed = Bed::start("mqtt", app).await;
+    let (client, addrs) = bed
+        .client(&[upstream("mqtt", port), upstream("mqtt", port)], "")
+        .await;
+    let (sub_port, pub_port) = (addrs[0].port().to_string(), addrs[1].port().to_string());
+    // mosquitto_sub exits after 100 messages, or after 30 s (-W).
+    let sub = std::process::Command::new("mosquitto_sub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &sub_port,
+            "-t",
+            "weft/test",
+            "-q",
+            "1",
+            "-C",
+            "100",
+            "-W",
+            "30",
+            "-i",
+            "weft-sub",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let sub = tokio::task::spawn_blocking(move || sub.wait_with_output());
+    // Until the subscription is in place (a message published before it
+    // would not be delivered).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let lines: String = (0..100).map(|i| format!("message {i}\n")).collect();
+    let mut publisher = std::process::Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &pub_port,
+            "-t",
+            "weft/test",
+            "-q",
+            "1",
+            "-l",
+            "-i",
+            "weft-pub",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = publisher.stdin.take().unwrap();
+        stdin.write_all(lines.as_bytes()).unwrap();
+    }
+    let t = Instant::now();
+    let published = tokio::task::spawn_blocking(move || publisher.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    eprintln!("published in {:?}", t.elapsed());
+    assert!(published.success(), "mosquitto_pub failed");
+    let out = sub.await.unwrap().unwrap();
+    eprintln!("received after {:?}", t.elapsed());
+    let out = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out, lines, "every message, in order");
+    let metrics = admin_get(client.addrs.admin, "/metrics").await.1;
+    assert!(
+        metrics.lines().any(
+            |l| l.starts_with("weft_tcp_streams_opened_total{direction=\"outbound\"")
+                && l.contains("destination_service_name=\"mqtt\"")
+                && l.contains("connection_security_policy=\"mutual_tls\"")
+        ),
+        "the MQTT streams went over mTLS to mqtt"
+    );
+}
