@@ -36,6 +36,17 @@ pub enum Protocol {
     Opaque,
 }
 
+impl Protocol {
+    /// The HTTP version the app speaks, when it speaks HTTP.
+    pub fn http(&self) -> Option<crate::http::AppProtocol> {
+        match self {
+            Protocol::Http1 => Some(crate::http::AppProtocol::Http1),
+            Protocol::Http2 => Some(crate::http::AppProtocol::Http2),
+            Protocol::MeshTcp { .. } | Protocol::Tls | Protocol::Opaque => None,
+        }
+    }
+}
+
 #[derive(Debug, PartialEq, Eq)]
 enum Decision {
     Done(Protocol),

@@ -227,6 +227,22 @@ impl Mesh {
         Ok(())
     }
 
+    /// Sends `probe` `n` times: every answer 200, and each backend's share
+    /// within 5 % of its expected one (the suite's tolerance).
+    async fn expect_split(&self, probe: &Probe, n: usize, expected: &[(&str, f64)]) {
+        let mut counts: HashMap<&str, usize> = HashMap::new();
+        for _ in 0..n {
+            let a = self.send(probe).await;
+            assert_eq!(a.status, StatusCode::OK);
+            let server = a.headers.get("x-echo-server").and_then(|v| v.to_str().ok());
+            *counts.entry(self.backend(server)).or_default() += 1;
+        }
+        for (backend, want) in expected {
+            let share = counts.get(backend).copied().unwrap_or(0) as f64 / n as f64;
+            assert!((share - want).abs() <= 0.05, "{backend} {share:.3} of {counts:?}");
+        }
+    }
+
     /// Checks every probe; all must pass.
     async fn expect(&self, probes: &[Probe]) {
         let mut failed = Vec::new();
@@ -531,26 +547,8 @@ async fn httproute_named_rule() {
 async fn httproute_weight() {
     let mesh = Mesh::start().await;
     mesh.apply("httproute-weight", &get("/")).await;
-    let mut counts: HashMap<&str, usize> = HashMap::new();
-    let n = 500;
-    for _ in 0..n {
-        let a = mesh.send(&get("/")).await;
-        assert_eq!(a.status, StatusCode::OK);
-        *counts
-            .entry(mesh.backend(a.headers.get("x-echo-server").and_then(|v| v.to_str().ok())))
-            .or_default() += 1;
-    }
-    let share = |b: &str| counts.get(b).copied().unwrap_or(0) as f64 / n as f64;
-    assert!(
-        (share("echo-v1") - 0.7).abs() <= 0.05,
-        "echo-v1 {:.3} of {counts:?}",
-        share("echo-v1")
-    );
-    assert!(
-        (share("echo-v2") - 0.3).abs() <= 0.05,
-        "echo-v2 {:.3} of {counts:?}",
-        share("echo-v2")
-    );
+    mesh.expect_split(&get("/"), 500, &[("echo-v1", 0.7), ("echo-v2", 0.3)])
+        .await;
 }
 
 /// httproute-redirect-path.go
@@ -734,26 +732,8 @@ async fn grpcroute_weight() {
     let mesh = Mesh::start().await;
     let call = grpc("echo:7070", "/grpc.testing.TestService/UnaryCall");
     mesh.apply("grpcroute-weight", &call).await;
-    let mut counts: HashMap<&str, usize> = HashMap::new();
-    let n = 500;
-    for _ in 0..n {
-        let a = mesh.send(&call).await;
-        assert_eq!(a.status, StatusCode::OK);
-        *counts
-            .entry(mesh.backend(a.headers.get("x-echo-server").and_then(|v| v.to_str().ok())))
-            .or_default() += 1;
-    }
-    let share = |b: &str| counts.get(b).copied().unwrap_or(0) as f64 / n as f64;
-    assert!(
-        (share("echo-v1") - 0.7).abs() <= 0.05,
-        "echo-v1 {:.3} of {counts:?}",
-        share("echo-v1")
-    );
-    assert!(
-        (share("echo-v2") - 0.3).abs() <= 0.05,
-        "echo-v2 {:.3} of {counts:?}",
-        share("echo-v2")
-    );
+    mesh.expect_split(&call, 500, &[("echo-v1", 0.7), ("echo-v2", 0.3)])
+        .await;
 }
 
 /// grpcroute-request-header-modifier.go

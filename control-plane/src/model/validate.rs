@@ -296,19 +296,7 @@ fn grpc_route_rules(rules: &[GrpcRouteRule]) -> Result<(), FieldError> {
                     }
                 }
             }
-            for (k, h) in m.headers.iter().enumerate() {
-                let at = format!("{at}.headers[{k}]");
-                let kind = h.kind.as_deref().unwrap_or("Exact");
-                check(
-                    kind == "Exact" || kind == "RegularExpression",
-                    format!("{at}.type"),
-                    format!("expected `Exact` or `RegularExpression`, got `{kind}`"),
-                )?;
-                check_header_name(&h.name, &format!("{at}.name"))?;
-                if kind == "RegularExpression" {
-                    check_regex(&h.value, &format!("{at}.value"))?;
-                }
-            }
+            value_matches(&m.headers, &format!("{at}.headers"), true)?;
         }
         let grpc_filters = |filters: &[RouteFilter], at: &str| -> Result<(), FieldError> {
             for (k, f) in filters.iter().enumerate() {
@@ -328,16 +316,7 @@ fn grpc_route_rules(rules: &[GrpcRouteRule]) -> Result<(), FieldError> {
         };
         grpc_filters(&rule.filters, &format!("{at}.filters"))?;
         for (j, b) in rule.backend_refs.iter().enumerate() {
-            check(
-                is_dns_label(&b.name),
-                format!("{at}.backendRefs[{j}].name"),
-                "expected a DNS label",
-            )?;
-            check(
-                b.weight <= 1_000_000,
-                format!("{at}.backendRefs[{j}].weight"),
-                format!("expected 0..=1000000, got {}", b.weight),
-            )?;
+            backend_ref(b, &format!("{at}.backendRefs[{j}]"))?;
             grpc_filters(&b.filters, &format!("{at}.backendRefs[{j}].filters"))?;
         }
     }
@@ -352,16 +331,7 @@ fn http_route_rules(rules: &[RouteRule]) -> Result<(), FieldError> {
             check(is_dns_label(name), format!("{at}.name"), "expected a DNS label")?;
         }
         for (j, b) in rule.backend_refs.iter().enumerate() {
-            check(
-                is_dns_label(&b.name),
-                format!("{at}.backendRefs[{j}].name"),
-                "expected a DNS label",
-            )?;
-            check(
-                b.weight <= 1_000_000,
-                format!("{at}.backendRefs[{j}].weight"),
-                format!("expected 0..=1000000, got {}", b.weight),
-            )?;
+            backend_ref(b, &format!("{at}.backendRefs[{j}]"))?;
             route_filters(
                 &b.filters,
                 &format!("{at}.backendRefs[{j}].filters"),
@@ -408,29 +378,8 @@ fn http_route_rules(rules: &[RouteRule]) -> Result<(), FieldError> {
                     format!("expected an HTTP method (GET, POST, ...), got `{method}`"),
                 )?;
             }
-            for (list, field) in [(&m.headers, "headers"), (&m.query_params, "queryParams")] {
-                for (k, h) in list.iter().enumerate() {
-                    let at = format!("{at}.{field}[{k}]");
-                    let kind = h.kind.as_deref().unwrap_or("Exact");
-                    check(
-                        kind == "Exact" || kind == "RegularExpression",
-                        format!("{at}.type"),
-                        format!("expected `Exact` or `RegularExpression`, got `{kind}`"),
-                    )?;
-                    if field == "headers" {
-                        check_header_name(&h.name, &format!("{at}.name"))?;
-                    } else {
-                        check(
-                            !h.name.is_empty(),
-                            format!("{at}.name"),
-                            "expected a parameter name",
-                        )?;
-                    }
-                    if kind == "RegularExpression" {
-                        check_regex(&h.value, &format!("{at}.value"))?;
-                    }
-                }
-            }
+            value_matches(&m.headers, &format!("{at}.headers"), true)?;
+            value_matches(&m.query_params, &format!("{at}.queryParams"), false)?;
         }
         let prefix_only = !rule.matches.is_empty()
             && rule
@@ -600,6 +549,47 @@ fn path_modifier(p: &PathModifierSpec, at: &str, prefix_matched: bool) -> Result
             format!("expected `ReplaceFullPath` or `ReplacePrefixMatch`, got `{other}`"),
         )),
     }
+}
+
+/// Header (`headers`) or query parameter matches: `Exact` or
+/// `RegularExpression`, a name, an expression that compiles.
+fn value_matches(list: &[HeaderMatch], at: &str, headers: bool) -> Result<(), FieldError> {
+    for (k, h) in list.iter().enumerate() {
+        let at = format!("{at}[{k}]");
+        let kind = h.kind.as_deref().unwrap_or("Exact");
+        check(
+            kind == "Exact" || kind == "RegularExpression",
+            format!("{at}.type"),
+            format!("expected `Exact` or `RegularExpression`, got `{kind}`"),
+        )?;
+        if headers {
+            check_header_name(&h.name, &format!("{at}.name"))?;
+        } else {
+            check(
+                !h.name.is_empty(),
+                format!("{at}.name"),
+                "expected a parameter name",
+            )?;
+        }
+        if kind == "RegularExpression" {
+            check_regex(&h.value, &format!("{at}.value"))?;
+        }
+    }
+    Ok(())
+}
+
+/// A backendRef's name and weight.
+fn backend_ref(b: &BackendRef, at: &str) -> Result<(), FieldError> {
+    check(
+        is_dns_label(&b.name),
+        format!("{at}.name"),
+        "expected a DNS label",
+    )?;
+    check(
+        b.weight <= 1_000_000,
+        format!("{at}.weight"),
+        format!("expected 0..=1000000, got {}", b.weight),
+    )
 }
 
 fn check_regex(v: &str, at: &str) -> Result<(), FieldError> {

@@ -16,11 +16,10 @@ use super::lookup::Via;
 use super::Outbound;
 use crate::bounds::{Admission, Admitted};
 use crate::config::UpstreamListener;
-use crate::detect::{detect, Protocol};
-use crate::http::AppProtocol;
+use crate::detect::detect;
 use crate::listener::Listener;
 use crate::metrics::Direction;
-use crate::server::{accept_loop, serve_http};
+use crate::server::accept_loop;
 
 impl Outbound {
     /// Accepts on an upstream listener until the drain starts.
@@ -58,24 +57,11 @@ impl Outbound {
                 return;
             }
         };
-        let app = match protocol {
-            Protocol::Http1 => AppProtocol::Http1,
-            Protocol::Http2 => AppProtocol::Http2,
-            Protocol::MeshTcp { .. } | Protocol::Opaque | Protocol::Tls => {
-                let dest = self.resolve(&upstream.service, upstream.port).await;
-                return self.forward_to(io, dest, upstream.port, &what, guard).await;
-            }
+        let Some(app) = protocol.http() else {
+            let dest = self.resolve(&upstream.service, upstream.port).await;
+            return self.forward_to(io, dest, upstream.port, &what, guard).await;
         };
         guard.detected(app.into());
-        let this = self.clone();
-        serve_http(
-            io,
-            app,
-            &self.limits,
-            &self.drain,
-            std::future::pending(),
-            move |req| this.clone().request(req, app, Via::Bound(upstream.clone())),
-        )
-        .await;
+        self.serve_requests(io, app, Via::Bound(upstream)).await;
     }
 }

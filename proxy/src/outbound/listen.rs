@@ -16,7 +16,7 @@ use super::route::{self, To};
 use super::upstream::{dialled, Upstream};
 use super::Outbound;
 use crate::bounds::{Admission, Admitted};
-use crate::detect::{detect, Protocol};
+use crate::detect::detect;
 use crate::discover::Endpoint;
 use crate::errors::ProxyError;
 use crate::grpc;
@@ -55,22 +55,28 @@ impl Outbound {
                 return;
             }
         };
-        let app = match protocol {
-            Protocol::Http1 => AppProtocol::Http1,
-            Protocol::Http2 => AppProtocol::Http2,
-            Protocol::MeshTcp { .. } | Protocol::Opaque | Protocol::Tls => {
-                if let Some(dst) = orig_dst {
-                    return self.forward(io, dst, guard).await;
-                }
-                // Without the original destination (explicit mode) an
-                // opaque connection names no target. Apps tunnel opaque
-                // bytes with CONNECT instead.
-                guard.detected(Detected::Opaque);
-                tracing::debug!(%peer, "outbound opaque connection has no destination; closing");
-                return;
+        let Some(app) = protocol.http() else {
+            if let Some(dst) = orig_dst {
+                return self.forward(io, dst, guard).await;
             }
+            // Without the original destination (explicit mode) an opaque
+            // connection names no target. Apps tunnel opaque bytes with
+            // CONNECT instead.
+            guard.detected(Detected::Opaque);
+            tracing::debug!(%peer, "outbound opaque connection has no destination; closing");
+            return;
         };
         guard.detected(app.into());
+        let via = orig_dst.map_or(Via::Explicit, Via::Redirected);
+        self.serve_requests(io, app, via).await;
+    }
+
+    /// Serves HTTP on a detected connection; each request goes where `via`
+    /// says.
+    pub(super) async fn serve_requests<I>(self: Arc<Self>, io: I, app: AppProtocol, via: Via)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let this = self.clone();
         serve_http(
             io,
@@ -78,10 +84,7 @@ impl Outbound {
             &self.limits,
             &self.drain,
             std::future::pending(),
-            move |req| {
-                let via = orig_dst.map_or(Via::Explicit, Via::Redirected);
-                this.clone().request(req, app, via)
-            },
+            move |req| this.clone().request(req, app, via.clone()),
         )
         .await;
     }
