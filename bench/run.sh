@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Weft benchmark harness: direct vs. through two weft-proxies vs. through two
-# Envoy sidecars (mTLS between them), on loopback.
+# Envoy sidecars vs. two HAProxy sidecars (mTLS between them), on loopback.
 #
 # Usage: bench/run.sh            (see bench/README.md for the knobs)
 #
@@ -15,7 +15,7 @@ WRK_THREADS=${BENCH_WRK_THREADS:-1}
 WRK_CONNS=${BENCH_WRK_CONNS:-32}
 OHA_CONNS=${BENCH_OHA_CONNS:-16}
 PROXY_THREADS=${BENCH_PROXY_THREADS:-1}
-PATHS=${BENCH_PATHS:-"direct weft weft_mtls envoy"} # which path_<name> functions to run
+PATHS=${BENCH_PATHS:-"direct weft weft_mtls envoy haproxy"} # which path_<name> functions to run
 SKIP_BUILD=${BENCH_SKIP_BUILD:-0}
 BUILD_TIMEOUT=${BENCH_BUILD_TIMEOUT:-3600}
 KEEP_WORKDIR=${BENCH_KEEP:-0}
@@ -395,7 +395,9 @@ EOF
     check_request "weft mTLS h1 (Host: bench)" -H "Host: bench" "http://127.0.0.1:$a_out/"
     check_request "weft mTLS h2 (:authority bench)" --http2-prior-knowledge --connect-to "bench:80:127.0.0.1:$a_out" "http://bench/"
     curl -s -m 5 "http://127.0.0.1:$b_admin/metrics" \
-        | grep -q 'direction="inbound".*tls="true",peer_identity="spiffe://cluster.local/ns/bench/sa/client"' \
+        | grep '^weft_requests_total{direction="inbound"' \
+        | grep 'source_principal="spiffe://cluster.local/ns/bench/sa/client"' \
+        | grep -q 'connection_security_policy="mutual_tls"' \
         || die "weft_mtls: B did not see an mTLS request from A's identity"
     measure_path weft_mtls "http://127.0.0.1:$a_out/" "http://bench/" bench
     scrape_admin "127.0.0.1:$a_admin" weft-mtls-proxy-a
@@ -575,6 +577,71 @@ path_envoy() {
     OHA_EXTRA=()
 }
 
+# haproxy: the same topology with two HAProxy 2.6 sidecars (Debian's
+# `haproxy`), `nbthread 1` like the other proxies' one worker. A accepts
+# HTTP/1.1 and HTTP/2 (prior knowledge; HAProxy detects the preface) and
+# forwards over mTLS (TLS 1.3 only, ALPN h2, client certificate required,
+# both sides verified against the CA) to B, which forwards HTTP/1.1 to the
+# backend with keep-alive. HAProxy cannot match a URI SAN, so unlike the
+# Envoy and Weft rows the peer's SPIFFE ID is not checked, only its chain.
+# Logs are off.
+haproxy_config() { # listen-spec server-spec
+    cat <<EOF
+global
+    nbthread 1
+    maxconn 8000
+    ssl-default-bind-options ssl-min-ver TLSv1.3
+    ssl-default-server-options ssl-min-ver TLSv1.3
+defaults
+    mode http
+    timeout connect 3s
+    timeout client 60s
+    timeout server 60s
+    http-reuse always
+frontend in
+    bind $1
+    default_backend out
+backend out
+    server s1 $2
+EOF
+}
+
+path_haproxy() {
+    command -v haproxy >/dev/null || die "haproxy is not installed (apt-get install haproxy)"
+    local a_out b_in d="$WORK/haproxy" code seen
+    mkdir -p "$d/certs"
+    make_certs "$d/certs"
+    cat "$d/certs/server.crt" "$d/certs/server.key" >"$d/certs/server.pem"
+    cat "$d/certs/client.crt" "$d/certs/client.key" >"$d/certs/client.pem"
+    read -r a_out b_in < <(free_ports 2)
+    haproxy_config "127.0.0.1:$b_in ssl crt $d/certs/server.pem ca-file $d/certs/ca.crt verify required alpn h2" \
+        "127.0.0.1:$BACKEND_PORT" >"$d/haproxy-b.cfg"
+    haproxy_config "127.0.0.1:$a_out" \
+        "127.0.0.1:$b_in ssl crt $d/certs/client.pem ca-file $d/certs/ca.crt verify required alpn h2" >"$d/haproxy-a.cfg"
+    haproxy -c -f "$d/haproxy-b.cfg" >"$WORK/haproxy-check.log" 2>&1 || die "haproxy B config invalid: $(tail -3 "$WORK/haproxy-check.log")"
+    haproxy -c -f "$d/haproxy-a.cfg" >>"$WORK/haproxy-check.log" 2>&1 || die "haproxy A config invalid: $(tail -3 "$WORK/haproxy-check.log")"
+    start_bg haproxy-b haproxy -db -f "$d/haproxy-b.cfg"
+    local pid_b=$LAST_PID
+    start_bg haproxy-a haproxy -db -f "$d/haproxy-a.cfg"
+    local pid_a=$LAST_PID
+    wait_http_ok "http://127.0.0.1:$a_out/" "$pid_a" haproxy-a -H "Host: bench"
+    MON="A:$pid_a B:$pid_b backend:$BACKEND_PID"
+    OHA_EXTRA=(--connect-to "bench:80:127.0.0.1:$a_out")
+    check_request "haproxy h1 (Host: bench)" -H "Host: bench" "http://127.0.0.1:$a_out/"
+    check_request "haproxy h2 (:authority bench)" --http2-prior-knowledge --connect-to "bench:80:127.0.0.1:$a_out" "http://bench/"
+    # B must refuse a client without a certificate, and speak HTTP/2 over
+    # TLS 1.3 to one with it.
+    code=$(curl -s -k -o /dev/null -m 5 -w '%{http_code}' "https://127.0.0.1:$b_in/" || true)
+    [[ "$code" != 200 ]] || die "haproxy B answered 200 to a client without a certificate"
+    seen=$(curl -s -k -o /dev/null -m 5 -w '%{http_version}' --http2 --tlsv1.3 \
+        --cert "$d/certs/client.crt" --key "$d/certs/client.key" "https://127.0.0.1:$b_in/" || true)
+    [[ "$seen" == 2 ]] || die "haproxy B did not answer HTTP/2 over TLS 1.3 with the client certificate (got '$seen')"
+    log "sanity: haproxy B is mTLS (TLS 1.3, ALPN h2, client certificate required)"
+    measure_path haproxy "http://127.0.0.1:$a_out/" "http://bench/" bench
+    stop_started "$pid_a" "$pid_b"
+    OHA_EXTRA=()
+}
+
 # ---------------------------------------------------------------- main
 git_rev() {
     local rev
@@ -626,7 +693,8 @@ main() {
         --meta "cpus=$(nproc)" --meta "kernel=$(uname -r)" \
         --meta "wrk_version=$(wrk -v 2>&1 | head -1 | awk '{print $2}')" \
         --meta "oha_version=$(oha --version 2>/dev/null | awk '{print $2}')" \
-        --meta "envoy_version=$ENVOY_VERSION"
+        --meta "envoy_version=$ENVOY_VERSION" \
+        --meta "haproxy_version=$(haproxy -v 2>/dev/null | head -1 | awk '{print $3}')"
     log "JSON: $json"
     log "logs: $logs"
 }
