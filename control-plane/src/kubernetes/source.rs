@@ -300,6 +300,7 @@ impl KubernetesSource {
             if comparable(&mine) == comparable(&ours) {
                 continue;
             }
+            let ours = keep_transition_times(ours, &mine);
             let parents: Vec<serde_json::Value> = others.into_iter().chain(ours).collect();
             let patch = serde_json::json!({"status": {"parents": parents}});
             let api = Api::<DynamicObject>::namespaced_with(self.client.clone(), &ns, &resource);
@@ -313,6 +314,32 @@ impl KubernetesSource {
             });
         }
     }
+}
+
+/// A condition whose status did not change keeps the
+/// `lastTransitionTime` it has (the time it last flipped, as Kubernetes
+/// conditions mean it).
+fn keep_transition_times(
+    mut ours: Vec<serde_json::Value>,
+    before: &[serde_json::Value],
+) -> Vec<serde_json::Value> {
+    for entry in &mut ours {
+        let Some(old) = before.iter().find(|b| b["parentRef"] == entry["parentRef"]) else {
+            continue;
+        };
+        let Some(conditions) = entry["conditions"].as_array_mut() else {
+            continue;
+        };
+        for c in conditions {
+            let was = old["conditions"]
+                .as_array()
+                .and_then(|list| list.iter().find(|o| o["type"] == c["type"]));
+            if let Some(was) = was.filter(|w| w["status"] == c["status"]) {
+                c["lastTransitionTime"] = was["lastTransitionTime"].clone();
+            }
+        }
+    }
+    ours
 }
 
 /// One `status.parents[]` entry.
@@ -413,5 +440,31 @@ impl Watch {
             }
         });
         store
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_condition_keeps_its_transition_time_until_its_status_changes() {
+        let entry = |accepted: &str, resolved: &str, time: &str| {
+            json!({"parentRef": {"name": "api"}, "controllerName": CONTROLLER_NAME, "conditions": [
+                {"type": "Accepted", "status": accepted, "lastTransitionTime": time},
+                {"type": "ResolvedRefs", "status": resolved, "lastTransitionTime": time},
+            ]})
+        };
+        let before = [entry("True", "False", "2026-01-01T00:00:00Z")];
+        let now = keep_transition_times(vec![entry("True", "True", "2026-12-03T08:00:00Z")], &before);
+        assert_eq!(
+            now[0]["conditions"][0]["lastTransitionTime"], "2026-01-01T00:00:00Z",
+            "unchanged"
+        );
+        assert_eq!(
+            now[0]["conditions"][1]["lastTransitionTime"], "2026-12-03T08:00:00Z",
+            "flipped"
+        );
     }
 }
