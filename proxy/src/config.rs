@@ -12,6 +12,8 @@ use std::time::Duration;
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
+pub use crate::upstreams::UpstreamListener;
+
 /// Ports whose clients wait for the server to speak first (SMTP, MySQL,
 /// PostgreSQL, Redis, memcached, …). Traffic to them is never held for
 /// protocol detection.
@@ -46,40 +48,6 @@ impl Default for Interception {
 impl Interception {
     pub fn is_opaque_port(&self, port: u16) -> bool {
         self.opaque_ports.contains(&port)
-    }
-}
-
-/// A local listener bound to one destination: whatever connects to
-/// `listen` goes to `service:port` (HTTP detected and routed as on the
-/// outbound listener, anything else carried as TCP), so a client that
-/// cannot name a service (a database or broker driver) is meshed without
-/// interception. Written `LISTEN=SERVICE:PORT` on the command line, e.g.
-/// `127.0.0.1:9191=db.shop:5432`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct UpstreamListener {
-    pub listen: SocketAddr,
-    /// As the outbound listener understands names: `name` (in this
-    /// proxy's namespace), `name.namespace`, or the full cluster name.
-    pub service: String,
-    pub port: u16,
-}
-
-impl std::str::FromStr for UpstreamListener {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        let expected =
-            || format!("expected LISTEN=SERVICE:PORT (e.g. 127.0.0.1:9191=db.shop:5432), got `{s}`");
-        let (listen, target) = s.trim().split_once('=').ok_or_else(expected)?;
-        let listen = listen.parse().map_err(|_| expected())?;
-        let (service, port) = target.rsplit_once(':').ok_or_else(expected)?;
-        let port = port.parse().map_err(|_| expected())?;
-        Ok(Self {
-            listen,
-            service: service.to_string(),
-            port,
-        })
     }
 }
 
@@ -529,36 +497,11 @@ impl Config {
     /// Checks every value once; `source` names where the config came from.
     pub fn validate(&self, source: &str) -> Result<(), ConfigError> {
         let err = |field: &str, problem: String| Err(ConfigError::new(source, field, problem));
-        let mut listens = vec![self.outbound_listen, self.inbound_listen, self.admin_listen];
-        for (i, u) in self.upstreams.iter().enumerate() {
-            if u.port == 0 {
-                return err(
-                    &format!("upstreams[{i}].port"),
-                    "expected a port in 1..=65535, got 0".into(),
-                );
-            }
-            let name_ok = !u.service.is_empty()
-                && u.service.len() <= 253
-                && u.service
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
-            if !name_ok {
-                return err(
-                    &format!("upstreams[{i}].service"),
-                    format!(
-                        "expected a service name (`name`, `name.namespace` or a full cluster name), got `{}`",
-                        u.service
-                    ),
-                );
-            }
-            if u.listen.port() != 0 && listens.contains(&u.listen) {
-                return err(
-                    &format!("upstreams[{i}].listen"),
-                    format!("expected an address no other listener uses, got {}", u.listen),
-                );
-            }
-            listens.push(u.listen);
-        }
+        crate::upstreams::validate(
+            &self.upstreams,
+            &[self.outbound_listen, self.inbound_listen, self.admin_listen],
+            source,
+        )?;
         let mut seen = BTreeSet::new();
         for (i, port) in self.app_ports.iter().enumerate() {
             if *port == 0 {

@@ -2,6 +2,16 @@
 
 use super::*;
 
+/// The overrides the flags `args` (after the program name) give.
+fn flags(args: &[&str]) -> Overrides {
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        o: Overrides,
+    }
+    <Cli as clap::Parser>::parse_from(std::iter::once("p").chain(args.iter().copied())).o
+}
+
 #[test]
 fn server_first_and_configured_ports_skip_detection() {
     let config = Config {
@@ -53,20 +63,9 @@ fn validation_rejects_clashes() {
 
 #[test]
 fn flags_set_trust_domain_and_opaque_ports() {
-    #[derive(clap::Parser)]
-    struct Cli {
-        #[command(flatten)]
-        o: Overrides,
-    }
-    let cli = <Cli as clap::Parser>::parse_from([
-        "p",
-        "--trust-domain",
-        "mesh.example",
-        "--opaque-port",
-        "9000,9001",
-    ]);
+    let o = flags(&["--trust-domain", "mesh.example", "--opaque-port", "9000,9001"]);
     let mut c = Config::default();
-    c.apply(&cli.o);
+    c.apply(&o);
     assert_eq!(c.trust_domain, "mesh.example");
     assert_eq!(c.opaque_ports, vec![9000, 9001]);
 }
@@ -83,20 +82,14 @@ fn server_first_ports_are_opaque() {
 
 #[test]
 fn upstream_listeners_from_flags_and_file_are_checked() {
-    #[derive(clap::Parser)]
-    struct Cli {
-        #[command(flatten)]
-        o: Overrides,
-    }
-    let cli = <Cli as clap::Parser>::parse_from([
-        "p",
+    let o = flags(&[
         "--upstream",
         "127.0.0.1:9191=db.shop:5432",
         "--upstream",
         "[::1]:1883=mqtt:1883,127.0.0.1:6380=cache.shop.svc.cluster.local:6379",
     ]);
     let mut c = Config::default();
-    c.apply(&cli.o);
+    c.apply(&o);
     let seen: Vec<(String, &str, u16)> = c
         .upstreams
         .iter()

@@ -43,6 +43,7 @@ pub mod routes;
 pub mod server;
 pub mod tcp;
 pub mod telemetry;
+pub mod upstreams;
 
 pub use app::{run_cli, Addrs, Proxy};
 pub use config::Config;

@@ -112,6 +112,15 @@ fn demo_runs_the_mesh_and_follows_yaml_edits() {
     }
 }
 
+/// `weft check PATH`: whether it passed, and what it printed.
+fn weft_check(path: impl AsRef<std::ffi::OsStr>) -> (bool, String) {
+    let out = Command::new(bin("weft")).arg("check").arg(path).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
 /// `weft check` says what route status would: a backend that is not a
 /// Service the files define, or one in another namespace without a
 /// ReferenceGrant (valid config: warnings, and the check passes).
@@ -122,13 +131,8 @@ fn check_warns_of_routes_whose_backends_do_not_resolve() {
         "routes.yaml",
         "apiVersion: weft.dev/v1alpha1\nkind: MeshService\nmetadata: {name: web, namespace: shop}\n---\napiVersion: weft.dev/v1alpha1\nkind: MeshService\nmetadata: {name: ledger, namespace: finance}\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, namespace: shop}\nspec:\n  parentRefs: [{kind: Service, name: web}]\n  rules:\n  - backendRefs: [{name: nope}]\n  - backendRefs: [{name: ledger, namespace: finance}]\n",
     );
-    let out = Command::new(bin("weft"))
-        .arg("check")
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}");
+    let (out, text) = weft_check(dir.path());
+    assert!(out, "{text}");
     assert!(
         text.contains("! HTTPRoute shop/r: parentRefs[0]: ResolvedRefs False (BackendNotFound): backend shop/nope: no such Service"),
         "{text}"
@@ -138,24 +142,14 @@ fn check_warns_of_routes_whose_backends_do_not_resolve() {
         "routes.yaml",
         "apiVersion: weft.dev/v1alpha1\nkind: MeshService\nmetadata: {name: web, namespace: shop}\n---\napiVersion: weft.dev/v1alpha1\nkind: MeshService\nmetadata: {name: ledger, namespace: finance}\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, namespace: shop}\nspec:\n  parentRefs: [{kind: Service, name: web}]\n  rules:\n  - backendRefs: [{name: ledger, namespace: finance}]\n",
     );
-    let out = Command::new(bin("weft"))
-        .arg("check")
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let (_, text) = weft_check(dir.path());
     assert!(text.contains("ResolvedRefs False (RefNotPermitted)"), "{text}");
 }
 
 #[test]
 fn check_reports_each_document_and_fails_on_errors() {
-    let good = Command::new(bin("weft"))
-        .arg("check")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../config"))
-        .output()
-        .unwrap();
-    let out = String::from_utf8_lossy(&good.stdout);
-    assert!(good.status.success(), "{out}");
+    let (good, out) = weft_check(Path::new(env!("CARGO_MANIFEST_DIR")).join("../config"));
+    assert!(good, "{out}");
     assert!(
         out.contains("✔") && out.contains("MeshService demo/frontend") && out.contains("0 invalid"),
         "{out}"
@@ -166,13 +160,8 @@ fn check_reports_each_document_and_fails_on_errors() {
         "bad.yaml",
         "apiVersion: weft.dev/v1alpha1\nkind: MeshService\nmetadata: {name: ok, namespace: demo}\n---\napiVersion: weft.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {name: tp, namespace: demo}\nspec:\n  targetRef: {name: ok}\n  retries: {attempts: 3, retryOn: [5xx, sometimes]}\n",
     );
-    let bad = Command::new(bin("weft"))
-        .arg("check")
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    let out = String::from_utf8_lossy(&bad.stdout);
-    assert!(!bad.status.success(), "{out}");
+    let (bad, out) = weft_check(dir.path());
+    assert!(!bad, "{out}");
     assert!(out.contains("✔") && out.contains("MeshService demo/ok"), "{out}");
     assert!(
         out.contains("✘")
@@ -187,13 +176,8 @@ fn check_reports_each_document_and_fails_on_errors() {
         "old.yaml",
         "apiVersion: weft.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {name: tp, namespace: demo}\nspec:\n  targetRef: {name: ok}\n  retries:\n    attempts: 2\n    on: [5xx]\n",
     );
-    let old = Command::new(bin("weft"))
-        .arg("check")
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    let out = String::from_utf8_lossy(&old.stdout);
-    assert!(!old.status.success(), "{out}");
+    let (old, out) = weft_check(dir.path());
+    assert!(!old, "{out}");
     assert!(
         out.contains(
             "old.yaml: document 0 (TrafficPolicy demo/tp): field `spec.retries.on`: expected `retryOn`"
