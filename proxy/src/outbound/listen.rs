@@ -137,12 +137,12 @@ impl Outbound {
             Ok(named) => route::plan(&mut req, named),
             Err(e) => Err(e),
         };
-        let plan = match planned {
+        let mut plan = match planned {
             Ok(plan) => plan,
             Err(e) => return (target, Err(e)),
         };
         let target = Target {
-            route: plan.route.clone().unwrap_or_default(),
+            route: plan.route.take().unwrap_or_default(),
             ..target
         };
         let dest = match &plan.to {
