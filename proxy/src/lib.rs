@@ -25,6 +25,7 @@ pub mod control;
 pub mod detect;
 pub mod discover;
 pub mod drain;
+pub mod gateway;
 pub mod errors;
 pub mod grpc;
 pub mod http;

@@ -1,0 +1,1 @@
+//! JWT authentication at the edge (written next).
