@@ -9,8 +9,9 @@
 //!   every value in values.yaml is read by some template and documented by
 //!   a comment;
 //! - every `include` names a `define`d helper;
-//! - the image's user (Dockerfile) and the control plane's uid are the
-//!   proxy uid `weft-proxy init` exempts in the tests.
+//! - the image's user (Dockerfile) and the control plane's and the
+//!   gateway's uid are the proxy uid `weft-proxy init` exempts in the
+//!   tests.
 //!
 //! Paths are resolved conservatively. `.Values` at the top of a template or
 //! in a helper (helpers are always included with the root context) and
@@ -371,7 +372,7 @@ fn every_include_names_a_defined_helper() {
 }
 
 #[test]
-fn the_image_and_the_control_plane_run_as_the_proxy_uid() {
+fn the_image_the_control_plane_and_the_gateway_run_as_the_proxy_uid() {
     let uid = weft_tests::netns::PROXY_UID;
     let dockerfile = read(&repo().join("Dockerfile"));
     assert!(
@@ -386,9 +387,11 @@ fn the_image_and_the_control_plane_run_as_the_proxy_uid() {
             "the image holds {bin}"
         );
     }
-    let deployment = read(&chart().join("templates/deployment.yaml"));
-    assert!(deployment.contains(&format!("runAsUser: {uid}")));
-    assert!(deployment.contains(&format!("runAsGroup: {uid}")));
+    for template in ["deployment.yaml", "gateway.yaml"] {
+        let deployment = read(&chart().join("templates").join(template));
+        assert!(deployment.contains(&format!("runAsUser: {uid}")), "{template}");
+        assert!(deployment.contains(&format!("runAsGroup: {uid}")), "{template}");
+    }
 }
 
 #[test]

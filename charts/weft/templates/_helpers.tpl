@@ -96,3 +96,20 @@ app.kubernetes.io/component: control-plane
 {{- define "weft.trustAnchorsSource" -}}
 {{- printf "%s-trust-anchors-source" (include "weft.fullname" .) }}
 {{- end }}
+
+{{/* The edge gateway's name: Deployment, Service, ServiceAccount, PDB ("weft-gateway" for release "weft"). */}}
+{{- define "weft.gateway" -}}
+{{- printf "%s-gateway" (include "weft.fullname" .) }}
+{{- end }}
+
+{{/* Selector labels of the gateway pods (never change them: selectors are immutable). */}}
+{{- define "weft.gatewaySelectorLabels" -}}
+app.kubernetes.io/name: {{ include "weft.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: gateway
+{{- end }}
+
+{{/* The SPIFFE ID proxies expect the control plane's certificate to name: its ServiceAccount's, as weft-control computes it from WEFT_NAMESPACE and WEFT_SERVICE_ACCOUNT. */}}
+{{- define "weft.controlIdentity" -}}
+{{- printf "spiffe://%s/ns/%s/sa/%s" .Values.mesh.trustDomain .Release.Namespace (include "weft.serviceAccountName" .) }}
+{{- end }}

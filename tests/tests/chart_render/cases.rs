@@ -68,6 +68,34 @@ webhook:
     )
     .unwrap();
 
+    // The gateway with every value of its own set, and a Secret per
+    // listener certificate.
+    let gateway = dir.join("gateway.yaml");
+    std::fs::write(
+        &gateway,
+        "gateway:
+  enabled: true
+  name: edge
+  replicas: 3
+  ports:
+    - {name: web, port: 10080}
+    - {name: web-tls, port: 10443}
+    - {name: grpc-tls, port: 10444}
+  service:
+    type: ClusterIP
+    annotations: {example.com/lb: internal}
+  certificateSecrets:
+    - shop-tls
+    - api.example.com
+  resources:
+    requests: {cpu: 500m, memory: 256Mi}
+    limits: {memory: 1Gi}
+  podDisruptionBudget: {minAvailable: 2}
+  terminationGracePeriodSeconds: 60
+",
+    )
+    .unwrap();
+
     let mut out = vec![
         case("defaults", &[]),
         Case {
@@ -295,6 +323,38 @@ webhook:
             ],
         ),
     ];
+    out.extend([
+        case(
+            "gateway",
+            &[
+                "--set",
+                "gateway.enabled=true",
+                "--set-json",
+                r#"gateway.certificateSecrets=["shop-tls"]"#,
+            ],
+        ),
+        case(
+            "gateway: one replica (no PDB), NodePort, no scrape annotations",
+            &[
+                "--set",
+                "gateway.enabled=true",
+                "--set",
+                "gateway.replicas=1",
+                "--set",
+                "gateway.service.type=NodePort",
+                "--set",
+                "metrics.podAnnotations=false",
+            ],
+        ),
+        Case {
+            release: "mesh",
+            namespace: "edge",
+            ..case(
+                "gateway: every value (values file), another release and namespace",
+                &["-f", &gateway.display().to_string()],
+            )
+        },
+    ]);
     out.push(case(
         "production (values file)",
         &["-f", &production.display().to_string()],

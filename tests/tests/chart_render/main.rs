@@ -27,11 +27,16 @@
 //!   webhook off nothing of it is rendered, the Service port included.
 //! - The CA and webhook certificate Helm generates work in weft-control
 //!   (`certificates`).
+//! - The edge gateway (`gateway.enabled`) is rendered only when asked,
+//!   runs `weft-proxy gateway` with its Gateway's name and its
+//!   certificate Secrets mounted where it reads them, and joins the mesh
+//!   as an injected proxy does (`gateway`).
 //!
 //! Every tool run has a deadline (`tool::TOOL_TIMEOUT`).
 
 mod cases;
 mod certificates;
+mod gateway;
 mod references;
 mod tool;
 
@@ -136,11 +141,21 @@ fn str_of(v: &Value) -> &str {
     v.as_str().unwrap_or("")
 }
 
-/// The weft-control container of the (one) Deployment.
+/// The control plane's Deployment (one; the gateway's is the other).
+fn control_deployment(docs: &[Value]) -> &Value {
+    let deployments: Vec<&Value> = of_kind(docs, "Deployment")
+        .into_iter()
+        .filter(|d| d["metadata"]["labels"]["app.kubernetes.io/component"] == "control-plane")
+        .collect();
+    let [deployment] = deployments[..] else {
+        panic!("one control plane Deployment: {deployments:?}")
+    };
+    deployment
+}
+
+/// The weft-control container of the control plane's Deployment.
 fn control_container(docs: &[Value]) -> &Value {
-    let deployments = of_kind(docs, "Deployment");
-    assert_eq!(deployments.len(), 1, "one Deployment");
-    deployments[0]["spec"]["template"]["spec"]["containers"]
+    control_deployment(docs)["spec"]["template"]["spec"]["containers"]
         .as_array()
         .and_then(|cs| cs.iter().find(|c| c["name"] == "weft-control"))
         .expect("a weft-control container")
@@ -405,6 +420,30 @@ fn bad_values_fail_at_lint_and_at_install() {
         ),
         (&["--set", &pem_bundle], "webhook.certificate.caBundle"),
         (&["--set", "mesh.trustDomain=Prod.Example"], "mesh.trustDomain"),
+        (
+            &["--set-json", r#"gateway.ports=[{"name":"http","port":80}]"#],
+            "gateway.ports",
+        ),
+        (
+            &["--set-json", r#"gateway.ports=[{"name":"8080","port":8080}]"#],
+            "gateway.ports",
+        ),
+        (
+            &["--set-json", r#"gateway.ports=[{"name":"admin","port":4191}]"#],
+            "gateway.ports",
+        ),
+        (
+            &["--set", "gateway.service.type=loadbalancer"],
+            "gateway.service.type",
+        ),
+        (
+            &["--set-json", r#"gateway.certificateSecrets=["Shop_TLS"]"#],
+            "gateway.certificateSecrets",
+        ),
+        (
+            &["--set", "gateway.terminationGracePeriodSeconds=5"],
+            "gateway.terminationGracePeriodSeconds",
+        ),
     ];
     let mut problems = Vec::new();
     for (flags, field) in bad {

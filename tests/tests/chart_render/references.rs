@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
+use weft_control::kubernetes::trust_anchors::CONFIGMAP as TRUST_ANCHORS_CONFIGMAP;
 
 use crate::{of_kind, str_of, Render};
 
@@ -18,13 +19,23 @@ pub fn selects(selector: &Value, labels: &Value) -> bool {
 pub fn references(render: &Render) -> Vec<String> {
     let docs = &render.docs;
     let args = &render.case.args;
-    // What the case names itself: its flags, and the values files they read.
+    // What the case names itself: its flags (`x=name`, or a JSON list
+    // holding `"name"`), and the values files they read (`x: name`, or a
+    // list item `- name`).
     let given = |name: &str| {
         args.iter()
-            .chain(&render.case.files)
-            .any(|a| a.ends_with(&format!("={name}")) || a.contains(&format!(": {name}")))
+            .any(|a| a.ends_with(&format!("={name}")) || a.contains(&format!("\"{name}\"")))
+            || render.case.files.iter().any(|f| {
+                f.lines().any(|l| {
+                    let l = l.trim();
+                    l.contains(&format!(": {name}")) || l == format!("- {name}")
+                })
+            })
     };
     let rendered = |kind: &str, name: &str| of_kind(docs, kind).iter().any(|d| d["metadata"]["name"] == name);
+    // The ConfigMap weft-control publishes into every namespace (the
+    // release namespace included), which Helm does not render: its keys.
+    let published = |cm: &str| (cm == TRUST_ANCHORS_CONFIGMAP).then_some(["ca.crt"]);
     let mut problems = Vec::new();
     let mut pods = Vec::new();
     for d in of_kind(docs, "Deployment") {
@@ -49,7 +60,7 @@ pub fn references(render: &Render) -> Vec<String> {
             .collect();
         for v in volumes.values() {
             if let Some(cm) = v["configMap"]["name"].as_str() {
-                if !rendered("ConfigMap", cm) {
+                if !rendered("ConfigMap", cm) && published(cm).is_none() {
                     problems.push(format!("volume {}: ConfigMap {cm} is not rendered", v["name"]));
                 }
             }
@@ -87,14 +98,10 @@ pub fn references(render: &Render) -> Vec<String> {
                 }
             }
             ports.extend(names);
-            // A flag naming a file: the file is in a mounted volume (and,
-            // when the volume lists its items, one of them).
-            for a in c["args"].as_array().into_iter().flatten() {
-                let Some((flag, path)) = str_of(a).split_once("=/") else {
-                    continue;
-                };
-                let path = format!("/{path}");
-                let found = mounts.iter().any(|(at, vol)| {
+            // Whether a file at `path` is in a mounted volume (and, when
+            // the volume lists its items, one of them).
+            let provides = |path: &str| {
+                mounts.iter().any(|(at, vol)| {
                     let Some(file) = path.strip_prefix(&format!("{at}/")) else {
                         return false;
                     };
@@ -104,16 +111,41 @@ pub fn references(render: &Render) -> Vec<String> {
                     match (items, vol["configMap"]["name"].as_str()) {
                         // A volume that lists its items holds those only.
                         (Some(items), _) => items.iter().any(|i| i["path"] == file),
-                        // A whole rendered ConfigMap: its keys.
-                        (None, Some(cm)) => of_kind(docs, "ConfigMap")
-                            .iter()
-                            .any(|d| d["metadata"]["name"] == cm && d["data"].get(file).is_some()),
+                        // A whole ConfigMap: its keys, rendered or published.
+                        (None, Some(cm)) => {
+                            published(cm).is_some_and(|keys| keys.contains(&file))
+                                || of_kind(docs, "ConfigMap")
+                                    .iter()
+                                    .any(|d| d["metadata"]["name"] == cm && d["data"].get(file).is_some())
+                        }
+                        // A projected volume: its tokens' paths.
+                        (None, None) if vol.get("projected").is_some() => vol["projected"]["sources"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .any(|s| s["serviceAccountToken"]["path"] == file),
                         // A whole Secret someone else made: its keys are not known here.
                         (None, None) => true,
                     }
-                });
-                if !found {
+                })
+            };
+            // A flag naming a file.
+            for a in c["args"].as_array().into_iter().flatten() {
+                let Some((flag, path)) = str_of(a).split_once("=/") else {
+                    continue;
+                };
+                let path = format!("/{path}");
+                if !provides(&path) {
                     problems.push(format!("{cname}: {flag} names {path}, which no mount provides"));
+                }
+            }
+            // An environment variable naming a file; the gateway's
+            // certificates directory holds mounts (checked by
+            // gateway::the_gateway_mounts_each_certificate_secret).
+            for e in c["env"].as_array().into_iter().flatten() {
+                let (var, path) = (str_of(&e["name"]), str_of(&e["value"]));
+                if path.starts_with('/') && var != "WEFT_GATEWAY_CERTIFICATES" && !provides(path) {
+                    problems.push(format!("{cname}: {var} names {path}, which no mount provides"));
                 }
             }
         }
