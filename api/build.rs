@@ -6,6 +6,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/weft/v1/destination.proto",
         "proto/weft/v1/inbound.proto",
         "proto/weft/v1/identity.proto",
+        "proto/weft/v1/gateway.proto",
+        "proto/weft/v1/edge.proto",
     ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");

@@ -6,7 +6,8 @@
 //!
 //! - `Destination.Watch`: endpoints and client policy of one destination;
 //! - `Inbound.Watch`: server policy of one workload port;
-//! - `Identity.Certify`: workload certificates.
+//! - `Identity.Certify`: workload certificates;
+//! - `Gateway.Watch`: the listeners and routes of an edge gateway.
 
 pub mod exposition;
 pub mod init_args;

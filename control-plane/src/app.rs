@@ -23,7 +23,9 @@ use weft_api::exposition;
 use weft_api::v1 as api;
 
 use crate::files::FileSource;
-use crate::grpc::{DestinationService, IdentityService, InboundService, Proxies, MAX_MESSAGE};
+use crate::grpc::{
+    DestinationService, GatewayService, IdentityService, InboundService, Proxies, MAX_MESSAGE,
+};
 use crate::identity::Ca;
 use crate::index::{Index, IndexConfig};
 use crate::kubernetes::{KubernetesSource, TokenReviewer, TrustAnchorPublisher};
@@ -314,6 +316,15 @@ impl Control {
             )
             .add_service(
                 api::inbound_server::InboundServer::new(InboundService {
+                    index: index.clone(),
+                    trust_domain: trust_domain.clone(),
+                    metrics: metrics.clone(),
+                    closing: closing_rx.clone(),
+                })
+                .max_decoding_message_size(MAX_MESSAGE),
+            )
+            .add_service(
+                api::gateway_server::GatewayServer::new(GatewayService {
                     index,
                     trust_domain,
                     metrics: metrics.clone(),

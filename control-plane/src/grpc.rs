@@ -510,6 +510,69 @@ impl api::inbound_server::Inbound for InboundService {
     }
 }
 
+pub struct GatewayService {
+    pub index: Arc<Index>,
+    /// Callers' certificates must be of this trust domain.
+    pub trust_domain: String,
+    pub metrics: Arc<ControlMetrics>,
+    pub closing: tokio::sync::watch::Receiver<bool>,
+}
+
+#[tonic::async_trait]
+impl api::gateway_server::Gateway for GatewayService {
+    type WatchStream = ReceiverStream<Result<api::GatewayConfig, Status>>;
+
+    /// A Gateway's listeners and routes, to a proxy of the Gateway's own
+    /// namespace only (they name Secrets, JWKS files and backends).
+    async fn watch(
+        &self,
+        request: Request<api::GatewayRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let deny = |s| self.metrics.denied("gateway", s);
+        let who = caller(&request, &self.trust_domain).map_err(deny)?;
+        let req = request.into_inner();
+        bounded("namespace", &req.namespace, 63)
+            .and(bounded("name", &req.name, MAX_NAME))
+            .map_err(deny)?;
+        if req.namespace.is_empty() || req.name.is_empty() {
+            return Err(deny(Status::invalid_argument(
+                "namespace, name: expected the Gateway's namespace and name",
+            )));
+        }
+        if req.namespace != who.namespace {
+            return Err(deny(Status::permission_denied(format!(
+                "namespace: {} may watch the Gateways of its own namespace only, not `{}`",
+                who.id, req.namespace
+            ))));
+        }
+        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+        let guard = WatcherGuard::new(&self.metrics, "gateway");
+        let metrics = self.metrics.clone();
+        let index = self.index.clone();
+        let closing = self.closing.clone();
+        tokio::spawn(async move {
+            let _guard = guard;
+            if !wait_synced(&index, &tx, &closing).await {
+                return;
+            }
+            let mut configs = index.watch_gateway(&req.namespace, &req.name);
+            loop {
+                let current = configs.borrow_and_update().clone();
+                if tx.send(Ok((*current).clone())).await.is_err() {
+                    return;
+                }
+                metrics.update_sent("gateway", "config");
+                tokio::select! {
+                    changed = configs.changed() => if changed.is_err() { return },
+                    () = tx.closed() => return,
+                    () = closed(closing.clone()) => return,
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
 /// Identity: signs workload certificates with the control plane's CA.
 pub struct IdentityService {
     pub ca: Arc<crate::identity::Ca>,

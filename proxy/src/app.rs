@@ -50,6 +50,10 @@ pub enum Subcommand {
     /// Install the iptables rules that send this network namespace's TCP
     /// through the proxy (run once per pod, as root or with NET_ADMIN).
     Init(crate::init::InitArgs),
+    /// Run as an edge gateway: serve a Gateway API `Gateway`'s listeners
+    /// for outside clients and forward into the mesh (no app, no
+    /// outbound or inbound listener).
+    Gateway(crate::gateway::GatewayArgs),
 }
 
 /// A proxy with its listeners bound, ready to run.
@@ -98,8 +102,12 @@ impl Proxy {
                 .await
                 .map_err(|source| BuildError::Bind { which, source })
         };
-        let outbound = listen("outbound", config.outbound_listen).await?;
-        let inbound = listen("inbound", config.inbound_listen).await?;
+        // A gateway has no app: its outbound and inbound listeners are
+        // never served (bound to a free loopback port, closed at once).
+        let unused = SocketAddr::from(([127, 0, 0, 1], 0));
+        let gateway = config.gateway.is_some();
+        let outbound = listen("outbound", if gateway { unused } else { config.outbound_listen }).await?;
+        let inbound = listen("inbound", if gateway { unused } else { config.inbound_listen }).await?;
         let admin = listen("admin", config.admin_listen).await?;
         let mut upstreams = Vec::new();
         for up in &config.upstreams {
@@ -359,8 +367,24 @@ impl Proxy {
         for (listener, up) in self.upstreams {
             tokio::spawn(outbound.clone().serve_upstream(listener, up));
         }
-        tokio::spawn(outbound.serve(self.outbound));
-        tokio::spawn(inbound.serve(self.inbound));
+        let gateway_ready = match (&config.gateway, &self.control) {
+            (Some(settings), Some(control)) => {
+                let configs =
+                    crate::control::gateway::watch_gateway(control, &config.namespace, &settings.name);
+                Some(crate::gateway::Gateway::spawn(
+                    outbound.clone(),
+                    settings.clone(),
+                    config.namespace.clone(),
+                    limits(Direction::Gateway),
+                    configs,
+                ))
+            }
+            _ => {
+                tokio::spawn(outbound.serve(self.outbound));
+                tokio::spawn(inbound.serve(self.inbound));
+                None
+            }
+        };
         // Started once listening, holding a first certificate (with an
         // identity), and knowing every app port's policy (with a workload);
         // after that, ready while the certificate is fresh (readiness.rs).
@@ -372,6 +396,9 @@ impl Proxy {
                     id.ready().await;
                 }
                 policies.ready().await;
+                if let Some(mut gateway) = gateway_ready {
+                    let _ = gateway.wait_for(|r| *r).await;
+                }
                 ready.started();
             });
         }
@@ -417,7 +444,14 @@ where
     if let Some(Subcommand::Init(args)) = &cli.command {
         return crate::init::run(args);
     }
-    let config = match Config::load(&cli.overrides) {
+    let loaded = Config::load(&cli.overrides).and_then(|mut c| {
+        if let Some(Subcommand::Gateway(args)) = &cli.command {
+            c.gateway = Some(crate::gateway::GatewaySettings::with_args(c.gateway.take(), args));
+            c.validate("flags")?;
+        }
+        Ok(c)
+    });
+    let config = match loaded {
         Ok(c) => c,
         Err(e) => {
             eprintln!("weft-proxy: invalid config: {e}");

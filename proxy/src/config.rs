@@ -204,6 +204,9 @@ pub struct Config {
     pub worker_threads: usize,
     /// Local listeners each bound to one destination. Default none.
     pub upstreams: Vec<UpstreamListener>,
+    /// Run as an edge gateway (`weft-proxy gateway`): serve this Gateway's
+    /// listeners instead of an app's. Default none.
+    pub gateway: Option<crate::gateway::GatewaySettings>,
 }
 
 /// How log lines are written.
@@ -257,6 +260,7 @@ impl Default for Config {
             metrics_idle_timeout: Duration::from_secs(600),
             worker_threads: 2,
             upstreams: Vec::new(),
+            gateway: None,
         }
     }
 }
@@ -502,6 +506,9 @@ impl Config {
             &[self.outbound_listen, self.inbound_listen, self.admin_listen],
             source,
         )?;
+        if let Some(g) = &self.gateway {
+            g.validate(self.control_plane.is_some(), source)?;
+        }
         let mut seen = BTreeSet::new();
         for (i, port) in self.app_ports.iter().enumerate() {
             if *port == 0 {

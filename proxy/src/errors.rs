@@ -99,6 +99,15 @@ pub enum ProxyError {
     /// The server's policy does not allow this caller.
     #[error("not authorized: {0}")]
     Unauthorized(String),
+    /// The edge gateway's JWT check refused the request: 401 with the
+    /// `WWW-Authenticate` challenge.
+    #[error("not authenticated: {reason}")]
+    Unauthenticated {
+        reason: &'static str,
+        /// 401, or 503 while the signing keys cannot be had.
+        status: StatusCode,
+        challenge: HeaderValue,
+    },
     /// Every endpoint is ejected by the circuit breaker.
     #[error("every endpoint of {0} is ejected by the circuit breaker")]
     CircuitOpen(String),
@@ -137,6 +146,7 @@ impl ProxyError {
             ProxyError::NoIdentity(_) => "no-identity",
             ProxyError::Tls { .. } => "tls-failed",
             ProxyError::Unauthorized(_) => "unauthorized",
+            ProxyError::Unauthenticated { reason, .. } => reason,
             ProxyError::CircuitOpen(_) => "circuit-open",
             ProxyError::LoadShed(_) => "load-shed",
             ProxyError::RateLimited { .. } => "rate-limited",
@@ -164,6 +174,7 @@ impl ProxyError {
             ProxyError::IdentityMismatch { .. } | ProxyError::Tls { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::NoIdentity(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Unauthorized(_) => StatusCode::FORBIDDEN,
+            ProxyError::Unauthenticated { status, .. } => *status,
             ProxyError::CircuitOpen(_) | ProxyError::LoadShed(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::FaultInjected(s) => *s,
@@ -176,6 +187,7 @@ impl ProxyError {
         match self {
             ProxyError::Timeout(_) | ProxyError::PerTryTimeout(_) => Code::DeadlineExceeded,
             ProxyError::Unauthorized(_) => Code::PermissionDenied,
+            ProxyError::Unauthenticated { .. } => Code::Unauthenticated,
             ProxyError::RateLimited { .. } => Code::ResourceExhausted,
             ProxyError::NoRoute(_) => Code::Unimplemented,
             ProxyError::NoAuthority
@@ -252,6 +264,14 @@ impl ProxyError {
         };
         let headers = rsp.headers_mut();
         headers.insert(WEFT_ERROR, HeaderValue::from_static(self.reason()));
+        if let ProxyError::Unauthenticated {
+            challenge,
+            status: StatusCode::UNAUTHORIZED,
+            ..
+        } = self
+        {
+            headers.insert(http::header::WWW_AUTHENTICATE, challenge.clone());
+        }
         if let ProxyError::RateLimited { retry_after, .. } = self {
             let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
             headers.insert(http::header::RETRY_AFTER, HeaderValue::from(secs.max(1)));

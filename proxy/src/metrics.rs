@@ -24,6 +24,8 @@ use prometheus_client::registry::Registry;
 pub enum Direction {
     Inbound,
     Outbound,
+    /// An edge gateway's requests from outside clients.
+    Gateway,
 }
 
 impl Direction {
@@ -31,6 +33,7 @@ impl Direction {
         match self {
             Direction::Inbound => "inbound",
             Direction::Outbound => "outbound",
+            Direction::Gateway => "gateway",
         }
     }
 }

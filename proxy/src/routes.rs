@@ -25,6 +25,13 @@ pub struct Route {
     pub backend_timeout: Option<Duration>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub filters: Vec<Filter>,
+    /// Gateway routes: the host this rule serves, lower case, exact or
+    /// `*.suffix` (any name under it); `None`: any host.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// Gateway routes: the route's edge policy (else the listener's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub edge: Option<std::sync::Arc<crate::gateway::edge::Edge>>,
 }
 
 /// A route's backend service, parsed when the route arrives.
@@ -309,6 +316,22 @@ impl Mirror {
 }
 
 impl Route {
+    /// Whether this rule serves `host` (as the request named it, without
+    /// a port): its hostname, case-insensitively, or any name under a
+    /// wildcard's suffix.
+    pub fn serves(&self, host: &str) -> bool {
+        let Some(want) = &self.hostname else {
+            return true;
+        };
+        match want.strip_prefix('*') {
+            Some(suffix) => {
+                let (h, s) = (host.as_bytes(), suffix.as_bytes());
+                h.len() > s.len() && h[h.len() - s.len()..].eq_ignore_ascii_case(s)
+            }
+            None => host.eq_ignore_ascii_case(want),
+        }
+    }
+
     /// The match of this rule that `req` satisfies (`Some(None)`: the
     /// rule has no matches, so every request), or `None`.
     pub fn matched<B>(&self, req: &Request<B>) -> Option<Option<&RouteMatch>> {

@@ -92,7 +92,7 @@ impl Target {
     /// its namespace from that ID (outbound, else the service's).
     fn peer(&self, direction: Direction) -> Party {
         let namespace = spiffe_namespace(&self.peer_identity)
-            .or((direction == Direction::Outbound).then_some(self.namespace.as_str()))
+            .or((direction != Direction::Inbound).then_some(self.namespace.as_str()))
             .unwrap_or_default();
         Party::new(&self.peer_workload, namespace, &self.peer_identity)
     }
@@ -480,7 +480,7 @@ impl Telemetry {
     /// `peer`: this proxy's workload is the other.
     fn ends<'a>(&'a self, direction: Direction, peer: &'a Party) -> (&'a Party, &'a Party) {
         match direction {
-            Direction::Outbound => (&self.me, peer),
+            Direction::Outbound | Direction::Gateway => (&self.me, peer),
             Direction::Inbound => (peer, &self.me),
         }
     }

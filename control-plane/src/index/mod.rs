@@ -111,6 +111,8 @@ struct RouteEntry {
     full_name: String,
     /// The parent port the route is bound to; `None`: every port.
     parent_port: Option<u16>,
+    /// A Gateway parent's `sectionName`: the one listener it attaches to.
+    section: Option<String>,
     /// `metadata.creationTimestamp`: the older of two routes whose
     /// matches tie wins.
     created: Option<String>,
@@ -134,6 +136,13 @@ struct Inner {
     traffic: BTreeMap<(String, String), TrafficPolicySpec>,
     /// By parent service.
     routes: BTreeMap<(String, String), Vec<RouteEntry>>,
+    /// Gateways of Weft's class, by (namespace, name).
+    gateways: BTreeMap<(String, String), crate::model::GatewaySpec>,
+    /// By parent Gateway.
+    gateway_routes: BTreeMap<(String, String), Vec<RouteEntry>>,
+    /// GatewayPolicies, with their namespace and `namespace/name`.
+    edge_policies: Vec<(String, String, crate::model::GatewayPolicySpec)>,
+    gateway_watches: HashMap<(String, String), watch::Sender<Arc<api::GatewayConfig>>>,
     /// By target service.
     authz: BTreeMap<(String, String), Vec<AuthzEntry>>,
     /// Pods, by (namespace, name).
@@ -159,19 +168,18 @@ pub enum WorkloadRef {
 /// pod the index does not know.
 pub type InboundState = Option<Arc<api::ServerPolicy>>;
 
-/// A route, under each of its parent Services.
-fn add_route(
-    routes: &mut BTreeMap<(String, String), Vec<RouteEntry>>,
-    kind: &'static str,
-    doc: &Document,
-    full_name: &str,
-    spec: HttpRouteSpec,
-) {
+/// A route, under each of its parent Services and Gateways.
+fn add_route(inner: &mut Inner, kind: &'static str, doc: &Document, full_name: &str, spec: HttpRouteSpec) {
     for parent in &spec.parent_refs {
         let ns = parent
             .namespace
             .clone()
             .unwrap_or_else(|| doc.meta.namespace.clone());
+        let routes = if parent.is_gateway() {
+            &mut inner.gateway_routes
+        } else {
+            &mut inner.routes
+        };
         routes
             .entry((ns, parent.name.clone()))
             .or_default()
@@ -180,6 +188,7 @@ fn add_route(
                 namespace: doc.meta.namespace.clone(),
                 full_name: full_name.to_string(),
                 parent_port: parent.port,
+                section: parent.section_name.clone(),
                 created: doc.meta.creation_timestamp.clone(),
                 spec: spec.clone(),
             });
@@ -262,6 +271,18 @@ impl Index {
                 true
             });
         }
+        let keys: Vec<(String, String)> = inner.gateway_watches.keys().cloned().collect();
+        for key in keys {
+            let view = inner.gateway_view(&key.0, &key.1, &self.config);
+            inner.gateway_watches[&key].send_if_modified(|current| {
+                if **current == view {
+                    return false;
+                }
+                *current = Arc::new(view);
+                true
+            });
+        }
+        inner.gateway_watches.retain(|_, s| s.receiver_count() > 0);
         inner.destinations.retain(|_, s| s.receiver_count() > 0);
         inner.inbound.retain(|_, s| s.receiver_count() > 0);
         if inner.unsynced.is_empty() {
@@ -412,7 +433,11 @@ impl Inner {
         self.authz.clear();
         self.workloads.clear();
         self.grants.clear();
-        for doc in self.sources.values().flatten() {
+        self.gateways.clear();
+        self.gateway_routes.clear();
+        self.edge_policies.clear();
+        let sources = std::mem::take(&mut self.sources);
+        for doc in sources.values().flatten() {
             let key = (doc.meta.namespace.clone(), doc.meta.name.clone());
             let full_name = format!("{}/{}", doc.meta.namespace, doc.meta.name);
             match &doc.spec {
@@ -470,15 +495,21 @@ impl Inner {
                 Spec::Workload(spec) => {
                     self.workloads.entry(key).or_insert_with(|| spec.clone());
                 }
-                Spec::HttpRoute(spec) => {
-                    add_route(&mut self.routes, "HTTPRoute", doc, &full_name, spec.clone())
-                }
+                Spec::HttpRoute(spec) => add_route(self, "HTTPRoute", doc, &full_name, spec.clone()),
                 // A GRPCRoute routes as the HTTPRoute it amounts to.
-                Spec::GrpcRoute(spec) => {
-                    add_route(&mut self.routes, "GRPCRoute", doc, &full_name, spec.as_http())
+                Spec::GrpcRoute(spec) => add_route(self, "GRPCRoute", doc, &full_name, spec.as_http()),
+                Spec::Gateway(spec) => {
+                    if spec.gateway_class_name == crate::model::GATEWAY_CLASS {
+                        self.gateways.entry(key).or_insert_with(|| spec.clone());
+                    }
+                }
+                Spec::GatewayPolicy(spec) => {
+                    self.edge_policies
+                        .push((doc.meta.namespace.clone(), full_name, spec.clone()))
                 }
             }
         }
+        self.sources = sources;
     }
 
     fn endpoint(
@@ -711,6 +742,7 @@ fn apply_traffic_policy(policy: &mut api::ClientPolicy, tp: &TrafficPolicySpec) 
     });
 }
 
+mod gateways;
 mod inbound;
 mod routes;
 pub use routes::{ParentVerdict, Verdict, CONTROLLER_NAME};

@@ -58,8 +58,8 @@ impl<'a> Ref<'a> {
 }
 
 /// Where one match stands: smaller sorts first.
-#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct Precedence<'a> {
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct Precedence<'a> {
     /// 0 `Exact`, 1 `RegularExpression`, 2 `PathPrefix`.
     path_kind: u8,
     path_len: Reverse<usize>,
@@ -112,50 +112,66 @@ impl Inner {
         config: &IndexConfig,
     ) -> Vec<api::Route> {
         let mut flat = Vec::new();
-        let parent = (namespace, name);
         for route in self.routes_for(namespace, name, port, client_namespace) {
-            for (i, rule) in route.spec.rules.iter().enumerate() {
-                let rule_name = format!(
-                    "{}/{}",
-                    route.full_name,
-                    rule.name.clone().unwrap_or_else(|| i.to_string())
-                );
-                let filters: Vec<api::Filter> = rule
-                    .filters
-                    .iter()
-                    .filter_map(|f| self.filter(route, parent, f, port, config))
-                    .collect();
-                let backends: Vec<api::Backend> = rule
-                    .backend_refs
-                    .iter()
-                    .map(|b| api::Backend {
-                        authority: self.backend_authority(route, parent, &Ref::backend(b), port, config),
-                        weight: b.weight,
-                        filters: b
-                            .filters
-                            .iter()
-                            .filter_map(|f| self.filter(route, parent, f, port, config))
-                            .collect(),
-                    })
-                    .collect();
-                let flat_one = |m: Option<&RouteMatch>| api::Route {
-                    name: rule_name.clone(),
-                    matches: m.map(route_match).into_iter().collect(),
-                    backends: backends.clone(),
-                    timeout_ms: ms(rule.timeouts.as_ref().and_then(|t| t.request)),
-                    backend_timeout_ms: ms(rule.timeouts.as_ref().and_then(|t| t.backend_request)),
-                    filters: filters.clone(),
-                };
-                if rule.matches.is_empty() {
-                    flat.push((precedence(route, i, 0, None), flat_one(None)));
-                }
-                for (j, m) in rule.matches.iter().enumerate() {
-                    flat.push((precedence(route, i, j, Some(m)), flat_one(Some(m))));
-                }
-            }
+            flat.extend(self.flatten_route(route, (namespace, name), port, config));
         }
         flat.sort_by(|a, b| a.0.cmp(&b.0));
         flat.into_iter().map(|(_, r)| r).collect()
+    }
+
+    /// One route's rules for the proxy, one per match, each with where it
+    /// stands. `parent` is the Service a backend may name without a grant
+    /// (none for a Gateway); `port` the parent's, which a backendRef
+    /// without a port defaults to (0: none, the backend is unresolved).
+    pub(super) fn flatten_route<'a>(
+        &self,
+        route: &'a RouteEntry,
+        parent: (&str, &str),
+        port: u16,
+        config: &IndexConfig,
+    ) -> Vec<(Precedence<'a>, api::Route)> {
+        let mut flat = Vec::new();
+        for (i, rule) in route.spec.rules.iter().enumerate() {
+            let rule_name = format!(
+                "{}/{}",
+                route.full_name,
+                rule.name.clone().unwrap_or_else(|| i.to_string())
+            );
+            let filters: Vec<api::Filter> = rule
+                .filters
+                .iter()
+                .filter_map(|f| self.filter(route, parent, f, port, config))
+                .collect();
+            let backends: Vec<api::Backend> = rule
+                .backend_refs
+                .iter()
+                .map(|b| api::Backend {
+                    authority: self.backend_authority(route, parent, &Ref::backend(b), port, config),
+                    weight: b.weight,
+                    filters: b
+                        .filters
+                        .iter()
+                        .filter_map(|f| self.filter(route, parent, f, port, config))
+                        .collect(),
+                })
+                .collect();
+            let flat_one = |m: Option<&RouteMatch>| api::Route {
+                name: rule_name.clone(),
+                matches: m.map(route_match).into_iter().collect(),
+                backends: backends.clone(),
+                timeout_ms: ms(rule.timeouts.as_ref().and_then(|t| t.request)),
+                backend_timeout_ms: ms(rule.timeouts.as_ref().and_then(|t| t.backend_request)),
+                filters: filters.clone(),
+                ..api::Route::default()
+            };
+            if rule.matches.is_empty() {
+                flat.push((precedence(route, i, 0, None), flat_one(None)));
+            }
+            for (j, m) in rule.matches.iter().enumerate() {
+                flat.push((precedence(route, i, j, Some(m)), flat_one(Some(m))));
+            }
+        }
+        flat
     }
 
     /// A backend's `host:port` authority, or empty when it does not
@@ -178,7 +194,9 @@ impl Inner {
         let permitted =
             (ns, r.name) == parent || self.backend_permitted(route.kind, &route.namespace, ns, r.name);
         let exists = self.services.contains_key(&(ns.to_string(), r.name.to_string()));
-        if r.is_service() && exists && permitted {
+        // A Gateway's route must say which port (the spec requires it).
+        let has_port = r.port.is_some() || port != 0;
+        if r.is_service() && exists && permitted && has_port {
             format!(
                 "{}.{ns}.svc.{}:{}",
                 r.name,
@@ -277,7 +295,7 @@ pub struct Verdict {
 }
 
 impl Verdict {
-    fn ok(reason: &'static str, message: &str) -> Self {
+    pub(super) fn ok(reason: &'static str, message: &str) -> Self {
         Self {
             ok: true,
             reason,
@@ -285,7 +303,7 @@ impl Verdict {
         }
     }
 
-    fn failed(reason: &'static str, message: String) -> Self {
+    pub(super) fn failed(reason: &'static str, message: String) -> Self {
         Self {
             ok: false,
             reason,
@@ -304,6 +322,7 @@ impl Index {
         let route = inner
             .routes
             .values()
+            .chain(inner.gateway_routes.values())
             .flatten()
             .find(|r| r.kind == kind && r.full_name == full_name)?;
         Some(inner.verdicts(route))
@@ -314,7 +333,12 @@ impl Index {
     pub fn all_route_verdicts(&self) -> Vec<(String, Vec<ParentVerdict>)> {
         let inner = self.inner.lock().expect("index lock poisoned");
         let mut seen = std::collections::BTreeMap::new();
-        for route in inner.routes.values().flatten() {
+        for route in inner
+            .routes
+            .values()
+            .chain(inner.gateway_routes.values())
+            .flatten()
+        {
             seen.entry(format!("{} {}", route.kind, route.full_name))
                 .or_insert_with(|| inner.verdicts(route));
         }
@@ -332,7 +356,9 @@ impl Inner {
             .enumerate()
             .map(|(i, parent)| {
                 let ns = parent.namespace.as_deref().unwrap_or(&route.namespace);
-                let accepted = if self.services.contains_key(&(ns.to_string(), parent.name.clone())) {
+                let accepted = if parent.is_gateway() {
+                    self.gateway_acceptance(route, ns, parent)
+                } else if self.services.contains_key(&(ns.to_string(), parent.name.clone())) {
                     Verdict::ok("Accepted", "attached to the Service")
                 } else {
                     Verdict::failed("NoMatchingParent", format!("no Service {ns}/{}", parent.name))
@@ -353,6 +379,7 @@ impl Inner {
             .spec
             .parent_refs
             .iter()
+            .filter(|p| !p.is_gateway())
             .map(|p| {
                 (
                     p.namespace.clone().unwrap_or_else(|| route.namespace.clone()),
@@ -476,6 +503,7 @@ mod tests {
             namespace: "shop".into(),
             full_name: format!("shop/{name}"),
             parent_port: None,
+            section: None,
             created: created.map(Into::into),
             spec: HttpRouteSpec {
                 rules,

@@ -5,13 +5,14 @@
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
-use crate::model::{AuthorizationPolicy, TrafficPolicy};
+use crate::model::{AuthorizationPolicy, GatewayPolicy, TrafficPolicy};
 
 /// `(file name, CRD)` for each weft.dev kind.
 pub fn crds() -> Vec<(&'static str, CustomResourceDefinition)> {
     vec![
         ("trafficpolicies.weft.dev.yaml", TrafficPolicy::crd()),
         ("authorizationpolicies.weft.dev.yaml", AuthorizationPolicy::crd()),
+        ("gatewaypolicies.weft.dev.yaml", GatewayPolicy::crd()),
     ]
 }
 

@@ -25,7 +25,7 @@ use tokio::sync::Notify;
 use super::convert::{documents, ClusterObjects, LastGood};
 use crate::index::{Index, Verdict, CONTROLLER_NAME};
 use crate::metrics::{ControlMetrics, WatchEvent};
-use crate::model::{AuthorizationPolicy, InForce, TrafficPolicy};
+use crate::model::{AuthorizationPolicy, GatewayPolicy, InForce, TrafficPolicy};
 
 /// The name the cluster's documents are registered under in the index.
 pub const SOURCE: &str = "kubernetes";
@@ -35,6 +35,15 @@ pub fn http_route_resource() -> ApiResource {
     ApiResource::from_gvk_with_plural(
         &GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "HTTPRoute"),
         "httproutes",
+    )
+}
+
+/// Gateway API Gateway (`gateway.networking.k8s.io/v1`): an edge
+/// gateway's listeners.
+pub fn gateway_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "Gateway"),
+        "gateways",
     )
 }
 
@@ -92,6 +101,8 @@ impl KubernetesSource {
             http_route_resource(),
             reference_grant_resource(),
             grpc_route_resource(),
+            gateway_resource(),
+            ApiResource::erase::<GatewayPolicy>(&()),
         ]
         .into_iter()
         .map(|ar| {
@@ -107,7 +118,7 @@ impl KubernetesSource {
             pods,
             policies,
             synced,
-            kinds: 8,
+            kinds: 10,
         }
     }
 
@@ -168,7 +179,9 @@ impl KubernetesSource {
     /// object shows, so `kubectl get trafficpolicies` tells whether Weft
     /// uses it.
     fn report_status(&self, errors: &std::collections::HashSet<String>) {
-        for store in &self.policies[..2] {
+        // TrafficPolicies, AuthorizationPolicies (the first two stores) and
+        // GatewayPolicies (the last).
+        for store in self.policies[..2].iter().chain(self.policies.last()) {
             for obj in store.state() {
                 let Some(types) = &obj.types else { continue };
                 let (Some(ns), name) = (obj.namespace(), obj.name_any()) else {

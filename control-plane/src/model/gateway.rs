@@ -84,6 +84,14 @@ pub struct ParentRef {
     pub section_name: Option<String>,
 }
 
+impl ParentRef {
+    /// A Gateway (an edge gateway's listeners), not a Service. Files
+    /// default to a Service parent.
+    pub fn is_gateway(&self) -> bool {
+        self.kind.as_deref() == Some("Gateway")
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RouteRule {

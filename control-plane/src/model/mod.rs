@@ -38,6 +38,8 @@ pub enum Spec {
     HttpRoute(HttpRouteSpec),
     GrpcRoute(GrpcRouteSpec),
     ReferenceGrant(ReferenceGrantSpec),
+    Gateway(GatewaySpec),
+    GatewayPolicy(GatewayPolicySpec),
     /// Stands in for an AuthorizationPolicy that failed validation and
     /// has no last good version: never parsed, made by the sources.
     DenyAll(DenyAll),
@@ -55,6 +57,8 @@ impl Spec {
             Spec::HttpRoute(_) => "HTTPRoute",
             Spec::GrpcRoute(_) => "GRPCRoute",
             Spec::ReferenceGrant(_) => "ReferenceGrant",
+            Spec::Gateway(_) => "Gateway",
+            Spec::GatewayPolicy(_) => "GatewayPolicy",
             Spec::Workload(_) => "Pod",
         }
     }
@@ -651,6 +655,7 @@ pub struct PerIdentityLimit {
     pub burst: u32,
 }
 
+mod edge;
 mod gateway;
 mod parse;
 mod validate;
@@ -658,6 +663,7 @@ mod validate;
 /// `(field path, problem)`: what parsing and validation report.
 type FieldError = (String, String);
 
+pub use edge::*;
 pub use gateway::*;
 pub use parse::{parse_file, parse_object, yaml_documents};
 

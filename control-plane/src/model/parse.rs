@@ -164,14 +164,14 @@ fn parse_document(value: serde_json::Value) -> Result<Document, FieldError> {
         )
     })?;
     let expected_api = match raw.kind.as_str() {
-        "MeshService" | "TrafficPolicy" | "AuthorizationPolicy" => WEFT_API_VERSION,
-        "HTTPRoute" | "GRPCRoute" => GATEWAY_API_VERSION,
+        "MeshService" | "TrafficPolicy" | "AuthorizationPolicy" | "GatewayPolicy" => WEFT_API_VERSION,
+        "HTTPRoute" | "GRPCRoute" | "Gateway" => GATEWAY_API_VERSION,
         "ReferenceGrant" => GATEWAY_API_BETA_VERSION,
         other => {
             return Err((
                 "kind".into(),
                 format!(
-                "expected one of MeshService, TrafficPolicy, AuthorizationPolicy, HTTPRoute, GRPCRoute, ReferenceGrant, got `{other}`"
+                "expected one of MeshService, TrafficPolicy, AuthorizationPolicy, GatewayPolicy, HTTPRoute, GRPCRoute, Gateway, ReferenceGrant, got `{other}`"
             ),
             ))
         }
@@ -199,6 +199,8 @@ fn parse_document(value: serde_json::Value) -> Result<Document, FieldError> {
         "AuthorizationPolicy" => Spec::AuthorizationPolicy(typed(body, "spec")?),
         "ReferenceGrant" => Spec::ReferenceGrant(typed(body, "spec")?),
         "GRPCRoute" => Spec::GrpcRoute(typed(body, "spec")?),
+        "Gateway" => Spec::Gateway(typed(body, "spec")?),
+        "GatewayPolicy" => Spec::GatewayPolicy(typed(body, "spec")?),
         _ => Spec::HttpRoute(typed(body, "spec")?),
     };
     let doc = Document {

@@ -114,7 +114,9 @@ pub const WEBHOOKS: &str = "/apis/admissionregistration.k8s.io/v1/mutatingwebhoo
 pub const HTTPROUTES: &str = "/apis/gateway.networking.k8s.io/v1/httproutes";
 pub const GRANTS: &str = "/apis/gateway.networking.k8s.io/v1beta1/referencegrants";
 pub const GRPCROUTES: &str = "/apis/gateway.networking.k8s.io/v1/grpcroutes";
-const KINDS: [&str; 14] = [
+pub const GATEWAYS: &str = "/apis/gateway.networking.k8s.io/v1/gateways";
+pub const GATEWAY_POLICIES: &str = "/apis/weft.dev/v1alpha1/gatewaypolicies";
+const KINDS: [&str; 16] = [
     SERVICES,
     SLICES,
     PODS,
@@ -129,6 +131,8 @@ const KINDS: [&str; 14] = [
     HTTPROUTES,
     GRANTS,
     GRPCROUTES,
+    GATEWAYS,
+    GATEWAY_POLICIES,
 ];
 
 /// Which kind a request path names: the kind's cluster-wide path, the
@@ -248,8 +252,10 @@ impl FakeApi {
             (HTTPROUTES, "gateway.networking.k8s.io/v1", "HTTPRouteList"),
             (GRANTS, "gateway.networking.k8s.io/v1beta1", "ReferenceGrantList"),
             (GRPCROUTES, "gateway.networking.k8s.io/v1", "GRPCRouteList"),
+            (GATEWAYS, "gateway.networking.k8s.io/v1", "GatewayList"),
+            (GATEWAY_POLICIES, "weft.dev/v1alpha1", "GatewayPolicyList"),
         ] {
-            if !gateway_api && [HTTPROUTES, GRANTS, GRPCROUTES].contains(&path) {
+            if !gateway_api && [HTTPROUTES, GRANTS, GRPCROUTES, GATEWAYS].contains(&path) {
                 continue;
             }
             state.kinds.insert(

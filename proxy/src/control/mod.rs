@@ -19,6 +19,7 @@
 
 pub mod connect;
 pub mod destination;
+pub mod gateway;
 pub mod inbound;
 pub mod proto;
 
@@ -29,6 +30,7 @@ use tonic::transport::Channel;
 
 use crate::identity::Identity;
 use weft_api::v1::destination_client::DestinationClient;
+use weft_api::v1::gateway_client::GatewayClient;
 use weft_api::v1::identity_client::IdentityClient;
 use weft_api::v1::inbound_client::InboundClient;
 
@@ -88,6 +90,10 @@ impl ControlClient {
 
     pub fn inbound(&self) -> InboundClient<Channel> {
         InboundClient::new(self.mesh.clone())
+    }
+
+    pub fn gateway(&self) -> GatewayClient<Channel> {
+        GatewayClient::new(self.mesh.clone())
     }
 
     /// Certificate renewals, over mutual TLS.

@@ -110,6 +110,8 @@ impl From<&api::Route> for Route {
             timeout: ms(r.timeout_ms),
             backend_timeout: ms(r.backend_timeout_ms),
             filters: r.filters.iter().map(Filter::from).collect(),
+            hostname: Some(r.hostname.to_ascii_lowercase()).filter(|h| !h.is_empty()),
+            edge: r.edge.as_ref().map(crate::gateway::edge::Edge::shared),
         }
     }
 }

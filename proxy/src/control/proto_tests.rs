@@ -198,6 +198,7 @@ fn routes_parse_matches_backends_and_timeouts() {
         timeout_ms: 0,
         backend_timeout_ms: 250,
         filters: vec![],
+        ..Default::default()
     });
     assert_eq!(route.name, "demo/split/0");
     assert_eq!(

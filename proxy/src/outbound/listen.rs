@@ -91,7 +91,7 @@ impl Outbound {
 
     /// One HTTP request: answered by the upstream, or by the proxy with
     /// the error's response; observed either way.
-    pub(super) async fn request(
+    pub(crate) async fn request(
         self: Arc<Self>,
         req: Request<Incoming>,
         app: AppProtocol,
@@ -99,7 +99,7 @@ impl Outbound {
     ) -> Response<Body> {
         let mut req = req.map(incoming);
         let grpc = grpc::is_grpc(req.headers());
-        let obs = Observation::start(&self.telemetry, Direction::Outbound, &mut req);
+        let obs = Observation::start(&self.telemetry, via.direction(), &mut req);
         let (mut target, result) = self.route_and_call(req, app, &via).await;
         match result {
             Ok(mut rsp) => {
@@ -145,6 +145,14 @@ impl Outbound {
             route: plan.route.take().unwrap_or_default(),
             ..target
         };
+        if let Via::Gateway(entry) = via {
+            let edge = plan.edge.as_ref().or(entry.listener.policy.as_ref());
+            if let Some(edge) = edge {
+                if let Err(e) = edge.check(req.headers_mut(), entry.client).await {
+                    return (target, Err(e));
+                }
+            }
+        }
         let dest = match &plan.to {
             To::Destination(dest) => dest.clone(),
             To::Backend { host, port } => match self.resolve(host, *port).await {

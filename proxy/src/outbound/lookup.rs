@@ -37,6 +37,19 @@ pub enum Via {
     /// An upstream listener: bound to one service and port, whatever the
     /// request says.
     Bound(Arc<UpstreamListener>),
+    /// An edge gateway's listener: its routes decide, by the request's
+    /// host and match; nothing else is reachable.
+    Gateway(Arc<crate::gateway::Entry>),
+}
+
+impl Via {
+    /// The `direction` label of the request's metrics.
+    pub fn direction(&self) -> crate::metrics::Direction {
+        match self {
+            Via::Gateway(_) => crate::metrics::Direction::Gateway,
+            _ => crate::metrics::Direction::Outbound,
+        }
+    }
 }
 
 /// The destination a request names, as discovery answered for it.
@@ -76,6 +89,15 @@ impl Outbound {
                     host: up.service.clone(),
                     port: up.port,
                     dest: self.resolve(&up.service, up.port).await?,
+                });
+            }
+            Via::Gateway(entry) => {
+                let authority = named.ok_or(ProxyError::NoAuthority)?;
+                return Ok(Named {
+                    host: authority.host().trim_end_matches('.').to_ascii_lowercase(),
+                    port: entry.listener.port,
+                    authority,
+                    dest: entry.listener.dest.clone(),
                 });
             }
             Via::Explicit => {

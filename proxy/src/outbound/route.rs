@@ -41,6 +41,8 @@ pub struct Plan {
     pub response_headers: Vec<HeaderModifier>,
     /// `RequestMirror`s this request was sampled for: each gets a copy.
     pub mirrors: Vec<Backend>,
+    /// Gateway routes: the matching rule's edge policy.
+    pub edge: Option<Arc<crate::gateway::edge::Edge>>,
 }
 
 /// Where a plan sends the request.
@@ -68,15 +70,18 @@ pub fn plan<B>(req: &mut Request<B>, named: Named) -> Result<Plan, ProxyError> {
         tunnel: req.method() == Method::CONNECT || is_upgrade(req),
         response_headers: Vec::new(),
         mirrors: Vec::new(),
+        edge: None,
     };
     if !named.dest.routes.is_empty() {
         let (rule, matched) = named
             .dest
             .routes
             .iter()
+            .filter(|r| r.serves(&named.host))
             .find_map(|r| r.matched(req).map(|m| (r, m)))
             .ok_or_else(|| ProxyError::NoRoute(format!("{}:{}", named.host, named.port)))?;
         plan.route = Some(rule.name.clone());
+        plan.edge = rule.edge.clone();
         plan.timeout = rule.timeout.or(plan.timeout);
         plan.try_timeout = rule.backend_timeout;
         let prefix = matched.and_then(RouteMatch::prefix);
