@@ -45,7 +45,13 @@ fn demo_runs_the_mesh_and_follows_yaml_edits() {
     let mut tables: Vec<(Duration, Vec<String>)> = Vec::new();
     let mut summary = Vec::new();
     let mut in_summary = false;
+    let mut gateway_url = None;
+    let mut via_gateway = None;
     for line in stdout.lines().map_while(Result::ok) {
+        if let Some(rest) = line.strip_prefix("gateway demo/web: ") {
+            gateway_url = rest.split_whitespace().next().map(str::to_string);
+            continue;
+        }
         if line.starts_with("summary over") {
             in_summary = true;
             continue;
@@ -56,6 +62,10 @@ fn demo_runs_the_mesh_and_follows_yaml_edits() {
         }
         if line.starts_with("weft demo ·") {
             tables.push((started.elapsed(), Vec::new()));
+            // The printed gateway URL answers, through the mesh.
+            if tables.len() == 2 {
+                via_gateway = gateway_url.as_deref().map(http_get_status);
+            }
             // Shift the whole split to v2 once traffic flows.
             if edited_at.is_none() && tables.len() == 4 {
                 let routes = dir.path().join("routes.yaml");
@@ -73,6 +83,11 @@ fn demo_runs_the_mesh_and_follows_yaml_edits() {
         }
     }
     let status = child.wait().unwrap();
+    assert_eq!(
+        via_gateway,
+        Some(200),
+        "weft demo printed a gateway URL ({gateway_url:?}) that answers 200"
+    );
     assert!(status.success(), "weft demo failed: {status}");
 
     for service in ["frontend", "backend-v1", "backend-v2", "store"] {
@@ -184,4 +199,23 @@ fn check_reports_each_document_and_fails_on_errors() {
         ) && out.contains("YAML 1.1"),
         "{out}"
     );
+}
+
+/// The status of `GET url` (`http://host:port/`), over a plain socket.
+fn http_get_status(url: &str) -> u16 {
+    use std::io::{Read, Write};
+    let hostport = url.trim_start_matches("http://").trim_end_matches('/');
+    let mut s = std::net::TcpStream::connect(hostport).expect("connect to the gateway");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET / HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
 }

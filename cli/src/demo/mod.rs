@@ -79,6 +79,8 @@ struct Replica {
 struct Plan {
     replicas: Vec<Replica>,
     entry: (String, String),
+    /// Gateways of class weft: (name, namespace, listener ports).
+    gateways: Vec<(String, String, Vec<u16>)>,
 }
 
 fn plan(config: &Path) -> Result<Plan, String> {
@@ -89,6 +91,7 @@ fn plan(config: &Path) -> Result<Plan, String> {
     }
     let mut replicas = Vec::new();
     let mut entry = None;
+    let mut gateways = Vec::new();
     for file in files {
         let name = file.display().to_string();
         let text = std::fs::read_to_string(&file).map_err(|e| format!("cannot read {name}: {e}"))?;
@@ -97,6 +100,13 @@ fn plan(config: &Path) -> Result<Plan, String> {
             return Err(format!("invalid demo config: {e}"));
         }
         for doc in docs {
+            if let Spec::Gateway(g) = &doc.spec {
+                if g.gateway_class_name == weft_control::model::GATEWAY_CLASS {
+                    let ports = g.listeners.iter().map(|l| l.port).collect();
+                    gateways.push((doc.meta.name.clone(), doc.meta.namespace.clone(), ports));
+                }
+                continue;
+            }
             let Spec::MeshService(spec) = &doc.spec else {
                 continue;
             };
@@ -131,7 +141,11 @@ fn plan(config: &Path) -> Result<Plan, String> {
         }
     }
     let entry = entry.ok_or_else(|| format!("no MeshService is annotated `{ENTRY}: \"true\"`"))?;
-    Ok(Plan { replicas, entry })
+    Ok(Plan {
+        replicas,
+        entry,
+        gateways,
+    })
 }
 
 /// What the demo runs; dropping it stops every process (apps first).
@@ -205,6 +219,9 @@ fn start_mesh(exe: &Path, config: &Path, plan: &Plan) -> Result<(Mesh, SocketAdd
         .map(|r| (r.namespace.clone(), r.service_account.clone()))
         .collect();
     identities.insert((plan.entry.1.clone(), "loadgen".into()));
+    for (_, ns, _) in &plan.gateways {
+        identities.insert((ns.clone(), "gateway".into()));
+    }
     let tokens = write_tokens(&secrets, &identities)?;
     let token_file = |ns: &str, sa: &str| secrets.join(format!("{ns}.{sa}.token"));
     // Written by the control plane at start (its dev CA's root); every
@@ -281,6 +298,19 @@ fn start_mesh(exe: &Path, config: &Path, plan: &Plan) -> Result<(Mesh, SocketAdd
     let outbound = addr_field(&line, "outbound").ok_or("no outbound address")?;
     let admin = addr_field(&line, "admin").ok_or("no admin address")?;
     mesh.proxies.push((proxy, admin));
+
+    // An edge gateway per Gateway, in front of the mesh.
+    for (name, ns, _) in &plan.gateways {
+        let mut cmd = proxy_cmd(exe, &url, &anchors, ns, &format!("gateway-{name}"));
+        cmd.args(["--inbound-listen", "127.0.0.1:0", "--service-account", "gateway"])
+            .arg("--identity-token-file")
+            .arg(token_file(ns, "gateway"))
+            .args(["gateway", "--name", name, "--listen-ip", "127.0.0.1"]);
+        let mut proxy = Proc::spawn(format!("gateway {name}"), cmd).map_err(|e| e.to_string())?;
+        let line = proxy.wait_line(&["listening", "outbound="], Duration::from_secs(20))?;
+        let admin = addr_field(&line, "admin").ok_or("no admin address")?;
+        mesh.proxies.push((proxy, admin));
+    }
     Ok((mesh, outbound))
 }
 
@@ -324,6 +354,12 @@ async fn demo(args: Args) -> Result<(), String> {
                 return Err(format!("the proxy with admin {admin} did not become ready"));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    for (name, ns, ports) in &plan.gateways {
+        for port in ports {
+            println!("gateway {ns}/{name}: http://127.0.0.1:{port}/ (try curl)");
         }
     }
 
