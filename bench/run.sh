@@ -15,7 +15,7 @@ WRK_THREADS=${BENCH_WRK_THREADS:-1}
 WRK_CONNS=${BENCH_WRK_CONNS:-32}
 OHA_CONNS=${BENCH_OHA_CONNS:-16}
 PROXY_THREADS=${BENCH_PROXY_THREADS:-1}
-PATHS=${BENCH_PATHS:-"direct weft weft_mtls envoy haproxy"} # which path_<name> functions to run
+PATHS=${BENCH_PATHS:-"direct weft weft_mtls weft_gateway envoy haproxy"} # which path_<name> functions to run
 SKIP_BUILD=${BENCH_SKIP_BUILD:-0}
 BUILD_TIMEOUT=${BENCH_BUILD_TIMEOUT:-3600}
 KEEP_WORKDIR=${BENCH_KEEP:-0}
@@ -404,6 +404,90 @@ EOF
     scrape_admin "127.0.0.1:$b_admin" weft-mtls-proxy-b
     stop_started "$pid_a" "$pid_b" "$pid_cp"
     OHA_EXTRA=()
+}
+
+# weft_gateway: an edge gateway in A's place. `weft-proxy gateway` serves
+# Gateway bench/web (one HTTP listener) whose HTTPRoute sends everything to
+# Service bench; gateway -> B is mTLS as in weft_mtls (the gateway has its own
+# identity), B forwards to the backend. Clients call the gateway's listener
+# directly, as outside clients would.
+path_weft_gateway() {
+    local gw_port gw_admin b_out b_in b_admin cp_grpc cp_admin d="$WORK/weft-gateway"
+    mkdir -p "$d/mesh"
+    read -r gw_port gw_admin b_out b_in b_admin cp_grpc cp_admin < <(free_ports 7)
+    cat >"$d/mesh/bench.yaml" <<EOF
+apiVersion: weft.dev/v1alpha1
+kind: MeshService
+metadata: {name: bench, namespace: bench}
+spec:
+  endpoints:
+    - address: 127.0.0.1:$BACKEND_PORT
+      proxy: 127.0.0.1:$b_in
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: web, namespace: bench}
+spec:
+  gatewayClassName: weft
+  listeners: [{name: http, port: $gw_port, protocol: HTTP}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: web, namespace: bench}
+spec:
+  parentRefs: [{kind: Gateway, name: web}]
+  rules: [{backendRefs: [{name: bench, port: 80}]}]
+EOF
+    cat >"$d/tokens.yaml" <<EOF
+- {namespace: bench, serviceAccount: bench, token: bench-token-0123456789}
+- {namespace: bench, serviceAccount: gateway, token: gateway-token-0123456789}
+EOF
+    printf 'bench-token-0123456789\n' >"$d/b.token"
+    printf 'gateway-token-0123456789\n' >"$d/gw.token"
+    start_bg weft-control env RUST_LOG=warn "$WEFT_CONTROL" --config "$d/mesh" --tokens "$d/tokens.yaml" \
+        --trust-anchors-out "$d/trust-anchors.pem" \
+        --grpc-listen "127.0.0.1:$cp_grpc" --admin-listen "127.0.0.1:$cp_admin"
+    local pid_cp=$LAST_PID
+    wait_http_ok "http://127.0.0.1:$cp_admin/ready" "$pid_cp" weft-control
+    cat >"$d/proxy-b.yaml" <<EOF
+inboundListen: 127.0.0.1:$b_in
+outboundListen: 127.0.0.1:$b_out
+adminListen: 127.0.0.1:$b_admin
+appPorts: [$BACKEND_PORT]
+controlPlane: https://127.0.0.1:$cp_grpc
+trustAnchors: $d/trust-anchors.pem
+namespace: bench
+workload: bench
+identityTokenFile: $d/b.token
+shutdownGrace: 2s
+EOF
+    cat >"$d/gateway.yaml" <<EOF
+adminListen: 127.0.0.1:$gw_admin
+controlPlane: https://127.0.0.1:$cp_grpc
+trustAnchors: $d/trust-anchors.pem
+namespace: bench
+serviceAccount: gateway
+identityTokenFile: $d/gw.token
+shutdownGrace: 2s
+gateway: {name: web, listenIp: 127.0.0.1}
+EOF
+    start_proxy weft-gw-proxy-b "$d/proxy-b.yaml"
+    local pid_b=$LAST_PID
+    start_proxy weft-gateway "$d/gateway.yaml"
+    local pid_gw=$LAST_PID
+    MON="A:$pid_gw B:$pid_b backend:$BACKEND_PID"
+    OHA_EXTRA=()
+    check_request "weft gateway h1" "http://127.0.0.1:$gw_port/"
+    check_request "weft gateway h2 (prior knowledge)" --http2-prior-knowledge "http://127.0.0.1:$gw_port/"
+    curl -s -m 5 "http://127.0.0.1:$b_admin/metrics" \
+        | grep '^weft_requests_total{direction="inbound"' \
+        | grep 'source_principal="spiffe://cluster.local/ns/bench/sa/gateway"' \
+        | grep -q 'connection_security_policy="mutual_tls"' \
+        || die "weft_gateway: B did not see an mTLS request from the gateway's identity"
+    measure_path weft_gateway "http://127.0.0.1:$gw_port/" "http://127.0.0.1:$gw_port/"
+    scrape_admin "127.0.0.1:$gw_admin" weft-gateway
+    scrape_admin "127.0.0.1:$b_admin" weft-gw-proxy-b
+    stop_started "$pid_gw" "$pid_b" "$pid_cp"
 }
 
 # envoy: the same topology with two Envoy sidecars. A accepts HTTP/1.1 and

@@ -256,7 +256,7 @@ async fn a_healthy_install_passes_every_check() {
     assert!(ok, "{out}");
     for check in [
         "✔ kubernetes-api: reachable, v1.33.2",
-        "✔ crds: 2 installed and current",
+        "✔ crds: 3 installed and current",
         "✔ control-plane: 1 of 1 replicas ready, /ready answers",
         "✔ webhook: weft-injector: 2 webhooks, each caBundle verifies the serving certificate",
         "✔ trust-anchors: 1 anchors, none expiring within 60 days",
