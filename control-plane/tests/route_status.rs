@@ -4,7 +4,8 @@
 //! `weft.dev/mesh`, with `Accepted` and `ResolvedRefs` and the Gateway
 //! API's reasons, for a good route, a missing backend, a cross-namespace
 //! backend without a ReferenceGrant (and with one), a missing parent and
-//! a route validation refuses.
+//! a route validation refuses; and the status of a Gateway of class weft
+//! and of the routes attached to it.
 
 mod common;
 
@@ -185,4 +186,113 @@ async fn route_status_says_whether_each_route_is_accepted_and_resolved() {
         latest(&api, "cross").is_some_and(|s| condition(&s, "ResolvedRefs") == t("True", "ResolvedRefs"))
     })
     .await;
+}
+
+/// A Gateway of class weft gets `Accepted`/`Programmed` and per listener
+/// `attachedRoutes`; a route attaching to it gets `Accepted` with the
+/// Gateway API's reasons (a listener that allows only its own namespace,
+/// a hostname no listener serves); another class's Gateway is left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_status_and_routes_attached_to_a_gateway() {
+    let api = FakeApi::start_with_gateway_api().await;
+    api.apply(SERVICES, service("shop", "api", "10.96.0.20"));
+    let gateway = |name: &str, class: &str| {
+        json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+            "metadata": {"name": name, "namespace": "shop", "generation": 2, "uid": format!("uid-gw-{name}"),
+                         "creationTimestamp": "2026-11-02T10:00:00Z"},
+            "spec": {"gatewayClassName": class, "listeners": [
+                {"name": "web", "port": 8080, "protocol": "HTTP", "hostname": "*.example.com"},
+                {"name": "admin", "port": 8081, "protocol": "HTTP", "hostname": "admin.example.com"}
+            ]}
+        })
+    };
+    api.apply(GATEWAYS, gateway("edge", "weft"));
+    api.apply(GATEWAYS, gateway("theirs", "other"));
+    let attached = |name: &str, ns: &str, hostnames: Value, section: Option<&str>| {
+        let mut parent = json!({"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "edge", "namespace": "shop"});
+        if let Some(s) = section {
+            parent["sectionName"] = json!(s);
+        }
+        json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": {"name": name, "namespace": ns, "generation": 1, "uid": format!("uid-{ns}-{name}"),
+                         "creationTimestamp": "2026-11-02T10:00:00Z"},
+            "spec": {"parentRefs": [parent], "hostnames": hostnames,
+                     "rules": [{"backendRefs": [{"name": "api", "namespace": "shop", "port": 80}]}]}
+        })
+    };
+    api.apply(
+        HTTPROUTES,
+        attached("shop-web", "shop", json!(["www.example.com"]), None),
+    );
+    api.apply(HTTPROUTES, attached("elsewhere", "other", json!([]), None));
+    api.apply(
+        HTTPROUTES,
+        attached("wrong-host", "shop", json!(["www.example.org"]), Some("web")),
+    );
+
+    let index = Index::new(IndexConfig::default());
+    let source = KubernetesSource::start(api.client(), Default::default());
+    tokio::spawn(source.run(
+        index,
+        Arc::new(ControlMetrics::default()),
+        Duration::from_millis(20),
+    ));
+    let gateway_status = |name: &str| {
+        let patches = api.state.lock().unwrap().status_patches.clone();
+        patches
+            .iter()
+            .rev()
+            .find(|(p, _)| p.ends_with(&format!("/namespaces/shop/gateways/{name}/status")))
+            .map(|(_, b)| b["status"].clone())
+    };
+    until("the Gateway's status", || gateway_status("edge").is_some()).await;
+    let status = gateway_status("edge").unwrap();
+    for (i, kind) in ["Accepted", "Programmed"].iter().enumerate() {
+        assert_eq!(status["conditions"][i]["type"], *kind, "{status}");
+        assert_eq!(status["conditions"][i]["status"], "True", "{status}");
+        assert_eq!(status["conditions"][i]["observedGeneration"], 2, "{status}");
+    }
+    let listeners = status["listeners"].as_array().unwrap();
+    let web = listeners.iter().find(|l| l["name"] == "web").unwrap();
+    let admin = listeners.iter().find(|l| l["name"] == "admin").unwrap();
+    // shop-web (www.example.com under *.example.com) on web only; the
+    // route from namespace other is not allowed (Same by default).
+    assert_eq!(
+        (web["attachedRoutes"].as_u64(), admin["attachedRoutes"].as_u64()),
+        (Some(1), Some(0)),
+        "{status}"
+    );
+
+    let t = |s: &str, r: &str| Some((s.to_string(), r.to_string()));
+    until("the routes' status", || {
+        ["shop-web", "wrong-host"]
+            .iter()
+            .all(|n| latest(&api, n).is_some())
+    })
+    .await;
+    assert_eq!(
+        condition(&latest(&api, "shop-web").unwrap(), "Accepted"),
+        t("True", "Accepted")
+    );
+    assert_eq!(
+        condition(&latest(&api, "wrong-host").unwrap(), "Accepted"),
+        t("False", "NoMatchingListenerHostname")
+    );
+    let elsewhere = {
+        let patches = api.state.lock().unwrap().status_patches.clone();
+        patches
+            .iter()
+            .rev()
+            .find(|(p, _)| p.ends_with("/namespaces/other/httproutes/elsewhere/status"))
+            .map(|(_, b)| b["status"]["parents"].clone())
+    };
+    assert_eq!(
+        condition(&elsewhere.unwrap(), "Accepted"),
+        t("False", "NotAllowedByListeners")
+    );
+    // Another controller's Gateway: never written.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(gateway_status("theirs").is_none());
 }

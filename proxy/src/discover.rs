@@ -114,6 +114,9 @@ pub struct Destination {
     /// Endpoints left out because the policy requires mTLS and they are
     /// not meshed.
     pub unmeshed_refused: usize,
+    /// The port is declared `protocol: tcp`: an upstream listener bound to
+    /// it skips detection (a server-speaks-first banner arrives at once).
+    pub opaque: bool,
 }
 
 impl Destination {
@@ -128,6 +131,7 @@ impl Destination {
             policy,
             meshed: true,
             unmeshed_refused: 0,
+            opaque: false,
         }
     }
 

@@ -25,6 +25,12 @@ struct Bed {
 
 impl Bed {
     async fn start(name: &str, app: SocketAddr) -> Self {
+        Self::start_declared(name, app, "").await
+    }
+
+    /// As [`start`](Self::start), with `port_fields` added to the
+    /// MeshService's port (e.g. `, protocol: tcp`).
+    async fn start_declared(name: &str, app: SocketAddr, port_fields: &str) -> Self {
         let dir = TempDir::new();
         let file = dir.write("mesh.yaml", "");
         let control = ControlProc::start(dir.path(), "127.0.0.1:0".parse().unwrap());
@@ -34,7 +40,7 @@ impl Bed {
             control.proxy_config("shop", name)
         ));
         let services = format!(
-            "apiVersion: weft.dev/v1alpha1\nkind: MeshService\nmetadata: {{name: {name}, namespace: shop}}\nspec:\n  ports: [{{port: {port}}}]\n  endpoints:\n    - {{address: '{app}', proxy: '{}'}}\n---\n",
+            "apiVersion: weft.dev/v1alpha1\nkind: MeshService\nmetadata: {{name: {name}, namespace: shop}}\nspec:\n  ports: [{{port: {port}{port_fields}}}]\n  endpoints:\n    - {{address: '{app}', proxy: '{}'}}\n---\n",
             server.addrs.inbound,
             port = app.port(),
         );
@@ -127,6 +133,32 @@ async fn a_server_speaks_first_banner_arrives_at_once() {
         let took = t.elapsed();
         assert_eq!(&buf[..n], b"220 greeter ready\r\n");
         best = best.min(took);
+    }
+    eprintln!("banner after {best:?} (best of 5)");
+    assert!(best < Duration::from_millis(100), "banner took {best:?}");
+}
+
+/// A destination port its MeshService declares `protocol: tcp` skips
+/// detection on an upstream listener too, with no `opaquePorts` on the
+/// client: the banner arrives at once, not after `detectTimeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_declared_tcp_skips_detection() {
+    let app = tcp_greeter(b"* OK greeter ready\r\n").await;
+    let bed = Bed::start_declared("greeter", app, ", protocol: tcp").await;
+    let (_client, addrs) = bed
+        .client(&[upstream("greeter", app.port())], "detectTimeout: 2s\n")
+        .await;
+    let mut best = Duration::MAX;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let mut s = TcpStream::connect(addrs[0]).await.unwrap();
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf))
+            .await
+            .expect("the banner arrives")
+            .unwrap();
+        assert_eq!(&buf[..n], b"* OK greeter ready\r\n");
+        best = best.min(t.elapsed());
     }
     eprintln!("banner after {best:?} (best of 5)");
     assert!(best < Duration::from_millis(100), "banner took {best:?}");

@@ -33,6 +33,33 @@ impl Index {
     }
 }
 
+impl Index {
+    /// Per listener of Gateway `namespace/name`: how many routes attach
+    /// (`status.listeners[].attachedRoutes`). `None` when the index holds
+    /// no such Gateway of Weft's class.
+    pub fn gateway_attached_routes(&self, namespace: &str, name: &str) -> Option<Vec<(String, usize)>> {
+        let inner = self.inner.lock().expect("index lock poisoned");
+        let key = (namespace.to_string(), name.to_string());
+        let gateway = inner.gateways.get(&key)?;
+        let routes: Vec<&RouteEntry> = inner.gateway_routes.get(&key).into_iter().flatten().collect();
+        Some(
+            gateway
+                .listeners
+                .iter()
+                .map(|l| {
+                    let attached: std::collections::BTreeSet<(&str, &str)> = routes
+                        .iter()
+                        .filter(|r| attaches(r, r.section.as_deref(), r.parent_port, namespace, l))
+                        .filter(|r| !hosts(l, &r.spec.hostnames).is_empty())
+                        .map(|r| (r.kind, r.full_name.as_str()))
+                        .collect();
+                    (l.name.clone(), attached.len())
+                })
+                .collect(),
+        )
+    }
+}
+
 /// Where a hostname stands: an exact name before a wildcard, the longer
 /// first; any host last.
 fn host_rank(host: Option<&str>) -> (u8, Reverse<usize>) {

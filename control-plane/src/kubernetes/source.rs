@@ -163,6 +163,7 @@ impl KubernetesSource {
             index.apply(SOURCE, docs);
             self.report_status(&errors);
             self.report_route_status(&index, &errors);
+            self.report_gateway_status(&index, &errors);
             metrics.route_verdicts(&index.all_route_verdicts());
             known_errors = errors;
             metrics.index_stats(index.stats());
@@ -326,6 +327,104 @@ impl KubernetesSource {
                 }
             });
         }
+    }
+}
+
+impl KubernetesSource {
+    /// Writes the status of every Gateway of class weft: `Accepted` and
+    /// `Programmed` (its listeners are published to the gateway proxies;
+    /// both `False` with the validation error for one refused), and per
+    /// listener `attachedRoutes`, the route kinds it supports and the same
+    /// two conditions. Written only when it differs from the object's.
+    fn report_gateway_status(&self, index: &Index, errors: &std::collections::HashSet<String>) {
+        // The Gateway store: after TrafficPolicy, AuthorizationPolicy,
+        // HTTPRoute, ReferenceGrant, GRPCRoute.
+        for obj in self.policies[5].state() {
+            let (Some(ns), name) = (obj.namespace(), obj.name_any()) else {
+                continue;
+            };
+            if obj
+                .data
+                .pointer("/spec/gatewayClassName")
+                .and_then(|c| c.as_str())
+                != Some(crate::model::GATEWAY_CLASS)
+            {
+                continue;
+            }
+            let generation = obj.metadata.generation;
+            let tag = format!("(Gateway {ns}/{name})");
+            let refused = errors.iter().find(|e| e.contains(&tag));
+            let attached = index.gateway_attached_routes(&ns, &name);
+            let (ok, reason, message) = match (refused, &attached) {
+                (Some(e), _) => (false, "Invalid", e.clone()),
+                (None, Some(_)) => (true, "Accepted", "served by weft-proxy gateway".to_string()),
+                (None, None) => (false, "Pending", "not read by the control plane yet".to_string()),
+            };
+            let condition = |kind: &str, reason_ok: &str| {
+                serde_json::json!({
+                    "type": kind,
+                    "status": if ok { "True" } else { "False" },
+                    "reason": if ok { reason_ok } else { reason },
+                    "message": message,
+                    "observedGeneration": generation,
+                    "lastTransitionTime": rfc3339_now(),
+                })
+            };
+            let listeners: Vec<serde_json::Value> = attached
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(listener, routes)| {
+                    serde_json::json!({
+                        "name": listener,
+                        "attachedRoutes": routes,
+                        "supportedKinds": [
+                            {"group": "gateway.networking.k8s.io", "kind": "HTTPRoute"},
+                            {"group": "gateway.networking.k8s.io", "kind": "GRPCRoute"},
+                        ],
+                        "conditions": [condition("Accepted", "Accepted"), condition("Programmed", "Programmed")],
+                    })
+                })
+                .collect();
+            let ours = serde_json::json!({
+                "conditions": [condition("Accepted", reason), condition("Programmed", "Programmed")],
+                "listeners": listeners,
+            });
+            let current = obj.data.get("status").cloned().unwrap_or_default();
+            let strip = |v: &serde_json::Value| -> serde_json::Value {
+                let mut v = v.clone();
+                strip_transition_times(&mut v);
+                v
+            };
+            let mine = serde_json::json!({
+                "conditions": current.get("conditions").cloned().unwrap_or_default(),
+                "listeners": current.get("listeners").cloned().unwrap_or_default(),
+            });
+            if strip(&mine) == strip(&ours) {
+                continue;
+            }
+            let patch = serde_json::json!({"status": ours});
+            let api = Api::<DynamicObject>::namespaced_with(self.client.clone(), &ns, &gateway_resource());
+            tokio::spawn(async move {
+                if let Err(e) = api
+                    .patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
+                    .await
+                {
+                    tracing::debug!(%name, error = %e, "could not write the Gateway's status");
+                }
+            });
+        }
+    }
+}
+
+/// Removes every `lastTransitionTime`, to compare statuses by content.
+fn strip_transition_times(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(map) => {
+            map.remove("lastTransitionTime");
+            map.values_mut().for_each(strip_transition_times);
+        }
+        serde_json::Value::Array(list) => list.iter_mut().for_each(strip_transition_times),
+        _ => {}
     }
 }
 

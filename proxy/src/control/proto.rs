@@ -78,6 +78,7 @@ pub fn destination<'a>(
         shared: Arc::new(Shared::new(&policy)),
         policy: Arc::new(policy),
         meshed: true,
+        opaque: service.is_some_and(|s| s.protocol == "tcp"),
     }
 }
 

@@ -4,8 +4,9 @@
 //! (routes, retries, breaker, metrics, mTLS), to the bound service
 //! whatever the request names; anything else is carried as TCP over mTLS
 //! to the service's proxies, balanced per connection. A port in the
-//! server-speaks-first list or `opaquePorts` skips detection, so the
-//! server's banner arrives at once.
+//! server-speaks-first list or `opaquePorts`, or a destination port its
+//! MeshService declares `protocol: tcp`, skips detection, so the server's
+//! banner arrives at once.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -43,9 +44,17 @@ impl Outbound {
         let _ = stream.get_ref().set_nodelay(true);
         let guard = self.telemetry.connection(Direction::Outbound, peer);
         let what = crate::discover::target(&upstream.service, upstream.port);
-        if self.interception.is_opaque_port(upstream.port) {
-            // Server-speaks-first: nothing to detect.
+        let declared_tcp = || async {
             let dest = self.resolve(&upstream.service, upstream.port).await;
+            dest.as_ref().is_ok_and(|d| d.opaque).then_some(dest)
+        };
+        let known_opaque = if self.interception.is_opaque_port(upstream.port) {
+            Some(self.resolve(&upstream.service, upstream.port).await)
+        } else {
+            declared_tcp().await
+        };
+        if let Some(dest) = known_opaque {
+            // Server-speaks-first: nothing to detect.
             let io = guard.meter(stream);
             return self.forward_to(io, dest, upstream.port, &what, guard).await;
         }
