@@ -145,6 +145,8 @@ struct Bed {
     certs: PathBuf,
     https: u16,
     http: u16,
+    /// A listener no route attaches to.
+    empty: u16,
     cas: (String, String),
     issuer: Issuer,
 }
@@ -165,7 +167,7 @@ async fn start() -> Bed {
         app.port(),
         control.proxy_config("shop", "api")
     ));
-    let (https, http) = (free_port(), free_port());
+    let (https, http, empty) = (free_port(), free_port(), free_port());
     let mesh = format!(
         r#"apiVersion: weft.dev/v1alpha1
 kind: MeshService
@@ -184,6 +186,7 @@ spec:
     - {{name: a, port: {https}, protocol: HTTPS, hostname: a.example.test, tls: {{certificateRefs: [{{name: a-tls}}]}}}}
     - {{name: b, port: {https}, protocol: HTTPS, hostname: "*.example.test", tls: {{certificateRefs: [{{name: b-tls}}]}}}}
     - {{name: plain, port: {http}, protocol: HTTP}}
+    - {{name: empty, port: {empty}, protocol: HTTP, hostname: nothing.example.test}}
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
@@ -242,6 +245,7 @@ spec:
         certs,
         https,
         http,
+        empty,
         cas: (ca_a, ca_b),
         issuer,
     }
@@ -302,6 +306,13 @@ async fn tls_by_sni_routes_by_host_and_nothing_else_is_reachable() {
     let plain = format!("http://127.0.0.1:{}/", bed.http);
     let other = curl(&["-H", "Host: internal.shop.svc.cluster.local", &plain]);
     assert_eq!(other.status, 404, "{}", other.headers);
+    let empty = format!("http://127.0.0.1:{}/", bed.empty);
+    let nothing = curl(&["-H", "Host: nothing.example.test", &empty]);
+    assert_eq!(
+        nothing.status, 404,
+        "a listener without routes serves nothing: {}",
+        nothing.headers
+    );
     let connect = raw_status(
         ([127, 0, 0, 1], bed.http).into(),
         b"CONNECT api.shop.svc.cluster.local:80 HTTP/1.1\r\nHost: api.shop.svc.cluster.local:80\r\n\r\n",

@@ -426,7 +426,9 @@ impl Gateway {
         let Some(listener) = listener else {
             return refused(ProxyError::NoRoute(host.unwrap_or_default()));
         };
-        if req.method() == Method::CONNECT {
+        // A listener no route attaches to serves nothing (its routes are
+        // empty, which for a mesh destination would mean "call it").
+        if req.method() == Method::CONNECT || listener.dest.routes.is_empty() {
             return refused(ProxyError::NoRoute(host.unwrap_or_default()));
         }
         let entry = Arc::new(Entry { listener, client });
