@@ -659,6 +659,7 @@ mod edge;
 mod gateway;
 mod parse;
 mod validate;
+mod validate_edge;
 
 /// `(field path, problem)`: what parsing and validation report.
 type FieldError = (String, String);
