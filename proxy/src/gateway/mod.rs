@@ -114,6 +114,8 @@ impl GatewaySettings {
                 && s.len() <= 63
                 && s.bytes()
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !s.starts_with('-')
+                && !s.ends_with('-')
         };
         if !label(&self.name) {
             return err(
