@@ -26,6 +26,10 @@ pub enum ProxyError {
     NoAuthority,
     #[error("no endpoints for {0}")]
     NoEndpoints(String),
+    /// The request's head has both `Content-Length` and
+    /// `Transfer-Encoding`: a smuggling input the edge gateway refuses.
+    #[error("the request has both Content-Length and Transfer-Encoding")]
+    AmbiguousFraming,
     /// The service requires mTLS (TrafficPolicy `mtls: required`) and
     /// none of its endpoints is meshed.
     #[error("{0} requires mTLS and has no meshed endpoint")]
@@ -130,6 +134,7 @@ impl ProxyError {
     pub fn reason(&self) -> &'static str {
         match self {
             ProxyError::NoAuthority => "no-authority",
+            ProxyError::AmbiguousFraming => "ambiguous-framing",
             ProxyError::NoEndpoints(_) => "no-endpoints",
             ProxyError::NotMeshed(_) => "not-meshed",
             ProxyError::DiscoveryUnavailable(_) => "discovery-unavailable",
@@ -156,7 +161,7 @@ impl ProxyError {
 
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::NoAuthority => StatusCode::BAD_REQUEST,
+            ProxyError::NoAuthority | ProxyError::AmbiguousFraming => StatusCode::BAD_REQUEST,
             ProxyError::NoEndpoints(_) | ProxyError::NotMeshed(_) | ProxyError::DiscoveryUnavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -191,6 +196,7 @@ impl ProxyError {
             ProxyError::RateLimited { .. } => Code::ResourceExhausted,
             ProxyError::NoRoute(_) => Code::Unimplemented,
             ProxyError::NoAuthority
+            | ProxyError::AmbiguousFraming
             | ProxyError::UnresolvedBackend(_)
             | ProxyError::NoBackend(_)
             | ProxyError::UnsupportedFilter(_) => Code::Internal,

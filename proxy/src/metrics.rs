@@ -196,6 +196,22 @@ impl RequestLabels {
     }
 }
 
+/// The edge gateway's requests, as an operator of the Gateway reads
+/// them: its listener and route, the status and the proxy's own error.
+/// Requests the gateway refused before routing (no listener, no route)
+/// are here too, with what was known.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GatewayLabels {
+    pub gateway: String,
+    /// The Gateway listener the request's host chose; empty when none.
+    pub listener: String,
+    /// `namespace/name/rule` of the route rule, or empty.
+    pub route: String,
+    pub response_code: u16,
+    /// The `weft-error` reason when the proxy answered itself, else empty.
+    pub error: &'static str,
+}
+
 /// The labels of the latency and size histograms: the request labels
 /// without principals, codes and error.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -337,6 +353,7 @@ pub struct Metrics {
     pub tcp_read_bytes: Family<DirectionLabels, Counter>,
     pub tcp_written_bytes: Family<DirectionLabels, Counter>,
     pub tcp_limited: Family<LimitLabels, Counter>,
+    pub gateway_requests: Family<GatewayLabels, Counter>,
     /// TCP streams by who they connect: opened, closed, and bytes the
     /// connecting side sent (received) and got back (sent), counted live.
     pub streams_opened: Family<StreamLabels, Counter>,
@@ -364,6 +381,7 @@ impl Default for Metrics {
             tcp_read_bytes: Family::default(),
             tcp_written_bytes: Family::default(),
             tcp_limited: Family::default(),
+            gateway_requests: Family::default(),
             streams_opened: Family::default(),
             streams_closed: Family::default(),
             stream_received_bytes: Family::default(),
@@ -398,6 +416,11 @@ impl Metrics {
             "weft_response_bytes",
             "Response body sizes",
             self.response_size.clone(),
+        );
+        registry.register(
+            "weft_gateway_requests",
+            "HTTP requests the edge gateway answered, by gateway, listener, route, status and error",
+            self.gateway_requests.clone(),
         );
         registry.register(
             "weft_tcp_connections_opened",

@@ -22,8 +22,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::grpc::{self, Code};
 use crate::http::{Body, BoxError};
 use crate::metrics::{
-    Classification, Detected, Direction, Metrics, RequestLabels, RequestProtocol, SecurityPolicy,
-    StreamGuard, StreamLabels,
+    Classification, Detected, Direction, GatewayLabels, Metrics, RequestLabels, RequestProtocol,
+    SecurityPolicy, StreamGuard, StreamLabels,
 };
 
 /// The W3C trace-context header.
@@ -142,6 +142,8 @@ pub struct Observation {
     error: Option<&'static str>,
     grpc_status: Option<Code>,
     response_bytes: u64,
+    /// The edge gateway's (gateway, listener) the request came in by.
+    gateway: Option<(String, String)>,
 }
 
 impl Observation {
@@ -176,7 +178,14 @@ impl Observation {
             error: None,
             grpc_status: None,
             response_bytes: 0,
+            gateway: None,
         }
+    }
+
+    /// Marks a request the edge gateway took in by `listener` (empty when
+    /// its host chose none): counted in `weft_gateway_requests_total` too.
+    pub fn at_gateway(&mut self, gateway: &str, listener: &str) {
+        self.gateway = Some((gateway.to_string(), listener.to_string()));
     }
 
     /// Attaches the observation to the response; it is recorded when the
@@ -241,8 +250,20 @@ impl Observation {
             self.headers_after,
             (self.request_bytes.load(Ordering::Relaxed), self.response_bytes),
         );
+        if let Some((gateway, listener)) = &self.gateway {
+            t.metrics
+                .gateway_requests
+                .get_or_create(&GatewayLabels {
+                    gateway: gateway.clone(),
+                    listener: listener.clone(),
+                    route: self.target.route.clone(),
+                    response_code: self.status,
+                    error: self.error.unwrap_or(""),
+                })
+                .inc();
+        }
         if let Some(log) = &t.access_log {
-            log.write(serde_json::json!({
+            let mut line = serde_json::json!({
                 "time": humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
                 "kind": "http",
                 "direction": self.direction.as_str(),
@@ -264,7 +285,12 @@ impl Observation {
                 "peer_identity": self.target.peer_identity,
                 "error": self.error,
                 "trace_id": self.trace_id,
-            }));
+            });
+            if let Some((gateway, listener)) = self.gateway {
+                line["gateway"] = gateway.into();
+                line["listener"] = listener.into();
+            }
+            log.write(line);
         }
     }
 }

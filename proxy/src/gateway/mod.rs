@@ -33,19 +33,23 @@ use crate::bounds::{Admission, Admitted};
 use crate::detect::detect;
 use crate::discover::Destination;
 use crate::errors::ProxyError;
-use crate::http::{AppProtocol, Body};
+use crate::http::{incoming, AppProtocol, Body};
 use crate::listener::Listener;
+use crate::metrics::{Detected, Direction, UNKNOWN_SERVICE};
 use crate::outbound::lookup::Via;
 use crate::outbound::Outbound;
 use crate::routes::Route;
 use crate::server::{accept_loop, serve_http, Limits};
+use crate::telemetry::{Observation, Target};
 
 pub mod certs;
 pub mod edge;
+pub mod framing;
 pub mod jwt;
 
 use certs::{CertStore, SniResolver};
 use edge::Edge;
+use framing::{Framed, Verdicts};
 
 /// `weft-proxy gateway`'s own settings (config key `gateway`).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -136,6 +140,8 @@ impl GatewaySettings {
 /// One Gateway listener, as requests see it.
 #[derive(Debug)]
 pub struct GatewayListener {
+    /// The Gateway's name, for metrics.
+    pub gateway: String,
     pub name: String,
     pub port: u16,
     /// Lower case; exact or `*.suffix`; `None`: any host.
@@ -204,6 +210,7 @@ impl Snapshot {
             dest.namespace = namespace.to_string();
             dest.routes = routes;
             let listener = GatewayListener {
+                gateway: gateway.to_string(),
                 name: l.name.clone(),
                 port,
                 hostname: Some(l.hostname.to_ascii_lowercase()).filter(|h| !h.is_empty()),
@@ -345,12 +352,20 @@ impl Gateway {
 
     async fn connection(self: Arc<Self>, stream: Admitted<TcpStream>, peer: SocketAddr, port: u16) {
         let _ = stream.get_ref().set_nodelay(true);
+        let mut guard = self.outbound.telemetry.connection(Direction::Gateway, peer);
+        let stream = guard.meter(stream);
         let tls = self.config.borrow().ports.get(&port).is_some_and(|p| p.tls);
         if !tls {
             match detect(stream, self.outbound.detect_timeout).await {
                 Ok((protocol, io)) => match protocol.http() {
-                    Some(app) => self.serve(io, app, port, peer).await,
-                    None => tracing::debug!(%peer, port, "not HTTP on a gateway listener; closing"),
+                    Some(app) => {
+                        guard.detected(app.into());
+                        self.serve(io, app, port, peer).await;
+                    }
+                    None => {
+                        guard.detected(Detected::Opaque);
+                        tracing::debug!(%peer, port, "not HTTP on a gateway listener; closing");
+                    }
                 },
                 Err(e) => tracing::debug!(%peer, error = %e, "gateway detection failed"),
             }
@@ -372,6 +387,7 @@ impl Gateway {
         } else {
             AppProtocol::Http1
         };
+        guard.detected(app.into());
         self.serve(io, app, port, peer).await;
     }
 
@@ -396,15 +412,22 @@ impl Gateway {
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let this = self.clone();
-        serve_http(
-            io,
-            app,
-            &self.limits,
-            &self.outbound.drain,
-            std::future::pending(),
-            move |req| this.clone().request(req, app, port, peer.ip()),
-        )
-        .await;
+        let verdicts = Verdicts::default();
+        let framing = verdicts.clone();
+        let handler = move |req| {
+            // HTTP/2 has no Content-Length/Transfer-Encoding ambiguity
+            // (the h2 crate refuses Transfer-Encoding).
+            let ambiguous = app == AppProtocol::Http1 && framing.next_is_ambiguous();
+            this.clone().request(req, app, port, peer.ip(), ambiguous)
+        };
+        let (limits, drain) = (&self.limits, &self.outbound.drain);
+        match app {
+            AppProtocol::Http1 => {
+                let io = Framed::new(io, verdicts);
+                serve_http(io, app, limits, drain, std::future::pending(), handler).await;
+            }
+            AppProtocol::Http2 => serve_http(io, app, limits, drain, std::future::pending(), handler).await,
+        }
     }
 
     /// One request from outside: to the listener for its host, then
@@ -415,6 +438,7 @@ impl Gateway {
         app: AppProtocol,
         port: u16,
         client: IpAddr,
+        ambiguous: bool,
     ) -> Response<Body> {
         let authority = crate::http::authority(&req);
         let host = authority.as_ref().map(|a| a.host().to_string());
@@ -424,16 +448,49 @@ impl Gateway {
             .ports
             .get(&port)
             .and_then(|p| p.listener_for(host.as_deref()).cloned());
-        let refused = |e: ProxyError| e.to_response(crate::grpc::is_grpc(req.headers()));
-        let Some(listener) = listener else {
-            return refused(ProxyError::NoRoute(host.unwrap_or_default()));
+        let refused = match &listener {
+            _ if ambiguous => Some(ProxyError::AmbiguousFraming),
+            None => Some(ProxyError::NoRoute(host.unwrap_or_default())),
+            // A listener no route attaches to serves nothing (its routes
+            // are empty, which for a mesh destination would mean "call
+            // it").
+            Some(l) if req.method() == Method::CONNECT || l.dest.routes.is_empty() => {
+                Some(ProxyError::NoRoute(host.unwrap_or_default()))
+            }
+            Some(_) => None,
         };
-        // A listener no route attaches to serves nothing (its routes are
-        // empty, which for a mesh destination would mean "call it").
-        if req.method() == Method::CONNECT || listener.dest.routes.is_empty() {
-            return refused(ProxyError::NoRoute(host.unwrap_or_default()));
+        match (refused, listener) {
+            (None, Some(listener)) => {
+                let entry = Arc::new(Entry { listener, client });
+                self.outbound.clone().request(req, app, Via::Gateway(entry)).await
+            }
+            (e, listener) => {
+                let e = e.unwrap_or_else(|| ProxyError::NoRoute(String::new()));
+                self.refuse(req, listener.as_deref(), &e)
+            }
         }
-        let entry = Arc::new(Entry { listener, client });
-        self.outbound.clone().request(req, app, Via::Gateway(entry)).await
+    }
+
+    /// The gateway's own answer before routing, observed as any request
+    /// (metrics, access log).
+    fn refuse(
+        &self,
+        req: Request<Incoming>,
+        listener: Option<&GatewayListener>,
+        e: &ProxyError,
+    ) -> Response<Body> {
+        let mut req = req.map(incoming);
+        let mut obs = Observation::start(&self.outbound.telemetry, Direction::Gateway, &mut req);
+        obs.at_gateway(&self.settings.name, listener.map_or("", |l| l.name.as_str()));
+        tracing::debug!(error = %e, "gateway request refused");
+        let target = Target {
+            service: UNKNOWN_SERVICE.into(),
+            ..Target::default()
+        };
+        obs.respond(
+            target,
+            e.to_response(crate::grpc::is_grpc(req.headers())),
+            Some(e.reason()),
+        )
     }
 }

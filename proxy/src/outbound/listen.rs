@@ -99,7 +99,10 @@ impl Outbound {
     ) -> Response<Body> {
         let mut req = req.map(incoming);
         let grpc = grpc::is_grpc(req.headers());
-        let obs = Observation::start(&self.telemetry, via.direction(), &mut req);
+        let mut obs = Observation::start(&self.telemetry, via.direction(), &mut req);
+        if let Via::Gateway(entry) = &via {
+            obs.at_gateway(&entry.listener.gateway, &entry.listener.name);
+        }
         let (mut target, result) = self.route_and_call(req, app, &via).await;
         match result {
             Ok(mut rsp) => {
