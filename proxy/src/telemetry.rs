@@ -135,6 +135,8 @@ pub struct Observation {
     authority: String,
     path: String,
     trace_id: Option<String>,
+    /// `x-request-id` as the request carried it (the edge gateway sets one).
+    request_id: Option<String>,
     request_bytes: Arc<AtomicU64>,
     target: Target,
     status: u16,
@@ -171,6 +173,11 @@ impl Observation {
                 .path_and_query()
                 .map_or_else(|| "/".into(), |p| p.to_string()),
             trace_id,
+            request_id: req
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
             request_bytes,
             target: Target::default(),
             status: 0,
@@ -285,6 +292,7 @@ impl Observation {
                 "peer_identity": self.target.peer_identity,
                 "error": self.error,
                 "trace_id": self.trace_id,
+                "request_id": self.request_id,
             });
             if let Some((gateway, listener)) = self.gateway {
                 line["gateway"] = gateway.into();

@@ -66,7 +66,8 @@ pub struct EchoApp {
 /// - any path: 200, streams the request body back (trailers included) and
 ///   reports what it saw in `x-echo-*` headers;
 /// - request headers named `x-header*` or `some-*` come back as
-///   `x-echo-req-<name>`;
+///   `x-echo-req-<name>`; `traceparent` and `x-request-id` as
+///   `x-echo-traceparent` and `x-echo-request-id`;
 /// - `?ms=N`: waits N ms first; `?status=N`: answers status N;
 /// - gRPC (`content-type: application/grpc`): echoes each frame as it
 ///   arrives, then trailers `grpc-status: 0`; path `/test.Echo/Fail` answers
@@ -133,6 +134,9 @@ async fn echo(req: Request<Incoming>, me: SocketAddr) -> Result<Response<TestBod
         );
     if let Some(t) = req.headers().get("traceparent") {
         rsp = rsp.header("x-echo-traceparent", t);
+    }
+    if let Some(id) = req.headers().get("x-request-id") {
+        rsp = rsp.header("x-echo-request-id", id);
     }
     // The headers the Gateway API conformance cases set and check, as
     // the app received them (repeated ones joined with `,`).

@@ -286,6 +286,23 @@ async fn tls_by_sni_routes_by_host_and_nothing_else_is_reachable() {
         a.headers
     );
     assert!(a.headers.contains("x-echo-host: a.example.test"), "{}", a.headers);
+    // A request ID of the gateway's own reaches the backend (the client's
+    // replaced) and comes back on the response.
+    let with_id = bed.https("a.example.test", &ca_a, &["-H", "x-request-id: mine"]);
+    let header = |name: &str| {
+        with_id
+            .headers
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+    };
+    let id = header("x-request-id: ").unwrap_or_default();
+    assert!(
+        id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{}",
+        with_id.headers
+    );
+    assert_eq!(header("x-echo-request-id: "), Some(id), "{}", with_id.headers);
     let a2 = bed.https("a.example.test", &ca_a, &["--http2"]);
     assert_eq!((a2.status, a2.version.as_str()), (200, "2"));
     let wrong_ca = bed.https("a.example.test", &ca_b, &[]);
@@ -319,6 +336,11 @@ async fn tls_by_sni_routes_by_host_and_nothing_else_is_reachable() {
     )
     .await;
     assert!(connect.contains(" 404 "), "{connect}");
+    assert!(
+        other.headers.contains("x-request-id: "),
+        "refusals carry one too: {}",
+        other.headers
+    );
     // The backend's proxy saw the gateway's own identity, over mTLS.
     let (_, metrics) = admin_get(bed.server.addrs.admin, "/metrics").await;
     let by_gateway = series_sum(

@@ -245,6 +245,15 @@ pub struct Entry {
     pub client: IpAddr,
 }
 
+/// The request ID header the gateway sets on every request.
+pub const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
+/// 128 random bits, as 32 hex digits.
+fn request_id() -> http::HeaderValue {
+    let id = format!("{:032x}", rand::random::<u128>());
+    http::HeaderValue::from_str(&id).expect("hex is a valid header value")
+}
+
 /// A running gateway.
 pub struct Gateway {
     outbound: Arc<Outbound>,
@@ -433,6 +442,24 @@ impl Gateway {
     /// One request from outside: to the listener for its host, then
     /// through the outbound stages; nothing else is reachable.
     async fn request(
+        self: Arc<Self>,
+        mut req: Request<Incoming>,
+        app: AppProtocol,
+        port: u16,
+        client: IpAddr,
+        ambiguous: bool,
+    ) -> Response<Body> {
+        // A request ID of the gateway's own, replacing any the client sent
+        // (outside clients do not pick the IDs the mesh's logs join on),
+        // and handed back on the response for reports.
+        let id = request_id();
+        req.headers_mut().insert(X_REQUEST_ID, id.clone());
+        let mut rsp = self.route(req, app, port, client, ambiguous).await;
+        rsp.headers_mut().entry(X_REQUEST_ID).or_insert(id);
+        rsp
+    }
+
+    async fn route(
         self: Arc<Self>,
         req: Request<Incoming>,
         app: AppProtocol,
