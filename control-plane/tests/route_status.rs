@@ -203,7 +203,9 @@ async fn gateway_status_and_routes_attached_to_a_gateway() {
                          "creationTimestamp": "2026-11-02T10:00:00Z"},
             "spec": {"gatewayClassName": class, "listeners": [
                 {"name": "web", "port": 8080, "protocol": "HTTP", "hostname": "*.example.com"},
-                {"name": "admin", "port": 8081, "protocol": "HTTP", "hostname": "admin.example.com"}
+                {"name": "admin", "port": 8081, "protocol": "HTTP", "hostname": "admin.example.com"},
+                {"name": "tls", "port": 8443, "protocol": "HTTPS", "hostname": "secure.example.com",
+                 "tls": {"certificateRefs": [{"name": "own"}, {"name": "shared", "namespace": "vault"}]}}
             ]}
         })
     };
@@ -262,6 +264,25 @@ async fn gateway_status_and_routes_attached_to_a_gateway() {
     assert_eq!(
         (web["attachedRoutes"].as_u64(), admin["attachedRoutes"].as_u64()),
         (Some(1), Some(0)),
+        "{status}"
+    );
+
+    // A certificate in another namespace without a ReferenceGrant.
+    let resolved = |l: &Value| {
+        l["conditions"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["type"] == "ResolvedRefs"))
+            .map(|c| (c["status"].clone(), c["reason"].clone()))
+    };
+    let tls = listeners.iter().find(|l| l["name"] == "tls").unwrap();
+    assert_eq!(
+        resolved(web),
+        Some((json!("True"), json!("ResolvedRefs"))),
+        "{status}"
+    );
+    assert_eq!(
+        resolved(tls),
+        Some((json!("False"), json!("RefNotPermitted"))),
         "{status}"
     );
 

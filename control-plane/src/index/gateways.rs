@@ -34,10 +34,9 @@ impl Index {
 }
 
 impl Index {
-    /// Per listener of Gateway `namespace/name`: how many routes attach
-    /// (`status.listeners[].attachedRoutes`). `None` when the index holds
-    /// no such Gateway of Weft's class.
-    pub fn gateway_attached_routes(&self, namespace: &str, name: &str) -> Option<Vec<(String, usize)>> {
+    /// Per listener of Gateway `namespace/name`, what its status says.
+    /// `None` when the index holds no such Gateway of Weft's class.
+    pub fn gateway_listener_status(&self, namespace: &str, name: &str) -> Option<Vec<ListenerStatus>> {
         let inner = self.inner.lock().expect("index lock poisoned");
         let key = (namespace.to_string(), name.to_string());
         let gateway = inner.gateways.get(&key)?;
@@ -53,11 +52,26 @@ impl Index {
                         .filter(|r| !hosts(l, &r.spec.hostnames).is_empty())
                         .map(|r| (r.kind, r.full_name.as_str()))
                         .collect();
-                    (l.name.clone(), attached.len())
+                    ListenerStatus {
+                        name: l.name.clone(),
+                        attached_routes: attached.len(),
+                        refused_certificates: inner.certificates(namespace, l).1,
+                    }
                 })
                 .collect(),
         )
     }
+}
+
+/// One Gateway listener's status (`status.listeners[]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerStatus {
+    pub name: String,
+    /// Routes attached (`attachedRoutes`).
+    pub attached_routes: usize,
+    /// certificateRefs to another namespace's Secret that no
+    /// ReferenceGrant permits (`ResolvedRefs: False`, `RefNotPermitted`).
+    pub refused_certificates: Vec<String>,
 }
 
 /// Where a hostname stands: an exact name before a wildcard, the longer
@@ -134,10 +148,22 @@ impl Inner {
             port: u32::from(listener.port),
             protocol: listener.protocol.clone(),
             hostname: listener.hostname.clone().unwrap_or_default(),
-            certificates: listener.certificates(namespace),
+            // A Secret in another namespace only with a ReferenceGrant
+            // there; without one the listener has no certificate and its
+            // handshakes fail (status: ResolvedRefs False).
+            certificates: self.certificates(namespace, listener).0,
             routes: flat.into_iter().map(|(_, r)| r).collect(),
             policy: self.listener_edge_policy(namespace, name, &listener.name),
         }
+    }
+
+    /// A listener's TLS Secrets (`namespace/name`): those it may use, and
+    /// those in another namespace that no ReferenceGrant lets it use.
+    fn certificates(&self, namespace: &str, listener: &GatewayListener) -> (Vec<String>, Vec<String>) {
+        listener.certificates(namespace).into_iter().partition(|c| {
+            let (ns, name) = c.split_once('/').unwrap_or((namespace, c));
+            self.secret_permitted(namespace, ns, name)
+        })
     }
 
     /// The policy on a listener: one naming it by `sectionName` before one

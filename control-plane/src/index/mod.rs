@@ -671,6 +671,19 @@ impl Inner {
                 .any(|g| g.lets_route_use_service(kind, route_namespace, name))
     }
 
+    /// Whether a Gateway in `gateway_namespace` may use Secret
+    /// `namespace/name` for TLS: its own namespace, or a ReferenceGrant
+    /// there.
+    fn secret_permitted(&self, gateway_namespace: &str, namespace: &str, name: &str) -> bool {
+        namespace == gateway_namespace
+            || self
+                .grants
+                .get(namespace)
+                .into_iter()
+                .flatten()
+                .any(|g| g.lets_gateway_use_secret(gateway_namespace, name))
+    }
+
     fn client_policy(
         &self,
         namespace: &str,
@@ -745,6 +758,7 @@ fn apply_traffic_policy(policy: &mut api::ClientPolicy, tp: &TrafficPolicySpec) 
 mod gateways;
 mod inbound;
 mod routes;
+pub use gateways::ListenerStatus;
 pub use routes::{ParentVerdict, Verdict, CONTROLLER_NAME};
 #[cfg(test)]
 mod tests;

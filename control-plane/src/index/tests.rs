@@ -541,3 +541,36 @@ fn a_backend_in_another_namespace_needs_a_reference_grant() {
         assert_eq!(routes_seen(&index, "web")[0].1, [want], "{g}");
     }
 }
+
+#[test]
+fn a_certificate_in_another_namespace_needs_a_reference_grant() {
+    let index = Index::new(IndexConfig::default());
+    let gateway = "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: edge, namespace: shop}\nspec:\n  gatewayClassName: weft\n  listeners:\n    - {name: tls, port: 8443, protocol: HTTPS, tls: {certificateRefs: [{name: own}, {name: shared, namespace: vault}]}}\n";
+    let grant = |kind: &str, from_ns: &str, to: &str| {
+        format!("---\napiVersion: gateway.networking.k8s.io/v1beta1\nkind: ReferenceGrant\nmetadata: {{name: certs, namespace: vault}}\nspec:\n  from: [{{group: gateway.networking.k8s.io, kind: {kind}, namespace: {from_ns}}}]\n  to: [{{group: '', kind: {to}}}]\n")
+    };
+    let seen = |docs: &str| {
+        index.apply("files", documents(docs));
+        let config = index.watch_gateway("shop", "edge").borrow().clone();
+        let status = index.gateway_listener_status("shop", "edge").unwrap();
+        (
+            config.listeners[0].certificates.clone(),
+            status[0].refused_certificates.clone(),
+        )
+    };
+    let own = || vec!["shop/own".to_string()];
+    let both = || vec!["shop/own".to_string(), "vault/shared".to_string()];
+    let refused = || vec!["vault/shared".to_string()];
+    assert_eq!(seen(gateway), (own(), refused()), "no grant");
+    assert_eq!(
+        seen(&format!("{gateway}{}", grant("Gateway", "shop", "Secret"))),
+        (both(), vec![])
+    );
+    for wrong in [
+        grant("Gateway", "other", "Secret"),
+        grant("HTTPRoute", "shop", "Secret"),
+        grant("Gateway", "shop", "Service"),
+    ] {
+        assert_eq!(seen(&format!("{gateway}{wrong}")), (own(), refused()), "{wrong}");
+    }
+}

@@ -354,7 +354,7 @@ impl KubernetesSource {
             let generation = obj.metadata.generation;
             let tag = format!("(Gateway {ns}/{name})");
             let refused = errors.iter().find(|e| e.contains(&tag));
-            let attached = index.gateway_attached_routes(&ns, &name);
+            let attached = index.gateway_listener_status(&ns, &name);
             let (ok, reason, message) = match (refused, &attached) {
                 (Some(e), _) => (false, "Invalid", e.clone()),
                 (None, Some(_)) => (true, "Accepted", "served by weft-proxy gateway".to_string()),
@@ -373,15 +373,34 @@ impl KubernetesSource {
             let listeners: Vec<serde_json::Value> = attached
                 .unwrap_or_default()
                 .into_iter()
-                .map(|(listener, routes)| {
+                .map(|l| {
+                    let resolved = if l.refused_certificates.is_empty() {
+                        condition("ResolvedRefs", "ResolvedRefs")
+                    } else {
+                        serde_json::json!({
+                            "type": "ResolvedRefs",
+                            "status": "False",
+                            "reason": "RefNotPermitted",
+                            "message": format!(
+                                "no ReferenceGrant lets Gateway {ns}/{name} use Secret {}",
+                                l.refused_certificates.join(", ")
+                            ),
+                            "observedGeneration": generation,
+                            "lastTransitionTime": rfc3339_now(),
+                        })
+                    };
                     serde_json::json!({
-                        "name": listener,
-                        "attachedRoutes": routes,
+                        "name": l.name,
+                        "attachedRoutes": l.attached_routes,
                         "supportedKinds": [
                             {"group": "gateway.networking.k8s.io", "kind": "HTTPRoute"},
                             {"group": "gateway.networking.k8s.io", "kind": "GRPCRoute"},
                         ],
-                        "conditions": [condition("Accepted", "Accepted"), condition("Programmed", "Programmed")],
+                        "conditions": [
+                            condition("Accepted", "Accepted"),
+                            condition("Programmed", "Programmed"),
+                            resolved,
+                        ],
                     })
                 })
                 .collect();

@@ -44,11 +44,23 @@ impl ReferenceGrantSpec {
     /// `route_namespace` may name Service `name` (in the grant's
     /// namespace) as a backend.
     pub fn lets_route_use_service(&self, kind: &str, route_namespace: &str, name: &str) -> bool {
+        self.lets(kind, route_namespace, "Service", name)
+    }
+
+    /// Whether a Gateway in `gateway_namespace` may name Secret `name`
+    /// (in the grant's namespace) in a listener's certificateRefs.
+    pub fn lets_gateway_use_secret(&self, gateway_namespace: &str, name: &str) -> bool {
+        self.lets("Gateway", gateway_namespace, "Secret", name)
+    }
+
+    /// Whether a Gateway API `from_kind` in `from_namespace` may refer to
+    /// core `to_kind` `name`.
+    fn lets(&self, from_kind: &str, from_namespace: &str, to_kind: &str, name: &str) -> bool {
         self.from
             .iter()
-            .any(|f| f.group == GATEWAY_API_GROUP && f.kind == kind && f.namespace == route_namespace)
+            .any(|f| f.group == GATEWAY_API_GROUP && f.kind == from_kind && f.namespace == from_namespace)
             && self.to.iter().any(|t| {
-                t.group.is_empty() && t.kind == "Service" && t.name.as_deref().is_none_or(|n| n == name)
+                t.group.is_empty() && t.kind == to_kind && t.name.as_deref().is_none_or(|n| n == name)
             })
     }
 }

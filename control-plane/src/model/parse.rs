@@ -295,6 +295,42 @@ spec:
     }
 
     #[test]
+    fn gateway_documents_a_gateway_cannot_serve_are_refused() {
+        let gateway = |listeners: &str| {
+            format!("apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: edge, namespace: shop}}\nspec:\n  gatewayClassName: weft\n  listeners: {listeners}\n")
+        };
+        let policy = |url: &str| {
+            format!("apiVersion: weft.dev/v1alpha1\nkind: GatewayPolicy\nmetadata: {{name: p, namespace: shop}}\nspec:\n  targetRef: {{group: gateway.networking.k8s.io, kind: Gateway, name: edge}}\n  jwt: {{issuer: i, jwks: {{url: '{url}'}}}}\n")
+        };
+        let tls = "tls: {certificateRefs: [{name: c}]}";
+        for (doc, field) in [
+            (
+                gateway(&format!(
+                    "[{{name: a, port: 80, protocol: HTTP}}, {{name: b, port: 80, protocol: HTTPS, {tls}}}]"
+                )),
+                "spec.listeners[1].protocol",
+            ),
+            (policy("http://localhost.evil.example/jwks"), "spec.jwt.jwks.url"),
+            (policy("http://idp.example/jwks"), "spec.jwt.jwks.url"),
+            (policy("https:///jwks"), "spec.jwt.jwks.url"),
+        ] {
+            let (_, errors) = parse_file("g.yaml", &doc);
+            assert_eq!(errors.len(), 1, "{doc}");
+            assert_eq!(errors[0].field, field, "{}", errors[0]);
+        }
+        for doc in [
+            gateway(&format!("[{{name: a, port: 443, protocol: HTTPS, {tls}}}, {{name: b, port: 443, protocol: HTTPS, hostname: b.example, {tls}}}]")),
+            policy("https://idp.example/jwks"),
+            policy("http://127.0.0.1:8080/jwks"),
+            policy("http://[::1]/jwks"),
+            policy("http://localhost/jwks"),
+        ] {
+            let (docs, errors) = parse_file("g.yaml", &doc);
+            assert!(errors.is_empty() && docs.len() == 1, "{doc}: {errors:?}");
+        }
+    }
+
+    #[test]
     fn errors_name_file_document_field_and_expectation() {
         let bad = GOOD.replace("address: 127.0.0.1:8081", "address: localhost");
         let (docs, errors) = parse_file("mesh.yaml", &bad);

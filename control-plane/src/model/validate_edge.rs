@@ -19,6 +19,7 @@ pub(super) fn gateway(g: &GatewaySpec) -> Result<(), FieldError> {
         "expected at least one listener",
     )?;
     let mut names = BTreeSet::new();
+    let mut ports: BTreeMap<u16, &str> = BTreeMap::new();
     for (i, l) in g.listeners.iter().enumerate() {
         let at = format!("spec.listeners[{i}]");
         check(
@@ -38,6 +39,17 @@ pub(super) fn gateway(g: &GatewaySpec) -> Result<(), FieldError> {
             format!(
                 "expected `HTTP` or `HTTPS` (TLS terminated by the gateway), got `{}`",
                 l.protocol
+            ),
+        )?;
+        // One port is TLS or plain, never both (a client could not tell
+        // which it gets).
+        let first = *ports.entry(l.port).or_insert(l.protocol.as_str());
+        check(
+            first == l.protocol,
+            format!("{at}.protocol"),
+            format!(
+                "expected `{first}` like the other listeners on port {} (a port is HTTP or HTTPS, not both)",
+                l.port
             ),
         )?;
         if let Some(h) = &l.hostname {
@@ -137,11 +149,9 @@ pub(super) fn gateway_policy(p: &GatewayPolicySpec) -> Result<(), FieldError> {
                 format!("expected an absolute path on the gateway, got `{f}`"),
             )?,
             (None, Some(u)) => check(
-                u.starts_with("https://")
-                    || u.starts_with("http://127.0.0.1")
-                    || u.starts_with("http://localhost"),
+                jwks_url_ok(u),
                 "spec.jwt.jwks.url",
-                format!("expected an https:// URL (plain http only on loopback), got `{u}`"),
+                format!("expected an https:// URL (plain http only to a loopback host), got `{u}`"),
             )?,
             _ => {
                 return Err((
@@ -189,4 +199,25 @@ pub(super) fn check_hostname(h: &str, at: &str) -> Result<(), FieldError> {
 /// A DNS-1123 subdomain: dot-separated labels, at most 253 characters.
 fn is_dns_subdomain(s: &str) -> bool {
     s.len() <= 253 && s.split('.').all(is_dns_label)
+}
+
+/// A JWKS URL the gateway will fetch: `https://` with a host, or
+/// `http://` to `localhost` or a loopback address (the same rule the
+/// proxy applies).
+fn jwks_url_ok(url: &str) -> bool {
+    let Ok(uri) = url.parse::<http::Uri>() else {
+        return false;
+    };
+    let host = uri
+        .host()
+        .unwrap_or("")
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    match uri.scheme_str() {
+        _ if host.is_empty() => false,
+        Some("https") => true,
+        Some("http") => loopback,
+        _ => false,
+    }
 }
