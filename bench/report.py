@@ -105,6 +105,95 @@ def per_proxy(procs, key, spec):
     return "/".join(spec.format(v) for v in vals)
 
 
+def table_lines(headers, lines):
+    widths = [max(len(h), *(len(l[i]) for l in lines)) if lines else len(h) for i, h in enumerate(headers)]
+    out = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)), "  ".join("-" * w for w in widths)]
+    out += ["  ".join(c.ljust(w) if i < 1 else c.rjust(w) for i, (c, w) in enumerate(zip(l, widths))) for l in lines]
+    return out
+
+
+def extra_tables(phases, logs):
+    """The 1 MiB body, idle-connection and start-to-ready results."""
+    extras = {"body_1mib": [], "idle": [], "start_to_ready_ms": {}}
+    out = []
+    for ph in phases:
+        if ph["protocol"] != "http1-post-1mib":
+            continue
+        rps, procs = ph.get("requests_per_sec"), ph.get("processes", {})
+        extras["body_1mib"].append({
+            "path": ph["path"], "requests_per_sec": rps, "mib_per_sec": rps,
+            "cpu_us_per_req": {l: procs[l]["cpu_us_per_req"] for l in PROXY_LABELS if l in procs},
+            "errors": ph.get("errors"),
+        })
+    if extras["body_1mib"]:
+        out += ["", "HTTP/1.1 POST of a 1 MiB body, max rate (oha):"]
+        out += table_lines(["path", "req/s = MiB/s", "CPU µs/req A/B", "errors"], [[
+            r["path"], fmt(r["requests_per_sec"], "{:.0f}"),
+            "/".join(f"{v:.0f}" for v in r["cpu_us_per_req"].values() if v is not None) or "-",
+            fmt(r["errors"], "{}"),
+        ] for r in extras["body_1mib"]])
+    extras["tcp_new_connections"] = []
+    for ph in phases:
+        if ph["protocol"] != "tcp-new-conn":
+            continue
+        procs = ph.get("processes", {})
+        extras["tcp_new_connections"].append({
+            "path": ph["path"], "connections_per_sec": ph.get("requests_per_sec"),
+            "cpu_us_per_connection": {l: procs[l]["cpu_us_per_req"] for l in PROXY_LABELS if l in procs},
+            "p99_ms": (ph.get("closed_loop_latency_ms") or {}).get("p99"), "errors": ph.get("errors"),
+        })
+    if extras["tcp_new_connections"]:
+        out += ["", "New connections through an opaque TCP tunnel, each a new mTLS connection A -> B "
+                    "(wrk, Connection: close):"]
+        out += table_lines(["path", "conns/s", "CPU µs/conn A/B", "p99 ms (closed loop)", "errors"], [[
+            r["path"], fmt(r["connections_per_sec"], "{:.0f}"),
+            "/".join(f"{v:.0f}" for v in r["cpu_us_per_connection"].values() if v is not None) or "-",
+            fmt(r["p99_ms"], "{:.3f}"), fmt(r["errors"], "{}"),
+        ] for r in extras["tcp_new_connections"]])
+    for ph in phases:
+        m = re.fullmatch(r"http1-idle(\d+)", ph["protocol"])
+        if not m:
+            continue
+        n = int(m.group(1))
+        mem = os.path.join(logs, f"{ph['path']}-idle{n}.mem")
+        per, held = {}, None
+        if os.path.exists(mem):
+            for line in open(mem):
+                f = line.split()
+                if f and f[0] == "held":
+                    held = json.loads(" ".join(f[1:]))
+                elif len(f) == 5:
+                    label, _, before, during, after = f[0], *map(int, f[1:])
+                    per[label] = {"rss_before_kib": before, "rss_held_kib": during, "rss_after_load_kib": after}
+        count = (held or {}).get("held") or 0
+        for v in per.values():
+            v["kib_per_connection"] = (v["rss_held_kib"] - v["rss_before_kib"]) / count if count else None
+        lat = ph.get("latency_ms") or {}
+        extras["idle"].append({"path": ph["path"], "connections": n, "held": held, "memory": per,
+                               "p50_ms": lat.get("p50"), "p99_ms": lat.get("p99"), "p99_9_ms": lat.get("p99.9"),
+                               "errors": ph.get("errors")})
+    if extras["idle"]:
+        out += ["", "Idle HTTP/1.1 keep-alive connections held (bench/idle_conns.py) during the fixed-rate run:"]
+        out += table_lines(["path", "conns", "held", "KiB/conn A/B", "RSS held MiB A/B", "p50 ms", "p99 ms",
+                            "p99.9 ms", "errors"], [[
+            r["path"], str(r["connections"]), fmt((r["held"] or {}).get("held"), "{}"),
+            "/".join(fmt(r["memory"].get(l, {}).get("kib_per_connection"), "{:.1f}") for l in PROXY_LABELS
+                     if l in r["memory"]) or "-",
+            "/".join(f"{r['memory'][l]['rss_held_kib'] / 1024:.1f}" for l in PROXY_LABELS if l in r["memory"]) or "-",
+            fmt(r["p50_ms"], "{:.3f}"), fmt(r["p99_ms"], "{:.3f}"), fmt(r["p99_9_ms"], "{:.3f}"),
+            fmt(r["errors"], "{}"),
+        ] for r in extras["idle"]])
+    ready = os.path.join(logs, "ready.tsv")
+    if os.path.exists(ready):
+        for line in open(ready):
+            name, _, ms = line.strip().partition("\t")
+            if ms:
+                extras["start_to_ready_ms"][name] = int(ms)
+        out += ["", "From process start to its first 200 (weft: /ready; Envoy, HAProxy: a request through A), ms:"]
+        out += ["  " + ", ".join(f"{k} {v}" for k, v in extras["start_to_ready_ms"].items())]
+    return extras, out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--manifest", required=True)
@@ -146,6 +235,8 @@ def main():
     table = []
     for key in order:
         r = rows[key]
+        if r["protocol"] not in ("http1", "http2"):
+            continue
         mx, rt = r.get("max", {}), r.get("rate", {})
         lat = rt.get("latency_ms") or {}
         mprocs, rprocs = mx.get("processes", {}), rt.get("processes", {})
@@ -219,6 +310,8 @@ def main():
         "such as the binary); peak: VmHWM. CPU: utime+stime during the fixed-rate phase divided by the",
         "responses received. A = client-side proxy, B = server-side proxy.",
     ]
+    extras, extra_lines = extra_tables(phases, a.logs)
+    out += extra_lines
     print("\n".join(out))
 
     problems = []
@@ -246,7 +339,8 @@ def main():
         for p in problems:
             print("  - " + p)
 
-    doc = {"meta": meta, "rows": table, "phases": phases, "proxy_logs": proxy_log_lines, "problems": problems}
+    doc = {"meta": meta, "rows": table, "extras": extras, "phases": phases, "proxy_logs": proxy_log_lines,
+           "problems": problems}
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     with open(a.out, "w") as f:
         json.dump(doc, f, indent=2, sort_keys=False)

@@ -16,6 +16,8 @@ WRK_CONNS=${BENCH_WRK_CONNS:-32}
 OHA_CONNS=${BENCH_OHA_CONNS:-16}
 PROXY_THREADS=${BENCH_PROXY_THREADS:-1}
 PATHS=${BENCH_PATHS:-"direct weft weft_mtls weft_gateway envoy haproxy"} # which path_<name> functions to run
+EXTRAS=${BENCH_EXTRAS:-"body idle tunnels"} # extra phases (measure_extras, measure_tunnels); "" for none
+IDLE_COUNTS=${BENCH_IDLE_COUNTS:-"1000 10000"} # idle keep-alive connections held, per idle phase
 SKIP_BUILD=${BENCH_SKIP_BUILD:-0}
 BUILD_TIMEOUT=${BENCH_BUILD_TIMEOUT:-3600}
 KEEP_WORKDIR=${BENCH_KEEP:-0}
@@ -79,9 +81,10 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-start_bg() { # name cmd... : start in the background, log to $WORK/<name>.log, sets LAST_PID
+start_bg() { # name cmd... : start in the background, log to $WORK/<name>.log, sets LAST_PID and STARTED_AT
     local name=$1
     shift
+    STARTED_AT=$(date +%s%N)
     "$@" >"$WORK/$name.log" 2>&1 &
     LAST_PID=$!
     PIDS+=("$LAST_PID")
@@ -152,15 +155,20 @@ for s in socks:
 EOF
 }
 
-wait_http_ok() { # url pid what [curl args...]: poll until 200, at most 20 s
+# wait_http_ok url pid what [curl args...]: poll every 20 ms until 200, at
+# most 20 s; appends "what ms-since-STARTED_AT" to $WORK/ready.tsv (the time
+# from the process's start to its first 200, when STARTED_AT is the start).
+wait_http_ok() {
     local url=$1 pid=$2 what=$3 i
     shift 3
-    for ((i = 0; i < 200; i++)); do
+    local since=${STARTED_AT:-$(date +%s%N)}
+    for ((i = 0; i < 1000; i++)); do
         kill -0 "$pid" 2>/dev/null || die "$what (pid $pid) exited during start; log: $WORK/$what.log: $(tail -5 "$WORK/$what.log" 2>/dev/null)"
         if [[ "$(curl -s -o /dev/null -m 1 -w '%{http_code}' "$@" "$url" || true)" == 200 ]]; then
+            printf '%s\t%s\n' "$what" $((($(date +%s%N) - since) / 1000000)) >>"$WORK/ready.tsv"
             return 0
         fi
-        sleep 0.1
+        sleep 0.02
     done
     die "$what not ready at $url after 20 s; log: $WORK/$what.log"
 }
@@ -256,6 +264,61 @@ measure_path() {
     run_load "$path" http1 rate oha "${oha[@]}" -q "$RATE" --latency-correction "$oha_url"
     run_load "$path" http2 max oha "${oha[@]}" --http2 "$oha_url"
     run_load "$path" http2 rate oha "${oha[@]}" --http2 -q "$RATE" --latency-correction "$oha_url"
+    local addr=${wrk_url#http://}
+    addr=${addr%%/*}
+    measure_extras "$path" "$addr" "${host_hdr:-$addr}" "$oha_url"
+}
+
+# measure_tunnels path host:port: new connections per second through an opaque
+# TCP tunnel, where each client connection is a new mTLS connection between
+# the proxies (weft: an upstream listener bound to a `protocol: tcp` port;
+# HAProxy: mode tcp frontends). wrk with `Connection: close`, so each request
+# opens a connection; CPU per request is CPU per tunnel.
+measure_tunnels() {
+    [[ " $EXTRAS " == *" tunnels "* ]] || return 0
+    run_load "$1" tcp-new-conn max wrk \
+        wrk -t"$WRK_THREADS" -c"$WRK_CONNS" -d"${DURATION}s" --latency -H "Connection: close" "http://$2/"
+}
+
+# measure_extras path host:port host-header oha-url: the phases of $EXTRAS.
+#   body: HTTP/1.1 POSTs of a 1 MiB body at max rate (oha), bytes/s;
+#   idle: for each N in $IDLE_COUNTS, N idle keep-alive connections held
+#         (bench/idle_conns.py: one request each, then quiet) while oha runs
+#         at the fixed rate; RSS per held connection and p99 with them held.
+measure_extras() {
+    local path=$1 addr=$2 host=$3 oha_url=$4 n entry
+    local oha=(oha --no-tui --output-format json -w -z "${DURATION}s" -c "$OHA_CONNS" "${OHA_EXTRA[@]}")
+    if [[ " $EXTRAS " == *" body "* ]]; then
+        [[ -f "$WORK/1mib.bin" ]] || head -c 1048576 /dev/urandom >"$WORK/1mib.bin"
+        run_load "$path" http1-post-1mib max oha "${oha[@]}" -m POST -D "$WORK/1mib.bin" \
+            -T application/octet-stream "$oha_url"
+    fi
+    [[ " $EXTRAS " == *" idle "* ]] || return 0
+    for n in $IDLE_COUNTS; do
+        local ready="$WORK/$path-idle$n.ready" mem="$WORK/$path-idle$n.mem" i
+        local -A before=() held=()
+        for entry in $MON; do before[$entry]=$(status_kb "${entry#*:}" VmRSS); done
+        start_bg "$path-idle$n" python3 "$BENCH_DIR/idle_conns.py" --addr "$addr" --host "$host" \
+            --count "$n" --ready-file "$ready" --hold $((DURATION + 180))
+        local hpid=$LAST_PID
+        for ((i = 0; i < 1200; i++)); do
+            [[ -s "$ready" ]] && break
+            sleep 0.1
+        done
+        [[ -s "$ready" ]] || { log "$path: $n idle connections not opened within 120 s"; stop_started "$hpid"; continue; }
+        sleep 1
+        for entry in $MON; do held[$entry]=$(status_kb "${entry#*:}" VmRSS); done
+        log "$path: holding $(cat "$ready") idle connections"
+        run_load "$path" "http1-idle$n" rate oha "${oha[@]}" -q "$RATE" --latency-correction "$oha_url"
+        : >"$mem"
+        for entry in $MON; do
+            printf '%s %s %s %s %s\n' "${entry%%:*}" "$n" "${before[$entry]}" "${held[$entry]}" \
+                "$(status_kb "${entry#*:}" VmRSS)" >>"$mem"
+        done
+        printf 'held %s\n' "$(cat "$ready")" >>"$mem"
+        stop_started "$hpid"
+        sleep 1
+    done
 }
 
 # ---------------------------------------------------------------- the system under test
@@ -312,6 +375,7 @@ outboundListen: 127.0.0.1:$b_out
 adminListen: 127.0.0.1:$b_admin
 appPorts: [$BACKEND_PORT]
 shutdownGrace: 2s
+maxConnections: 30000
 EOF
     cat >"$d/proxy-a.yaml" <<EOF
 outboundListen: 127.0.0.1:$a_out
@@ -319,6 +383,7 @@ inboundListen: 127.0.0.1:$a_in
 adminListen: 127.0.0.1:$a_admin
 endpointsFile: $d/endpoints.yaml
 shutdownGrace: 2s
+maxConnections: 30000
 EOF
     start_proxy weft-proxy-b "$d/proxy-b.yaml"
     local pid_b=$LAST_PID
@@ -340,14 +405,26 @@ EOF
 # certificates; A -> B is mTLS (TLS 1.3, ALPN h2, client certificate), A checks
 # that B presents the SPIFFE ID discovery promised, B learns A's.
 path_weft_mtls() {
-    local a_out a_in a_admin b_out b_in b_admin cp_grpc cp_admin d="$WORK/weft-mtls"
+    local a_out a_in a_admin b_out b_in b_admin cp_grpc cp_admin a_tcp d="$WORK/weft-mtls"
     mkdir -p "$d/mesh"
-    read -r a_out a_in a_admin b_out b_in b_admin cp_grpc cp_admin < <(free_ports 8)
+    read -r a_out a_in a_admin b_out b_in b_admin cp_grpc cp_admin a_tcp < <(free_ports 9)
+    # bench-tcp: the same backend with its port declared tcp, for the tunnel
+    # phase (A's upstream listener on $a_tcp carries it as opaque TCP).
     cat >"$d/mesh/bench.yaml" <<EOF
 apiVersion: weft.dev/v1alpha1
 kind: MeshService
 metadata: {name: bench, namespace: bench}
 spec:
+  endpoints:
+    - address: 127.0.0.1:$BACKEND_PORT
+      proxy: 127.0.0.1:$b_in
+---
+apiVersion: weft.dev/v1alpha1
+kind: MeshService
+metadata: {name: bench-tcp, namespace: bench}
+spec:
+  serviceAccount: bench
+  ports: [{port: 80, targetPort: $BACKEND_PORT, protocol: tcp}]
   endpoints:
     - address: 127.0.0.1:$BACKEND_PORT
       proxy: 127.0.0.1:$b_in
@@ -374,6 +451,7 @@ namespace: bench
 workload: bench
 identityTokenFile: $d/b.token
 shutdownGrace: 2s
+maxConnections: 30000
 EOF
     cat >"$d/proxy-a.yaml" <<EOF
 outboundListen: 127.0.0.1:$a_out
@@ -385,6 +463,8 @@ namespace: bench
 serviceAccount: client
 identityTokenFile: $d/a.token
 shutdownGrace: 2s
+maxConnections: 30000
+upstreams: [{listen: "127.0.0.1:$a_tcp", service: bench-tcp.bench, port: 80}]
 EOF
     start_proxy weft-mtls-proxy-b "$d/proxy-b.yaml"
     local pid_b=$LAST_PID
@@ -400,6 +480,8 @@ EOF
         | grep -q 'connection_security_policy="mutual_tls"' \
         || die "weft_mtls: B did not see an mTLS request from A's identity"
     measure_path weft_mtls "http://127.0.0.1:$a_out/" "http://bench/" bench
+    check_request "weft mTLS opaque tunnel" "http://127.0.0.1:$a_tcp/"
+    measure_tunnels weft_mtls "127.0.0.1:$a_tcp"
     scrape_admin "127.0.0.1:$a_admin" weft-mtls-proxy-a
     scrape_admin "127.0.0.1:$b_admin" weft-mtls-proxy-b
     stop_started "$pid_a" "$pid_b" "$pid_cp"
@@ -460,6 +542,7 @@ namespace: bench
 workload: bench
 identityTokenFile: $d/b.token
 shutdownGrace: 2s
+maxConnections: 30000
 EOF
     cat >"$d/gateway.yaml" <<EOF
 adminListen: 127.0.0.1:$gw_admin
@@ -469,6 +552,7 @@ namespace: bench
 serviceAccount: gateway
 identityTokenFile: $d/gw.token
 shutdownGrace: 2s
+maxConnections: 30000
 gateway: {name: web, listenIp: 127.0.0.1}
 EOF
     start_proxy weft-gw-proxy-b "$d/proxy-b.yaml"
@@ -669,15 +753,16 @@ path_envoy() {
 # backend with keep-alive. HAProxy cannot match a URI SAN, so unlike the
 # Envoy and Weft rows the peer's SPIFFE ID is not checked, only its chain.
 # Logs are off.
-haproxy_config() { # listen-spec server-spec
+haproxy_config() { # listen-spec server-spec [tcp-listen-spec tcp-server-spec]
     cat <<EOF
 global
     nbthread 1
-    maxconn 8000
+    maxconn 9980
     ssl-default-bind-options ssl-min-ver TLSv1.3
     ssl-default-server-options ssl-min-ver TLSv1.3
 defaults
     mode http
+    maxconn 9980
     timeout connect 3s
     timeout client 60s
     timeout server 60s
@@ -688,20 +773,34 @@ frontend in
 backend out
     server s1 $2
 EOF
+    [[ -n "${3:-}" ]] || return 0
+    cat <<EOF
+frontend tcp_in
+    mode tcp
+    bind $3
+    default_backend tcp_out
+backend tcp_out
+    mode tcp
+    server t1 $4
+EOF
 }
 
 path_haproxy() {
     command -v haproxy >/dev/null || die "haproxy is not installed (apt-get install haproxy)"
-    local a_out b_in d="$WORK/haproxy" code seen
+    local a_out b_in a_tcp b_tcp d="$WORK/haproxy" code seen
     mkdir -p "$d/certs"
     make_certs "$d/certs"
     cat "$d/certs/server.crt" "$d/certs/server.key" >"$d/certs/server.pem"
     cat "$d/certs/client.crt" "$d/certs/client.key" >"$d/certs/client.pem"
-    read -r a_out b_in < <(free_ports 2)
+    read -r a_out b_in a_tcp b_tcp < <(free_ports 4)
     haproxy_config "127.0.0.1:$b_in ssl crt $d/certs/server.pem ca-file $d/certs/ca.crt verify required alpn h2" \
+        "127.0.0.1:$BACKEND_PORT" \
+        "127.0.0.1:$b_tcp ssl crt $d/certs/server.pem ca-file $d/certs/ca.crt verify required" \
         "127.0.0.1:$BACKEND_PORT" >"$d/haproxy-b.cfg"
     haproxy_config "127.0.0.1:$a_out" \
-        "127.0.0.1:$b_in ssl crt $d/certs/client.pem ca-file $d/certs/ca.crt verify required alpn h2" >"$d/haproxy-a.cfg"
+        "127.0.0.1:$b_in ssl crt $d/certs/client.pem ca-file $d/certs/ca.crt verify required alpn h2" \
+        "127.0.0.1:$a_tcp" \
+        "127.0.0.1:$b_tcp ssl crt $d/certs/client.pem ca-file $d/certs/ca.crt verify required" >"$d/haproxy-a.cfg"
     haproxy -c -f "$d/haproxy-b.cfg" >"$WORK/haproxy-check.log" 2>&1 || die "haproxy B config invalid: $(tail -3 "$WORK/haproxy-check.log")"
     haproxy -c -f "$d/haproxy-a.cfg" >>"$WORK/haproxy-check.log" 2>&1 || die "haproxy A config invalid: $(tail -3 "$WORK/haproxy-check.log")"
     start_bg haproxy-b haproxy -db -f "$d/haproxy-b.cfg"
@@ -722,6 +821,8 @@ path_haproxy() {
     [[ "$seen" == 2 ]] || die "haproxy B did not answer HTTP/2 over TLS 1.3 with the client certificate (got '$seen')"
     log "sanity: haproxy B is mTLS (TLS 1.3, ALPN h2, client certificate required)"
     measure_path haproxy "http://127.0.0.1:$a_out/" "http://bench/" bench
+    check_request "haproxy opaque tunnel" "http://127.0.0.1:$a_tcp/"
+    measure_tunnels haproxy "127.0.0.1:$a_tcp"
     stop_started "$pid_a" "$pid_b"
     OHA_EXTRA=()
 }
@@ -736,6 +837,12 @@ git_rev() {
 
 main() {
     ensure_tools
+    # 10,000 idle connections through a pair need that many descriptors in
+    # the holder and in A (weft's cap is raised to 30,000 in its configs, so
+    # the idle phase measures memory, not the cap). HAProxy reserves two
+    # descriptors per connection: its maxconn is 9,980, what a hard limit of
+    # 20,000 (this machine's container) allows.
+    ulimit -n 65536 2>/dev/null || log "WARNING: cannot raise the descriptor limit to 65536 ($(ulimit -n)); the idle phases may fail"
     if [[ "$SKIP_BUILD" != 1 ]]; then
         log "cargo build --release $BUILD_ARGS"
         # shellcheck disable=SC2086 # BUILD_ARGS is a list of words
