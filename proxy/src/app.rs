@@ -459,12 +459,17 @@ where
         }
     };
     init_logging(config.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.worker_threads)
-        .thread_name("weft-proxy")
-        .enable_all()
-        .build()
-    {
+    // One worker: a current-thread runtime, where every task runs on the
+    // main thread without the work-stealing scheduler's cross-thread
+    // wake-ups (docs/performance.md measures it). More: multi-threaded.
+    let mut builder = if config.worker_threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(config.worker_threads);
+        b
+    };
+    let runtime = match builder.thread_name("weft-proxy").enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("weft-proxy: cannot start the runtime: {e}");
