@@ -30,6 +30,11 @@ pub enum ProxyError {
     /// `Transfer-Encoding`: a smuggling input the edge gateway refuses.
     #[error("the request has both Content-Length and Transfer-Encoding")]
     AmbiguousFraming,
+    /// On the edge gateway's TLS port, the request's host is served by
+    /// another listener than the one the handshake's SNI chose: 421, so
+    /// the client opens a connection for that host (RFC 9110 §15.5.20).
+    #[error("{0} is not served on this connection (TLS server name {1})")]
+    Misdirected(String, String),
     /// The service requires mTLS (TrafficPolicy `mtls: required`) and
     /// none of its endpoints is meshed.
     #[error("{0} requires mTLS and has no meshed endpoint")]
@@ -135,6 +140,7 @@ impl ProxyError {
         match self {
             ProxyError::NoAuthority => "no-authority",
             ProxyError::AmbiguousFraming => "ambiguous-framing",
+            ProxyError::Misdirected(..) => "misdirected",
             ProxyError::NoEndpoints(_) => "no-endpoints",
             ProxyError::NotMeshed(_) => "not-meshed",
             ProxyError::DiscoveryUnavailable(_) => "discovery-unavailable",
@@ -162,6 +168,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoAuthority | ProxyError::AmbiguousFraming => StatusCode::BAD_REQUEST,
+            ProxyError::Misdirected(..) => StatusCode::MISDIRECTED_REQUEST,
             ProxyError::NoEndpoints(_) | ProxyError::NotMeshed(_) | ProxyError::DiscoveryUnavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }

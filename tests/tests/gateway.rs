@@ -310,6 +310,19 @@ async fn tls_by_sni_routes_by_host_and_nothing_else_is_reachable() {
         wrong_ca.code, 0,
         "a.example.test must not be served b's certificate"
     );
+    // A host another listener serves, on a connection whose handshake
+    // chose a's listener (SNI a.example.test): 421, not fronted.
+    let fronted = bed.https(
+        "a.example.test",
+        &ca_a,
+        &["-H", "Host: b.example.test", "--http1.1"],
+    );
+    assert_eq!(fronted.status, 421, "{}", fronted.headers);
+    assert!(
+        fronted.headers.contains("weft-error: misdirected"),
+        "{}",
+        fronted.headers
+    );
     // The wildcard listener's certificate for b; its route needs /b.
     let b = bed.https("b.example.test", &ca_b, &[]);
     assert_eq!(

@@ -245,6 +245,17 @@ pub struct Entry {
     pub client: IpAddr,
 }
 
+/// How a request entered the gateway.
+struct Entered {
+    app: AppProtocol,
+    port: u16,
+    client: IpAddr,
+    /// On a TLS port, the server name of the handshake (SNI), if any.
+    sni: Option<Option<Arc<str>>>,
+    /// Its HTTP/1.1 head had both Content-Length and Transfer-Encoding.
+    ambiguous: bool,
+}
+
 /// The request ID header the gateway sets on every request.
 pub const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
@@ -369,7 +380,7 @@ impl Gateway {
                 Ok((protocol, io)) => match protocol.http() {
                     Some(app) => {
                         guard.detected(app.into());
-                        self.serve(io, app, port, peer).await;
+                        self.serve(io, app, port, peer, None).await;
                     }
                     None => {
                         guard.detected(Detected::Opaque);
@@ -397,7 +408,8 @@ impl Gateway {
             AppProtocol::Http1
         };
         guard.detected(app.into());
-        self.serve(io, app, port, peer).await;
+        let sni: Option<Arc<str>> = io.get_ref().1.server_name().map(Arc::from);
+        self.serve(io, app, port, peer, Some(sni)).await;
     }
 
     fn tls_config(&self, port: u16) -> Arc<rustls::ServerConfig> {
@@ -416,8 +428,16 @@ impl Gateway {
         Arc::new(c)
     }
 
-    async fn serve<I>(self: Arc<Self>, io: I, app: AppProtocol, port: u16, peer: SocketAddr)
-    where
+    /// Serves HTTP on an accepted connection. `tls`: on a TLS port, the
+    /// server name the client sent (SNI), if any.
+    async fn serve<I>(
+        self: Arc<Self>,
+        io: I,
+        app: AppProtocol,
+        port: u16,
+        peer: SocketAddr,
+        tls: Option<Option<Arc<str>>>,
+    ) where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let this = self.clone();
@@ -427,7 +447,14 @@ impl Gateway {
             // HTTP/2 has no Content-Length/Transfer-Encoding ambiguity
             // (the h2 crate refuses Transfer-Encoding).
             let ambiguous = app == AppProtocol::Http1 && framing.next_is_ambiguous();
-            this.clone().request(req, app, port, peer.ip(), ambiguous)
+            let entered = Entered {
+                app,
+                port,
+                client: peer.ip(),
+                sni: tls.clone(),
+                ambiguous,
+            };
+            this.clone().request(req, entered)
         };
         let (limits, drain) = (&self.limits, &self.outbound.drain);
         match app {
@@ -441,43 +468,49 @@ impl Gateway {
 
     /// One request from outside: to the listener for its host, then
     /// through the outbound stages; nothing else is reachable.
-    async fn request(
-        self: Arc<Self>,
-        mut req: Request<Incoming>,
-        app: AppProtocol,
-        port: u16,
-        client: IpAddr,
-        ambiguous: bool,
-    ) -> Response<Body> {
+    async fn request(self: Arc<Self>, mut req: Request<Incoming>, entered: Entered) -> Response<Body> {
         // A request ID of the gateway's own, replacing any the client sent
         // (outside clients do not pick the IDs the mesh's logs join on),
         // and handed back on the response for reports.
         let id = request_id();
         req.headers_mut().insert(X_REQUEST_ID, id.clone());
-        let mut rsp = self.route(req, app, port, client, ambiguous).await;
+        let mut rsp = self.route(req, entered).await;
         rsp.headers_mut().entry(X_REQUEST_ID).or_insert(id);
         rsp
     }
 
-    async fn route(
-        self: Arc<Self>,
-        req: Request<Incoming>,
-        app: AppProtocol,
-        port: u16,
-        client: IpAddr,
-        ambiguous: bool,
-    ) -> Response<Body> {
+    async fn route(self: Arc<Self>, req: Request<Incoming>, entered: Entered) -> Response<Body> {
+        let Entered {
+            app,
+            port,
+            client,
+            sni,
+            ambiguous,
+        } = entered;
         let authority = crate::http::authority(&req);
         let host = authority.as_ref().map(|a| a.host().to_string());
-        let listener = self
-            .config
-            .borrow()
-            .ports
-            .get(&port)
-            .and_then(|p| p.listener_for(host.as_deref()).cloned());
+        let (listener, by_sni) = {
+            let config = self.config.borrow();
+            let port = config.ports.get(&port);
+            let listener = port.and_then(|p| p.listener_for(host.as_deref()).cloned());
+            let by_sni = sni
+                .as_ref()
+                .map(|name| port.and_then(|p| p.listener_for(name.as_deref()).cloned()));
+            (listener, by_sni)
+        };
+        // The host must be one the handshake's listener serves: no fronting
+        // one listener's name with another's certificate.
+        let misdirected = match (&by_sni, &listener) {
+            (Some(by_sni), Some(l)) => !by_sni.as_ref().is_some_and(|s| Arc::ptr_eq(s, l)),
+            _ => false,
+        };
         let refused = match &listener {
             _ if ambiguous => Some(ProxyError::AmbiguousFraming),
             None => Some(ProxyError::NoRoute(host.unwrap_or_default())),
+            Some(_) if misdirected => Some(ProxyError::Misdirected(
+                host.unwrap_or_default(),
+                sni.flatten().map_or_else(|| "none".into(), |s| s.to_string()),
+            )),
             // A listener no route attaches to serves nothing (its routes
             // are empty, which for a mesh destination would mean "call
             // it").
