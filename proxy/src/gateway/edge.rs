@@ -94,10 +94,17 @@ impl Edge {
         &self.policy.source
     }
 
-    /// Checks one request from `client`: its token (forwarding the
-    /// configured claims as headers, after removing any a client sent),
-    /// then its rate limit.
+    /// Checks one request from `client`: a per-client-IP rate limit, its
+    /// token (forwarding the configured claims as headers, after removing
+    /// any a client sent), then a per-claim rate limit.
     pub async fn check(&self, headers: &mut HeaderMap, client: IpAddr) -> Result<(), ProxyError> {
+        // A per-client-IP limit comes first: every request counts, so a
+        // client sending bad tokens is limited before the gateway spends
+        // a signature check on each. A per-claim limit needs the
+        // verified token, so it comes after.
+        if self.limit_claim.is_none() {
+            self.limit(&client.to_string())?;
+        }
         let mut claims = None;
         if let Some(jwt) = &self.jwt {
             jwt.strip(headers);
@@ -112,24 +119,28 @@ impl Edge {
             verified.forward(headers);
             claims = Some(verified);
         }
-        if let Some(limit) = &self.limit {
-            let key = match &self.limit_claim {
-                // Tokens without the claim share one bucket.
-                Some(name) => claims.as_ref().and_then(|c| c.get(name)).unwrap_or_default(),
-                None => client.to_string(),
-            };
-            limit
-                .check(Some(&key), Instant::now())
-                .map_err(|l| ProxyError::RateLimited {
-                    scope: if self.limit_claim.is_some() {
-                        "claim"
-                    } else {
-                        "client-ip"
-                    },
-                    retry_after: l.retry_after,
-                })?;
+        if let Some(name) = &self.limit_claim {
+            // Tokens without the claim share one bucket.
+            let key = claims.as_ref().and_then(|c| c.get(name)).unwrap_or_default();
+            self.limit(&key)?;
         }
         Ok(())
+    }
+
+    fn limit(&self, key: &str) -> Result<(), ProxyError> {
+        let Some(limit) = &self.limit else {
+            return Ok(());
+        };
+        limit
+            .check(Some(key), Instant::now())
+            .map_err(|l| ProxyError::RateLimited {
+                scope: if self.limit_claim.is_some() {
+                    "claim"
+                } else {
+                    "client-ip"
+                },
+                retry_after: l.retry_after,
+            })
     }
 }
 
@@ -151,5 +162,51 @@ impl std::fmt::Debug for Edge {
 impl Serialize for Edge {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&self.policy.source)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(claim: &str) -> api::EdgePolicy {
+        api::EdgePolicy {
+            source: "shop/p".into(),
+            jwt: Some(api::Jwt {
+                issuer: "https://issuer.example".into(),
+                jwks_file: "/nonexistent/jwks.json".into(),
+                ..Default::default()
+            }),
+            rate_limit: Some(api::EdgeRateLimit {
+                requests_per_second: 0.001,
+                burst: 2,
+                claim: claim.into(),
+            }),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_client_ip_limit_counts_requests_refused_for_their_token() {
+        let edge = Edge::new(&policy(""));
+        let client: IpAddr = [192, 0, 2, 7].into();
+        let mut reasons = Vec::new();
+        for _ in 0..3 {
+            let refused = edge.check(&mut HeaderMap::new(), client).await.unwrap_err();
+            reasons.push(refused.reason());
+        }
+        assert_eq!(reasons[2], "rate-limited", "{reasons:?}");
+        assert!(reasons[..2].iter().all(|r| *r != "rate-limited"), "{reasons:?}");
+        // Another client has its own bucket.
+        let other = edge.check(&mut HeaderMap::new(), [192, 0, 2, 8].into()).await;
+        assert_ne!(other.unwrap_err().reason(), "rate-limited");
+    }
+
+    #[tokio::test]
+    async fn a_claim_limit_needs_a_verified_token_first() {
+        let edge = Edge::new(&policy("sub"));
+        for _ in 0..3 {
+            let refused = edge.check(&mut HeaderMap::new(), [192, 0, 2, 7].into()).await;
+            assert_ne!(refused.unwrap_err().reason(), "rate-limited");
+        }
     }
 }
