@@ -593,14 +593,17 @@ impl Metrics {
     /// Counts one accepted connection; the guard counts its close and bytes.
     pub fn connection(&self, direction: Direction) -> ConnectionGuard {
         let labels = DirectionLabels { direction };
-        self.tcp_open.get_or_create(&labels).inc();
+        let open = self.tcp_open.get_or_create(&labels).clone();
+        open.inc();
         let bytes = Arc::new(crate::io::ByteCounts {
             read_total: self.tcp_read_bytes.get_or_create(&labels).clone(),
             written_total: self.tcp_written_bytes.get_or_create(&labels).clone(),
             ..Default::default()
         });
         ConnectionGuard {
-            metrics: self.clone(),
+            open,
+            opened_total: self.tcp_opened.clone(),
+            closed_total: self.tcp_closed.clone(),
             direction,
             protocol: Detected::Undetected,
             bytes,
@@ -612,7 +615,11 @@ impl Metrics {
 /// Tracks one connection from accept to close.
 #[derive(Debug)]
 pub struct ConnectionGuard {
-    metrics: Metrics,
+    /// The three series it moves (not a clone of every family: this lives
+    /// as long as the connection, in every connection's task).
+    open: Gauge,
+    opened_total: Family<ProtocolLabels, Counter>,
+    closed_total: Family<ProtocolLabels, Counter>,
     direction: Direction,
     protocol: Detected,
     /// Bytes of the connection, counted by [`crate::io::Metered`].
@@ -623,8 +630,7 @@ pub struct ConnectionGuard {
 impl ConnectionGuard {
     pub fn detected(&mut self, protocol: Detected) {
         self.protocol = protocol;
-        self.metrics
-            .tcp_opened
+        self.opened_total
             .get_or_create(&ProtocolLabels {
                 direction: self.direction,
                 protocol,
@@ -639,13 +645,10 @@ impl ConnectionGuard {
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
-        let direction = self.direction;
-        let labels = DirectionLabels { direction };
-        self.metrics.tcp_open.get_or_create(&labels).dec();
-        self.metrics
-            .tcp_closed
+        self.open.dec();
+        self.closed_total
             .get_or_create(&ProtocolLabels {
-                direction,
+                direction: self.direction,
                 protocol: self.protocol,
             })
             .inc();
