@@ -305,6 +305,9 @@ impl Proxy {
         let discover = self.discover.clone();
         let dump_config = config.clone();
         let dump_policies = policies.clone();
+        // Set once the gateway (if this proxy is one) starts, below.
+        let served_gateway: Arc<std::sync::OnceLock<crate::gateway::Served>> = Arc::default();
+        let dump_gateway = served_gateway.clone();
         let app_metrics_errors = prometheus_client::metrics::counter::Counter::default();
         let app_metrics = config.app_metrics_port.map(|port| {
             registry.register(
@@ -323,11 +326,15 @@ impl Proxy {
             ready: ready.clone(),
             registry: Arc::new(registry),
             config: Box::new(move || {
-                serde_json::json!({
+                let mut dump = serde_json::json!({
                     "config": &*dump_config,
                     "endpoints": discover.dump(),
                     "inboundPolicy": dump_policies.dump(),
-                })
+                });
+                if let Some(gateway) = dump_gateway.get() {
+                    dump["gateway"] = gateway.borrow().dump();
+                }
+                dump
             }),
             shutdown: shutdown_requested.clone(),
         });
@@ -371,13 +378,15 @@ impl Proxy {
             (Some(settings), Some(control)) => {
                 let configs =
                     crate::control::gateway::watch_gateway(control, &config.namespace, &settings.name);
-                Some(crate::gateway::Gateway::spawn(
+                let (ready, served) = crate::gateway::Gateway::spawn(
                     outbound.clone(),
                     settings.clone(),
                     config.namespace.clone(),
                     limits(Direction::Gateway),
                     configs,
-                ))
+                );
+                let _ = served_gateway.set(served);
+                Some(ready)
             }
             _ => {
                 tokio::spawn(outbound.serve(self.outbound));

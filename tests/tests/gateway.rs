@@ -372,6 +372,26 @@ async fn tls_by_sni_routes_by_host_and_nothing_else_is_reachable() {
         metrics.contains("direction=\"gateway\"") && metrics.contains("route=\"shop/site/0\""),
         "{metrics}"
     );
+    // /config shows the listeners served, with their routes.
+    let (_, config) = admin_get(bed.gateway.addrs.admin, "/config").await;
+    let config: serde_json::Value = serde_json::from_str(&config).unwrap();
+    let ports = config["gateway"]["ports"].as_array().expect("a gateway section");
+    let https = ports
+        .iter()
+        .find(|p| p["port"] == bed.https)
+        .unwrap_or_else(|| panic!("{config}"));
+    assert_eq!(https["tls"], true, "{https}");
+    let names: Vec<&str> = https["listeners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l["name"].as_str())
+        .collect();
+    assert_eq!(names, ["a", "b"], "{https}");
+    assert_eq!(
+        https["listeners"][0]["routes"][0]["name"], "shop/site/0",
+        "{https}"
+    );
     let gateway = |labels: &[(&str, &str)]| series_sum(&metrics, "weft_gateway_requests_total", labels);
     for (labels, want) in [
         (

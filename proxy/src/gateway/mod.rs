@@ -228,6 +228,32 @@ impl Snapshot {
         }
     }
 
+    /// What `/config` shows of the Gateway served: per port, each
+    /// listener with its hostname, certificates, policy and routes.
+    pub fn dump(&self) -> serde_json::Value {
+        let ports: Vec<serde_json::Value> = self
+            .ports
+            .iter()
+            .map(|(port, p)| {
+                let listeners: Vec<serde_json::Value> = p
+                    .listeners
+                    .iter()
+                    .map(|l| {
+                        serde_json::json!({
+                            "name": l.name,
+                            "hostname": l.hostname,
+                            "certificates": l.certificates,
+                            "policy": l.policy.as_deref(),
+                            "routes": &*l.dest.routes,
+                        })
+                    })
+                    .collect();
+                serde_json::json!({"port": port, "tls": p.tls, "listeners": listeners})
+            })
+            .collect();
+        serde_json::json!({"found": self.found, "ports": ports})
+    }
+
     /// Every TLS Secret a listener names.
     pub fn certificates(&self) -> impl Iterator<Item = &str> {
         self.ports
@@ -244,6 +270,9 @@ pub struct Entry {
     pub listener: Arc<GatewayListener>,
     pub client: IpAddr,
 }
+
+/// The Gateway's configuration as served, live.
+pub type Served = watch::Receiver<Arc<Snapshot>>;
 
 /// How a request entered the gateway.
 struct Entered {
@@ -279,15 +308,16 @@ pub struct Gateway {
 const REBIND_EVERY: Duration = Duration::from_secs(5);
 
 impl Gateway {
-    /// Starts serving what `configs` says. `ready` turns true once the
-    /// first configuration is served (every port bound).
+    /// Starts serving what `configs` says. Returns `ready`, which turns
+    /// true once the first configuration is served (every port bound),
+    /// and the configuration as served.
     pub fn spawn(
         outbound: Arc<Outbound>,
         settings: GatewaySettings,
         namespace: String,
         limits: Limits,
         mut configs: watch::Receiver<Option<Arc<api::GatewayConfig>>>,
-    ) -> watch::Receiver<bool> {
+    ) -> (watch::Receiver<bool>, Served) {
         let (snapshots, config) = watch::channel(Arc::new(Snapshot::default()));
         let name = settings.name.clone();
         tokio::spawn(async move {
@@ -313,9 +343,10 @@ impl Gateway {
             config,
             certs,
         });
+        let served = gateway.config.clone();
         let (ready_tx, ready) = watch::channel(false);
         tokio::spawn(gateway.bind_ports(ready_tx));
-        ready
+        (ready, served)
     }
 
     /// Keeps one accept loop per listener port of the current
