@@ -425,7 +425,7 @@ impl Gateway {
         let acceptor = TlsAcceptor::from(self.tls_config(port));
         let accepted = tokio::time::timeout(
             self.outbound.detect_timeout.max(Duration::from_secs(10)),
-            acceptor.accept(stream),
+            Box::pin(acceptor.accept(stream)),
         )
         .await;
         let io = match accepted {
@@ -440,7 +440,10 @@ impl Gateway {
         };
         guard.detected(app.into());
         let sni: Option<Arc<str>> = io.get_ref().1.server_name().map(Arc::from);
-        self.serve(io, app, port, peer, Some(sni)).await;
+        // Boxed: a TLS connection's state (rustls, and hyper over it) is
+        // several KiB, and unboxed it would size every connection's task,
+        // plain ones included.
+        Box::pin(self.serve(io, app, port, peer, Some(sni))).await;
     }
 
     fn tls_config(&self, port: u16) -> Arc<rustls::ServerConfig> {

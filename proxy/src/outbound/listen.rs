@@ -44,9 +44,11 @@ impl Outbound {
         let orig_dst = crate::orig_dst::original_dst(stream.get_ref());
         let mut guard = self.telemetry.connection(Direction::Outbound, peer);
         if let Some(dst) = orig_dst.filter(|d| self.interception.is_opaque_port(d.port())) {
-            // Server-speaks-first: nothing to detect.
+            // Server-speaks-first: nothing to detect. (The forwarding is
+            // boxed here and below: its state, an mTLS connection, would
+            // otherwise size every connection's task, HTTP ones included.)
             let io = guard.meter(stream);
-            return self.forward(io, dst, guard).await;
+            return Box::pin(self.forward(io, dst, guard)).await;
         }
         let (protocol, io) = match detect(guard.meter(stream), self.detect_timeout).await {
             Ok(d) => d,
@@ -57,7 +59,7 @@ impl Outbound {
         };
         let Some(app) = protocol.http() else {
             if let Some(dst) = orig_dst {
-                return self.forward(io, dst, guard).await;
+                return Box::pin(self.forward(io, dst, guard)).await;
             }
             // Without the original destination (explicit mode) an opaque
             // connection names no target. Apps tunnel opaque bytes with
