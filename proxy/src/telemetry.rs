@@ -173,9 +173,11 @@ impl Observation {
                 .path_and_query()
                 .map_or_else(|| "/".into(), |p| p.to_string()),
             trace_id,
-            request_id: req
-                .headers()
-                .get("x-request-id")
+            // Only the access log reads it: no lookup per request without one.
+            request_id: telemetry
+                .access_log
+                .as_ref()
+                .and(req.headers().get("x-request-id"))
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string),
             request_bytes,
