@@ -31,6 +31,9 @@ SPIFFE_ID="spiffe://cluster.local/ns/bench/sa/bench"
 # Only the three binaries the benchmark runs (weft-control for the mTLS path), so an unrelated crate that does not
 # build yet cannot stop it; BENCH_BUILD_ARGS="--workspace" builds everything.
 BUILD_ARGS=${BENCH_BUILD_ARGS:-"-p weft-proxy -p weft -p weft-control"}
+# The cargo profile measured: `dist` (what the image ships: release with LTO and one codegen unit); `release` for
+# a quicker build that measures slower.
+PROFILE=${BENCH_PROFILE:-dist}
 
 if [[ -n "${CI:-}" && "${CI}" != "false" && "${BENCH_FORCE:-0}" != 1 ]]; then
     echo "bench/run.sh: CI is set; the benchmark does not run in CI (set BENCH_FORCE=1 to override)" >&2
@@ -322,9 +325,9 @@ measure_extras() {
 }
 
 # ---------------------------------------------------------------- the system under test
-WEFT="$ROOT/target/release/weft"
-WEFT_PROXY="$ROOT/target/release/weft-proxy"
-WEFT_CONTROL="$ROOT/target/release/weft-control"
+WEFT="$ROOT/target/$PROFILE/weft"
+WEFT_PROXY="$ROOT/target/$PROFILE/weft-proxy"
+WEFT_CONTROL="$ROOT/target/$PROFILE/weft-control"
 BACKEND_PORT=""
 BACKEND_PID=""
 
@@ -844,9 +847,9 @@ main() {
     # 20,000 (this machine's container) allows.
     ulimit -n 65536 2>/dev/null || log "WARNING: cannot raise the descriptor limit to 65536 ($(ulimit -n)); the idle phases may fail"
     if [[ "$SKIP_BUILD" != 1 ]]; then
-        log "cargo build --release $BUILD_ARGS"
+        log "cargo build --profile $PROFILE $BUILD_ARGS"
         # shellcheck disable=SC2086 # BUILD_ARGS is a list of words
-        (cd "$ROOT" && timeout "$BUILD_TIMEOUT" cargo build --release $BUILD_ARGS) || die "release build failed"
+        (cd "$ROOT" && timeout "$BUILD_TIMEOUT" cargo build --profile "$PROFILE" $BUILD_ARGS) || die "$PROFILE build failed"
     fi
     [[ -x "$WEFT" && -x "$WEFT_PROXY" ]] || die "missing $WEFT or $WEFT_PROXY"
 

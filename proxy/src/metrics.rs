@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::hash::Hash;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
@@ -340,6 +340,28 @@ impl<L: Clone + Hash + Eq> Tracked<L> {
     }
 }
 
+/// One request series resolved: its counter, the histograms of its
+/// latency labels, and when its count last moved (for expiry).
+#[derive(Debug)]
+struct RequestSeries {
+    requests: Counter,
+    latency: Histogram,
+    request_size: Histogram,
+    response_size: Histogram,
+    /// The count at the last expiry sweep, and since when it has been so.
+    last: u64,
+    since: Instant,
+}
+
+impl RequestSeries {
+    fn record(&self, latency: Duration, (request_bytes, response_bytes): (u64, u64)) {
+        self.requests.inc();
+        self.latency.observe(latency.as_secs_f64());
+        self.request_size.observe(request_bytes as f64);
+        self.response_size.observe(response_bytes as f64);
+    }
+}
+
 /// Every metric the proxy exports.
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -363,7 +385,9 @@ pub struct Metrics {
     tracked_streams: Arc<Tracked<StreamLabels>>,
     pub access_log_dropped: Counter,
     pub resilience: crate::resilience::metrics::ResilienceMetrics,
-    tracked_requests: Arc<Tracked<RequestLabels>>,
+    /// Every request series, resolved to its handles: a request costs one
+    /// lookup here, not one per family.
+    request_series: Arc<RwLock<HashMap<RequestLabels, RequestSeries>>>,
     /// Latency series created; each lives while a request series maps to it.
     latency_series: Arc<Mutex<std::collections::HashSet<LatencyLabels>>>,
 }
@@ -389,7 +413,7 @@ impl Default for Metrics {
             tracked_streams: Arc::default(),
             access_log_dropped: Counter::default(),
             resilience: Default::default(),
-            tracked_requests: Arc::default(),
+            request_series: Arc::default(),
             latency_series: Arc::default(),
         }
     }
@@ -491,47 +515,65 @@ impl Metrics {
     /// Records one finished request: its latency to the response headers
     /// and the bytes of its request and response bodies.
     pub fn request(&self, labels: RequestLabels, latency: Duration, sizes: (u64, u64)) {
+        // Recorded under the lock (read-shared), so an expiry sweep (which
+        // takes it exclusively) never removes a series between its lookup
+        // and its update.
+        if let Some(series) = self.request_series.read().expect("metrics lock").get(&labels) {
+            return series.record(latency, sizes);
+        }
+        let mut all = self.request_series.write().expect("metrics lock");
+        all.entry(labels)
+            .or_insert_with_key(|labels| self.resolve(labels))
+            .record(latency, sizes);
+    }
+
+    /// The handles of a new request series, creating its series (and its
+    /// latency series, if no other request series made them) in the
+    /// families.
+    fn resolve(&self, labels: &RequestLabels) -> RequestSeries {
         let latency_labels = labels.latency();
-        self.request_size
-            .get_or_create(&latency_labels)
-            .observe(sizes.0 as f64);
-        self.response_size
-            .get_or_create(&latency_labels)
-            .observe(sizes.1 as f64);
-        if self.latency.get(&latency_labels).is_none() {
-            self.latency_series
-                .lock()
-                .expect("metrics lock")
-                .insert(latency_labels.clone());
-        }
-        self.latency
-            .get_or_create(&latency_labels)
-            .observe(latency.as_secs_f64());
-        if self.requests.get(&labels).is_none() {
-            self.tracked_requests.add(&labels);
-        }
-        self.requests.get_or_create(&labels).inc();
+        let histogram = |f: &Family<LatencyLabels, Histogram, fn() -> Histogram>| {
+            f.get_or_create(&latency_labels).clone()
+        };
+        let series = RequestSeries {
+            requests: self.requests.get_or_create(labels).clone(),
+            latency: histogram(&self.latency),
+            request_size: histogram(&self.request_size),
+            response_size: histogram(&self.response_size),
+            last: 0,
+            since: Instant::now(),
+        };
+        self.latency_series
+            .lock()
+            .expect("metrics lock")
+            .insert(latency_labels);
+        series
     }
 
     /// Removes request series idle for `idle`, and latency series no
     /// request series maps to any more; returns how many went.
     pub fn expire_idle(&self, idle: Duration) -> usize {
-        let requests = &self.requests;
-        let mut removed = self.tracked_requests.expire(
-            idle,
-            |l| Some(requests.get(l).map_or(0, |c| c.get())),
-            |l| {
-                requests.remove(l);
-            },
-        );
-        let live: std::collections::HashSet<LatencyLabels> = self
-            .tracked_requests
-            .series
-            .lock()
-            .expect("metrics lock")
-            .keys()
-            .map(RequestLabels::latency)
-            .collect();
+        // Held to the end: no request series is resolved (and no latency
+        // series created) while the live ones are being worked out.
+        let mut requests = self.request_series.write().expect("metrics lock");
+        let now = Instant::now();
+        let before = requests.len();
+        requests.retain(|labels, series| {
+            let v = series.requests.get();
+            if v != series.last {
+                series.last = v;
+                series.since = now;
+                true
+            } else if now.duration_since(series.since) >= idle {
+                self.requests.remove(labels);
+                false
+            } else {
+                true
+            }
+        });
+        let mut removed = before - requests.len();
+        let live: std::collections::HashSet<LatencyLabels> =
+            requests.keys().map(RequestLabels::latency).collect();
         let (opened, closed) = (&self.streams_opened, &self.streams_closed);
         removed += self.tracked_streams.expire(
             idle,
@@ -726,6 +768,48 @@ mod tests {
             m.requests.get(&labels("busy")).is_some(),
             "moved since the last sweep"
         );
+    }
+
+    /// A request series is resolved to its handles once; they must stay
+    /// the exported series', also after the series expired and came back.
+    #[test]
+    fn resolved_series_stay_the_exported_ones_across_expiry() {
+        let m = Metrics::default();
+        let mut r = Registry::default();
+        m.register(&mut r);
+        let latency_count = |text: &str| {
+            text.lines()
+                .find(|l| l.starts_with("weft_response_latency_seconds_count{") && l.contains("\"back\""))
+                .map(|l| l.rsplit(' ').next().unwrap_or_default().to_string())
+        };
+        for _ in 0..3 {
+            m.request(labels("back"), Duration::from_millis(1), (0, 2));
+        }
+        assert_eq!(m.requests.get(&labels("back")).map(|c| c.get()), Some(3));
+        assert_eq!(latency_count(&render(&r)).as_deref(), Some("3"));
+        m.expire_idle(Duration::ZERO);
+        m.expire_idle(Duration::ZERO);
+        assert!(m.requests.get(&labels("back")).is_none(), "idle: expired");
+        assert_eq!(
+            latency_count(&render(&r)),
+            None,
+            "its latency series went with it"
+        );
+        m.request(labels("back"), Duration::from_millis(1), (0, 2));
+        assert_eq!(
+            m.requests.get(&labels("back")).map(|c| c.get()),
+            Some(1),
+            "a new series, counted from one, not the expired handle"
+        );
+        assert_eq!(latency_count(&render(&r)).as_deref(), Some("1"));
+        // Another status is another series with its own counter, sharing
+        // the latency series (codes are not latency labels).
+        let mut failed = labels("back");
+        failed.response_code = 503;
+        m.request(failed.clone(), Duration::from_millis(1), (0, 2));
+        assert_eq!(m.requests.get(&failed).map(|c| c.get()), Some(1));
+        assert_eq!(m.requests.get(&labels("back")).map(|c| c.get()), Some(1));
+        assert_eq!(latency_count(&render(&r)).as_deref(), Some("2"));
     }
 
     #[test]

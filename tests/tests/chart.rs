@@ -383,7 +383,7 @@ fn the_image_the_control_plane_and_the_gateway_run_as_the_proxy_uid() {
     );
     for bin in ["weft", "weft-proxy", "weft-control"] {
         assert!(
-            dockerfile.contains(&format!("target/release/{bin} ")),
+            dockerfile.contains(&format!("target/dist/{bin} ")),
             "the image holds {bin}"
         );
     }
