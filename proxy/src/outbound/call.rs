@@ -6,16 +6,21 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use futures_util::future::{Either, FutureExt};
 
 use http::uri::Authority;
 use http::{HeaderValue, Request, Response};
 use http_body_util::BodyExt;
+use pin_project_lite::pin_project;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use tokio::sync::OwnedSemaphorePermit;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use super::upstream::{dialled, Upstream};
 use super::verdict::{judge, NotDelivered, RequestBody, Retries, TryResult, Verdict};
@@ -75,30 +80,68 @@ impl Called {
 }
 
 /// Runs `f` until the deadline, if any.
-async fn within<F: Future>(deadline: Option<Deadline>, f: F) -> Result<F::Output, ProxyError> {
-    match deadline {
-        Some(d) => tokio::time::timeout_at(d.at, f)
-            .await
-            .map_err(|_| ProxyError::Timeout(d.after)),
-        None => Ok(f.await),
+fn within<F: Future>(
+    deadline: Option<Deadline>,
+    f: F,
+) -> impl Future<Output = Result<F::Output, ProxyError>> {
+    bounded(deadline.map(|d| (d.at, ProxyError::Timeout(d.after))), f)
+}
+
+/// Runs `f` until the limit's instant, if any; then fails with its error.
+///
+/// A plain function on purpose, as are [`CutProbe`] and the tries'
+/// futures built in one expression: an `async fn` (or a future kept in a
+/// local) that takes a future and awaits it keeps the argument and the
+/// awaited copy side by side in its state. Nested three deep, that made
+/// the outbound request's future 23 KiB, copied whole into its box for
+/// every request.
+fn bounded<F: Future, E>(limit: Option<(Instant, E)>, f: F) -> impl Future<Output = Result<F::Output, E>> {
+    match limit {
+        Some((at, late)) => Either::Left(tokio::time::timeout_at(at, f).map(|r| r.map_err(|_| late))),
+        None => Either::Right(f.map(Ok)),
     }
 }
 
-/// Runs a probe's try `f`, cut off at `cut`'s instant (`None`) if the
-/// body is still kept for another try then; otherwise to its end.
-async fn cut_probe<F: Future>(cut: Option<(Instant, ReplayBody)>, f: F) -> Option<F::Output> {
-    let Some((at, kept)) = cut else {
-        return Some(f.await);
-    };
-    tokio::pin!(f);
-    tokio::select! {
-        out = &mut f => return Some(out),
-        () = tokio::time::sleep_until(at) => {}
+pin_project! {
+    /// A probe's try `f`, cut off at the instant (output `None`) if the
+    /// body is still kept for another try then; otherwise run to its end.
+    struct CutProbe<F> {
+        #[pin]
+        f: F,
+        #[pin]
+        cut: Option<Sleep>,
+        kept: Option<ReplayBody>,
     }
-    if kept.can_replay() {
-        None
-    } else {
-        Some(f.await)
+}
+
+impl<F: Future> CutProbe<F> {
+    fn new(cut: Option<(Instant, ReplayBody)>, f: F) -> Self {
+        let (cut, kept) = cut.map(|(at, kept)| (tokio::time::sleep_until(at), kept)).unzip();
+        CutProbe { f, cut, kept }
+    }
+}
+
+impl<F: Future> Future for CutProbe<F> {
+    type Output = Option<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        if let Poll::Ready(out) = this.f.poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        let Some(cut) = this.cut.as_mut().as_pin_mut() else {
+            return Poll::Pending;
+        };
+        if cut.poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        if this.kept.as_ref().is_some_and(ReplayBody::can_replay) {
+            return Poll::Ready(None);
+        }
+        // Past the cut, but the body went out unkept: nowhere else to
+        // send it, so the try runs to its end (`f` is already polled).
+        this.cut.set(None);
+        Poll::Pending
     }
 }
 
@@ -193,7 +236,7 @@ async fn tries<U: Upstream>(
             });
         let endpoint = last.insert(picked.endpoint);
         let mut in_try = InTry::start(endpoint, picked.probe);
-        let tried = cut_probe(probe_cut, attempt(upstream, call, endpoint, &mut body));
+        let tried = CutProbe::new(probe_cut, attempt(upstream, call, endpoint, &mut body));
         let result = match within(call.deadline, tried).await {
             Ok(Some(result)) => result,
             // The probe outlived its share: a failed probe (the endpoint
@@ -342,14 +385,14 @@ async fn attempt<U: Upstream>(
 ) -> Result<Response<Body>, ProxyError> {
     let timeouts = &call.dest.policy.timeouts;
     let per_try = call.per_try.or(timeouts.per_try);
+    let now = Instant::now();
+    let per_try_limit = per_try.map(|t| (now + t, ProxyError::PerTryTimeout(t)));
+    let connect_limit = timeouts
+        .connect
+        .map(|t| (now + t, ProxyError::ConnectTimeout(dialled(endpoint))));
+    // One expression: `work` kept in a local would be held twice.
     let work = async {
-        let ready = upstream.ready(endpoint, call.app);
-        match timeouts.connect {
-            Some(t) => tokio::time::timeout(t, ready)
-                .await
-                .map_err(|_| ProxyError::ConnectTimeout(dialled(endpoint)))??,
-            None => ready.await?,
-        }
+        bounded(connect_limit, upstream.ready(endpoint, call.app)).await??;
         let mut req = body.take_request().ok_or_else(|| ProxyError::Upstream {
             addr: endpoint.addr,
             source: "the request body cannot be sent again".into(),
@@ -378,12 +421,7 @@ async fn attempt<U: Upstream>(
         }
         Ok(rsp)
     };
-    match per_try {
-        Some(t) => tokio::time::timeout(t, work)
-            .await
-            .map_err(|_| ProxyError::PerTryTimeout(t))?,
-        None => work.await,
-    }
+    bounded(per_try_limit, work).await?
 }
 
 /// An endpoint the balancer chose.
