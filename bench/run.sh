@@ -34,6 +34,13 @@ BUILD_ARGS=${BENCH_BUILD_ARGS:-"-p weft-proxy -p weft -p weft-control"}
 # The cargo profile measured: `dist` (what the image ships: release with LTO and one codegen unit); `release` for
 # a quicker build that measures slower.
 PROFILE=${BENCH_PROFILE:-dist}
+# BENCH_CALLGRIND=N: instead of the timed phases, run each path's client-side
+# proxy (weft's A, haproxy-a, envoy-a) under valgrind's callgrind and count the
+# instructions it executes for N requests per protocol (oha -n N, after a
+# warm-up of 500). Instructions, unlike CPU time, repeat from run to run and
+# do not care what else the machine does: the measure for small A/B steps.
+CALLGRIND=${BENCH_CALLGRIND:-}
+[[ -n "$CALLGRIND" ]] && EXTRAS=""
 
 if [[ -n "${CI:-}" && "${CI}" != "false" && "${BENCH_FORCE:-0}" != 1 ]]; then
     echo "bench/run.sh: CI is set; the benchmark does not run in CI (set BENCH_FORCE=1 to override)" >&2
@@ -88,6 +95,11 @@ start_bg() { # name cmd... : start in the background, log to $WORK/<name>.log, s
     local name=$1
     shift
     STARTED_AT=$(date +%s%N)
+    if [[ -n "$CALLGRIND" && "$name" == *-a ]]; then
+        # instrumentation starts off: measure_instructions switches it on around the counted requests
+        set -- valgrind --tool=callgrind --trace-children=yes --instr-atstart=no \
+            --callgrind-out-file="$WORK/$name.callgrind.%p" "$@"
+    fi
     "$@" >"$WORK/$name.log" 2>&1 &
     LAST_PID=$!
     PIDS+=("$LAST_PID")
@@ -255,6 +267,10 @@ run_load() {
 #   HTTP/2 fixed rate (oha). OHA_EXTRA holds extra oha args (e.g. --connect-to).
 measure_path() {
     local path=$1 wrk_url=$2 oha_url=$3 host_hdr=${4:-}
+    if [[ -n "$CALLGRIND" ]]; then
+        measure_instructions "$path" "$oha_url"
+        return
+    fi
     local wrk_hdr=()
     local oha=(oha --no-tui --output-format json -w -z "${DURATION}s" -c "$OHA_CONNS" "${OHA_EXTRA[@]}")
     local oha_warm=(oha --no-tui --output-format json -w -z "${WARMUP}s" -c "$OHA_CONNS" "${OHA_EXTRA[@]}")
@@ -270,6 +286,38 @@ measure_path() {
     local addr=${wrk_url#http://}
     addr=${addr%%/*}
     measure_extras "$path" "$addr" "${host_hdr:-$addr}" "$oha_url"
+}
+
+# measure_instructions path oha-url (BENCH_CALLGRIND=N): instructions client-side
+# proxy A executes per request, over N requests per protocol; appended to
+# $WORK/instructions.tsv. The dumps stay in the work dir for callgrind_annotate.
+measure_instructions() {
+    local path=$1 oha_url=$2 proto entry a_pid="" dump before after
+    for entry in $MON; do [[ ${entry%%:*} == A ]] && a_pid=${entry#*:}; done
+    [[ -n "$a_pid" ]] || die "$path: no client-side proxy A to count"
+    for proto in http1 http2; do
+        local flag=()
+        [[ $proto == http2 ]] && flag=(--http2)
+        timeout 300 oha --no-tui -n 500 -c "$OHA_CONNS" "${OHA_EXTRA[@]}" "${flag[@]}" "$oha_url" >/dev/null 2>&1 ||
+            die "$path $proto: warm-up failed"
+        callgrind_control -i on "$a_pid" >/dev/null
+        log "$path-$proto: $CALLGRIND requests under callgrind"
+        timeout 1200 oha --no-tui --output-format json -n "$CALLGRIND" -c "$OHA_CONNS" "${OHA_EXTRA[@]}" "${flag[@]}" \
+            "$oha_url" >"$WORK/$path-$proto-count.out" 2>&1 || die "$path $proto: counted load failed"
+        callgrind_control -i off "$a_pid" >/dev/null
+        before=$(ls "$WORK"/*-a.callgrind."$a_pid"* 2>/dev/null | wc -l)
+        callgrind_control -d "$path-$proto" "$a_pid" >/dev/null
+        for ((after = before; after == before; )); do
+            sleep 0.5
+            after=$(ls "$WORK"/*-a.callgrind."$a_pid"* 2>/dev/null | wc -l)
+        done
+        dump=$(ls -t "$WORK"/*-a.callgrind."$a_pid"* | head -1)
+        python3 "$BENCH_DIR/callgrind.py" "$dump" "$WORK/$path-$proto-count.out" |
+            python3 -c 'import json, sys; d = json.load(sys.stdin); c = d["calls_per_request"]
+print("\t".join(map(str, [sys.argv[1], sys.argv[2], d["requests"], d["instructions"], d["per_request"],
+    round(c["malloc"] + c["calloc"] + c["realloc"], 1), round(c["memcpy"] + c["memmove"], 1), sys.argv[3]])))' "$path" "$proto" "$dump" >>"$WORK/instructions.tsv"
+        tail -1 "$WORK/instructions.tsv" | awk -F'\t' '{ printf "[bench] %s %s: %s responses, %s instructions in A per request\n", $1, $2, $3, $5 }' >&2
+    done
 }
 
 # measure_tunnels path host:port: new connections per second through an opaque
@@ -864,6 +912,13 @@ main() {
         "path_$p"
     done
 
+    if [[ -n "$CALLGRIND" ]]; then
+        mkdir -p "$RESULTS_DIR"
+        { printf 'path\tprotocol\tresponses 2xx\tinstructions in A\tper request\tallocs/req\tmemcpy/req\tdump\n'; cat "$WORK/instructions.tsv"; } |
+            tee "$RESULTS_DIR/$STAMP-instructions.tsv" | column -t -s $'\t'
+        KEEP_WORKDIR=1
+        return
+    fi
     mkdir -p "$RESULTS_DIR"
     local json="$RESULTS_DIR/$STAMP.json" logs="$RESULTS_DIR/$STAMP-logs"
     mkdir -p "$logs"

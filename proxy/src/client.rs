@@ -44,14 +44,17 @@ pub struct Clients {
 /// A peer address and the identity it must present (if mTLS).
 type PoolKey = (SocketAddr, Option<String>);
 
+/// For an mTLS connection: until when its authentication holds (the
+/// earlier of the two certificates' expiry) and the trust anchors it was
+/// checked under. `None` for plaintext.
+type Authenticated = Option<(SystemTime, Arc<[Vec<u8>]>)>;
+
 #[derive(Default, Clone)]
 struct H2Slot {
     conn: Option<http2::SendRequest<Body>>,
-    /// For an mTLS connection: until when its authentication holds (the
-    /// earlier of the two certificates' expiry) and the trust anchors it
-    /// was checked under. Past that, or once the anchors change, the
-    /// connection is not reused; dropping it lets its streams finish.
-    authenticated: Option<(SystemTime, Arc<[Vec<u8>]>)>,
+    /// Past its time, or once the anchors change, the connection is not
+    /// reused; dropping it lets its streams finish.
+    authenticated: Authenticated,
     /// Held while connecting, so a burst of requests opens one connection.
     connecting: Arc<tokio::sync::Mutex<()>>,
 }
@@ -116,7 +119,7 @@ impl Clients {
         addr: SocketAddr,
         identity: Option<&str>,
         alpn: &[u8],
-    ) -> Result<(BoxIo, Option<(SystemTime, Arc<[Vec<u8>]>)>), ProxyError> {
+    ) -> Result<(BoxIo, Authenticated), ProxyError> {
         let tcp = self.connect(addr).await?;
         let (Some(expected), Some(me)) = (identity, &self.identity) else {
             return Ok((Box::new(tcp), None));
@@ -220,6 +223,24 @@ impl Clients {
                 slot.conn = None;
             }
         }
+        // Boxed: the handshakes' futures are large, and inline they would
+        // size every request's future, which passes here on its way to a
+        // pooled connection.
+        let (send, authenticated) = Box::pin(self.connect_h2(addr, identity)).await?;
+        let mut pool = self.h2.lock().expect("pool lock poisoned");
+        let slot = pool.entry(key).or_default();
+        slot.conn = Some(send.clone());
+        slot.authenticated = authenticated;
+        Ok(send)
+    }
+
+    /// A new HTTP/2 connection to `addr` (mTLS when the proxy has an
+    /// identity), its driver spawned.
+    async fn connect_h2(
+        &self,
+        addr: SocketAddr,
+        identity: Option<&str>,
+    ) -> Result<(http2::SendRequest<Body>, Authenticated), ProxyError> {
         let (io, authenticated) = self.connect_peer_authenticated(addr, identity, ALPN_H2).await?;
         let (send, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
@@ -234,11 +255,7 @@ impl Clients {
                 tracing::debug!(%addr, error = %e, "HTTP/2 client connection ended");
             }
         });
-        let mut pool = self.h2.lock().expect("pool lock poisoned");
-        let slot = pool.entry(key).or_default();
-        slot.conn = Some(send.clone());
-        slot.authenticated = authenticated;
-        Ok(send)
+        Ok((send, authenticated))
     }
 
     /// The slot's connection, if it is open, ready, and (mTLS) still

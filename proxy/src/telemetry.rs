@@ -125,18 +125,24 @@ pub fn workload_name(value: &http::HeaderValue) -> Option<String> {
     ok.then(|| v.to_string())
 }
 
-/// One request in flight.
-pub struct Observation {
-    telemetry: Arc<Telemetry>,
-    direction: Direction,
-    start: Instant,
-    grpc: bool,
+/// The request's fields only the access log writes.
+struct Logged {
     method: String,
     authority: String,
     path: String,
     trace_id: Option<String>,
     /// `x-request-id` as the request carried it (the edge gateway sets one).
     request_id: Option<String>,
+}
+
+/// One request in flight.
+pub struct Observation {
+    telemetry: Arc<Telemetry>,
+    direction: Direction,
+    start: Instant,
+    grpc: bool,
+    /// What only the access log reads: taken when there is one.
+    logged: Option<Box<Logged>>,
     request_bytes: Arc<AtomicU64>,
     target: Target,
     status: u16,
@@ -164,22 +170,25 @@ impl Observation {
             direction,
             start: Instant::now(),
             grpc: grpc::is_grpc(req.headers()),
-            method: req.method().to_string(),
-            authority: crate::http::authority(req)
-                .map(|a| a.to_string())
-                .unwrap_or_default(),
-            path: req
-                .uri()
-                .path_and_query()
-                .map_or_else(|| "/".into(), |p| p.to_string()),
-            trace_id,
-            // Only the access log reads it: no lookup per request without one.
-            request_id: telemetry
-                .access_log
-                .as_ref()
-                .and(req.headers().get("x-request-id"))
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string),
+            // No copies of the request's strings per request without a log.
+            logged: telemetry.access_log.as_ref().map(|_| {
+                Box::new(Logged {
+                    method: req.method().to_string(),
+                    authority: crate::http::authority(req)
+                        .map(|a| a.to_string())
+                        .unwrap_or_default(),
+                    path: req
+                        .uri()
+                        .path_and_query()
+                        .map_or_else(|| "/".into(), |p| p.to_string()),
+                    trace_id,
+                    request_id: req
+                        .headers()
+                        .get("x-request-id")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string),
+                })
+            }),
             request_bytes,
             target: Target::default(),
             status: 0,
@@ -271,14 +280,14 @@ impl Observation {
                 })
                 .inc();
         }
-        if let Some(log) = &t.access_log {
+        if let (Some(log), Some(logged)) = (&t.access_log, self.logged) {
             let mut line = serde_json::json!({
                 "time": humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
                 "kind": "http",
                 "direction": self.direction.as_str(),
-                "method": self.method,
-                "authority": self.authority,
-                "path": self.path,
+                "method": logged.method,
+                "authority": logged.authority,
+                "path": logged.path,
                 "status": self.status,
                 "grpc_status": self.grpc_status.map(|c| c as i32),
                 "classification": if failed { "failure" } else { "success" },
@@ -293,8 +302,8 @@ impl Observation {
                 "tls": self.target.tls,
                 "peer_identity": self.target.peer_identity,
                 "error": self.error,
-                "trace_id": self.trace_id,
-                "request_id": self.request_id,
+                "trace_id": logged.trace_id,
+                "request_id": logged.request_id,
             });
             if let Some((gateway, listener)) = self.gateway {
                 line["gateway"] = gateway.into();
@@ -417,9 +426,24 @@ pub fn trace_context(headers: &mut HeaderMap, create: bool) -> Option<String> {
     }
     let trace: u128 = rand::random::<u128>().max(1);
     let span: u64 = rand::random::<u64>().max(1);
-    let value = format!("00-{trace:032x}-{span:016x}-00");
-    headers.insert(TRACEPARENT, value.parse().expect("hex is a valid header value"));
-    Some(format!("{trace:032x}"))
+    // `00-{trace:032x}-{span:016x}-00`, written without the formatter
+    // (which cost more than the rest of the trace context per request).
+    let mut value = *b"00-________________________________-________________-00";
+    hex_into(&mut value[3..35], trace);
+    hex_into(&mut value[36..52], u128::from(span));
+    headers.insert(
+        TRACEPARENT,
+        http::HeaderValue::from_bytes(&value).expect("hex is a valid header value"),
+    );
+    Some(String::from_utf8_lossy(&value[3..35]).into_owned())
+}
+
+/// Writes `n`'s low `out.len()` hex digits into `out`, lowercase, zero-padded.
+fn hex_into(out: &mut [u8], mut n: u128) {
+    for b in out.iter_mut().rev() {
+        *b = b"0123456789abcdef"[(n & 0xf) as usize];
+        n >>= 4;
+    }
 }
 
 /// The trace id of a valid version-00 `traceparent`.
@@ -582,6 +606,25 @@ impl Drop for ConnectionObservation {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex_is_written_as_the_formatter_would() {
+        for n in [
+            0,
+            1,
+            0xabc,
+            u128::from(u64::MAX),
+            u128::MAX,
+            0x0123_4567_89ab_cdef_fedc_ba98_7654_3210,
+        ] {
+            let mut out = [0u8; 32];
+            hex_into(&mut out, n);
+            assert_eq!(std::str::from_utf8(&out).unwrap(), format!("{n:032x}"));
+            let mut out = [0u8; 16];
+            hex_into(&mut out, n & u128::from(u64::MAX));
+            assert_eq!(std::str::from_utf8(&out).unwrap(), format!("{:016x}", n as u64));
+        }
+    }
 
     #[test]
     fn traceparent_is_kept_or_created() {

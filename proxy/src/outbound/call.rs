@@ -236,7 +236,10 @@ async fn tries<U: Upstream>(
             });
         let endpoint = last.insert(picked.endpoint);
         let mut in_try = InTry::start(endpoint, picked.probe);
-        let tried = CutProbe::new(probe_cut, attempt(upstream, call, endpoint, &mut body));
+        // Boxed: the try's future is 2 KiB, and the wrappers below (and
+        // this loop's state) would otherwise move it whole, field by field,
+        // several times per try; one copy into the box is cheaper.
+        let tried = CutProbe::new(probe_cut, Box::pin(attempt(upstream, call, endpoint, &mut body)));
         let result = match within(call.deadline, tried).await {
             Ok(Some(result)) => result,
             // The probe outlived its share: a failed probe (the endpoint
