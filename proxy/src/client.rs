@@ -33,16 +33,36 @@ pub struct Clients {
     /// This proxy's identity, when it has one: connections to endpoints
     /// that have an identity are then mTLS.
     identity: Option<Arc<Identity>>,
-    /// By peer address and the identity it must present.
-    h2: Arc<Mutex<HashMap<PoolKey, H2Slot>>>,
+    h2: Arc<Mutex<Pool>>,
     h1: LegacyClient<HttpConnector, Body>,
     /// This proxy's workload, sent to peer proxies as
     /// `weft-source-workload`.
     pub(crate) source_workload: Option<http::HeaderValue>,
 }
 
-/// A peer address and the identity it must present (if mTLS).
-type PoolKey = (SocketAddr, Option<String>);
+/// HTTP/2 connections by peer address, then by the identity the peer must
+/// present (if mTLS; one per address in practice). Looked up without
+/// building an owned key: twice per request.
+#[derive(Default)]
+struct Pool(HashMap<SocketAddr, Vec<H2Slot>>);
+
+impl Pool {
+    /// The slot for `addr` and `identity`, created empty if missing.
+    fn slot(&mut self, addr: SocketAddr, identity: Option<&str>) -> &mut H2Slot {
+        let slots = self.0.entry(addr).or_default();
+        let i = match slots.iter().position(|s| s.identity.as_deref() == identity) {
+            Some(i) => i,
+            None => {
+                slots.push(H2Slot {
+                    identity: identity.map(Into::into),
+                    ..H2Slot::default()
+                });
+                slots.len() - 1
+            }
+        };
+        &mut slots[i]
+    }
+}
 
 /// For an mTLS connection: until when its authentication holds (the
 /// earlier of the two certificates' expiry) and the trust anchors it was
@@ -51,6 +71,8 @@ type Authenticated = Option<(SystemTime, Arc<[Vec<u8>]>)>;
 
 #[derive(Default, Clone)]
 struct H2Slot {
+    /// The identity the peer must present (mTLS), if any.
+    identity: Option<Box<str>>,
     conn: Option<http2::SendRequest<Body>>,
     /// Past its time, or once the anchors change, the connection is not
     /// reused; dropping it lets its streams finish.
@@ -201,10 +223,9 @@ impl Clients {
         fresh: bool,
     ) -> Result<http2::SendRequest<Body>, ProxyError> {
         let identity = identity.filter(|_| self.identity.is_some());
-        let key = (addr, identity.map(str::to_string));
         let connecting = {
             let mut pool = self.h2.lock().expect("pool lock poisoned");
-            let slot = pool.entry(key.clone()).or_default();
+            let slot = pool.slot(addr, identity);
             if let Some(conn) = self.reusable(slot, fresh) {
                 return Ok(conn);
             }
@@ -214,21 +235,20 @@ impl Clients {
         // Another task may have connected while this one waited.
         {
             let mut pool = self.h2.lock().expect("pool lock poisoned");
-            if let Some(slot) = pool.get_mut(&key) {
-                if let Some(conn) = self.reusable(slot, fresh) {
-                    return Ok(conn);
-                }
-                // Not reusable: dropped here, so it closes once its
-                // streams are done.
-                slot.conn = None;
+            let slot = pool.slot(addr, identity);
+            if let Some(conn) = self.reusable(slot, fresh) {
+                return Ok(conn);
             }
+            // Not reusable: dropped here, so it closes once its streams
+            // are done.
+            slot.conn = None;
         }
         // Boxed: the handshakes' futures are large, and inline they would
         // size every request's future, which passes here on its way to a
         // pooled connection.
         let (send, authenticated) = Box::pin(self.connect_h2(addr, identity)).await?;
         let mut pool = self.h2.lock().expect("pool lock poisoned");
-        let slot = pool.entry(key).or_default();
+        let slot = pool.slot(addr, identity);
         slot.conn = Some(send.clone());
         slot.authenticated = authenticated;
         Ok(send)

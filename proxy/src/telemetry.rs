@@ -158,7 +158,7 @@ impl Observation {
     /// Starts observing `req`: makes sure it carries trace context, and
     /// wraps its body to count the bytes sent upstream.
     pub fn start(telemetry: &Arc<Telemetry>, direction: Direction, req: &mut http::Request<Body>) -> Self {
-        let trace_id = trace_context(req.headers_mut(), telemetry.create_trace_context);
+        ensure_trace_context(req.headers_mut(), telemetry.create_trace_context);
         let request_bytes = Arc::new(AtomicU64::new(0));
         let body = std::mem::replace(req.body_mut(), crate::http::empty_body());
         *req.body_mut() = http_body_util::BodyExt::boxed_unsync(CountingBody {
@@ -181,7 +181,11 @@ impl Observation {
                         .uri()
                         .path_and_query()
                         .map_or_else(|| "/".into(), |p| p.to_string()),
-                    trace_id,
+                    trace_id: req
+                        .headers()
+                        .get(TRACEPARENT)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(parse_traceparent),
                     request_id: req
                         .headers()
                         .get("x-request-id")
@@ -414,15 +418,25 @@ impl Drop for ObservedBody {
 /// Returns the request's trace id, creating a `traceparent` when the
 /// request has no valid one and `create` is set.
 pub fn trace_context(headers: &mut HeaderMap, create: bool) -> Option<String> {
-    if let Some(id) = headers
+    ensure_trace_context(headers, create);
+    headers
         .get(TRACEPARENT)
         .and_then(|v| v.to_str().ok())
         .and_then(parse_traceparent)
-    {
-        return Some(id);
-    }
-    if !create {
-        return None;
+}
+
+/// Makes sure the request carries a valid `traceparent` when `create` is
+/// set (a new trace replaces an invalid one); leaves it alone otherwise.
+fn ensure_trace_context(headers: &mut HeaderMap, create: bool) {
+    let valid = || {
+        headers
+            .get(TRACEPARENT)
+            .and_then(|v| v.to_str().ok())
+            .and_then(valid_trace_id)
+            .is_some()
+    };
+    if !create || valid() {
+        return;
     }
     let trace: u128 = rand::random::<u128>().max(1);
     let span: u64 = rand::random::<u64>().max(1);
@@ -435,7 +449,6 @@ pub fn trace_context(headers: &mut HeaderMap, create: bool) -> Option<String> {
         TRACEPARENT,
         http::HeaderValue::from_bytes(&value).expect("hex is a valid header value"),
     );
-    Some(String::from_utf8_lossy(&value[3..35]).into_owned())
 }
 
 /// Writes `n`'s low `out.len()` hex digits into `out`, lowercase, zero-padded.
@@ -448,8 +461,19 @@ fn hex_into(out: &mut [u8], mut n: u128) {
 
 /// The trace id of a valid version-00 `traceparent`.
 fn parse_traceparent(v: &str) -> Option<String> {
-    let parts: Vec<&str> = v.trim().split('-').collect();
-    let [version, trace, span, flags] = parts.as_slice() else {
+    valid_trace_id(v).map(str::to_string)
+}
+
+/// The trace id of a valid version-00 `traceparent`, borrowed from it.
+fn valid_trace_id(v: &str) -> Option<&str> {
+    let mut parts = v.trim().split('-');
+    let (Some(version), Some(trace), Some(span), Some(flags), None) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
         return None;
     };
     let hex = |s: &str, n: usize| {
@@ -457,13 +481,13 @@ fn parse_traceparent(v: &str) -> Option<String> {
             && s.bytes()
                 .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     };
-    let valid = *version == "00"
+    let valid = version == "00"
         && hex(trace, 32)
         && hex(span, 16)
         && hex(flags, 2)
         && trace.bytes().any(|b| b != b'0')
         && span.bytes().any(|b| b != b'0');
-    valid.then(|| trace.to_string())
+    valid.then_some(trace)
 }
 
 enum LogMsg {
