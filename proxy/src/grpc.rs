@@ -13,6 +13,14 @@ pub const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 pub const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 pub const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 
+/// A status code as a label value: its number (`0`, `14`, …).
+pub fn code_label(code: Code) -> &'static str {
+    const LABELS: [&str; 17] = [
+        "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
+    ];
+    LABELS[code as usize]
+}
+
 /// Whether headers announce gRPC (`content-type: application/grpc[+…]`).
 pub fn is_grpc(headers: &HeaderMap) -> bool {
     headers
@@ -110,6 +118,13 @@ pub(crate) fn ser_codes<S: serde::Serializer>(codes: &[Code], s: S) -> Result<S:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn code_labels_are_their_numbers() {
+        for n in 0..=16 {
+            assert_eq!(code_label(Code::from_i32(n)), n.to_string());
+        }
+    }
 
     #[test]
     fn timeouts_round_trip() {

@@ -126,3 +126,31 @@ fn renders_process_metrics() {
     assert!(text.contains("process_cpu_seconds_total"), "{text}");
     assert!(text.contains("weft_build_info{version="), "{text}");
 }
+
+/// A request looked up by its borrowed key lands in the series its owned
+/// labels name, and a key that differs in any one label is another series.
+#[test]
+fn borrowed_keys_find_the_series_of_their_labels() {
+    let m = Metrics::default();
+    let owned = labels("back");
+    m.request(owned.clone(), Duration::from_millis(1), (0, 2));
+    m.request_by(owned.key(), Duration::from_millis(1), (0, 2));
+    assert_eq!(m.requests.get(&owned).map(|c| c.get()), Some(2));
+    assert_eq!(m.request_series.read().unwrap().len(), 1);
+
+    let other_route = RequestKey {
+        route: "demo/r/0",
+        ..owned.key()
+    };
+    let grpc_failed = RequestKey {
+        grpc_response_status: crate::grpc::code_label(crate::grpc::Code::Unavailable),
+        ..owned.key()
+    };
+    m.request_by(other_route, Duration::from_millis(1), (0, 2));
+    m.request_by(grpc_failed, Duration::from_millis(1), (0, 2));
+    assert_eq!(m.request_series.read().unwrap().len(), 3);
+    assert_eq!(m.requests.get(&other_route.to_labels()).map(|c| c.get()), Some(1));
+    let failed = m.requests.get(&grpc_failed.to_labels()).map(|c| c.get());
+    assert_eq!(failed, Some(1));
+    assert_eq!(grpc_failed.to_labels().grpc_response_status, "14");
+}

@@ -22,8 +22,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::grpc::{self, Code};
 use crate::http::{Body, BoxError};
 use crate::metrics::{
-    Classification, Detected, Direction, GatewayLabels, Metrics, RequestLabels, RequestProtocol,
-    SecurityPolicy, StreamGuard, StreamLabels,
+    Classification, Detected, Direction, GatewayLabels, Metrics, RequestKey, RequestProtocol, SecurityPolicy,
+    StreamGuard, StreamLabels,
 };
 
 /// The W3C trace-context header.
@@ -55,13 +55,35 @@ pub struct Party {
 impl Party {
     /// A party from what may be missing: empty values become `unknown`.
     pub fn new(workload: &str, namespace: &str, principal: &str) -> Self {
-        let or_unknown = |v: &str| {
-            if v.is_empty() {
-                UNKNOWN.to_string()
-            } else {
-                v.to_string()
-            }
-        };
+        let p = PartyRef::new(workload, namespace, principal);
+        Self {
+            workload: p.workload.to_string(),
+            namespace: p.namespace.to_string(),
+            principal: p.principal.to_string(),
+        }
+    }
+
+    fn as_ref(&self) -> PartyRef<'_> {
+        PartyRef {
+            workload: &self.workload,
+            namespace: &self.namespace,
+            principal: &self.principal,
+        }
+    }
+}
+
+/// A [`Party`] borrowed from where its values live.
+#[derive(Debug, Clone, Copy)]
+struct PartyRef<'a> {
+    workload: &'a str,
+    namespace: &'a str,
+    principal: &'a str,
+}
+
+impl<'a> PartyRef<'a> {
+    /// Empty values become `unknown`.
+    fn new(workload: &'a str, namespace: &'a str, principal: &'a str) -> Self {
+        let or_unknown = |v: &'a str| if v.is_empty() { UNKNOWN } else { v };
         Self {
             workload: or_unknown(workload),
             namespace: or_unknown(namespace),
@@ -90,17 +112,21 @@ pub struct Target {
 impl Target {
     /// The other end: its workload and SPIFFE ID as proven over mTLS,
     /// its namespace from that ID (outbound, else the service's).
-    fn peer(&self, direction: Direction) -> Party {
+    fn peer(&self, direction: Direction) -> PartyRef<'_> {
         let namespace = spiffe_namespace(&self.peer_identity)
             .or((direction != Direction::Inbound).then_some(self.namespace.as_str()))
             .unwrap_or_default();
-        Party::new(&self.peer_workload, namespace, &self.peer_identity)
+        PartyRef::new(&self.peer_workload, namespace, &self.peer_identity)
     }
 }
 
 /// A service label value: `unknown` when empty.
-fn service_label(v: &str) -> String {
-    if v.is_empty() { UNKNOWN } else { v }.to_string()
+fn service_label(v: &str) -> &str {
+    if v.is_empty() {
+        UNKNOWN
+    } else {
+        v
+    }
 }
 
 /// The namespace in a Kubernetes-style SPIFFE ID
@@ -240,26 +266,21 @@ impl Observation {
             Classification::Success
         };
         let t = &self.telemetry;
-        let peer = self.target.peer(self.direction);
-        let (source, destination) = t.ends(self.direction, &peer);
-        let service = service_label;
-        t.metrics.request(
-            RequestLabels {
+        let (source, destination) = t.ends(self.direction, self.target.peer(self.direction));
+        t.metrics.request_by(
+            RequestKey {
                 direction: self.direction,
-                source_workload: source.workload.clone(),
-                source_workload_namespace: source.namespace.clone(),
-                source_principal: source.principal.clone(),
-                destination_workload: destination.workload.clone(),
-                destination_workload_namespace: destination.namespace.clone(),
-                destination_principal: destination.principal.clone(),
-                destination_service_name: service(&self.target.service),
-                destination_service_namespace: service(&self.target.namespace),
-                route: self.target.route.clone(),
+                source_workload: source.workload,
+                source_workload_namespace: source.namespace,
+                source_principal: source.principal,
+                destination_workload: destination.workload,
+                destination_workload_namespace: destination.namespace,
+                destination_principal: destination.principal,
+                destination_service_name: service_label(&self.target.service),
+                destination_service_namespace: service_label(&self.target.namespace),
+                route: &self.target.route,
                 response_code: self.status,
-                grpc_response_status: self
-                    .grpc_status
-                    .map(|c| (c as i32).to_string())
-                    .unwrap_or_default(),
+                grpc_response_status: self.grpc_status.map(grpc::code_label).unwrap_or_default(),
                 request_protocol: if self.grpc {
                     RequestProtocol::Grpc
                 } else {
@@ -562,29 +583,27 @@ pub struct ConnectionObservation {
 impl Telemetry {
     /// (source, destination) of a call in `direction` whose far end is
     /// `peer`: this proxy's workload is the other.
-    fn ends<'a>(&'a self, direction: Direction, peer: &'a Party) -> (&'a Party, &'a Party) {
+    fn ends<'a>(&'a self, direction: Direction, peer: PartyRef<'a>) -> (PartyRef<'a>, PartyRef<'a>) {
         match direction {
-            Direction::Outbound | Direction::Gateway => (&self.me, peer),
-            Direction::Inbound => (peer, &self.me),
+            Direction::Outbound | Direction::Gateway => (self.me.as_ref(), peer),
+            Direction::Inbound => (peer, self.me.as_ref()),
         }
     }
 
     /// Counts a TCP stream between this proxy's workload and `target`'s
     /// peer (the stream metrics); the guard counts its bytes and close.
     pub fn stream(&self, direction: Direction, target: &Target) -> StreamGuard {
-        let peer = target.peer(direction);
-        let (source, destination) = self.ends(direction, &peer);
-        let service = service_label;
+        let (source, destination) = self.ends(direction, target.peer(direction));
         self.metrics.stream(StreamLabels {
             direction,
-            source_workload: source.workload.clone(),
-            source_workload_namespace: source.namespace.clone(),
-            source_principal: source.principal.clone(),
-            destination_workload: destination.workload.clone(),
-            destination_workload_namespace: destination.namespace.clone(),
-            destination_principal: destination.principal.clone(),
-            destination_service_name: service(&target.service),
-            destination_service_namespace: service(&target.namespace),
+            source_workload: source.workload.to_string(),
+            source_workload_namespace: source.namespace.to_string(),
+            source_principal: source.principal.to_string(),
+            destination_workload: destination.workload.to_string(),
+            destination_workload_namespace: destination.namespace.to_string(),
+            destination_principal: destination.principal.to_string(),
+            destination_service_name: service_label(&target.service).to_string(),
+            destination_service_namespace: service_label(&target.namespace).to_string(),
             connection_security_policy: SecurityPolicy(target.tls),
         })
     }
