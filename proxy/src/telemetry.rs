@@ -487,16 +487,10 @@ fn parse_traceparent(v: &str) -> Option<String> {
 
 /// The trace id of a valid version-00 `traceparent`, borrowed from it.
 fn valid_trace_id(v: &str) -> Option<&str> {
-    let mut parts = v.trim().split('-');
-    let (Some(version), Some(trace), Some(span), Some(flags), None) = (
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-    ) else {
-        return None;
-    };
+    let (version, rest) = v.trim().split_once('-')?;
+    let (trace, rest) = rest.split_once('-')?;
+    // A fifth part would leave a `-` in the flags, which are then not hex.
+    let (span, flags) = rest.split_once('-')?;
     let hex = |s: &str, n: usize| {
         s.len() == n
             && s.bytes()
