@@ -130,6 +130,10 @@ ensure_tools() {
         CARGO_BUILD_JOBS=1 timeout 3600 cargo install oha --locked >"$WORK/oha-install.log" 2>&1 ||
             die "cargo install oha failed (see $WORK/oha-install.log)"
     fi
+    if [[ -n "$CALLGRIND" ]]; then
+        command -v valgrind >/dev/null && command -v callgrind_control >/dev/null ||
+            die "BENCH_CALLGRIND needs valgrind (apt-get install valgrind)"
+    fi
     if [[ " $PATHS " == *" envoy "* ]]; then
         ensure_envoy
         command -v openssl >/dev/null || die "openssl is needed for the envoy path's certificates (apt-get install openssl)"
