@@ -182,7 +182,7 @@ async fn httproute_named_rule() {
 async fn httproute_weight() {
     let mesh = Mesh::start().await;
     mesh.apply("httproute-weight", &get("/")).await;
-    mesh.expect_split(&get("/"), 500, &[("echo-v1", 0.7), ("echo-v2", 0.3)])
+    mesh.expect_split(&get("/"), 2000, &[("echo-v1", 0.7), ("echo-v2", 0.3)])
         .await;
 }
 
@@ -367,7 +367,7 @@ async fn grpcroute_weight() {
     let mesh = Mesh::start().await;
     let call = grpc("echo:7070", "/grpc.testing.TestService/UnaryCall");
     mesh.apply("grpcroute-weight", &call).await;
-    mesh.expect_split(&call, 500, &[("echo-v1", 0.7), ("echo-v2", 0.3)])
+    mesh.expect_split(&call, 2000, &[("echo-v1", 0.7), ("echo-v2", 0.3)])
         .await;
 }
 
