@@ -436,16 +436,6 @@ impl Drop for ObservedBody {
     }
 }
 
-/// Returns the request's trace id, creating a `traceparent` when the
-/// request has no valid one and `create` is set.
-pub fn trace_context(headers: &mut HeaderMap, create: bool) -> Option<String> {
-    ensure_trace_context(headers, create);
-    headers
-        .get(TRACEPARENT)
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_traceparent)
-}
-
 /// Makes sure the request carries a valid `traceparent` when `create` is
 /// set (a new trace replaces an invalid one); leaves it alone otherwise.
 fn ensure_trace_context(headers: &mut HeaderMap, create: bool) {
@@ -644,6 +634,15 @@ impl Drop for ConnectionObservation {
 mod tests {
     use super::*;
 
+    /// The request's trace id after [`ensure_trace_context`].
+    fn trace_context(headers: &mut HeaderMap, create: bool) -> Option<String> {
+        ensure_trace_context(headers, create);
+        headers
+            .get(TRACEPARENT)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_traceparent)
+    }
+
     #[test]
     fn hex_is_written_as_the_formatter_would() {
         for n in [
@@ -705,6 +704,7 @@ mod tests {
         use proptest::prelude::*;
 
         use super::super::*;
+        use super::trace_context;
 
         fn hex_ok(s: &str, n: usize) -> bool {
             s.len() == n
