@@ -2,8 +2,10 @@
 """Totals of one callgrind dump, per request: instructions executed, and how
 often the allocator and memcpy/memmove were called.
 
-Usage: callgrind.py DUMP OHA_JSON  -> one JSON object (requests: the 2xx
-responses oha counted)
+Usage: callgrind.py DUMP OHA_JSON PATH PROTOCOL  -> one tab-separated line:
+path, protocol, requests (the 2xx responses oha counted), instructions,
+instructions per request, allocator calls per request (malloc, calloc,
+realloc), memcpy/memmove calls per request, the dump
 
 The dump's own `summary:` line is 0 when instrumentation was switched on
 and off by callgrind_control, so the self costs are summed here (a cost line
@@ -52,8 +54,11 @@ def main():
                 after_calls = False
                 callee = None
     per = {k: round(v / requests, 1) for k, v in calls.items()}
-    print(json.dumps({"requests": requests, "instructions": total, "per_request": round(total / requests),
-                      "calls_per_request": per}))
+    path, protocol = sys.argv[3], sys.argv[4]
+    allocs = per["malloc"] + per["calloc"] + per["realloc"]
+    copies = per["memcpy"] + per["memmove"]
+    fields = [path, protocol, requests, total, round(total / requests), round(allocs, 1), round(copies, 1), dump]
+    print("\t".join(map(str, fields)))
 
 
 if __name__ == "__main__":

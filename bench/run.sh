@@ -311,15 +311,14 @@ measure_instructions() {
         callgrind_control -i off "$a_pid" >/dev/null
         before=$(ls "$WORK"/*-a.callgrind."$a_pid"* 2>/dev/null | wc -l)
         callgrind_control -d "$path-$proto" "$a_pid" >/dev/null
-        for ((after = before; after == before; )); do
+        local waited
+        for ((waited = 0, after = before; after == before; waited++)); do
+            ((waited < 120)) || die "$path $proto: no callgrind dump from pid $a_pid after 60 s"
             sleep 0.5
             after=$(ls "$WORK"/*-a.callgrind."$a_pid"* 2>/dev/null | wc -l)
         done
         dump=$(ls -t "$WORK"/*-a.callgrind."$a_pid"* | head -1)
-        python3 "$BENCH_DIR/callgrind.py" "$dump" "$WORK/$path-$proto-count.out" |
-            python3 -c 'import json, sys; d = json.load(sys.stdin); c = d["calls_per_request"]
-print("\t".join(map(str, [sys.argv[1], sys.argv[2], d["requests"], d["instructions"], d["per_request"],
-    round(c["malloc"] + c["calloc"] + c["realloc"], 1), round(c["memcpy"] + c["memmove"], 1), sys.argv[3]])))' "$path" "$proto" "$dump" >>"$WORK/instructions.tsv"
+        python3 "$BENCH_DIR/callgrind.py" "$dump" "$WORK/$path-$proto-count.out" "$path" "$proto" >>"$WORK/instructions.tsv"
         tail -1 "$WORK/instructions.tsv" | awk -F'\t' '{ printf "[bench] %s %s: %s responses, %s instructions in A per request\n", $1, $2, $3, $5 }' >&2
     done
 }
