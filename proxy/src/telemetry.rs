@@ -83,7 +83,6 @@ struct PartyRef<'a> {
 impl<'a> PartyRef<'a> {
     /// Empty values become `unknown`.
     fn new(workload: &'a str, namespace: &'a str, principal: &'a str) -> Self {
-        let or_unknown = |v: &'a str| if v.is_empty() { UNKNOWN } else { v };
         Self {
             workload: or_unknown(workload),
             namespace: or_unknown(namespace),
@@ -120,8 +119,8 @@ impl Target {
     }
 }
 
-/// A service label value: `unknown` when empty.
-fn service_label(v: &str) -> &str {
+/// A label value: `unknown` when empty.
+fn or_unknown(v: &str) -> &str {
     if v.is_empty() {
         UNKNOWN
     } else {
@@ -276,8 +275,8 @@ impl Observation {
                 destination_workload: destination.workload,
                 destination_workload_namespace: destination.namespace,
                 destination_principal: destination.principal,
-                destination_service_name: service_label(&self.target.service),
-                destination_service_namespace: service_label(&self.target.namespace),
+                destination_service_name: or_unknown(&self.target.service),
+                destination_service_namespace: or_unknown(&self.target.namespace),
                 route: &self.target.route,
                 response_code: self.status,
                 grpc_response_status: self.grpc_status.map(grpc::code_label).unwrap_or_default(),
@@ -586,8 +585,8 @@ impl Telemetry {
             destination_workload: destination.workload.to_string(),
             destination_workload_namespace: destination.namespace.to_string(),
             destination_principal: destination.principal.to_string(),
-            destination_service_name: service_label(&target.service).to_string(),
-            destination_service_namespace: service_label(&target.namespace).to_string(),
+            destination_service_name: or_unknown(&target.service).to_string(),
+            destination_service_namespace: or_unknown(&target.namespace).to_string(),
             connection_security_policy: SecurityPolicy(target.tls),
         })
     }
