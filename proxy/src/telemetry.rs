@@ -437,15 +437,19 @@ impl Drop for ObservedBody {
 
 /// Makes sure the request carries a valid `traceparent` when `create` is
 /// set (a new trace replaces an invalid one); leaves it alone otherwise.
+///
+/// A `traceparent` is unique to its request, so HPACK must not index it:
+/// an indexed one would evict a reusable entry from both proxies' tables
+/// on every request. h2 sends a value marked sensitive as a never-indexed
+/// literal, so the kept and the created one are both marked.
 fn ensure_trace_context(headers: &mut HeaderMap, create: bool) {
-    let valid = || {
-        headers
-            .get(TRACEPARENT)
-            .and_then(|v| v.to_str().ok())
-            .and_then(valid_trace_id)
-            .is_some()
-    };
-    if !create || valid() {
+    if let Some(v) = headers.get_mut(TRACEPARENT) {
+        if v.to_str().ok().and_then(valid_trace_id).is_some() {
+            v.set_sensitive(true);
+            return;
+        }
+    }
+    if !create {
         return;
     }
     let trace: u128 = rand::random::<u128>().max(1);
@@ -455,10 +459,9 @@ fn ensure_trace_context(headers: &mut HeaderMap, create: bool) {
     let mut value = *b"00-________________________________-________________-00";
     hex_into(&mut value[3..35], trace);
     hex_into(&mut value[36..52], u128::from(span));
-    headers.insert(
-        TRACEPARENT,
-        http::HeaderValue::from_bytes(&value).expect("hex is a valid header value"),
-    );
+    let mut value = http::HeaderValue::from_bytes(&value).expect("hex is a valid header value");
+    value.set_sensitive(true);
+    headers.insert(TRACEPARENT, value);
 }
 
 /// Writes `n`'s low `out.len()` hex digits into `out`, lowercase, zero-padded.
@@ -678,6 +681,7 @@ mod tests {
             h[TRACEPARENT], "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
             "propagated as is"
         );
+        assert!(h[TRACEPARENT].is_sensitive(), "kept out of HPACK's tables");
 
         let mut h = HeaderMap::new();
         assert_eq!(trace_context(&mut h, false), None);
@@ -685,6 +689,7 @@ mod tests {
         let id = trace_context(&mut h, true).unwrap();
         let v = h[TRACEPARENT].to_str().unwrap().to_string();
         assert!(v.starts_with(&format!("00-{id}-")) && v.len() == 55, "{v}");
+        assert!(h[TRACEPARENT].is_sensitive(), "kept out of HPACK's tables");
         assert_eq!(parse_traceparent(&v), Some(id));
 
         // Invalid values are replaced.

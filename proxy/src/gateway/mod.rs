@@ -291,7 +291,10 @@ pub const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-requ
 /// 128 random bits, as 32 hex digits.
 fn request_id() -> http::HeaderValue {
     let id = format!("{:032x}", rand::random::<u128>());
-    http::HeaderValue::from_str(&id).expect("hex is a valid header value")
+    let mut id = http::HeaderValue::from_str(&id).expect("hex is a valid header value");
+    // Unique per request: never indexed by HPACK (see ensure_trace_context).
+    id.set_sensitive(true);
+    id
 }
 
 /// A running gateway.
