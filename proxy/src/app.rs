@@ -355,8 +355,8 @@ impl Proxy {
             policies: policies.clone(),
             identity: identity.clone(),
             workload: Workload {
-                name: config.workload.clone().unwrap_or_default(),
-                namespace: config.namespace.clone(),
+                name: config.workload.as_deref().unwrap_or_default().into(),
+                namespace: config.namespace.as_str().into(),
             },
             workload_header,
             app_ip: config.app_ip,

@@ -36,7 +36,7 @@ pub struct Endpoint {
     pub proxy: Option<SocketAddr>,
     /// The SPIFFE ID its proxy must present (checked once mTLS arrives).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub identity: Option<String>,
+    pub identity: Option<Arc<str>>,
     /// Relative load-balancing weight.
     #[serde(default = "one", skip_serializing_if = "is_one")]
     pub weight: u32,
@@ -98,9 +98,9 @@ pub type Endpoints = Arc<[Endpoint]>;
 #[derive(Debug, Clone, Serialize)]
 pub struct Destination {
     /// The name for metrics: the service discovery knows, or `external`.
-    pub service: String,
+    pub service: Arc<str>,
     /// Its namespace, when discovery knows it.
-    pub namespace: String,
+    pub namespace: Arc<str>,
     pub endpoints: Endpoints,
     /// HTTPRoutes in precedence order; empty: straight to `endpoints`.
     pub routes: Arc<[Route]>,
@@ -120,11 +120,11 @@ pub struct Destination {
 }
 
 impl Destination {
-    pub fn from_endpoints(service: impl Into<String>, endpoints: Endpoints) -> Self {
+    pub fn from_endpoints(service: impl Into<Arc<str>>, endpoints: Endpoints) -> Self {
         let policy = Arc::new(Policy::default());
         Self {
             service: service.into(),
-            namespace: String::new(),
+            namespace: Arc::default(),
             endpoints,
             routes: Arc::from([]),
             shared: Arc::new(Shared::new(&policy)),
@@ -174,6 +174,24 @@ pub fn target(host: &str, port: u16) -> String {
         format!("[{host}]:{port}")
     } else {
         format!("{host}:{port}")
+    }
+}
+
+/// Calls `f` with [`target`]`(host, port)`, formatted on the stack when it
+/// fits (every lookup of a request makes one; most names are short).
+pub fn with_target<R>(host: &str, port: u16, f: impl FnOnce(&str) -> R) -> R {
+    use std::io::Write;
+    let mut buf = [0u8; 128];
+    let mut rest = &mut buf[..];
+    let written = if host.parse::<std::net::Ipv6Addr>().is_ok() {
+        write!(rest, "[{host}]:{port}")
+    } else {
+        write!(rest, "{host}:{port}")
+    };
+    let len = 128 - rest.len();
+    match (written, std::str::from_utf8(&buf[..len])) {
+        (Ok(()), Ok(s)) => f(s),
+        _ => f(&target(host, port)),
     }
 }
 
@@ -309,6 +327,24 @@ mod tests {
         assert_eq!(target("fd00::2", 8080), "[fd00::2]:8080");
         assert_eq!(target("10.0.0.2", 8080), "10.0.0.2:8080");
         assert_eq!(target("echo.demo", 80), "echo.demo:80");
+    }
+
+    #[test]
+    fn with_target_formats_as_target_does_at_any_length() {
+        let long = "a".repeat(200);
+        for (host, port) in [
+            ("fd00::2", 8080),
+            ("echo.demo", 80),
+            (&long[..122], 65535),
+            (&long[..123], 65535),
+            (&long, 1),
+        ] {
+            assert_eq!(
+                with_target(host, port, str::to_string),
+                target(host, port),
+                "{host}"
+            );
+        }
     }
 
     #[tokio::test]

@@ -45,6 +45,11 @@ pub fn empty_body() -> Body {
 /// frames (`GOAWAY ENHANCE_YOUR_CALM`, "too_many_data_frames") — the
 /// pooled connection every request to that peer shares.
 pub fn incoming(body: Incoming) -> Body {
+    // Nothing to relay (a request without a body): the empty body, whose
+    // box holds nothing and so allocates nothing.
+    if http_body::Body::is_end_stream(&body) {
+        return empty_body();
+    }
     NoEmptyData(body).map_err(BoxError::from).boxed_unsync()
 }
 

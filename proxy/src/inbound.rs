@@ -37,8 +37,8 @@ const FIRST_POLICY_WAIT: Duration = Duration::from_secs(5);
 /// `namespace` labels of inbound metrics (callers cannot mint them).
 #[derive(Debug, Clone, Default)]
 pub struct Workload {
-    pub name: String,
-    pub namespace: String,
+    pub name: Arc<str>,
+    pub namespace: Arc<str>,
 }
 
 /// What a TCP stream to an app port may carry.
@@ -404,7 +404,7 @@ impl Inbound {
             service: self.workload.name.clone(),
             namespace: self.workload.namespace.clone(),
             tls: conn.tls,
-            peer_identity: conn.caller.as_deref().unwrap_or_default().to_string(),
+            peer_identity: conn.caller.clone().unwrap_or_default(),
             peer_workload: said
                 .filter(|_| conn.tls)
                 .and_then(|v| workload_name(&v))
@@ -453,7 +453,7 @@ impl Inbound {
             service: self.workload.name.clone(),
             namespace: self.workload.namespace.clone(),
             tls: conn.tls,
-            peer_identity: conn.caller.as_deref().unwrap_or_default().to_string(),
+            peer_identity: conn.caller.clone().unwrap_or_default(),
             ..Target::default()
         }
     }

@@ -96,13 +96,13 @@ impl<'a> PartyRef<'a> {
 #[derive(Debug, Clone, Default)]
 pub struct Target {
     /// The destination service and its namespace.
-    pub service: String,
-    pub namespace: String,
+    pub service: Arc<str>,
+    pub namespace: Arc<str>,
     pub route: String,
     pub upstream: Option<SocketAddr>,
     pub tls: bool,
     /// The other proxy's SPIFFE ID (proven over mTLS), or empty.
-    pub peer_identity: String,
+    pub peer_identity: Arc<str>,
     /// The other proxy's workload as it said over mTLS (the
     /// `weft-source-workload` / `weft-workload` headers), or empty.
     pub peer_workload: String,
@@ -113,7 +113,7 @@ impl Target {
     /// its namespace from that ID (outbound, else the service's).
     fn peer(&self, direction: Direction) -> PartyRef<'_> {
         let namespace = spiffe_namespace(&self.peer_identity)
-            .or((direction != Direction::Inbound).then_some(self.namespace.as_str()))
+            .or((direction != Direction::Inbound).then_some(&*self.namespace))
             .unwrap_or_default();
         PartyRef::new(&self.peer_workload, namespace, &self.peer_identity)
     }
@@ -168,7 +168,9 @@ pub struct Observation {
     grpc: bool,
     /// What only the access log reads: taken when there is one.
     logged: Option<Box<Logged>>,
-    request_bytes: Arc<AtomicU64>,
+    /// What the request body has sent so far; `None` for a request
+    /// without a body.
+    request_bytes: Option<Arc<AtomicU64>>,
     target: Target,
     status: u16,
     headers_after: Duration,
@@ -184,11 +186,16 @@ impl Observation {
     /// wraps its body to count the bytes sent upstream.
     pub fn start(telemetry: &Arc<Telemetry>, direction: Direction, req: &mut http::Request<Body>) -> Self {
         ensure_trace_context(req.headers_mut(), telemetry.create_trace_context);
-        let request_bytes = Arc::new(AtomicU64::new(0));
-        let body = std::mem::replace(req.body_mut(), crate::http::empty_body());
-        *req.body_mut() = http_body_util::BodyExt::boxed_unsync(CountingBody {
-            inner: body,
-            count: request_bytes.clone(),
+        // A request without a body (most GETs) has nothing to count: no
+        // counter, no wrapper.
+        let request_bytes = (!http_body::Body::is_end_stream(req.body())).then(|| {
+            let count = Arc::new(AtomicU64::new(0));
+            let body = std::mem::replace(req.body_mut(), crate::http::empty_body());
+            *req.body_mut() = http_body_util::BodyExt::boxed_unsync(CountingBody {
+                inner: body,
+                count: count.clone(),
+            });
+            count
         });
         Self {
             telemetry: telemetry.clone(),
@@ -227,6 +234,13 @@ impl Observation {
             response_bytes: 0,
             gateway: None,
         }
+    }
+
+    /// The request body's bytes sent so far.
+    fn request_bytes(&self) -> u64 {
+        self.request_bytes
+            .as_ref()
+            .map_or(0, |c| c.load(Ordering::Relaxed))
     }
 
     /// Marks a request the edge gateway took in by `listener` (empty when
@@ -290,7 +304,7 @@ impl Observation {
                 error: self.error.unwrap_or(""),
             },
             self.headers_after,
-            (self.request_bytes.load(Ordering::Relaxed), self.response_bytes),
+            (self.request_bytes(), self.response_bytes),
         );
         if let Some((gateway, listener)) = &self.gateway {
             t.metrics
@@ -304,6 +318,7 @@ impl Observation {
                 })
                 .inc();
         }
+        let request_bytes = self.request_bytes();
         if let (Some(log), Some(logged)) = (&t.access_log, self.logged) {
             let mut line = serde_json::json!({
                 "time": humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
@@ -317,7 +332,7 @@ impl Observation {
                 "classification": if failed { "failure" } else { "success" },
                 "duration_ms": self.start.elapsed().as_secs_f64() * 1e3,
                 "response_headers_ms": self.headers_after.as_secs_f64() * 1e3,
-                "request_bytes": self.request_bytes.load(Ordering::Relaxed),
+                "request_bytes": request_bytes,
                 "response_bytes": self.response_bytes,
                 "service": self.target.service,
                 "namespace": self.target.namespace,

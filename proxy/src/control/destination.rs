@@ -227,6 +227,19 @@ impl ControlDiscover {
         entry
     }
 
+    /// The destination `host:port` names when its watch has found one.
+    fn found(&self, host: &str, port: u16) -> Option<Arc<Destination>> {
+        crate::discover::with_target(host, port, |target| {
+            let watches = self.watches.lock().expect("watch lock poisoned");
+            let w = watches.get(target)?;
+            let State::Found(d) = &*w.rx.borrow() else {
+                return None;
+            };
+            w.last_used.store(self.now_ms(), Ordering::Relaxed);
+            Some(d.clone())
+        })
+    }
+
     async fn lookup(&self, host: &str, port: u16) -> Resolution {
         let entry = self.entry(&crate::discover::target(host, port));
         let mut rx = entry.rx.clone();
@@ -308,6 +321,11 @@ impl Discover for ControlDiscover {
         host: &'a str,
         port: u16,
     ) -> Pin<Box<dyn Future<Output = Resolution> + Send + 'a>> {
+        // Most lookups name a destination already watched and found:
+        // answered here, without boxing the wait's (larger) future.
+        if let Some(found) = self.found(host, port) {
+            return Box::pin(std::future::ready(Ok(found)));
+        }
         Box::pin(self.lookup(host, port))
     }
 
@@ -585,7 +603,7 @@ mod tests {
             }),
         );
         let State::Found(d) = s else { panic!() };
-        assert_eq!(d.service, "web");
+        assert_eq!(&*d.service, "web");
         assert_eq!(d.routes[0].backends, [Backend::new("v2:80", 5)]);
         assert_eq!(d.routes[0].timeout, Some(Duration::from_millis(1500)));
         assert_eq!(d.endpoints[0].proxy, Some("127.0.0.1:4143".parse().unwrap()));

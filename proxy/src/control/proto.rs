@@ -70,8 +70,8 @@ pub fn destination<'a>(
         endpoints
     };
     Destination {
-        service: service.map_or_else(|| "unknown".into(), |s| s.name.clone()),
-        namespace: service.map(|s| s.namespace.clone()).unwrap_or_default(),
+        service: service.map_or_else(|| "unknown".into(), |s| s.name.as_str().into()),
+        namespace: service.map(|s| s.namespace.as_str().into()).unwrap_or_default(),
         unmeshed_refused: before - endpoints.len(),
         endpoints: endpoints.into(),
         routes: routes.into(),
@@ -95,7 +95,7 @@ impl TryFrom<&api::Endpoint> for Endpoint {
         Ok(Endpoint {
             addr,
             proxy: e.proxy_address.parse().ok(),
-            identity: non_empty(&e.identity),
+            identity: non_empty(&e.identity).map(Arc::from),
             weight: e.weight.max(1),
             stats: Arc::default(),
         })

@@ -147,7 +147,7 @@ fn endpoints_parse_and_bad_addresses_are_skipped() {
     );
     let addrs: Vec<String> = d.endpoints.iter().map(|e| e.addr.to_string()).collect();
     assert_eq!(addrs, ["10.0.0.1:80", "10.0.0.3:80"]);
-    assert_eq!((d.service.as_str(), d.namespace.as_str()), ("unknown", ""));
+    assert_eq!((&*d.service, &*d.namespace), ("unknown", ""));
     assert!(d.meshed && d.routes.is_empty());
 }
 

@@ -207,7 +207,7 @@ impl Snapshot {
             };
             let routes: Arc<[Route]> = l.routes.iter().map(Route::from).collect();
             let mut dest = Destination::from_endpoints(format!("{gateway}/{}", l.name), Arc::from([]));
-            dest.namespace = namespace.to_string();
+            dest.namespace = namespace.into();
             dest.routes = routes;
             let listener = GatewayListener {
                 gateway: gateway.to_string(),

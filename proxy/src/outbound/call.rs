@@ -185,7 +185,7 @@ async fn admit(dest: &Destination, metrics: &ResilienceMetrics) -> Result<OwnedS
             Shed::Timeout => "pending_timeout",
         };
         count(&metrics.load_shed, reason);
-        ProxyError::LoadShed(dest.service.clone())
+        ProxyError::LoadShed(dest.service.to_string())
     })
 }
 
@@ -454,9 +454,9 @@ pub(super) fn pick(
         probe,
     })
     .map_err(|e| match e {
-        NoEndpoint::Empty if dest.unmeshed_refused > 0 => ProxyError::NotMeshed(dest.service.clone()),
-        NoEndpoint::Empty => ProxyError::NoEndpoints(dest.service.clone()),
-        NoEndpoint::AllEjected => ProxyError::CircuitOpen(dest.service.clone()),
+        NoEndpoint::Empty if dest.unmeshed_refused > 0 => ProxyError::NotMeshed(dest.service.to_string()),
+        NoEndpoint::Empty => ProxyError::NoEndpoints(dest.service.to_string()),
+        NoEndpoint::AllEjected => ProxyError::CircuitOpen(dest.service.to_string()),
     })
 }
 
@@ -487,8 +487,8 @@ pub(super) fn record(dest: &Destination, stats: &EndpointStats, failure: bool, m
 
 fn retry_labels(dest: &Destination, result: &'static str) -> RetryLabels {
     RetryLabels {
-        destination_service_name: dest.service.clone(),
-        destination_service_namespace: dest.namespace.clone(),
+        destination_service_name: dest.service.to_string(),
+        destination_service_namespace: dest.namespace.to_string(),
         result,
     }
 }

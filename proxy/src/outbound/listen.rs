@@ -22,7 +22,7 @@ use crate::errors::ProxyError;
 use crate::grpc;
 use crate::http::{incoming, AppProtocol, Body, WEFT_WORKLOAD};
 use crate::listener::Listener;
-use crate::metrics::{Detected, Direction, UNKNOWN_SERVICE};
+use crate::metrics::{Detected, Direction};
 use crate::server::{accept_loop, serve_http};
 use crate::telemetry::{workload_name, Observation, Target};
 
@@ -134,10 +134,8 @@ impl Outbound {
         via: &Via,
     ) -> (Target, Result<Response<Body>, ProxyError>) {
         let start = Instant::now();
-        let target = Target {
-            service: UNKNOWN_SERVICE.into(),
-            ..Target::default()
-        };
+        // The service label reads `unknown` until a destination is known.
+        let target = Target::default();
         let planned = match self.lookup(crate::http::authority(&req), req.uri(), via).await {
             Ok(named) => route::plan(&mut req, named),
             Err(e) => Err(e),
@@ -153,7 +151,10 @@ impl Outbound {
         if let Via::Gateway(entry) = via {
             let edge = plan.edge.as_ref().or(entry.listener.policy.as_ref());
             if let Some(edge) = edge {
-                if let Err(e) = edge.check(req.headers_mut(), entry.client).await {
+                // Boxed, like the tunnel below: its state (an external
+                // authorisation call) would otherwise size every request's
+                // future, gateway or not.
+                if let Err(e) = Box::pin(edge.check(req.headers_mut(), entry.client)).await {
                     return (target, Err(e));
                 }
             }
@@ -172,7 +173,7 @@ impl Outbound {
             ..target
         };
         let Called { mut result, last } = if plan.tunnel {
-            self.tunnel(req, &dest).await
+            Box::pin(self.tunnel(req, &dest)).await
         } else {
             if !plan.mirrors.is_empty() {
                 req = self.mirror(req, &plan, app);
@@ -208,7 +209,7 @@ impl Outbound {
             peer_identity: if tls {
                 endpoint.identity.clone().unwrap_or_default()
             } else {
-                String::new()
+                Arc::default()
             },
             ..target
         }

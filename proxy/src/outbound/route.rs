@@ -228,7 +228,7 @@ mod tests {
     #[test]
     fn without_routes_the_named_destination_is_called() {
         let p = plan(&mut get("/"), named(vec![], Some(Duration::from_secs(2)))).unwrap();
-        assert!(matches!(&p.to, To::Destination(d) if d.service == "web"));
+        assert!(matches!(&p.to, To::Destination(d) if &*d.service == "web"));
         assert_eq!(p.route, None);
         assert_eq!(p.timeout, Some(Duration::from_secs(2)));
         assert_eq!(p.authority, "web.demo:8080");
