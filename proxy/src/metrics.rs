@@ -296,6 +296,13 @@ pub const LATENCY_BUCKETS: [f64; 15] = [
 /// The label value for destinations discovery does not know.
 pub const UNKNOWN_SERVICE: &str = "unknown";
 
+/// [`UNKNOWN_SERVICE`] as a shared name: cloned per request without
+/// allocating.
+pub fn unknown_service() -> Arc<str> {
+    static NAME: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| UNKNOWN_SERVICE.into());
+    NAME.clone()
+}
+
 /// When each series last changed, for expiry.
 #[derive(Debug)]
 struct Tracked<L> {

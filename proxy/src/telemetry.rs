@@ -183,7 +183,7 @@ pub struct Observation {
 
 impl Observation {
     /// Starts observing `req`: makes sure it carries trace context, and
-    /// wraps its body to count the bytes sent upstream.
+    /// wraps its body (when it has one) to count the bytes sent upstream.
     pub fn start(telemetry: &Arc<Telemetry>, direction: Direction, req: &mut http::Request<Body>) -> Self {
         ensure_trace_context(req.headers_mut(), telemetry.create_trace_context);
         // A request without a body (most GETs) has nothing to count: no
@@ -278,6 +278,7 @@ impl Observation {
         } else {
             Classification::Success
         };
+        let request_bytes = self.request_bytes();
         let t = &self.telemetry;
         let (source, destination) = t.ends(self.direction, self.target.peer(self.direction));
         t.metrics.request_by(
@@ -304,7 +305,7 @@ impl Observation {
                 error: self.error.unwrap_or(""),
             },
             self.headers_after,
-            (self.request_bytes(), self.response_bytes),
+            (request_bytes, self.response_bytes),
         );
         if let Some((gateway, listener)) = &self.gateway {
             t.metrics
@@ -318,7 +319,6 @@ impl Observation {
                 })
                 .inc();
         }
-        let request_bytes = self.request_bytes();
         if let (Some(log), Some(logged)) = (&t.access_log, self.logged) {
             let mut line = serde_json::json!({
                 "time": humantime::format_rfc3339_millis(SystemTime::now()).to_string(),

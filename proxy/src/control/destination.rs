@@ -197,10 +197,20 @@ impl ControlDiscover {
         self.metrics.watches.set(watches.len() as i64);
     }
 
+    /// `target`'s watch, marked used now, when there is one.
+    fn touch<'w>(
+        &self,
+        watches: &'w HashMap<String, Arc<WatchEntry>>,
+        target: &str,
+    ) -> Option<&'w Arc<WatchEntry>> {
+        let w = watches.get(target)?;
+        w.last_used.store(self.now_ms(), Ordering::Relaxed);
+        Some(w)
+    }
+
     fn entry(&self, target: &str) -> Arc<WatchEntry> {
         let mut watches = self.watches.lock().expect("watch lock poisoned");
-        if let Some(w) = watches.get(target) {
-            w.last_used.store(self.now_ms(), Ordering::Relaxed);
+        if let Some(w) = self.touch(&watches, target) {
             return w.clone();
         }
         let (tx, rx) = watch::channel(State::Pending);
@@ -231,12 +241,11 @@ impl ControlDiscover {
     fn found(&self, host: &str, port: u16) -> Option<Arc<Destination>> {
         crate::discover::with_target(host, port, |target| {
             let watches = self.watches.lock().expect("watch lock poisoned");
-            let w = watches.get(target)?;
-            let State::Found(d) = &*w.rx.borrow() else {
-                return None;
+            let found = match &*self.touch(&watches, target)?.rx.borrow() {
+                State::Found(d) => Some(d.clone()),
+                _ => None,
             };
-            w.last_used.store(self.now_ms(), Ordering::Relaxed);
-            Some(d.clone())
+            found
         })
     }
 

@@ -35,7 +35,7 @@ use crate::discover::Destination;
 use crate::errors::ProxyError;
 use crate::http::{incoming, AppProtocol, Body};
 use crate::listener::Listener;
-use crate::metrics::{Detected, Direction, UNKNOWN_SERVICE};
+use crate::metrics::{unknown_service, Detected, Direction};
 use crate::outbound::lookup::Via;
 use crate::outbound::Outbound;
 use crate::routes::Route;
@@ -581,7 +581,7 @@ impl Gateway {
         obs.at_gateway(&self.settings.name, listener.map_or("", |l| l.name.as_str()));
         tracing::debug!(error = %e, "gateway request refused");
         let target = Target {
-            service: UNKNOWN_SERVICE.into(),
+            service: unknown_service(),
             ..Target::default()
         };
         obs.respond(

@@ -22,7 +22,7 @@ use crate::errors::ProxyError;
 use crate::grpc;
 use crate::http::{incoming, AppProtocol, Body, WEFT_WORKLOAD};
 use crate::listener::Listener;
-use crate::metrics::{Detected, Direction};
+use crate::metrics::{unknown_service, Detected, Direction};
 use crate::server::{accept_loop, serve_http};
 use crate::telemetry::{workload_name, Observation, Target};
 
@@ -134,8 +134,10 @@ impl Outbound {
         via: &Via,
     ) -> (Target, Result<Response<Body>, ProxyError>) {
         let start = Instant::now();
-        // The service label reads `unknown` until a destination is known.
-        let target = Target::default();
+        let target = Target {
+            service: unknown_service(),
+            ..Target::default()
+        };
         let planned = match self.lookup(crate::http::authority(&req), req.uri(), via).await {
             Ok(named) => route::plan(&mut req, named),
             Err(e) => Err(e),
