@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use http::{Request, Response};
@@ -33,7 +33,9 @@ pub struct Clients {
     /// This proxy's identity, when it has one: connections to endpoints
     /// that have an identity are then mTLS.
     identity: Option<Arc<Identity>>,
-    h2: Arc<Mutex<Pool>>,
+    /// Read-shared on the request path: only opening (or replacing) a
+    /// connection takes it exclusively.
+    h2: Arc<RwLock<Pool>>,
     h1: LegacyClient<HttpConnector, Body>,
     /// This proxy's workload, sent to peer proxies as
     /// `weft-source-workload`.
@@ -47,6 +49,14 @@ pub struct Clients {
 struct Pool(HashMap<SocketAddr, Vec<H2Slot>>);
 
 impl Pool {
+    /// The slot for `addr` and `identity`, if there is one.
+    fn get(&self, addr: SocketAddr, identity: Option<&str>) -> Option<&H2Slot> {
+        self.0
+            .get(&addr)?
+            .iter()
+            .find(|s| s.identity.as_deref() == identity)
+    }
+
     /// The slot for `addr` and `identity`, created empty if missing.
     fn slot(&mut self, addr: SocketAddr, identity: Option<&str>) -> &mut H2Slot {
         let slots = self.0.entry(addr).or_default();
@@ -223,18 +233,20 @@ impl Clients {
         fresh: bool,
     ) -> Result<http2::SendRequest<Body>, ProxyError> {
         let identity = identity.filter(|_| self.identity.is_some());
-        let connecting = {
-            let mut pool = self.h2.lock().expect("pool lock poisoned");
-            let slot = pool.slot(addr, identity);
-            if let Some(conn) = self.reusable(slot, fresh) {
+        {
+            let pool = self.h2.read().expect("pool lock poisoned");
+            if let Some(conn) = pool.get(addr, identity).and_then(|s| self.reusable(s, fresh)) {
                 return Ok(conn);
             }
-            slot.connecting.clone()
+        }
+        let connecting = {
+            let mut pool = self.h2.write().expect("pool lock poisoned");
+            pool.slot(addr, identity).connecting.clone()
         };
         let _guard = connecting.lock().await;
         // Another task may have connected while this one waited.
         {
-            let mut pool = self.h2.lock().expect("pool lock poisoned");
+            let mut pool = self.h2.write().expect("pool lock poisoned");
             let slot = pool.slot(addr, identity);
             if let Some(conn) = self.reusable(slot, fresh) {
                 return Ok(conn);
@@ -247,7 +259,7 @@ impl Clients {
         // size every request's future, which passes here on its way to a
         // pooled connection.
         let (send, authenticated) = Box::pin(self.connect_h2(addr, identity)).await?;
-        let mut pool = self.h2.lock().expect("pool lock poisoned");
+        let mut pool = self.h2.write().expect("pool lock poisoned");
         let slot = pool.slot(addr, identity);
         slot.conn = Some(send.clone());
         slot.authenticated = authenticated;
@@ -286,8 +298,8 @@ impl Clients {
             .as_ref()
             .filter(|c| !fresh && !c.is_closed() && c.is_ready())?;
         if let Some((until, anchors)) = &slot.authenticated {
-            let current = self.identity.as_ref().and_then(|i| i.current());
-            if SystemTime::now() >= *until || current.is_none_or(|c| !Arc::ptr_eq(&c.anchors, anchors)) {
+            let trusted = self.identity.as_ref().is_some_and(|i| i.trusts(anchors));
+            if SystemTime::now() >= *until || !trusted {
                 return None;
             }
         }

@@ -178,6 +178,17 @@ impl Identity {
         self.current.read().expect("identity lock").clone()
     }
 
+    /// Whether the current credentials trust exactly `anchors` (the same
+    /// allocation): asked per request of a pooled connection, so it
+    /// neither clones nor takes the lock exclusively.
+    pub fn trusts(&self, anchors: &Arc<[Vec<u8>]>) -> bool {
+        self.current
+            .read()
+            .expect("identity lock")
+            .as_ref()
+            .is_some_and(|c| Arc::ptr_eq(&c.anchors, anchors))
+    }
+
     /// How usable the current certificate is at `now`.
     pub fn state(&self, now: SystemTime) -> CertState {
         match self.current() {

@@ -20,7 +20,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use hickory_resolver::TokioResolver;
@@ -142,7 +142,9 @@ impl Drop for WatchEntry {
 pub struct ControlDiscover {
     control: ControlClient,
     settings: ControlSettings,
-    watches: Mutex<HashMap<String, Arc<WatchEntry>>>,
+    /// Read-shared on the request path: a lookup of a watched destination
+    /// takes no exclusive lock (only opening or reaping a watch does).
+    watches: RwLock<HashMap<String, Arc<WatchEntry>>>,
     dns: Option<TokioResolver>,
     metrics: ControlMetrics,
     started: Instant,
@@ -162,7 +164,7 @@ impl ControlDiscover {
         let this = Arc::new(Self {
             control,
             settings,
-            watches: Mutex::new(HashMap::new()),
+            watches: RwLock::new(HashMap::new()),
             dns,
             metrics,
             started: Instant::now(),
@@ -186,7 +188,7 @@ impl ControlDiscover {
     fn reap_idle(&self) {
         let idle = self.settings.idle_timeout.as_millis() as u64;
         let now = self.now_ms();
-        let mut watches = self.watches.lock().expect("watch lock poisoned");
+        let mut watches = self.watches.write().expect("watch lock poisoned");
         watches.retain(|target, w| {
             let keep = now.saturating_sub(w.last_used.load(Ordering::Relaxed)) < idle;
             if !keep {
@@ -209,7 +211,11 @@ impl ControlDiscover {
     }
 
     fn entry(&self, target: &str) -> Arc<WatchEntry> {
-        let mut watches = self.watches.lock().expect("watch lock poisoned");
+        if let Some(w) = self.touch(&self.watches.read().expect("watch lock poisoned"), target) {
+            return w.clone();
+        }
+        let mut watches = self.watches.write().expect("watch lock poisoned");
+        // Another lookup may have opened it between the two locks.
         if let Some(w) = self.touch(&watches, target) {
             return w.clone();
         }
@@ -240,7 +246,7 @@ impl ControlDiscover {
     /// The destination `host:port` names when its watch has found one.
     fn found(&self, host: &str, port: u16) -> Option<Arc<Destination>> {
         crate::discover::with_target(host, port, |target| {
-            let watches = self.watches.lock().expect("watch lock poisoned");
+            let watches = self.watches.read().expect("watch lock poisoned");
             let found = match &*self.touch(&watches, target)?.rx.borrow() {
                 State::Found(d) => Some(d.clone()),
                 _ => None,
@@ -339,7 +345,7 @@ impl Discover for ControlDiscover {
     }
 
     fn dump(&self) -> serde_json::Value {
-        let watches = self.watches.lock().expect("watch lock poisoned");
+        let watches = self.watches.read().expect("watch lock poisoned");
         let out: BTreeMap<&String, serde_json::Value> = watches
             .iter()
             .map(|(target, w)| {

@@ -148,7 +148,14 @@ impl RequestBody {
         match self {
             RequestBody::Once(req) => req.take(),
             RequestBody::Replay { head, body, .. } => {
-                let mut req = Request::new(body.replay().boxed_unsync());
+                // An empty body replays as the empty body, which boxes
+                // without allocating.
+                let replayed = if body.is_empty() {
+                    crate::http::empty_body()
+                } else {
+                    body.replay().boxed_unsync()
+                };
+                let mut req = Request::new(replayed);
                 *req.method_mut() = head.method.clone();
                 *req.uri_mut() = head.uri.clone();
                 *req.version_mut() = head.version;

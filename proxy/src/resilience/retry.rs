@@ -2,8 +2,8 @@
 //! multiply an outage, backoff with full jitter, and the request body
 //! buffered for replay (up to [`MAX_REPLAY`]).
 
-use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -209,21 +209,66 @@ pub fn is_idempotent(method: &Method) -> bool {
 /// of the original requests plus `min_per_second` per second. Retries
 /// therefore add at most that much load to a failing destination, however
 /// many attempts the policy allows.
+///
+/// Every request deposits, so the window is atomics rather than a lock:
+/// requests to one destination on different worker threads never wait on
+/// each other. A retry is counted only if no other was counted in its
+/// second since it checked the budget, so concurrent takers do not
+/// overshoot it (except, by one, two taking the last retry either side of
+/// a second's boundary).
 #[derive(Debug)]
 pub struct Budget {
     ratio: f64,
     min_per_second: u32,
-    window: Mutex<Window>,
+    started: Instant,
+    /// Requests, then retries, per one-second slot (by the second's
+    /// index modulo [`SLOTS`]), each packed with the second it counts.
+    requests: [Slot; SLOTS],
+    retries: [Slot; SLOTS],
+    /// The last second with a request, and the first second of the
+    /// current run of activity: after an idle window the minimum starts
+    /// again from one second's worth.
+    last: AtomicU64,
+    since: AtomicU64,
 }
 
 const SLOTS: usize = 10;
-const SLOT: Duration = Duration::from_secs(1);
 
-#[derive(Debug)]
-struct Window {
-    /// (requests, retries) per one-second slot, newest last.
-    slots: VecDeque<(u64, u64)>,
-    slot_start: Instant,
+/// A count in the low 32 bits, the second (since the budget started) it
+/// belongs to in the high 32.
+#[derive(Debug, Default)]
+struct Slot(AtomicU64);
+
+impl Slot {
+    /// The count, if this slot holds second `sec`.
+    fn count_at(&self, sec: u64) -> Option<u64> {
+        let v = self.0.load(Ordering::Acquire);
+        (v >> 32 == sec).then_some(v & u64::from(u32::MAX))
+    }
+
+    /// Counts one in second `sec`, unless the count there has moved from
+    /// `expected` (`None`: any count). False when it had.
+    fn add(&self, sec: u64, expected: Option<u64>) -> bool {
+        let mut current = self.0.load(Ordering::Acquire);
+        loop {
+            let count = if current >> 32 == sec {
+                current & u64::from(u32::MAX)
+            } else {
+                0
+            };
+            if expected.is_some_and(|e| e != count) {
+                return false;
+            }
+            let next = (sec << 32) | (count + 1).min(u64::from(u32::MAX));
+            match self
+                .0
+                .compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return true,
+                Err(now) => current = now,
+            }
+        }
+    }
 }
 
 impl Budget {
@@ -231,10 +276,11 @@ impl Budget {
         Self {
             ratio,
             min_per_second,
-            window: Mutex::new(Window {
-                slots: VecDeque::from([(0, 0)]),
-                slot_start: Instant::now(),
-            }),
+            started: Instant::now(),
+            requests: Default::default(),
+            retries: Default::default(),
+            last: AtomicU64::new(0),
+            since: AtomicU64::new(0),
         }
     }
 
@@ -242,45 +288,51 @@ impl Budget {
         (self.ratio, self.min_per_second)
     }
 
-    fn with_window<T>(&self, f: impl FnOnce(&mut Window) -> T) -> T {
-        let mut w = self.window.lock().expect("budget lock");
-        let now = Instant::now();
-        while now.saturating_duration_since(w.slot_start) >= SLOT {
-            w.slot_start += SLOT;
-            w.slots.push_back((0, 0));
-            if w.slots.len() > SLOTS {
-                w.slots.pop_front();
-            }
-            if now.saturating_duration_since(w.slot_start) > SLOT * SLOTS as u32 {
+    /// The current second since the budget started, marking it active.
+    fn now(&self) -> u64 {
+        let sec = Instant::now().saturating_duration_since(self.started).as_secs();
+        let last = self.last.load(Ordering::Relaxed);
+        if last != sec {
+            if sec.saturating_sub(last) > SLOTS as u64 {
                 // Idle for longer than the window: start afresh.
-                w.slots.clear();
-                w.slots.push_back((0, 0));
-                w.slot_start = now;
+                self.since.store(sec, Ordering::Relaxed);
             }
+            self.last.store(sec, Ordering::Relaxed);
         }
-        f(&mut w)
+        sec
+    }
+
+    /// The total of `slots` over the window ending at `sec`.
+    fn total(slots: &[Slot; SLOTS], sec: u64) -> u64 {
+        (sec.saturating_sub(SLOTS as u64 - 1)..=sec)
+            .filter_map(|s| slots[s as usize % SLOTS].count_at(s))
+            .sum()
     }
 
     /// Counts an original request.
     pub fn deposit(&self) {
-        self.with_window(|w| w.slots.back_mut().expect("one slot").0 += 1);
+        let sec = self.now();
+        self.requests[sec as usize % SLOTS].add(sec, None);
     }
 
     /// Takes one retry from the budget; false when it is spent.
     pub fn withdraw(&self) -> bool {
-        let ratio = self.ratio;
-        let min = self.min_per_second;
-        self.with_window(|w| {
-            let (requests, retries) = w.slots.iter().fold((0, 0), |(a, b), (r, t)| (a + r, b + t));
-            let secs = w.slots.len() as f64;
-            let allowed = requests as f64 * ratio + f64::from(min) * secs;
-            if (retries as f64) < allowed {
-                w.slots.back_mut().expect("one slot").1 += 1;
-                true
-            } else {
-                false
+        let sec = self.now();
+        let since = self.since.load(Ordering::Relaxed).min(sec);
+        let secs = (sec - since + 1).min(SLOTS as u64) as f64;
+        let allowed =
+            Self::total(&self.requests, sec) as f64 * self.ratio + f64::from(self.min_per_second) * secs;
+        let slot = &self.retries[sec as usize % SLOTS];
+        loop {
+            let this_second = slot.count_at(sec).unwrap_or(0);
+            if Self::total(&self.retries, sec) as f64 >= allowed {
+                return false;
             }
-        })
+            // Taken only if no other retry was counted since the check.
+            if slot.add(sec, Some(this_second)) {
+                return true;
+            }
+        }
     }
 }
 
@@ -291,7 +343,9 @@ impl Budget {
 /// the frames from the start; the first to reach the end of what was
 /// buffered reads on from the original body.
 pub struct ReplayBody {
-    shared: Arc<Mutex<Shared>>,
+    /// `None`: the body was empty from the start (most requests), so
+    /// there is nothing to keep and a replay is just as empty.
+    shared: Option<Arc<Mutex<Shared>>>,
     /// Index of the next buffered frame this clone yields.
     pos: usize,
     trailers_sent: bool,
@@ -317,9 +371,17 @@ impl ReplayBody {
     pub fn new(body: Body) -> Self {
         let size_hint = http_body::Body::size_hint(&body);
         let ended = http_body::Body::is_end_stream(&body);
+        if ended {
+            return Self {
+                shared: None,
+                pos: 0,
+                trailers_sent: true,
+                passthrough: false,
+            };
+        }
         let overflow = size_hint.lower() > MAX_REPLAY as u64;
         Self {
-            shared: Arc::new(Mutex::new(Shared {
+            shared: Some(Arc::new(Mutex::new(Shared {
                 inner: Some(body),
                 frames: Vec::new(),
                 buffered: 0,
@@ -328,7 +390,7 @@ impl ReplayBody {
                 ended,
                 size_hint,
                 polled: false,
-            })),
+            }))),
             pos: 0,
             trailers_sent: false,
             passthrough: overflow,
@@ -337,7 +399,14 @@ impl ReplayBody {
 
     /// Whether another copy can still be made.
     pub fn can_replay(&self) -> bool {
-        !self.shared.lock().expect("replay lock").overflow
+        self.shared
+            .as_ref()
+            .is_none_or(|s| !s.lock().expect("replay lock").overflow)
+    }
+
+    /// The body was empty from the start: every replay is too.
+    pub fn is_empty(&self) -> bool {
+        self.shared.is_none()
     }
 
     /// A body that yields everything from the start again.
@@ -345,7 +414,7 @@ impl ReplayBody {
         Self {
             shared: self.shared.clone(),
             pos: 0,
-            trailers_sent: false,
+            trailers_sent: self.shared.is_none(),
             passthrough: false,
         }
     }
@@ -360,7 +429,10 @@ impl http_body::Body for ReplayBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        let mut s = this.shared.lock().expect("replay lock");
+        let Some(shared) = &this.shared else {
+            return Poll::Ready(None);
+        };
+        let mut s = shared.lock().expect("replay lock");
         if !this.passthrough {
             if s.overflow {
                 if s.polled {
@@ -430,7 +502,10 @@ impl http_body::Body for ReplayBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        let s = self.shared.lock().expect("replay lock");
+        let Some(shared) = &self.shared else {
+            return true;
+        };
+        let s = shared.lock().expect("replay lock");
         if self.passthrough {
             return s.inner.as_ref().is_none_or(http_body::Body::is_end_stream);
         }
@@ -438,7 +513,9 @@ impl http_body::Body for ReplayBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.shared.lock().expect("replay lock").size_hint
+        self.shared.as_ref().map_or(SizeHint::with_exact(0), |s| {
+            s.lock().expect("replay lock").size_hint
+        })
     }
 }
 
@@ -516,6 +593,24 @@ mod tests {
         assert_eq!((0..100).filter(|_| b.withdraw()).count(), 5);
     }
 
+    #[test]
+    fn concurrent_takers_share_the_budget_exactly() {
+        let b = Budget::new(0.2, 0);
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| (0..10_000).for_each(|_| b.deposit()));
+            }
+        });
+        let granted: usize = std::thread::scope(|s| {
+            let takers: Vec<_> = (0..4)
+                .map(|_| s.spawn(|| (0..5_000).filter(|_| b.withdraw()).count()))
+                .collect();
+            takers.into_iter().map(|t| t.join().expect("taker")).sum()
+        });
+        // 20 % of 40,000; one more only if the last two crossed a second.
+        assert!((8_000..=8_001).contains(&granted), "granted {granted}");
+    }
+
     #[tokio::test]
     async fn replay_yields_the_same_body_twice() {
         let (mut tx, body) = http_body_util::channel::Channel::<Bytes, BoxError>::new(4);
@@ -534,6 +629,23 @@ mod tests {
         let b = second.collect().await.unwrap();
         assert_eq!(b.trailers().unwrap()["x-t"], "1");
         assert_eq!(b.to_bytes(), "hello world");
+    }
+
+    #[tokio::test]
+    async fn an_empty_body_replays_empty_without_keeping_anything() {
+        let first = ReplayBody::new(crate::http::empty_body());
+        assert!(first.is_empty() && first.can_replay());
+        for copy in [first.replay(), first.replay(), first] {
+            assert!(http_body::Body::is_end_stream(&copy));
+            assert_eq!(http_body::Body::size_hint(&copy).exact(), Some(0));
+            let got = copy.collect().await.unwrap();
+            assert!(got.trailers().is_none());
+            assert!(got.to_bytes().is_empty());
+        }
+        // A body that is empty only once read is kept as any other.
+        let (tx, body) = http_body_util::channel::Channel::<Bytes, BoxError>::new(1);
+        drop(tx);
+        assert!(!ReplayBody::new(body.boxed_unsync()).is_empty());
     }
 
     #[tokio::test]
