@@ -170,7 +170,11 @@ pub struct HeadTimer<I> {
     timeout: Duration,
     /// Running while a head is being read: its deadline, and the heads
     /// received when it started (a new one stops it).
-    running: Option<(Pin<Box<Sleep>>, u64)>,
+    running: Option<(Instant, u64)>,
+    /// The running deadline's timer, made only when a read has to wait
+    /// for more of the head: a head that arrives in one read (nearly all)
+    /// costs no timer.
+    sleep: Option<Pin<Box<Sleep>>>,
     /// Set when the timer fired, for the caller's metrics.
     pub fired: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -182,6 +186,7 @@ impl<I> HeadTimer<I> {
             activity,
             timeout,
             running: None,
+            sleep: None,
             fired: Arc::default(),
         }
     }
@@ -191,6 +196,7 @@ impl<I> HeadTimer<I> {
         if let Some((_, at)) = &self.running {
             if self.activity.started.load(Ordering::Relaxed) != *at {
                 self.running = None;
+                self.sleep = None;
             }
         }
     }
@@ -210,16 +216,20 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for HeadTimer<I> {
                 let idle = this.activity.active.load(Ordering::Relaxed) == 0;
                 if buf.filled().len() > before && idle && this.running.is_none() {
                     // The first bytes of a new head: its clock starts.
-                    let deadline = Box::pin(tokio::time::sleep(this.timeout));
+                    let deadline = Instant::now() + this.timeout;
                     this.running = Some((deadline, this.activity.started.load(Ordering::Relaxed)));
                 }
                 Poll::Ready(Ok(()))
             }
             Poll::Pending => {
                 this.stop_if_received();
-                if let Some((deadline, _)) = &mut this.running {
-                    if deadline.as_mut().poll(cx).is_ready() {
+                if let Some((deadline, _)) = this.running {
+                    let sleep = this
+                        .sleep
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                    if sleep.as_mut().poll(cx).is_ready() {
                         this.running = None;
+                        this.sleep = None;
                         this.fired.store(true, Ordering::Relaxed);
                         // Best effort: a client this slow may not read it.
                         let _ = Pin::new(&mut this.io).poll_write(cx, REQUEST_TIMEOUT);

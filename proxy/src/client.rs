@@ -5,7 +5,6 @@
 //! mTLS (the identity issue) slots in at [`Clients::connect`]: everything
 //! above it only sees an I/O stream.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
@@ -46,7 +45,7 @@ pub struct Clients {
 /// present (if mTLS; one per address in practice). Looked up without
 /// building an owned key: twice per request.
 #[derive(Default)]
-struct Pool(HashMap<SocketAddr, Vec<H2Slot>>);
+struct Pool(foldhash::HashMap<SocketAddr, Vec<H2Slot>>);
 
 impl Pool {
     /// The slot for `addr` and `identity`, if there is one.

@@ -399,7 +399,7 @@ pub struct Metrics {
     pub resilience: crate::resilience::metrics::ResilienceMetrics,
     /// Every request series, resolved to its handles: a request costs one
     /// lookup here, not one per family.
-    request_series: Arc<RwLock<HashMap<RequestLabels, RequestSeries>>>,
+    request_series: Arc<RwLock<foldhash::HashMap<RequestLabels, RequestSeries>>>,
     /// Latency series created; each lives while a request series maps to it.
     latency_series: Arc<Mutex<std::collections::HashSet<LatencyLabels>>>,
 }

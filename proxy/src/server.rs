@@ -106,6 +106,9 @@ pub async fn serve_http<I, F, Fut>(
             let head_timed_out = io.fired.clone();
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
+                // The head's deadline is `HeadTimer`'s (answered with a
+                // 408); hyper's own would arm a second timer per request.
+                .header_read_timeout(None)
                 .max_header_size(limits.max_header_bytes)
                 .max_buf_size(limits.max_header_bytes.max(8192) + 8192)
                 .serve_connection(TokioIo::new(io), svc)

@@ -15,7 +15,7 @@
 //!   [`Unresolved::Pending`]: the request is refused (503
 //!   `discovery-unavailable`), never sent by DNS in plaintext.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -144,7 +144,7 @@ pub struct ControlDiscover {
     settings: ControlSettings,
     /// Read-shared on the request path: a lookup of a watched destination
     /// takes no exclusive lock (only opening or reaping a watch does).
-    watches: RwLock<HashMap<String, Arc<WatchEntry>>>,
+    watches: RwLock<foldhash::HashMap<String, Arc<WatchEntry>>>,
     dns: Option<TokioResolver>,
     metrics: ControlMetrics,
     started: Instant,
@@ -164,7 +164,7 @@ impl ControlDiscover {
         let this = Arc::new(Self {
             control,
             settings,
-            watches: RwLock::new(HashMap::new()),
+            watches: RwLock::default(),
             dns,
             metrics,
             started: Instant::now(),
@@ -202,7 +202,7 @@ impl ControlDiscover {
     /// `target`'s watch, marked used now, when there is one.
     fn touch<'w>(
         &self,
-        watches: &'w HashMap<String, Arc<WatchEntry>>,
+        watches: &'w foldhash::HashMap<String, Arc<WatchEntry>>,
         target: &str,
     ) -> Option<&'w Arc<WatchEntry>> {
         let w = watches.get(target)?;
