@@ -177,22 +177,38 @@ pub fn target(host: &str, port: u16) -> String {
     }
 }
 
-/// Calls `f` with [`target`]`(host, port)`, formatted on the stack when it
-/// fits (every lookup of a request makes one; most names are short).
+/// Calls `f` with [`target`]`(host, port)`, built on the stack when it
+/// fits (every lookup of a request makes one; most names are short):
+/// bytes copied, no formatter, and an IPv6 parse only for a host with a
+/// colon (no name has one).
 pub fn with_target<R>(host: &str, port: u16, f: impl FnOnce(&str) -> R) -> R {
-    use std::io::Write;
-    let mut buf = [0u8; 128];
-    let mut rest = &mut buf[..];
-    let written = if host.parse::<std::net::Ipv6Addr>().is_ok() {
-        write!(rest, "[{host}]:{port}")
-    } else {
-        write!(rest, "{host}:{port}")
-    };
-    let len = 128 - rest.len();
-    match (written, std::str::from_utf8(&buf[..len])) {
-        (Ok(()), Ok(s)) => f(s),
-        _ => f(&target(host, port)),
+    const CAP: usize = 128;
+    let v6 = host.contains(':') && host.parse::<std::net::Ipv6Addr>().is_ok();
+    let (open, close): (&[u8], &[u8]) = if v6 { (b"[", b"]") } else { (b"", b"") };
+    let mut digits = [0u8; 5];
+    let mut n = port;
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
     }
+    let parts: [&[u8]; 5] = [open, host.as_bytes(), close, b":", &digits[start..]];
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    if len > CAP {
+        return f(&target(host, port));
+    }
+    let mut buf = [0u8; CAP];
+    let mut at = 0;
+    for part in parts {
+        buf[at..at + part.len()].copy_from_slice(part);
+        at += part.len();
+    }
+    // Whole UTF-8 pieces (a str, ASCII punctuation and digits) joined.
+    f(std::str::from_utf8(&buf[..len]).expect("joined from UTF-8 pieces"))
 }
 
 /// Why a name did not resolve.
@@ -334,7 +350,10 @@ mod tests {
         let long = "a".repeat(200);
         for (host, port) in [
             ("fd00::2", 8080),
+            ("::1", 0),
             ("echo.demo", 80),
+            ("echo.demo", 5),
+            ("not:v6", 443),
             (&long[..122], 65535),
             (&long[..123], 65535),
             (&long, 1),
